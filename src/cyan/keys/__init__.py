@@ -1,0 +1,84 @@
+"""RSA keys for Particle Gen 2 devices and their server, in the exact byte forms the firmware uses.
+
+This package does no network or device I/O. It covers:
+
+* device keys (RSA-1024, e=65537): generation, the firmware's fixed-width private-key layout, an emulation
+  of the firmware's fixed-offset key parser, and the public key the device sends in the handshake
+  (protocol.md §2.2, §A.3);
+* server keys (RSA-2048, e=65537) and the server-key file with the server address, as the Particle CLI
+  writes it and the firmware reads it (protocol.md §2.3, §11);
+* loading keys from the file forms operators have, fingerprints, and writing private key files safely.
+
+Every problem with input bytes is reported as :class:`KeyFormatError` with a message that names the field.
+"""
+
+from ._codec import (
+    check_device_public_key,
+    check_server_public_key,
+    encode_private_key_pem,
+    encode_public_key_pem,
+    fingerprint,
+    load_private_key,
+    load_public_key,
+    public_key_der,
+)
+from ._device import (
+    DeviceKeyFields,
+    device_public_key_der_from_private,
+    encode_device_private_key,
+    firmware_parse_device_key,
+    generate_device_key,
+    generate_server_key,
+    is_firmware_parsable,
+)
+from ._errors import DEVICE_KEY_BITS, PUBLIC_EXPONENT, SERVER_KEY_BITS, KeyFormatError
+from ._server_file import (
+    DEFAULT_PORT,
+    PARTICLE_CLOUD_ADDRESS,
+    PARTICLE_CLOUD_SERVER_KEY_FINGERPRINT,
+    AddressState,
+    KeyState,
+    Layout,
+    ServerAddress,
+    ServerKeyFile,
+    build_server_key_file,
+    is_particle_cloud_server_key,
+    parse_server_key_file,
+    read_firmware_server_key,
+)
+from ._storage import write_private_key_file
+
+__all__ = [
+    "DEFAULT_PORT",
+    "DEVICE_KEY_BITS",
+    "PARTICLE_CLOUD_ADDRESS",
+    "PARTICLE_CLOUD_SERVER_KEY_FINGERPRINT",
+    "PUBLIC_EXPONENT",
+    "SERVER_KEY_BITS",
+    "AddressState",
+    "DeviceKeyFields",
+    "KeyFormatError",
+    "KeyState",
+    "Layout",
+    "ServerAddress",
+    "ServerKeyFile",
+    "build_server_key_file",
+    "check_device_public_key",
+    "check_server_public_key",
+    "device_public_key_der_from_private",
+    "encode_device_private_key",
+    "encode_private_key_pem",
+    "encode_public_key_pem",
+    "fingerprint",
+    "firmware_parse_device_key",
+    "generate_device_key",
+    "generate_server_key",
+    "is_firmware_parsable",
+    "is_particle_cloud_server_key",
+    "load_private_key",
+    "load_public_key",
+    "parse_server_key_file",
+    "public_key_der",
+    "read_firmware_server_key",
+    "write_private_key_file",
+]
