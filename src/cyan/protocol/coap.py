@@ -80,6 +80,8 @@ class Message:
     payload: bytes | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.type, MessageType):
+            raise ValueError(f"message type {self.type!r} is not CON, NON, ACK or RST")
         if not 0 <= self.message_id <= 0xFFFF:
             raise ValueError(f"message id {self.message_id} is outside 0..65535")
         if not 0 <= self.code <= 0xFF:
@@ -90,6 +92,10 @@ class Message:
         for number, value in self.options:
             if number < previous:
                 raise ValueError(f"option {number} after option {previous}: options must be in order")
+            if number - previous > 0xFFFF + 269:
+                # The 14-form extension (+2 bytes) tops out at a delta of 65804 (§6.1, RFC 7252 §3.1);
+                # without this check encode() would fail with OverflowError.
+                raise ValueError(f"option {number} after option {previous}: a delta above 65804 cannot be encoded")
             if len(value) > 0xFFFF + 269:
                 raise ValueError(f"option {number} value of {len(value)} bytes is too long")
             previous = number

@@ -484,15 +484,13 @@ class DeviceConnection(BaseConnection):
             if len(self._publish_times) == 4 and now - self._publish_times[0] < 1.0:
                 return None
             self._publish_times.append(now)
-        message_id = self._next_message_id()
+        # The firmware truncates the name and the data in bytes (§6.4); cut at a character boundary.
+        raw_name = name.encode()[: self.firmware.max_event_name].decode("utf-8", "ignore")
         raw = data.encode() if isinstance(data, str) else data
         if raw is not None:
             raw = raw[: self.firmware.max_event_data]
-        self._send(
-            m.device_event(
-                message_id, name[: self.firmware.max_event_name], raw, ttl=ttl, private=private, confirmable=with_ack
-            )
-        )
+        message_id = self._next_message_id()
+        self._send(m.device_event(message_id, raw_name, raw, ttl=ttl, private=private, confirmable=with_ack))
         if with_ack:
             self._confirmable_events.add(message_id)
         return message_id

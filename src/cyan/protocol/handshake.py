@@ -16,7 +16,7 @@ import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import NoDigestInfo
@@ -201,7 +201,9 @@ def decrypt_identity_message(server_key: rsa.RSAPrivateKey, message: bytes, nonc
         return Identity(device_id=device_id, public_key_der=None, public_key=None)
     try:
         key = serialization.load_der_public_key(der)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        # Bytes 52.. are the device's to choose (§3 S2 checks #5): a key type or curve `cryptography`
+        # does not know raises UnsupportedAlgorithm, which is as malformed as bad DER.
         raise HandshakeError(
             f"the public key the device sent ({len(der)} bytes) is not valid DER: {exc}",
             Reason.MALFORMED_IDENTITY,

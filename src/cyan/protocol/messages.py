@@ -90,6 +90,11 @@ def _path(segment: str) -> tuple[int, bytes]:
     return (Option.URI_PATH, segment.encode())
 
 
+def _check_range(what: str, value: int, bits: int) -> None:
+    if not 0 <= value < 1 << bits:
+        raise ValueError(f"{what} {value} does not fit its {bits}-bit field")
+
+
 def _token(token: int) -> bytes:
     if not 0 <= token <= 0xFF:
         raise ValueError(f"token {token} does not fit the 1 byte the firmware reads (§6.1)")
@@ -130,6 +135,17 @@ class Hello:
     ota_chunk_size: int | None = None
 
     def encode(self) -> bytes:
+        for what, value, bits in (
+            ("product id", self.product_id, 16),
+            ("product version", self.product_version, 16),
+            ("flags", int(self.flags), 8),
+            ("platform id", self.platform_id, 16),
+            ("system version", self.system_version or 0, 16),
+            ("maximum message size", self.max_message_size or 0, 16),
+            ("maximum binary size", self.max_binary_size or 0, 32),
+            ("OTA chunk size", self.ota_chunk_size or 0, 16),
+        ):
+            _check_range(what, value, bits)
         out = struct.pack(">HHBBH", self.product_id, self.product_version, 0, self.flags, self.platform_id)
         if self.system_version is not None:
             out += struct.pack(
@@ -209,6 +225,7 @@ class DescribeFlags(enum.IntFlag):
 def describe_request(message_id: int, token: int, flags: int | None = None) -> Message:
     options = [_path("d")]
     if flags is not None:
+        _check_range("describe flags", flags, 8)
         options.append((Option.URI_QUERY, bytes((flags,))))
     return Message(MessageType.CON, Code.GET, message_id, _token(token), tuple(options))
 
@@ -228,7 +245,9 @@ def decode_describe(payload: bytes) -> dict[str, Any]:
     """Describe JSON into a dict; raises `ValueError` with the reason when it is not a JSON object."""
     try:
         document = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # Peer input (§6.7 "Parse as JSON"): besides JSONDecodeError and UnicodeDecodeError, deep nesting
+        # raises RecursionError and an over-long integer a plain ValueError; all mean "not JSON" here.
         raise ValueError(f"describe payload is not JSON: {exc}") from None
     if not isinstance(document, dict):
         raise ValueError(f"describe payload is JSON {type(document).__name__}, not an object")
@@ -320,7 +339,11 @@ def encode_variable(kind: VariableType, value: bool | int | float | str | bytes)
     if kind is VariableType.DOUBLE:
         if isinstance(value, str | bytes):
             raise TypeError("a double variable needs a number")
-        return struct.pack("<d", float(value))  # native little-endian memcpy on the device (§6.6)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise ValueError(f"{value} is too large for a double variable") from None
+        return struct.pack("<d", number)  # native little-endian memcpy on the device (§6.6)
     return value if isinstance(value, bytes) else str(value).encode()
 
 
@@ -420,6 +443,8 @@ def subscribe(
     raw = prefix.encode()
     if len(raw) > MAX_SUBSCRIPTION_PREFIX:
         raise ValueError(f"subscription prefix is {len(raw)} bytes; devices send at most 63")
+    if not raw and scope is SubscriptionScope.ALL_DEVICES:
+        raise ValueError("an empty subscription prefix needs the MY_DEVICES scope or a device id (§6.4)")
     options = [_path("e")]
     if raw:
         options.append((Option.URI_PATH, raw))
@@ -464,6 +489,10 @@ def update_begin(
     address: int = 0,
 ) -> Message:
     """UpdateBegin with its 12-byte payload at offset 8 (TKL 1 puts it there, §7.1)."""
+    _check_range("chunk size", chunk_size, 16)
+    _check_range("file size", file_size, 32)
+    _check_range("store", store, 8)
+    _check_range("address", address, 32)
     payload = struct.pack(">BHIBI", 1 if fast else 0, chunk_size, file_size, store, address)
     return Message(MessageType.CON, Code.POST, message_id, _token(token), (_path("u"),), payload=payload)
 
@@ -474,6 +503,9 @@ def update_ready(message_id: int, token: bytes, *, fast: bool) -> Message:
 
 def chunk(message_id: int, token: int, *, crc: int, data: bytes, index: int | None = None) -> Message:
     """Chunk: CRC (4 bytes) and, in fast mode only, the index (2 bytes), as Uri-Query options (§7.1)."""
+    _check_range("chunk CRC", crc, 32)
+    if index is not None:
+        _check_range("chunk index", index, 16)
     options = [_path("c"), (Option.URI_QUERY, crc.to_bytes(4, "big"))]
     if index is not None:
         options.append((Option.URI_QUERY, index.to_bytes(2, "big")))
@@ -486,6 +518,8 @@ def chunk_received(message_id: int, token: bytes, *, ok: bool) -> Message:
 
 def chunk_missed(message_id: int, indexes: list[int], *, confirmable: bool) -> Message:
     """ChunkMissed: GET c with big-endian 16-bit indexes; CON on legacy, NON on new (§7.1)."""
+    for index in indexes:
+        _check_range("chunk index", index, 16)
     payload = b"".join(i.to_bytes(2, "big") for i in indexes)
     kind = MessageType.CON if confirmable else MessageType.NON
     return Message(kind, Code.GET, message_id, options=(_path("c"),), payload=payload)
@@ -563,12 +597,12 @@ def decode_goodbye(payload: bytes) -> Goodbye:
         while True:
             if offset >= len(payload):
                 raise ValueError("Goodbye payload ends inside a varint")
-            if shift > 63:
-                raise ValueError("Goodbye varint is longer than 64 bits")
             byte = payload[offset]
             offset += 1
             value |= (byte & 0x7F) << shift
             shift += 7
+            if value >> 64:
+                raise ValueError("Goodbye varint is longer than 64 bits")
             if not byte & 0x80:
                 break
         values.append(value)

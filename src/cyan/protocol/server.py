@@ -239,7 +239,10 @@ class ServerConnection(BaseConnection):
     # -- the caller's decision ------------------------------------------------------------------
 
     def accept(self, trusted_key: rsa.RSAPublicKey, now: float) -> None:
-        """Answer the device with session credentials encrypted to `trusted_key` (§3 S3, §12.3)."""
+        """Answer the device with session credentials encrypted to `trusted_key` (§3 S3, §12.3).
+
+        Bytes the device sent early are processed now, so this may raise `RemoteProtocolError` for them.
+        """
         if self.state is not State.AWAIT_DECISION:
             raise LocalProtocolError(f"accept() needs a device awaiting a decision, not {self.state.value!r}")
         if trusted_key.key_size != 1024 or trusted_key.public_numbers().e != 65537:
