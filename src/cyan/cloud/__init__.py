@@ -1,0 +1,1 @@
+"""The cloud domain: devices, sessions, function calls, events and connection attempts."""

@@ -1,0 +1,67 @@
+"""The interfaces the cloud domain needs from storage and the event bus (design.md §1).
+
+`cyan.store` and `cyan.bus` implement them; the domain never imports a database or a broker.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Protocol
+
+from .models import ConnectionAttempt, DeviceRecord
+
+__all__ = ["DeviceExistsError", "Store", "StoreUnavailableError"]
+
+
+class StoreUnavailableError(RuntimeError):
+    """The database cannot be reached or written; the message says what failed."""
+
+
+class DeviceExistsError(ValueError):
+    """A device with this id (or name) is already registered."""
+
+
+class Store(Protocol):
+    """Persistent state of the cloud. Every method raises `StoreUnavailableError` when the database fails."""
+
+    async def open(self) -> None:
+        """Connect and bring the schema up to date (migrations)."""
+
+    async def close(self) -> None: ...
+
+    # -- devices --------------------------------------------------------------------------------
+
+    async def get_device(self, device_id: str) -> DeviceRecord | None: ...
+
+    async def find_device(self, id_or_name: str) -> DeviceRecord | None:
+        """By id (case-insensitive) or, failing that, by exact name."""
+
+    async def list_devices(self, owner: str | None = None) -> list[DeviceRecord]:
+        """All devices, or one owner's, ordered by id."""
+
+    async def add_device(self, device: DeviceRecord) -> None:
+        """Raises `DeviceExistsError` for a taken id or name."""
+
+    async def save_device(self, device: DeviceRecord) -> None:
+        """Insert or replace every field of the device (raises `DeviceExistsError` for a taken name)."""
+
+    async def remove_device(self, device_id: str) -> bool:
+        """True if it existed."""
+
+    async def mark_all_offline(self) -> None:
+        """At start-up: no device is connected to a process that just started."""
+
+    # -- connection attempts --------------------------------------------------------------------
+
+    async def record_attempt(self, attempt: ConnectionAttempt) -> int:
+        """Store the attempt, return its id."""
+
+    async def list_attempts(
+        self,
+        device_id: str | None = None,
+        *,
+        since: datetime | None = None,
+        peer_address: str | None = None,
+        limit: int = 100,
+    ) -> list[ConnectionAttempt]:
+        """Newest first. `device_id` None means all attempts, identified or not."""

@@ -1,0 +1,117 @@
+"""The tables, as SQLAlchemy Core metadata: what queries are written against.
+
+The migrations in ``migrations/versions`` create the same schema by themselves (a migration is a frozen
+snapshot and must not change when this module does); a test compares the two.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+__all__ = ["UTCDateTime", "connection_attempts", "devices", "metadata"]
+
+#: Explicit constraint names, so that later migrations can refer to them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware datetime, stored in UTC and read back as an aware UTC datetime.
+
+    PostgreSQL's ``timestamptz`` keeps the instant; SQLite has no zone, so the column holds the UTC wall
+    time and the zone is put back on read. Naive datetimes are refused: guessing their zone would
+    silently shift records by hours.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value.isoformat()} cannot be stored: give it a time zone")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(255)),
+    Column("owner", String(255)),
+    Column("public_key_der", LargeBinary),
+    Column("key_fingerprint", String(255)),
+    Column("platform_id", Integer),
+    Column("product_id", Integer),
+    Column("product_version", Integer),
+    Column("system_version", Integer),
+    Column("hello_flags", Integer),
+    Column("functions", JSON, nullable=False),
+    Column("variables", JSON, nullable=False),
+    Column("online", Boolean, nullable=False),
+    Column("last_heard", UTCDateTime),
+    Column("last_address", String(255)),
+    Column("created_at", UTCDateTime),
+    # Both SQLite and PostgreSQL let any number of rows have a NULL name under a unique constraint.
+    UniqueConstraint("name"),
+    Index(None, "owner"),
+)
+
+connection_attempts = Table(
+    "connection_attempts",
+    metadata,
+    # 64-bit on PostgreSQL: a fleet that keeps failing its handshake adds millions of rows a day. SQLite
+    # needs exactly INTEGER for the rowid alias that makes the id autoincrement.
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("peer_address", String(255), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("step", String(64), nullable=False),
+    Column("reason", String(64)),
+    Column("detail", Text),
+    Column("device_id", String(64)),
+    Column("presented_fingerprint", String(255)),
+    Column("stored_fingerprint", String(255)),
+    Column("duration", Float),
+    Index(None, "device_id", "started_at"),
+    Index(None, "peer_address", "started_at"),
+    # The unfiltered "latest attempts" view of the dashboard.
+    Index(None, "started_at"),
+)

@@ -1,0 +1,397 @@
+"""The embedded default store: one SQLite file, through SQLAlchemy Core over aiosqlite."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self
+
+from sqlalchemy import URL, Connection, RowMapping, bindparam, delete, event, insert, or_, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from cyan.cloud.models import AttemptOutcome, ConnectionAttempt, DeviceRecord, Variable
+from cyan.cloud.ports import DeviceExistsError, StoreUnavailableError
+
+from ._migrate import upgrade_to_head
+from ._schema import connection_attempts, devices
+
+__all__ = ["SqliteStore"]
+
+#: Execution option read by the ``begin`` listener: the statement that starts a connection's transactions.
+_BEGIN_OPTION = "cyan_sqlite_begin"
+
+# Built once: building a statement costs more than running a cached one.
+_INSERT_DEVICE = insert(devices)
+_UPDATE_DEVICE = update(devices).where(devices.c.id == bindparam("match_id"))
+_INSERT_ATTEMPT = insert(connection_attempts)
+
+#: Hints added to SQLite's terse messages, keyed by a fragment of them.
+_HINTS = {
+    "database is locked": "another process held a write lock longer than the busy timeout",
+    "file is not a database": "the file is not a SQLite database, or it is corrupt",
+    "database disk image is malformed": "the file is corrupt",
+    "readonly database": "the file or its directory is read-only for this user",
+    "unable to open database file": "check that the directory exists and is writable",
+    "disk i/o error": "the disk failed, or the -wal/-shm files beside the database cannot be written",
+    "database or disk is full": "free some disk space",
+}
+
+
+class SqliteStore:
+    """`cyan.cloud.ports.Store` on a SQLite file in WAL mode.
+
+    Readers run in parallel on pooled connections; writes are serialised by an `asyncio.Lock` so that the
+    process never queues on SQLite's file lock. Every method but `save_device` runs one statement, which
+    SQLite makes atomic by itself, so no BEGIN is sent for it (each is a round trip to the driver's thread).
+    Transactions of several statements start with BEGIN IMMEDIATE: they take the write lock up front, so
+    another process's writer makes them wait (up to `busy_timeout` seconds) instead of failing midway.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
+        self.path = Path(path).expanduser().absolute()
+        self.busy_timeout = busy_timeout
+        self._engine: AsyncEngine | None = None
+        self._write_lock = asyncio.Lock()
+        self._was_opened = False
+
+    def __repr__(self) -> str:
+        state = "open" if self._engine is not None else "closed"
+        return f"<SqliteStore {str(self.path)!r} {state}>"
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._engine is not None:
+            return
+        self._create_file()
+        engine = create_async_engine(URL.create("sqlite+aiosqlite", database=str(self.path)))
+        event.listen(engine.sync_engine, "connect", self._on_connect)
+        event.listen(engine.sync_engine, "begin", _on_begin)
+        try:
+            with self._translate("open the store"):
+                async with engine.connect() as conn:
+                    mode = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar()
+                    await conn.commit()
+                    if mode != "wal":
+                        raise StoreUnavailableError(
+                            f"cannot open the store: SQLite database {self.path}: write-ahead logging is not "
+                            f"available there (journal mode {mode!r}); put the file on a local file system"
+                        )
+                    # IMMEDIATE: two processes opening a new file at once must not both create the tables.
+                    await conn.execution_options(**{_BEGIN_OPTION: "BEGIN IMMEDIATE"})
+                    async with conn.begin():
+                        await conn.run_sync(upgrade_to_head, f"SQLite database {self.path}")
+        except BaseException:
+            await engine.dispose()
+            raise
+        self._engine = engine
+        self._write_lock = asyncio.Lock()
+        self._was_opened = True
+
+    async def close(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            with self._translate("close the store"):
+                await engine.dispose()
+
+    def _create_file(self) -> None:
+        # SQLite would create the file with the umask's mode; it will hold device keys, so create it first,
+        # owner-only. SQLite gives its -wal and -shm files the mode of the database file.
+        what = f"cannot create the SQLite database {self.path}"
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except FileExistsError as exc:
+            raise StoreUnavailableError(f"{what}: {exc.filename} is not a directory") from exc
+        except OSError as exc:
+            raise StoreUnavailableError(f"{what}: cannot create the directory {exc.filename}: {exc.strerror}") from exc
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return
+        except OSError as exc:
+            raise StoreUnavailableError(f"{what}: {exc.strerror or exc}") from exc
+        os.close(fd)
+
+    def _on_connect(self, dbapi_connection: Any, connection_record: Any) -> None:
+        # The driver's own BEGIN handling skips SELECT and DDL, so a migration would not be one transaction:
+        # turn it off and let `_on_begin` send BEGIN where a transaction needs one.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            # WAL: readers never block the writer. NORMAL skips an fsync per commit: in WAL mode a crash of
+            # the process loses nothing, and a power loss can undo the last commits but not corrupt the file.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={round(self.busy_timeout * 1000)}")
+        finally:
+            cursor.close()
+
+    # -- devices --------------------------------------------------------------------------------
+
+    async def get_device(self, device_id: str) -> DeviceRecord | None:
+        query = select(devices).where(devices.c.id == device_id.lower())
+        async with self._reading("read a device") as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return None if row is None else _device_from_row(row)
+
+    async def find_device(self, id_or_name: str) -> DeviceRecord | None:
+        device_id = id_or_name.lower()
+        query = select(devices).where(or_(devices.c.id == device_id, devices.c.name == id_or_name))
+        async with self._reading("find a device") as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        # An id wins over another device's name that happens to look like it.
+        rows = sorted(rows, key=lambda row: row["id"] != device_id)
+        return _device_from_row(rows[0]) if rows else None
+
+    async def list_devices(self, owner: str | None = None) -> list[DeviceRecord]:
+        query = select(devices).order_by(devices.c.id)
+        if owner is not None:
+            query = query.where(devices.c.owner == owner)
+        async with self._reading("list devices") as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [_device_from_row(row) for row in rows]
+
+    async def add_device(self, device: DeviceRecord) -> None:
+        values = _device_values(device)
+        try:
+            async with self._writing("add a device", conflicts=True) as conn:
+                await conn.execute(_INSERT_DEVICE, values)
+        except IntegrityError as exc:
+            raise DeviceExistsError(await self._conflict(values)) from exc
+
+    async def save_device(self, device: DeviceRecord) -> None:
+        values = _device_values(device)
+        try:
+            async with self._writing("save a device", conflicts=True, statements="several") as conn:
+                # UPDATE then INSERT is the portable upsert; BEGIN IMMEDIATE makes the pair atomic.
+                result = await conn.execute(_UPDATE_DEVICE, {"match_id": values["id"], **values})
+                if result.rowcount == 0:
+                    await conn.execute(_INSERT_DEVICE, values)
+        except IntegrityError as exc:
+            raise DeviceExistsError(await self._conflict(values)) from exc
+
+    async def remove_device(self, device_id: str) -> bool:
+        async with self._writing("remove a device") as conn:
+            result = await conn.execute(delete(devices).where(devices.c.id == device_id.lower()))
+        return result.rowcount > 0
+
+    async def mark_all_offline(self) -> None:
+        async with self._writing("mark devices offline") as conn:
+            await conn.execute(update(devices).where(devices.c.online.is_(True)).values(online=False))
+
+    async def _conflict(self, values: Mapping[str, Any]) -> str:
+        """Which of id and name is taken, for the message of `DeviceExistsError`."""
+        device_id, name = values["id"], values["name"]
+        query = select(devices.c.id, devices.c.name).where(or_(devices.c.id == device_id, devices.c.name == name))
+        async with self._reading("check a device's id and name") as conn:
+            rows = (await conn.execute(query)).all()
+        for row in rows:
+            if row.name == name and row.id != device_id:
+                return f"the name {name!r} is already taken by device {row.id}"
+        if any(row.id == device_id for row in rows):
+            return f"device {device_id} is already registered"
+        return f"device {device_id} or the name {name!r} was registered concurrently"
+
+    # -- connection attempts --------------------------------------------------------------------
+
+    async def record_attempt(self, attempt: ConnectionAttempt) -> int:
+        async with self._writing("record a connection attempt") as conn:
+            result = await conn.execute(_INSERT_ATTEMPT, _attempt_values(attempt))
+        key = result.inserted_primary_key
+        assert key is not None  # an INSERT of one row always has one
+        return int(key[0])
+
+    async def list_attempts(
+        self,
+        device_id: str | None = None,
+        *,
+        since: datetime | None = None,
+        peer_address: str | None = None,
+        limit: int = 100,
+    ) -> list[ConnectionAttempt]:
+        if limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+        table = connection_attempts
+        query = select(table).order_by(table.c.started_at.desc(), table.c.id.desc()).limit(limit)
+        if device_id is not None:
+            query = query.where(table.c.device_id == device_id.lower())
+        if since is not None:
+            query = query.where(table.c.started_at >= _aware(since, "since"))
+        if peer_address is not None:
+            query = query.where(table.c.peer_address == peer_address)
+        async with self._reading("list connection attempts") as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [_attempt_from_row(row) for row in rows]
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _require_engine(self) -> AsyncEngine:
+        if self._engine is None:
+            state = "closed" if self._was_opened else "not open (call open() first)"
+            raise StoreUnavailableError(f"the SQLite store {self.path} is {state}")
+        return self._engine
+
+    @asynccontextmanager
+    async def _reading(self, action: str) -> AsyncIterator[AsyncConnection]:
+        engine = self._require_engine()
+        with self._translate(action):
+            async with engine.connect() as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def _writing(
+        self, action: str, *, conflicts: bool = False, statements: Literal["one", "several"] = "one"
+    ) -> AsyncIterator[AsyncConnection]:
+        """A write, committed when the block ends; `conflicts` lets `IntegrityError` through.
+
+        A block that runs more than one statement must say so, or they would not form one transaction.
+        """
+        engine = self._require_engine()
+        # Taking the lock before a pooled connection keeps a burst of writers from draining the pool.
+        async with self._write_lock:
+            with self._translate(action, conflicts=conflicts):
+                async with engine.connect() as conn:
+                    if statements == "several":
+                        await conn.execution_options(**{_BEGIN_OPTION: "BEGIN IMMEDIATE"})
+                    async with conn.begin():
+                        yield conn
+
+    @contextmanager
+    def _translate(self, action: str, *, conflicts: bool = False) -> Iterator[None]:
+        """Turn every failure of the database into `StoreUnavailableError` naming the file and the cause."""
+        try:
+            yield
+        except IntegrityError as exc:
+            if conflicts:
+                raise
+            raise StoreUnavailableError(self._message(action, exc)) from exc
+        except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
+            raise StoreUnavailableError(self._message(action, exc)) from exc
+
+    def _message(self, action: str, exc: BaseException) -> str:
+        cause = _cause(exc)
+        hint = next((hint for fragment, hint in _HINTS.items() if fragment in cause.lower()), None)
+        if hint == _HINTS["database is locked"]:
+            hint += f" ({self.busy_timeout:g} s)"
+        suffix = f"; {hint}" if hint else ""
+        return f"cannot {action}: SQLite database {self.path}: {cause}{suffix}"
+
+
+def _cause(exc: BaseException) -> str:
+    """The driver's own message, without SQLAlchemy's statement and documentation link."""
+    original = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    if isinstance(original, OSError) and original.strerror:
+        return f"{original.strerror}: {original.filename}" if original.filename else original.strerror
+    return str(original) or type(original).__name__
+
+
+def _on_begin(conn: Connection) -> None:
+    # Without the option the driver stays in autocommit: the block runs a single statement (see `_writing`).
+    begin = conn.get_execution_options().get(_BEGIN_OPTION)
+    if begin is not None:
+        conn.exec_driver_sql(begin)
+
+
+# -- rows <-> records ---------------------------------------------------------------------------
+
+
+def _aware(value: datetime, field: str) -> datetime:
+    # Checked before the query runs: a naive datetime is the caller's mistake, not the database's.
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{field} must be an aware datetime, got the naive {value.isoformat()}")
+    return value
+
+
+def _optional_aware(value: datetime | None, field: str) -> datetime | None:
+    return None if value is None else _aware(value, field)
+
+
+def _device_values(device: DeviceRecord) -> dict[str, Any]:
+    return {
+        "id": device.id.lower(),
+        "name": device.name,
+        "owner": device.owner,
+        "public_key_der": device.public_key_der,
+        "key_fingerprint": device.key_fingerprint,
+        "platform_id": device.platform_id,
+        "product_id": device.product_id,
+        "product_version": device.product_version,
+        "system_version": device.system_version,
+        "hello_flags": device.hello_flags,
+        "functions": list(device.functions),
+        "variables": [{"name": variable.name, "type": variable.type} for variable in device.variables],
+        "online": device.online,
+        "last_heard": _optional_aware(device.last_heard, "last_heard"),
+        "last_address": device.last_address,
+        "created_at": _optional_aware(device.created_at, "created_at"),
+    }
+
+
+def _device_from_row(row: RowMapping) -> DeviceRecord:
+    return DeviceRecord(
+        id=row["id"],
+        name=row["name"],
+        owner=row["owner"],
+        public_key_der=row["public_key_der"],
+        key_fingerprint=row["key_fingerprint"],
+        platform_id=row["platform_id"],
+        product_id=row["product_id"],
+        product_version=row["product_version"],
+        system_version=row["system_version"],
+        hello_flags=row["hello_flags"],
+        functions=list(row["functions"]),
+        variables=[Variable(name=item["name"], type=item["type"]) for item in row["variables"]],
+        online=bool(row["online"]),
+        last_heard=row["last_heard"],
+        last_address=row["last_address"],
+        created_at=row["created_at"],
+    )
+
+
+def _attempt_values(attempt: ConnectionAttempt) -> dict[str, Any]:
+    # The id is the database's to assign: a record that already has one is recorded again as new.
+    return {
+        "started_at": _aware(attempt.started_at, "started_at"),
+        "peer_address": attempt.peer_address,
+        "outcome": AttemptOutcome(attempt.outcome).value,
+        "step": attempt.step,
+        "reason": attempt.reason,
+        "detail": attempt.detail,
+        "device_id": None if attempt.device_id is None else attempt.device_id.lower(),
+        "presented_fingerprint": attempt.presented_fingerprint,
+        "stored_fingerprint": attempt.stored_fingerprint,
+        "duration": attempt.duration,
+    }
+
+
+def _attempt_from_row(row: RowMapping) -> ConnectionAttempt:
+    return ConnectionAttempt(
+        id=row["id"],
+        started_at=row["started_at"],
+        peer_address=row["peer_address"],
+        outcome=AttemptOutcome(row["outcome"]),
+        step=row["step"],
+        reason=row["reason"],
+        detail=row["detail"],
+        device_id=row["device_id"],
+        presented_fingerprint=row["presented_fingerprint"],
+        stored_fingerprint=row["stored_fingerprint"],
+        duration=row["duration"],
+    )
