@@ -1,0 +1,10 @@
+"""The event bus: how events travel between devices, the API's streams and other nodes.
+
+The embedded default is `InProcessBus`. Subscribers get bounded queues: a slow reader (an SSE client on a
+bad network) loses its oldest events and is told how many, and never slows a device down.
+"""
+
+from ._events import CloudEvent
+from .inprocess import BusSubscription, InProcessBus
+
+__all__ = ["BusSubscription", "CloudEvent", "InProcessBus"]

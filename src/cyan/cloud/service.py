@@ -1,0 +1,323 @@
+"""The cloud domain service: who is connected, what they can do, and where events go.
+
+The device server calls in when a device identifies itself, connects, describes itself, publishes or
+subscribes; the API calls in to list devices, call functions, read variables and publish. Everything a
+connection event changes happens synchronously in memory, in the order the device sent it; persistence
+goes through one background writer so a slow or failing database never stalls a device (design.md §1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from cyan.bus import CloudEvent, InProcessBus
+from cyan.protocol import Hello, SubscriptionScope, VariableType
+
+from .errors import DeviceNotFoundError, DeviceOfflineError, UnknownFunctionError, UnknownVariableError
+from .keypolicy import Decision, decide_strict
+from .models import ConnectionAttempt, DeviceRecord, Variable
+from .ports import Store, StoreUnavailableError
+
+__all__ = ["Cloud", "DeviceLink"]
+
+log = logging.getLogger("cyan.cloud")
+
+VariableValue = bool | int | float | str
+
+
+class DeviceLink(Protocol):
+    """A live session with one device, as the device server offers it to the cloud."""
+
+    device_id: str
+    peer_address: str
+
+    def call_function(self, name: str, argument: str, timeout: float) -> Awaitable[int]: ...
+
+    def read_variable(self, name: str, timeout: float) -> Awaitable[tuple[bytes, VariableValue | None]]: ...
+
+    def send_event(self, name: str, data: str | None, ttl: int, private: bool) -> None: ...
+
+    def signal(self, on: bool, timeout: float) -> Awaitable[None]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class _Subscription:
+    prefix: str
+    scope: SubscriptionScope
+    device_id: str | None
+
+
+@dataclass(slots=True)
+class _Session:
+    link: DeviceLink
+    record: DeviceRecord
+    subscriptions: list[_Subscription] = field(default_factory=list)
+
+
+class Cloud:
+    """The domain, over a `Store` and a bus."""
+
+    def __init__(
+        self,
+        store: Store,
+        bus: InProcessBus,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        request_timeout: float = 20.0,
+        pending_writes_limit: int = 100_000,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self._clock = clock
+        self.request_timeout = request_timeout
+        self._sessions: dict[str, _Session] = {}
+        self._by_owner: dict[str | None, set[str]] = defaultdict(set)
+        self._firehose: set[str] = set()
+        self._writes: deque[Callable[[], Awaitable[Any]]] = deque()
+        self._writes_limit = pending_writes_limit
+        self._writes_dropped = 0
+        self._write_signal = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._stopping = False
+        bus.add_listener(self._fan_out)
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.store.mark_all_offline()
+        self._writer = asyncio.create_task(self._write_loop(), name="cyan-cloud-writer")
+
+    async def stop(self) -> None:
+        """Close every session, then flush what is still to be written."""
+        for session in list(self._sessions.values()):
+            session.link.close()
+        self._stopping = True
+        self._write_signal.set()
+        if self._writer is not None:
+            await self._writer
+            self._writer = None
+
+    def _persist(self, write: Callable[[], Awaitable[Any]]) -> None:
+        if len(self._writes) >= self._writes_limit:
+            self._writes.popleft()
+            self._writes_dropped += 1
+            log.error("database writes are backing up: dropped the oldest (%d so far)", self._writes_dropped)
+        self._writes.append(write)
+        self._write_signal.set()
+
+    async def _write_loop(self) -> None:
+        delay = 0.5
+        while True:
+            while self._writes:
+                write = self._writes[0]
+                try:
+                    await write()
+                except StoreUnavailableError as exc:
+                    if self._stopping:
+                        log.error("database unavailable at shutdown; %d writes lost: %s", len(self._writes), exc)
+                        return
+                    # Keep the write and retry: a database that is down must not lose a record.
+                    log.error("database unavailable, retrying in %.1f s: %s", delay, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+                    continue
+                except Exception:
+                    log.exception("a database write failed and was dropped")
+                self._writes.popleft()
+                delay = 0.5
+            if self._stopping:
+                return
+            self._write_signal.clear()
+            await self._write_signal.wait()
+
+    async def flush(self) -> None:
+        """Wait until every queued write has reached the store (tests, shutdown)."""
+        while self._writes:
+            await asyncio.sleep(0.005)
+
+    # -- handshake ------------------------------------------------------------------------------
+
+    async def authorize(self, device_id: str, presented_der: bytes | None) -> tuple[Decision, DeviceRecord | None]:
+        record = await self.store.get_device(device_id)
+        return decide_strict(device_id, record, presented_der), record
+
+    def record_attempt(self, attempt: ConnectionAttempt) -> None:
+        self._persist(lambda: self.store.record_attempt(attempt))
+
+    # -- sessions -------------------------------------------------------------------------------
+
+    def session_started(self, link: DeviceLink, record: DeviceRecord, hello: Hello) -> None:
+        previous = self._sessions.get(link.device_id)
+        if previous is not None and previous.link is not link:
+            # A reconnecting device replaces its old connection (often a dead one the server has not
+            # noticed yet: the device restarted or its Wi-Fi dropped).
+            log.info("device %s reconnected; closing its previous connection", link.device_id)
+            self._drop(previous)
+            previous.link.close()
+        now = self._clock()
+        record.online = True
+        record.last_heard = now
+        record.last_address = link.peer_address
+        record.platform_id = hello.platform_id
+        record.product_id = hello.product_id
+        record.product_version = hello.product_version
+        record.hello_flags = int(hello.flags)
+        if hello.system_version is not None:
+            record.system_version = hello.system_version
+        session = _Session(link, record)
+        self._sessions[link.device_id] = session
+        self._by_owner[record.owner].add(link.device_id)
+        self._save(record)
+        self._system_event(record, "spark/status", "online")
+
+    def session_ended(self, link: DeviceLink) -> None:
+        session = self._sessions.get(link.device_id)
+        if session is None or session.link is not link:
+            return
+        self._drop(session)
+        record = session.record
+        record.online = False
+        self._save(record)
+        self._system_event(record, "spark/status", "offline")
+
+    def _drop(self, session: _Session) -> None:
+        device_id = session.link.device_id
+        self._sessions.pop(device_id, None)
+        self._by_owner[session.record.owner].discard(device_id)
+        self._firehose.discard(device_id)
+
+    def _save(self, record: DeviceRecord) -> None:
+        snapshot = replace(record, functions=list(record.functions), variables=list(record.variables))
+        self._persist(lambda: self.store.save_device(snapshot))
+
+    def heard_from(self, link: DeviceLink) -> None:
+        session = self._sessions.get(link.device_id)
+        if session is not None:
+            session.record.last_heard = self._clock()
+
+    def describe_received(self, link: DeviceLink, document: dict[str, Any]) -> None:
+        session = self._sessions.get(link.device_id)
+        if session is None:
+            return
+        record = session.record
+        changed = False
+        functions = document.get("f")
+        if isinstance(functions, list):
+            record.functions = [f for f in functions if isinstance(f, str)]
+            changed = True
+        variables = document.get("v")
+        if isinstance(variables, dict):
+            record.variables = [
+                Variable(name, VariableType(code).api_name)
+                for name, code in variables.items()
+                if isinstance(code, int) and code in VariableType._value2member_map_
+            ]
+            changed = True
+        platform = document.get("p")
+        if isinstance(platform, int):
+            record.platform_id = platform
+            changed = True
+        if changed:
+            self._save(record)
+
+    def event_from_device(self, link: DeviceLink, name: str, data: bytes | None, ttl: int, private: bool) -> None:
+        session = self._sessions.get(link.device_id)
+        if session is None:
+            return
+        record = session.record
+        record.last_heard = self._clock()
+        text = data.decode("utf-8", "replace") if data is not None else None
+        self.bus.publish(CloudEvent(name, text, ttl, self._clock(), record.id, record.owner, private))
+
+    def subscription_from_device(
+        self, link: DeviceLink, prefix: str, scope: SubscriptionScope, device_id: str | None
+    ) -> None:
+        session = self._sessions.get(link.device_id)
+        if session is None:
+            return
+        session.subscriptions.append(_Subscription(prefix, scope, device_id))
+        if scope is SubscriptionScope.ALL_DEVICES:
+            self._firehose.add(link.device_id)
+
+    def _system_event(self, record: DeviceRecord, name: str, data: str) -> None:
+        self.bus.publish(CloudEvent(name, data, 60, self._clock(), record.id, record.owner, True))
+
+    def _fan_out(self, event: CloudEvent) -> None:
+        """Deliver an event to the connected devices whose subscriptions match it (protocol.md §6.4)."""
+        targets = set(self._by_owner.get(event.owner, ()))
+        if not event.private:
+            targets |= self._firehose
+        for device_id in targets:
+            session = self._sessions.get(device_id)
+            if session is None:
+                continue
+            for sub in session.subscriptions:
+                if not event.name.startswith(sub.prefix):
+                    continue
+                if sub.scope is SubscriptionScope.DEVICE and sub.device_id != event.device_id:
+                    continue
+                if sub.scope is SubscriptionScope.ALL_DEVICES and event.private and session.record.owner != event.owner:
+                    continue
+                try:
+                    session.link.send_event(event.name, event.data, event.ttl, event.private)
+                except Exception:
+                    log.exception("could not deliver %s to device %s", event.name, device_id)
+                break
+
+    # -- for the API and the CLI ----------------------------------------------------------------
+
+    def online(self, device_id: str) -> bool:
+        return device_id in self._sessions
+
+    @property
+    def connected_count(self) -> int:
+        return len(self._sessions)
+
+    async def find_device(self, id_or_name: str, *, owner: str | None = None) -> DeviceRecord:
+        """Resolve an id or a name; the live record when connected. Owner-scoped when `owner` is given."""
+        session = self._sessions.get(id_or_name.lower())
+        record = session.record if session else await self.store.find_device(id_or_name)
+        if record is None or (owner is not None and record.owner != owner):
+            raise DeviceNotFoundError(id_or_name)
+        live = self._sessions.get(record.id)
+        return live.record if live else record
+
+    def _session_for(self, record: DeviceRecord) -> _Session:
+        session = self._sessions.get(record.id)
+        if session is None:
+            raise DeviceOfflineError(record.id)
+        return session
+
+    async def call_function(
+        self, id_or_name: str, name: str, argument: str, *, owner: str | None = None, timeout: float | None = None
+    ) -> int:
+        record = await self.find_device(id_or_name, owner=owner)
+        session = self._session_for(record)
+        if record.functions and name not in record.functions:
+            raise UnknownFunctionError(record.id, name)
+        return await session.link.call_function(name, argument, timeout or self.request_timeout)
+
+    async def read_variable(
+        self, id_or_name: str, name: str, *, owner: str | None = None, timeout: float | None = None
+    ) -> tuple[bytes, VariableValue | None]:
+        record = await self.find_device(id_or_name, owner=owner)
+        session = self._session_for(record)
+        if record.variables and name not in {v.name for v in record.variables}:
+            raise UnknownVariableError(record.id, name)
+        return await session.link.read_variable(name, timeout or self.request_timeout)
+
+    async def signal(self, id_or_name: str, on: bool, *, owner: str | None = None) -> None:
+        record = await self.find_device(id_or_name, owner=owner)
+        await self._session_for(record).link.signal(on, self.request_timeout)
+
+    def publish(self, name: str, data: str | None, *, owner: str | None, private: bool = True, ttl: int = 60) -> None:
+        """An event from the API: to the owner's devices and every stream that matches."""
+        self.bus.publish(CloudEvent(name, data, ttl, self._clock(), None, owner, private))
