@@ -1,0 +1,382 @@
+"""TCP device server (port 5683): one `ServerConnection` per socket, events handed to the cloud.
+
+The adapter does four things and nothing else: feed received bytes to the core, act on its events, write
+what it queued in one `transport.write` (each frame whole, TCP_NODELAY; protocol.md §4, §13.1 #15), and
+re-arm one timer from `get_timer()`. Every connection attempt ends in exactly one record: connected, or
+failed with the step and reason the core reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import socket
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from cyan.cloud.errors import DeviceTimeoutError, FunctionRefusedError, UnknownVariableError
+from cyan.cloud.models import AttemptOutcome, ConnectionAttempt, DeviceRecord
+from cyan.cloud.service import Cloud, VariableValue
+from cyan.protocol import (
+    ConnectionClosed,
+    ConnectionFailed,
+    DescribeReceived,
+    DeviceIdentified,
+    Event,
+    EventPublished,
+    FunctionFailed,
+    FunctionReturned,
+    GoodbyeReceived,
+    HelloReceived,
+    LocalProtocolError,
+    MessageIgnored,
+    Reason,
+    RemoteProtocolError,
+    RequestTimedOut,
+    ServerConfig,
+    ServerConnection,
+    SignalAcknowledged,
+    Step,
+    SubscriptionRequested,
+    VariableRead,
+    VariableReadFailed,
+)
+
+__all__ = ["DeviceServer"]
+
+log = logging.getLogger("cyan.server")
+_connection_ids = itertools.count(1)
+
+
+class _DeviceProtocol(asyncio.Protocol):
+    """One device socket."""
+
+    def __init__(self, server: DeviceServer) -> None:
+        self._server = server
+        self._cloud = server.cloud
+        self._id = next(_connection_ids)
+        self._transport: asyncio.Transport | None = None
+        self._conn: ServerConnection | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._started = 0.0
+        self._record: DeviceRecord | None = None
+        self._presented: str | None = None
+        self._stored: str | None = None
+        self._attempt_recorded = False
+        self._session_started = False
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._request_names: dict[int, str] = {}
+        self.device_id = ""
+        self.peer_address = ""
+
+    # -- asyncio callbacks --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        self.peer_address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._started = time.time()
+        self._server._connections.add(self)
+        self._conn = ServerConnection(self._server.server_key, self._started, config=self._server.config)
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        conn = self._conn
+        if conn is None or conn.closed:
+            return
+        try:
+            conn.receive_data(data, time.time())
+        except RemoteProtocolError as exc:
+            self._handle_events()
+            self._fail(exc.step, exc.reason, str(exc))
+            return
+        self._handle_events()
+        self._flush()
+
+    def eof_received(self) -> bool | None:
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            conn.receive_eof(time.time())
+            self._handle_events()
+        self._close()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            # The socket went away without a FIN we saw as EOF (a reset, or our own close).
+            conn.receive_eof(time.time())
+            self._handle_events()
+        self._end_session()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ConnectionError(f"device {self.device_id} disconnected"))
+        self._pending.clear()
+        self._server._connections.discard(self)
+
+    # -- core plumbing --------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        conn = self._conn
+        transport = self._transport
+        if conn is None or transport is None:
+            return
+        data = conn.data_to_send()
+        if data and not transport.is_closing():
+            transport.write(data)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        conn = self._conn
+        if conn is None:
+            return
+        due = conn.get_timer()
+        if due is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(loop.time() + max(0.0, due - time.time()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        conn = self._conn
+        if conn is None or conn.closed:
+            return
+        conn.handle_timer(time.time())
+        self._handle_events()
+        self._flush()
+
+    def _handle_events(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        while (event := conn.next_event()) is not None:
+            self._on_event(event)
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, DeviceIdentified):
+            self.device_id = event.device_id
+            asyncio.get_running_loop().create_task(self._decide(event))
+        elif isinstance(event, HelloReceived):
+            assert self._record is not None
+            self._record_attempt(AttemptOutcome.CONNECTED, Step.SESSION, None, None)
+            self._session_started = True
+            self._cloud.session_started(self, self._record, event.hello)
+            log.info("device %s connected from %s (connection %d)", self.device_id, self.peer_address, self._id)
+        elif isinstance(event, EventPublished):
+            self._cloud.event_from_device(self, event.name, event.data, event.ttl, event.private)
+        elif isinstance(event, DescribeReceived):
+            if event.document is not None:
+                self._cloud.describe_received(self, event.document)
+            elif event.error:
+                log.warning("device %s sent a describe that is not JSON: %s", self.device_id, event.error)
+        elif isinstance(event, SubscriptionRequested):
+            self._cloud.subscription_from_device(self, event.prefix, event.scope, event.device_id)
+        elif isinstance(event, FunctionReturned):
+            self._resolve(event.request_id, event.return_value)
+        elif isinstance(event, FunctionFailed):
+            self._reject(event.request_id, FunctionRefusedError(f"device {self.device_id}: {event.detail}"))
+        elif isinstance(event, VariableRead):
+            self._resolve(event.request_id, (event.raw, event.value))
+        elif isinstance(event, VariableReadFailed):
+            self._reject(event.request_id, UnknownVariableError(self.device_id, event.name))
+        elif isinstance(event, SignalAcknowledged):
+            self._resolve(event.request_id, None)
+        elif isinstance(event, RequestTimedOut):
+            timeout = self._server.config.request_timeout
+            error: Exception = DeviceTimeoutError(self.device_id, f"{event.kind} {event.name!r}", timeout)
+            if event.kind == "function":
+                # The firmware ACKs an unknown function and never answers (protocol.md §6.5).
+                error = DeviceTimeoutError(self.device_id, f"call of {event.name!r}", timeout)
+            self._reject(event.request_id, error)
+        elif isinstance(event, ConnectionFailed):
+            self._fail(event.step, event.reason, event.detail)
+        elif isinstance(event, ConnectionClosed):
+            self._close()
+        elif isinstance(event, GoodbyeReceived):
+            log.info("device %s said goodbye: %s", self.device_id, event.goodbye)
+        elif isinstance(event, MessageIgnored):
+            log.debug("device %s: %s", self.device_id, event.description)
+        if self._session_started:
+            self._cloud.heard_from(self)
+
+    async def _decide(self, event: DeviceIdentified) -> None:
+        conn = self._conn
+        assert conn is not None
+        try:
+            decision, record = await self._cloud.authorize(event.device_id, event.public_key_der)
+        except Exception as exc:
+            log.exception("could not decide on device %s", event.device_id)
+            if not conn.closed:
+                conn.reject(Reason.KEY_REJECTED, f"the server could not look the device up: {exc}")
+                self._handle_events()
+            return
+        if conn.closed:
+            return
+        self._presented, self._stored = decision.presented_fingerprint, decision.stored_fingerprint
+        if decision.trusted_key is None:
+            assert decision.reason is not None
+            conn.reject(decision.reason, decision.detail)
+            self._handle_events()
+            return
+        self._record = record
+        conn.accept(decision.trusted_key, time.time())
+        self._handle_events()
+        self._flush()
+
+    # -- ending ---------------------------------------------------------------------------------
+
+    def _record_attempt(self, outcome: AttemptOutcome, step: Step, reason: Reason | None, detail: str | None) -> None:
+        if self._attempt_recorded:
+            return
+        self._attempt_recorded = True
+        self._cloud.record_attempt(
+            ConnectionAttempt(
+                started_at=datetime.fromtimestamp(self._started, UTC),
+                peer_address=self.peer_address,
+                outcome=outcome,
+                step=step.value,
+                reason=reason.value if reason else None,
+                detail=detail,
+                device_id=self.device_id or None,
+                presented_fingerprint=self._presented,
+                stored_fingerprint=self._stored,
+                duration=round(time.time() - self._started, 6),
+            )
+        )
+
+    def _fail(self, step: Step, reason: Reason, detail: str) -> None:
+        if self._session_started:
+            log.info("device %s session ended: %s at %s: %s", self.device_id, reason.value, step.value, detail)
+        else:
+            self._record_attempt(AttemptOutcome.FAILED, step, reason, detail)
+            log.info(
+                "connection %d from %s failed at %s: %s (%s)",
+                self._id,
+                self.peer_address,
+                step.value,
+                reason.value,
+                detail,
+            )
+        self._close()
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._transport is not None and not self._transport.is_closing():
+            # Flush what is queued (a final ACK), then close: a plain FIN, like Particle's cloud (§9.3).
+            self._transport.close()
+        self._end_session()
+
+    def _end_session(self) -> None:
+        if self._session_started:
+            self._session_started = False
+            self._cloud.session_ended(self)
+
+    # -- DeviceLink: what the cloud can ask of this device ----------------------------------------
+
+    def _request(self, start: Any) -> asyncio.Future[Any]:
+        conn = self._conn
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if conn is None or conn.closed:
+            future.set_exception(ConnectionError(f"device {self.device_id} disconnected"))
+            return future
+        try:
+            request_id = start(conn)
+        except (LocalProtocolError, ValueError) as exc:
+            future.set_exception(exc)
+            return future
+        self._pending[request_id] = future
+        self._flush()
+        return future
+
+    def _resolve(self, request_id: int, value: Any) -> None:
+        future = self._pending.pop(request_id, None)
+        if future is not None and not future.done():
+            future.set_result(value)
+
+    def _reject(self, request_id: int, error: Exception) -> None:
+        future = self._pending.pop(request_id, None)
+        if future is not None and not future.done():
+            future.set_exception(error)
+
+    async def call_function(self, name: str, argument: str, timeout: float) -> int:
+        result: int = await self._request(lambda c: c.call_function(name, argument, time.time(), timeout))
+        return result
+
+    async def read_variable(self, name: str, timeout: float) -> tuple[bytes, VariableValue | None]:
+        result: tuple[bytes, VariableValue | None] = await self._request(
+            lambda c: c.read_variable(name, time.time(), timeout)
+        )
+        return result
+
+    def send_event(self, name: str, data: str | None, ttl: int, private: bool) -> None:
+        conn = self._conn
+        if conn is None or conn.closed:
+            return
+        conn.send_event(name, data, ttl=ttl, private=private)
+        self._flush()
+
+    async def signal(self, on: bool, timeout: float) -> None:
+        await self._request(lambda c: c.signal(on, time.time(), timeout))
+
+    def close(self) -> None:
+        self._close()
+
+
+class DeviceServer:
+    """Listens for devices and serves each with a `_DeviceProtocol`."""
+
+    def __init__(
+        self,
+        cloud: Cloud,
+        server_key: rsa.RSAPrivateKey,
+        *,
+        host: str = "0.0.0.0",
+        port: int = 5683,
+        config: ServerConfig | None = None,
+    ) -> None:
+        self.cloud = cloud
+        self.server_key = server_key
+        self.host = host
+        self.port = port
+        self.config = config or ServerConfig()
+        self._server: asyncio.Server | None = None
+        self._connections: set[_DeviceProtocol] = set()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _DeviceProtocol(self), self.host, self.port, reuse_address=True, backlog=4096
+        )
+        sockets = self._server.sockets
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for connection in list(self._connections):
+            connection.close()
+        if server is not None:
+            await server.wait_closed()
+        await asyncio.sleep(0)
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
