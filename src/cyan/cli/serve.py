@@ -1,0 +1,67 @@
+"""`cyan serve`: the device server on the embedded default (SQLite, in-process bus)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from cyan import __version__
+from cyan.config import Settings
+from cyan.service import Service, ensure_server_keys
+
+from ._options import DataDirOption
+
+
+def serve(
+    data_dir: DataDirOption = None,
+    device_host: Annotated[
+        str | None, typer.Option("--device-host", help="Listen address for devices [env CYAN_DEVICE_HOST; 0.0.0.0].")
+    ] = None,
+    device_port: Annotated[
+        int | None, typer.Option("--device-port", help="Port for devices [env CYAN_DEVICE_PORT; 5683].")
+    ] = None,
+    public_address: Annotated[
+        str | None,
+        typer.Option(
+            "--public-address",
+            help="The IPv4 address or domain devices use to reach this server [env CYAN_PUBLIC_ADDRESS].",
+        ),
+    ] = None,
+) -> None:
+    """Run the device server: devices connect on TCP 5683; every attempt is recorded."""
+    settings = Settings.from_env(
+        data_dir=data_dir, device_host=device_host, device_port=device_port, public_address=public_address
+    )
+    keys = ensure_server_keys(settings)
+    service = Service(settings, keys)
+    asyncio.run(service.run(_print_banner))
+
+
+def _print_banner(service: Service) -> None:
+    s = service.settings
+    keys = service.keys
+    data = s.data_dir.resolve()
+    key_file = s.server_key_file_path(service.device_server.port).resolve()
+    public = s.server_public_key_path.resolve()
+    port = service.device_server.port
+    lines = [
+        f"Cyan {__version__} is serving. Data: {data}",
+        f"  Server key: {keys.fingerprint}" + (" (created now)" if keys.created else ""),
+        "",
+        f"Devices connect to {s.public_address}:{port} (listening on {s.device_host}:{port}).",
+        "  Point a Photon or P1 at this cloud with the device in DFU mode (blinking yellow):",
+        f"    particle keys server {public} --host {s.public_address} --port {port}",
+        "  or write the ready 512-byte key file yourself (P1: -d 2b04:d008):",
+        f"    dfu-util -d 2b04:d006 -a 1 -s 2082 -D {key_file}",
+        "  Register each device's public key before it connects:",
+        f"    cyan devices add DEVICE_ID --key DEVICE_KEY_FILE --data-dir {data}",
+        "",
+        "Every connection attempt is recorded: cyan devices attempts [DEVICE_ID]",
+    ]
+    if s.public_address.startswith("127."):
+        lines.append(
+            "Note: devices on other hosts cannot reach 127.x; set --public-address to this host's LAN address."
+        )
+    typer.echo("\n".join(lines), err=False)

@@ -1,0 +1,115 @@
+"""`cyan sim`: a fleet of virtual devices against a device server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cyan.cloud.models import DeviceRecord
+from cyan.config import Settings
+from cyan.keys import fingerprint, public_key_der
+from cyan.protocol import DEVICE_OS_0_6_1, DEVICE_OS_3_1_0, Firmware
+from cyan.sim import Fault, Fleet, ensure_file_limit, firmware_for, read_server_key, registered_public_key
+from cyan.store import SqliteStore
+
+from ._options import DataDirOption
+
+
+def _firmware(choice: str) -> Firmware | list[Firmware]:
+    if choice == "mixed":
+        return [DEVICE_OS_3_1_0, DEVICE_OS_0_6_1]
+    return firmware_for(choice)
+
+
+def sim(
+    count: Annotated[int, typer.Option("--count", "-n", min=1, help="How many devices.")] = 10,
+    server: Annotated[str, typer.Option("--server", help="HOST:PORT of the device server.")] = "127.0.0.1:5683",
+    server_key: Annotated[
+        Path | None,
+        typer.Option("--server-key", help="The server's public key or key file [the data directory's]."),
+    ] = None,
+    firmware: Annotated[
+        str, typer.Option("--firmware", help="Device OS version: 3.1.0 (new stack), 0.6.1 (legacy) or mixed.")
+    ] = "3.1.0",
+    fault: Annotated[
+        str | None,
+        typer.Option("--fault", help="Inject a fault: " + ", ".join(f.value for f in Fault) + "."),
+    ] = None,
+    keys_dir: Annotated[Path, typer.Option("--keys-dir", help="Where the devices' keys are kept between runs.")] = Path(
+        "sim-keys"
+    ),
+    ramp: Annotated[float | None, typer.Option("--ramp", help="Connections per second [all at once].")] = None,
+    duration: Annotated[
+        float | None, typer.Option("--duration", help="Stop after this many seconds [run until Ctrl-C].")
+    ] = None,
+    register: Annotated[
+        bool, typer.Option("--register/--no-register", help="Register the devices in the data directory.")
+    ] = True,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Run virtual Photons/P1s that behave like the real firmware, optionally with a fault."""
+    settings = Settings.from_env(data_dir=data_dir)
+    key_path = server_key or settings.server_public_key_path
+    public, _address = read_server_key(key_path.read_bytes())
+    host, _, port_text = server.rpartition(":")
+    if not host or not port_text.isdigit():
+        raise typer.BadParameter(f"{server!r} is not HOST:PORT", param_hint="--server")
+    chosen_fault = Fault.parse(fault) if fault else None
+    fleet = Fleet.load_or_create(keys_dir, count, public, firmware=_firmware(firmware), fault=chosen_fault)
+    if register:
+        added = asyncio.run(_register(settings, fleet))
+        typer.echo(f"Registered {added} new device(s) in {settings.database_path}")
+    ensure_file_limit(count + 100)
+    asyncio.run(_run(fleet, host, int(port_text), ramp, duration))
+
+
+async def _register(settings: Settings, fleet: Fleet) -> int:
+    store = SqliteStore(settings.database_path)
+    await store.open()
+    added = 0
+    try:
+        for device in fleet.devices:
+            spec = device.spec
+            der = public_key_der(registered_public_key(spec))
+            existing = await store.get_device(spec.device_id)
+            if existing is not None and existing.public_key_der is not None:
+                continue  # registered before: an AMNESIA device keeps its old registration on purpose
+            await store.save_device(
+                DeviceRecord(
+                    id=spec.device_id,
+                    name=existing.name if existing else None,
+                    public_key_der=der,
+                    key_fingerprint=fingerprint(der),
+                    created_at=datetime.now(UTC),
+                )
+            )
+            added += 1
+    finally:
+        await store.close()
+    return added
+
+
+async def _run(fleet: Fleet, host: str, port: int, ramp: float | None, duration: float | None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    if duration is not None:
+        loop.call_later(duration, stop.set)
+    fleet.start(host, port, ramp=ramp)
+    typer.echo(f"Simulating {len(fleet)} device(s) against {host}:{port}; Ctrl-C stops.")
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=2.0)
+            typer.echo(str(fleet.stats()))
+    finally:
+        await fleet.stop()
+    typer.echo(f"Stopped. {fleet.stats()}")

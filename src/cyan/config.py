@@ -1,0 +1,66 @@
+"""Settings of `cyan serve`, from command-line flags and environment variables (CYAN_*)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Settings", "default_public_address"]
+
+
+def default_public_address() -> str:
+    """This host's address as its own name resolves, or loopback. Devices on other hosts need a
+    reachable address; `--public-address` sets it."""
+    try:
+        address = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+    return address or "127.0.0.1"
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"CYAN_{name}", default)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    #: Where the database, the server key and the device key files live. Env: CYAN_DATA_DIR.
+    data_dir: Path
+    #: Interface the device server listens on. Env: CYAN_DEVICE_HOST.
+    device_host: str = "0.0.0.0"
+    #: The device port; Gen 2 firmware defaults to 5683 (protocol.md §1). Env: CYAN_DEVICE_PORT.
+    device_port: int = 5683
+    #: The address devices use to reach this server: an IPv4 address or a domain, written into the
+    #: server-key file devices hold (protocol.md §11). Env: CYAN_PUBLIC_ADDRESS.
+    public_address: str = "127.0.0.1"
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "data_dir": Path(_env("DATA_DIR", "cyan-data")),
+            "device_host": _env("DEVICE_HOST", "0.0.0.0"),
+            "device_port": int(_env("DEVICE_PORT", "5683")),
+            "public_address": os.environ.get("CYAN_PUBLIC_ADDRESS") or default_public_address(),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "cyan.db"
+
+    @property
+    def server_key_path(self) -> Path:
+        return self.data_dir / "server_key.pem"
+
+    @property
+    def server_public_key_path(self) -> Path:
+        """The 294-byte public key DER, the input `particle keys server` takes."""
+        return self.data_dir / "server_public_key.der"
+
+    def server_key_file_path(self, port: int) -> Path:
+        """The 512-byte key file with this server's address, ready for DCT offset 2082 (protocol.md §11)."""
+        safe = self.public_address.replace(":", "_")
+        return self.data_dir / f"server_key_{safe}_{port}.der"

@@ -1,0 +1,128 @@
+"""Assembling `cyan serve`: key material, the store, the cloud and the device server in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from cyan.bus import InProcessBus
+from cyan.cloud.service import Cloud
+from cyan.config import Settings
+from cyan.keys import (
+    KeyFormatError,
+    build_server_key_file,
+    check_server_public_key,
+    encode_private_key_pem,
+    fingerprint,
+    generate_server_key,
+    load_private_key,
+    public_key_der,
+    write_private_key_file,
+)
+from cyan.protocol import ServerConfig
+from cyan.server import DeviceServer
+from cyan.store import SqliteStore
+
+__all__ = ["ServerKeys", "Service", "ensure_server_keys", "write_server_key_file"]
+
+log = logging.getLogger("cyan")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerKeys:
+    private_key: rsa.RSAPrivateKey
+    created: bool
+    fingerprint: str
+
+
+def ensure_server_keys(settings: Settings) -> ServerKeys:
+    """Load the server key, or create it on first start (owner-only, never overwritten), and (re)write
+    the public files devices need for the configured address."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.data_dir, 0o700)
+    path = settings.server_key_path
+    created = False
+    if path.exists():
+        try:
+            key = load_private_key(path.read_bytes())
+        except (KeyFormatError, OSError) as exc:
+            raise KeyFormatError(f"cannot use the server key {path}: {exc}") from exc
+        check_server_public_key(key.public_key())
+    else:
+        key = generate_server_key()
+        write_private_key_file(path, encode_private_key_pem(key))
+        created = True
+    public = key.public_key()
+    _write_public(settings.server_public_key_path, public_key_der(public))
+    return ServerKeys(key, created, fingerprint(public))
+
+
+def write_server_key_file(settings: Settings, public: rsa.RSAPublicKey, port: int) -> Path:
+    """The 512-byte file for DCT offset 2082 with this server's address and port (protocol.md §11)."""
+    path = settings.server_key_file_path(port)
+    _write_public(path, build_server_key_file(public, settings.public_address, port))
+    return path
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    if path.exists() and path.read_bytes() == data:
+        return
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    os.chmod(tmp, 0o644)
+    tmp.replace(path)
+
+
+class Service:
+    """One `cyan serve` process: store, bus, cloud and device server on one event loop."""
+
+    def __init__(self, settings: Settings, keys: ServerKeys, *, protocol: ServerConfig | None = None) -> None:
+        self.settings = settings
+        self.keys = keys
+        self.store = SqliteStore(settings.database_path)
+        self.bus = InProcessBus()
+        self.cloud = Cloud(self.store, self.bus)
+        self.device_server = DeviceServer(
+            self.cloud, keys.private_key, host=settings.device_host, port=settings.device_port, config=protocol
+        )
+        self.server_key_file: Path | None = None
+
+    async def start(self) -> None:
+        await self.store.open()
+        await self.cloud.start()
+        await self.device_server.start()
+        self.server_key_file = write_server_key_file(
+            self.settings, self.keys.private_key.public_key(), self.device_server.port
+        )
+
+    async def stop(self) -> None:
+        await self.device_server.stop()
+        await self.cloud.stop()
+        await self.store.close()
+
+    async def run(self, on_ready: Callable[[Service], None] | None = None) -> None:
+        """Serve until SIGINT or SIGTERM, then shut down cleanly."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, stop.set)
+        await self.start()
+        try:
+            if on_ready is not None:
+                on_ready(self)
+            await stop.wait()
+        finally:
+            log.info("shutting down")
+            await self.stop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(signum)
