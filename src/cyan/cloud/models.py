@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
-__all__ = ["AttemptOutcome", "ConnectionAttempt", "DeviceRecord", "Variable"]
+__all__ = ["AccessToken", "AttemptOutcome", "ConnectionAttempt", "DeviceRecord", "User", "Variable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,3 +68,26 @@ class ConnectionAttempt:
     #: Seconds from accept to the end of the handshake (connected) or to the failure.
     duration: float | None = None
     id: int | None = None
+
+
+@dataclass(slots=True)
+class User:
+    """A person or program that owns devices and holds access tokens."""
+
+    username: str  # an e-mail address, as the Particle CLI logs in with
+    #: `hashlib.scrypt` parameters and digest, in the form written by `cyan.cloud.auth.hash_password`.
+    password_hash: str
+    created_at: datetime
+
+
+@dataclass(slots=True)
+class AccessToken:
+    """An API access token. Only its SHA-256 is stored: a database leak gives no usable token."""
+
+    token_hash: str  # lowercase hex SHA-256 of the token
+    username: str
+    #: The OAuth client that asked for it ("CLI2", "user", "particle", ...).
+    client_id: str
+    created_at: datetime
+    #: None: never expires.
+    expires_at: datetime | None

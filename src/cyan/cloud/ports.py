@@ -8,9 +8,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from .models import ConnectionAttempt, DeviceRecord
+from .models import AccessToken, ConnectionAttempt, DeviceRecord, User
 
-__all__ = ["DeviceExistsError", "Store", "StoreUnavailableError"]
+__all__ = ["DeviceExistsError", "Store", "StoreUnavailableError", "UserExistsError"]
 
 
 class StoreUnavailableError(RuntimeError):
@@ -19,6 +19,10 @@ class StoreUnavailableError(RuntimeError):
 
 class DeviceExistsError(ValueError):
     """A device with this id (or name) is already registered."""
+
+
+class UserExistsError(ValueError):
+    """A user with this username already exists."""
 
 
 class Store(Protocol):
@@ -65,3 +69,30 @@ class Store(Protocol):
         limit: int = 100,
     ) -> list[ConnectionAttempt]:
         """Newest first. `device_id` None means all attempts, identified or not."""
+
+    # -- users and access tokens ------------------------------------------------------------------
+
+    async def add_user(self, user: User) -> None:
+        """Raises `UserExistsError` for a taken username (compared case-insensitively)."""
+
+    async def get_user(self, username: str) -> User | None:
+        """Case-insensitive lookup."""
+
+    async def list_users(self) -> list[User]:
+        """Ordered by username."""
+
+    async def remove_user(self, username: str) -> bool:
+        """Remove the user and all their tokens, and release their devices (owner becomes None)."""
+
+    async def add_token(self, token: AccessToken) -> None: ...
+
+    async def get_token(self, token_hash: str) -> AccessToken | None: ...
+
+    async def list_tokens(self, username: str) -> list[AccessToken]:
+        """Newest first."""
+
+    async def remove_token(self, token_hash: str) -> bool:
+        """True if it existed."""
+
+    async def remove_expired_tokens(self, now: datetime) -> int:
+        """Delete tokens whose `expires_at` is at or before `now`; how many."""
