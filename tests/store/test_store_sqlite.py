@@ -348,3 +348,45 @@ def test_two_stores_on_one_file_see_each_others_writes(db: Path) -> None:
                 await second.add_device(DeviceRecord(id=DEVICE_ID))
 
     run(scenario())
+
+
+def test_update_device_state_leaves_name_owner_and_key_alone(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "state.db")
+        await store.open()
+        try:
+            original = DeviceRecord(
+                id="ab" * 12, name="kitchen", owner="alice", public_key_der=b"key", key_fingerprint="fp"
+            )
+            await store.add_device(original)
+            stale = DeviceRecord(
+                id="ab" * 12,
+                name="old-name",
+                owner=None,
+                public_key_der=b"old",
+                key_fingerprint="old",
+                platform_id=6,
+                functions=["setArg"],
+                online=True,
+                last_address="127.0.0.1:1",
+            )
+            assert await store.update_device_state(stale)
+            stored = await store.get_device("ab" * 12)
+            assert stored is not None
+            assert (stored.name, stored.owner, stored.public_key_der, stored.key_fingerprint) == (
+                "kitchen",
+                "alice",
+                b"key",
+                "fp",
+            )
+            assert (stored.platform_id, stored.functions, stored.online, stored.last_address) == (
+                6,
+                ["setArg"],
+                True,
+                "127.0.0.1:1",
+            )
+            assert not await store.update_device_state(DeviceRecord(id="cd" * 12))
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())

@@ -17,9 +17,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine
-from store_support import DEVICE_ID, attempt, run
+from store_support import DEVICE_ID, T0, attempt, run
 
-from cyan.cloud.models import DeviceRecord
+from cyan.cloud.models import AccessToken, DeviceRecord, User
 from cyan.cloud.ports import StoreUnavailableError
 from cyan.store import SqliteStore, open_store
 from cyan.store._migrate import alembic_config, head_revision
@@ -71,8 +71,8 @@ def test_open_creates_directories_and_the_schema_at_head(tmp_path: Path) -> None
             pass
 
     run(scenario())
-    assert head_revision() == "0001"
-    assert _version(db) == ["0001"]
+    assert head_revision() == "0002"
+    assert _version(db) == ["0002"]
     assert _tables(db) == {
         "alembic_version": [],
         "devices": ["ix_devices_owner"],
@@ -81,6 +81,8 @@ def test_open_creates_directories_and_the_schema_at_head(tmp_path: Path) -> None
             "ix_connection_attempts_peer_address_started_at",
             "ix_connection_attempts_started_at",
         ],
+        "users": [],
+        "access_tokens": ["ix_access_tokens_username"],
     }
     assert stat.S_IMODE(db.parent.stat().st_mode) == 0o700
 
@@ -103,7 +105,7 @@ def test_a_second_open_keeps_the_data_and_runs_no_migration(tmp_path: Path, monk
     run(first())
     monkeypatch.setattr(command, "upgrade", refuse)
     assert run(second()) == DeviceRecord(id=DEVICE_ID)
-    assert _version(db) == ["0001"]
+    assert _version(db) == ["0002"]
 
 
 def test_the_migrations_build_exactly_the_schema_the_queries_use(tmp_path: Path) -> None:
@@ -138,7 +140,7 @@ def test_the_migrations_downgrade_to_nothing_and_upgrade_again(tmp_path: Path) -
         engine.dispose()
     assert _tables(db) == {"alembic_version": []}
     run(scenario())
-    assert _version(db) == ["0001"]
+    assert _version(db) == ["0002"]
 
 
 def test_a_migration_that_fails_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -163,7 +165,7 @@ def test_a_migration_that_fails_leaves_nothing_behind(tmp_path: Path, monkeypatc
     assert _tables(db) == {}  # one transaction: the tables created before the failure are gone too
     monkeypatch.undo()
     run(scenario())
-    assert _version(db) == ["0001"]
+    assert _version(db) == ["0002"]
 
 
 def test_a_schema_from_a_newer_cyan_is_refused(tmp_path: Path) -> None:
@@ -305,6 +307,15 @@ CALLS: dict[str, StoreCall] = {
     "mark_all_offline": lambda s: s.mark_all_offline(),
     "record_attempt": lambda s: s.record_attempt(attempt()),
     "list_attempts": lambda s: s.list_attempts(),
+    "add_user": lambda s: s.add_user(User("alice@example.com", "scrypt$hash", T0)),
+    "get_user": lambda s: s.get_user("alice@example.com"),
+    "list_users": lambda s: s.list_users(),
+    "remove_user": lambda s: s.remove_user("alice@example.com"),
+    "add_token": lambda s: s.add_token(AccessToken("ab" * 32, "alice@example.com", "CLI2", T0, None)),
+    "get_token": lambda s: s.get_token("ab" * 32),
+    "list_tokens": lambda s: s.list_tokens("alice@example.com"),
+    "remove_token": lambda s: s.remove_token("ab" * 32),
+    "remove_expired_tokens": lambda s: s.remove_expired_tokens(T0),
 }
 
 

@@ -49,6 +49,11 @@ class Store(Protocol):
     async def save_device(self, device: DeviceRecord) -> None:
         """Insert or replace every field of the device (raises `DeviceExistsError` for a taken name)."""
 
+    async def update_device_state(self, device: DeviceRecord) -> bool:
+        """Write only what a connection learns (online, last heard and address, Hello and Describe
+        fields), never the name, owner or key, so a queued session update cannot undo a rename, a claim
+        or a key change made meanwhile. False if the device is not registered."""
+
     async def remove_device(self, device_id: str) -> bool:
         """True if it existed."""
 

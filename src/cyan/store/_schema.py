@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["UTCDateTime", "connection_attempts", "devices", "metadata"]
+__all__ = ["UTCDateTime", "access_tokens", "connection_attempts", "devices", "metadata", "users"]
 
 #: Explicit constraint names, so that later migrations can refer to them on every backend.
 NAMING_CONVENTION = {
@@ -114,4 +114,27 @@ connection_attempts = Table(
     Index(None, "peer_address", "started_at"),
     # The unfiltered "latest attempts" view of the dashboard.
     Index(None, "started_at"),
+)
+
+users = Table(
+    "users",
+    metadata,
+    # Stored lowercase: the store compares usernames without regard to case by comparing lowercased text,
+    # which lets the primary key's own index serve every lookup.
+    Column("username", String(255), primary_key=True),
+    # Text: the length depends on the hashing parameters, and a later scheme may need more room.
+    Column("password_hash", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+access_tokens = Table(
+    "access_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    # No foreign key: `remove_user` deletes the tokens itself, in the transaction that deletes the user.
+    Column("username", String(255), nullable=False),
+    Column("client_id", String(255), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime),
+    Index(None, "username"),
 )

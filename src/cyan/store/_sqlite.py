@@ -16,11 +16,11 @@ from sqlalchemy import URL, Connection, RowMapping, bindparam, delete, event, in
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from cyan.cloud.models import AttemptOutcome, ConnectionAttempt, DeviceRecord, Variable
-from cyan.cloud.ports import DeviceExistsError, StoreUnavailableError
+from cyan.cloud.models import AccessToken, AttemptOutcome, ConnectionAttempt, DeviceRecord, User, Variable
+from cyan.cloud.ports import DeviceExistsError, StoreUnavailableError, UserExistsError
 
 from ._migrate import upgrade_to_head
-from ._schema import connection_attempts, devices
+from ._schema import access_tokens, connection_attempts, devices, users
 
 __all__ = ["SqliteStore"]
 
@@ -30,7 +30,27 @@ _BEGIN_OPTION = "cyan_sqlite_begin"
 # Built once: building a statement costs more than running a cached one.
 _INSERT_DEVICE = insert(devices)
 _UPDATE_DEVICE = update(devices).where(devices.c.id == bindparam("match_id"))
+#: What a connection changes: never the name, owner or key, which only people change (see update_device_state).
+_STATE_COLUMNS = (
+    "platform_id",
+    "product_id",
+    "product_version",
+    "system_version",
+    "hello_flags",
+    "functions",
+    "variables",
+    "online",
+    "last_heard",
+    "last_address",
+)
+_UPDATE_DEVICE_STATE = (
+    update(devices)
+    .where(devices.c.id == bindparam("match_id"))
+    .values({name: bindparam(name) for name in _STATE_COLUMNS})
+)
 _INSERT_ATTEMPT = insert(connection_attempts)
+_INSERT_USER = insert(users)
+_INSERT_TOKEN = insert(access_tokens)
 
 #: Hints added to SQLite's terse messages, keyed by a fragment of them.
 _HINTS = {
@@ -48,7 +68,8 @@ class SqliteStore:
     """`cyan.cloud.ports.Store` on a SQLite file in WAL mode.
 
     Readers run in parallel on pooled connections; writes are serialised by an `asyncio.Lock` so that the
-    process never queues on SQLite's file lock. Every method but `save_device` runs one statement, which
+    process never queues on SQLite's file lock. Every method but `save_device` and `remove_user` runs one
+    statement, which
     SQLite makes atomic by itself, so no BEGIN is sent for it (each is a round trip to the driver's thread).
     Transactions of several statements start with BEGIN IMMEDIATE: they take the write lock up front, so
     another process's writer makes them wait (up to `busy_timeout` seconds) instead of failing midway.
@@ -187,6 +208,13 @@ class SqliteStore:
         except IntegrityError as exc:
             raise DeviceExistsError(await self._conflict(values)) from exc
 
+    async def update_device_state(self, device: DeviceRecord) -> bool:
+        values = _device_values(device)
+        state = {name: values[name] for name in _STATE_COLUMNS}
+        async with self._writing("update a device's state") as conn:
+            result = await conn.execute(_UPDATE_DEVICE_STATE, {"match_id": values["id"], **state})
+        return bool(result.rowcount)
+
     async def remove_device(self, device_id: str) -> bool:
         async with self._writing("remove a device") as conn:
             result = await conn.execute(delete(devices).where(devices.c.id == device_id.lower()))
@@ -239,6 +267,78 @@ class SqliteStore:
         async with self._reading("list connection attempts") as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [_attempt_from_row(row) for row in rows]
+
+    # -- users and access tokens ------------------------------------------------------------------
+
+    async def add_user(self, user: User) -> None:
+        values = _user_values(user)
+        try:
+            async with self._writing("add a user", conflicts=True) as conn:
+                await conn.execute(_INSERT_USER, values)
+        except IntegrityError as exc:
+            # The primary key is the only constraint the values can break: every other column is set.
+            raise UserExistsError(f"the username {values['username']!r} is already taken") from exc
+
+    async def get_user(self, username: str) -> User | None:
+        query = select(users).where(users.c.username == username.lower())
+        async with self._reading("read a user") as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return None if row is None else _user_from_row(row)
+
+    async def list_users(self) -> list[User]:
+        async with self._reading("list users") as conn:
+            rows = (await conn.execute(select(users).order_by(users.c.username))).mappings().all()
+        return [_user_from_row(row) for row in rows]
+
+    async def remove_user(self, username: str) -> bool:
+        username = username.lower()
+        async with self._writing("remove a user", statements="several") as conn:
+            # Tokens and owners are cleared even when no such user exists: nothing stops a caller from adding a
+            # token or an owner for a username that has no user, and removing that username should leave none.
+            await conn.execute(delete(access_tokens).where(access_tokens.c.username == username))
+            # Owners are compared exactly, as `list_devices` does: the domain writes the stored username.
+            await conn.execute(update(devices).where(devices.c.owner == username).values(owner=None))
+            result = await conn.execute(delete(users).where(users.c.username == username))
+        return result.rowcount > 0
+
+    async def add_token(self, token: AccessToken) -> None:
+        values = _token_values(token)
+        try:
+            async with self._writing("add an access token", conflicts=True) as conn:
+                await conn.execute(_INSERT_TOKEN, values)
+        except IntegrityError as exc:
+            # Tokens are random: two with one hash means the caller stored the same token twice.
+            raise ValueError(f"an access token with the hash {values['token_hash']} is already stored") from exc
+
+    async def get_token(self, token_hash: str) -> AccessToken | None:
+        query = select(access_tokens).where(access_tokens.c.token_hash == token_hash.lower())
+        async with self._reading("read an access token") as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return None if row is None else _token_from_row(row)
+
+    async def list_tokens(self, username: str) -> list[AccessToken]:
+        table = access_tokens
+        # The hash breaks ties of creation time, so that the order does not change from one call to the next.
+        query = (
+            select(table)
+            .where(table.c.username == username.lower())
+            .order_by(table.c.created_at.desc(), table.c.token_hash)
+        )
+        async with self._reading("list access tokens") as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [_token_from_row(row) for row in rows]
+
+    async def remove_token(self, token_hash: str) -> bool:
+        async with self._writing("remove an access token") as conn:
+            result = await conn.execute(delete(access_tokens).where(access_tokens.c.token_hash == token_hash.lower()))
+        return result.rowcount > 0
+
+    async def remove_expired_tokens(self, now: datetime) -> int:
+        # A NULL expires_at never compares true, so tokens that never expire stay.
+        query = delete(access_tokens).where(access_tokens.c.expires_at <= _aware(now, "now"))
+        async with self._writing("remove expired access tokens") as conn:
+            result = await conn.execute(query)
+        return result.rowcount
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -394,4 +494,36 @@ def _attempt_from_row(row: RowMapping) -> ConnectionAttempt:
         presented_fingerprint=row["presented_fingerprint"],
         stored_fingerprint=row["stored_fingerprint"],
         duration=row["duration"],
+    )
+
+
+def _user_values(user: User) -> dict[str, Any]:
+    return {
+        "username": user.username.lower(),
+        "password_hash": user.password_hash,
+        "created_at": _aware(user.created_at, "created_at"),
+    }
+
+
+def _user_from_row(row: RowMapping) -> User:
+    return User(username=row["username"], password_hash=row["password_hash"], created_at=row["created_at"])
+
+
+def _token_values(token: AccessToken) -> dict[str, Any]:
+    return {
+        "token_hash": token.token_hash.lower(),
+        "username": token.username.lower(),
+        "client_id": token.client_id,
+        "created_at": _aware(token.created_at, "created_at"),
+        "expires_at": _optional_aware(token.expires_at, "expires_at"),
+    }
+
+
+def _token_from_row(row: RowMapping) -> AccessToken:
+    return AccessToken(
+        token_hash=row["token_hash"],
+        username=row["username"],
+        client_id=row["client_id"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
     )
