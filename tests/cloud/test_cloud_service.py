@@ -12,7 +12,7 @@ import pytest
 
 from cyan.bus import CloudEvent, InProcessBus
 from cyan.cloud.errors import DeviceNotFoundError, DeviceOfflineError, UnknownFunctionError, UnknownVariableError
-from cyan.cloud.models import AttemptOutcome, ConnectionAttempt, DeviceRecord
+from cyan.cloud.models import AccessToken, AttemptOutcome, ConnectionAttempt, DeviceRecord, User
 from cyan.cloud.ports import StoreUnavailableError
 from cyan.cloud.service import Cloud
 from cyan.keys import fingerprint, public_key_der
@@ -54,8 +54,47 @@ class MemoryStore:
         self._maybe_fail()
         self.devices[device.id] = device
 
+    async def update_device_state(self, device: DeviceRecord) -> bool:
+        self._maybe_fail()
+        stored = self.devices.get(device.id)
+        if stored is None:
+            return False
+        for name in ("platform_id", "product_id", "product_version", "system_version", "hello_flags"):
+            setattr(stored, name, getattr(device, name))
+        stored.functions, stored.variables = list(device.functions), list(device.variables)
+        stored.online, stored.last_heard, stored.last_address = device.online, device.last_heard, device.last_address
+        return True
+
     async def remove_device(self, device_id: str) -> bool:
         return self.devices.pop(device_id, None) is not None
+
+    # Users and tokens are not used by these tests.
+    async def add_user(self, user: User) -> None:
+        raise NotImplementedError
+
+    async def get_user(self, username: str) -> User | None:
+        return None
+
+    async def list_users(self) -> list[User]:
+        return []
+
+    async def remove_user(self, username: str) -> bool:
+        return False
+
+    async def add_token(self, token: AccessToken) -> None:
+        raise NotImplementedError
+
+    async def get_token(self, token_hash: str) -> AccessToken | None:
+        return None
+
+    async def list_tokens(self, username: str) -> list[AccessToken]:
+        return []
+
+    async def remove_token(self, token_hash: str) -> bool:
+        return False
+
+    async def remove_expired_tokens(self, now: datetime) -> int:
+        return 0
 
     async def mark_all_offline(self) -> None:
         for device in self.devices.values():
@@ -148,6 +187,7 @@ def test_sessions_status_events_and_replacement() -> None:
     async def check(cloud: Cloud, store: MemoryStore, bus: InProcessBus) -> None:
         stream = bus.subscribe("spark/status")
         record = _record("aa" * 12)
+        store.devices[record.id] = _record("aa" * 12)
         first = FakeLink("aa" * 12)
         cloud.session_started(first, record, HELLO)
         assert cloud.online("aa" * 12)

@@ -82,6 +82,11 @@ class InProcessBus:
         """A synchronous callback for every event (the device fan-out); it must not block."""
         self._listeners.append(listener)
 
+    def close_all(self) -> None:
+        """End every subscription (shutdown): their readers get None."""
+        for subscription in tuple(self._subscriptions):
+            subscription.close()
+
     @property
     def subscriber_count(self) -> int:
         return len(self._subscriptions)

@@ -196,7 +196,16 @@ class Cloud:
 
     def _save(self, record: DeviceRecord) -> None:
         snapshot = replace(record, functions=list(record.functions), variables=list(record.variables))
-        self._persist(lambda: self.store.save_device(snapshot))
+        self._persist(lambda: self.store.update_device_state(snapshot))
+
+    def owner_changed(self, record: DeviceRecord) -> None:
+        """A device was claimed or released: its session and event routing follow the new owner."""
+        session = self._sessions.get(record.id)
+        if session is None:
+            return
+        self._by_owner[session.record.owner].discard(record.id)
+        session.record.owner = record.owner
+        self._by_owner[record.owner].add(record.id)
 
     def heard_from(self, link: DeviceLink) -> None:
         session = self._sessions.get(link.device_id)
