@@ -32,6 +32,9 @@ class Settings:
     device_host: str = "0.0.0.0"
     #: The device port; Gen 2 firmware defaults to 5683 (protocol.md §1). Env: CYAN_DEVICE_PORT.
     device_port: int = 5683
+    #: Interface and port of the HTTP API (Particle Cloud API v1). Env: CYAN_API_HOST, CYAN_API_PORT.
+    api_host: str = "0.0.0.0"
+    api_port: int = 8080
     #: The address devices use to reach this server: an IPv4 address or a domain, written into the
     #: server-key file devices hold (protocol.md §11). Env: CYAN_PUBLIC_ADDRESS.
     public_address: str = "127.0.0.1"
@@ -42,6 +45,8 @@ class Settings:
             "data_dir": Path(_env("DATA_DIR", "cyan-data")),
             "device_host": _env("DEVICE_HOST", "0.0.0.0"),
             "device_port": int(_env("DEVICE_PORT", "5683")),
+            "api_host": _env("API_HOST", "0.0.0.0"),
+            "api_port": int(_env("API_PORT", "8080")),
             "public_address": os.environ.get("CYAN_PUBLIC_ADDRESS") or default_public_address(),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -7,13 +7,17 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import uvicorn
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from cyan.api import ApiContext, create_app
 from cyan.bus import InProcessBus
+from cyan.cloud.auth import Accounts
 from cyan.cloud.service import Cloud
 from cyan.config import Settings
 from cyan.keys import (
@@ -72,6 +76,14 @@ def write_server_key_file(settings: Settings, public: rsa.RSAPublicKey, port: in
     return path
 
 
+class _ApiServer(uvicorn.Server):
+    """uvicorn on our loop; the service, not uvicorn, owns SIGINT and SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 def _write_public(path: Path, data: bytes) -> None:
     if path.exists() and path.read_bytes() == data:
         return
@@ -89,11 +101,17 @@ class Service:
         self.keys = keys
         self.store = SqliteStore(settings.database_path)
         self.bus = InProcessBus()
-        self.cloud = Cloud(self.store, self.bus)
+        protocol = protocol or ServerConfig()
+        self.cloud = Cloud(self.store, self.bus, request_timeout=protocol.request_timeout)
         self.device_server = DeviceServer(
             self.cloud, keys.private_key, host=settings.device_host, port=settings.device_port, config=protocol
         )
         self.server_key_file: Path | None = None
+        self.accounts = Accounts(self.store)
+        self.app = create_app(ApiContext(self.cloud, self.accounts))
+        self.api_port = settings.api_port
+        self._api: _ApiServer | None = None
+        self._api_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.store.open()
@@ -102,8 +120,41 @@ class Service:
         self.server_key_file = write_server_key_file(
             self.settings, self.keys.private_key.public_key(), self.device_server.port
         )
+        await self._start_api()
+
+    async def _start_api(self) -> None:
+        family = socket.AF_INET6 if ":" in self.settings.api_host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.settings.api_host, self.settings.api_port))
+        except OSError:
+            sock.close()
+            raise
+        sock.listen(1024)
+        sock.setblocking(False)
+        self.api_port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            lifespan="off",
+            timeout_graceful_shutdown=2,
+            access_log=False,
+        )
+        self._api = _ApiServer(config)
+        self._api_task = asyncio.create_task(self._api.serve(sockets=[sock]), name="cyan-api")
+        while not self._api.started:
+            if self._api_task.done():
+                await self._api_task  # re-raises what stopped it
+                raise RuntimeError("the HTTP API stopped during start-up")
+            await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
+        if self._api is not None and self._api_task is not None:
+            self.bus.close_all()  # ends the event streams, so the API can shut down promptly
+            self._api.should_exit = True
+            await self._api_task
+            self._api = self._api_task = None
         await self.device_server.stop()
         await self.cloud.stop()
         await self.store.close()

@@ -1,0 +1,35 @@
+"""The HTTP API: Particle Cloud API v1 compatible, so the `particle` CLI and particle-api-js work unchanged."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from cyan import __version__
+
+from . import routes_auth, routes_devices, routes_events
+from ._context import ApiContext
+from .errors import install_error_handlers
+
+__all__ = ["create_app"]
+
+
+def create_app(context: ApiContext) -> FastAPI:
+    app = FastAPI(
+        title="Cyan Cloud API",
+        version=__version__,
+        description=(
+            "Particle Cloud API v1 compatible. Every route needs an access token (Authorization: Bearer, the "
+            "access_token query parameter, or an access_token form field), except POST /oauth/token and the "
+            "revocation of a token by itself. See docs/api.md for what is supported."
+        ),
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.context = context
+    install_error_handlers(app)
+    app.include_router(routes_auth.router)
+    # Stream and publish routes first: /v1/devices/events must not be taken for a device named "events".
+    app.include_router(routes_events.router)
+    app.include_router(routes_devices.router)
+    return app

@@ -1,0 +1,331 @@
+"""The Cloud API over real HTTP, with the service running and simulated devices connected."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from cyan.cloud.models import AccessToken, DeviceRecord
+from cyan.config import Settings
+from cyan.keys import encode_public_key_pem, fingerprint, public_key_der
+from cyan.protocol import ServerConfig
+from cyan.service import Service, ensure_server_keys
+from cyan.sim import SimConfig, VirtualDevice, VirtualDeviceSpec
+from cyan.testing import fixed_device_key
+
+ALICE, BOB = "alice@example.com", "bob@example.com"
+PASSWORD = "correct horse"
+DEV1, DEV2, DEV3 = f"{1:024x}", f"{2:024x}", f"{3:024x}"
+
+
+class World:
+    def __init__(self, service: Service, client: httpx.AsyncClient) -> None:
+        self.service = service
+        self.client = client
+        self.tokens: dict[str, str] = {}
+
+    def auth(self, user: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[user]}"}
+
+
+async def _login(client: httpx.AsyncClient, user: str, **extra: Any) -> httpx.Response:
+    form = {"grant_type": "password", "username": user, "password": PASSWORD, "client_id": "CLI2", **extra}
+    return await client.post("/oauth/token", data=form, headers={"Authorization": "Bearer null"})
+
+
+def _run(tmp_path: Path, scenario: Callable[[World], Awaitable[None]]) -> None:
+    async def main() -> None:
+        settings = Settings(
+            data_dir=tmp_path / "data", device_host="127.0.0.1", device_port=0, api_host="127.0.0.1", api_port=0
+        )
+        service = Service(settings, ensure_server_keys(settings), protocol=ServerConfig(request_timeout=1.0))
+        await service.start()
+        devices: list[VirtualDevice] = []
+        try:
+            for user in (ALICE, BOB):
+                await service.accounts.create_user(user, PASSWORD)
+            for device_id, owner, name, key in (
+                (DEV1, ALICE, "kitchen", 1),
+                (DEV2, ALICE, "garage", 2),
+                (DEV3, BOB, "shed", 3),
+            ):
+                der = public_key_der(fixed_device_key(key).public_key())
+                await service.store.add_device(
+                    DeviceRecord(
+                        id=device_id, name=name, owner=owner, public_key_der=der, key_fingerprint=fingerprint(der)
+                    )
+                )
+            for device_id, key in ((DEV1, 1), (DEV3, 3)):  # the garage stays offline
+                device = VirtualDevice(
+                    VirtualDeviceSpec(device_id, fixed_device_key(key)),
+                    service.keys.private_key.public_key(),
+                    config=SimConfig(backoff_scale=0.05),
+                )
+                device.start("127.0.0.1", service.device_server.port)
+                devices.append(device)
+            for device in devices:
+                await asyncio.wait_for(device.connected.wait(), 10)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.api_port}", timeout=10) as client:
+                world = World(service, client)
+                for user in (ALICE, BOB):
+                    response = await _login(client, user)
+                    assert response.status_code == 200, response.text
+                    world.tokens[user] = response.json()["access_token"]
+                await scenario(world)
+        finally:
+            for device in devices:
+                await device.stop()
+            await service.stop()
+
+    asyncio.run(main())
+
+
+def test_login_and_token_sources(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        c = w.client
+        login = await _login(c, ALICE)
+        body = login.json()
+        assert body["token_type"] == "bearer"
+        assert body["expires_in"] == 90 * 24 * 3600
+        assert len(body["access_token"]) == 40
+        assert (await _login(c, ALICE, password="wrong")).json() == {
+            "ok": False,
+            "error": "invalid_grant",
+            "error_description": "User credentials are invalid",
+        }
+        assert (await _login(c, "nobody@example.com")).status_code == 400
+        never = (await _login(c, ALICE, client_id="user", expires_in="0")).json()
+        assert "expires_in" not in never
+        token = w.tokens[ALICE]
+        # The three ways to send a token.
+        assert (await c.get("/v1/user", headers=w.auth(ALICE))).json()["username"] == ALICE
+        assert (await c.get("/v1/user", params={"access_token": token})).status_code == 200
+        called = await c.post(f"/v1/devices/{DEV1}/setArg", data={"access_token": token, "arg": "form"})
+        assert called.json()["return_value"] == 4
+        # Missing, wrong, and the literal "null" the CLI sends before it has a token.
+        missing = await c.get("/v1/devices")
+        assert (missing.status_code, missing.json()["error"]) == (401, "invalid_request")
+        wrong = await c.get("/v1/devices", headers={"Authorization": "Bearer 1234"})
+        assert (wrong.status_code, wrong.json()["error"]) == (401, "invalid_token")
+        assert (await c.get("/v1/devices", headers={"Authorization": "Bearer null"})).status_code == 401
+        # Only the token's hash is stored.
+        record = await w.service.accounts.resolve(token)
+        assert isinstance(record, AccessToken)
+        assert token not in record.token_hash
+
+    _run(tmp_path, scenario)
+
+
+def test_expired_and_revoked_tokens(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        c, accounts = w.client, w.service.accounts
+        token, record = await accounts.issue_token(ALICE, "test", 60)
+        record.expires_at = datetime.now(UTC) - timedelta(seconds=1)
+        await accounts.store.remove_token(record.token_hash)
+        await accounts.store.add_token(record)
+        assert (await c.get("/v1/user", headers={"Authorization": f"Bearer {token}"})).status_code == 401
+        extra = (await _login(c, ALICE)).json()["access_token"]
+        assert (await c.delete(f"/v1/access_tokens/{extra}")).json() == {"ok": True}
+        assert (await c.get("/v1/user", params={"access_token": extra})).status_code == 401
+        assert (await c.delete(f"/v1/access_tokens/{extra}")).status_code == 404
+        current = await c.delete("/v1/access_tokens/current", headers=w.auth(ALICE))
+        assert current.json() == {"ok": True}
+        assert (await c.get("/v1/user", headers=w.auth(ALICE))).status_code == 401
+
+    _run(tmp_path, scenario)
+
+
+def test_devices_functions_variables_and_errors(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        c, a = w.client, w.auth(ALICE)
+        listed = (await c.get("/v1/devices", headers=a)).json()
+        assert {(d["id"], d["name"], d["connected"]) for d in listed} == {
+            (DEV1, "kitchen", True),
+            (DEV2, "garage", False),
+        }
+        detail = (await c.get("/v1/devices/kitchen", headers=a)).json()
+        assert detail["functions"] == ["setArg"]
+        assert detail["variables"] == {"counter": "int32", "lastArg": "string", "temp": "double"}
+        assert detail["platform_id"] == 6
+        call = await c.post("/v1/devices/kitchen/setArg", json={"args": "hello world"}, headers=a)
+        assert call.json() == {"id": DEV1, "name": "kitchen", "connected": True, "return_value": 11}
+        assert (await c.post("/v1/devices/kitchen/setArg", json={}, headers=a)).json()["return_value"] == 0
+        read = (await c.get("/v1/devices/kitchen/temp", headers=a)).json()
+        assert (read["cmd"], read["name"], read["result"], read["coreInfo"]["deviceID"]) == (
+            "VarReturn",
+            "temp",
+            21.5,
+            DEV1,
+        )
+        errors = {
+            "unknown function": (
+                await c.post("/v1/devices/kitchen/nosuch", json={}, headers=a),
+                400,
+                "Function not found",
+            ),
+            "unknown variable": (await c.get("/v1/devices/kitchen/nosuch", headers=a), 400, "Variable not found"),
+            "offline": (await c.post("/v1/devices/garage/setArg", json={}, headers=a), 404, "Device is not connected"),
+            "unknown device": (await c.get("/v1/devices/nosuch", headers=a), 403, "Permission Denied"),
+            "argument too long": (
+                await c.post("/v1/devices/kitchen/setArg", json={"args": "x" * 700}, headers=a),
+                400,
+                "invalid_request",
+            ),
+            "bad JSON": (
+                await c.post(
+                    "/v1/devices/kitchen/setArg", content=b"{", headers={**a, "Content-Type": "application/json"}
+                ),
+                400,
+                "invalid_request",
+            ),
+        }
+        for what, (response, status, error) in errors.items():
+            assert (response.status_code, response.json()["error"]) == (status, error), what
+        # The firmware ACKs a function it does not have and never answers: 408 once the cloud times out.
+        record = await w.service.cloud.find_device(DEV1)
+        record.functions = []
+        timed_out = await c.post("/v1/devices/kitchen/nosuch", json={}, headers=a)
+        assert (timed_out.status_code, timed_out.json()["error"]) == (408, "Timed out.")
+
+    _run(tmp_path, scenario)
+
+
+def test_ownership(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        c, b = w.client, w.auth(BOB)
+        assert [d["id"] for d in (await c.get("/v1/devices", headers=b)).json()] == [DEV3]
+        for request in (
+            c.get(f"/v1/devices/{DEV1}", headers=b),
+            c.get("/v1/devices/kitchen", headers=b),
+            c.post(f"/v1/devices/{DEV1}/setArg", json={}, headers=b),
+            c.get(f"/v1/devices/{DEV1}/temp", headers=b),
+            c.put(f"/v1/devices/{DEV1}", json={"name": "mine"}, headers=b),
+            c.delete(f"/v1/devices/{DEV1}", headers=b),
+            c.get(f"/v1/devices/{DEV1}/events", headers=b),
+            c.post("/v1/devices", json={"id": DEV1}, headers=b),
+        ):
+            response = await request
+            assert (response.status_code, response.json()["error"]) == (403, "Permission Denied")
+        pem = encode_public_key_pem(fixed_device_key(9).public_key()).decode()
+        stolen = await c.post(
+            f"/v1/provisioning/{DEV1}", data={"deviceID": DEV1, "publicKey": pem, "algorithm": "rsa"}, headers=b
+        )
+        assert stolen.status_code == 403
+        stored = await w.service.store.get_device(DEV1)
+        assert stored is not None
+        assert stored.key_fingerprint == fingerprint(public_key_der(fixed_device_key(1).public_key()))
+
+    _run(tmp_path, scenario)
+
+
+async def _stream(
+    client: httpx.AsyncClient, path: str, headers: dict[str, str], count: int
+) -> AsyncIterator[dict[str, Any]]:
+    async with client.stream("GET", path, headers=headers) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        name = None
+        got = 0
+        async for line in response.aiter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: ") and name:
+                yield {"name": name, **json.loads(line[6:])}
+                got += 1
+                if got == count:
+                    return
+
+
+def test_event_streams_and_publish(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        c, a, b = w.client, w.auth(ALICE), w.auth(BOB)
+
+        async def collect(path: str, headers: dict[str, str], count: int) -> list[dict[str, Any]]:
+            return [e async for e in _stream(c, path, headers, count)]
+
+        mine = asyncio.create_task(collect("/v1/devices/events/vdev", a, 2))
+        device = asyncio.create_task(collect(f"/v1/devices/{DEV1}/events", a, 1))
+        bobs = asyncio.create_task(collect("/v1/devices/events/vdev", b, 1))
+        await asyncio.sleep(0.3)
+        published = await c.post(
+            "/v1/devices/events", json={"name": "vdev/ping", "data": "hi", "private": True}, headers=a
+        )
+        assert published.json() == {"ok": True}
+        events = await asyncio.wait_for(mine, 5)
+        assert [(e["name"], e["data"], e["coreid"]) for e in events] == [
+            ("vdev/ping", "hi", "api"),
+            ("vdev/pong", "hi", DEV1),
+        ]
+        assert set(events[0]) == {"name", "data", "ttl", "published_at", "coreid"}
+        assert [(e["name"], e["coreid"]) for e in await asyncio.wait_for(device, 5)] == [("vdev/pong", DEV1)]
+        # Bob's stream sees none of Alice's events: only his own device's answer to his own ping.
+        await c.post("/v1/devices/events", data={"name": "vdev/ping", "data": "bob"}, headers=b)
+        assert [(e["name"], e["data"]) for e in await asyncio.wait_for(bobs, 5)] == [("vdev/ping", "bob")]
+        bad = await c.post("/v1/devices/events", json={"data": "no name"}, headers=a)
+        assert (bad.status_code, bad.json()["error"]) == (400, "invalid_request")
+
+    _run(tmp_path, scenario)
+
+
+def test_rename_signal_claim_release_and_provisioning(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        c, a, b = w.client, w.auth(ALICE), w.auth(BOB)
+        renamed = (await c.put("/v1/devices/kitchen", json={"name": "pantry"}, headers=a)).json()
+        assert (renamed["id"], renamed["name"]) == (DEV1, "pantry")
+        taken = await c.put("/v1/devices/pantry", json={"name": "garage"}, headers=a)
+        assert (taken.status_code, taken.json()["error"]) == (400, "Name already in use")
+        assert (await c.put("/v1/devices/pantry", json={"signal": "1"}, headers=a)).json() == {
+            "id": DEV1,
+            "connected": True,
+            "signaling": True,
+        }
+        flash = await c.put("/v1/devices/pantry", files={"file": ("fw.bin", b"\x00" * 16)}, headers=a)
+        assert flash.status_code == 400
+        assert "not available" in flash.json()["message"]
+        assert (await c.delete("/v1/devices/pantry", headers=a)).json() == {"ok": True}
+        assert [d["id"] for d in (await c.get("/v1/devices", headers=a)).json()] == [DEV2]
+        claimed = (await c.post("/v1/devices", json={"id": DEV1, "request_transfer": False}, headers=b)).json()
+        assert (claimed["ok"], claimed["id"], claimed["user_id"], claimed["connected"]) == (True, DEV1, BOB, True)
+        # The device's events now go to its new owner.
+        assert (await c.post(f"/v1/devices/{DEV1}/setArg", json={"args": "bob"}, headers=b)).json()["return_value"] == 3
+        unknown = await c.post("/v1/devices", json={"id": "f" * 24}, headers=b)
+        assert (unknown.status_code, unknown.json()["error"]) == (404, "Device not found")
+        # particle keys send: a new device is registered to the caller, with its key.
+        new_id = "a" * 24
+        pem = encode_public_key_pem(fixed_device_key(7).public_key()).decode()
+        sent = await c.post(
+            f"/v1/provisioning/{new_id}",
+            data={"deviceID": new_id, "publicKey": pem, "order": "manual_1", "filename": "cli", "algorithm": "rsa"},
+            headers=a,
+        )
+        assert sent.json() == {"ok": True, "id": new_id, "key_fingerprint": fingerprint(pem.encode())}
+        stored = await w.service.store.get_device(new_id)
+        assert stored is not None
+        assert (stored.owner, stored.key_fingerprint) == (ALICE, fingerprint(pem.encode()))
+        server_key_pem = encode_public_key_pem(w.service.keys.private_key.public_key()).decode()
+        wrong_size = await c.post(f"/v1/provisioning/{new_id}", data={"publicKey": server_key_pem}, headers=a)
+        assert wrong_size.status_code == 400
+        assert "RSA-1024" in wrong_size.json()["error_description"]
+
+    _run(tmp_path, scenario)
+
+
+def test_openapi_is_served(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        spec = (await w.client.get("/openapi.json")).json()
+        for path in (
+            "/oauth/token",
+            "/v1/devices",
+            "/v1/devices/{device}/{function}",
+            "/v1/devices/events/{prefix}",
+            "/v1/provisioning/{device_id}",
+        ):
+            assert path in spec["paths"], path
+
+    _run(tmp_path, scenario)
