@@ -8,7 +8,7 @@ import typer
 
 from cyan import __version__
 
-from . import _errors, devices, serve, sim
+from . import _errors, accounts, devices, serve, sim
 
 app = typer.Typer(
     name="cyan",
@@ -20,6 +20,8 @@ app = typer.Typer(
 app.command("serve")(serve.serve)
 app.command("sim")(sim.sim)
 app.add_typer(devices.app, name="devices")
+app.add_typer(accounts.users, name="users")
+app.add_typer(accounts.tokens, name="tokens")
 
 
 def _version(value: bool) -> None:

@@ -22,6 +22,12 @@ def serve(
     device_port: Annotated[
         int | None, typer.Option("--device-port", help="Port for devices [env CYAN_DEVICE_PORT; 5683].")
     ] = None,
+    api_host: Annotated[
+        str | None, typer.Option("--api-host", help="Listen address of the HTTP API [env CYAN_API_HOST; 0.0.0.0].")
+    ] = None,
+    api_port: Annotated[
+        int | None, typer.Option("--api-port", help="Port of the HTTP API [env CYAN_API_PORT; 8080].")
+    ] = None,
     public_address: Annotated[
         str | None,
         typer.Option(
@@ -30,9 +36,14 @@ def serve(
         ),
     ] = None,
 ) -> None:
-    """Run the device server: devices connect on TCP 5683; every attempt is recorded."""
+    """Run the device server (TCP 5683) and the Cloud API (HTTP 8080); every connection attempt is recorded."""
     settings = Settings.from_env(
-        data_dir=data_dir, device_host=device_host, device_port=device_port, public_address=public_address
+        data_dir=data_dir,
+        device_host=device_host,
+        device_port=device_port,
+        api_host=api_host,
+        api_port=api_port,
+        public_address=public_address,
     )
     keys = ensure_server_keys(settings)
     service = Service(settings, keys)
@@ -59,6 +70,11 @@ def _print_banner(service: Service) -> None:
         f"    cyan devices add DEVICE_ID --key DEVICE_KEY_FILE --data-dir {data}",
         "",
         "Every connection attempt is recorded: cyan devices attempts [DEVICE_ID]",
+        "",
+        f"Cloud API (Particle Cloud API v1) on http://{s.api_host}:{service.api_port}; point the Particle CLI at it:",
+        f"    particle config set apiUrl http://{s.public_address}:{service.api_port}",
+        f"  then log in with a user made by: cyan users add EMAIL --data-dir {data}",
+        f"  API description: http://{s.public_address}:{service.api_port}/docs",
     ]
     if s.public_address.startswith("127."):
         lines.append(

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from cyan.cloud.models import DeviceRecord
+from cyan.cloud.ports import DeviceExistsError
 from cyan.config import Settings
 from cyan.keys import fingerprint, public_key_der
 from cyan.protocol import DEVICE_OS_0_6_1, DEVICE_OS_3_1_0, Firmware
@@ -51,6 +52,9 @@ def sim(
     register: Annotated[
         bool, typer.Option("--register/--no-register", help="Register the devices in the data directory.")
     ] = True,
+    owner: Annotated[
+        str | None, typer.Option("--owner", help="Register the devices as this user's (see cyan users add).")
+    ] = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Run virtual Photons/P1s that behave like the real firmware, optionally with a fault."""
@@ -63,32 +67,41 @@ def sim(
     chosen_fault = Fault.parse(fault) if fault else None
     fleet = Fleet.load_or_create(keys_dir, count, public, firmware=_firmware(firmware), fault=chosen_fault)
     if register:
-        added = asyncio.run(_register(settings, fleet))
+        added = asyncio.run(_register(settings, fleet, owner))
         typer.echo(f"Registered {added} new device(s) in {settings.database_path}")
     ensure_file_limit(count + 100)
     asyncio.run(_run(fleet, host, int(port_text), ramp, duration))
 
 
-async def _register(settings: Settings, fleet: Fleet) -> int:
+async def _register(settings: Settings, fleet: Fleet, owner: str | None) -> int:
     store = SqliteStore(settings.database_path)
     await store.open()
     added = 0
     try:
+        if owner is not None and await store.get_user(owner) is None:
+            raise typer.BadParameter(f"no user {owner!r}; create it with cyan users add", param_hint="--owner")
         for device in fleet.devices:
             spec = device.spec
             der = public_key_der(registered_public_key(spec))
             existing = await store.get_device(spec.device_id)
             if existing is not None and existing.public_key_der is not None:
+                if owner is not None and existing.owner is None:
+                    existing.owner = owner.lower()
+                    await store.save_device(existing)
                 continue  # registered before: an AMNESIA device keeps its old registration on purpose
-            await store.save_device(
-                DeviceRecord(
-                    id=spec.device_id,
-                    name=existing.name if existing else None,
-                    public_key_der=der,
-                    key_fingerprint=fingerprint(der),
-                    created_at=datetime.now(UTC),
-                )
+            record = DeviceRecord(
+                id=spec.device_id,
+                name=existing.name if existing else spec.name or None,
+                owner=owner.lower() if owner else None,
+                public_key_der=der,
+                key_fingerprint=fingerprint(der),
+                created_at=datetime.now(UTC),
             )
+            try:
+                await store.save_device(record)
+            except DeviceExistsError:
+                record.name = None  # the name is taken by another device: register it unnamed
+                await store.save_device(record)
             added += 1
     finally:
         await store.close()
