@@ -166,10 +166,14 @@ def test_devices_functions_variables_and_errors(tmp_path: Path) -> None:
         errors = {
             "unknown function": (
                 await c.post("/v1/devices/kitchen/nosuch", json={}, headers=a),
-                400,
+                404,
                 "Function not found",
             ),
-            "unknown variable": (await c.get("/v1/devices/kitchen/nosuch", headers=a), 400, "Variable not found"),
+            "unknown variable": (
+                await c.get("/v1/devices/kitchen/nosuch", headers=a),
+                404,
+                "Unknown Variable: nosuch",
+            ),
             "offline": (await c.post("/v1/devices/garage/setArg", json={}, headers=a), 404, "Device is not connected"),
             "unknown device": (await c.get("/v1/devices/nosuch", headers=a), 403, "Permission Denied"),
             "argument too long": (

@@ -10,5 +10,6 @@ from cyan.cloud.service import Cloud
 class ApiContext:
     cloud: Cloud
     accounts: Accounts
-    #: Seconds between keep-alive comments on event streams.
-    keepalive: float = 15.0
+    #: Seconds between keep-alive comments on event streams. particle-api-js gives up on a stream that is
+    #: silent for 13 s and reconnects 2 s later, losing what was published meanwhile: stay well under.
+    keepalive: float = 9.0

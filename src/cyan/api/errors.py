@@ -40,7 +40,7 @@ def permission_denied(id_or_name: str) -> ApiError:
     return ApiError(
         403,
         "Permission Denied",
-        None,
+        f"no device {id_or_name!r} of yours: it does not exist or belongs to someone else",
         info=f"I didn't recognize that device name or ID ({id_or_name}); list yours with GET /v1/devices",
     )
 
@@ -56,9 +56,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(CloudError)
     async def cloud_error(request: Request, exc: CloudError) -> JSONResponse:
-        # Status codes as Particle documents them: 400 for a function or variable the device does not
-        # expose, 403 for a device that is not yours, 404 for a device that is not connected, 408 for a
-        # device that did not answer in time.
+        # Status codes as Particle answers them: 403 for a device that is not yours, 404 for a device that
+        # is not connected and for a function or variable it does not expose (the CLI prints "Function
+        # `x` not found" only for a 404), 408 for a device that did not answer in time.
         if isinstance(exc, DeviceNotFoundError):
             return _json(403, permission_denied(exc.id_or_name).body)
         if isinstance(exc, DeviceOfflineError):
@@ -66,9 +66,9 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, DeviceTimeoutError):
             return _json(408, {"ok": False, "error": "Timed out.", "error_description": str(exc)})
         if isinstance(exc, UnknownFunctionError):
-            return _json(400, {"ok": False, "error": "Function not found", "error_description": str(exc)})
+            return _json(404, {"ok": False, "error": "Function not found", "error_description": str(exc)})
         if isinstance(exc, UnknownVariableError):
-            return _json(400, {"ok": False, "error": "Variable not found", "error_description": str(exc)})
+            return _json(404, {"ok": False, "error": f"Unknown Variable: {exc.name}", "error_description": str(exc)})
         if isinstance(exc, FunctionRefusedError):
             return _json(400, {"ok": False, "error": "Function call refused", "error_description": str(exc)})
         return _json(400, {"ok": False, "error": str(exc)})

@@ -57,6 +57,8 @@ def _print_banner(service: Service) -> None:
     key_file = s.server_key_file_path(service.device_server.port).resolve()
     public = s.server_public_key_path.resolve()
     port = service.device_server.port
+    # The address to give clients: the API's own when it listens on one interface only.
+    api_address = s.public_address if s.api_host in ("0.0.0.0", "::", "") else s.api_host
     lines = [
         f"Cyan {__version__} is serving. Data: {data}",
         f"  Server key: {keys.fingerprint}" + (" (created now)" if keys.created else ""),
@@ -72,9 +74,9 @@ def _print_banner(service: Service) -> None:
         "Every connection attempt is recorded: cyan devices attempts [DEVICE_ID]",
         "",
         f"Cloud API (Particle Cloud API v1) on http://{s.api_host}:{service.api_port}; point the Particle CLI at it:",
-        f"    particle config set apiUrl http://{s.public_address}:{service.api_port}",
+        f"    particle config set apiUrl http://{api_address}:{service.api_port}",
         f"  then log in with a user made by: cyan users add EMAIL --data-dir {data}",
-        f"  API description: http://{s.public_address}:{service.api_port}/docs",
+        f"  API description: http://{api_address}:{service.api_port}/docs",
     ]
     if s.public_address.startswith("127."):
         lines.append(

@@ -37,6 +37,7 @@ class UnknownFunctionError(CloudError):
 class UnknownVariableError(CloudError):
     def __init__(self, device_id: str, name: str) -> None:
         super().__init__(f"device {device_id} has no variable {name!r}")
+        self.name = name
 
 
 class DeviceTimeoutError(CloudError):

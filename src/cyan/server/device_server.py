@@ -285,6 +285,13 @@ class _DeviceProtocol(asyncio.Protocol):
     def _end_session(self) -> None:
         if self._session_started:
             self._session_started = False
+            log.info(
+                "device %s disconnected from %s after %.0f s (connection %d)",
+                self.device_id,
+                self.peer_address,
+                time.time() - self._started,
+                self._id,
+            )
             self._cloud.session_ended(self)
 
     # -- DeviceLink: what the cloud can ask of this device ----------------------------------------
