@@ -71,8 +71,8 @@ def test_open_creates_directories_and_the_schema_at_head(tmp_path: Path) -> None
             pass
 
     run(scenario())
-    assert head_revision() == "0002"
-    assert _version(db) == ["0002"]
+    assert head_revision() == "0003"
+    assert _version(db) == ["0003"]
     assert _tables(db) == {
         "alembic_version": [],
         "devices": ["ix_devices_owner"],
@@ -83,6 +83,10 @@ def test_open_creates_directories_and_the_schema_at_head(tmp_path: Path) -> None
         ],
         "users": [],
         "access_tokens": ["ix_access_tokens_username"],
+        "key_policies": [],
+        "rekey_windows": [],
+        "pending_keys": [],
+        "key_audit": ["ix_key_audit_device_id_at"],
     }
     assert stat.S_IMODE(db.parent.stat().st_mode) == 0o700
 
@@ -105,7 +109,7 @@ def test_a_second_open_keeps_the_data_and_runs_no_migration(tmp_path: Path, monk
     run(first())
     monkeypatch.setattr(command, "upgrade", refuse)
     assert run(second()) == DeviceRecord(id=DEVICE_ID)
-    assert _version(db) == ["0002"]
+    assert _version(db) == ["0003"]
 
 
 def test_the_migrations_build_exactly_the_schema_the_queries_use(tmp_path: Path) -> None:
@@ -140,7 +144,7 @@ def test_the_migrations_downgrade_to_nothing_and_upgrade_again(tmp_path: Path) -
         engine.dispose()
     assert _tables(db) == {"alembic_version": []}
     run(scenario())
-    assert _version(db) == ["0002"]
+    assert _version(db) == ["0003"]
 
 
 def test_a_migration_that_fails_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,7 +169,7 @@ def test_a_migration_that_fails_leaves_nothing_behind(tmp_path: Path, monkeypatc
     assert _tables(db) == {}  # one transaction: the tables created before the failure are gone too
     monkeypatch.undo()
     run(scenario())
-    assert _version(db) == ["0002"]
+    assert _version(db) == ["0003"]
 
 
 def test_a_schema_from_a_newer_cyan_is_refused(tmp_path: Path) -> None:

@@ -6,7 +6,19 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
-__all__ = ["AccessToken", "AttemptOutcome", "ConnectionAttempt", "DeviceRecord", "User", "Variable"]
+__all__ = [
+    "AccessToken",
+    "AttemptOutcome",
+    "ConnectionAttempt",
+    "DeviceRecord",
+    "KeyAuditEntry",
+    "KeyPolicy",
+    "KeyPolicyMode",
+    "PendingKey",
+    "RekeyWindow",
+    "User",
+    "Variable",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,3 +103,67 @@ class AccessToken:
     created_at: datetime
     #: None: never expires.
     expires_at: datetime | None
+
+
+class KeyPolicyMode(enum.StrEnum):
+    """What happens when a known device presents a key other than its registered one (protocol.md §12.3)."""
+
+    #: Refuse the connection; remember the key as pending so an operator can approve it.
+    STRICT = "strict"
+    #: Let the device connect, but grant it nothing (no functions, variables, events or updates) until an
+    #: operator approves the new key.
+    QUARANTINE = "quarantine"
+
+
+#: The scope of the fleet-wide policy; any other scope is a device id.
+FLEET = "*"
+
+
+@dataclass(slots=True)
+class KeyPolicy:
+    scope: str
+    mode: KeyPolicyMode = KeyPolicyMode.STRICT
+    #: Register an unknown device with the key it presents (off by default: anyone can claim an id).
+    trust_on_first_use: bool = False
+    updated_at: datetime | None = None
+    updated_by: str = "default"
+
+
+@dataclass(slots=True)
+class RekeyWindow:
+    """An operator's "accept the next new key of this device, until this time"."""
+
+    device_id: str
+    until: datetime
+    armed_by: str
+    armed_at: datetime
+
+
+@dataclass(slots=True)
+class PendingKey:
+    """A key a known device presented that is not its registered one, awaiting a decision."""
+
+    device_id: str
+    public_key_der: bytes
+    fingerprint: str
+    stored_fingerprint: str | None
+    first_seen: datetime
+    last_seen: datetime
+    attempts: int = 1
+    peer_address: str | None = None
+
+
+@dataclass(slots=True)
+class KeyAuditEntry:
+    """One change of, or decision about, a device key: who, when, old and new fingerprints, why."""
+
+    at: datetime
+    device_id: str
+    #: registered, replaced, approved, rejected, refused, quarantined, rekey_armed, rekey_used,
+    #: trusted_on_first_use, key_error_reported
+    action: str
+    actor: str
+    old_fingerprint: str | None = None
+    new_fingerprint: str | None = None
+    detail: str | None = None
+    id: int | None = None

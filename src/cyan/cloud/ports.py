@@ -8,7 +8,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from .models import AccessToken, ConnectionAttempt, DeviceRecord, User
+from .models import (
+    AccessToken,
+    ConnectionAttempt,
+    DeviceRecord,
+    KeyAuditEntry,
+    KeyPolicy,
+    PendingKey,
+    RekeyWindow,
+    User,
+)
 
 __all__ = ["DeviceExistsError", "Store", "StoreUnavailableError", "UserExistsError"]
 
@@ -101,3 +110,38 @@ class Store(Protocol):
 
     async def remove_expired_tokens(self, now: datetime) -> int:
         """Delete tokens whose `expires_at` is at or before `now`; how many."""
+
+    # -- key policy (protocol.md §12.3) -----------------------------------------------------------
+
+    async def get_policy(self, scope: str) -> KeyPolicy | None:
+        """The policy of a device id, or of the fleet for scope "*"; None when none was set."""
+
+    async def set_policy(self, policy: KeyPolicy) -> None: ...
+
+    async def remove_policy(self, scope: str) -> bool: ...
+
+    async def list_policies(self) -> list[KeyPolicy]: ...
+
+    async def arm_rekey(self, window: RekeyWindow) -> None:
+        """Arm (or re-arm) the window of one device."""
+
+    async def get_rekey(self, device_id: str) -> RekeyWindow | None: ...
+
+    async def remove_rekey(self, device_id: str) -> bool: ...
+
+    async def list_rekeys(self) -> list[RekeyWindow]: ...
+
+    async def save_pending_key(self, pending: PendingKey) -> None:
+        """Insert or replace the device's pending key."""
+
+    async def get_pending_key(self, device_id: str) -> PendingKey | None: ...
+
+    async def remove_pending_key(self, device_id: str) -> bool: ...
+
+    async def list_pending_keys(self) -> list[PendingKey]:
+        """Oldest first."""
+
+    async def add_audit(self, entry: KeyAuditEntry) -> int: ...
+
+    async def list_audit(self, device_id: str | None = None, *, limit: int = 100) -> list[KeyAuditEntry]:
+        """Newest first."""

@@ -138,3 +138,50 @@ access_tokens = Table(
     Column("expires_at", UTCDateTime),
     Index(None, "username"),
 )
+
+key_policies = Table(
+    "key_policies",
+    metadata,
+    # "*" is the fleet-wide policy; otherwise a device id (protocol.md §12.3).
+    Column("scope", String(64), primary_key=True),
+    Column("mode", String(32), nullable=False),
+    Column("trust_on_first_use", Boolean, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("updated_by", String(255), nullable=False),
+)
+
+rekey_windows = Table(
+    "rekey_windows",
+    metadata,
+    Column("device_id", String(64), primary_key=True),
+    Column("until", UTCDateTime, nullable=False),
+    Column("armed_by", String(255), nullable=False),
+    Column("armed_at", UTCDateTime, nullable=False),
+)
+
+pending_keys = Table(
+    "pending_keys",
+    metadata,
+    Column("device_id", String(64), primary_key=True),
+    Column("public_key_der", LargeBinary, nullable=False),
+    Column("fingerprint", String(255), nullable=False),
+    Column("stored_fingerprint", String(255)),
+    Column("first_seen", UTCDateTime, nullable=False),
+    Column("last_seen", UTCDateTime, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("peer_address", String(255)),
+)
+
+key_audit = Table(
+    "key_audit",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("device_id", String(64), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("actor", String(255), nullable=False),
+    Column("old_fingerprint", String(255)),
+    Column("new_fingerprint", String(255)),
+    Column("detail", Text),
+    Index(None, "device_id", "at"),
+)

@@ -7,7 +7,7 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -16,11 +16,32 @@ from sqlalchemy import URL, Connection, RowMapping, bindparam, delete, event, in
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from cyan.cloud.models import AccessToken, AttemptOutcome, ConnectionAttempt, DeviceRecord, User, Variable
+from cyan.cloud.models import (
+    AccessToken,
+    AttemptOutcome,
+    ConnectionAttempt,
+    DeviceRecord,
+    KeyAuditEntry,
+    KeyPolicy,
+    KeyPolicyMode,
+    PendingKey,
+    RekeyWindow,
+    User,
+    Variable,
+)
 from cyan.cloud.ports import DeviceExistsError, StoreUnavailableError, UserExistsError
 
 from ._migrate import upgrade_to_head
-from ._schema import access_tokens, connection_attempts, devices, users
+from ._schema import (
+    access_tokens,
+    connection_attempts,
+    devices,
+    key_audit,
+    key_policies,
+    pending_keys,
+    rekey_windows,
+    users,
+)
 
 __all__ = ["SqliteStore"]
 
@@ -342,6 +363,121 @@ class SqliteStore:
 
     # -- plumbing -------------------------------------------------------------------------------
 
+    # -- key policy ----------------------------------------------------------------------------
+
+    async def get_policy(self, scope: str) -> KeyPolicy | None:
+        query = select(key_policies).where(key_policies.c.scope == scope.lower())
+        async with self._reading("read a key policy") as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return None if row is None else _policy_from_row(row)
+
+    async def set_policy(self, policy: KeyPolicy) -> None:
+        values = {
+            "scope": policy.scope.lower(),
+            "mode": policy.mode.value,
+            "trust_on_first_use": policy.trust_on_first_use,
+            "updated_at": _aware(policy.updated_at or datetime.now(UTC), "updated_at"),
+            "updated_by": policy.updated_by,
+        }
+        await self._upsert(key_policies, "scope", values, "set a key policy")
+
+    async def remove_policy(self, scope: str) -> bool:
+        return await self._delete(key_policies, key_policies.c.scope == scope.lower(), "remove a key policy")
+
+    async def list_policies(self) -> list[KeyPolicy]:
+        async with self._reading("list key policies") as conn:
+            rows = (await conn.execute(select(key_policies).order_by(key_policies.c.scope))).mappings().all()
+        return [_policy_from_row(row) for row in rows]
+
+    async def arm_rekey(self, window: RekeyWindow) -> None:
+        values = {
+            "device_id": window.device_id.lower(),
+            "until": _aware(window.until, "until"),
+            "armed_by": window.armed_by,
+            "armed_at": _aware(window.armed_at, "armed_at"),
+        }
+        await self._upsert(rekey_windows, "device_id", values, "arm a re-key window")
+
+    async def get_rekey(self, device_id: str) -> RekeyWindow | None:
+        query = select(rekey_windows).where(rekey_windows.c.device_id == device_id.lower())
+        async with self._reading("read a re-key window") as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return None if row is None else RekeyWindow(**dict(row))
+
+    async def remove_rekey(self, device_id: str) -> bool:
+        table = rekey_windows
+        return await self._delete(table, table.c.device_id == device_id.lower(), "remove a re-key window")
+
+    async def list_rekeys(self) -> list[RekeyWindow]:
+        async with self._reading("list re-key windows") as conn:
+            rows = (await conn.execute(select(rekey_windows).order_by(rekey_windows.c.until))).mappings().all()
+        return [RekeyWindow(**dict(row)) for row in rows]
+
+    async def save_pending_key(self, pending: PendingKey) -> None:
+        values = {
+            "device_id": pending.device_id.lower(),
+            "public_key_der": pending.public_key_der,
+            "fingerprint": pending.fingerprint,
+            "stored_fingerprint": pending.stored_fingerprint,
+            "first_seen": _aware(pending.first_seen, "first_seen"),
+            "last_seen": _aware(pending.last_seen, "last_seen"),
+            "attempts": pending.attempts,
+            "peer_address": pending.peer_address,
+        }
+        await self._upsert(pending_keys, "device_id", values, "save a pending key")
+
+    async def get_pending_key(self, device_id: str) -> PendingKey | None:
+        query = select(pending_keys).where(pending_keys.c.device_id == device_id.lower())
+        async with self._reading("read a pending key") as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return None if row is None else PendingKey(**dict(row))
+
+    async def remove_pending_key(self, device_id: str) -> bool:
+        table = pending_keys
+        return await self._delete(table, table.c.device_id == device_id.lower(), "remove a pending key")
+
+    async def list_pending_keys(self) -> list[PendingKey]:
+        query = select(pending_keys).order_by(pending_keys.c.first_seen, pending_keys.c.device_id)
+        async with self._reading("list pending keys") as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [PendingKey(**dict(row)) for row in rows]
+
+    async def add_audit(self, entry: KeyAuditEntry) -> int:
+        values = {
+            "at": _aware(entry.at, "at"),
+            "device_id": entry.device_id.lower(),
+            "action": entry.action,
+            "actor": entry.actor,
+            "old_fingerprint": entry.old_fingerprint,
+            "new_fingerprint": entry.new_fingerprint,
+            "detail": entry.detail,
+        }
+        async with self._writing("record a key audit entry") as conn:
+            result = await conn.execute(insert(key_audit).values(values))
+        key = result.inserted_primary_key
+        return int(key[0]) if key else 0
+
+    async def list_audit(self, device_id: str | None = None, *, limit: int = 100) -> list[KeyAuditEntry]:
+        if limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+        query = select(key_audit).order_by(key_audit.c.at.desc(), key_audit.c.id.desc()).limit(limit)
+        if device_id is not None:
+            query = query.where(key_audit.c.device_id == device_id.lower())
+        async with self._reading("list the key audit") as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [KeyAuditEntry(**dict(row)) for row in rows]
+
+    async def _upsert(self, table: Any, key: str, values: dict[str, Any], action: str) -> None:
+        async with self._writing(action, statements="several") as conn:
+            result = await conn.execute(update(table).where(table.c[key] == values[key]).values(values))
+            if result.rowcount == 0:
+                await conn.execute(insert(table).values(values))
+
+    async def _delete(self, table: Any, condition: Any, action: str) -> bool:
+        async with self._writing(action) as conn:
+            result = await conn.execute(delete(table).where(condition))
+        return bool(result.rowcount)
+
     def _require_engine(self) -> AsyncEngine:
         if self._engine is None:
             state = "closed" if self._was_opened else "not open (call open() first)"
@@ -503,6 +639,16 @@ def _user_values(user: User) -> dict[str, Any]:
         "password_hash": user.password_hash,
         "created_at": _aware(user.created_at, "created_at"),
     }
+
+
+def _policy_from_row(row: RowMapping) -> KeyPolicy:
+    return KeyPolicy(
+        scope=row["scope"],
+        mode=KeyPolicyMode(row["mode"]),
+        trust_on_first_use=bool(row["trust_on_first_use"]),
+        updated_at=row["updated_at"],
+        updated_by=row["updated_by"],
+    )
 
 
 def _user_from_row(row: RowMapping) -> User:
