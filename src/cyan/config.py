@@ -35,6 +35,9 @@ class Settings:
     #: Interface and port of the HTTP API (Particle Cloud API v1). Env: CYAN_API_HOST, CYAN_API_PORT.
     api_host: str = "0.0.0.0"
     api_port: int = 8080
+    #: Where alerts (key changes, handshake loops) are POSTed as JSON; empty: the log only.
+    #: Env: CYAN_ALERT_WEBHOOK.
+    alert_webhook: str = ""
     #: The address devices use to reach this server: an IPv4 address or a domain, written into the
     #: server-key file devices hold (protocol.md §11). Env: CYAN_PUBLIC_ADDRESS.
     public_address: str = "127.0.0.1"
@@ -47,6 +50,7 @@ class Settings:
             "device_port": int(_env("DEVICE_PORT", "5683")),
             "api_host": _env("API_HOST", "0.0.0.0"),
             "api_port": int(_env("API_PORT", "8080")),
+            "alert_webhook": _env("ALERT_WEBHOOK", ""),
             "public_address": os.environ.get("CYAN_PUBLIC_ADDRESS") or default_public_address(),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cyan.api import ApiContext, create_app
 from cyan.bus import InProcessBus
+from cyan.cloud.alerts import WebhookAlerts
 from cyan.cloud.auth import Accounts
 from cyan.cloud.service import Cloud
 from cyan.config import Settings
@@ -102,7 +103,8 @@ class Service:
         self.store = SqliteStore(settings.database_path)
         self.bus = InProcessBus()
         protocol = protocol or ServerConfig()
-        self.cloud = Cloud(self.store, self.bus, request_timeout=protocol.request_timeout)
+        alerts = WebhookAlerts(settings.alert_webhook) if settings.alert_webhook else None
+        self.cloud = Cloud(self.store, self.bus, request_timeout=protocol.request_timeout, alerts=alerts)
         self.device_server = DeviceServer(
             self.cloud, keys.private_key, host=settings.device_host, port=settings.device_port, config=protocol
         )

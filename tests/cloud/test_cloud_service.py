@@ -12,7 +12,17 @@ import pytest
 
 from cyan.bus import CloudEvent, InProcessBus
 from cyan.cloud.errors import DeviceNotFoundError, DeviceOfflineError, UnknownFunctionError, UnknownVariableError
-from cyan.cloud.models import AccessToken, AttemptOutcome, ConnectionAttempt, DeviceRecord, User
+from cyan.cloud.models import (
+    AccessToken,
+    AttemptOutcome,
+    ConnectionAttempt,
+    DeviceRecord,
+    KeyAuditEntry,
+    KeyPolicy,
+    PendingKey,
+    RekeyWindow,
+    User,
+)
 from cyan.cloud.ports import StoreUnavailableError
 from cyan.cloud.service import Cloud
 from cyan.keys import fingerprint, public_key_der
@@ -27,6 +37,10 @@ class MemoryStore:
         self.devices: dict[str, DeviceRecord] = {}
         self.attempts: list[ConnectionAttempt] = []
         self.failures = 0  # the next N writes fail as if the database were down
+        self.policies: dict[str, KeyPolicy] = {}
+        self.rekeys: dict[str, RekeyWindow] = {}
+        self.pending: dict[str, PendingKey] = {}
+        self.audit: list[KeyAuditEntry] = []
 
     def _maybe_fail(self) -> None:
         if self.failures:
@@ -95,6 +109,50 @@ class MemoryStore:
 
     async def remove_expired_tokens(self, now: datetime) -> int:
         return 0
+
+    # Key policy: the defaults (no policy, no window, nothing pending) unless a test sets them.
+    async def get_policy(self, scope: str) -> KeyPolicy | None:
+        return self.policies.get(scope)
+
+    async def set_policy(self, policy: KeyPolicy) -> None:
+        self.policies[policy.scope] = policy
+
+    async def remove_policy(self, scope: str) -> bool:
+        return self.policies.pop(scope, None) is not None
+
+    async def list_policies(self) -> list[KeyPolicy]:
+        return list(self.policies.values())
+
+    async def arm_rekey(self, window: RekeyWindow) -> None:
+        self.rekeys[window.device_id] = window
+
+    async def get_rekey(self, device_id: str) -> RekeyWindow | None:
+        return self.rekeys.get(device_id)
+
+    async def remove_rekey(self, device_id: str) -> bool:
+        return self.rekeys.pop(device_id, None) is not None
+
+    async def list_rekeys(self) -> list[RekeyWindow]:
+        return list(self.rekeys.values())
+
+    async def save_pending_key(self, pending: PendingKey) -> None:
+        self.pending[pending.device_id] = pending
+
+    async def get_pending_key(self, device_id: str) -> PendingKey | None:
+        return self.pending.get(device_id)
+
+    async def remove_pending_key(self, device_id: str) -> bool:
+        return self.pending.pop(device_id, None) is not None
+
+    async def list_pending_keys(self) -> list[PendingKey]:
+        return list(self.pending.values())
+
+    async def add_audit(self, entry: KeyAuditEntry) -> int:
+        self.audit.append(entry)
+        return len(self.audit)
+
+    async def list_audit(self, device_id: str | None = None, *, limit: int = 100) -> list[KeyAuditEntry]:
+        return [e for e in reversed(self.audit) if device_id in (None, e.device_id)][:limit]
 
     async def mark_all_offline(self) -> None:
         for device in self.devices.values():

@@ -33,7 +33,7 @@ def device_json(record: DeviceRecord, cloud: Cloud, *, detail: bool) -> dict[str
         "platform_id": record.platform_id,
         "cellular": False,
         "notes": None,
-        "status": "normal",
+        "status": "quarantined" if cloud.quarantined(record.id) else "normal",
         "serial_number": None,
         "system_firmware_version": None,
         "current_build_target": None,

@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from cyan import __version__
 
-from . import routes_auth, routes_devices, routes_events
+from . import routes_auth, routes_devices, routes_events, routes_keys
 from ._context import ApiContext
 from .errors import install_error_handlers
 
@@ -31,5 +31,6 @@ def create_app(context: ApiContext) -> FastAPI:
     app.include_router(routes_auth.router)
     # Stream and publish routes first: /v1/devices/events must not be taken for a device named "events".
     app.include_router(routes_events.router)
+    app.include_router(routes_keys.router)
     app.include_router(routes_devices.router)
     return app

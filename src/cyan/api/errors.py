@@ -13,6 +13,7 @@ from cyan.cloud.errors import (
     CloudError,
     DeviceNotFoundError,
     DeviceOfflineError,
+    DeviceQuarantinedError,
     DeviceTimeoutError,
     FunctionRefusedError,
     UnknownFunctionError,
@@ -61,6 +62,8 @@ def install_error_handlers(app: FastAPI) -> None:
         # `x` not found" only for a 404), 408 for a device that did not answer in time.
         if isinstance(exc, DeviceNotFoundError):
             return _json(403, permission_denied(exc.id_or_name).body)
+        if isinstance(exc, DeviceQuarantinedError):
+            return _json(403, {"ok": False, "error": "Device quarantined", "error_description": str(exc)})
         if isinstance(exc, DeviceOfflineError):
             return _json(404, {"ok": False, "error": "Device is not connected", "error_description": str(exc)})
         if isinstance(exc, DeviceTimeoutError):

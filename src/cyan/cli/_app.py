@@ -8,7 +8,7 @@ import typer
 
 from cyan import __version__
 
-from . import _errors, accounts, devices, serve, sim
+from . import _errors, accounts, devices, policy, serve, sim
 
 app = typer.Typer(
     name="cyan",
@@ -22,6 +22,7 @@ app.command("sim")(sim.sim)
 app.add_typer(devices.app, name="devices")
 app.add_typer(accounts.users, name="users")
 app.add_typer(accounts.tokens, name="tokens")
+app.add_typer(policy.app, name="policy")
 
 
 def _version(value: bool) -> None:

@@ -117,12 +117,22 @@ async def _run(fleet: Fleet, host: str, port: int, ramp: float | None, duration:
     if duration is not None:
         loop.call_later(duration, stop.set)
     fleet.start(host, port, ramp=ramp)
+    started = loop.time()
     typer.echo(f"Simulating {len(fleet)} device(s) against {host}:{port}; Ctrl-C stops.")
+
+    async def report_recovery() -> None:
+        # How long the whole fleet took to be connected: after an outage, or in the amnesia drill, the
+        # time to recover the fleet.
+        if await fleet.wait_connected():
+            typer.echo(f"All {len(fleet)} device(s) connected {loop.time() - started:.1f} s after the start")
+
+    recovery = asyncio.create_task(report_recovery())
     try:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=2.0)
             typer.echo(str(fleet.stats()))
     finally:
+        recovery.cancel()
         await fleet.stop()
     typer.echo(f"Stopped. {fleet.stats()}")

@@ -6,6 +6,7 @@ __all__ = [
     "CloudError",
     "DeviceNotFoundError",
     "DeviceOfflineError",
+    "DeviceQuarantinedError",
     "DeviceTimeoutError",
     "FunctionRefusedError",
     "UnknownFunctionError",
@@ -38,6 +39,15 @@ class UnknownVariableError(CloudError):
     def __init__(self, device_id: str, name: str) -> None:
         super().__init__(f"device {device_id} has no variable {name!r}")
         self.name = name
+
+
+class DeviceQuarantinedError(CloudError):
+    def __init__(self, device_id: str) -> None:
+        super().__init__(
+            f"device {device_id} is connected in quarantine: it presented a new key that an operator must "
+            "approve before it gets any access (cyan policy approve)"
+        )
+        self.device_id = device_id
 
 
 class DeviceTimeoutError(CloudError):

@@ -13,20 +13,49 @@ import logging
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from cyan.bus import CloudEvent, InProcessBus
 from cyan.protocol import Hello, SubscriptionScope, VariableType
 
-from .errors import DeviceNotFoundError, DeviceOfflineError, UnknownFunctionError, UnknownVariableError
-from .keypolicy import Decision, decide_strict
-from .models import ConnectionAttempt, DeviceRecord, Variable
+from .alerts import Alert, AlertSink, LoggingAlerts
+from .errors import (
+    CloudError,
+    DeviceNotFoundError,
+    DeviceOfflineError,
+    DeviceQuarantinedError,
+    UnknownFunctionError,
+    UnknownVariableError,
+)
+from .keypolicy import Decision, decide
+from .models import (
+    AttemptOutcome,
+    ConnectionAttempt,
+    DeviceRecord,
+    KeyAuditEntry,
+    KeyPolicy,
+    KeyPolicyMode,
+    RekeyWindow,
+    Variable,
+)
 from .ports import Store, StoreUnavailableError
 
 __all__ = ["Cloud", "DeviceLink"]
 
 log = logging.getLogger("cyan.cloud")
+
+#: spark/device/key/error bits (protocol.md §12.1).
+_KEY_ERROR_FLAGS = {
+    1: "server public key blank",
+    2: "server public key corrupted",
+    4: "server address blank",
+    8: "server address corrupted",
+    16: "device public key blank",
+    32: "device public key corrupted",
+    64: "device private key blank",
+    128: "device private key corrupted",
+}
 
 VariableValue = bool | int | float | str
 
@@ -73,6 +102,9 @@ class Cloud:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         request_timeout: float = 20.0,
         pending_writes_limit: int = 100_000,
+        alerts: AlertSink | None = None,
+        loop_threshold: int = 5,
+        loop_window: float = 300.0,
     ) -> None:
         self.store = store
         self.bus = bus
@@ -87,12 +119,24 @@ class Cloud:
         self._write_signal = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._stopping = False
+        self.alerts: AlertSink = alerts or LoggingAlerts()
+        #: Quarantined sessions: connected, granted nothing (protocol.md §12.3 (b)), with their Hello.
+        self._quarantined: dict[str, tuple[DeviceLink, DeviceRecord, Hello]] = {}
+        #: Subscriptions a quarantined device asked for: they take effect if its key is approved.
+        self._held_subscriptions: dict[str, list[_Subscription]] = {}
+        self._loop_threshold = loop_threshold
+        self._loop_window = loop_window
+        self._failures: dict[str, deque[datetime]] = {}
+        self._loop_alerted: dict[str, datetime] = {}
         bus.add_listener(self._fan_out)
 
     # -- life cycle -----------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        await self.store.mark_all_offline()
+    async def start(self, *, owns_devices: bool = True) -> None:
+        """`owns_devices`: this process serves the devices, so none is online when it starts. A command-line
+        tool working beside a running server passes False."""
+        if owns_devices:
+            await self.store.mark_all_offline()
         self._writer = asyncio.create_task(self._write_loop(), name="cyan-cloud-writer")
 
     async def stop(self) -> None:
@@ -145,16 +189,89 @@ class Cloud:
 
     # -- handshake ------------------------------------------------------------------------------
 
-    async def authorize(self, device_id: str, presented_der: bytes | None) -> tuple[Decision, DeviceRecord | None]:
+    async def authorize(
+        self, device_id: str, presented_der: bytes | None, peer_address: str = ""
+    ) -> tuple[Decision, DeviceRecord | None]:
+        """Decide which key to trust for a device that identified itself (see keypolicy.py)."""
         record = await self.store.get_device(device_id)
-        return decide_strict(device_id, record, presented_der), record
+        decision = await decide(
+            self.store, device_id, record, presented_der, now=self._clock(), peer_address=peer_address
+        )
+        if decision.save_record and decision.record is not None:
+            # Durable before the session starts: a new key that was accepted but not stored would lock the
+            # device out at its next connection.
+            await self.store.save_device(decision.record)
+        for entry in decision.audit:
+            self._audit(entry)
+        return decision, decision.record or record
+
+    def _audit(self, entry: KeyAuditEntry) -> None:
+        self._persist(lambda: self.store.add_audit(entry))
+        kind = {
+            "refused": "key_refused",
+            "quarantined": "key_quarantined",
+            "key_error_reported": "key_error_reported",
+            "rekey_armed": "rekey_armed",
+        }.get(entry.action, "key_change")
+        summary = f"device {entry.device_id}: key {entry.action} by {entry.actor}"
+        if entry.new_fingerprint:
+            summary += f" (new {entry.new_fingerprint}, registered {entry.old_fingerprint})"
+        self.alerts.send(
+            Alert(
+                kind,
+                entry.device_id,
+                entry.at,
+                summary,
+                {
+                    "action": entry.action,
+                    "actor": entry.actor,
+                    "old_fingerprint": entry.old_fingerprint,
+                    "new_fingerprint": entry.new_fingerprint,
+                    "detail": entry.detail,
+                },
+            )
+        )
 
     def record_attempt(self, attempt: ConnectionAttempt) -> None:
         self._persist(lambda: self.store.record_attempt(attempt))
+        if attempt.outcome is AttemptOutcome.FAILED:
+            self._watch_for_loop(attempt)
+
+    def _watch_for_loop(self, attempt: ConnectionAttempt) -> None:
+        """Alert once an hour for a device (or, unidentified, an address) failing again and again."""
+        key = attempt.device_id or attempt.peer_address.rsplit(":", 1)[0]
+        now = attempt.started_at
+        times = self._failures.setdefault(key, deque(maxlen=self._loop_threshold))
+        times.append(now)
+        if len(times) < self._loop_threshold or (now - times[0]).total_seconds() > self._loop_window:
+            return
+        last = self._loop_alerted.get(key)
+        if last is not None and (now - last).total_seconds() < 3600:
+            return
+        self._loop_alerted[key] = now
+        who = f"device {attempt.device_id}" if attempt.device_id else f"an unidentified device at {key}"
+        self.alerts.send(
+            Alert(
+                "handshake_loop",
+                attempt.device_id,
+                now,
+                f"{who} failed {len(times)} connection attempts within {self._loop_window:g} s, "
+                f"last at step {attempt.step}: {attempt.reason}",
+                {"step": attempt.step, "reason": attempt.reason, "detail": attempt.detail, "address": key},
+            )
+        )
 
     # -- sessions -------------------------------------------------------------------------------
 
-    def session_started(self, link: DeviceLink, record: DeviceRecord, hello: Hello) -> None:
+    def session_started(
+        self, link: DeviceLink, record: DeviceRecord, hello: Hello, *, quarantined: bool = False
+    ) -> None:
+        if quarantined:
+            # Connected, but nothing of the device's is touched and nothing is granted until an operator
+            # approves its new key (protocol.md §12.3 (b)): it may be an impersonator.
+            log.warning("device %s connected in quarantine from %s", link.device_id, link.peer_address)
+            self._quarantined[link.device_id] = (link, record, hello)
+            return
         previous = self._sessions.get(link.device_id)
         if previous is not None and previous.link is not link:
             # A reconnecting device replaces its old connection (often a dead one the server has not
@@ -179,6 +296,11 @@ class Cloud:
         self._system_event(record, "spark/status", "online")
 
     def session_ended(self, link: DeviceLink) -> None:
+        held = self._quarantined.get(link.device_id)
+        if held is not None and held[0] is link:
+            del self._quarantined[link.device_id]
+            self._held_subscriptions.pop(link.device_id, None)
+            return
         session = self._sessions.get(link.device_id)
         if session is None or session.link is not link:
             return
@@ -239,8 +361,10 @@ class Cloud:
 
     def event_from_device(self, link: DeviceLink, name: str, data: bytes | None, ttl: int, private: bool) -> None:
         session = self._sessions.get(link.device_id)
-        if session is None:
-            return
+        if session is None or session.link is not link:
+            return  # a quarantined session's events go nowhere
+        if name == "spark/device/key/error":
+            self._key_error_reported(link.device_id, data)
         record = session.record
         record.last_heard = self._clock()
         text = data.decode("utf-8", "replace") if data is not None else None
@@ -251,15 +375,27 @@ class Cloud:
     ) -> None:
         session = self._sessions.get(link.device_id)
         if session is None:
+            held = self._quarantined.get(link.device_id)
+            if held is not None and held[0] is link:
+                self._held_subscriptions.setdefault(link.device_id, []).append(_Subscription(prefix, scope, device_id))
             return
         session.subscriptions.append(_Subscription(prefix, scope, device_id))
         if scope is SubscriptionScope.ALL_DEVICES:
             self._firehose.add(link.device_id)
 
+    def _key_error_reported(self, device_id: str, data: bytes | None) -> None:
+        """The firmware's own report of blank or corrupt key data (protocol.md §12.1)."""
+        text = (data or b"").decode("ascii", "replace").strip()
+        flags = int(text) if text.isdigit() else 0
+        names = [name for bit, name in _KEY_ERROR_FLAGS.items() if flags & bit]
+        detail = f"flags {text or '?'}: " + (", ".join(names) if names else "no known flag")
+        self._audit(KeyAuditEntry(self._clock(), device_id, "key_error_reported", "device", None, None, detail))
+
     def _system_event(self, record: DeviceRecord, name: str, data: str) -> None:
         self.bus.publish(CloudEvent(name, data, 60, self._clock(), record.id, record.owner, True))
 
     def _fan_out(self, event: CloudEvent) -> None:
+        # Quarantined sessions are not in _sessions, so they receive nothing.
         """Deliver an event to the connected devices whose subscriptions match it (protocol.md §6.4)."""
         targets = set(self._by_owner.get(event.owner, ()))
         if not event.private:
@@ -302,8 +438,70 @@ class Cloud:
     def _session_for(self, record: DeviceRecord) -> _Session:
         session = self._sessions.get(record.id)
         if session is None:
+            if record.id in self._quarantined:
+                raise DeviceQuarantinedError(record.id)
             raise DeviceOfflineError(record.id)
         return session
+
+    def quarantined(self, device_id: str) -> bool:
+        return device_id in self._quarantined
+
+    # -- key policy operations (operators; audited) --------------------------------------------
+
+    async def set_policy(self, scope: str, mode: KeyPolicyMode, trust_on_first_use: bool, actor: str) -> KeyPolicy:
+        policy = KeyPolicy(scope.lower(), mode, trust_on_first_use, self._clock(), actor)
+        await self.store.set_policy(policy)
+        return policy
+
+    async def arm_rekey(self, device_id: str, seconds: float, actor: str) -> RekeyWindow:
+        """Accept the next new key of this device, until `seconds` from now (protocol.md §12.3 (c))."""
+        record = await self.store.get_device(device_id.lower())
+        if record is None:
+            raise DeviceNotFoundError(device_id)
+        now = self._clock()
+        window = RekeyWindow(record.id, now + timedelta(seconds=seconds), actor, now)
+        await self.store.arm_rekey(window)
+        self._audit(
+            KeyAuditEntry(
+                now, record.id, "rekey_armed", actor, record.key_fingerprint, None, f"until {window.until.isoformat()}"
+            )
+        )
+        return window
+
+    async def approve_pending_key(self, device_id: str, actor: str) -> DeviceRecord:
+        """Make the pending key the device's registered key; a quarantined session gets its access."""
+        device_id = device_id.lower()
+        pending = await self.store.get_pending_key(device_id)
+        record = await self.store.get_device(device_id)
+        if pending is None or record is None:
+            raise CloudError(f"device {device_id} has no pending key")
+        old = record.key_fingerprint
+        record.public_key_der, record.key_fingerprint = pending.public_key_der, pending.fingerprint
+        await self.store.save_device(record)
+        await self.store.remove_pending_key(device_id)
+        self._audit(KeyAuditEntry(self._clock(), device_id, "approved", actor, old, pending.fingerprint))
+        held = self._quarantined.pop(device_id, None)
+        if held is not None:
+            link, held_record, hello = held
+            held_record.public_key_der, held_record.key_fingerprint = record.public_key_der, record.key_fingerprint
+            self.session_started(link, held_record, hello)
+            for sub in self._held_subscriptions.pop(device_id, []):
+                self.subscription_from_device(link, sub.prefix, sub.scope, sub.device_id)
+        return record
+
+    async def reject_pending_key(self, device_id: str, actor: str) -> None:
+        """Forget the pending key; a quarantined session with it is closed."""
+        device_id = device_id.lower()
+        pending = await self.store.get_pending_key(device_id)
+        if pending is None:
+            raise CloudError(f"device {device_id} has no pending key")
+        await self.store.remove_pending_key(device_id)
+        self._audit(
+            KeyAuditEntry(self._clock(), device_id, "rejected", actor, pending.stored_fingerprint, pending.fingerprint)
+        )
+        held = self._quarantined.pop(device_id, None)
+        if held is not None:
+            held[0].close()
 
     async def call_function(
         self, id_or_name: str, name: str, argument: str, *, owner: str | None = None, timeout: float | None = None

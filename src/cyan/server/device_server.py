@@ -68,6 +68,7 @@ class _DeviceProtocol(asyncio.Protocol):
         self._stored: str | None = None
         self._attempt_recorded = False
         self._session_started = False
+        self._quarantined = False
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._request_names: dict[int, str] = {}
         self.device_id = ""
@@ -172,7 +173,7 @@ class _DeviceProtocol(asyncio.Protocol):
             assert self._record is not None
             self._record_attempt(AttemptOutcome.CONNECTED, Step.SESSION, None, None)
             self._session_started = True
-            self._cloud.session_started(self, self._record, event.hello)
+            self._cloud.session_started(self, self._record, event.hello, quarantined=self._quarantined)
             log.info("device %s connected from %s (connection %d)", self.device_id, self.peer_address, self._id)
         elif isinstance(event, EventPublished):
             self._cloud.event_from_device(self, event.name, event.data, event.ttl, event.private)
@@ -215,7 +216,7 @@ class _DeviceProtocol(asyncio.Protocol):
         conn = self._conn
         assert conn is not None
         try:
-            decision, record = await self._cloud.authorize(event.device_id, event.public_key_der)
+            decision, record = await self._cloud.authorize(event.device_id, event.public_key_der, self.peer_address)
         except Exception as exc:
             log.exception("could not decide on device %s", event.device_id)
             if not conn.closed:
@@ -231,6 +232,7 @@ class _DeviceProtocol(asyncio.Protocol):
             self._handle_events()
             return
         self._record = record
+        self._quarantined = decision.quarantined
         conn.accept(decision.trusted_key, time.time())
         self._handle_events()
         self._flush()
