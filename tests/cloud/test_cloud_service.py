@@ -79,6 +79,15 @@ class MemoryStore:
         stored.online, stored.last_heard, stored.last_address = device.online, device.last_heard, device.last_address
         return True
 
+    async def update_device_states(self, devices: list[DeviceRecord]) -> None:
+        self._maybe_fail()
+        for device in devices:
+            await self.update_device_state(device)
+
+    async def record_attempts(self, attempts: list[ConnectionAttempt]) -> None:
+        self._maybe_fail()
+        self.attempts.extend(attempts)
+
     async def remove_device(self, device_id: str) -> bool:
         return self.devices.pop(device_id, None) is not None
 

@@ -63,6 +63,9 @@ class Store(Protocol):
         fields), never the name, owner or key, so a queued session update cannot undo a rename, a claim
         or a key change made meanwhile. False if the device is not registered."""
 
+    async def update_device_states(self, devices: list[DeviceRecord]) -> None:
+        """`update_device_state` for many devices in one transaction (unregistered ones are skipped)."""
+
     async def remove_device(self, device_id: str) -> bool:
         """True if it existed."""
 
@@ -73,6 +76,9 @@ class Store(Protocol):
 
     async def record_attempt(self, attempt: ConnectionAttempt) -> int:
         """Store the attempt, return its id."""
+
+    async def record_attempts(self, attempts: list[ConnectionAttempt]) -> None:
+        """Store many attempts in one transaction."""
 
     async def list_attempts(
         self,

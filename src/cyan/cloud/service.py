@@ -45,6 +45,8 @@ __all__ = ["Cloud", "DeviceLink"]
 
 log = logging.getLogger("cyan.cloud")
 
+_SYSTEM_PREFIXES = ("spark/", "particle/")
+
 #: spark/device/key/error bits (protocol.md §12.1).
 _KEY_ERROR_FLAGS = {
     1: "server public key blank",
@@ -116,6 +118,9 @@ class Cloud:
         self._writes: deque[Callable[[], Awaitable[Any]]] = deque()
         self._writes_limit = pending_writes_limit
         self._writes_dropped = 0
+        #: The latest state of each device still to be written, and attempts still to be recorded.
+        self._state_writes: dict[str, DeviceRecord] = {}
+        self._attempt_writes: list[ConnectionAttempt] = []
         self._write_signal = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._stopping = False
@@ -157,34 +162,64 @@ class Cloud:
         self._writes.append(write)
         self._write_signal.set()
 
+    @property
+    def _backlog(self) -> bool:
+        return bool(self._writes or self._state_writes or self._attempt_writes)
+
     async def _write_loop(self) -> None:
+        """One writer, so that the database sees one transaction at a time. The two writes every connection
+        makes (its attempt record, its device's state) are batched: many connections, one transaction."""
         delay = 0.5
         while True:
-            while self._writes:
-                write = self._writes[0]
+            while self._backlog:
                 try:
-                    await write()
+                    await self._write_once()
                 except StoreUnavailableError as exc:
                     if self._stopping:
-                        log.error("database unavailable at shutdown; %d writes lost: %s", len(self._writes), exc)
+                        lost = len(self._writes) + len(self._state_writes) + len(self._attempt_writes)
+                        log.error("database unavailable at shutdown; %d writes lost: %s", lost, exc)
                         return
-                    # Keep the write and retry: a database that is down must not lose a record.
+                    # Keep the writes and retry: a database that is down must not lose a record.
                     log.error("database unavailable, retrying in %.1f s: %s", delay, exc)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
                     continue
-                except Exception:
-                    log.exception("a database write failed and was dropped")
-                self._writes.popleft()
                 delay = 0.5
             if self._stopping:
                 return
             self._write_signal.clear()
             await self._write_signal.wait()
 
+    async def _write_once(self) -> None:
+        while self._writes:
+            try:
+                await self._writes[0]()
+            except StoreUnavailableError:
+                raise
+            except Exception:
+                log.exception("a database write failed and was dropped")
+            self._writes.popleft()
+        if self._state_writes:
+            states = list(self._state_writes.values())
+            self._state_writes.clear()
+            try:
+                await self.store.update_device_states(states)
+            except StoreUnavailableError:
+                for record in states:  # put them back, unless a newer snapshot arrived meanwhile
+                    self._state_writes.setdefault(record.id, record)
+                raise
+        if self._attempt_writes:
+            attempts, self._attempt_writes = self._attempt_writes, []
+            try:
+                await self.store.record_attempts(attempts)
+            except StoreUnavailableError:
+                self._attempt_writes[:0] = attempts
+                raise
+
     async def flush(self) -> None:
         """Wait until every queued write has reached the store (tests, shutdown)."""
-        while self._writes:
+        while self._backlog:
+            self._write_signal.set()
             await asyncio.sleep(0.005)
 
     # -- handshake ------------------------------------------------------------------------------
@@ -233,7 +268,12 @@ class Cloud:
         )
 
     def record_attempt(self, attempt: ConnectionAttempt) -> None:
-        self._persist(lambda: self.store.record_attempt(attempt))
+        if len(self._attempt_writes) >= self._writes_limit:
+            del self._attempt_writes[0]
+            self._writes_dropped += 1
+            log.error("attempt records are backing up: dropped the oldest (%d so far)", self._writes_dropped)
+        self._attempt_writes.append(attempt)
+        self._write_signal.set()
         if attempt.outcome is AttemptOutcome.FAILED:
             self._watch_for_loop(attempt)
 
@@ -318,7 +358,8 @@ class Cloud:
 
     def _save(self, record: DeviceRecord) -> None:
         snapshot = replace(record, functions=list(record.functions), variables=list(record.variables))
-        self._persist(lambda: self.store.update_device_state(snapshot))
+        self._state_writes[record.id] = snapshot
+        self._write_signal.set()
 
     def owner_changed(self, record: DeviceRecord) -> None:
         """A device was claimed or released: its session and event routing follow the new owner."""
@@ -396,6 +437,11 @@ class Cloud:
 
     def _fan_out(self, event: CloudEvent) -> None:
         # Quarantined sessions are not in _sessions, so they receive nothing.
+        if event.device_id is not None and event.name.startswith(_SYSTEM_PREFIXES):
+            # A device's own system events (spark/hardware/..., particle/device/updates/..., spark/status)
+            # are about that device, for people and programs; the firmware of other devices has no use for
+            # them (its system handlers act only on events from the cloud, protocol.md §6.4).
+            return
         """Deliver an event to the connected devices whose subscriptions match it (protocol.md §6.4)."""
         targets = set(self._by_owner.get(event.owner, ()))
         if not event.private:
