@@ -1,0 +1,145 @@
+"""Shared pieces of the benchmarks: a `cyan serve` subprocess, registered devices, process CPU time."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from cyan.cloud.models import DeviceRecord
+from cyan.keys import fingerprint, generate_device_key, load_public_key, public_key_der
+from cyan.store import SqliteStore
+
+CYAN = Path(sys.executable).with_name("cyan")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    data_dir: Path
+    device_port: int
+    api_port: int
+    public_key: rsa.RSAPublicKey
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+@contextmanager
+def cyan_serve(*extra: str) -> Iterator[Server]:
+    """`cyan serve` on loopback with a fresh data directory, stopped with SIGINT at the end."""
+    with tempfile.TemporaryDirectory(prefix="cyan-bench-") as tmp:
+        data = Path(tmp) / "data"
+        log = open(Path(tmp) / "serve.log", "w+b")  # noqa: SIM115 - closed below
+        process = subprocess.Popen(
+            [
+                str(CYAN),
+                "serve",
+                "--data-dir",
+                str(data),
+                "--device-host",
+                "127.0.0.1",
+                "--device-port",
+                "0",
+                "--api-host",
+                "127.0.0.1",
+                "--api-port",
+                "0",
+                "--public-address",
+                "127.0.0.1",
+                *extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            deadline = time.monotonic() + 30
+            text = ""
+            while time.monotonic() < deadline:
+                log.seek(0)
+                text = log.read().decode(errors="replace")
+                device = re.search(r"Devices connect to 127\.0\.0\.1:(\d+)", text)
+                api = re.search(r"apiUrl http://127\.0\.0\.1:(\d+)", text)
+                if device and api:
+                    break
+                if process.poll() is not None:
+                    raise RuntimeError(f"cyan serve exited: {text}")
+                time.sleep(0.05)
+            else:
+                raise RuntimeError(f"cyan serve did not start: {text}")
+            public = load_public_key((data / "server_public_key.der").read_bytes())
+            yield Server(process, data, int(device.group(1)), int(api.group(1)), public)
+        finally:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            log.close()
+
+
+def device_id(n: int) -> str:
+    return f"{0xBE4C000000 + n:024x}"
+
+
+def register(data_dir: Path, keys: list[rsa.RSAPrivateKey], owner: str | None = None) -> list[str]:
+    """Register one device per key in the server's database; returns their ids."""
+    ids = [device_id(n) for n in range(len(keys))]
+
+    async def run() -> None:
+        async with SqliteStore(data_dir / "cyan.db") as store:
+            for device, key in zip(ids, keys, strict=True):
+                der = public_key_der(key.public_key())
+                await store.add_device(
+                    DeviceRecord(
+                        id=device,
+                        owner=owner,
+                        public_key_der=der,
+                        key_fingerprint=fingerprint(der),
+                        created_at=datetime.now(UTC),
+                    )
+                )
+
+    asyncio.run(run())
+    return ids
+
+
+def keys(count: int) -> list[rsa.RSAPrivateKey]:
+    return [generate_device_key() for _ in range(count)]
+
+
+def table(title: str, rows: list[tuple[str, str, str]]) -> str:
+    """A plain table: measure, measured, compared with."""
+    header = ("measure", "measured", "compared with")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    line = "  ".join("-" * w for w in widths)
+    out = [title, line, "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), line]
+    out += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    out.append(line)
+    return "\n".join(out)

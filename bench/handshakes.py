@@ -1,0 +1,139 @@
+"""Handshake throughput of `cyan serve`, and its CPU per handshake against the bare RSA cost.
+
+    .venv/bin/python bench/handshakes.py [--seconds 10] [--concurrency 64] [--devices 200]
+
+A load generator (this process) opens connections that each run the device side of the handshake with the
+protocol core (nonce, 256-byte identity, 384-byte answer, Hello, server Hello) and close. Measured in the
+same run: the server's CPU time per handshake (from /proc) and the bare cost of its two RSA-2048 private
+operations (decrypt the identity message, sign the session key) done directly with OpenSSL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+
+from _common import cpu_seconds, cyan_serve, keys, register, table
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import NoDigestInfo
+
+from cyan.keys import generate_server_key
+from cyan.protocol import DeviceConnection, ServerHelloReceived
+from cyan.protocol.handshake import build_identity_message
+
+
+def bare_rsa_per_handshake(rounds: int = 400) -> float:
+    key = generate_server_key()
+    message = build_identity_message(key.public_key(), os.urandom(40), os.urandom(12), None, os.urandom)
+    digest = os.urandom(20)
+    start = time.process_time()
+    for _ in range(rounds):
+        key.decrypt(message, padding.PKCS1v15())
+        key.sign(digest, padding.PKCS1v15(), NoDigestInfo())
+    return (time.process_time() - start) / rounds
+
+
+async def one_handshake(
+    port: int, device_id: str, device_key: rsa.RSAPrivateKey, server_key: rsa.RSAPublicKey
+) -> float:
+    started = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    conn = DeviceConnection(bytes.fromhex(device_id), device_key, server_key, time.time())
+    try:
+        while True:
+            data = await reader.read(4096)
+            if not data:
+                raise ConnectionError("closed during the handshake")
+            conn.receive_data(data, time.time())
+            out = conn.data_to_send()
+            if out:
+                writer.write(out)
+            while (event := conn.next_event()) is not None:
+                if isinstance(event, ServerHelloReceived):
+                    return time.perf_counter() - started
+    finally:
+        writer.close()
+
+
+async def load(
+    port: int,
+    ids: list[str],
+    device_keys: list[rsa.RSAPrivateKey],
+    server_key: rsa.RSAPublicKey,
+    *,
+    seconds: float,
+    concurrency: int,
+) -> tuple[int, int, list[float]]:
+    done = failed = 0
+    latencies: list[float] = []
+    stop = time.monotonic() + seconds
+
+    async def worker(offset: int) -> None:
+        nonlocal done, failed
+        n = offset
+        while time.monotonic() < stop:
+            index = n % len(ids)
+            try:
+                latencies.append(await one_handshake(port, ids[index], device_keys[index], server_key))
+                done += 1
+            except (OSError, ConnectionError):
+                failed += 1
+            n += concurrency
+
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    return done, failed, latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--devices", type=int, default=200)
+    args = parser.parse_args()
+
+    device_keys = keys(args.devices)
+    bare = bare_rsa_per_handshake()
+    with cyan_serve() as server:
+        ids = register(server.data_dir, device_keys)
+        # Warm up (imports, caches, the database), then measure.
+        asyncio.run(load(server.device_port, ids, device_keys, server.public_key, seconds=1.0, concurrency=8))
+        cpu_before = cpu_seconds(server.pid)
+        wall = time.perf_counter()
+        done, failed, latencies = asyncio.run(
+            load(
+                server.device_port,
+                ids,
+                device_keys,
+                server.public_key,
+                seconds=args.seconds,
+                concurrency=args.concurrency,
+            )
+        )
+        wall = time.perf_counter() - wall
+        server_cpu = cpu_seconds(server.pid) - cpu_before
+    per_handshake = server_cpu / max(done, 1)
+    latencies.sort()
+    print(
+        table(
+            f"Handshakes: {done} in {wall:.1f} s, {failed} failed, concurrency {args.concurrency}, one server process",
+            [
+                ("handshakes per second", f"{done / wall:,.0f}", "430/s original Node.js server; 3/s maintained fork"),
+                ("server CPU per handshake", f"{per_handshake * 1000:.2f} ms", f"bare RSA {bare * 1000:.2f} ms"),
+                ("server CPU / bare RSA", f"{per_handshake / bare:.2f}x", "goal at most 1.15x"),
+                ("bound for one core", f"{1 / per_handshake:,.0f}/s", f"bare RSA bound {1 / bare:,.0f}/s"),
+                (
+                    "latency p50 / p99",
+                    f"{statistics.median(latencies) * 1000:.1f} / "
+                    f"{latencies[int(len(latencies) * 0.99) - 1] * 1000:.1f} ms",
+                    "",
+                ),
+            ],
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
