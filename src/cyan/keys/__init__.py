@@ -7,7 +7,11 @@ This package does no network or device I/O. It covers:
   (protocol.md §2.2, §A.3);
 * server keys (RSA-2048, e=65537) and the server-key file with the server address, as the Particle CLI
   writes it and the firmware reads it (protocol.md §2.3, §11);
-* loading keys from the file forms operators have, fingerprints, and writing private key files safely.
+* loading keys from the file forms operators have, fingerprints, and writing private key files safely;
+* the key areas of a device over DFU alt setting 1 (Photon/P1 DCT, Core external flash) and an inspection
+  of what they will do: private key present, well-formed and firmware-parsable, held by the cloud, server
+  key and address this cloud's or not (protocol.md §11, §12);
+* an escrow file of device private keys under a passphrase (scrypt + AES-GCM).
 
 Every problem with input bytes is reported as :class:`KeyFormatError` with a message that names the field.
 """
@@ -22,6 +26,7 @@ from ._codec import (
     load_public_key,
     public_key_der,
 )
+from ._dct import DctImage, KeyArea, KeyLayout, Platform, key_layout
 from ._device import (
     DeviceKeyFields,
     device_public_key_der_from_private,
@@ -32,6 +37,19 @@ from ._device import (
     is_firmware_parsable,
 )
 from ._errors import DEVICE_KEY_BITS, PUBLIC_EXPONENT, SERVER_KEY_BITS, KeyFormatError
+from ._escrow import ESCROW_FORMAT, ESCROW_VERSION, EscrowEntry, EscrowError, KeyEscrow, WrongPassphraseError
+from ._inspect import (
+    CloudFacts,
+    Finding,
+    KeyInspection,
+    PrivateKeyReport,
+    ServerKeyReport,
+    addresses_of,
+    inspect_file,
+    inspect_image,
+    inspect_key_areas,
+    inspect_private_key,
+)
 from ._server_file import (
     DEFAULT_PORT,
     PARTICLE_CLOUD_ADDRESS,
@@ -51,17 +69,33 @@ from ._storage import write_private_key_file
 __all__ = [
     "DEFAULT_PORT",
     "DEVICE_KEY_BITS",
+    "ESCROW_FORMAT",
+    "ESCROW_VERSION",
     "PARTICLE_CLOUD_ADDRESS",
     "PARTICLE_CLOUD_SERVER_KEY_FINGERPRINT",
     "PUBLIC_EXPONENT",
     "SERVER_KEY_BITS",
     "AddressState",
+    "CloudFacts",
+    "DctImage",
     "DeviceKeyFields",
+    "EscrowEntry",
+    "EscrowError",
+    "Finding",
+    "KeyArea",
+    "KeyEscrow",
     "KeyFormatError",
+    "KeyInspection",
+    "KeyLayout",
     "KeyState",
     "Layout",
+    "Platform",
+    "PrivateKeyReport",
     "ServerAddress",
     "ServerKeyFile",
+    "ServerKeyReport",
+    "WrongPassphraseError",
+    "addresses_of",
     "build_server_key_file",
     "check_device_public_key",
     "check_server_public_key",
@@ -73,8 +107,13 @@ __all__ = [
     "firmware_parse_device_key",
     "generate_device_key",
     "generate_server_key",
+    "inspect_file",
+    "inspect_image",
+    "inspect_key_areas",
+    "inspect_private_key",
     "is_firmware_parsable",
     "is_particle_cloud_server_key",
+    "key_layout",
     "load_private_key",
     "load_public_key",
     "parse_server_key_file",
