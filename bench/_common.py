@@ -108,9 +108,11 @@ def device_id(n: int) -> str:
     return f"{0xBE4C000000 + n:024x}"
 
 
-def register(data_dir: Path, keys: list[rsa.RSAPrivateKey], owner: str | None = None) -> list[str]:
+def register(
+    data_dir: Path, keys: list[rsa.RSAPrivateKey], owner: str | None = None, ids: list[str] | None = None
+) -> list[str]:
     """Register one device per key in the server's database; returns their ids."""
-    ids = [device_id(n) for n in range(len(keys))]
+    ids = ids or [device_id(n) for n in range(len(keys))]
 
     async def run() -> None:
         async with SqliteStore(data_dir / "cyan.db") as store:
@@ -143,3 +145,39 @@ def table(title: str, rows: list[tuple[str, str, str]]) -> str:
     out += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     out.append(line)
     return "\n".join(out)
+
+
+class RawHttp:
+    """A minimal keep-alive HTTP/1.1 client over one asyncio connection, for timing the API.
+
+    Each request goes out in one write and asyncio sets TCP_NODELAY, so the figures are the server's,
+    not a client's Nagle/delayed-ACK interplay (measured at ~45 ms per request with httpx here, 1 ms
+    with curl).
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> None:
+        self._reader, self._writer, self._host = reader, writer, host
+
+    @classmethod
+    async def connect(cls, host: str, port: int) -> RawHttp:
+        reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer, f"{host}:{port}")
+
+    async def request(self, method: str, path: str, token: str, body: bytes = b"") -> tuple[int, bytes]:
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self._host}\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        self._writer.write(head.encode() + body)
+        status_line = await self._reader.readline()
+        status = int(status_line.split()[1])
+        length = 0
+        while (line := await self._reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        return status, await self._reader.readexactly(length)
+
+    async def close(self) -> None:
+        self._writer.close()
+        await self._writer.wait_closed()
