@@ -25,6 +25,10 @@ def report(exc: BaseException) -> int:
     if DEBUG:
         traceback.print_exception(exc)
     typer.secho(f"error: {exc}", fg="red", err=True)
+    own_hint = getattr(exc, "hint", None)
+    if isinstance(own_hint, str) and own_hint:
+        typer.echo(f"hint: {own_hint}", err=True)
+        return 1
     for kind, hint in _HINTS:
         if isinstance(exc, kind):
             typer.echo(f"hint: {hint}", err=True)
