@@ -114,7 +114,11 @@ class Cloud:
         self.request_timeout = request_timeout
         self._sessions: dict[str, _Session] = {}
         self._by_owner: dict[str | None, set[str]] = defaultdict(set)
-        self._firehose: set[str] = set()
+        #: Subscriptions indexed by owner and prefix (MY_DEVICES and single-device scopes), and by prefix
+        #: for the ALL_DEVICES scope: an event looks up each of its name's prefixes (at most 65) instead of
+        #: scanning every connected device.
+        self._subscribers: dict[str | None, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+        self._firehose: dict[str, set[str]] = defaultdict(set)
         self._writes: deque[Callable[[], Awaitable[Any]]] = deque()
         self._writes_limit = pending_writes_limit
         self._writes_dropped = 0
@@ -354,7 +358,7 @@ class Cloud:
         device_id = session.link.device_id
         self._sessions.pop(device_id, None)
         self._by_owner[session.record.owner].discard(device_id)
-        self._firehose.discard(device_id)
+        self._unindex(session, session.record.owner)
 
     def _save(self, record: DeviceRecord) -> None:
         snapshot = replace(record, functions=list(record.functions), variables=list(record.variables))
@@ -367,8 +371,11 @@ class Cloud:
         if session is None:
             return
         self._by_owner[session.record.owner].discard(record.id)
+        self._unindex(session, session.record.owner)
         session.record.owner = record.owner
         self._by_owner[record.owner].add(record.id)
+        for sub in session.subscriptions:
+            self._index(record.id, record.owner, sub)
 
     def heard_from(self, link: DeviceLink) -> None:
         session = self._sessions.get(link.device_id)
@@ -420,9 +427,25 @@ class Cloud:
             if held is not None and held[0] is link:
                 self._held_subscriptions.setdefault(link.device_id, []).append(_Subscription(prefix, scope, device_id))
             return
-        session.subscriptions.append(_Subscription(prefix, scope, device_id))
-        if scope is SubscriptionScope.ALL_DEVICES:
-            self._firehose.add(link.device_id)
+        subscription = _Subscription(prefix, scope, device_id)
+        session.subscriptions.append(subscription)
+        self._index(link.device_id, session.record.owner, subscription)
+
+    def _index(self, device_id: str, owner: str | None, sub: _Subscription) -> None:
+        if sub.scope is SubscriptionScope.ALL_DEVICES:
+            self._firehose[sub.prefix].add(device_id)
+        else:
+            self._subscribers[owner][sub.prefix].add(device_id)
+
+    def _unindex(self, session: _Session, owner: str | None) -> None:
+        device_id = session.link.device_id
+        for sub in session.subscriptions:
+            table = self._firehose if sub.scope is SubscriptionScope.ALL_DEVICES else self._subscribers[owner]
+            members = table.get(sub.prefix)
+            if members is not None:
+                members.discard(device_id)
+                if not members:
+                    del table[sub.prefix]
 
     def _key_error_reported(self, device_id: str, data: bytes | None) -> None:
         """The firmware's own report of blank or corrupt key data (protocol.md §12.1)."""
@@ -442,26 +465,43 @@ class Cloud:
             # are about that device, for people and programs; the firmware of other devices has no use for
             # them (its system handlers act only on events from the cloud, protocol.md §6.4).
             return
-        """Deliver an event to the connected devices whose subscriptions match it (protocol.md §6.4)."""
-        targets = set(self._by_owner.get(event.owner, ()))
-        if not event.private:
-            targets |= self._firehose
+        name = event.name
+        prefixes = [name[:i] for i in range(len(name) + 1)]
+        targets: set[str] = set()
+        owned = self._subscribers.get(event.owner)
+        if owned:
+            for prefix in prefixes:
+                members = owned.get(prefix)
+                if members:
+                    targets |= members
+        if self._firehose:
+            for prefix in prefixes:
+                members = self._firehose.get(prefix)
+                if members:
+                    targets |= members
         for device_id in targets:
             session = self._sessions.get(device_id)
-            if session is None:
-                continue
-            for sub in session.subscriptions:
-                if not event.name.startswith(sub.prefix):
-                    continue
-                if sub.scope is SubscriptionScope.DEVICE and sub.device_id != event.device_id:
-                    continue
-                if sub.scope is SubscriptionScope.ALL_DEVICES and event.private and session.record.owner != event.owner:
-                    continue
+            if session is not None and self._wants(session, event):
                 try:
                     session.link.send_event(event.name, event.data, event.ttl, event.private)
                 except Exception:
                     log.exception("could not deliver %s to device %s", event.name, device_id)
-                break
+
+    @staticmethod
+    def _wants(session: _Session, event: CloudEvent) -> bool:
+        """Whether one of the device's subscriptions takes the event (protocol.md §6.4): by prefix; a
+        single-device subscription only from that device; the firehose only public events, or private
+        ones of the same owner."""
+        same_owner = session.record.owner == event.owner
+        for sub in session.subscriptions:
+            if not event.name.startswith(sub.prefix):
+                continue
+            if sub.scope is SubscriptionScope.ALL_DEVICES:
+                if not event.private or same_owner:
+                    return True
+            elif same_owner and (sub.scope is SubscriptionScope.MY_DEVICES or sub.device_id == event.device_id):
+                return True
+        return False
 
     # -- for the API and the CLI ----------------------------------------------------------------
 
