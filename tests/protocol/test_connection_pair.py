@@ -392,6 +392,13 @@ def test_goodbye() -> None:
 # -- OTA messages on the server (the device side is answered by hand here) ----------------------
 
 
+def _hand_answered(pair: ConnectionPair, monkeypatch: pytest.MonkeyPatch) -> ConnectionPair:
+    """The device decrypts what the server sends (keeping the IV chain, §4) but leaves the answering to
+    the test (tests/protocol/test_ota_*.py run the device role's own OTA)."""
+    monkeypatch.setattr(pair.device, "_on_message", lambda raw, message, now: None)
+    return pair
+
+
 def _device_sends(pair: ConnectionPair, *messages: Message) -> list[object]:
     for message in messages:
         pair.device._send(message)
@@ -403,8 +410,8 @@ def _sent_token(pair: ConnectionPair) -> bytes:
     return bytes((pair.server._token,))
 
 
-def test_ota_messages_non_fast() -> None:
-    pair = _connect()
+def test_ota_messages_non_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    pair = _hand_answered(_connect(), monkeypatch)
     pair.take_server_events()
     begin = pair.server.begin_update(file_size=1024, now=NOW)
     pair.device.data_to_send()
@@ -421,8 +428,8 @@ def test_ota_messages_non_fast() -> None:
     assert pair.server.get_timer() == NOW + pair.server.config.idle_timeout
 
 
-def test_ota_messages_fast_with_missed_chunks_legacy_finish() -> None:
-    pair = _connect()
+def test_ota_messages_fast_with_missed_chunks_legacy_finish(monkeypatch: pytest.MonkeyPatch) -> None:
+    pair = _hand_answered(_connect(), monkeypatch)
     pair.take_server_events()
     pair.server.begin_update(file_size=2048, fast=True, now=NOW)
     pair.server.send_chunk(b"\x02" * 512, 1, index=0, now=NOW)
@@ -442,8 +449,8 @@ def test_ota_messages_fast_with_missed_chunks_legacy_finish() -> None:
     ]
 
 
-def test_ota_refused_both_stacks() -> None:
-    pair = _connect()
+def test_ota_refused_both_stacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    pair = _hand_answered(_connect(), monkeypatch)
     pair.take_server_events()
     begin = pair.server.begin_update(file_size=10, now=NOW)
     token = _sent_token(pair)

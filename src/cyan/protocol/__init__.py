@@ -5,17 +5,20 @@ Nothing here touches a socket, a clock or a random source of its own: bytes go i
 timers are driven by `get_timer()` / `handle_timer(now)`. See protocol.md for the wire format.
 """
 
-from . import coap, messages
+from . import binary, coap, messages
 from ._errors import LocalProtocolError, ProtocolError, Reason, RemoteProtocolError, Step
 from ._state import State
-from .device import Application, DeviceConfig, DeviceConnection, Subscription
+from .binary import ModuleError, ModuleFunction, ModuleInfo, build_module, check_module_for_device, parse_module
+from .device import Application, DeviceConfig, DeviceConnection, Subscription, UpdateCheck
 from .events import (
     ChunkAcknowledged,
     ChunksMissed,
+    ChunkStored,
     ConnectionClosed,
     ConnectionFailed,
     DescribeReceived,
     DeviceIdentified,
+    DeviceReset,
     Event,
     EventPublished,
     EventReceived,
@@ -39,6 +42,7 @@ from .events import (
     UpdateFinishedByDevice,
     UpdateReady,
     UpdateRefused,
+    UpdateStarted,
     VariableRead,
     VariableReadFailed,
     VariableRequested,
@@ -46,6 +50,7 @@ from .events import (
 from .firmware import DEVICE_OS_0_6_1, DEVICE_OS_3_1_0, Firmware, Platform, Stack
 from .framing import FrameDecoder, FrameEncoder, FramingError, SessionCredentials
 from .messages import Goodbye, Hello, HelloFlag, SubscriptionScope, VariableType
+from .ota import OtaConfig, OtaOutcome, OtaSender, OtaState
 from .server import RequestKind, ServerConfig, ServerConnection
 
 __all__ = [
@@ -53,6 +58,7 @@ __all__ = [
     "DEVICE_OS_3_1_0",
     "Application",
     "ChunkAcknowledged",
+    "ChunkStored",
     "ChunksMissed",
     "ConnectionClosed",
     "ConnectionFailed",
@@ -60,6 +66,7 @@ __all__ = [
     "DeviceConfig",
     "DeviceConnection",
     "DeviceIdentified",
+    "DeviceReset",
     "Event",
     "EventPublished",
     "EventReceived",
@@ -77,6 +84,13 @@ __all__ = [
     "HelloReceived",
     "LocalProtocolError",
     "MessageIgnored",
+    "ModuleError",
+    "ModuleFunction",
+    "ModuleInfo",
+    "OtaConfig",
+    "OtaOutcome",
+    "OtaSender",
+    "OtaState",
     "PingReceived",
     "Platform",
     "ProtocolError",
@@ -100,14 +114,20 @@ __all__ = [
     "SubscriptionScope",
     "TimeReceived",
     "TimeRequested",
+    "UpdateCheck",
     "UpdateDoneAcknowledged",
     "UpdateFinishedByDevice",
     "UpdateReady",
     "UpdateRefused",
+    "UpdateStarted",
     "VariableRead",
     "VariableReadFailed",
     "VariableRequested",
     "VariableType",
+    "binary",
+    "build_module",
+    "check_module_for_device",
     "coap",
     "messages",
+    "parse_module",
 ]

@@ -91,16 +91,26 @@ class BaseConnection:
             try:
                 plaintext = decoder.next_frame()
             except FramingError as exc:
+                # A frame that fails its padding is consumed (its IV taken, §4); a bad length is not.
+                if exc.reason == Reason.DECRYPT_FAILED and self._tolerate_undecodable(None):
+                    continue
                 raise self._remote_failure(str(exc), Reason(exc.reason)) from None
             if plaintext is None:
                 return
             try:
                 message = decode(plaintext)
             except CoapDecodeError as exc:
+                if self._tolerate_undecodable(plaintext):
+                    continue
                 raise self._remote_failure(
                     f"undecodable message {plaintext[:24].hex()}: {exc}", Reason.MALFORMED_MESSAGE
                 ) from None
             yield plaintext, message
+
+    def _tolerate_undecodable(self, plaintext: bytes | None) -> bool:
+        """Whether a frame that does not decrypt (`plaintext` None) or does not parse may be skipped
+        instead of ending the connection. Never, unless a role knows why its peer sends one."""
+        return False
 
     def _remote_failure(self, detail: str, reason: Reason) -> RemoteProtocolError:
         """Close the connection for a peer's fault and return the error for the caller to raise."""

@@ -9,7 +9,9 @@ that only works with a generic CoAP parser is caught here, not in the field.
 from __future__ import annotations
 
 import json
+import math
 import os
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +25,9 @@ from ._errors import LocalProtocolError, Reason
 from ._state import Role, State, Trigger
 from .coap import Code, Message, MessageType
 from .events import (
+    ChunkStored,
     ConnectionClosed,
+    DeviceReset,
     EventReceived,
     FunctionCalled,
     MessageIgnored,
@@ -32,6 +36,7 @@ from .events import (
     SessionStarted,
     SignalReceived,
     TimeReceived,
+    UpdateStarted,
     VariableRequested,
 )
 from .firmware import DEVICE_OS_3_1_0, Firmware
@@ -46,7 +51,16 @@ from .handshake import (
     open_session_key_message,
 )
 
-__all__ = ["Application", "DeviceConfig", "DeviceConnection", "Subscription"]
+__all__ = ["Application", "DeviceConfig", "DeviceConnection", "Subscription", "UpdateCheck"]
+
+#: A device refuses an update of this many chunks or more (MAX_CHUNKS, §7.1).
+MAX_CHUNKS = 0xFFFF
+#: The legacy stack repeats ChunkMissed after this long without a chunk (v0.7.0 `event_loop`, §7.1).
+LEGACY_MISSED_REPEAT = 3.0
+#: 0.6.x waits this long after publishing spark/device/ota_result before it resets (OTA README D2).
+LEGACY_RESULT_DELAY = 1.0
+#: The new stack asks for n + max(n/5, 2) missed chunks, n the chunks of the last flight (`chunked_transfer.cpp`).
+_MINIMUM_CHUNK_INCREASE = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +103,57 @@ class DeviceConfig:
     send_public_key: bool = True
     #: The new stack removes padding without checking it; a strict check catches bad servers (§4).
     strict_padding: bool = True
+    #: The system resets the device when an update has written no chunk for this long (§7.2); None never
+    #: does, as on the Linux virtual device (OTA README D5).
+    update_timeout: float | None = 30.0
+    #: False: the application called System.disableUpdates(), and UpdateBegin is refused (§7.1).
+    updates_enabled: bool = True
+    #: The new stack's Connection::FAST_OTA override; None follows the server's offer (§7.1).
+    fast_ota: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateCheck:
+    """The firmware's verdict on a received image (module validation before it is applied, §7.1)."""
+
+    #: 0 when valid, else a negative system error (-1320 validation failed, -1330 integrity check failed,
+    #: -1360 wrong platform, ...).
+    error: int = 0
+    #: The module's Describe entry (§6.7), which 0.6.x reports as "u" in spark/device/ota_result. This
+    #: default is what the Linux virtual device reports for a raw image (OTA README scenario 3a).
+    module: dict[str, object] = field(default_factory=lambda: {"s": 0, "l": "m", "vc": 0, "vv": 0, "d": []})
+
+
+@dataclass(slots=True)
+class _Download:
+    """One update being received: the image buffer and the bitmap of chunks (§7.1, §A.4)."""
+
+    file_size: int
+    chunk_size: int
+    fast: bool
+    token: bytes
+    image: bytearray
+    received: bytearray
+    #: The implicit index of non-fast mode, or the last index option (the firmware's `chunk_index`).
+    index: int = 0
+    #: After a ChunkMissed: the firmware's `updating == 2`.
+    missing_phase: bool = False
+    #: Chunks received since UpdateBegin or the last UpdateDone (the new stack's growth rule).
+    chunk_count: int = 0
+    #: The last index listed in a ChunkMissed (legacy `missed_chunk_index`).
+    last_requested: int = 0
+    #: When a chunk was last written or the update begun: the 30 s update timer (§7.2).
+    last_written: float = 0.0
+    #: When a chunk last arrived or ChunkMissed was last sent: the legacy 3 s repeat.
+    last_chunk: float = 0.0
+
+    @property
+    def chunk_total(self) -> int:
+        return len(self.received)
+
+    def next_missing(self, start: int = 0) -> int | None:
+        found = self.received.find(0, start)
+        return None if found < 0 else found
 
 
 def _uint(data: bytes, offset: int, nibble: int) -> tuple[int, int]:
@@ -114,7 +179,13 @@ class DeviceConnection(BaseConnection):
         application: Application | None = None,
         config: DeviceConfig | None = None,
         rng: Rng = os.urandom,
+        ota_succeeded: bool = False,
+        check_update: Callable[[bytes], UpdateCheck] | None = None,
+        damage_chunk: Callable[[int], bool] | None = None,
     ) -> None:
+        """`ota_succeeded`: the device rebooted after an applied update and has not yet had a server Hello
+        (the Hello's flag 0x01, §7.2). `check_update` validates a received image (default: valid).
+        `damage_chunk(index)` injects faults: True makes the chunk fail its CRC check as if damaged."""
         super().__init__(Role.DEVICE, rng)
         if len(device_id) != DEVICE_ID_SIZE:
             raise ValueError("a device id is 12 bytes")
@@ -131,6 +202,15 @@ class DeviceConnection(BaseConnection):
         self._time_pending = False
         self._confirmable_events: set[int] = set()
         self._publish_times: deque[float] = deque(maxlen=4)
+        self._ota_succeeded = ota_succeeded
+        self._check_update = check_update or (lambda image: UpdateCheck())
+        self._damage_chunk = damage_chunk
+        self._download: _Download | None = None
+        #: 0.6.x: when to reset after publishing the update result, and its own UpdateDone frame, already
+        #: encrypted, to write just before (OTA README D2, D3).
+        self._reset_at: float | None = None
+        self._reset: tuple[str, bytes | None] = ("update", None)
+        self._held_frame = b""
 
     @property
     def device_id_hex(self) -> str:
@@ -143,6 +223,15 @@ class DeviceConnection(BaseConnection):
             return None
         if self.state is not State.CONNECTED:
             return self._deadline
+        if self._reset_at is not None:
+            return self._reset_at
+        download = self._download
+        if download is not None:
+            # No pings while updating (§7.2): only the update's own timers run.
+            due = [] if self.config.update_timeout is None else [download.last_written + self.config.update_timeout]
+            if download.missing_phase and self.firmware.finishes_update_itself:
+                due.append(download.last_chunk + LEGACY_MISSED_REPEAT)
+            return min(due) if due else None
         if self._ping_sent_at is not None:
             return self._ping_sent_at + self.config.ping_timeout
         return self._last_received + self.config.ping_interval
@@ -159,6 +248,23 @@ class DeviceConnection(BaseConnection):
                     State.AWAIT_HELLO: Reason.HELLO_TIMEOUT,
                 }[state]
                 self._close_with(reason, f"no answer from the server in the {self.step.value} step")
+            return
+        if self._reset_at is not None:
+            if now >= self._reset_at:
+                self._outgoing += self._held_frame
+                self._do_reset(*self._reset)
+            return
+        download = self._download
+        if download is not None:
+            timeout = self.config.update_timeout
+            if timeout is not None and now >= download.last_written + timeout:
+                self._do_reset("update_timeout", None)
+            elif (
+                download.missing_phase
+                and self.firmware.finishes_update_itself
+                and now >= download.last_chunk + LEGACY_MISSED_REPEAT
+            ):
+                self._send_missing(download, self.firmware.max_missed_chunks, now)
             return
         if self._ping_sent_at is not None:
             if now >= self._ping_sent_at + self.config.ping_timeout:
@@ -242,7 +348,10 @@ class DeviceConnection(BaseConnection):
                 "max_binary_size": fw.max_binary_size,
                 "ota_chunk_size": fw.ota_chunk_size,
             }
-        return m.Hello(fw.platform, 0xFFFF, fw.hello_flags, fw.platform, **extra)
+        flags = fw.hello_flags
+        if self._ota_succeeded and fw.reports_ota_flag:
+            flags |= m.HelloFlag.OTA_SUCCEEDED
+        return m.Hello(fw.platform, 0xFFFF, flags, fw.platform, **extra)
 
     def _next_token(self) -> int:
         self._token = (self._token + 1) & 0xFF
@@ -304,7 +413,7 @@ class DeviceConnection(BaseConnection):
                 )
             self._events.append(MessageIgnored("coded reply with no request to complete", message))
             return
-        handlers: dict[tuple[int, bytes], Callable[[bytes, Message, int], None]] = {
+        handlers: dict[tuple[int, bytes], Callable[[bytes, Message, int, float], None]] = {
             (Code.POST, b"f"): self._on_function_call,
             (Code.GET, b"v"): self._on_variable_request,
             (Code.GET, b"d"): self._on_describe_request,
@@ -312,6 +421,11 @@ class DeviceConnection(BaseConnection):
             (Code.POST, b"E"): self._on_event,
             (Code.PUT, b"s"): self._on_signal,
             (Code.PUT, b"k"): self._on_key_change,
+            (Code.POST, b"u"): self._on_update_begin,
+            # SaveBegin: decodeType maps POST s to SAVE_BEGIN, which falls through to UpdateBegin (§6.3).
+            (Code.POST, b"s"): self._on_update_begin,
+            (Code.POST, b"c"): self._on_chunk,
+            (Code.PUT, b"u"): self._on_update_done,
         }
         handler = handlers.get((code, path))
         if handler is None:
@@ -324,7 +438,7 @@ class DeviceConnection(BaseConnection):
             # The new stack drops unknown requests silently, CON included (§6.1).
             self._events.append(MessageIgnored("request the firmware does not handle", message))
             return
-        handler(raw, message, tkl)
+        handler(raw, message, tkl, now)
 
     def _require_token(self, tkl: int, what: str) -> None:
         if tkl != 1 and self.firmware.requires_request_token:
@@ -342,7 +456,7 @@ class DeviceConnection(BaseConnection):
             raise self._remote_failure(f"{what} option at byte {offset} overruns the message", Reason.MALFORMED_MESSAGE)
         return raw[start : start + length], start + length
 
-    def _on_function_call(self, raw: bytes, message: Message, tkl: int) -> None:
+    def _on_function_call(self, raw: bytes, message: Message, tkl: int, now: float) -> None:
         self._require_token(tkl, "function call")
         # Name at offset 7 (TKL 1), then the argument option; only length nibbles are read (§6.5).
         name, after = self._read_option_at(raw, 7, "function name")
@@ -359,7 +473,7 @@ class DeviceConnection(BaseConnection):
         self._require_connected()
         self._send(m.function_return(self._next_message_id(), bytes((request,)), return_value))
 
-    def _on_variable_request(self, raw: bytes, message: Message, tkl: int) -> None:
+    def _on_variable_request(self, raw: bytes, message: Message, tkl: int, now: float) -> None:
         self._require_token(tkl, "variable request")
         name_raw, _ = self._read_option_at(raw, 7, "variable name")
         name = name_raw[: self.firmware.max_name].decode("utf-8", "replace")
@@ -378,7 +492,7 @@ class DeviceConnection(BaseConnection):
             value = m.encode_variable(*entry) if entry is not None else b"\x00\x00\x00\x00"
             self._send(m.piggybacked_response(message.message_id, token, Code.CONTENT, value))
 
-    def _on_describe_request(self, raw: bytes, message: Message, tkl: int) -> None:
+    def _on_describe_request(self, raw: bytes, message: Message, tkl: int, now: float) -> None:
         # The flags byte sits at offset 8 (TKL 1); absent or out of range means "everything" (§6.7).
         flags = raw[8] if len(raw) > 8 and raw[7] == 0x41 else 3
         if flags > (3 if self.firmware.legacy else 7) or flags == 0:
@@ -398,7 +512,7 @@ class DeviceConnection(BaseConnection):
         document = self.application.describe(flags & 3, self.firmware.platform)
         return json.dumps(document, separators=(",", ":")).encode()
 
-    def _on_event(self, raw: bytes, message: Message, tkl: int) -> None:
+    def _on_event(self, raw: bytes, message: Message, tkl: int, now: float) -> None:
         # Name options from offset 6 + TKL, consecutive Uri-Path segments joined by '/', an optional
         # Max-Age right after them, then the payload marker and data to the end (§6.4).
         offset = 6 + tkl
@@ -413,16 +527,189 @@ class DeviceConnection(BaseConnection):
         if any(name.encode().startswith(s.prefix.encode()) for s in self._all_subscriptions()):
             self._events.append(EventReceived(name, data))
 
-    def _on_signal(self, raw: bytes, message: Message, tkl: int) -> None:
+    def _on_signal(self, raw: bytes, message: Message, tkl: int, now: float) -> None:
         on = len(raw) > 8 and raw[8] == 1
         mid = self._next_message_id() if self.firmware.fresh_id_on_ping_and_signal_ack else message.message_id
         self._send(m.signal_ack(mid, raw[4 : 4 + tkl] if tkl else b""))
         self._events.append(SignalReceived(on))
 
-    def _on_key_change(self, raw: bytes, message: Message, tkl: int) -> None:
+    def _on_key_change(self, raw: bytes, message: Message, tkl: int, now: float) -> None:
         # Legacy ignores it; the new stack ACKs a CON with a fresh id and does nothing on TCP (§6.10).
         if not self.firmware.legacy and message.type is MessageType.CON:
             self._send(m.empty_ack(self._next_message_id()))
+
+    # -- OTA: the firmware's chunked transfer (§7; N `chunked_transfer.cpp`, L v0.6.1 `spark_protocol.cpp`) --
+
+    def _on_update_begin(self, raw: bytes, message: Message, tkl: int, now: float) -> None:
+        fw = self.firmware
+        token = raw[4 : 4 + tkl]
+        flags = 0
+        chunk_size = file_size = 0
+        # The 12-byte payload is read at offset 8 only when the message has it and byte 7 is the payload
+        # marker, i.e. with a 1-byte token; otherwise the device's defaults apply (§7.1).
+        if len(raw) >= 20 and raw[7] == 0xFF:
+            flags = raw[8]
+            chunk_size = int.from_bytes(raw[9:11], "big")
+            file_size = int.from_bytes(raw[11:15], "big")
+        chunk_size = chunk_size or fw.ota_chunk_size
+        file_size = file_size or fw.max_binary_size
+        chunks = math.ceil(file_size / chunk_size)
+        if not self.config.updates_enabled or file_size > fw.max_binary_size or chunks >= MAX_CHUNKS:
+            # Refused: legacy ACKs 4.00 without a token, the new stack 5.03 with it (§7.1).
+            if fw.legacy:
+                self._send(Message(MessageType.ACK, Code.BAD_REQUEST, message.message_id))
+            else:
+                self._send(Message(MessageType.ACK, Code.SERVICE_UNAVAILABLE, message.message_id, token))
+            return
+        self._send(m.empty_ack(message.message_id))
+        fast = bool(flags & 1)
+        if self.config.fast_ota is not None and not fw.legacy:
+            fast = self.config.fast_ota
+        # Outside fast mode the bitmap is preset to "all received": missing chunks are handled one by one.
+        received = bytearray(b"\x00" if fast else b"\x01") * chunks
+        self._download = _Download(
+            file_size, chunk_size, fast, token, bytearray(file_size), received, last_written=now, last_chunk=now
+        )
+        self._send(m.update_ready(self._next_message_id(), token, fast=fast))
+        self._events.append(UpdateStarted(file_size, chunk_size, fast))
+
+    def _on_chunk(self, raw: bytes, message: Message, tkl: int, now: float) -> None:
+        fw = self.firmware
+        if fw.legacy:
+            self._send(m.empty_ack(message.message_id))  # legacy ACKs every chunk before anything else
+        download = self._download
+        if download is None:
+            return  # "Received chunk when not updating"
+        download.chunk_count += 1
+        download.last_chunk = now
+        # Options from offset 7, told apart by position: the CRC, then (fast mode) the index. Only the
+        # length nibbles are read, and each value is read at its full width whatever the length (§7.1).
+        offset, position, crc, index, indexed = 7, 0, 0, download.index, False
+        while offset < len(raw) and raw[offset] != 0xFF:
+            value = raw[offset + 1 : offset + 5]
+            if position == 0:
+                crc = int.from_bytes(value[:4], "big")
+            elif position == 1:
+                index, indexed = int.from_bytes(value[:2], "big"), True
+            position += 1
+            offset += (raw[offset] & 0x0F) + 1
+        if offset >= len(raw):
+            raise self._remote_failure("a Chunk without its payload marker", Reason.MALFORMED_MESSAGE)
+        if not fw.legacy and not indexed:
+            self._send(m.empty_ack(message.message_id))
+        token = raw[4 : 4 + tkl]
+        data = raw[offset + 1 :]
+        download.index = index
+        if index >= MAX_CHUNKS:
+            if fw.legacy:
+                raise self._remote_failure(f"chunk index {index} is out of range", Reason.MALFORMED_MESSAGE)
+            return
+        known = index < download.chunk_total
+        if indexed and not fw.legacy and known and download.received[index]:
+            return  # the new stack ignores a chunk it already has
+        damaged = self._damage_chunk is not None and self._damage_chunk(index)
+        if damaged or zlib.crc32(data) != crc:
+            # Non-fast: ChunkReceived 4.00 and the same index again; fast: dropped, requested later (§7.1).
+            if not indexed:
+                self._send(m.chunk_received(self._next_message_id(), token, ok=False))
+            return
+        start = index * download.chunk_size
+        if start + len(data) > len(download.image):
+            download.image.extend(bytes(start + len(data) - len(download.image)))
+        download.image[start : start + len(data)] = data
+        download.last_written = now
+        if known:
+            download.received[index] = 1
+        download.index = index + 1
+        self._events.append(ChunkStored(index, len(data)))
+        answers = not indexed or (fw.answers_fast_chunks and not download.missing_phase)
+        if answers:
+            self._send(m.chunk_received(self._next_message_id(), token, ok=True))
+        if fw.finishes_update_itself and download.missing_phase:
+            missing = download.next_missing()
+            if missing is None:
+                self._finish_by_itself(download, now)
+            elif missing > download.last_requested:
+                self._send_missing(download, fw.max_missed_chunks, now)
+
+    def _on_update_done(self, raw: bytes, message: Message, tkl: int, now: float) -> None:
+        fw = self.firmware
+        token = raw[4 : 4 + tkl]
+        download = self._download
+        if download is None:
+            self._send(Message(MessageType.ACK, Code.CHANGED, message.message_id, token))
+            return
+        if download.next_missing() is not None:
+            self._send(Message(MessageType.ACK, Code.BAD_REQUEST, message.message_id, token))
+            download.missing_phase = True
+            if fw.legacy:
+                count = fw.max_missed_chunks
+            else:
+                grown = download.chunk_count + max(int(download.chunk_count * 0.2), _MINIMUM_CHUNK_INCREASE)
+                count = min(grown, fw.max_missed_chunks)
+            download.chunk_count = 0
+            self._send_missing(download, count, now)
+            return
+        image, check = self._validate(download)
+        payload = None if fw.ota_result_event else self._result_json(check)
+        self._send(Message(MessageType.ACK, Code.CHANGED, message.message_id, token, payload=payload))
+        self._finish(image, check, now)
+
+    def _send_missing(self, download: _Download, count: int, now: float) -> None:
+        indexes: list[int] = []
+        position = 0
+        while len(indexes) < count and (missing := download.next_missing(position)) is not None:
+            indexes.append(missing)
+            position = missing + 1
+        download.last_chunk = now
+        if indexes:
+            download.last_requested = indexes[-1]
+            self._send(m.chunk_missed(self._next_message_id(), indexes, confirmable=self.firmware.legacy))
+
+    def _validate(self, download: _Download) -> tuple[bytes, UpdateCheck]:
+        image = bytes(download.image[: download.file_size])
+        return image, self._check_update(image)
+
+    def _result_json(self, check: UpdateCheck) -> bytes:
+        """The update's result as the firmware formats it (`formatOtaUpdateStatusEventData`, §7.1)."""
+        document: dict[str, object]
+        if self.firmware.numeric_ota_result:
+            document = {"r": check.error}
+        else:
+            document = {"r": "error" if check.error else "ok", "u": check.module}
+        return json.dumps(document, separators=(",", ":")).encode()
+
+    def _finish_by_itself(self, download: _Download, now: float) -> None:
+        """Legacy: the last missing chunk arrived; the device sends its own UpdateDone and applies (§7.1).
+        0.6.x encrypts that UpdateDone first but writes it after its result event (OTA README D3)."""
+        image, check = self._validate(download)
+        payload = None if self.firmware.ota_result_event else self._result_json(check)
+        assert self._encoder is not None
+        frame = self._encoder.encode(m.device_update_done(self._next_message_id(), payload).encode())
+        if self.firmware.ota_result_event:
+            self._held_frame = frame
+        else:
+            self._outgoing += frame
+        self._finish(image, check, now)
+
+    def _finish(self, image: bytes, check: UpdateCheck, now: float) -> None:
+        """Apply (or not) and reset: always, right away on the new stack (OTA README D6), 1 s after the
+        result event on 0.6.x (D2)."""
+        self._download = None
+        reset = ("update_error", None) if check.error else ("update", image)
+        if self.firmware.ota_result_event:
+            self._send(m.device_event(self._next_message_id(), "spark/device/ota_result", self._result_json(check)))
+            self._reset = reset
+            self._reset_at = now + LEGACY_RESULT_DELAY
+            return
+        self._do_reset(*reset)
+
+    def _do_reset(self, reason: str, image: bytes | None) -> None:
+        self._download = None
+        self._reset_at = None
+        self._held_frame = b""
+        self._machine.advance(Trigger.CLOSE)
+        self._events.append(DeviceReset(reason, image))
 
     # -- after the Hello: what the firmware sends by itself (§5.1) -----------------------------
 

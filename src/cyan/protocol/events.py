@@ -16,11 +16,13 @@ from .messages import Goodbye, Hello, SubscriptionScope, VariableType
 
 __all__ = [
     "ChunkAcknowledged",
+    "ChunkStored",
     "ChunksMissed",
     "ConnectionClosed",
     "ConnectionFailed",
     "DescribeReceived",
     "DeviceIdentified",
+    "DeviceReset",
     "Event",
     "EventPublished",
     "EventReceived",
@@ -44,6 +46,7 @@ __all__ = [
     "UpdateFinishedByDevice",
     "UpdateReady",
     "UpdateRefused",
+    "UpdateStarted",
     "VariableRead",
     "VariableReadFailed",
     "VariableRequested",
@@ -228,9 +231,12 @@ class ChunkAcknowledged(Event):
 
 @dataclass(frozen=True, slots=True)
 class ChunksMissed(Event):
-    """Server: the device listed chunks it lacks (fast mode, §7.1); resend them with their index."""
+    """Server: the device listed chunks it lacks (fast mode, §7.1); resend them with their index.
+
+    `confirmable`: sent CON, as only the legacy stack does; that stack then finishes by itself."""
 
     indexes: tuple[int, ...]
+    confirmable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,3 +318,33 @@ class PublishAcknowledged(Event):
     """Device: the server acknowledged a confirmable (WITH_ACK) publish."""
 
     message_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateStarted(Event):
+    """Device: the server's UpdateBegin was accepted and UpdateReady sent (§7.1)."""
+
+    file_size: int
+    chunk_size: int
+    fast: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkStored(Event):
+    """Device: a chunk passed its CRC check and was written at `index` × chunk size (§7.1)."""
+
+    index: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceReset(Event):
+    """Device: the system resets, which ends the connection without a Goodbye (OTA README D6).
+
+    `reason` is a reset reason of §6.10: ``update`` (the image was valid and is applied: `image` holds
+    it), ``update_error`` (it failed validation, the old firmware stays) or ``update_timeout`` (30 s
+    without a chunk written, §7.2).
+    """
+
+    reason: str
+    image: bytes | None = None

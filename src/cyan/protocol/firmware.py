@@ -148,6 +148,42 @@ class Firmware:
     def max_event_data(self) -> int:
         return 255 if self.legacy else 622
 
+    # -- OTA (protocol.md §7, tests/vectors/ota/README.md) ------------------------------------------
+
+    @property
+    def answers_fast_chunks(self) -> bool:
+        """0.6.x answers every first-pass fast-OTA chunk with an empty ACK and ChunkReceived; 0.7.0 stopped
+        (OTA README D1, v0.7.0-rc.1 `64e32e25f`). The new stack never answers a fast chunk (§7.1)."""
+        return self.legacy and self.version < (0, 7, 0)
+
+    @property
+    def ota_result_event(self) -> bool:
+        """0.6.x answers UpdateDone with a bare ACK and reports the result as the private event
+        ``spark/device/ota_result``, then waits 1 s before it resets (OTA README D2)."""
+        return self.legacy and (0, 6, 1) <= self.version < (0, 7, 0)
+
+    @property
+    def numeric_ota_result(self) -> bool:
+        """2.x and later report ``{"r":<system error>}`` (0 = valid); older firmware ``{"r":"ok"|"error"}``."""
+        return not self.legacy and self.version >= (2, 0, 0)
+
+    @property
+    def finishes_update_itself(self) -> bool:
+        """After ChunkMissed the legacy stack completes the update by itself once nothing is missing, and
+        repeats ChunkMissed after 3 s of silence; the new stack waits for another UpdateDone (§7.1)."""
+        return self.legacy
+
+    @property
+    def max_missed_chunks(self) -> int:
+        """Indexes in one ChunkMissed: 50 legacy, at most 40 new (§10 ``MISSED_CHUNKS_TO_SEND``)."""
+        return 50 if self.legacy else 40
+
+    @property
+    def reports_ota_flag(self) -> bool:
+        """The Hello's "OTA succeeded" flag after an update (§7.2). The Linux virtual device's HAL never
+        sets it (OTA README D4); real Photons do."""
+        return self.platform != Platform.GCC
+
 
 #: The two generations recorded in tests/vectors, on a Photon. (The recordings themselves come from the
 #: Linux virtual device: platform 3, max_binary_size 102400.)

@@ -122,6 +122,10 @@ class FrameDecoder:
     def feed(self, data: bytes) -> None:
         self._buffer += data
 
+    def discard(self) -> None:
+        """Drop what is buffered: the stream can no longer be followed."""
+        self._buffer.clear()
+
     def next_frame(self) -> bytes | None:
         """The next decrypted message, or None until a whole frame is buffered. Raises `FramingError`."""
         buffer = self._buffer

@@ -20,6 +20,7 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -131,6 +132,11 @@ class ServerConnection(BaseConnection):
         self._describe_at: float | None = None
         self._last_received = now
         self._idle_suspended = False
+        # A legacy device finishing a fast update by itself after ChunkMissed (CON on that stack): 0.6.x
+        # then sends its result event and its own UpdateDone out of IV order (OTA README D3).
+        self._update_tail = False
+        self._tail_finished = False
+        self._discard_input = False
         self._requests: dict[int, _Request] = {}  # by token
         self._by_message_id: dict[int, int] = {}  # message id -> token
         self._request_ids = 0
@@ -189,6 +195,8 @@ class ServerConnection(BaseConnection):
         if not data:
             return
         self._last_received = now
+        if self._discard_input:
+            return  # the IV chain is lost after a legacy update's out-of-order frame; the device resets
         state = self.state
         if state is State.AWAIT_IDENTITY:
             identity = self._take_handshake_bytes(data, IDENTITY_MESSAGE_SIZE)
@@ -202,9 +210,11 @@ class ServerConnection(BaseConnection):
                     "the device sent data before the handshake answer", Reason.UNEXPECTED_MESSAGE
                 )
         else:
-            for _plaintext, message in self._messages(data):
+            for plaintext, message in self._messages(data):
                 if self.closed:
                     break
+                if self._update_tail and self._out_of_order_result(plaintext):
+                    continue
                 if self.state is State.AWAIT_HELLO:
                     self._on_first_message(message, now)
                 else:
@@ -335,15 +345,17 @@ class ServerConnection(BaseConnection):
         elif code == Code.GET and first == b"c":
             # CON on the legacy stack, NON on the new: ACK both (the legacy stack needs it, §7.1).
             self._send(m.empty_ack(message.message_id))
+            if confirmable and self._idle_suspended:
+                self._update_tail = True
             try:
                 indexes = m.parse_chunk_missed(message.payload)
             except ValueError as exc:
                 self._ignore(str(exc), message)
                 return
-            self._events.append(ChunksMissed(tuple(indexes)))
+            self._events.append(ChunksMissed(tuple(indexes), confirmable))
         elif code == Code.PUT and first == b"u":
-            self._idle_suspended = False
-            self._events.append(UpdateFinishedByDevice(_json_or_none(message.payload)))
+            # The legacy stack's own UpdateDone after resent chunks (§7.1); NON, not answered.
+            self._finish_tail(_json_or_none(message.payload))
         elif code == Code.POST and first == b"x":
             try:
                 goodbye = m.decode_goodbye(message.payload or b"")
@@ -355,6 +367,39 @@ class ServerConnection(BaseConnection):
             if confirmable:
                 self._send(m.empty_ack(message.message_id))
             self._ignore(f"device request {_describe(message)} has no meaning here", message)
+
+    def _out_of_order_result(self, plaintext: bytes) -> bool:
+        """0.6.x's result event, encrypted with the wrong IV: its first 16 bytes are noise (they may read
+        as any header: CON, ACK, RST), the rest ``...ota_result`` and the JSON (OTA README D3). It is
+        taken as the device finishing, and never acted upon as a message."""
+        at = plaintext.find(b"ota_result", 16)
+        if at < 0:
+            return False
+        marker = plaintext.find(b"\xff", at)
+        self._finish_tail(_json_or_none(plaintext[marker + 1 :]) if marker >= 0 else None)
+        return True
+
+    def _tolerate_undecodable(self, plaintext: bytes | None) -> bool:
+        if not self._update_tail:
+            return False
+        if plaintext is not None:
+            # Noise where a header should be: only the out-of-order result event can be read from it.
+            self._out_of_order_result(plaintext)
+            return True
+        # The device's own UpdateDone, written after the event it was encrypted before: it fails its
+        # padding, and the IV chain cannot be followed any further. The device is resetting.
+        self._finish_tail(None)
+        self._discard_input = True
+        assert self._decoder is not None
+        self._decoder.discard()
+        return True
+
+    def _finish_tail(self, result: dict[str, Any] | None) -> None:
+        if self._tail_finished:
+            return
+        self._tail_finished = True
+        self._idle_suspended = False
+        self._events.append(UpdateFinishedByDevice(result))
 
     def _on_event(self, message: Message, private: bool) -> None:
         # The Particle cloud acknowledges every event, NON included (§6.4, §13.1 #7).
@@ -612,6 +657,7 @@ class ServerConnection(BaseConnection):
     ) -> int:
         """UpdateBegin (§7.1). Suspends the idle timeout until the update ends: devices do not ping
         during an update (§7.2)."""
+        self._update_tail = self._tail_finished = False
         request_id = self._request(
             RequestKind.UPDATE_BEGIN,
             "update",
