@@ -19,6 +19,7 @@ from cyan.keys import generate_device_key, public_key_der
 from cyan.protocol import (
     ConnectionClosed,
     ConnectionFailed,
+    DescribeReceived,
     DeviceIdentified,
     Event,
     EventPublished,
@@ -27,6 +28,8 @@ from cyan.protocol import (
     GoodbyeReceived,
     Hello,
     HelloReceived,
+    OtaOutcome,
+    OtaSender,
     PingReceived,
     Reason,
     RemoteProtocolError,
@@ -78,6 +81,8 @@ class ServerRecord:
     #: The socket went away with an error (a reset).
     reset: bool = False
     goodbye: bool = False
+    #: System Describe documents (with "m"), in order.
+    describes: list[dict[str, object]] = field(default_factory=list)
     closed_by_server: bool = False
     #: The device closed its side (EOF) while the server still had the socket open.
     eof: bool = False
@@ -100,6 +105,8 @@ class _ServerLink(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.pending: dict[int, asyncio.Future[Event]] = {}
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.sender: OtaSender | None = None
+        self.update_done: asyncio.Future[OtaOutcome] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -138,6 +145,9 @@ class _ServerLink(asyncio.Protocol):
             self.record.reset = True
         if conn is not None and not conn.closed:
             conn.close()
+        if self.sender is not None:
+            self.sender.connection_lost(time.time())
+            self._update_step()
         for future in self.pending.values():
             future.cancel()
         self.server.links.discard(self)
@@ -154,6 +164,8 @@ class _ServerLink(asyncio.Protocol):
         now = time.time()
         while (event := conn.next_event()) is not None:
             self.on_event(conn, event, now)
+            if self.sender is not None and self.sender.handle_event(event, now):
+                self._update_step()
         data = conn.data_to_send()
         if data and not transport.is_closing():
             transport.write(data)
@@ -162,7 +174,8 @@ class _ServerLink(asyncio.Protocol):
                 self.record.closed_by_server = self.record.closed_by_server or not self.record.closed_by_device
                 transport.close()
             return
-        due = conn.get_timer()
+        dues = [t for t in (conn.get_timer(), self.sender.get_timer() if self.sender else None) if t is not None]
+        due = min(dues) if dues else None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -176,7 +189,19 @@ class _ServerLink(asyncio.Protocol):
         assert conn is not None
         if not conn.closed:
             conn.handle_timer(time.time())
+        if self.sender is not None:
+            backlog = self.transport.get_write_buffer_size() if self.transport else 0
+            self.sender.handle_timer(time.time(), backlog=backlog)
+            self._update_step()
         self.pump()
+
+    def _update_step(self) -> None:
+        sender = self.sender
+        if sender is not None and sender.finished:
+            self.sender = None
+            assert sender.outcome is not None
+            if self.update_done is not None and not self.update_done.done():
+                self.update_done.set_result(sender.outcome)
 
     def on_event(self, conn: ServerConnection, event: Event, now: float) -> None:
         record = self.record
@@ -207,6 +232,8 @@ class _ServerLink(asyncio.Protocol):
             record.goodbye = True
         elif isinstance(event, PingReceived):
             record.pings += 1
+        elif isinstance(event, DescribeReceived) and event.document is not None and "m" in event.document:
+            record.describes.append(event.document)
 
 
 class MiniServer:
@@ -262,6 +289,17 @@ class MiniServer:
 
     async def read_variable(self, device_id: str, name: str) -> Event:
         return await self._request(device_id, lambda conn, now: conn.read_variable(name, now))
+
+    async def update(
+        self, device_id: str, image: bytes, *, fast: bool | None = None, timeout: float = 30.0
+    ) -> OtaOutcome:
+        """Send an update to a connected device (protocol.md §7) and wait until the transfer ends."""
+        link = self.sessions[device_id]
+        assert link.conn is not None
+        link.sender = OtaSender(link.conn, image, time.time(), fast=fast)
+        link.update_done = asyncio.get_running_loop().create_future()
+        link.pump()
+        return await asyncio.wait_for(link.update_done, timeout)
 
     def send_event(self, device_id: str, name: str, data: str) -> None:
         link = self.sessions[device_id]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from sim_support import MiniServer, ServerRecord, device_keys, server_key, wait_until
@@ -45,7 +46,7 @@ HOST = "127.0.0.1"
 
 
 def _spec(
-    firmware: Firmware, *, fault: Fault | None = None, app: AppSpec | None = None, **extra: float
+    firmware: Firmware, *, fault: Fault | None = None, app: AppSpec | None = None, **extra: Any
 ) -> VirtualDeviceSpec:
     return VirtualDeviceSpec(
         device_id=derive_device_id(0, seed="test-sim-device"),
@@ -118,7 +119,7 @@ def test_device_ids_are_deterministic() -> None:
 
 def test_fault_and_firmware_names() -> None:
     assert Fault.parse("Drop-Mid-Session") is Fault.DROP_MID_SESSION
-    assert len(Fault) == 7
+    assert len(Fault) == 9
     with pytest.raises(ValueError, match="choose one of"):
         Fault.parse("gremlins")
     assert firmware_for("3.1.0") is DEVICE_OS_3_1_0

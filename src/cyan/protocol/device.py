@@ -79,6 +79,10 @@ class Application:
     subscriptions: list[Subscription] = field(default_factory=list)
     #: The system Describe's module list (§6.7); empty on the virtual device.
     modules: list[dict[str, object]] = field(default_factory=list)
+    #: PRODUCT_ID() and PRODUCT_VERSION() of the running application, which the Hello carries (§5);
+    #: None: not a product build, the platform id stands in.
+    product_id: int | None = None
+    product_version: int = 0xFFFF
 
     def describe(self, flags: int, platform: int) -> dict[str, object]:
         document: dict[str, object] = {}
@@ -351,7 +355,9 @@ class DeviceConnection(BaseConnection):
         flags = fw.hello_flags
         if self._ota_succeeded and fw.reports_ota_flag:
             flags |= m.HelloFlag.OTA_SUCCEEDED
-        return m.Hello(fw.platform, 0xFFFF, flags, fw.platform, **extra)
+        app = self.application
+        product = fw.platform if app.product_id is None else app.product_id
+        return m.Hello(product, app.product_version, flags, fw.platform, **extra)
 
     def _next_token(self) -> int:
         self._token = (self._token + 1) & 0xFF

@@ -29,6 +29,7 @@ from ._fleet import (
     resolve_host,
     write_provisioning,
 )
+from ._images import check_image, describe_modules, factory_image
 from ._keystore import INDEX_FILE, generate_device_keys, load_or_create_keys
 from ._spec import (
     FIRMWARES,
@@ -59,9 +60,12 @@ __all__ = [
     "VirtualDevice",
     "VirtualDeviceSpec",
     "backoff_delay",
+    "check_image",
     "corrupt_device_key",
     "derive_device_id",
+    "describe_modules",
     "ensure_file_limit",
+    "factory_image",
     "firmware_for",
     "generate_device_keys",
     "load_or_create_keys",

@@ -26,15 +26,18 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cyan.keys import generate_device_key, public_key_der
 from cyan.protocol import (
     Application,
+    ChunkStored,
     ConnectionClosed,
     ConnectionFailed,
     DeviceConnection,
+    DeviceReset,
     Event,
     EventReceived,
     FunctionCalled,
     HelloFlag,
     LocalProtocolError,
     MessageIgnored,
+    ModuleInfo,
     ProtocolError,
     PublishAcknowledged,
     Reason,
@@ -43,11 +46,14 @@ from cyan.protocol import (
     SignalReceived,
     Step,
     TimeReceived,
+    UpdateStarted,
     VariableType,
+    parse_module,
 )
 from cyan.protocol.messages import CloudDisconnectReason, Goodbye
 
 from ._faults import CorruptedDeviceKey, corrupt_device_key, wrong_server_key
+from ._images import check_image, describe_modules, factory_image
 from ._spec import Fault, SimConfig, VirtualDeviceSpec
 
 __all__ = [
@@ -70,6 +76,9 @@ CONNECT_FAILED = "connect_failed"
 CONNECT_TIMEOUT = "connect_timeout"
 STOPPED = "stopped"
 DROPPED = "dropped"
+#: The outcome of a session that ended with the device's reset after an update: "reset_" + the reason
+#: (update, update_error, update_timeout; protocol.md §6.10, §7).
+RESET = "reset_"
 
 #: The timer is armed this much after the core's deadline: the loop's clock and the wall clock drift
 #: apart by microseconds, and a timer that fires a hair early would only be re-armed.
@@ -182,8 +191,12 @@ class VirtualDevice:
         "_failures",
         "_function_handler",
         "_host",
+        "_image",
+        "_image_info",
         "_link",
         "_loop",
+        "_ota_disconnects",
+        "_ota_flag",
         "_port",
         "_received",
         "_retry_handle",
@@ -203,6 +216,8 @@ class VirtualDevice:
         "published_count",
         "rate_limited_count",
         "spec",
+        "update_failures",
+        "updates_applied",
     )
 
     def __init__(
@@ -247,6 +262,16 @@ class VirtualDevice:
         self.published_count = 0
         self.rate_limited_count = 0
         self.ignored_count = 0
+        #: Updates applied, and updates that ended in a reset without one (invalid image, timeout).
+        self.updates_applied = 0
+        self.update_failures: dict[str, int] = {}
+        #: OTA_DISCONNECT cuts off this many updates (the first one).
+        self._ota_disconnects = 1 if spec.fault is Fault.OTA_DISCONNECT else 0
+        #: Set after an applied update until a server Hello is received (the Hello's flag 0x01, §7.2).
+        self._ota_flag = False
+        self._image = b""
+        self._image_info: ModuleInfo | None = None
+        self.install_image(factory_image(spec.firmware))
 
     def __repr__(self) -> str:
         return f"<VirtualDevice {self.spec.label} {self._state.value}>"
@@ -300,6 +325,26 @@ class VirtualDevice:
     @property
     def counter(self) -> int:
         return self._counter
+
+    # -- firmware -------------------------------------------------------------------------------
+
+    @property
+    def image(self) -> bytes:
+        """The user part the device runs: a factory image until an update is applied."""
+        return self._image
+
+    @property
+    def image_info(self) -> ModuleInfo | None:
+        return self._image_info
+
+    def install_image(self, image: bytes) -> None:
+        """Run this user part from the next connection on (as after an update or a USB flash): its hash
+        goes into the system Describe and its PRODUCT_ID/PRODUCT_VERSION into the Hello (§5, §6.7)."""
+        info = parse_module(image)
+        self._image, self._image_info = image, info
+        self._application.modules = describe_modules(self.spec.firmware, info)
+        self._application.product_id = info.product_id
+        self._application.product_version = 0xFFFF if info.product_version is None else info.product_version
 
     # -- user-level actions ---------------------------------------------------------------------
 
@@ -429,6 +474,7 @@ class VirtualDevice:
         return True
 
     def _session_started(self) -> None:
+        self._ota_flag = False  # any server Hello clears it (§5)
         self._state = DeviceState.CONNECTED
         self._failures = 0  # the counter is reset when the device connects (§8.3)
         self.connect_count += 1
@@ -464,15 +510,17 @@ class VirtualDevice:
         assert self._loop is not None
         if attempt.failed:
             # Failed attempts back off (§8.3); a session that ended reconnects at once, as the system
-            # thread does after a cloud disconnect.
+            # thread does after a cloud disconnect; after a reset, once the device has rebooted.
             self._failures = min(255, self._failures + 1)
             delay = backoff_delay(self._failures) * self.config.backoff_scale
+        elif attempt.outcome.startswith(RESET):
+            delay = self.config.reboot_delay
         else:
             delay = 0.0
         self._state = DeviceState.WAITING
         self._retry_handle = self._loop.call_later(delay, self._begin_attempt)
 
-    def _new_connection(self, now: float) -> DeviceConnection:
+    def _new_connection(self, now: float, damage_chunk: Callable[[int], bool] | None) -> DeviceConnection:
         return DeviceConnection(
             bytes.fromhex(self.spec.device_id),
             self.device_key,
@@ -481,7 +529,21 @@ class VirtualDevice:
             firmware=self.spec.firmware,
             application=self._application,
             config=self.config.device_config,
+            ota_succeeded=self._ota_flag,
+            check_update=check_image(self.spec.firmware),
+            damage_chunk=damage_chunk,
         )
+
+    def _reset(self, reason: str, image: bytes | None) -> None:
+        """The firmware reset at the end of an update (§7.1, §7.2): the new image runs after the reboot."""
+        if image is not None:
+            self.install_image(image)
+            self._ota_flag = True
+            self.updates_applied += 1
+            log.info("device %s applied an update: %s", self.spec.label, self._image_info)
+        else:
+            self.update_failures[reason] = self.update_failures.get(reason, 0) + 1
+            log.info("device %s reset without applying an update: %s", self.spec.label, reason)
 
     def _record_event(self, event: ReceivedEvent) -> None:
         if self._received is None:
@@ -509,12 +571,15 @@ class _Link(asyncio.Protocol):
 
     __slots__ = (
         "_conn",
+        "_damaged",
         "_device",
         "_drip",
         "_drip_handle",
         "_drop_at",
         "_end",
         "_lost",
+        "_ota_received",
+        "_ota_total",
         "_periodic_due",
         "_shutdown_handle",
         "_started",
@@ -540,6 +605,10 @@ class _Link(asyncio.Protocol):
         self._drip: bytearray | None = None
         self._drip_handle: asyncio.TimerHandle | None = None
         self._suppress_frame = False
+        # The update under way: chunks damaged once by OTA_DROP_CHUNKS, bytes received, size.
+        self._damaged: set[int] = set()
+        self._ota_received = 0
+        self._ota_total = 0
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -550,7 +619,8 @@ class _Link(asyncio.Protocol):
             self._end = (STOPPED, None, "stopped while connecting")
             transport.close()
             return
-        self._conn = self._device._new_connection(time.time())
+        damage = self._damage_chunk if self._device.spec.fault is Fault.OTA_DROP_CHUNKS else None
+        self._conn = self._device._new_connection(time.time(), damage)
         self._arm()
 
     def data_received(self, data: bytes) -> None:
@@ -637,8 +707,31 @@ class _Link(asyncio.Protocol):
         elif isinstance(event, SessionStarted):
             # NO_HELLO: the Hello the core has just queued must not leave the device.
             self._suppress_frame = device.spec.fault is Fault.NO_HELLO
+        elif isinstance(event, UpdateStarted):
+            self._damaged.clear()
+            self._ota_received, self._ota_total = 0, event.file_size
+        elif isinstance(event, ChunkStored):
+            self._ota_received += event.size
+            if (
+                device._ota_disconnects > 0
+                and self._drop_at is None
+                and self._ota_received >= device.spec.ota_disconnect_at * self._ota_total
+            ):
+                device._ota_disconnects -= 1
+                self._drop_at = now  # at the next turn of the loop, after what is being read
+        elif isinstance(event, DeviceReset):
+            device._reset(event.reason, event.image)
+            self._end = (f"{RESET}{event.reason}", None, f"the device reset ({event.reason})")
         elif isinstance(event, TimeReceived | SignalReceived | PublishAcknowledged):
             pass  # the firmware sets its clock, blinks, completes the publish: nothing to simulate
+
+    def _damage_chunk(self, index: int) -> bool:
+        """OTA_DROP_CHUNKS: every n-th chunk of an update arrives damaged, the first time only."""
+        every = self._device.spec.ota_drop_every
+        if (index + 1) % every or index in self._damaged:
+            return False
+        self._damaged.add(index)
+        return True
 
     def _on_connected(self, now: float) -> None:
         spec = self._device.spec
@@ -766,7 +859,8 @@ class _Link(asyncio.Protocol):
         transport = self.transport
         assert conn is not None
         assert transport is not None
-        self._end = (DROPPED, None, f"fault {Fault.DROP_MID_SESSION.value}: socket reset without Goodbye")
+        fault = self._device.spec.fault
+        self._end = (DROPPED, None, f"fault {fault.value if fault else 'none'}: socket reset without Goodbye")
         conn.close()
         self._cancel_timers()
         sock = transport.get_extra_info("socket")

@@ -80,6 +80,12 @@ class Fault(enum.StrEnum):
     #: The device connects, then after `VirtualDeviceSpec.drop_after` seconds drops the socket with a
     #: reset and no Goodbye (power loss, Wi-Fi loss).
     DROP_MID_SESSION = "drop_mid_session"
+    #: During an update, every `VirtualDeviceSpec.ota_drop_every`-th chunk arrives damaged the first time
+    #: it is sent (a bad CRC, §7.1): ChunkReceived 4.00 in non-fast mode, ChunkMissed in fast mode.
+    OTA_DROP_CHUNKS = "ota_drop_chunks"
+    #: The first update is cut off: once `VirtualDeviceSpec.ota_disconnect_at` of the image has arrived, the
+    #: socket drops with a reset (Wi-Fi lost mid-update). Later updates go through.
+    OTA_DISCONNECT = "ota_disconnect"
 
     @classmethod
     def parse(cls, text: str) -> Fault:
@@ -183,6 +189,10 @@ class VirtualDeviceSpec:
     drop_after: float = 5.0
     #: BYTE_BY_BYTE: pause between two 1-byte writes.
     byte_delay: float = 0.001
+    #: OTA_DROP_CHUNKS: every n-th chunk of an update (indexes n-1, 2n-1, ...) is damaged once.
+    ota_drop_every: int = 50
+    #: OTA_DISCONNECT: the share of the image received when the socket drops.
+    ota_disconnect_at: float = 0.5
 
     def __post_init__(self) -> None:
         if not _DEVICE_ID.fullmatch(self.device_id):
@@ -190,6 +200,8 @@ class VirtualDeviceSpec:
         check_device_public_key(self.private_key)
         if self.drop_after < 0 or self.byte_delay < 0:
             raise ValueError("drop_after and byte_delay cannot be negative")
+        if self.ota_drop_every < 1 or not 0 <= self.ota_disconnect_at < 1:
+            raise ValueError("ota_drop_every is at least 1 and ota_disconnect_at within [0, 1)")
 
     @property
     def label(self) -> str:
@@ -217,6 +229,8 @@ class SimConfig:
     #: Local addresses to connect from, spread over the devices: one address gives about 28,000 ports
     #: (Linux's default ephemeral range), so larger fleets on one host need several (127.0.0.2, ...).
     source_addresses: tuple[str, ...] = ()
+    #: Seconds from a reset (after an update, §7.1) to the next connection attempt: the reboot.
+    reboot_delay: float = 0.0
 
 
 def derive_device_id(index: int, *, seed: str = "cyan-sim", prefix: str = "") -> str:
