@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from cyan import __version__
 
-from . import routes_auth, routes_devices, routes_events, routes_keys
+from . import routes_auth, routes_devices, routes_diagnostics, routes_events, routes_keys
 from ._context import ApiContext
 from .errors import install_error_handlers
 
@@ -32,5 +32,6 @@ def create_app(context: ApiContext) -> FastAPI:
     # Stream and publish routes first: /v1/devices/events must not be taken for a device named "events".
     app.include_router(routes_events.router)
     app.include_router(routes_keys.router)
+    app.include_router(routes_diagnostics.router)  # before devices: /attempts and /doctor are not variables
     app.include_router(routes_devices.router)
     return app

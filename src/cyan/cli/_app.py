@@ -9,6 +9,7 @@ import typer
 from cyan import __version__
 
 from . import _errors, accounts, devices, policy, serve, sim
+from . import diagnose as diagnose_cli
 from . import keys as keys_cli
 
 app = typer.Typer(
@@ -20,6 +21,7 @@ app = typer.Typer(
 )
 app.command("serve")(serve.serve)
 app.command("sim")(sim.sim)
+app.command("diagnose")(diagnose_cli.diagnose)
 app.add_typer(devices.app, name="devices")
 app.add_typer(keys_cli.app, name="keys")
 app.add_typer(accounts.users, name="users")

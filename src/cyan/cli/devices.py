@@ -1,8 +1,9 @@
-"""`cyan devices add|list|attempts`: the device registry and the connection-attempt records."""
+"""`cyan devices add|list|attempts|doctor|unidentified`: the device registry and the connection-attempt records."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -16,10 +17,13 @@ from rich.table import Table
 from cyan.cloud.models import ConnectionAttempt, DeviceRecord
 from cyan.cloud.ports import Store
 from cyan.config import Settings
+from cyan.diagnose.gather import DEFAULT_PERIOD, doctor_from_store, unidentified_from_store
+from cyan.diagnose.render import render_doctor, render_unidentified
 from cyan.keys import check_device_public_key, fingerprint, load_public_key, public_key_der
 from cyan.store import SqliteStore
 
 from ._options import DataDirOption
+from .diagnose import api_get, parse_since
 
 app = typer.Typer(help="Register devices and read what the server saw of them.", no_args_is_help=True)
 T = TypeVar("T")
@@ -113,3 +117,59 @@ def attempts(
 
 def _when(moment: datetime | None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if moment else ""
+
+
+_SINCE_HELP = "Records since: a period (24h, 7d) or an ISO 8601 time [7d]."
+_SERVER_HELP = "A Cyan server's API URL: ask it over HTTP instead of reading the data directory."
+
+
+@app.command("doctor")
+def doctor(
+    device: Annotated[str, typer.Argument(help="The device id or name.")],
+    since: Annotated[str | None, typer.Option("--since", help=_SINCE_HELP)] = None,
+    server: Annotated[str | None, typer.Option("--server", help=_SERVER_HELP)] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="CYAN_TOKEN", help="Access token for --server.", show_default=False)
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output (docs/diagnostics.md).")] = False,
+    data_dir: DataDirOption = None,
+) -> None:
+    """What the server saw of a device, in plain words, and what to do (field-failures.md §2)."""
+    now = datetime.now(UTC)
+    start = parse_since(since, now) if since else now - DEFAULT_PERIOD
+    if server is not None:
+        report = api_get(server, f"/v1/devices/{device}/doctor", token, {"since": start.isoformat()})
+    else:
+        found = _with_store(data_dir, lambda store: doctor_from_store(store, device, now=now, since=start))
+        if found is None:
+            raise typer.BadParameter(f"no device {device!r} (not an id, nor a registered name)", param_hint="DEVICE")
+        report = found.to_json()
+    if json_output:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        render_doctor(report, Console(width=120))
+
+
+@app.command("unidentified")
+def unidentified(
+    since: Annotated[str | None, typer.Option("--since", help=_SINCE_HELP)] = None,
+    server: Annotated[str | None, typer.Option("--server", help=_SERVER_HELP + " Needs an operator's token.")] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="CYAN_TOKEN", help="Access token for --server.", show_default=False)
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output (docs/diagnostics.md).")] = False,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Failed attempts that carry no device id (a device holding another server key cannot name itself),
+    grouped by address and time, with the devices last seen at each address."""
+    now = datetime.now(UTC)
+    start = parse_since(since, now) if since else now - DEFAULT_PERIOD
+    if server is not None:
+        groups = api_get(server, "/v1/diagnostics/unidentified", token, {"since": start.isoformat()}).get("groups", [])
+    else:
+        found = _with_store(data_dir, lambda store: unidentified_from_store(store, now=now, since=start))
+        groups = [g.to_json() for g in found]
+    if json_output:
+        typer.echo(json.dumps({"groups": groups}, indent=2))
+    else:
+        render_unidentified(groups, Console(width=120))
