@@ -71,8 +71,8 @@ def test_open_creates_directories_and_the_schema_at_head(tmp_path: Path) -> None
             pass
 
     run(scenario())
-    assert head_revision() == "0003"
-    assert _version(db) == ["0003"]
+    assert head_revision() == "0004"
+    assert _version(db) == ["0004"]
     assert _tables(db) == {
         "alembic_version": [],
         "devices": ["ix_devices_owner"],
@@ -87,6 +87,9 @@ def test_open_creates_directories_and_the_schema_at_head(tmp_path: Path) -> None
         "rekey_windows": [],
         "pending_keys": [],
         "key_audit": ["ix_key_audit_device_id_at"],
+        "firmware": [],
+        "update_jobs": ["ix_update_jobs_device_id_id", "ix_update_jobs_rollout", "ix_update_jobs_state"],
+        "device_groups": ["ix_device_groups_device_id"],
     }
     assert stat.S_IMODE(db.parent.stat().st_mode) == 0o700
 
@@ -109,7 +112,7 @@ def test_a_second_open_keeps_the_data_and_runs_no_migration(tmp_path: Path, monk
     run(first())
     monkeypatch.setattr(command, "upgrade", refuse)
     assert run(second()) == DeviceRecord(id=DEVICE_ID)
-    assert _version(db) == ["0003"]
+    assert _version(db) == ["0004"]
 
 
 def test_the_migrations_build_exactly_the_schema_the_queries_use(tmp_path: Path) -> None:
@@ -144,7 +147,7 @@ def test_the_migrations_downgrade_to_nothing_and_upgrade_again(tmp_path: Path) -
         engine.dispose()
     assert _tables(db) == {"alembic_version": []}
     run(scenario())
-    assert _version(db) == ["0003"]
+    assert _version(db) == ["0004"]
 
 
 def test_a_migration_that_fails_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -169,7 +172,7 @@ def test_a_migration_that_fails_leaves_nothing_behind(tmp_path: Path, monkeypatc
     assert _tables(db) == {}  # one transaction: the tables created before the failure are gone too
     monkeypatch.undo()
     run(scenario())
-    assert _version(db) == ["0003"]
+    assert _version(db) == ["0004"]
 
 
 def test_a_schema_from_a_newer_cyan_is_refused(tmp_path: Path) -> None:

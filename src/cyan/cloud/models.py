@@ -11,11 +11,14 @@ __all__ = [
     "AttemptOutcome",
     "ConnectionAttempt",
     "DeviceRecord",
+    "FirmwareRecord",
+    "JobState",
     "KeyAuditEntry",
     "KeyPolicy",
     "KeyPolicyMode",
     "PendingKey",
     "RekeyWindow",
+    "UpdateJob",
     "User",
     "Variable",
 ]
@@ -166,4 +169,78 @@ class KeyAuditEntry:
     old_fingerprint: str | None = None
     new_fingerprint: str | None = None
     detail: str | None = None
+    id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FirmwareRecord:
+    """An uploaded firmware binary: what its module header and suffix say (Device OS `module_info.h`).
+
+    The file itself is kept on disk, named by `sha256`."""
+
+    #: SHA-256 of the whole file, lowercase hex: its identity here.
+    sha256: str
+    size: int
+    platform_id: int
+    #: 2 bootloader, 3 monolithic, 4 system part, 5 user part.
+    module_function: int
+    module_index: int
+    module_version: int
+    #: PRODUCT_ID / PRODUCT_VERSION of a product build; None otherwise.
+    product_id: int | None
+    product_version: int | None
+    #: The SHA-256 in the module suffix: what a device running it reports in its Describe ("u", §6.7).
+    module_sha256: str
+    crc32: int
+    filename: str
+    uploaded_at: datetime
+    uploaded_by: str | None = None
+
+
+class JobState(enum.StrEnum):
+    """Where an update of one device is (see `cyan.cloud.ota`)."""
+
+    #: Waiting for the device to connect, or for a free slot.
+    QUEUED = "queued"
+    #: The image is being sent (protocol.md §7).
+    SENDING = "sending"
+    #: Sent; waiting for the device to reset, reconnect and report what it runs.
+    WAITING = "waiting_for_reconnect"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED)
+
+
+@dataclass(slots=True)
+class UpdateJob:
+    """An update of one device to one firmware: its state, attempts and outcome."""
+
+    device_id: str
+    firmware: str  # FirmwareRecord.sha256
+    created_at: datetime
+    state: JobState = JobState.QUEUED
+    #: The rollout (one request over many devices) it belongs to; None for a single device.
+    rollout: str | None = None
+    created_by: str | None = None
+    #: "auto", "fast" or "non_fast" (protocol.md §7.1).
+    mode: str = "auto"
+    attempts: int = 0
+    max_attempts: int = 3
+    #: Bytes of the image sent (fast) or acknowledged (non-fast) in the current or last attempt.
+    bytes_sent: int = 0
+    total_bytes: int = 0
+    #: Why it failed, or why the last attempt failed (machine-readable: refused, disconnected, ...).
+    reason: str | None = None
+    detail: str | None = None
+    #: How success was established: "hash" (the Describe's user-part SHA-256), "product_version" (the
+    #: Hello), "module_version" (a system part's version) or "unverified" (neither is reported).
+    verification: str | None = None
+    #: Seconds the successful transfer took.
+    transfer_seconds: float | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime | None = None
     id: int | None = None

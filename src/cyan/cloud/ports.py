@@ -12,14 +12,16 @@ from .models import (
     AccessToken,
     ConnectionAttempt,
     DeviceRecord,
+    FirmwareRecord,
     KeyAuditEntry,
     KeyPolicy,
     PendingKey,
     RekeyWindow,
+    UpdateJob,
     User,
 )
 
-__all__ = ["DeviceExistsError", "Store", "StoreUnavailableError", "UserExistsError"]
+__all__ = ["DeviceExistsError", "Store", "StoreUnavailableError", "UpdateStore", "UserExistsError"]
 
 
 class StoreUnavailableError(RuntimeError):
@@ -151,3 +153,43 @@ class Store(Protocol):
 
     async def list_audit(self, device_id: str | None = None, *, limit: int = 100) -> list[KeyAuditEntry]:
         """Newest first."""
+
+
+class UpdateStore(Protocol):
+    """Firmware metadata, update jobs and device groups (protocol.md §7). The binaries themselves are
+    files, kept by `cyan.store.FirmwareFiles`. Methods raise `StoreUnavailableError` as `Store`'s do."""
+
+    async def save_firmware(self, firmware: FirmwareRecord) -> None:
+        """Insert the record unless one with the same SHA-256 exists (the same bytes, the same record)."""
+
+    async def get_firmware(self, sha256: str) -> FirmwareRecord | None: ...
+
+    async def add_job(self, job: UpdateJob) -> int:
+        """Store a new job and return its id (also set on `job`)."""
+
+    async def save_job(self, job: UpdateJob) -> None:
+        """Write every field of an existing job."""
+
+    async def get_job(self, job_id: int) -> UpdateJob | None: ...
+
+    async def list_jobs(
+        self,
+        *,
+        device_id: str | None = None,
+        rollout: str | None = None,
+        unfinished: bool = False,
+        limit: int = 100,
+    ) -> list[UpdateJob]:
+        """Newest first; `unfinished` keeps the queued, sending and waiting ones."""
+
+    async def add_to_group(self, group: str, device_ids: list[str]) -> int:
+        """Add devices to a group (created on first use); how many were not in it yet."""
+
+    async def remove_from_group(self, group: str, device_ids: list[str]) -> int:
+        """How many were removed."""
+
+    async def list_group(self, group: str) -> list[str]:
+        """The group's device ids, sorted."""
+
+    async def list_groups(self) -> dict[str, int]:
+        """Group names and their sizes."""

@@ -13,9 +13,10 @@ from sqlalchemy.exc import ArgumentError
 
 from cyan.cloud.ports import Store
 
+from ._files import FirmwareFiles
 from ._sqlite import SqliteStore
 
-__all__ = ["SqliteStore", "open_store"]
+__all__ = ["FirmwareFiles", "SqliteStore", "open_store"]
 
 _SQLITE_DRIVERS = {"sqlite", "sqlite+aiosqlite"}
 

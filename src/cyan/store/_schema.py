@@ -27,7 +27,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["UTCDateTime", "access_tokens", "connection_attempts", "devices", "metadata", "users"]
+__all__ = [
+    "UTCDateTime",
+    "access_tokens",
+    "connection_attempts",
+    "device_groups",
+    "devices",
+    "firmware",
+    "metadata",
+    "update_jobs",
+    "users",
+]
 
 #: Explicit constraint names, so that later migrations can refer to them on every backend.
 NAMING_CONVENTION = {
@@ -184,4 +194,61 @@ key_audit = Table(
     Column("new_fingerprint", String(255)),
     Column("detail", Text),
     Index(None, "device_id", "at"),
+)
+
+firmware = Table(
+    "firmware",
+    metadata,
+    # The SHA-256 of the file: the binary is kept on disk under this name (FirmwareFiles).
+    Column("sha256", String(64), primary_key=True),
+    Column("size", Integer, nullable=False),
+    Column("platform_id", Integer, nullable=False),
+    Column("module_function", Integer, nullable=False),
+    Column("module_index", Integer, nullable=False),
+    Column("module_version", Integer, nullable=False),
+    Column("product_id", Integer),
+    Column("product_version", Integer),
+    Column("module_sha256", String(64), nullable=False),
+    # Unsigned 32-bit: too wide for PostgreSQL's INTEGER.
+    Column("crc32", BigInteger, nullable=False),
+    Column("filename", String(255), nullable=False),
+    Column("uploaded_by", String(255)),
+    Column("uploaded_at", UTCDateTime, nullable=False),
+)
+
+update_jobs = Table(
+    "update_jobs",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("device_id", String(64), nullable=False),
+    # No foreign key: a firmware record is never deleted while jobs refer to it.
+    Column("firmware", String(64), nullable=False),
+    Column("rollout", String(64)),
+    Column("state", String(32), nullable=False),
+    Column("mode", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("bytes_sent", BigInteger, nullable=False),
+    Column("total_bytes", BigInteger, nullable=False),
+    Column("reason", String(64)),
+    Column("detail", Text),
+    Column("verification", String(32)),
+    Column("transfer_seconds", Float),
+    Column("created_by", String(255)),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime),
+    Column("finished_at", UTCDateTime),
+    Column("updated_at", UTCDateTime),
+    Index(None, "device_id", "id"),
+    Index(None, "rollout"),
+    # The jobs to resume at start-up.
+    Index(None, "state"),
+)
+
+device_groups = Table(
+    "device_groups",
+    metadata,
+    Column("group_name", String(64), primary_key=True),
+    Column("device_id", String(64), primary_key=True),
+    Index(None, "device_id"),
 )

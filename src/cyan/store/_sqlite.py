@@ -21,6 +21,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    func,
     insert,
     or_,
     select,
@@ -34,11 +35,14 @@ from cyan.cloud.models import (
     AttemptOutcome,
     ConnectionAttempt,
     DeviceRecord,
+    FirmwareRecord,
+    JobState,
     KeyAuditEntry,
     KeyPolicy,
     KeyPolicyMode,
     PendingKey,
     RekeyWindow,
+    UpdateJob,
     User,
     Variable,
 )
@@ -48,11 +52,14 @@ from ._migrate import upgrade_to_head
 from ._schema import (
     access_tokens,
     connection_attempts,
+    device_groups,
     devices,
+    firmware,
     key_audit,
     key_policies,
     pending_keys,
     rekey_windows,
+    update_jobs,
     users,
 )
 
@@ -517,6 +524,95 @@ class SqliteStore:
             rows = (await conn.execute(query)).mappings().all()
         return [KeyAuditEntry(**dict(row)) for row in rows]
 
+    # -- firmware, update jobs and groups (protocol.md §7) -------------------------------------
+
+    async def save_firmware(self, firmware_record: FirmwareRecord) -> None:
+        values = _firmware_values(firmware_record)
+        async with self._writing("save a firmware record", statements="several") as conn:
+            query = select(firmware.c.sha256).where(firmware.c.sha256 == values["sha256"])
+            if (await conn.execute(query)).first() is None:
+                await conn.execute(insert(firmware).values(values))
+
+    async def get_firmware(self, sha256: str) -> FirmwareRecord | None:
+        query = select(firmware).where(firmware.c.sha256 == sha256.lower())
+        async with self._reading("read a firmware record") as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return None if row is None else FirmwareRecord(**dict(row))
+
+    async def add_job(self, job: UpdateJob) -> int:
+        values = _job_values(job)
+        async with self._writing("record an update job") as conn:
+            result = await conn.execute(insert(update_jobs).values(values))
+        key = result.inserted_primary_key
+        job.id = int(key[0]) if key else 0
+        return job.id
+
+    async def save_job(self, job: UpdateJob) -> None:
+        if job.id is None:
+            raise ValueError("the job has no id: add it first")
+        query = update(update_jobs).where(update_jobs.c.id == job.id).values(_job_values(job))
+        async with self._writing("save an update job") as conn:
+            await conn.execute(query)
+
+    async def get_job(self, job_id: int) -> UpdateJob | None:
+        query = select(update_jobs).where(update_jobs.c.id == job_id)
+        async with self._reading("read an update job") as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return None if row is None else _job_from_row(row)
+
+    async def list_jobs(
+        self,
+        *,
+        device_id: str | None = None,
+        rollout: str | None = None,
+        unfinished: bool = False,
+        limit: int = 100,
+    ) -> list[UpdateJob]:
+        if limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+        query = select(update_jobs).order_by(update_jobs.c.id.desc()).limit(limit)
+        if device_id is not None:
+            query = query.where(update_jobs.c.device_id == device_id.lower())
+        if rollout is not None:
+            query = query.where(update_jobs.c.rollout == rollout)
+        if unfinished:
+            query = query.where(update_jobs.c.state.in_([s.value for s in JobState if not s.finished]))
+        async with self._reading("list update jobs") as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [_job_from_row(row) for row in rows]
+
+    async def add_to_group(self, group: str, device_ids: list[str]) -> int:
+        wanted = sorted({d.lower() for d in device_ids})
+        async with self._writing("add devices to a group", statements="several") as conn:
+            query = select(device_groups.c.device_id).where(device_groups.c.group_name == group)
+            present = set((await conn.execute(query)).scalars())
+            new = [d for d in wanted if d not in present]
+            if new:
+                await conn.execute(insert(device_groups), [{"group_name": group, "device_id": d} for d in new])
+        return len(new)
+
+    async def remove_from_group(self, group: str, device_ids: list[str]) -> int:
+        ids = [d.lower() for d in device_ids]
+        condition = (device_groups.c.group_name == group) & device_groups.c.device_id.in_(ids)
+        async with self._writing("remove devices from a group") as conn:
+            result = await conn.execute(delete(device_groups).where(condition))
+        return result.rowcount
+
+    async def list_group(self, group: str) -> list[str]:
+        query = select(device_groups.c.device_id).where(device_groups.c.group_name == group)
+        async with self._reading("list a group") as conn:
+            return sorted((await conn.execute(query.order_by(device_groups.c.device_id))).scalars())
+
+    async def list_groups(self) -> dict[str, int]:
+        query = (
+            select(device_groups.c.group_name, func.count())
+            .group_by(device_groups.c.group_name)
+            .order_by(device_groups.c.group_name)
+        )
+        async with self._reading("list groups") as conn:
+            rows = (await conn.execute(query)).all()
+        return {str(row[0]): int(row[1]) for row in rows}
+
     async def _upsert(self, table: Any, key: str, values: dict[str, Any], action: str) -> None:
         async with self._writing(action, statements="several") as conn:
             result = await conn.execute(update(table).where(table.c[key] == values[key]).values(values))
@@ -723,3 +819,27 @@ def _token_from_row(row: RowMapping) -> AccessToken:
         created_at=row["created_at"],
         expires_at=row["expires_at"],
     )
+
+
+def _firmware_values(record: FirmwareRecord) -> dict[str, Any]:
+    values = {name: getattr(record, name) for name in FirmwareRecord.__dataclass_fields__}
+    values["sha256"] = record.sha256.lower()
+    values["uploaded_at"] = _aware(record.uploaded_at, "uploaded_at")
+    return values
+
+
+def _job_values(job: UpdateJob) -> dict[str, Any]:
+    # The id is the database's to assign.
+    values = {name: getattr(job, name) for name in UpdateJob.__dataclass_fields__ if name != "id"}
+    values["device_id"] = job.device_id.lower()
+    values["state"] = JobState(job.state).value
+    values["created_at"] = _aware(job.created_at, "created_at")
+    for name in ("started_at", "finished_at", "updated_at"):
+        values[name] = _optional_aware(values[name], name)
+    return values
+
+
+def _job_from_row(row: RowMapping) -> UpdateJob:
+    values = dict(row)
+    values["state"] = JobState(values["state"])
+    return UpdateJob(**values)
