@@ -115,6 +115,12 @@ _B_BODY = (
 _B = re.compile(r"^\s*(?:\[?(?P<ms>\d{1,10})\s*\]?\s+)?" + _B_BODY)
 # Elsewhere in the line (application output interleaved before it): the full 10-digit timestamp needed.
 _B_INSIDE = re.compile(r"(?P<ms>\d{10})\s+" + _B_BODY)
+# A log line behind some other prefix (a syslog date, a terminal's time stamp): a dotted category is needed.
+_B_ANY = re.compile(
+    r"(?P<ms>)\[(?P<cat>(?:app|system|comm|hal|net|wiring|ncp|sys)(?:\.[\w.]+)?)\]\s+"
+    r"(?P<file>)(?P<ln>)(?P<func>)"
+    r"(?P<lvl>TRACE|INFO|WARN|WARNING|ERROR|PANIC|DEBUG|LOG|ALL)\s*:\s?(?P<msg>.*)$"
+)
 _A = re.compile(
     r"(?P<ms>\d{10}):(?P<lvl>LOG  |DEBUG|INFO |WARN |ERROR|PANIC|LOG|INFO|WARN)\s*:\s?"
     r"(?P<func>.*?)\s?\((?P<ln>\d+)\):(?P<msg>.*)$"
@@ -254,7 +260,7 @@ def _parse(number: int, raw: str, sse_name: str | None) -> LogRecord:
         return _format_b(number, raw, match_b, None)
     if match_a is not None:
         return _format_a(number, raw, match_a, raw[: match_a.start()].strip())
-    inside = _B_INSIDE.search(raw)
+    inside = _B_INSIDE.search(raw) or _B_ANY.search(raw)
     if inside is not None:
         return _format_b(number, raw, inside, raw[: inside.start()].strip())
     if _CLOUDDEBUG.match(normalize(stripped)):

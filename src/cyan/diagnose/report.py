@@ -59,8 +59,8 @@ class Diagnosis:
                     if error.kind == "status":
                         # Photon/P1 0.7.0-3.3.x compile the system and comm logs out (field-failures.md §0.5).
                         parts.append(
-                            "Only the application's cloud_status shows the attempts: this firmware prints no system "
-                            "log, so the step is not in the log."
+                            "Only the application's own reports show the attempts: this firmware prints no system "
+                            "log (Photon/P1 0.7.0 to 3.3.x), so the step is not in the log."
                         )
                 elif primary is not None and primary.outcome == "dropped":
                     parts.append(f"Attempt {primary.index} connected, then the session ended.")
@@ -68,7 +68,8 @@ class Diagnosis:
                     parts.append("The device connected; no failure in this log.")
         if self.findings:
             top = self.findings[0]
-            parts.append(f"Likeliest: {top.entry.id}, {top.entry.title}.")
+            lead = "Worth a look" if top.confidence == "low" else "Likeliest"
+            parts.append(f"{lead}: {top.entry.id}, {top.entry.title}.")
         elif analysis is not None and analysis.failed:
             parts.append("The log does not show enough to name a cause; describe the LED with --led.")
         return " ".join(parts) or "Nothing to diagnose."

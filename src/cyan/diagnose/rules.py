@@ -420,6 +420,8 @@ def _refine_c12(draft: _Draft, analysis: LogAnalysis, attempts: list[Attempt]) -
         )
     if "inactivity" in kinds:
         draft.adjust("idle_timeout", "high", "the device gave up after hearing nothing from the cloud", 2)
+    if any(a.drop_kind == "event_loop" and a.drop_code == 1 for a in attempts):
+        draft.adjust("idle_timeout", "high", "the device's keep-alive ping went unanswered (PING_TIMEOUT)", 2)
     codes = {a.drop_code for a in attempts}
     if codes & {-11, -18, -19}:
         draft.adjust("link_lost", "medium", "the socket reports the connection lost, reset or closed")

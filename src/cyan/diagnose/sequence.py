@@ -10,6 +10,7 @@ virtual device that failed to connect still logs a nonce timeout).
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -149,6 +150,8 @@ class Attempt:
     #: Lines of the signals of this attempt.
     lines: list[int] = field(default_factory=list)
     closed: bool = False
+    #: Signal kinds applied so far (a second summary of a failure belongs to the next attempt).
+    kinds: set[str] = field(default_factory=set)
 
     @property
     def stopped_at(self) -> str | None:
@@ -292,6 +295,11 @@ class _Builder:
     def reconnect(self, signal: Signal) -> None:
         """A new attempt begins; a session still open at that point ended without saying why."""
         attempt = self.current
+        if attempt is not None and not attempt.connected and attempt.error is None and len(attempt.lines) <= 1:
+            # Two announcements of one attempt (cloud-debug's "connecting to cloud", then the system's own).
+            attempt.lines.append(signal.line)
+            attempt.last_line = signal.line
+            return
         if attempt is not None and attempt.connected and attempt.drop_kind is None:
             attempt.drop_kind = "reconnect"
             attempt.drop_line = signal.line
@@ -312,6 +320,7 @@ def _fail(attempt: Attempt, signal: Signal, kind: str, step: str, code: int | No
 
 def _apply(attempt: Attempt, signal: Signal) -> None:
     kind = signal.kind
+    attempt.kinds.add(kind)
     attempt.last_line = signal.line
     attempt.lines.append(signal.line)
     if signal.time_ms is not None:
@@ -461,8 +470,24 @@ def _apply_handshake_failed(attempt: Attempt, signal: Signal) -> None:
     _fail(attempt, signal, kind, step, code, CodeKind.SOCKET)
 
 
+_REPORTED = re.compile(r"system version:\s*(?P<version>\d+\.\d+\.\d+[\w.+-]*)", re.IGNORECASE)
+_PLATFORM = re.compile(r"^platform:\s*(?P<platform>[a-z0-9 ]+)$", re.IGNORECASE)
+
+
 def _firmware(records: list[LogRecord], signals: list[Signal]) -> str | None:
-    """A guess at the Device OS generation from the texts and categories (field-failures.md §4.1)."""
+    """The Device OS version an application reported (cloud-debug prints it), else a guess at the generation
+    from the texts and categories (field-failures.md §4.1)."""
+    for record in records[:400]:
+        reported = _REPORTED.search(record.message)
+        if reported is not None:
+            platform = next(
+                (m["platform"].strip() for r in records[:400] if (m := _PLATFORM.match(r.message.strip()))), None
+            )
+            return f"Device OS {reported['version']}" + (f" on {platform}" if platform else "") + " (as reported)"
+    return _firmware_guess(records, signals)
+
+
+def _firmware_guess(records: list[LogRecord], signals: list[Signal]) -> str | None:
     categories = {(r.category or "").lower() for r in records if r.category}
     formats = {r.format for r in records}
     virtual = any("virtual wlan" in r.message.lower() for r in records[:200])
@@ -510,6 +535,15 @@ def analyse(records: Iterable[LogRecord]) -> LogAnalysis:
         if kind == Sig.CLOUD_STATUS:
             _cloud_status(builder, signal)
             continue
+        if kind == Sig.STILL_TRYING:
+            # An application's report that the cloud is still not connected: on firmware that prints no
+            # system log (Photon/P1 0.7.0-3.3.x, field-failures.md §0.5) the only sign of a failing attempt.
+            trying = builder.current or builder.start(signal)
+            trying.lines.append(signal.line)
+            trying.last_line = signal.line
+            if not trying.connected and trying.error is None and not trying.step_started_ms:
+                _fail(trying, signal, "status", DeviceStep.UNKNOWN, None, None)
+            continue
         if kind not in _ATTEMPT_KINDS:
             continue
         if signal.record.format == LogFormat.CLOUDDEBUG and kind in (Sig.DNS_OK, Sig.DNS_FAILED):
@@ -517,6 +551,15 @@ def analyse(records: Iterable[LogRecord]) -> LogAnalysis:
         if signal.record.format == LogFormat.EVENT:
             continue  # spark/status online/offline as the cloud saw it, not the device's own account
         attempt = builder.current
+        event_loop = kind == Sig.SESSION_DROP and signal.str("kind") == "event_loop"
+        if attempt is not None and (_starts_another(attempt, signal) or (event_loop and attempt.error is not None)):
+            attempt = builder.start(signal)
+        if event_loop and (attempt is None or (not attempt.connected and not attempt.lines)):
+            # The session loop only runs once connected: an error there shows a session, even in a capture
+            # without the lines of its handshake.
+            attempt = attempt or builder.start(signal)
+            attempt.connected = True
+            attempt.enter(DeviceStep.SESSION, signal.time_ms)
         if attempt is None:
             if kind in _TRAILING:
                 previous = builder.attempts[-1] if builder.attempts else None
@@ -532,6 +575,24 @@ def analyse(records: Iterable[LogRecord]) -> LogAnalysis:
         if device_id is None and record.format == LogFormat.EVENT and record.detail and len(record.detail) == 24:
             device_id = record.detail.lower()
     return LogAnalysis(records, signals, builder.attempts, device_id, _firmware(records, signals), reboots)
+
+
+_SUMMARIES = (Sig.PROTOCOL_FAILED, Sig.HANDSHAKE_FAILED)
+
+
+def _starts_another(attempt: Attempt, signal: Signal) -> bool:
+    """In a capture without `Cloud: connecting` lines (errors only, say), a failure's summary that repeats,
+    or a failure after the summary, is the next attempt's."""
+    handshake = (Sig.FAIL, Sig.SOCKET_FAILED, Sig.DNS_FAILED, Sig.STEP, Sig.HANDSHAKE_START, *_SUMMARIES)
+    if attempt.connected and attempt.drop_kind is not None:
+        return signal.kind in handshake or (signal.kind == Sig.SESSION_DROP and signal.str("kind") == "event_loop")
+    if attempt.error is None:
+        return False
+    if signal.kind in _SUMMARIES:
+        return signal.kind in attempt.kinds
+    if signal.kind in (Sig.FAIL, Sig.SOCKET_FAILED, Sig.DNS_FAILED, Sig.STEP, Sig.HANDSHAKE_START):
+        return any(kind in attempt.kinds for kind in _SUMMARIES)
+    return False
 
 
 def _cloud_status(builder: _Builder, signal: Signal) -> None:

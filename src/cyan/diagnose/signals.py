@@ -54,6 +54,7 @@ class Sig:
     SESSION_DROP = "session_drop"
     DROP_CAUSE = "drop_cause"
     CLOUD_STATUS = "cloud_status"
+    STILL_TRYING = "still_trying"
     CLOUD_ERR_DIAG = "cloud_err_diag"
     KEY_GENERATED = "key_generated"
     SERVER_KEY_RESTORED = "server_key_restored"
@@ -153,6 +154,10 @@ def _step_bytes(match: re.Match[str], _record: LogRecord) -> tuple[str, Values] 
     return Sig.STEP, {"step": step, "bytes": count}
 
 
+def _event_loop(match: re.Match[str], _record: LogRecord) -> tuple[str, Values]:
+    return Sig.SESSION_DROP, {"kind": "event_loop", "code": _num(match["code"])}
+
+
 def _last_reset(match: re.Match[str], _record: LogRecord) -> tuple[str, Values]:
     return Sig.LAST_RESET, {"reason": match["reason"]}
 
@@ -178,6 +183,8 @@ _PATTERNS: tuple[tuple[re.Pattern[str], _Builder], ...] = tuple(
         ),
         # S0: address, DNS, socket.
         (r"^cloud: connecting|^connecting to cloud", _const(Sig.CLOUD_CONNECTING)),
+        # particle-iot/cloud-debug reports every 10 s while the cloud is not connected (§4.5).
+        (r"^still trying to connect to the cloud", _const(Sig.STILL_TRYING)),
         (
             r"(?:read server address =|read_serveraddress\(\) =)\s*type:\s*(?P<type>\d+)"
             r"(?:,\s*(?:domain:\s*(?P<domain>[^,\s]*)|defaulting to (?P<default>[^,\s]+)))?"
@@ -258,6 +265,8 @@ _PATTERNS: tuple[tuple[re.Pattern[str], _Builder], ...] = tuple(
         (r"communication loop error", _const(Sig.SESSION_DROP, kind="loop_error")),
         (r"bytes received error:?\s*(?P<code>-?\d+)", _groups(Sig.SESSION_DROP, code=_num)),
         (r"lost cloud connection after", _const(Sig.SESSION_DROP, kind="lost")),
+        # The new stack's session loop failed with a ProtocolError (1 is PING_TIMEOUT): a session existed.
+        (r"event loop error:?\s*(?P<code>-?\d+)", _event_loop),
         (r"received error coapmessage", _const(Sig.DROP_CAUSE, kind="coap_error")),
         (r"\bcloud:err\b\D{0,4}(?P<code>\d+)", _groups(Sig.CLOUD_ERR_DIAG, code=_num)),
         # Keys and the server block (§3.1, §3.2, C16).
