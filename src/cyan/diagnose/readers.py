@@ -121,8 +121,9 @@ _B_ANY = re.compile(
     r"(?P<file>)(?P<ln>)(?P<func>)"
     r"(?P<lvl>TRACE|INFO|WARN|WARNING|ERROR|PANIC|DEBUG|LOG|ALL)\s*:\s?(?P<msg>.*)$"
 )
+# The level may also be bracketed (`<DEBUG>`), as some older debug builds print it.
 _A = re.compile(
-    r"(?P<ms>\d{10}):(?P<lvl>LOG  |DEBUG|INFO |WARN |ERROR|PANIC|LOG|INFO|WARN)\s*:\s?"
+    r"(?P<ms>\d{10}):<?(?P<lvl>LOG  |DEBUG|INFO |WARN |ERROR|PANIC|LOG|INFO|WARN)>?\s*:?\s?"
     r"(?P<func>.*?)\s?\((?P<ln>\d+)\):(?P<msg>.*)$"
 )
 _ATTRIBUTES = re.compile(r"\s\[code = (?P<code>-?\d+)(?:, details = (?P<det>.*))?\]$")

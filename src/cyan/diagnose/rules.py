@@ -264,6 +264,7 @@ def _supporting(signal: Signal, attempt: Attempt) -> str | None:
 
 
 def _attempt_rules(drafts: _Drafts, analysis: LogAnalysis) -> None:
+    primary = analysis.primary
     for attempt in analysis.attempts:
         found = classify(attempt)
         if found is None:
@@ -272,7 +273,7 @@ def _attempt_rules(drafts: _Drafts, analysis: LogAnalysis) -> None:
         draft = drafts(entry_id)
         draft.attempts.append(attempt.index)
         draft.add(strength, "")
-        if len(draft.attempts) <= 2 or attempt is analysis.primary:
+        if len(draft.attempts) <= 2 or attempt is primary:
             _cite_attempt(draft, analysis, attempt)
     for entry_id, refine in _REFINE.items():
         refined = drafts.get(entry_id)

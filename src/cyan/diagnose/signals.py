@@ -154,6 +154,10 @@ def _step_bytes(match: re.Match[str], _record: LogRecord) -> tuple[str, Values] 
     return Sig.STEP, {"step": step, "bytes": count}
 
 
+def _brownout(_match: re.Match[str], _record: LogRecord) -> tuple[str, Values]:
+    return Sig.LAST_RESET, {"reason": "brownout"}
+
+
 def _event_loop(match: re.Match[str], _record: LogRecord) -> tuple[str, Values]:
     return Sig.SESSION_DROP, {"kind": "event_loop", "code": _num(match["code"])}
 
@@ -203,13 +207,18 @@ _PATTERNS: tuple[tuple[re.Pattern[str], _Builder], ...] = tuple(
             _groups(Sig.SOCKET_FAILED, port=_num, code=_num),
         ),
         (r"cloud socket connection failed:?\s*(?P<code>-?\d+)", _groups(Sig.SOCKET_FAILED, code=_num)),
+        # 3.x: "Failed to connect to A.B.C.D:5683 (111)"; 1.x/2.x: "Cloud socket=N, failed to connect to
+        # A.B.C.D#5683, errno=N". The errno values are lwIP's, the same numbers as POSIX.
         (
-            r"failed to connect to (?P<ip>[\d.]+):(?P<port>\d+) \((?P<errno>\d+)\)",
+            r"failed to connect to (?P<ip>[\d.]+)[:#](?P<port>\d+),?\s*(?:\(|errno\s*=\s*)(?P<errno>\d+)\)?",
             _groups(Sig.SOCKET_FAILED, port=_num, errno=_num),
         ),
         (r"connected to cloud (?P<ip>[\d.]+):(?P<port>\d+)", _groups(Sig.SOCKET_OK, port=_num)),
         (r"^cloud socket connected", _const(Sig.SOCKET_OK)),
-        (r"^connected to (?P<ip>\d+\.\d+\.\d+\.\d+):(?P<port>\d+)$", _groups(Sig.SOCKET_OK, port=_num)),
+        (
+            r"(?:^|socket=\d+, )connected to (?P<ip>\d+\.\d+\.\d+\.\d+)[:#](?P<port>\d+)$",
+            _groups(Sig.SOCKET_OK, port=_num),
+        ),
         (r"internet test failed", _const(Sig.INTERNET_FAILED)),
         (r"internet available, cloud not reachable", _const(Sig.CLOUD_UNREACHABLE)),
         (r"handling cloud error:?\s*(?P<code>\d+)", _groups(Sig.CLOUD_ERROR, code=_num)),
@@ -284,12 +293,12 @@ _PATTERNS: tuple[tuple[re.Pattern[str], _Builder], ...] = tuple(
             _last_reset,
         ),
         (r"reset_reason_(?P<reason>power_brownout|power_down|power_management|panic|watchdog|pin_reset)", _last_reset),
-        (r"\b(?P<reason>brown-?out)\b", _last_reset),
+        (r"\b(?P<reason>brown-?out)\b.*\breset\b|\breset\b.*\b(?P<reason2>brown-?out)\b", _brownout),
         (
             r"spark/status/safe-mode|enter\w* safe.?mode|\bin safe.?mode|safe.?mode healer|breathing magenta",
             _const(Sig.SAFE_MODE),
         ),
-        (r"\bsos\b\D{0,12}(?P<code>\d+)?|hard.?fault|out of heap|stack overflow", _groups(Sig.PANIC, code=_num)),
+        (r"\bsos\b\D{0,12}(?P<code>\d+)|hard.?fault|out of heap|stack overflow", _groups(Sig.PANIC, code=_num)),
         (r"received updatebegin|starting file length (?P<size>\d+)", _groups(Sig.OTA_BEGIN, size=_num)),
         (r"invalid chunk crc|chunk bad", _const(Sig.OTA_CHUNK_BAD)),
         (
