@@ -119,7 +119,7 @@ def _when(moment: datetime | None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if moment else ""
 
 
-_SINCE_HELP = "Records since: a period (24h, 7d) or an ISO 8601 time [7d]."
+_SINCE_HELP = "Records since: a period (24h, 7d) or an ISO 8601 time (default: 7d)."
 _SERVER_HELP = "A Cyan server's API URL: ask it over HTTP instead of reading the data directory."
 
 
@@ -134,7 +134,7 @@ def doctor(
     json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output (docs/diagnostics.md).")] = False,
     data_dir: DataDirOption = None,
 ) -> None:
-    """What the server saw of a device, in plain words, and what to do (field-failures.md §2)."""
+    """What the server saw of a device, in plain words, and what to do (docs/diagnostics.md)."""
     now = datetime.now(UTC)
     start = parse_since(since, now) if since else now - DEFAULT_PERIOD
     if server is not None:

@@ -132,7 +132,7 @@ def _join_server(
 def diagnose(
     logfile: Annotated[
         str | None,
-        typer.Argument(help="The device log (any Device OS format); - reads standard input [stdin when piped]."),
+        typer.Argument(help="The device log (any Device OS format); - reads standard input (as does a pipe)."),
     ] = None,
     led: Annotated[
         list[str] | None,
@@ -154,7 +154,7 @@ def diagnose(
     ] = None,
     at: Annotated[
         str | None,
-        typer.Option("--at", help="When the log's last line was written (ISO 8601), for --server [now]."),
+        typer.Option("--at", help="When the log's last line was written (ISO 8601), for --server (default: now)."),
     ] = None,
     window: Annotated[
         float, typer.Option("--window", min=0, help="Minutes of server records before the log's start, for --server.")
