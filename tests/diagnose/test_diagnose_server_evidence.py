@@ -225,3 +225,14 @@ def test_doctor_only_counts_its_own_attempts() -> None:
     report = build_doctor(DEVICE, device(), records, now=T0)
     assert [a.device_id for a in report.attempts] == [DEVICE]
     assert report.attempts[0].outcome is AttemptOutcome.CONNECTED
+
+
+def test_a_device_that_named_itself_meanwhile_is_not_the_unidentified_one() -> None:
+    records = [attempt(t, "nonce_mismatch") for t in range(0, 60, 10)]
+    records += [attempt(t + 5, "key_mismatch", device=DEVICE, step="identity") for t in range(0, 60, 10)]
+    (group,) = group_unidentified(records, [device(DEVICE), device(OTHER, name="garage")])
+    assert {c.device_id: c.likelihood for c in group.candidates} == {DEVICE: "unlikely", OTHER: "likely"}
+    report = build_doctor(DEVICE, device(), records, now=T0 + timedelta(minutes=2), unidentified=records)
+    assert any("probably from another device" in s for s in report.said)
+    assert [f.entry for f in report.findings] == ["C5"]
+    assert report.findings[0].cause == "amnesia"

@@ -474,14 +474,28 @@ class UnidentifiedGroup:
         )
 
 
+def _named_itself(device_id: str, first: datetime, last: datetime, identified: Sequence[ConnectionAttempt]) -> bool:
+    """The device identified itself (with any outcome) while the unidentified attempts were coming, so it is
+    not the one that cannot: a device holds one server key at a time."""
+    slack = timedelta(minutes=1)
+    return any(a.device_id == device_id and first - slack <= a.started_at <= last + slack for a in identified)
+
+
 def _candidates(
-    host: str, first: datetime, devices: Sequence[DeviceRecord], identified: Sequence[ConnectionAttempt]
+    host: str,
+    first: datetime,
+    last: datetime,
+    devices: Sequence[DeviceRecord],
+    identified: Sequence[ConnectionAttempt],
 ) -> list[Candidate]:
     found: dict[str, Candidate] = {}
     for device in devices:
         if host_of(device.last_address) != host:
             continue
-        if device.online:
+        if _named_itself(device.id, first, last, identified):
+            relation = "identified itself from here while these came, so probably another device"
+            likelihood = "unlikely"
+        elif device.online:
             relation = "connected from this address right now, so probably another device"
             likelihood = "unlikely"
         elif device.last_heard is not None and device.last_heard <= first:
@@ -552,7 +566,7 @@ def group_unidentified(
                     info.cause if info else None,
                     info.said if info else f"Failed attempts ({dominant}) from {host}.",
                     loop,
-                    _candidates(host, episode[0].started_at, devices, identified),
+                    _candidates(host, episode[0].started_at, episode[-1].started_at, devices, identified),
                 )
             )
     groups.sort(key=lambda g: g.last, reverse=True)
@@ -736,9 +750,15 @@ def build_doctor(
     totals: Counter[str] = Counter()
     for group in groups:
         totals.update(group.reasons)
+        reasons = ", ".join(f"{k} ×{v}" for k, v in group.reasons.items())
         said.append(
             f"{group.count} unidentified attempt(s) came from its last address {group.host} between "
-            f"{iso(group.first)} and {iso(group.last)} ({', '.join(f'{k} ×{v}' for k, v in group.reasons.items())})."
+            f"{iso(group.first)} and {iso(group.last)} ({reasons})"
+            + (
+                ", probably from another device: this one identified itself meanwhile."
+                if _named_itself(device_id, group.first, group.last, mine)
+                else "."
+            )
         )
     if not failures:
         # Several devices can share an address (NAT): the reasons that only a device with a wrong server key
