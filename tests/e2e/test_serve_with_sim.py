@@ -49,7 +49,9 @@ async def _eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0
 
 def _run(tmp_path: Path, scenario: Callable[[Service], Awaitable[None]]) -> None:
     async def main() -> None:
-        settings = Settings(data_dir=tmp_path / "data", device_host="127.0.0.1", device_port=0)
+        settings = Settings(
+            data_dir=tmp_path / "data", device_host="127.0.0.1", device_port=0, api_host="127.0.0.1", api_port=0
+        )
         service = Service(settings, ensure_server_keys(settings), protocol=FAST)
         await service.start()
         try:
