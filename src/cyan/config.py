@@ -61,6 +61,11 @@ class Settings:
         return self.data_dir / "cyan.db"
 
     @property
+    def firmware_dir(self) -> Path:
+        """Uploaded firmware binaries, named by their SHA-256."""
+        return self.data_dir / "firmware"
+
+    @property
     def server_key_path(self) -> Path:
         return self.data_dir / "server_key.pem"
 

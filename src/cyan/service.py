@@ -19,6 +19,7 @@ from cyan.api import ApiContext, create_app
 from cyan.bus import InProcessBus
 from cyan.cloud.alerts import WebhookAlerts
 from cyan.cloud.auth import Accounts
+from cyan.cloud.ota import FirmwareLibrary, UpdateManager
 from cyan.cloud.service import Cloud
 from cyan.config import Settings
 from cyan.keys import (
@@ -34,7 +35,7 @@ from cyan.keys import (
 )
 from cyan.protocol import ServerConfig
 from cyan.server import DeviceServer
-from cyan.store import SqliteStore
+from cyan.store import FirmwareFiles, SqliteStore
 
 __all__ = ["ServerKeys", "Service", "ensure_server_keys", "write_server_key_file"]
 
@@ -110,19 +111,28 @@ class Service:
         )
         self.server_key_file: Path | None = None
         self.accounts = Accounts(self.store)
-        self.app = create_app(ApiContext(self.cloud, self.accounts))
+        library = FirmwareLibrary(self.store, FirmwareFiles(settings.firmware_dir))
+        self.updates = UpdateManager(self.cloud, self.store, library)
+        self.app = create_app(ApiContext(self.cloud, self.accounts, updates=self.updates))
         self.api_port = settings.api_port
         self._api: _ApiServer | None = None
         self._api_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await self.store.open()
-        await self.cloud.start()
-        await self.device_server.start()
-        self.server_key_file = write_server_key_file(
-            self.settings, self.keys.private_key.public_key(), self.device_server.port
-        )
-        await self._start_api()
+        """Start everything, or nothing: a part that fails (a port in use, a database that cannot be
+        opened) stops the parts already started, so no socket or connection is left behind."""
+        try:
+            await self.store.open()
+            await self.cloud.start()
+            await self.device_server.start()
+            await self.updates.start()
+            self.server_key_file = write_server_key_file(
+                self.settings, self.keys.private_key.public_key(), self.device_server.port
+            )
+            await self._start_api()
+        except BaseException:
+            await self.stop()
+            raise
 
     async def _start_api(self) -> None:
         family = socket.AF_INET6 if ":" in self.settings.api_host else socket.AF_INET
@@ -160,6 +170,7 @@ class Service:
             self._api.should_exit = True
             await self._api_task
             self._api = self._api_task = None
+        await self.updates.stop()
         await self.device_server.stop()
         await self.cloud.stop()
         await self.store.close()

@@ -26,7 +26,7 @@ from cyan.cloud.models import (
 from cyan.cloud.ports import StoreUnavailableError
 from cyan.cloud.service import Cloud
 from cyan.keys import fingerprint, public_key_der
-from cyan.protocol import Hello, HelloFlag, Reason, SubscriptionScope
+from cyan.protocol import Hello, HelloFlag, OtaOutcome, Reason, SubscriptionScope
 from cyan.testing import fixed_device_key
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -199,6 +199,18 @@ class FakeLink:
 
     def close(self) -> None:
         self.closed = True
+
+    # Firmware updates: not used by these tests (tests/cloud/test_cloud_ota.py has a link for them).
+    hello: Hello | None = None
+    max_binary_size: int | None = None
+
+    async def system_describe(self, timeout: float) -> dict[str, Any] | None:
+        return None
+
+    async def update_firmware(
+        self, image: bytes, *, fast: bool | None, progress: Callable[[int, int], None] | None = None
+    ) -> OtaOutcome:
+        raise ConnectionError("no updates here")
 
 
 HELLO = Hello(6, 0xFFFF, HelloFlag(0x36), 6, 3103, 960, 262144, 512)

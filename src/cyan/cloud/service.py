@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from cyan.bus import CloudEvent, InProcessBus
-from cyan.protocol import Hello, SubscriptionScope, VariableType
+from cyan.protocol import Hello, OtaOutcome, SubscriptionScope, VariableType
 
 from .alerts import Alert, AlertSink, LoggingAlerts
 from .errors import (
@@ -77,6 +77,21 @@ class DeviceLink(Protocol):
     def signal(self, on: bool, timeout: float) -> Awaitable[None]: ...
 
     def close(self) -> None: ...
+
+    # -- firmware updates (protocol.md §7; cyan.cloud.ota) ----------------------------------------
+
+    #: The device's Hello (§5), once it arrived.
+    hello: Hello | None
+    #: The largest image the device says it takes (3.x Hello, or spark/hardware/max_binary); None: unsaid.
+    max_binary_size: int | None
+
+    def system_describe(self, timeout: float) -> Awaitable[dict[str, Any] | None]:
+        """The device's latest system Describe (modules, §6.7), asked for if none came; None if none comes."""
+
+    def update_firmware(
+        self, image: bytes, *, fast: bool | None, progress: Callable[[int, int], None] | None = None
+    ) -> Awaitable[OtaOutcome]:
+        """Send an update (the protocol core's `OtaSender`); `progress(delivered, total)` as it goes."""
 
 
 @dataclass(slots=True)
@@ -507,6 +522,11 @@ class Cloud:
 
     def online(self, device_id: str) -> bool:
         return device_id in self._sessions
+
+    def device_link(self, device_id: str) -> DeviceLink | None:
+        """The link of a connected device with full access (not a quarantined one)."""
+        session = self._sessions.get(device_id)
+        return session.link if session is not None else None
 
     @property
     def connected_count(self) -> int:

@@ -43,6 +43,7 @@ __all__ = [
     "ModuleFunction",
     "ModuleInfo",
     "build_module",
+    "check_for_device",
     "check_module_for_device",
     "parse_module",
     "platform_name",
@@ -242,14 +243,19 @@ def check_module_for_device(info: ModuleInfo, *, platform_id: int | None, max_si
     """Refuse what the device itself would refuse: another platform's module (it checks the platform id,
     `module_info_matches_platform`), or more bytes than its OTA area takes (§10, the Hello or
     ``spark/hardware/max_binary``). None skips a check whose limit is not known yet."""
-    if platform_id is not None and info.platform_id != platform_id:
+    check_for_device(info.platform_id, info.size, platform_id=platform_id, max_size=max_size)
+
+
+def check_for_device(image_platform: int, image_size: int, *, platform_id: int | None, max_size: int | None) -> None:
+    """`check_module_for_device` on what is known of an image: its platform id and size."""
+    if platform_id is not None and image_platform != platform_id:
         raise ModuleError(
-            f"wrong platform: the binary is built for {platform_name(info.platform_id)}, the device is a "
+            f"wrong platform: the binary is built for {platform_name(image_platform)}, the device is a "
             f"{platform_name(platform_id)}",
             "wrong_platform",
         )
-    if max_size is not None and info.size > max_size:
-        raise ModuleError(f"too large: {info.size} bytes, and the device takes at most {max_size}", "too_large")
+    if max_size is not None and image_size > max_size:
+        raise ModuleError(f"too large: {image_size} bytes, and the device takes at most {max_size}", "too_large")
 
 
 def build_module(

@@ -91,7 +91,7 @@ class OtaConfig:
     begin_timeouts: tuple[float, ...] = (6.0, 6.0, 6.0, 20.0)
     #: Non-fast: the wait for each ChunkReceived.
     chunk_timeout: float = 20.0
-    #: Non-fast: ChunkReceived BAD answers tolerated in one transfer (SP allows 10 retries).
+    #: Non-fast: ChunkReceived BAD answers tolerated in a row for one chunk (SP retries 10 times).
     bad_chunk_limit: int = 10
     #: The wait for the answer to UpdateDone; each silence sends it again, `done_attempts` times in all.
     done_timeout: float = 10.0
@@ -359,14 +359,15 @@ class OtaSender:
             if progress.bad_answers > self.config.bad_chunk_limit:
                 self._fail(
                     "bad_chunks",
-                    f"the device found {progress.bad_answers} chunks damaged (ChunkReceived 4.00): "
-                    "the link corrupts data",
+                    f"the device found chunk {progress.next_chunk} damaged {progress.bad_answers} times in a "
+                    "row (ChunkReceived 4.00): the link corrupts data",
                     now,
                 )
                 return
             progress.resent += 1
             self._send_in_order(now)  # the implicit index did not move: the same chunk again (§7.1)
             return
+        progress.bad_answers = 0
         progress.delivered += len(self._chunks[progress.next_chunk])
         progress.next_chunk += 1
         if progress.next_chunk < len(self._chunks):

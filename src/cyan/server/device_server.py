@@ -14,6 +14,7 @@ import itertools
 import logging
 import socket
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,9 +33,13 @@ from cyan.protocol import (
     FunctionFailed,
     FunctionReturned,
     GoodbyeReceived,
+    Hello,
     HelloReceived,
     LocalProtocolError,
     MessageIgnored,
+    OtaConfig,
+    OtaOutcome,
+    OtaSender,
     Reason,
     RemoteProtocolError,
     RequestTimedOut,
@@ -74,8 +79,16 @@ class _DeviceProtocol(asyncio.Protocol):
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._request_names: dict[int, str] = {}
         self._socket: socket.socket | None = None
+        # Firmware updates (protocol.md §7): the sender of the running one, what it reports to.
+        self._ota: OtaSender | None = None
+        self._ota_done: asyncio.Future[OtaOutcome] | None = None
+        self._ota_progress: Callable[[int, int], None] | None = None
+        self._system_document: dict[str, Any] | None = None
+        self._describe_waiters: list[asyncio.Future[None]] = []
         self.device_id = ""
         self.peer_address = ""
+        self.hello: Hello | None = None
+        self.max_binary_size: int | None = None
 
     # -- asyncio callbacks --------------------------------------------------------------------
 
@@ -131,6 +144,7 @@ class _DeviceProtocol(asyncio.Protocol):
             conn.receive_eof(time.time())
             self._handle_events()
         self._end_session()
+        self._ota_lost()
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(ConnectionError(f"device {self.device_id} disconnected"))
@@ -157,6 +171,8 @@ class _DeviceProtocol(asyncio.Protocol):
         if conn is None:
             return
         due = conn.get_timer()
+        if self._ota is not None and (ota_due := self._ota.get_timer()) is not None:
+            due = ota_due if due is None else min(due, ota_due)
         if due is not None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_at(loop.time() + max(0.0, due - time.time()), self._on_timer)
@@ -166,8 +182,13 @@ class _DeviceProtocol(asyncio.Protocol):
         conn = self._conn
         if conn is None or conn.closed:
             return
-        conn.handle_timer(time.time())
+        now = time.time()
+        conn.handle_timer(now)
         self._handle_events()
+        if self._ota is not None and self._transport is not None:
+            # A fast-OTA burst only once the previous one has left for the socket (§13.1 #15).
+            self._ota.handle_timer(now, backlog=self._transport.get_write_buffer_size())
+            self._ota_step()
         self._flush()
 
     def _handle_events(self) -> None:
@@ -177,6 +198,9 @@ class _DeviceProtocol(asyncio.Protocol):
             self._on_event(event)
 
     def _on_event(self, event: Event) -> None:
+        if self._ota is not None and self._ota.handle_event(event, time.time()):
+            # OTA answers (§7) drive the update; a closing connection or an event goes on below as well.
+            self._ota_step()
         if isinstance(event, DeviceIdentified):
             self.device_id = event.device_id
             asyncio.get_running_loop().create_task(self._decide(event))
@@ -184,11 +208,21 @@ class _DeviceProtocol(asyncio.Protocol):
             assert self._record is not None
             self._record_attempt(AttemptOutcome.CONNECTED, Step.SESSION, None, None)
             self._session_started = True
+            self.hello = event.hello
+            self.max_binary_size = event.hello.max_binary_size or self.max_binary_size
             self._cloud.session_started(self, self._record, event.hello, quarantined=self._quarantined)
             log.info("device %s connected from %s (connection %d)", self.device_id, self.peer_address, self._id)
         elif isinstance(event, EventPublished):
+            if event.name == "spark/hardware/max_binary" and event.data and event.data.isdigit():
+                self.max_binary_size = int(event.data)  # 2.x and older report it so (§5.1)
             self._cloud.event_from_device(self, event.name, event.data, event.ttl, event.private)
         elif isinstance(event, DescribeReceived):
+            if event.document is not None and "m" in event.document:
+                self._system_document = event.document  # what updates are judged by (§6.7)
+                for waiter in self._describe_waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+                self._describe_waiters.clear()
             if event.document is not None:
                 self._cloud.describe_received(self, event.document)
             elif event.error:
@@ -287,6 +321,7 @@ class _DeviceProtocol(asyncio.Protocol):
     def _close(self) -> None:
         if self._conn is not None:
             self._conn.close()
+        self._ota_lost()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -357,6 +392,81 @@ class _DeviceProtocol(asyncio.Protocol):
     def close(self) -> None:
         self._close()
 
+    # -- firmware updates (protocol.md §7) ------------------------------------------------------
+
+    def update_firmware(
+        self, image: bytes, *, fast: bool | None, progress: Callable[[int, int], None] | None = None
+    ) -> asyncio.Future[OtaOutcome]:
+        """Run an `OtaSender` on this connection; the future gets its outcome, failure included."""
+        done: asyncio.Future[OtaOutcome] = asyncio.get_running_loop().create_future()
+        conn = self._conn
+        if conn is None or conn.closed or not self._session_started:
+            done.set_exception(ConnectionError(f"device {self.device_id} disconnected"))
+            return done
+        if self._ota is not None:
+            done.set_exception(RuntimeError(f"device {self.device_id} is being updated already"))
+            return done
+        try:
+            self._ota = OtaSender(conn, image, time.time(), fast=fast, config=self._server.ota_config)
+        except (LocalProtocolError, ValueError) as exc:
+            done.set_exception(exc)
+            return done
+        self._ota_done, self._ota_progress = done, progress
+        self._flush()
+        return done
+
+    def _ota_step(self) -> None:
+        sender = self._ota
+        if sender is None:
+            return
+        if self._ota_progress is not None:
+            self._ota_progress(sender.bytes_delivered, sender.total)
+        if sender.finished:
+            assert sender.outcome is not None
+            self._ota = None
+            if self._ota_done is not None and not self._ota_done.done():
+                self._ota_done.set_result(sender.outcome)
+            log.info(
+                "device %s update ended: %s %s",
+                self.device_id,
+                sender.outcome.reason or "complete",
+                sender.outcome.detail,
+            )
+
+    def _ota_lost(self) -> None:
+        if self._ota is not None:
+            self._ota.connection_lost(time.time())
+            self._ota_step()
+        for waiter in self._describe_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._describe_waiters.clear()
+
+    async def system_describe(self, timeout: float) -> dict[str, Any] | None:
+        """The latest system Describe; if none came within half of `timeout` (2.2+ posts one at once, the
+        server asks older firmware 3 s after its Hello, §13.1 #6), ask for it (GET d, flags 1)."""
+        if (document := self._latest_describe()) is not None:
+            return document
+        loop = asyncio.get_running_loop()
+        for ask in (False, True):
+            conn = self._conn
+            if conn is None or conn.closed:
+                return None
+            if ask:
+                with contextlib.suppress(LocalProtocolError):
+                    conn.request_describe(time.time(), flags=1, timeout=timeout / 2)
+                    self._flush()
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._describe_waiters.append(waiter)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, timeout / 2)
+            if (document := self._latest_describe()) is not None:
+                return document
+        return None
+
+    def _latest_describe(self) -> dict[str, Any] | None:
+        return self._system_document
+
 
 class DeviceServer:
     """Listens for devices and serves each with a `_DeviceProtocol`."""
@@ -369,12 +479,15 @@ class DeviceServer:
         host: str = "0.0.0.0",
         port: int = 5683,
         config: ServerConfig | None = None,
+        ota_config: OtaConfig | None = None,
     ) -> None:
         self.cloud = cloud
         self.server_key = server_key
         self.host = host
         self.port = port
         self.config = config or ServerConfig()
+        #: Pacing, timers and limits of firmware updates (protocol.md §7, §13.1 #14-15).
+        self.ota_config = ota_config or OtaConfig()
         self._server: asyncio.Server | None = None
         self._connections: set[_DeviceProtocol] = set()
 

@@ -1,0 +1,454 @@
+"""Firmware updates: uploaded binaries, and one job per device that brings it to a new image (protocol.md §7).
+
+A job goes ``queued -> sending -> waiting_for_reconnect -> succeeded``, or ends ``failed`` with a
+reason. It waits in ``queued`` while its device is offline or all transfer slots are taken; ``sending``
+runs the protocol core's `OtaSender` over the device's link; after the transfer the device resets, and
+the job waits for it to come back. Success is defined by what the device then reports of itself:
+
+* a user part: the system Describe lists a user part whose SHA-256 (``"u"``, §6.7) is the image's (the
+  hash in its module suffix). A device that lists no hash is judged by its Hello's product version (§5)
+  when the image carries one;
+* a system part or bootloader: the Describe lists that module at the image's module version;
+* when the device reports neither, a completed transfer followed by a reconnect counts, marked
+  ``unverified``.
+
+An attempt that fails (the connection dropped, chunks kept arriving damaged, the device came back with its
+old image) is retried, up to `UpdateJob.max_attempts`; a device that refuses the image as invalid is not
+sent it again. An image built for another platform, or larger than the device takes, is refused before
+anything is sent (`FirmwareRejectedError`). Jobs are stored, and resumed when the server restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from cyan.bus import CloudEvent
+from cyan.protocol import ModuleError, OtaConfig, OtaOutcome, parse_module
+from cyan.protocol.binary import ModuleFunction, check_for_device
+
+from .errors import CloudError, DeviceNotFoundError
+from .models import FirmwareRecord, JobState, UpdateJob
+from .ports import UpdateStore
+from .service import Cloud, DeviceLink
+
+__all__ = [
+    "FirmwareLibrary",
+    "FirmwareRejectedError",
+    "UpdateConfig",
+    "UpdateConflictError",
+    "UpdateManager",
+    "UpdateNotFoundError",
+    "default_max_binary",
+]
+
+log = logging.getLogger("cyan.ota")
+
+#: The OTA area of a Photon or P1 (§10); devices that report their own limit are held to theirs.
+_OTA_AREA = {6: 262144, 8: 262144}
+MODES = {"auto": None, "fast": True, "non_fast": False}
+
+
+def default_max_binary(platform_id: int | None) -> int | None:
+    return None if platform_id is None else _OTA_AREA.get(platform_id)
+
+
+class FirmwareRejectedError(CloudError):
+    """A binary no device of the kind would take; `reason` as `cyan.protocol.ModuleError`'s."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class UpdateConflictError(CloudError):
+    """The device is being sent another update right now."""
+
+
+class UpdateNotFoundError(CloudError):
+    """No such job or firmware."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateConfig:
+    #: Transfers at once, server-wide (a rollout can ask for fewer).
+    max_concurrent: int = 100
+    max_attempts: int = 3
+    #: Before another attempt on a device that is still connected.
+    retry_delay: float = 5.0
+    #: After a device connects, before UpdateBegin: its start-up burst of Describe, events and
+    #: subscriptions goes first (the recordings' server waited 3 s).
+    start_delay: float = 1.0
+    #: From the end of a transfer to the device's return after its reset.
+    reconnect_timeout: float = 120.0
+    #: How long to wait for the system Describe of a device that came back (legacy devices are asked
+    #: for it 3 s after their Hello, §13.1 #6).
+    describe_timeout: float = 15.0
+    ota: OtaConfig = field(default_factory=OtaConfig)
+
+
+class FirmwareLibrary:
+    """Uploaded binaries: checked as a device would check them, metadata in the store, bytes on disk."""
+
+    def __init__(self, store: UpdateStore, files: Any) -> None:
+        self.store = store
+        self.files = files  # cyan.store.FirmwareFiles
+
+    async def add(
+        self, data: bytes, filename: str, uploaded_by: str | None, *, now: datetime | None = None
+    ) -> FirmwareRecord:
+        """Keep a binary; raises `FirmwareRejectedError` for one no Gen 2 device would apply."""
+        try:
+            info = parse_module(data)
+        except ModuleError as exc:
+            raise FirmwareRejectedError(f"{filename}: {exc}", exc.reason) from None
+        sha256 = await asyncio.to_thread(self.files.put, data)
+        record = FirmwareRecord(
+            sha256=sha256,
+            size=info.size,
+            platform_id=info.platform_id,
+            module_function=int(info.function),
+            module_index=info.index,
+            module_version=info.module_version,
+            product_id=info.product_id,
+            product_version=info.product_version,
+            module_sha256=info.module_sha256,
+            crc32=info.crc32,
+            filename=filename[-255:],
+            uploaded_at=now or datetime.now(UTC),
+            uploaded_by=uploaded_by,
+        )
+        await self.store.save_firmware(record)
+        return await self.store.get_firmware(sha256) or record
+
+    async def get(self, sha256: str) -> FirmwareRecord:
+        record = await self.store.get_firmware(sha256.lower())
+        if record is None:
+            raise UpdateNotFoundError(f"no firmware {sha256}")
+        return record
+
+    async def load(self, record: FirmwareRecord) -> bytes:
+        data: bytes = await asyncio.to_thread(self.files.get, record.sha256)
+        return data
+
+
+def check_firmware(record: FirmwareRecord, *, platform_id: int | None, max_size: int | None) -> None:
+    """Refuse, before anything is sent, what the device would refuse (`check_for_device`)."""
+    try:
+        check_for_device(record.platform_id, record.size, platform_id=platform_id, max_size=max_size)
+    except ModuleError as exc:
+        raise FirmwareRejectedError(str(exc), exc.reason) from None
+
+
+@dataclass(slots=True)
+class _Verdict:
+    #: True: runs the image; False: runs another; None: cannot tell.
+    runs_it: bool | None
+    how: str
+    detail: str
+
+
+def judge(record: FirmwareRecord, document: dict[str, Any] | None, hello: Any) -> _Verdict:
+    """Does a device that reports `document` (its system Describe) and `hello` run `record`?"""
+    modules = document.get("m") if document else None
+    entries = [m for m in modules if isinstance(m, dict)] if isinstance(modules, list) else []
+    function = ModuleFunction(record.module_function)
+    if function is ModuleFunction.USER_PART:
+        hashes = [m["u"] for m in entries if m.get("f") == "u" and isinstance(m.get("u"), str)]
+        if hashes:
+            runs = record.module_sha256 in [h.lower() for h in hashes]
+            return _Verdict(runs, "hash", f"the device runs user part {hashes[0][:16]}")
+    else:
+        code, index = function.describe_code, str(record.module_index)
+        versions = [m.get("v") for m in entries if m.get("f") == code and str(m.get("n")) == index]
+        if versions:
+            runs = record.module_version in versions
+            return _Verdict(runs, "module_version", f"the device runs module {code}{index} v{versions[0]}")
+    if record.product_version is not None and hello is not None:
+        runs = hello.product_version == record.product_version
+        return _Verdict(runs, "product_version", f"the device runs product version {hello.product_version}")
+    return _Verdict(None, "unverified", "the device reports neither its image's hash nor a product version")
+
+
+class UpdateManager:
+    """Runs update jobs over the cloud's device links, a task per active job."""
+
+    def __init__(
+        self,
+        cloud: Cloud,
+        store: UpdateStore,
+        library: FirmwareLibrary,
+        *,
+        config: UpdateConfig | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.cloud = cloud
+        self.store = store
+        self.library = library
+        self.config = config or UpdateConfig()
+        self._clock = clock
+        self._slots = asyncio.Semaphore(self.config.max_concurrent)
+        self._rollout_slots: dict[str, asyncio.Semaphore] = {}
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        #: Jobs being worked on, by id: what the API shows while a transfer runs.
+        self._active: dict[int, UpdateJob] = {}
+        #: Set when a device connects; waiters take a fresh one each time.
+        self._presence: dict[str, asyncio.Event] = {}
+        self._started = False
+        cloud.bus.add_listener(self._on_bus_event)
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Resume the jobs a previous run left unfinished: a transfer cut off by the restart is queued again."""
+        self._started = True
+        for job in reversed(await self.store.list_jobs(unfinished=True, limit=1_000_000)):
+            if job.state is JobState.SENDING:
+                job.state = JobState.QUEUED
+                job.detail = "the server restarted during the transfer"
+                await self._save(job)
+            self._spawn(job, None)
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._started = False
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        device_ids: list[str],
+        firmware: FirmwareRecord,
+        *,
+        created_by: str | None,
+        mode: str = "auto",
+        concurrency: int | None = None,
+        max_attempts: int | None = None,
+    ) -> list[UpdateJob]:
+        """A job per device (a rollout when there are several). Refuses, before anything is queued, an
+        image built for another platform or too large for a device (`FirmwareRejectedError`)."""
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r}: choose one of {', '.join(MODES)}")
+        if concurrency is not None and concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        records = []
+        for device_id in device_ids:
+            record = await self.cloud.store.get_device(device_id.lower())
+            if record is None:
+                raise DeviceNotFoundError(device_id)
+            link = self.cloud.device_link(record.id)
+            platform = link.hello.platform_id if link is not None and link.hello else record.platform_id
+            limit = link.max_binary_size if link is not None and link.max_binary_size else None
+            try:
+                check_firmware(firmware, platform_id=platform, max_size=limit or default_max_binary(platform))
+            except FirmwareRejectedError as exc:
+                raise FirmwareRejectedError(f"device {record.id}: {exc}", exc.reason) from None
+            records.append(record)
+        for record in records:
+            for active in await self.store.list_jobs(device_id=record.id, unfinished=True):
+                if active.state is JobState.SENDING:
+                    raise UpdateConflictError(f"device {record.id} is being sent update {active.id} right now")
+        rollout = uuid.uuid4().hex if len(records) > 1 or concurrency is not None else None
+        if rollout is not None and concurrency is not None:
+            self._rollout_slots[rollout] = asyncio.Semaphore(concurrency)
+        now = self._clock()
+        jobs = []
+        for record in records:
+            for active in await self.store.list_jobs(device_id=record.id, unfinished=True):
+                self._cancel(active.id)
+                await self._finish(active, JobState.FAILED, "superseded", "a newer update of the device replaced it")
+            job = UpdateJob(
+                device_id=record.id,
+                firmware=firmware.sha256,
+                created_at=now,
+                rollout=rollout,
+                created_by=created_by,
+                mode=mode,
+                max_attempts=max_attempts or self.config.max_attempts,
+                total_bytes=firmware.size,
+                updated_at=now,
+            )
+            await self.store.add_job(job)
+            jobs.append(job)
+            self._spawn(job, firmware)
+        return jobs
+
+    async def get(self, job_id: int) -> UpdateJob:
+        job = self._active.get(job_id) or await self.store.get_job(job_id)
+        if job is None:
+            raise UpdateNotFoundError(f"no update job {job_id}")
+        return job
+
+    async def list(
+        self, *, device_id: str | None = None, rollout: str | None = None, limit: int = 100
+    ) -> list[UpdateJob]:
+        """Newest first, with the live progress of the jobs being worked on."""
+        jobs = await self.store.list_jobs(device_id=device_id, rollout=rollout, limit=limit)
+        return [self._active.get(job.id or 0, job) for job in jobs]
+
+    # -- presence (the device server reports sessions on the bus as spark/status) ---------------
+
+    def _on_bus_event(self, event: CloudEvent) -> None:
+        if event.name == "spark/status" and event.data == "online" and event.device_id is not None:
+            waiter = self._presence.pop(event.device_id, None)
+            if waiter is not None:
+                waiter.set()
+
+    async def _session(self, device_id: str, *, other_than: DeviceLink | None, timeout: float | None) -> DeviceLink:
+        """The device's link once it is connected (in a session other than `other_than`); TimeoutError."""
+        async with asyncio.timeout(timeout):
+            while True:
+                link = self.cloud.device_link(device_id)
+                if link is not None and link is not other_than:
+                    return link
+                waiter = self._presence.setdefault(device_id, asyncio.Event())
+                await waiter.wait()
+
+    # -- one job ------------------------------------------------------------------------------
+
+    def _spawn(self, job: UpdateJob, firmware: FirmwareRecord | None) -> None:
+        assert job.id is not None
+        self._active[job.id] = job
+        task = asyncio.get_running_loop().create_task(self._run(job, firmware), name=f"cyan-update-{job.id}")
+        self._tasks[job.id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(job.id or 0, None))
+
+    def _cancel(self, job_id: int | None) -> None:
+        task = self._tasks.pop(job_id or 0, None)
+        if task is not None:
+            task.cancel()
+
+    async def _run(self, job: UpdateJob, firmware: FirmwareRecord | None) -> None:
+        try:
+            record = firmware or await self.library.get(job.firmware)
+            image = await self.library.load(record)
+            last_link: DeviceLink | None = None
+            while not job.state.finished:
+                if job.state is JobState.WAITING:
+                    await self._confirm(job, record, last_link)
+                else:
+                    last_link = await self._attempt(job, record, image)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("update job %s of device %s failed unexpectedly", job.id, job.device_id)
+            await self._finish(job, JobState.FAILED, "internal_error", f"{type(exc).__name__}: {exc}")
+        finally:
+            self._active.pop(job.id or 0, None)
+
+    async def _attempt(self, job: UpdateJob, record: FirmwareRecord, image: bytes) -> DeviceLink | None:
+        """Wait for the device and a slot, then send the image once. Returns the link it was sent over."""
+        config = self.config
+        link = await self._session(job.device_id, other_than=None, timeout=None)
+        await asyncio.sleep(config.start_delay)
+        link = self.cloud.device_link(job.device_id) or link
+        hello = link.hello
+        platform = hello.platform_id if hello is not None else None
+        try:
+            check_firmware(record, platform_id=platform, max_size=link.max_binary_size or default_max_binary(platform))
+        except FirmwareRejectedError as exc:
+            await self._finish(job, JobState.FAILED, exc.reason, f"nothing was sent: {exc}")
+            return link
+        if job.attempts > 0:
+            # An earlier attempt may have been applied although its end was not seen.
+            verdict = await self._judge(link, record)
+            if verdict.runs_it:
+                await self._succeed(job, verdict)
+                return link
+        limit = self._rollout_slots.get(job.rollout or "")
+        async with self._slots, limit or contextlib.nullcontext():
+            if self.cloud.device_link(job.device_id) is not link:
+                return None  # it reconnected meanwhile: start over with the new session
+            job.attempts += 1
+            job.state = JobState.SENDING
+            job.bytes_sent = 0
+            job.started_at = job.started_at or self._clock()
+            await self._save(job)
+            log.info(
+                "update job %s: sending %s to device %s (attempt %d)",
+                job.id,
+                record.sha256[:12],
+                job.device_id,
+                job.attempts,
+            )
+
+            def progress(delivered: int, total: int) -> None:
+                job.bytes_sent = delivered
+
+            try:
+                outcome = await link.update_firmware(image, fast=MODES[job.mode], progress=progress)
+            except ConnectionError as exc:
+                outcome = OtaOutcome(False, False, "disconnected", str(exc), None, 0, 0, 0.0)
+        job.bytes_sent = outcome.bytes_delivered
+        job.reason, job.detail = outcome.reason, outcome.detail
+        if outcome.complete:
+            job.transfer_seconds = outcome.elapsed
+            job.state = JobState.WAITING
+        elif outcome.reason == "rejected":
+            await self._finish(job, JobState.FAILED, "rejected", outcome.detail)
+            return link
+        elif self.cloud.device_link(job.device_id) is not link:
+            # The session ended: if everything had arrived the device may be applying it; its return says.
+            job.state = JobState.WAITING
+        else:
+            await self._retry(job, outcome.reason or "failed", outcome.detail)
+        await self._save(job)
+        return link
+
+    async def _confirm(self, job: UpdateJob, record: FirmwareRecord, sent_over: DeviceLink | None) -> None:
+        """After a transfer: wait for the device's next session and judge what it runs."""
+        try:
+            link = await self._session(job.device_id, other_than=sent_over, timeout=self.config.reconnect_timeout)
+        except TimeoutError:
+            await self._retry(
+                job, "no_reconnect", f"the device did not come back within {self.config.reconnect_timeout:g} s"
+            )
+            return
+        verdict = await self._judge(link, record)
+        if verdict.runs_it or (verdict.runs_it is None and job.reason is None):
+            await self._succeed(job, verdict)
+        else:
+            await self._retry(job, "not_applied", f"the device came back without the image: {verdict.detail}")
+
+    async def _judge(self, link: DeviceLink, record: FirmwareRecord) -> _Verdict:
+        document = await link.system_describe(self.config.describe_timeout)
+        return judge(record, document, link.hello)
+
+    async def _succeed(self, job: UpdateJob, verdict: _Verdict) -> None:
+        job.verification = verdict.how
+        job.bytes_sent = job.total_bytes
+        await self._finish(job, JobState.SUCCEEDED, None, verdict.detail)
+        log.info("update job %s: device %s runs the new image (%s)", job.id, job.device_id, verdict.how)
+
+    async def _retry(self, job: UpdateJob, reason: str, detail: str) -> None:
+        if job.attempts >= job.max_attempts:
+            await self._finish(job, JobState.FAILED, reason, f"after {job.attempts} attempts: {detail}")
+            return
+        log.info("update job %s: attempt %d failed (%s: %s); trying again", job.id, job.attempts, reason, detail)
+        job.state = JobState.QUEUED
+        job.reason, job.detail = reason, detail
+        await self._save(job)
+        await asyncio.sleep(self.config.retry_delay)
+
+    async def _finish(self, job: UpdateJob, state: JobState, reason: str | None, detail: str) -> None:
+        job.state = state
+        job.reason, job.detail = reason, detail
+        job.finished_at = self._clock()
+        await self._save(job)
+        if state is JobState.FAILED:
+            log.warning("update job %s of device %s failed: %s: %s", job.id, job.device_id, reason, detail)
+
+    async def _save(self, job: UpdateJob) -> None:
+        job.updated_at = self._clock()
+        await self.store.save_job(replace(job))
