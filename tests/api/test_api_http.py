@@ -290,8 +290,8 @@ def test_rename_signal_claim_release_and_provisioning(tmp_path: Path) -> None:
             "signaling": True,
         }
         flash = await c.put("/v1/devices/pantry", files={"file": ("fw.bin", b"\x00" * 16)}, headers=a)
-        assert flash.status_code == 400
-        assert "not available" in flash.json()["message"]
+        assert flash.status_code == 400  # not a firmware binary (tests/api/test_api_updates.py flashes)
+        assert (flash.json()["error"], flash.json()["reason"]) == ("Invalid firmware", "not_a_module")
         assert (await c.delete("/v1/devices/pantry", headers=a)).json() == {"ok": True}
         assert [d["id"] for d in (await c.get("/v1/devices", headers=a)).json()] == [DEV2]
         claimed = (await c.post("/v1/devices", json={"id": DEV1, "request_transfer": False}, headers=b)).json()

@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import Request
+from starlette.formparsers import MultiPartException
 
 from cyan.cloud.models import AccessToken
 
@@ -28,11 +29,15 @@ async def body(request: Request) -> dict[str, Any]:
     cached: dict[str, Any] | None = getattr(request.state, "body", None)
     if cached is not None:
         return cached
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        parsed = await _multipart(request)
+        request.state.body = parsed
+        return parsed
     raw = await request.body()
     if len(raw) > _MAX_BODY:
         raise ApiError(413, "invalid_request", f"the request body is over {_MAX_BODY} bytes")
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    parsed: dict[str, Any] = {}
+    parsed = {}
     if raw.strip():
         if content_type == "application/json" or (not content_type and raw.lstrip()[:1] == b"{"):
             try:
@@ -44,11 +49,38 @@ async def body(request: Request) -> dict[str, Any]:
             parsed = value
         elif content_type in ("application/x-www-form-urlencoded", ""):
             parsed = dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
-        elif content_type.startswith("multipart/"):
-            parsed = {"__multipart__": True}
         else:
             raise ApiError(415, "invalid_request", f"unsupported content type {content_type!r}")
     request.state.body = parsed
+    return parsed
+
+
+#: The largest file part taken (a firmware binary: a Gen 2 OTA area is 256 KB, protocol.md §10).
+MAX_UPLOAD = 8 * 1024 * 1024
+
+
+async def _multipart(request: Request) -> dict[str, Any]:
+    """A multipart form (`particle flash` sends one, with chunked transfer encoding): its text fields, and
+    `__multipart__`. File parts, at most `MAX_UPLOAD` bytes each, go to `request.state.files` as
+    name -> (filename, bytes); the parser's temporary files are closed at once."""
+    try:
+        form = await request.form(max_files=4, max_fields=32, max_part_size=_MAX_BODY)
+    except (MultiPartException, ValueError) as exc:
+        raise ApiError(400, "invalid_request", f"the multipart body cannot be read: {exc}") from None
+    parsed: dict[str, Any] = {"__multipart__": True}
+    files: dict[str, tuple[str, bytes]] = {}
+    try:
+        for name, value in form.multi_items():
+            if isinstance(value, str):
+                parsed[name] = value
+                continue
+            data = await value.read(MAX_UPLOAD + 1)
+            if len(data) > MAX_UPLOAD:
+                raise ApiError(413, "invalid_request", f"the file {name!r} is over {MAX_UPLOAD} bytes")
+            files[name] = (value.filename or name, data)
+    finally:
+        await form.close()
+    request.state.files = files
     return parsed
 
 

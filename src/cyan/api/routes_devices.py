@@ -15,6 +15,7 @@ from cyan.cloud.ports import DeviceExistsError
 from cyan.keys import KeyFormatError, check_device_public_key, fingerprint, load_public_key, public_key_der
 from cyan.protocol.messages import MAX_FUNCTION_ARGUMENT
 
+from . import routes_updates
 from ._requests import body, context, require_token
 from ._serialize import device_json, iso
 from .errors import ApiError, permission_denied
@@ -75,18 +76,14 @@ def _truthy(value: Any) -> bool:
     return str(value).strip().lower() in ("1", "true", "on", "yes")
 
 
-@router.put("/v1/devices/{device}", summary="Rename a device, or signal it (rainbow LED)")
-@router.put("/v1/products/{product}/devices/{device}", summary="Rename or signal a product device")
+@router.put("/v1/devices/{device}", summary="Rename a device, signal it (rainbow LED), or flash it (multipart)")
+@router.put("/v1/products/{product}/devices/{device}", summary="Rename, signal or flash a product device")
 async def update_device(request: Request, token: Token, device: str, product: str | None = None) -> dict[str, Any]:
     params = await body(request)
-    if params.get("__multipart__"):
-        raise ApiError(
-            400,
-            "Not supported",
-            "Flashing firmware over the cloud is not available in this version of Cyan",
-            message="Flashing firmware over the cloud is not available in this version of Cyan",
-        )
     record = await _device(request, token, device, product)
+    if params.get("__multipart__"):
+        # `particle flash DEVICE app.bin` (protocol.md §7; routes_updates.py).
+        return await routes_updates.flash(request, token, record)
     cloud = context(request).cloud
     if "name" in params:
         name = str(params["name"])
