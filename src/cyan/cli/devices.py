@@ -22,10 +22,15 @@ from cyan.diagnose.render import render_doctor, render_unidentified
 from cyan.keys import check_device_public_key, fingerprint, load_public_key, public_key_der
 from cyan.store import SqliteStore
 
+from . import updates
 from ._options import DataDirOption
 from .diagnose import api_get, parse_since
 
 app = typer.Typer(help="Register devices and read what the server saw of them.", no_args_is_help=True)
+# Firmware updates (protocol.md §7): flash, follow, group.
+app.command("flash")(updates.flash)
+app.command("updates")(updates.list_updates)
+app.command("group")(updates.group)
 T = TypeVar("T")
 _DEVICE_ID = re.compile(r"^[0-9a-fA-F]{24}$")
 
