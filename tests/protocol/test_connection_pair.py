@@ -822,3 +822,13 @@ def test_oversized_request_is_refused_locally() -> None:
     pair = _established()
     with pytest.raises(ValueError, match="622"):
         pair.server.call_function("setArg", "x" * 700, NOW)
+
+
+def test_a_late_close_before_the_hello_is_not_a_key_rejection() -> None:
+    """A device that gives up waiting (its own Hello wait, a reset) is not one that rejected our key."""
+    pair = _after_session_key()
+    pair.server.receive_eof(NOW + 2.5)
+    failure = drain(pair.server)[-1]
+    assert isinstance(failure, ConnectionFailed)
+    assert (failure.step, failure.reason) == (Step.HELLO, Reason.CLOSED_BY_PEER)
+    assert "2.5 s after our session key" in failure.detail

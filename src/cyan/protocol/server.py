@@ -67,6 +67,10 @@ from .handshake import (
 
 __all__ = ["RequestKind", "ServerConfig", "ServerConnection"]
 
+#: A device that rejects our session key closes within milliseconds; a close later than this, with no
+#: Hello, is the device giving up for another reason (its own Hello wait, a reset).
+_KEY_REJECTION_WINDOW = 1.0
+
 _Builder = Callable[[int, int], Message]
 
 
@@ -129,6 +133,7 @@ class ServerConnection(BaseConnection):
         self._server_key = server_key
         self._nonce = rng(NONCE_SIZE)
         self._deadline: float | None = now + self.config.identity_timeout
+        self._accepted_at = now
         self._describe_at: float | None = None
         self._last_received = now
         self._idle_suspended = False
@@ -228,11 +233,19 @@ class ServerConnection(BaseConnection):
             self._machine.advance(Trigger.CLOSE)
             self._events.append(ConnectionClosed())
         elif self.state is State.AWAIT_HELLO:
-            self._close_with(
-                Reason.SESSION_KEY_REJECTED,
-                "the device closed the connection after our session key: it could not decrypt it, so "
-                "the public key we used is not the device's",
-            )
+            waited = now - self._accepted_at
+            if waited < _KEY_REJECTION_WINDOW:
+                # A device that cannot decrypt or verify the session key closes at once (§3 "S3 checks").
+                self._close_with(
+                    Reason.SESSION_KEY_REJECTED,
+                    "the device closed the connection right after our session key: it could not decrypt "
+                    "it, so the public key we used is not the device's",
+                )
+            else:
+                self._close_with(
+                    Reason.CLOSED_BY_PEER,
+                    f"the device closed the connection {waited:.1f} s after our session key without sending its Hello",
+                )
         else:
             self._close_with(Reason.CLOSED_BY_PEER, "the device closed the connection during the handshake")
 
@@ -262,6 +275,7 @@ class ServerConnection(BaseConnection):
         self._machine.advance(Trigger.ACCEPTED)
         self._start_session(SessionCredentials.from_bytes(credentials), self.config.max_frame_length, strict=True)
         self._deadline = now + self.config.hello_timeout
+        self._accepted_at = now
         self._events.append(SessionStarted())
         leftover = bytes(self._handshake_buffer)
         self._handshake_buffer.clear()
