@@ -218,8 +218,9 @@ def test_every_fault_is_recorded_while_others_are_served(tmp_path: Path) -> None
         assert amnesia.presented_fingerprint not in (None, amnesia.stored_fingerprint)
         corrupt = _attempt_for(attempts, _id(13))
         assert (corrupt.step, corrupt.reason) == ("hello", "session_key_rejected")
-        no_hello = _attempt_for(attempts, _id(14))
-        assert (no_hello.step, no_hello.reason) == ("hello", "hello_timeout")
+        # (Under load the device's own 4 s Hello wait can end an attempt first: then it is closed_by_peer.)
+        no_hello = next(a for a in attempts if a.device_id == _id(14) and a.reason == "hello_timeout")
+        assert no_hello.step == "hello"
         stalled = next(a for a in attempts if a.reason == "nonce_timeout")
         assert stalled.step == "nonce"
         unknown_attempt = _attempt_for(attempts, _id(99))
