@@ -28,7 +28,7 @@ import httpx
 from _common import CYAN, Server, cpu_seconds, cyan_serve, device_id, register, table
 
 from cyan.protocol import DEVICE_OS_0_6_1, DEVICE_OS_3_1_0
-from cyan.protocol.binary import build_module
+from cyan.protocol.binary import ModuleFunction, build_module
 from cyan.sim import AppSpec, Fault, Fleet, SimConfig, VirtualDeviceSpec, ensure_file_limit, generate_device_keys
 
 USER, PASSWORD = "bench@example.com", "bench password"
@@ -40,7 +40,14 @@ def image_of(size: int) -> bytes:
     body_size = size - 24 - 40 - 4
     seed = hashlib.sha256(b"bench image").digest()
     body = (seed * (body_size // 32 + 1))[:body_size]
-    return build_module(body, platform_id=6, product_id=4242, product_version=2)
+    # Built against 0.6.1's system part (module version 105): it runs on both generations of the fleet.
+    return build_module(
+        body,
+        platform_id=6,
+        product_id=4242,
+        product_version=2,
+        dependencies=((ModuleFunction.SYSTEM_PART, 1, 105),),
+    )
 
 
 def specs(count: int, legacy: int, droppers: int) -> list[VirtualDeviceSpec]:

@@ -16,7 +16,7 @@ from cyan.cloud.ota import UpdateConfig
 from cyan.config import Settings
 from cyan.keys import fingerprint, public_key_der
 from cyan.protocol import DEVICE_OS_0_6_1, DEVICE_OS_3_1_0, ServerConfig
-from cyan.protocol.binary import build_module
+from cyan.protocol.binary import ModuleFunction, build_module
 from cyan.service import Service, ensure_server_keys
 from cyan.sim import Fault, Fleet, SimConfig, VirtualDeviceSpec, registered_public_key
 from cyan.testing import fixed_device_key
@@ -27,7 +27,14 @@ OWNER = "ops@example.com"
 
 def _image(platform: int = 6, version: int = 5) -> bytes:
     body = hashlib.sha256(b"cli %d" % version).digest() * 1000
-    return build_module(body, platform_id=platform, product_id=900, product_version=version)
+    # Built against 0.6.1's system part (105), so it runs on both generations of the fleet.
+    return build_module(
+        body,
+        platform_id=platform,
+        product_id=900,
+        product_version=version,
+        dependencies=((ModuleFunction.SYSTEM_PART, 1, 105),),
+    )
 
 
 async def _cyan(*args: str, token: str | None = None) -> tuple[int, str, str]:

@@ -41,6 +41,10 @@ def _id(n: int) -> str:
     return f"{n:024x}"
 
 
+#: Built against Device OS 0.6.1's system part (module version 105): it runs on 0.6.1 and on 3.1.0.
+DEPENDS_ON_0_6_1 = ((ModuleFunction.SYSTEM_PART, 1, 105),)
+
+
 def _image(platform: int = 6, *, size: int = 12_000, version: int = 2, product: int | None = 4242) -> bytes:
     body = hashlib.sha256(b"app %d" % version).digest() * (size // 32)
     return build_module(
@@ -48,6 +52,7 @@ def _image(platform: int = 6, *, size: int = 12_000, version: int = 2, product: 
         platform_id=platform,
         product_id=0xFFFF if product is None else product,
         product_version=0xFFFF if product is None else version,
+        dependencies=DEPENDS_ON_0_6_1,
     )
 
 
@@ -175,7 +180,7 @@ def test_refusals_never_reach_a_device(tmp_path: Path) -> None:
 
     async def scenario(service: Service) -> None:
         small = Firmware(version=(3, 1, 0), module_version=3103, max_binary_size=8192)
-        specs = [_spec(1), _spec(2, small)]
+        specs = [_spec(1), _spec(2, small), _spec(3, DEVICE_OS_0_6_1)]
         fleet = await _fleet(service, specs)
         library = service.updates.library
         try:
@@ -200,6 +205,16 @@ def test_refusals_never_reach_a_device(tmp_path: Path) -> None:
             assert too_large.value.reason == "too_large"
             with pytest.raises(ValueError, match="mode"):
                 await service.updates.create([_id(1)], firmware, created_by=None, mode="warp")
+            # Built against 3.1.0 (system part 3103) for a device running 0.6.1 (105): it would boot into
+            # safe mode (field-failures C15).
+            newer = await library.add(build_module(b"x" * 4000, platform_id=6), "needs-3.1.bin", None)
+            while not (await service.cloud.find_device(_id(3))).functions:  # it has described itself
+                await asyncio.sleep(0.05)
+            with pytest.raises(
+                FirmwareRejectedError, match=r"needs system part 1 version 3103 or later, the device"
+            ) as dep:
+                await service.updates.create([_id(3)], newer, created_by=None)
+            assert dep.value.reason == "dependency"
             assert await service.store.list_jobs() == []
             await asyncio.sleep(0.3)
             for device in fleet.devices:
@@ -224,6 +239,29 @@ def test_an_offline_device_is_updated_when_it_connects(tmp_path: Path) -> None:
         try:
             (done,) = await _finished(service, [job])
             assert done.state is JobState.SUCCEEDED
+        finally:
+            await fleet.stop()
+
+    _run(tmp_path, scenario)
+
+
+def test_what_is_learned_when_the_device_connects_is_checked_before_sending(tmp_path: Path) -> None:
+    """An offline device of unknown platform and modules: the job waits; once the device is connected and
+    has described itself, an image it cannot run fails the job without a byte sent."""
+
+    async def scenario(service: Service) -> None:
+        spec = _spec(1, DEVICE_OS_0_6_1)
+        await _register(service, spec)
+        needs_3_1 = await service.updates.library.add(build_module(b"x" * 4000, platform_id=6), "app.bin", None)
+        (job,) = await service.updates.create([spec.device_id], needs_3_1, created_by=None)
+        fleet = await _fleet(service, [spec], register=False)
+        try:
+            (done,) = await _finished(service, [job])
+            assert (done.state, done.reason, done.attempts) == (JobState.FAILED, "dependency", 0)
+            assert done.detail is not None
+            assert done.detail.startswith("nothing was sent: unmet dependency")
+            device = fleet[spec.device_id]
+            assert (device.updates_applied, device.update_failures, device.connect_count) == (0, {}, 1)
         finally:
             await fleet.stop()
 

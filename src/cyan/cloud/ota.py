@@ -14,7 +14,8 @@ the job waits for it to come back. Success is defined by what the device then re
 
 An attempt that fails (the connection dropped, chunks kept arriving damaged, the device came back with its
 old image) is retried, up to `UpdateJob.max_attempts`; a device that refuses the image as invalid is not
-sent it again. An image built for another platform, or larger than the device takes, is refused before
+sent it again. An image built for another platform, larger than the device takes, or depending on a newer
+system part than the device runs (it would restart in safe mode, field-failures C15) is refused before
 anything is sent (`FirmwareRejectedError`). Jobs are stored, and resumed when the server restarts.
 """
 
@@ -30,7 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cyan.bus import CloudEvent
-from cyan.protocol import ModuleError, OtaConfig, OtaOutcome, parse_module
+from cyan.protocol import ModuleError, ModuleInfo, OtaConfig, OtaOutcome, parse_module
 from cyan.protocol.binary import ModuleFunction, check_for_device
 
 from .errors import CloudError, DeviceNotFoundError
@@ -146,6 +147,30 @@ def check_firmware(record: FirmwareRecord, *, platform_id: int | None, max_size:
         raise FirmwareRejectedError(str(exc), exc.reason) from None
 
 
+def _modules(document: dict[str, Any] | None) -> list[dict[str, Any]]:
+    modules = document.get("m") if document else None
+    return [m for m in modules if isinstance(m, dict)] if isinstance(modules, list) else []
+
+
+def check_dependencies(info: ModuleInfo, document: dict[str, Any] | None) -> None:
+    """Refuse an image whose module dependencies the device's modules do not meet: it would be applied,
+    and the device would then restart in safe mode (breathing magenta, field-failures C15). Judged from
+    the system Describe (§6.7); a dependency on a module the device does not list is not judged."""
+    for function, index, version in info.dependencies:
+        code = ModuleFunction(function).describe_code
+        for module in _modules(document):
+            running = module.get("v")
+            if module.get("f") != code or str(module.get("n")) != str(index) or not isinstance(running, int):
+                continue
+            if running < version:
+                name = ModuleFunction(function).name.lower().replace("_", " ")
+                raise FirmwareRejectedError(
+                    f"unmet dependency: the image needs {name} {index} version {version} or later, the device "
+                    f"runs version {running}; it would restart in safe mode (update its Device OS first)",
+                    "dependency",
+                )
+
+
 @dataclass(slots=True)
 class _Verdict:
     #: True: runs the image; False: runs another; None: cannot tell.
@@ -156,8 +181,7 @@ class _Verdict:
 
 def judge(record: FirmwareRecord, document: dict[str, Any] | None, hello: Any) -> _Verdict:
     """Does a device that reports `document` (its system Describe) and `hello` run `record`?"""
-    modules = document.get("m") if document else None
-    entries = [m for m in modules if isinstance(m, dict)] if isinstance(modules, list) else []
+    entries = _modules(document)
     function = ModuleFunction(record.module_function)
     if function is ModuleFunction.USER_PART:
         hashes = [m["u"] for m in entries if m.get("f") == "u" and isinstance(m.get("u"), str)]
@@ -242,6 +266,7 @@ class UpdateManager:
             raise ValueError(f"mode {mode!r}: choose one of {', '.join(MODES)}")
         if concurrency is not None and concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        info = parse_module(await self.library.load(firmware))
         records = []
         for device_id in device_ids:
             record = await self.cloud.store.get_device(device_id.lower())
@@ -252,6 +277,8 @@ class UpdateManager:
             limit = link.max_binary_size if link is not None and link.max_binary_size else None
             try:
                 check_firmware(firmware, platform_id=platform, max_size=limit or default_max_binary(platform))
+                if link is not None and info.dependencies:
+                    check_dependencies(info, await link.system_describe(0.0))  # only one it has already
             except FirmwareRejectedError as exc:
                 raise FirmwareRejectedError(f"device {record.id}: {exc}", exc.reason) from None
             records.append(record)
@@ -357,6 +384,9 @@ class UpdateManager:
         platform = hello.platform_id if hello is not None else None
         try:
             check_firmware(record, platform_id=platform, max_size=link.max_binary_size or default_max_binary(platform))
+            info = parse_module(image)
+            if info.dependencies:
+                check_dependencies(info, await link.system_describe(self.config.describe_timeout))
         except FirmwareRejectedError as exc:
             await self._finish(job, JobState.FAILED, exc.reason, f"nothing was sent: {exc}")
             return link

@@ -40,7 +40,8 @@ class Firmware:
     ota_chunk_size: int = 512
     #: What a 3.x Hello reports as the maximum message size (§5).
     max_message_size: int = 960
-    #: The system module version a 3.x Hello carries (3103 for 3.1.0, 4006 for 4.0.2; §5).
+    #: The system module version (3103 for 3.1.0, 105 for 0.6.1): in a 3.x Hello (§5), and the system
+    #: part's "v" in the system Describe (§6.7).
     module_version: int = 0
 
     @property
@@ -187,5 +188,5 @@ class Firmware:
 
 #: The two generations recorded in tests/vectors, on a Photon. (The recordings themselves come from the
 #: Linux virtual device: platform 3, max_binary_size 102400.)
-DEVICE_OS_0_6_1 = Firmware(version=(0, 6, 1))
+DEVICE_OS_0_6_1 = Firmware(version=(0, 6, 1), module_version=105)
 DEVICE_OS_3_1_0 = Firmware(version=(3, 1, 0), module_version=3103)
