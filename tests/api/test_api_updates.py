@@ -206,8 +206,10 @@ def test_rollouts_and_who_sees_what(tmp_path: Path) -> None:
         assert (await c.get("/v1/updates", headers=b)).json() == []
         assert (await c.get(f"/v1/updates/{job['id']}", headers=b)).status_code == 404
         assert (await c.get(f"/v1/devices/{ONLINE}/updates", headers=b)).status_code == 403
+        (online_job,) = [j for j in everything["jobs"] if j["device_id"] == ONLINE]
+        assert (await w.finished(online_job["id"]))["state"] == "succeeded"  # else: "Update in progress"
         picked = await c.post("/v1/updates", json={"firmware": sha, "devices": [ONLINE]}, headers=a)
-        assert picked.status_code == 200
+        assert picked.status_code == 200, picked.text
         for payload, status in (
             ({"firmware": "00" * 32, "all": True}, 404),
             ({"all": True}, 400),
