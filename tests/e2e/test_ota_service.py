@@ -268,6 +268,46 @@ def test_what_is_learned_when_the_device_connects_is_checked_before_sending(tmp_
     _run(tmp_path, scenario)
 
 
+def test_an_image_the_device_rejects_is_not_sent_again(tmp_path: Path) -> None:
+    """The simulated Photon runs applications only: a system part passes the server's checks, is sent, and
+    the device's validation rejects it (`{"r":-1320}`, §7.1). Sending it again would not help."""
+
+    async def scenario(service: Service) -> None:
+        fleet = await _fleet(service, [_spec(1)])
+        try:
+            system_part = build_module(
+                b"s" * 5000, platform_id=6, function=ModuleFunction.SYSTEM_PART, start_address=0x08020000
+            )
+            firmware = await service.updates.library.add(system_part, "system-part1.bin", None)
+            (job,) = await service.updates.create([_id(1)], firmware, created_by=None)
+            (done,) = await _finished(service, [job])
+            assert (done.state, done.reason, done.attempts) == (JobState.FAILED, "rejected", 1)
+            assert done.detail is not None
+            assert "-1320" in done.detail
+            assert fleet[_id(1)].update_failures == {"update_error": 1}
+        finally:
+            await fleet.stop()
+
+    _run(tmp_path, scenario)
+
+
+def test_a_device_that_does_not_come_back_fails_its_job(tmp_path: Path) -> None:
+    async def scenario(service: Service) -> None:
+        service.updates.config = dataclasses.replace(UPDATES, reconnect_timeout=1.0)
+        slow_reboot = dataclasses.replace(SIM, reboot_delay=5.0)
+        fleet = await _fleet(service, [_spec(1)], slow_reboot)
+        try:
+            firmware = await service.updates.library.add(_image(), "app.bin", None)
+            (job,) = await service.updates.create([_id(1)], firmware, created_by=None, max_attempts=1)
+            (done,) = await _finished(service, [job])
+            assert (done.state, done.reason) == (JobState.FAILED, "no_reconnect")
+            assert fleet[_id(1)].updates_applied == 1  # it did apply it; it just did not say so in time
+        finally:
+            await fleet.stop()
+
+    _run(tmp_path, scenario)
+
+
 def test_a_device_that_refuses_updates_fails_after_its_attempts(tmp_path: Path) -> None:
     async def scenario(service: Service) -> None:
         refusing = dataclasses.replace(SIM, device_config=DeviceConfig(updates_enabled=False))
