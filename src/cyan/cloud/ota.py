@@ -278,7 +278,7 @@ class UpdateManager:
             try:
                 check_firmware(firmware, platform_id=platform, max_size=limit or default_max_binary(platform))
                 if link is not None and info.dependencies:
-                    check_dependencies(info, await link.system_describe(0.0))  # only one it has already
+                    check_dependencies(info, await link.system_describe(0.0))  # only one already received
             except FirmwareRejectedError as exc:
                 raise FirmwareRejectedError(f"device {record.id}: {exc}", exc.reason) from None
             records.append(record)
@@ -360,12 +360,13 @@ class UpdateManager:
         try:
             record = firmware or await self.library.get(job.firmware)
             image = await self.library.load(record)
+            info = parse_module(image)
             last_link: DeviceLink | None = None
             while not job.state.finished:
                 if job.state is JobState.WAITING:
                     await self._confirm(job, record, last_link)
                 else:
-                    last_link = await self._attempt(job, record, image)
+                    last_link = await self._attempt(job, record, image, info)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -374,7 +375,9 @@ class UpdateManager:
         finally:
             self._active.pop(job.id or 0, None)
 
-    async def _attempt(self, job: UpdateJob, record: FirmwareRecord, image: bytes) -> DeviceLink | None:
+    async def _attempt(
+        self, job: UpdateJob, record: FirmwareRecord, image: bytes, info: ModuleInfo
+    ) -> DeviceLink | None:
         """Wait for the device and a slot, then send the image once. Returns the link it was sent over."""
         config = self.config
         link = await self._session(job.device_id, other_than=None, timeout=None)
@@ -384,7 +387,6 @@ class UpdateManager:
         platform = hello.platform_id if hello is not None else None
         try:
             check_firmware(record, platform_id=platform, max_size=link.max_binary_size or default_max_binary(platform))
-            info = parse_module(image)
             if info.dependencies:
                 check_dependencies(info, await link.system_describe(self.config.describe_timeout))
         except FirmwareRejectedError as exc:

@@ -86,7 +86,8 @@ class DeviceLink(Protocol):
     max_binary_size: int | None
 
     def system_describe(self, timeout: float) -> Awaitable[dict[str, Any] | None]:
-        """The device's latest system Describe (modules, §6.7), asked for if none came; None if none comes."""
+        """The device's latest system Describe (modules, §6.7), asked for if none came; None if none comes.
+        A `timeout` of 0 only returns one already received."""
 
     def update_firmware(
         self, image: bytes, *, fast: bool | None, progress: Callable[[int, int], None] | None = None

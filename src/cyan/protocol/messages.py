@@ -57,6 +57,7 @@ __all__ = [
     "function_call",
     "function_return",
     "goodbye",
+    "json_object_or_none",
     "parse_chunk_missed",
     "parse_hello",
     "piggybacked_response",
@@ -252,6 +253,16 @@ def decode_describe(payload: bytes) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise ValueError(f"describe payload is JSON {type(document).__name__}, not an object")
     return document
+
+
+def json_object_or_none(payload: bytes | None) -> dict[str, Any] | None:
+    """A JSON object payload, such as an update's result (§7.1), or None for no payload or anything else."""
+    if not payload:
+        return None
+    try:
+        return decode_describe(payload)
+    except ValueError:
+        return None
 
 
 def piggybacked_response(message_id: int, token: bytes, code: int, payload: bytes | None) -> Message:

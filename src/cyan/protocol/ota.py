@@ -52,7 +52,7 @@ from .events import (
     UpdateReady,
     UpdateRefused,
 )
-from .messages import HelloFlag, decode_describe
+from .messages import HelloFlag, json_object_or_none
 from .server import ServerConnection
 
 __all__ = ["OtaConfig", "OtaOutcome", "OtaSender", "OtaState", "chunk_count", "fast_by_default"]
@@ -151,13 +151,6 @@ def chunk_count(size: int, chunk_size: int = 512) -> int:
 def fast_by_default(hello_flags: int) -> bool:
     """Fast OTA for the new stack from 1.2 on (Hello flags beyond 0x01, §0.1), non-fast otherwise."""
     return bool(hello_flags & ~HelloFlag.OTA_SUCCEEDED)
-
-
-def _json_object(data: bytes | None) -> dict[str, Any] | None:
-    try:
-        return decode_describe(data or b"")
-    except ValueError:
-        return None
 
 
 def _rejected(result: dict[str, Any] | None) -> bool:
@@ -276,7 +269,7 @@ class OtaSender:
         if isinstance(event, EventPublished):
             if event.name != RESULT_EVENT or self.state is not OtaState.CONFIRMING:
                 return False
-            self._complete(_json_object(event.data), now)
+            self._complete(json_object_or_none(event.data), now)
             return True
         if not isinstance(
             event, UpdateReady | UpdateRefused | ChunkAcknowledged | UpdateDoneAcknowledged | RequestTimedOut

@@ -369,7 +369,7 @@ class ServerConnection(BaseConnection):
             self._events.append(ChunksMissed(tuple(indexes), confirmable))
         elif code == Code.PUT and first == b"u":
             # The legacy stack's own UpdateDone after resent chunks (§7.1); NON, not answered.
-            self._finish_tail(_json_or_none(message.payload))
+            self._finish_tail(m.json_object_or_none(message.payload))
         elif code == Code.POST and first == b"x":
             try:
                 goodbye = m.decode_goodbye(message.payload or b"")
@@ -390,7 +390,7 @@ class ServerConnection(BaseConnection):
         if at < 0:
             return False
         marker = plaintext.find(b"\xff", at)
-        self._finish_tail(_json_or_none(plaintext[marker + 1 :]) if marker >= 0 else None)
+        self._finish_tail(m.json_object_or_none(plaintext[marker + 1 :]) if marker >= 0 else None)
         return True
 
     def _tolerate_undecodable(self, plaintext: bytes | None) -> bool:
@@ -542,7 +542,7 @@ class ServerConnection(BaseConnection):
             complete = code == Code.CHANGED
             if complete:
                 self._idle_suspended = False
-            self._events.append(UpdateDoneAcknowledged(request.request_id, complete, _json_or_none(payload)))
+            self._events.append(UpdateDoneAcknowledged(request.request_id, complete, m.json_object_or_none(payload)))
 
     def _variable_event(self, request: _Request, raw: bytes) -> VariableRead:
         kind = self.variable_types.get(request.name)
@@ -716,12 +716,3 @@ def _failure_text(code: int, payload: bytes) -> str:
     if code == Code.NOT_FOUND:
         return "the device has no such name (4.04)"
     return f"the device answered {format_code(code)}"
-
-
-def _json_or_none(payload: bytes | None) -> dict[str, object] | None:
-    if not payload:
-        return None
-    try:
-        return m.decode_describe(payload)
-    except ValueError:
-        return None

@@ -445,7 +445,7 @@ class _DeviceProtocol(asyncio.Protocol):
     async def system_describe(self, timeout: float) -> dict[str, Any] | None:
         """The latest system Describe; if none came within half of `timeout` (2.2+ posts one at once, the
         server asks older firmware 3 s after its Hello, §13.1 #6), ask for it (GET d, flags 1)."""
-        if (document := self._latest_describe()) is not None:
+        if (document := self._latest_describe()) is not None or timeout <= 0:
             return document
         loop = asyncio.get_running_loop()
         for ask in (False, True):
