@@ -17,6 +17,8 @@ from cyan.diagnose import diagnose as run_diagnosis
 from cyan.diagnose.render import render_catalog, render_diagnosis
 from cyan.diagnose.server_evidence import UnidentifiedGroup, attempt_from_json, parse_time
 
+from ._http import read_response
+
 __all__ = ["ServerError", "api_get", "diagnose", "parse_since"]
 
 #: Records after the log's last line that still belong to it (clocks differ, the device retries).
@@ -48,21 +50,15 @@ def api_get(server: str, path: str, token: str | None, params: dict[str, str] | 
         response = httpx.get(url, params=params, headers={"Authorization": f"Bearer {token}"}, timeout=30)
     except httpx.HTTPError as exc:
         raise ServerError(f"cannot reach {url}: {exc}\nhint: check the URL (the API port, 8080 by default)") from exc
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if response.status_code >= 400:
-        detail = ""
-        if isinstance(body, dict):
-            detail = str(body.get("error_description") or body.get("error") or "")
+    body, detail = read_response(response)
+    if detail is not None:
         hints = {
             401: "the token is missing, expired or revoked: `cyan tokens create USER`",
             403: "the device is not yours on that server (or not registered there), or you are not an operator",
             404: "is this a Cyan server? The diagnostics routes are Cyan's, not Particle's",
         }
         hint = hints.get(response.status_code, "run again with --debug")
-        raise ServerError(f"{url} answered {response.status_code}: {detail or response.text[:200]}\nhint: {hint}")
+        raise ServerError(f"{url} answered {response.status_code}: {detail}\nhint: {hint}")
     if not isinstance(body, dict):
         raise ServerError(f"{url} did not answer with a JSON object\nhint: is this a Cyan server's API URL?")
     return body

@@ -23,6 +23,7 @@ from rich.table import Table
 from cyan.config import Settings
 from cyan.store import SqliteStore
 
+from ._http import read_response
 from ._options import DataDirOption
 
 __all__ = ["flash", "group", "list_updates"]
@@ -69,21 +70,15 @@ class _Api:
             raise ApiError(
                 f"cannot reach {self.base}: {exc}", "check --server (the API port, 8080 by default)"
             ) from exc
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if response.status_code >= 400:
-            detail = ""
-            if isinstance(body, dict):
-                detail = str(body.get("error_description") or body.get("error") or "")
+        body, detail = read_response(response)
+        if detail is not None:
             hints = {
                 401: "the token is missing, expired or revoked: `cyan tokens create USER`",
                 403: "a device is not yours on that server, or not registered there",
                 404: "check the server URL and the names",
             }
             hint = hints.get(response.status_code, "nothing was sent to any device")
-            raise ApiError(f"{path}: {response.status_code} {detail or response.text[:200]}", hint)
+            raise ApiError(f"{path}: {response.status_code} {detail}", hint)
         return body
 
     def close(self) -> None:
