@@ -23,6 +23,7 @@ SERVER_REASONS = {
     "key_rejected",
     "identity_timeout",
     "session_key_rejected",
+    "server_error",
     "hello_timeout",
     "bad_frame_length",
     "decrypt_failed",

@@ -30,6 +30,7 @@ _REASON_STEPS = {
     "key_mismatch": {DeviceStep.S5, DeviceStep.UNKNOWN},
     "key_rejected": {DeviceStep.S5, DeviceStep.UNKNOWN},
     "identity_timeout": {DeviceStep.S5, DeviceStep.UNKNOWN},
+    "server_error": {DeviceStep.S3, DeviceStep.S5, DeviceStep.UNKNOWN},
     "nonce_timeout": {DeviceStep.S1, DeviceStep.S2, DeviceStep.S3, DeviceStep.UNKNOWN},
     "closed_by_peer": {DeviceStep.S1, DeviceStep.S2, DeviceStep.S3, DeviceStep.UNKNOWN},
     "session_key_rejected": {DeviceStep.S6, DeviceStep.UNKNOWN},

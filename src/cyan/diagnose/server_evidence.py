@@ -134,6 +134,14 @@ _REASONS = (
         "Check the server's database; the device retries by itself.",
     ),
     ReasonInfo(
+        "server_error",
+        "The server could not do its own part of the handshake: a private-key worker failed or stalled, or its "
+        "database could not be read.",
+        None,
+        None,
+        "Check the server's log and its database; the device retries by itself.",
+    ),
+    ReasonInfo(
         "session_key_rejected",
         "The key matched and the session key went out, but the device closed without a Hello: it could not "
         "decrypt it (its private key is internally corrupt) or could not verify this server's signature.",

@@ -66,6 +66,9 @@ class Reason(enum.StrEnum):
     UNSUPPORTED_CODE = "unsupported_code"
     """A legacy-stack device got a code it does not understand and drops the connection (§6.1)."""
 
+    SERVER_ERROR = "server_error"
+    """The server could not do its own part of the handshake (its private-key workers or its database failed)."""
+
     # Timers (protocol.md §3 "Timeouts", §5, §8).
     NONCE_TIMEOUT = "nonce_timeout"
     IDENTITY_TIMEOUT = "identity_timeout"

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -33,6 +33,7 @@ __all__ = [
     "HelloReceived",
     "MessageIgnored",
     "PingReceived",
+    "PrivateKeyOperationNeeded",
     "PublishAcknowledged",
     "RequestTimedOut",
     "ServerHelloReceived",
@@ -86,6 +87,20 @@ class SessionStarted(Event):
 
 
 # -- server role ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateKeyOperationNeeded(Event):
+    """Server built without the server key: run this RSA-2048 private-key operation with it, then call
+    `private_key_done(result)` (or `private_key_failed`). Lets the caller do the two costly operations of a
+    handshake on other cores (protocol.md §3 S2/S3, design §6).
+
+    `decrypt`: PKCS#1 v1.5 decryption of the device's 256-byte message; the result is None when its padding
+    does not decrypt. `sign`: a PKCS#1 v1.5 type-1 signature over the 20-byte digest, with no DigestInfo.
+    """
+
+    operation: Literal["decrypt", "sign"]
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)

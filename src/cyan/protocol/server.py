@@ -5,6 +5,10 @@ Life of a connection::
     ServerConnection(...)        -> nonce queued in data_to_send()
     receive_data(256 bytes)      -> DeviceIdentified        (caller: accept(key) or reject(reason))
     accept(key)                  -> session key queued, SessionStarted
+
+Built with `server_key=None`, the two RSA private-key operations are the caller's: the connection emits
+`PrivateKeyOperationNeeded` (decrypt the 256 bytes; later, sign the session key's digest) and waits for
+`private_key_done(result)`, so that a caller can run them on other cores (design §6).
     receive_data(Hello frame)    -> HelloReceived           (server Hello queued at once)
     ... session events; commands call_function / read_variable / send_event / ...
 
@@ -42,6 +46,7 @@ from .events import (
     HelloReceived,
     MessageIgnored,
     PingReceived,
+    PrivateKeyOperationNeeded,
     RequestTimedOut,
     SessionStarted,
     SignalAcknowledged,
@@ -61,8 +66,10 @@ from .handshake import (
     NONCE_SIZE,
     HandshakeError,
     Rng,
-    build_session_key_message,
-    decrypt_identity_message,
+    parse_identity_plaintext,
+    private_decrypt,
+    private_sign,
+    session_key_digest,
 )
 
 __all__ = ["RequestKind", "ServerConfig", "ServerConnection"]
@@ -122,7 +129,7 @@ class ServerConnection(BaseConnection):
 
     def __init__(
         self,
-        server_key: rsa.RSAPrivateKey,
+        server_key: rsa.RSAPrivateKey | None,
         now: float,
         *,
         config: ServerConfig | None = None,
@@ -131,6 +138,11 @@ class ServerConnection(BaseConnection):
         super().__init__(Role.SERVER, rng)
         self.config = config or ServerConfig()
         self._server_key = server_key
+        #: The private-key operation the caller is running for us (server_key None), and for a signature
+        #: the credentials and their encryption waiting for it.
+        self._private_operation: str | None = None
+        self._credentials = b""
+        self._encrypted_credentials = b""
         self._nonce = rng(NONCE_SIZE)
         self._deadline: float | None = now + self.config.identity_timeout
         self._accepted_at = now
@@ -170,6 +182,12 @@ class ServerConnection(BaseConnection):
         if self.closed:
             return
         if self._deadline is not None and now >= self._deadline:
+            if self._private_operation is not None:
+                self._close_with(
+                    Reason.SERVER_ERROR,
+                    f"the server's private-key operation ({self._private_operation}) did not finish in time",
+                )
+                return
             reason, detail = {
                 State.AWAIT_IDENTITY: (Reason.NONCE_TIMEOUT, "the device did not answer the nonce in time"),
                 State.AWAIT_DECISION: (Reason.IDENTITY_TIMEOUT, "no accept or reject decision in time"),
@@ -203,11 +221,11 @@ class ServerConnection(BaseConnection):
         if self._discard_input:
             return  # the IV chain is lost after a legacy update's out-of-order frame; the device resets
         state = self.state
-        if state is State.AWAIT_IDENTITY:
+        if state is State.AWAIT_IDENTITY and self._private_operation is None:
             identity = self._take_handshake_bytes(data, IDENTITY_MESSAGE_SIZE)
             if identity is not None:
                 self._on_identity(identity, now)
-        elif state is State.AWAIT_DECISION:
+        elif state in (State.AWAIT_IDENTITY, State.AWAIT_DECISION):
             # A device sends nothing until it has our answer (§3); buffer what comes, bounded.
             self._handshake_buffer += data
             if len(self._handshake_buffer) > self.config.max_frame_length:
@@ -250,8 +268,16 @@ class ServerConnection(BaseConnection):
             self._close_with(Reason.CLOSED_BY_PEER, "the device closed the connection during the handshake")
 
     def _on_identity(self, message: bytes, now: float) -> None:
+        if self._server_key is None:
+            self._private_operation = "decrypt"
+            self._deadline = now + self.config.decision_timeout
+            self._events.append(PrivateKeyOperationNeeded("decrypt", message))
+            return
+        self._on_identity_plaintext(private_decrypt(self._server_key, message), now)
+
+    def _on_identity_plaintext(self, plaintext: bytes | None, now: float) -> None:
         try:
-            identity = decrypt_identity_message(self._server_key, message, self._nonce)
+            identity = parse_identity_plaintext(plaintext, self._nonce)
         except HandshakeError as exc:
             raise self._remote_failure(str(exc), exc.reason) from None
         self.device_id = identity.device_id.hex()
@@ -266,12 +292,50 @@ class ServerConnection(BaseConnection):
 
         Bytes the device sent early are processed now, so this may raise `RemoteProtocolError` for them.
         """
-        if self.state is not State.AWAIT_DECISION:
+        if self.state is not State.AWAIT_DECISION or self._private_operation is not None:
             raise LocalProtocolError(f"accept() needs a device awaiting a decision, not {self.state.value!r}")
         if trusted_key.key_size != 1024 or trusted_key.public_numbers().e != 65537:
             raise LocalProtocolError("a device key is RSA-1024 with e=65537 (protocol.md §2.2)")
         credentials = self._rng(CREDENTIALS_SIZE)
-        self._outgoing += build_session_key_message(self._server_key, trusted_key, credentials, self._rng)
+        encrypted, digest = session_key_digest(trusted_key, credentials, self._rng)
+        if self._server_key is None:
+            self._private_operation = "sign"
+            self._credentials, self._encrypted_credentials = credentials, encrypted
+            self._deadline = now + self.config.decision_timeout
+            self._events.append(PrivateKeyOperationNeeded("sign", digest))
+            return
+        self._send_session_key(credentials, encrypted + private_sign(self._server_key, digest), now)
+
+    def private_key_done(self, result: bytes | None, now: float) -> None:
+        """The result of the `PrivateKeyOperationNeeded` asked for: the identity plaintext (None when its
+        padding did not decrypt) or the 256-byte signature. May raise `RemoteProtocolError` (a bad identity,
+        or bytes the device sent early)."""
+        if self.closed:
+            return  # the device went away while the operation ran
+        operation = self._private_operation
+        if operation is None:
+            raise LocalProtocolError("no private-key operation is awaited")
+        self._private_operation = None
+        if operation == "decrypt":
+            self._on_identity_plaintext(result, now)
+            return
+        if result is None or len(result) != 256:
+            raise LocalProtocolError("a session key signature is 256 bytes (RSA-2048, protocol.md §3 S3)")
+        encrypted, self._encrypted_credentials = self._encrypted_credentials, b""
+        credentials, self._credentials = self._credentials, b""
+        self._send_session_key(credentials, encrypted + result, now)
+
+    def private_key_failed(self, detail: str) -> None:
+        """The caller could not run the private-key operation: the connection closes (SERVER_ERROR)."""
+        if self.closed:
+            return
+        if self._private_operation is None:
+            raise LocalProtocolError("no private-key operation is awaited")
+        self._private_operation = None
+        self._close_with(Reason.SERVER_ERROR, detail)
+
+    def _send_session_key(self, credentials: bytes, message: bytes, now: float) -> None:
+        self._outgoing += message
         self._machine.advance(Trigger.ACCEPTED)
         self._start_session(SessionCredentials.from_bytes(credentials), self.config.max_frame_length, strict=True)
         self._deadline = now + self.config.hello_timeout
@@ -289,6 +353,7 @@ class ServerConnection(BaseConnection):
         """
         if self.state is not State.AWAIT_DECISION:
             raise LocalProtocolError(f"reject() needs a device awaiting a decision, not {self.state.value!r}")
+        self._private_operation = None
         self._close_with(reason, detail or f"rejected: {reason.value}")
 
     def close(self) -> None:
