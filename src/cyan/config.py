@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Settings", "default_public_address"]
+__all__ = ["Settings", "all_cores", "default_public_address"]
 
 
 def default_public_address() -> str:
@@ -20,8 +20,26 @@ def default_public_address() -> str:
     return address or "127.0.0.1"
 
 
+def all_cores() -> int:
+    """The cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"CYAN_{name}", default)
+
+
+def _int_env(name: str, default: int) -> int:
+    text = os.environ.get(f"CYAN_{name}", "")
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"CYAN_{name} must be a whole number, not {text!r}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +59,13 @@ class Settings:
     #: The address devices use to reach this server: an IPv4 address or a domain, written into the
     #: server-key file devices hold (protocol.md §11). Env: CYAN_PUBLIC_ADDRESS.
     public_address: str = "127.0.0.1"
+    #: Threads that run the handshakes' RSA private-key operations beside the event loop, so that a fleet
+    #: reconnecting at once uses every core (design §6); 0 runs them on the event loop. Env: CYAN_WORKERS.
+    workers: int = field(default_factory=all_cores)
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ValueError(f"workers must be 0 or more, not {self.workers}")
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -52,6 +77,7 @@ class Settings:
             "api_port": int(_env("API_PORT", "8080")),
             "alert_webhook": _env("ALERT_WEBHOOK", ""),
             "public_address": os.environ.get("CYAN_PUBLIC_ADDRESS") or default_public_address(),
+            "workers": _int_env("WORKERS", all_cores()),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

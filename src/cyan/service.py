@@ -107,7 +107,12 @@ class Service:
         alerts = WebhookAlerts(settings.alert_webhook) if settings.alert_webhook else None
         self.cloud = Cloud(self.store, self.bus, request_timeout=protocol.request_timeout, alerts=alerts)
         self.device_server = DeviceServer(
-            self.cloud, keys.private_key, host=settings.device_host, port=settings.device_port, config=protocol
+            self.cloud,
+            keys.private_key,
+            host=settings.device_host,
+            port=settings.device_port,
+            config=protocol,
+            key_workers=settings.workers,
         )
         self.server_key_file: Path | None = None
         self.accounts = Accounts(self.store)

@@ -35,6 +35,15 @@ def serve(
             help="The IPv4 address or domain devices use to reach this server [env CYAN_PUBLIC_ADDRESS].",
         ),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=0,
+            help="Threads for the handshakes' RSA work, beside the event loop; 0: on the event loop "
+            "[env CYAN_WORKERS; all cores].",
+        ),
+    ] = None,
 ) -> None:
     """Run the device server (TCP 5683) and the Cloud API (HTTP 8080); every connection attempt is recorded."""
     settings = Settings.from_env(
@@ -44,6 +53,7 @@ def serve(
         api_host=api_host,
         api_port=api_port,
         public_address=public_address,
+        workers=workers,
     )
     keys = ensure_server_keys(settings)
     service = Service(settings, keys)

@@ -14,7 +14,9 @@ import itertools
 import logging
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +42,7 @@ from cyan.protocol import (
     OtaConfig,
     OtaOutcome,
     OtaSender,
+    PrivateKeyOperationNeeded,
     Reason,
     RemoteProtocolError,
     RequestTimedOut,
@@ -51,6 +54,7 @@ from cyan.protocol import (
     VariableRead,
     VariableReadFailed,
 )
+from cyan.protocol.handshake import private_decrypt, private_sign
 
 __all__ = ["DeviceServer"]
 
@@ -103,7 +107,9 @@ class _DeviceProtocol(asyncio.Protocol):
         self.peer_address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._started = time.time()
         self._server._connections.add(self)
-        self._conn = ServerConnection(self._server.server_key, self._started, config=self._server.config)
+        # With key workers the core asks for its two RSA private-key operations instead of doing them here.
+        server_key = None if self._server.key_workers else self._server.server_key
+        self._conn = ServerConnection(server_key, self._started, config=self._server.config)
         self._flush()
 
     def data_received(self, data: bytes) -> None:
@@ -201,7 +207,9 @@ class _DeviceProtocol(asyncio.Protocol):
         if self._ota is not None and self._ota.handle_event(event, time.time()):
             # OTA answers (§7) drive the update; a closing connection or an event goes on below as well.
             self._ota_step()
-        if isinstance(event, DeviceIdentified):
+        if isinstance(event, PrivateKeyOperationNeeded):
+            self._server.run_private_key_operation(event, self._private_key_done)
+        elif isinstance(event, DeviceIdentified):
             self.device_id = event.device_id
             asyncio.get_running_loop().create_task(self._decide(event))
         elif isinstance(event, HelloReceived):
@@ -257,6 +265,22 @@ class _DeviceProtocol(asyncio.Protocol):
         if self._session_started:
             self._cloud.heard_from(self)
 
+    def _private_key_done(self, result: bytes | BaseException | None) -> None:
+        conn = self._conn
+        if conn is None or conn.closed:
+            return
+        try:
+            if isinstance(result, BaseException):
+                conn.private_key_failed(f"the server's private-key operation failed: {result!r}")
+            else:
+                conn.private_key_done(result, time.time())
+        except RemoteProtocolError as exc:
+            self._handle_events()
+            self._fail(exc.step, exc.reason, str(exc))
+            return
+        self._handle_events()
+        self._flush()
+
     async def _decide(self, event: DeviceIdentified) -> None:
         conn = self._conn
         assert conn is not None
@@ -265,7 +289,7 @@ class _DeviceProtocol(asyncio.Protocol):
         except Exception as exc:
             log.exception("could not decide on device %s", event.device_id)
             if not conn.closed:
-                conn.reject(Reason.KEY_REJECTED, f"the server could not look the device up: {exc}")
+                conn.reject(Reason.SERVER_ERROR, f"the server could not look the device up: {exc}")
                 self._handle_events()
             return
         if conn.closed:
@@ -468,8 +492,20 @@ class _DeviceProtocol(asyncio.Protocol):
         return self._system_document
 
 
+_KeyCallback = Callable[[bytes | BaseException | None], None]
+
+
+def _private_key_operation(key: rsa.RSAPrivateKey, operation: str, data: bytes) -> bytes | None:
+    return private_decrypt(key, data) if operation == "decrypt" else private_sign(key, data)
+
+
 class DeviceServer:
-    """Listens for devices and serves each with a `_DeviceProtocol`."""
+    """Listens for devices and serves each with a `_DeviceProtocol`.
+
+    `key_workers` threads run the handshakes' RSA private-key operations (two per handshake, about 0.25 ms
+    each, protocol.md §3): OpenSSL releases the GIL while it computes, so they run on the other cores
+    while the event loop goes on with everything else (design §6). With 0 they run on the event loop.
+    """
 
     def __init__(
         self,
@@ -480,9 +516,18 @@ class DeviceServer:
         port: int = 5683,
         config: ServerConfig | None = None,
         ota_config: OtaConfig | None = None,
+        key_workers: int = 0,
     ) -> None:
+        if key_workers < 0:
+            raise ValueError(f"key_workers is 0 or more, not {key_workers}")
         self.cloud = cloud
         self.server_key = server_key
+        self.key_workers = key_workers
+        self._key_pool: ThreadPoolExecutor | None = None
+        # Finished operations wait here for the event loop, which is woken once per batch, not per result.
+        self._key_results: deque[tuple[_KeyCallback, bytes | BaseException | None]] = deque()
+        self._key_wakeup_pending = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.host = host
         self.port = port
         self.config = config or ServerConfig()
@@ -493,6 +538,9 @@ class DeviceServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self._loop = loop
+        if self.key_workers:
+            self._key_pool = ThreadPoolExecutor(self.key_workers, thread_name_prefix="cyan-key")
         self._server = await loop.create_server(
             lambda: _DeviceProtocol(self), self.host, self.port, reuse_address=True, backlog=4096
         )
@@ -508,7 +556,43 @@ class DeviceServer:
             connection.close()
         if server is not None:
             await server.wait_closed()
+        pool, self._key_pool = self._key_pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
         await asyncio.sleep(0)
+
+    def run_private_key_operation(self, needed: PrivateKeyOperationNeeded, callback: _KeyCallback) -> None:
+        """Run `needed` on a key worker; `callback` gets the result (or the exception) on the event loop."""
+        pool = self._key_pool
+        if pool is None:
+            callback(RuntimeError("the device server is stopping"))
+            return
+        try:
+            future = pool.submit(_private_key_operation, self.server_key, needed.operation, needed.data)
+        except RuntimeError as exc:  # shut down meanwhile
+            callback(exc)
+            return
+        future.add_done_callback(lambda done: self._key_operation_finished(callback, done))
+
+    def _key_operation_finished(self, callback: _KeyCallback, future: Future[bytes | None]) -> None:
+        # On the worker thread. The loop is woken only if no wake-up is pending; `_deliver_key_results`
+        # clears the flag before it drains, so a result appended meanwhile is never stranded.
+        if future.cancelled():
+            outcome: bytes | BaseException | None = RuntimeError("the device server stopped")
+        else:
+            outcome = future.exception() or future.result()
+        self._key_results.append((callback, outcome))
+        if not self._key_wakeup_pending and self._loop is not None:
+            self._key_wakeup_pending = True
+            with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
+                self._loop.call_soon_threadsafe(self._deliver_key_results)
+
+    def _deliver_key_results(self) -> None:
+        self._key_wakeup_pending = False
+        results = self._key_results
+        while results:
+            callback, outcome = results.popleft()
+            callback(outcome)
 
     @property
     def connection_count(self) -> int:

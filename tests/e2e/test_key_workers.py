@@ -1,0 +1,125 @@
+"""The handshakes' RSA private-key operations on worker threads (`cyan serve --workers N`) and on the loop.
+
+Both ways must serve both firmware generations the same; a failing worker must cost one recorded
+attempt (step and reason), never the server or another device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from cyan.cloud.models import AttemptOutcome, DeviceRecord
+from cyan.config import Settings
+from cyan.keys import fingerprint, public_key_der
+from cyan.protocol import DEVICE_OS_0_6_1, DEVICE_OS_3_1_0, ServerConfig
+from cyan.server import device_server
+from cyan.service import Service, ensure_server_keys
+from cyan.sim import Fleet, SimConfig, VirtualDeviceSpec, registered_public_key
+from cyan.testing import fixed_device_key
+
+FAST = ServerConfig(identity_timeout=1.0, hello_timeout=1.0, describe_delay=0.2, request_timeout=2.0)
+SIM = SimConfig(backoff_scale=0.05)
+SPECS = [
+    VirtualDeviceSpec(f"{1:024x}", fixed_device_key(1), firmware=DEVICE_OS_3_1_0),
+    VirtualDeviceSpec(f"{2:024x}", fixed_device_key(2), firmware=DEVICE_OS_0_6_1),
+]
+
+
+def _service(tmp_path: Path, workers: int) -> Service:
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        device_host="127.0.0.1",
+        device_port=0,
+        api_host="127.0.0.1",
+        api_port=0,
+        workers=workers,
+    )
+    return Service(settings, ensure_server_keys(settings), protocol=FAST)
+
+
+async def _register(service: Service) -> None:
+    for spec in SPECS:
+        der = public_key_der(registered_public_key(spec))
+        await service.store.add_device(
+            DeviceRecord(
+                id=spec.device_id, public_key_der=der, key_fingerprint=fingerprint(der), created_at=datetime.now(UTC)
+            )
+        )
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_both_generations_connect_and_answer(tmp_path: Path, workers: int) -> None:
+    threads_seen: set[str] = set()
+    real = device_server._private_key_operation
+
+    def watched(*args: object) -> bytes | None:
+        threads_seen.add(threading.current_thread().name)
+        return real(*args)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        service = _service(tmp_path, workers)
+        await service.start()
+        await _register(service)
+        fleet = Fleet(SPECS, service.keys.private_key.public_key(), config=SIM)
+        fleet.start("127.0.0.1", service.device_server.port)
+        try:
+            await fleet.wait_connected(timeout=10)
+            for spec in SPECS:
+                assert await service.cloud.call_function(spec.device_id, "setArg", "abc") == 3
+        finally:
+            await fleet.stop()
+            await service.stop()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(device_server, "_private_key_operation", watched)
+        asyncio.run(main())
+    if workers:
+        assert threads_seen
+        assert all(name.startswith("cyan-key") for name in threads_seen)
+    else:
+        assert threads_seen == set(), "with no workers the core does the RSA work itself"
+
+
+def test_a_failing_worker_is_recorded_and_the_server_goes_on(tmp_path: Path) -> None:
+    real = device_server._private_key_operation
+    failures = {"left": 1}
+
+    def failing_once(*args: object) -> bytes | None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise MemoryError("simulated worker failure")
+        return real(*args)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        service = _service(tmp_path, 2)
+        await service.start()
+        await _register(service)
+        fleet = Fleet(SPECS[:1], service.keys.private_key.public_key(), config=SIM)
+        fleet.start("127.0.0.1", service.device_server.port)
+        try:
+            # The first attempt fails on our side; the device retries and gets in.
+            await fleet.wait_connected(timeout=10)
+            await service.cloud.flush()
+            # The failed decryption never learnt who the device was: its record has the address only.
+            attempts = await service.store.list_attempts()
+        finally:
+            await fleet.stop()
+            await service.stop()
+        failed = [a for a in attempts if a.outcome is AttemptOutcome.FAILED]
+        assert [(a.step, a.reason) for a in failed] == [("nonce", "server_error")]
+        assert "simulated worker failure" in (failed[0].detail or "")
+        assert any(a.outcome is AttemptOutcome.CONNECTED for a in attempts)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(device_server, "_private_key_operation", failing_once)
+        asyncio.run(main())
+
+
+def test_workers_setting_is_checked() -> None:
+    with pytest.raises(ValueError, match="0 or more"):
+        Settings(data_dir=Path("x"), workers=-1)
