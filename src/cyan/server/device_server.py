@@ -73,6 +73,7 @@ class _DeviceProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._conn: ServerConnection | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = 0.0  # unix time the armed timer is for
         self._started = 0.0
         self._record: DeviceRecord | None = None
         self._presented: str | None = None
@@ -170,17 +171,20 @@ class _DeviceProtocol(asyncio.Protocol):
         self._arm_timer()
 
     def _arm_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         conn = self._conn
-        if conn is None:
-            return
-        due = conn.get_timer()
+        due = None if conn is None else conn.get_timer()
         if self._ota is not None and (ota_due := self._ota.get_timer()) is not None:
             due = ota_due if due is None else min(due, ota_due)
+        if self._timer is not None:
+            if due is not None and self._timer_due <= due:
+                # Most flushes only push the idle deadline later: the armed timer fires first, finds
+                # nothing due and re-arms, which is cheaper than a cancel and a new timer per message.
+                return
+            self._timer.cancel()
+            self._timer = None
         if due is not None:
             loop = asyncio.get_running_loop()
+            self._timer_due = due
             self._timer = loop.call_at(loop.time() + max(0.0, due - time.time()), self._on_timer)
 
     def _on_timer(self) -> None:
@@ -219,7 +223,9 @@ class _DeviceProtocol(asyncio.Protocol):
             self.hello = event.hello
             self.max_binary_size = event.hello.max_binary_size or self.max_binary_size
             self._cloud.session_started(self, self._record, event.hello, quarantined=self._quarantined)
-            log.info("device %s connected from %s (connection %d)", self.device_id, self.peer_address, self._id)
+            # Every connection is in the attempt records; the log names them at debug level, as a fleet that
+            # reconnects at once would otherwise write thousands of lines a second.
+            log.debug("device %s connected from %s (connection %d)", self.device_id, self.peer_address, self._id)
         elif isinstance(event, EventPublished):
             if event.name == "spark/hardware/max_binary" and event.data and event.data.isdigit():
                 self.max_binary_size = int(event.data)  # 2.x and older report it so (§5.1)
@@ -357,7 +363,7 @@ class _DeviceProtocol(asyncio.Protocol):
     def _end_session(self) -> None:
         if self._session_started:
             self._session_started = False
-            log.info(
+            log.debug(
                 "device %s disconnected from %s after %.0f s (connection %d)",
                 self.device_id,
                 self.peer_address,
