@@ -1,4 +1,5 @@
-"""The handshakes' RSA private-key operations on worker threads (`cyan serve --workers N`) and on the loop.
+"""`cyan serve`'s capacity settings: the handshakes' RSA work on worker threads (`--workers N`) or on the
+loop, and the open-file limit that bounds how many devices one process holds.
 
 Both ways must serve both firmware generations the same; a failing worker must cost one recorded
 attempt (step and reason), never the server or another device.
@@ -7,15 +8,18 @@ attempt (step and reason), never the server or another device.
 from __future__ import annotations
 
 import asyncio
+import resource
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from cyan.cli.serve import _print_banner
 from cyan.cloud.models import AttemptOutcome, DeviceRecord
 from cyan.config import Settings
 from cyan.keys import fingerprint, public_key_der
+from cyan.limits import ensure_file_limit
 from cyan.protocol import DEVICE_OS_0_6_1, DEVICE_OS_3_1_0, ServerConfig
 from cyan.server import device_server
 from cyan.service import Service, ensure_server_keys
@@ -80,7 +84,7 @@ def test_both_generations_connect_and_answer(tmp_path: Path, workers: int) -> No
         asyncio.run(main())
     if workers:
         assert threads_seen
-        assert all(name.startswith("cyan-key") for name in threads_seen)
+        assert all(name.startswith("cyan-key-") for name in threads_seen)
     else:
         assert threads_seen == set(), "with no workers the core does the RSA work itself"
 
@@ -123,3 +127,33 @@ def test_a_failing_worker_is_recorded_and_the_server_goes_on(tmp_path: Path) -> 
 def test_workers_setting_is_checked() -> None:
     with pytest.raises(ValueError, match="0 or more"):
         Settings(data_dir=Path("x"), workers=-1)
+
+
+def test_banner_tells_the_device_capacity_and_the_workers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async def main() -> None:
+        for workers, file_limit in ((2, 1024), (0, 100_000)):
+            service = _service(tmp_path / str(workers), workers)
+            await service.start()
+            try:
+                _print_banner(service, file_limit=file_limit)
+            finally:
+                await service.stop()
+
+    asyncio.run(main())
+    out = capsys.readouterr().out
+    assert "Room for about 824 connected devices (open-file limit 1,024; raise the hard limit" in out
+    assert "Handshake RSA work on 2 worker threads (--workers)." in out
+    assert "Room for about 99,800 connected devices (open-file limit 100,000)." in out
+    assert "Handshake RSA work on the event loop (--workers 0)." in out
+
+
+def test_the_file_limit_is_raised_to_what_the_system_allows() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+        assert ensure_file_limit(200) == min(256, hard), "never lowered"
+        expected = soft if hard == resource.RLIM_INFINITY else hard
+        assert ensure_file_limit() == max(expected, min(256, hard))
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == ensure_file_limit()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

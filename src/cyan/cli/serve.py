@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Annotated
 
 import typer
 
 from cyan import __version__
 from cyan.config import Settings
+from cyan.limits import ensure_file_limit
 from cyan.service import Service, ensure_server_keys
 
 from ._options import DataDirOption
@@ -56,11 +58,17 @@ def serve(
         workers=workers,
     )
     keys = ensure_server_keys(settings)
+    # One open file per connected device: take all the system allows (often 1,024 soft, far more hard).
+    file_limit = ensure_file_limit()
     service = Service(settings, keys)
-    asyncio.run(service.run(_print_banner))
+    asyncio.run(service.run(functools.partial(_print_banner, file_limit=file_limit)))
 
 
-def _print_banner(service: Service) -> None:
+#: Open files a server needs besides its device connections: database, logs, listening sockets, API clients.
+_RESERVED_FILES = 200
+
+
+def _print_banner(service: Service, *, file_limit: int) -> None:
     s = service.settings
     keys = service.keys
     data = s.data_dir.resolve()
@@ -82,6 +90,13 @@ def _print_banner(service: Service) -> None:
         f"    cyan devices add DEVICE_ID --key DEVICE_KEY_FILE --data-dir {data}",
         "",
         "Every connection attempt is recorded: cyan devices attempts [DEVICE_ID]",
+        f"Room for about {max(file_limit - _RESERVED_FILES, 0):,} connected devices (open-file limit {file_limit:,}"
+        + ("; raise the hard limit, e.g. ulimit -Hn, for a larger fleet)." if file_limit < 20_000 else ").")
+        + (
+            f" Handshake RSA work on {s.workers} worker thread{'s' if s.workers > 1 else ''} (--workers)."
+            if s.workers
+            else " Handshake RSA work on the event loop (--workers 0)."
+        ),
         "",
         f"Cloud API (Particle Cloud API v1) on http://{s.api_host}:{service.api_port}; point the Particle CLI at it:",
         f"    particle config set apiUrl http://{api_address}:{service.api_port}",

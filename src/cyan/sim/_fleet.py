@@ -23,6 +23,7 @@ from cyan.keys import (
     parse_server_key_file,
     read_firmware_server_key,
 )
+from cyan.limits import ensure_file_limit
 from cyan.protocol import DEVICE_OS_3_1_0, Firmware
 
 from ._device import DeviceState, FunctionHandler, VirtualDevice
@@ -366,18 +367,3 @@ def read_server_key(data: bytes) -> tuple[rsa.RSAPublicKey, ServerAddress | None
         key = parsed.public_key or read_firmware_server_key(parsed.key_der)
         return key, parsed.address
     return load_public_key(data), None
-
-
-def ensure_file_limit(wanted: int) -> int:
-    """Raise this process's open-file limit towards `wanted` (one socket per device, plus some), as far
-    as the hard limit allows; returns the soft limit now in force. A no-op where there are no rlimits."""
-    try:
-        import resource  # noqa: PLC0415 - POSIX only
-    except ImportError:
-        return wanted
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= wanted:
-        return wanted if soft == resource.RLIM_INFINITY else soft
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return target
