@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from cyan.cli import main as cyan_cli
 from cyan.cli.serve import _print_banner
 from cyan.cloud.models import AttemptOutcome, DeviceRecord
 from cyan.config import Settings
@@ -157,3 +158,34 @@ def test_the_file_limit_is_raised_to_what_the_system_allows() -> None:
         assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == ensure_file_limit()
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_fleet_spread_over_several_source_addresses(tmp_path: Path) -> None:
+    async def main() -> None:
+        service = _service(tmp_path, 1)
+        await service.start()
+        await _register(service)
+        config = SimConfig(backoff_scale=0.05, source_addresses=("127.0.0.2", "127.0.0.3"))
+        fleet = Fleet(SPECS, service.keys.private_key.public_key(), config=config)
+        fleet.start("127.0.0.1", service.device_server.port)
+        try:
+            await fleet.wait_connected(timeout=10)
+            await service.cloud.flush()
+            attempts = await service.store.list_attempts()
+        finally:
+            await fleet.stop()
+            await service.stop()
+        assert {(a.device_id, a.peer_address.split(":")[0]) for a in attempts} == {
+            (SPECS[0].device_id, "127.0.0.2"),
+            (SPECS[1].device_id, "127.0.0.3"),
+        }
+
+    asyncio.run(main())
+
+
+def test_cyan_sim_refuses_a_source_address_that_is_not_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    ensure_server_keys(settings)
+    argv = ["sim", "--data-dir", str(settings.data_dir), "--no-register", "--source-address", "loopback-two"]
+    assert cyan_cli(argv) == 2
+    assert "'loopback-two' is not an IP address" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import signal
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +17,7 @@ from cyan.cloud.ports import DeviceExistsError
 from cyan.config import Settings
 from cyan.keys import fingerprint, public_key_der
 from cyan.protocol import DEVICE_OS_0_6_1, DEVICE_OS_3_1_0, Firmware
-from cyan.sim import Fault, Fleet, ensure_file_limit, firmware_for, read_server_key, registered_public_key
+from cyan.sim import Fault, Fleet, SimConfig, ensure_file_limit, firmware_for, read_server_key, registered_public_key
 from cyan.store import SqliteStore
 
 from ._options import DataDirOption
@@ -55,6 +56,14 @@ def sim(
     owner: Annotated[
         str | None, typer.Option("--owner", help="Register the devices as this user's (see cyan users add).")
     ] = None,
+    source_address: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--source-address",
+            help="Connect from this local address; repeat to spread the fleet (one address gives about 28,000 "
+            "connections to one server port, e.g. 127.0.0.2, 127.0.0.3, ... on loopback).",
+        ),
+    ] = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Run virtual Photons/P1s that behave like the real firmware, optionally with a fault."""
@@ -65,11 +74,31 @@ def sim(
     if not host or not port_text.isdigit():
         raise typer.BadParameter(f"{server!r} is not HOST:PORT", param_hint="--server")
     chosen_fault = Fault.parse(fault) if fault else None
-    fleet = Fleet.load_or_create(keys_dir, count, public, firmware=_firmware(firmware), fault=chosen_fault)
+    sources = tuple(source_address or ())
+    for address in sources:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise typer.BadParameter(f"{address!r} is not an IP address", param_hint="--source-address") from None
+    fleet = Fleet.load_or_create(
+        keys_dir,
+        count,
+        public,
+        firmware=_firmware(firmware),
+        fault=chosen_fault,
+        config=SimConfig(source_addresses=sources),
+    )
     if register:
         added = asyncio.run(_register(settings, fleet, owner))
         typer.echo(f"Registered {added} new device(s) in {settings.database_path}")
-    ensure_file_limit(count + 100)
+    room = ensure_file_limit(count + 100) - 100
+    if room < count:
+        typer.echo(
+            f"warning: this process may open about {max(room, 0):,} connections (its open-file limit); the other "
+            f"{count - max(room, 0):,} devices will fail to connect. Raise the limit (ulimit -n) or run several "
+            "cyan sim processes.",
+            err=True,
+        )
     asyncio.run(_run(fleet, host, int(port_text), ramp, duration))
 
 
