@@ -16,6 +16,7 @@ from cyan.protocol import (
     Firmware,
     Reason,
     RemoteProtocolError,
+    ServerConnection,
     UpdateFinishedByDevice,
 )
 from cyan.protocol import messages as m
@@ -32,13 +33,16 @@ class _Spy:
 
     def __init__(self, pair: ConnectionPair, monkeypatch: pytest.MonkeyPatch) -> None:
         self.messages: list[Message] = []
-        original = pair.server._dispatch
+        original = ServerConnection._dispatch
+        server = pair.server
 
-        def dispatch(message: Message, now: float) -> None:
-            self.messages.append(message)
-            original(message, now)
+        def dispatch(connection: ServerConnection, message: Message, now: float) -> None:
+            if connection is server:
+                self.messages.append(message)
+            original(connection, message, now)
 
-        monkeypatch.setattr(pair.server, "_dispatch", dispatch)
+        # The connection has slots (no instance attributes to patch): spy on its class for this test.
+        monkeypatch.setattr(ServerConnection, "_dispatch", dispatch)
 
     def take(self) -> list[Message]:
         taken, self.messages = self.messages, []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterator
 
 from ._errors import LocalProtocolError, Reason, RemoteProtocolError, Step
@@ -18,10 +17,25 @@ __all__ = ["BaseConnection"]
 class BaseConnection:
     """Sans-IO plumbing: bytes in (`receive_data`), events out (`next_event`), bytes out (`data_to_send`)."""
 
+    # Slots: a server holds one connection per device, and an instance dict costs more than the state.
+    __slots__ = (
+        "_decoder",
+        "_encoder",
+        "_events",
+        "_handshake_buffer",
+        "_machine",
+        "_message_id",
+        "_outgoing",
+        "_rng",
+        "failure",
+    )
+
     def __init__(self, role: Role, rng: Rng) -> None:
         self._machine = StateMachine(role)
         self._rng = rng
-        self._events: deque[Event] = deque()
+        # A list, not a deque: it holds a handful of events at a time, and an empty deque costs ~600 bytes
+        # (one 64-slot block) per connection.
+        self._events: list[Event] = []
         self._outgoing = bytearray()
         self._handshake_buffer = bytearray()
         self._encoder: FrameEncoder | None = None
@@ -45,7 +59,7 @@ class BaseConnection:
         return self._machine.state is State.CLOSED
 
     def next_event(self) -> Event | None:
-        return self._events.popleft() if self._events else None
+        return self._events.pop(0) if self._events else None
 
     def data_to_send(self) -> bytes:
         """Everything queued for the peer. Each frame is whole, so one write sends it atomically (§4)."""

@@ -127,6 +127,30 @@ class _Request:
 class ServerConnection(BaseConnection):
     """One device connection, server side. Time (`now`, unix seconds) and randomness are injected."""
 
+    __slots__ = (
+        "_accepted_at",
+        "_by_message_id",
+        "_credentials",
+        "_deadline",
+        "_describe_at",
+        "_discard_input",
+        "_encrypted_credentials",
+        "_idle_suspended",
+        "_last_received",
+        "_nonce",
+        "_private_operation",
+        "_request_ids",
+        "_requests",
+        "_server_key",
+        "_tail_finished",
+        "_token",
+        "_update_tail",
+        "config",
+        "device_id",
+        "hello",
+        "variable_types",
+    )
+
     def __init__(
         self,
         server_key: rsa.RSAPrivateKey | None,
