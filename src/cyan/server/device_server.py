@@ -67,6 +67,36 @@ _connection_ids = itertools.count(1)
 class _DeviceProtocol(asyncio.Protocol):
     """One device socket."""
 
+    # Slots: one of these per connected device (design §6 memory goal); an instance dict costs ~1 KB.
+    __slots__ = (
+        "_attempt_recorded",
+        "_cloud",
+        "_conn",
+        "_describe_waiters",
+        "_id",
+        "_ota",
+        "_ota_done",
+        "_ota_progress",
+        "_pending",
+        "_presented",
+        "_quarantined",
+        "_record",
+        "_request_names",
+        "_server",
+        "_session_started",
+        "_socket",
+        "_started",
+        "_stored",
+        "_system_document",
+        "_timer",
+        "_timer_due",
+        "_transport",
+        "device_id",
+        "hello",
+        "max_binary_size",
+        "peer_address",
+    )
+
     def __init__(self, server: DeviceServer) -> None:
         self._server = server
         self._cloud = server.cloud
