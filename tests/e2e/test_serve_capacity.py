@@ -8,12 +8,15 @@ attempt (step and reason), never the server or another device.
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import padding
 
 from cyan.cli import main as cyan_cli
 from cyan.cli.serve import _print_banner
@@ -25,7 +28,7 @@ from cyan.protocol import DEVICE_OS_0_6_1, DEVICE_OS_3_1_0, ServerConfig
 from cyan.server import device_server
 from cyan.service import Service, ensure_server_keys
 from cyan.sim import Fleet, SimConfig, VirtualDeviceSpec, registered_public_key
-from cyan.testing import fixed_device_key
+from cyan.testing import fixed_device_key, fixed_server_key
 
 FAST = ServerConfig(identity_timeout=1.0, hello_timeout=1.0, describe_delay=0.2, request_timeout=2.0)
 SIM = SimConfig(backoff_scale=0.05)
@@ -189,3 +192,39 @@ def test_cyan_sim_refuses_a_source_address_that_is_not_one(tmp_path: Path, capsy
     argv = ["sim", "--data-dir", str(settings.data_dir), "--no-register", "--source-address", "loopback-two"]
     assert cyan_cli(argv) == 2
     assert "'loopback-two' is not an IP address" in capsys.readouterr().err
+
+
+def test_key_workers_answer_every_operation_correctly_when_run_concurrently() -> None:
+    """One server key shared by the worker threads: every answer must be the right one, in any order."""
+    key = fixed_server_key()
+    public = key.public_key()
+    messages = [os.urandom(40 + n % 100) for n in range(200)]
+    digests = [os.urandom(20) for _ in range(200)]
+
+    async def main() -> dict[int, bytes | BaseException | None]:
+        loop = asyncio.get_running_loop()
+        workers = device_server._KeyWorkers(key, 2, loop)
+        results: dict[int, bytes | BaseException | None] = {}
+        done = asyncio.Event()
+
+        def collect(index: int) -> Callable[[bytes | BaseException | None], None]:
+            def callback(outcome: bytes | BaseException | None) -> None:
+                results[index] = outcome
+                if len(results) == 2 * len(messages):
+                    done.set()
+
+            return callback
+
+        for n, (message, digest) in enumerate(zip(messages, digests, strict=True)):
+            workers.submit(collect(n), "decrypt", public.encrypt(message, padding.PKCS1v15()))
+            workers.submit(collect(1000 + n), "sign", digest)
+        await asyncio.wait_for(done.wait(), 30)
+        workers.stop()
+        return results
+
+    results = asyncio.run(main())
+    for n, (message, digest) in enumerate(zip(messages, digests, strict=True)):
+        assert results[n] == message
+        signature = results[1000 + n]
+        assert isinstance(signature, bytes)
+        assert public.recover_data_from_signature(signature, padding.PKCS1v15(), None) == digest
