@@ -33,6 +33,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """User + system CPU time of each thread of a process, summed by role: the event loop (the main
+    thread), the key workers (threads named cyan-key-*), and the rest (the database driver's thread...)."""
+    roles: dict[str, float] = {"event loop": 0.0, "key workers": 0.0, "other threads": 0.0}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            name = (task / "comm").read_text().strip()
+        except OSError:
+            continue  # the thread ended meanwhile
+        seconds = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        role = (
+            "event loop" if task.name == str(pid) else "key workers" if name.startswith("cyan-key") else "other threads"
+        )
+        roles[role] += seconds
+    return roles
+
+
 def rss_bytes(pid: int) -> int:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
 
