@@ -63,6 +63,8 @@ __all__ = ["DeviceServer"]
 log = logging.getLogger("cyan.server")
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 _connection_ids = itertools.count(1)
+#: How much later than the armed timer a new deadline may be and still leave it armed (see `_arm_timer`).
+_TIMER_SLACK = 1.0
 
 
 class _DeviceProtocol(asyncio.Protocol):
@@ -208,9 +210,10 @@ class _DeviceProtocol(asyncio.Protocol):
         if self._ota is not None and (ota_due := self._ota.get_timer()) is not None:
             due = ota_due if due is None else min(due, ota_due)
         if self._timer is not None:
-            if due is not None and self._timer_due <= due:
-                # Most flushes only push the idle deadline later: the armed timer fires first, finds
-                # nothing due and re-arms, which is cheaper than a cancel and a new timer per message.
+            if due is not None and self._timer_due <= due < self._timer_due + _TIMER_SLACK:
+                # A burst of messages pushes the idle deadline later by a little each time: keeping the
+                # armed timer (it fires at most a second early, finds nothing due and re-arms) is cheaper
+                # than a cancel and a new timer per message. A ping moves it by 15 s: that re-arms.
                 return
             self._timer.cancel()
             self._timer = None
