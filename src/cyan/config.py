@@ -62,10 +62,16 @@ class Settings:
     #: Threads that run the handshakes' RSA private-key operations beside the event loop, so that a fleet
     #: reconnecting at once uses every core (design §6); 0 runs them on the event loop. Env: CYAN_WORKERS.
     workers: int = field(default_factory=all_cores)
+    #: Serve the device connections in this many child processes sharing the device port, each holding
+    #: as many devices as its open-file limit allows; 0 serves them in this process (the embedded
+    #: default). Each child does its own handshakes' RSA work. Env: CYAN_DEVICE_PROCESSES.
+    device_processes: int = 0
 
     def __post_init__(self) -> None:
         if self.workers < 0:
             raise ValueError(f"workers must be 0 or more, not {self.workers}")
+        if self.device_processes < 0:
+            raise ValueError(f"device processes must be 0 or more, not {self.device_processes}")
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -78,6 +84,7 @@ class Settings:
             "alert_webhook": _env("ALERT_WEBHOOK", ""),
             "public_address": os.environ.get("CYAN_PUBLIC_ADDRESS") or default_public_address(),
             "workers": _int_env("WORKERS", all_cores()),
+            "device_processes": _int_env("DEVICE_PROCESSES", 0),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -34,7 +34,7 @@ from cyan.keys import (
     write_private_key_file,
 )
 from cyan.protocol import ServerConfig
-from cyan.server import DeviceServer
+from cyan.server import DeviceProcesses, DeviceServer
 from cyan.store import FirmwareFiles, SqliteStore
 
 __all__ = ["ServerKeys", "Service", "ensure_server_keys", "write_server_key_file"]
@@ -106,14 +106,25 @@ class Service:
         protocol = protocol or ServerConfig()
         alerts = WebhookAlerts(settings.alert_webhook) if settings.alert_webhook else None
         self.cloud = Cloud(self.store, self.bus, request_timeout=protocol.request_timeout, alerts=alerts)
-        self.device_server = DeviceServer(
-            self.cloud,
-            keys.private_key,
-            host=settings.device_host,
-            port=settings.device_port,
-            config=protocol,
-            key_workers=settings.workers,
-        )
+        self.device_server: DeviceServer | DeviceProcesses
+        if settings.device_processes:
+            self.device_server = DeviceProcesses(
+                self.cloud,
+                settings.server_key_path,
+                settings.device_processes,
+                host=settings.device_host,
+                port=settings.device_port,
+                config=protocol,
+            )
+        else:
+            self.device_server = DeviceServer(
+                self.cloud,
+                keys.private_key,
+                host=settings.device_host,
+                port=settings.device_port,
+                config=protocol,
+                key_workers=settings.workers,
+            )
         self.server_key_file: Path | None = None
         self.accounts = Accounts(self.store)
         library = FirmwareLibrary(self.store, FirmwareFiles(settings.firmware_dir))

@@ -54,10 +54,17 @@ async def _register(service: Service, specs: list[VirtualDeviceSpec]) -> None:
         )
 
 
-def _run(tmp_path: Path, scenario: Callable[[Service], Awaitable[None]]) -> None:
+def _run(tmp_path: Path, scenario: Callable[[Service], Awaitable[None]], *, processes: int = 0) -> None:
+    """`processes`: serve the devices from that many device processes (`cyan serve --device-processes`)."""
+
     async def main() -> None:
         settings = Settings(
-            data_dir=tmp_path / "data", device_host="127.0.0.1", device_port=0, api_host="127.0.0.1", api_port=0
+            data_dir=tmp_path / "data",
+            device_host="127.0.0.1",
+            device_port=0,
+            api_host="127.0.0.1",
+            api_port=0,
+            device_processes=processes,
         )
         service = Service(settings, ensure_server_keys(settings), protocol=ServerConfig(request_timeout=2.0))
         await service.start()
@@ -142,7 +149,8 @@ def test_a_rekey_window_brings_the_fleet_back(tmp_path: Path) -> None:
     _run(tmp_path, scenario)
 
 
-def test_quarantine_lets_devices_in_with_nothing_until_approved(tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [0, 2], ids=["one process", "device processes"])
+def test_quarantine_lets_devices_in_with_nothing_until_approved(tmp_path: Path, processes: int) -> None:
     async def scenario(service: Service) -> None:
         await service.cloud.set_policy(FLEET, KeyPolicyMode.QUARANTINE, False, "ops")
         specs = _amnesiac_fleet(3)
@@ -196,7 +204,7 @@ def test_quarantine_lets_devices_in_with_nothing_until_approved(tmp_path: Path) 
         finally:
             await fleet.stop()
 
-    _run(tmp_path, scenario)
+    _run(tmp_path, scenario, processes=processes)
 
 
 def test_an_impersonator_never_gets_the_devices_session(tmp_path: Path) -> None:

@@ -72,9 +72,17 @@ def _spec(n: int, firmware: Firmware = DEVICE_OS_3_1_0, fault: Fault | None = No
     return VirtualDeviceSpec(_id(n), fixed_device_key(n % 4), firmware=firmware, fault=fault, name=f"sim-{n}")
 
 
-def _run(tmp_path: Path, scenario: Callable[[Service], Awaitable[None]]) -> None:
+def _run(tmp_path: Path, scenario: Callable[[Service], Awaitable[None]], *, processes: int = 0) -> None:
+    """`processes`: serve the devices from that many device processes (`cyan serve --device-processes`)."""
+
     async def main() -> None:
-        settings = Settings(data_dir=tmp_path / "data", device_host="127.0.0.1", device_port=0, api_port=0)
+        settings = Settings(
+            data_dir=tmp_path / "data",
+            device_host="127.0.0.1",
+            device_port=0,
+            api_port=0,
+            device_processes=processes,
+        )
         service = Service(settings, ensure_server_keys(settings), protocol=FAST)
         service.updates.config = UPDATES
         await service.start()
@@ -108,7 +116,8 @@ async def _finished(service: Service, jobs: list[UpdateJob], timeout: float = 30
     return await asyncio.wait_for(done(), timeout)
 
 
-def test_one_update_per_personality(tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [0, 2], ids=["one process", "device processes"])
+def test_one_update_per_personality(tmp_path: Path, processes: int) -> None:
     async def scenario(service: Service) -> None:
         specs = [_spec(1), _spec(2, DEVICE_OS_0_6_1)]
         fleet = await _fleet(service, specs)
@@ -135,10 +144,11 @@ def test_one_update_per_personality(tmp_path: Path) -> None:
         finally:
             await fleet.stop()
 
-    _run(tmp_path, scenario)
+    _run(tmp_path, scenario, processes=processes)
 
 
-def test_a_rollout_with_dropped_chunks_and_a_disconnect(tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [0, 2], ids=["one process", "device processes"])
+def test_a_rollout_with_dropped_chunks_and_a_disconnect(tmp_path: Path, processes: int) -> None:
     """20 devices of both generations, some losing chunks, one losing its connection mid-update: every one
     ends up running the image; the cut-off one needed a second attempt."""
 
@@ -171,7 +181,7 @@ def test_a_rollout_with_dropped_chunks_and_a_disconnect(tmp_path: Path) -> None:
         finally:
             await fleet.stop()
 
-    _run(tmp_path, scenario)
+    _run(tmp_path, scenario, processes=processes)
 
 
 def test_refusals_never_reach_a_device(tmp_path: Path) -> None:

@@ -131,6 +131,8 @@ def test_a_failing_worker_is_recorded_and_the_server_goes_on(tmp_path: Path) -> 
 def test_workers_setting_is_checked() -> None:
     with pytest.raises(ValueError, match="0 or more"):
         Settings(data_dir=Path("x"), workers=-1)
+    with pytest.raises(ValueError, match="device processes must be 0 or more"):
+        Settings(data_dir=Path("x"), device_processes=-2)
 
 
 def test_banner_tells_the_device_capacity_and_the_workers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -149,6 +151,30 @@ def test_banner_tells_the_device_capacity_and_the_workers(tmp_path: Path, capsys
     assert "Handshake RSA work on 2 worker threads (--workers)." in out
     assert "Room for about 99,800 connected devices (open-file limit 100,000)." in out
     assert "Handshake RSA work on the event loop (--workers 0)." in out
+
+
+def test_banner_with_device_processes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async def main() -> None:
+        settings = Settings(
+            data_dir=tmp_path / "data",
+            device_host="127.0.0.1",
+            device_port=0,
+            api_host="127.0.0.1",
+            api_port=0,
+            device_processes=3,
+        )
+        service = Service(settings, ensure_server_keys(settings), protocol=FAST)
+        await service.start()
+        try:
+            _print_banner(service, file_limit=20_000)
+        finally:
+            await service.stop()
+
+    asyncio.run(main())
+    out = capsys.readouterr().out
+    assert "Room for about 59,400 connected devices (open-file limit 20,000 per process, 3 device processes)." in out
+    assert "Each device process does its own handshakes' RSA work." in out
+    assert "Devices connect to 127.0.0.1:" in out
 
 
 def test_the_file_limit_is_raised_to_what_the_system_allows() -> None:

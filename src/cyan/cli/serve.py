@@ -37,6 +37,15 @@ def serve(
             help="The IPv4 address or domain devices use to reach this server [env CYAN_PUBLIC_ADDRESS].",
         ),
     ] = None,
+    device_processes: Annotated[
+        int | None,
+        typer.Option(
+            "--device-processes",
+            min=0,
+            help="Serve the devices from this many processes sharing the device port, each holding as many as "
+            "its open-file limit allows; 0: from this process [env CYAN_DEVICE_PROCESSES; 0].",
+        ),
+    ] = None,
     workers: Annotated[
         int | None,
         typer.Option(
@@ -56,6 +65,7 @@ def serve(
         api_port=api_port,
         public_address=public_address,
         workers=workers,
+        device_processes=device_processes,
     )
     keys = ensure_server_keys(settings)
     # One open file per connected device: take all the system allows (often 1,024 soft, far more hard).
@@ -90,13 +100,7 @@ def _print_banner(service: Service, *, file_limit: int) -> None:
         f"    cyan devices add DEVICE_ID --key DEVICE_KEY_FILE --data-dir {data}",
         "",
         "Every connection attempt is recorded: cyan devices attempts [DEVICE_ID]",
-        f"Room for about {max(file_limit - _RESERVED_FILES, 0):,} connected devices (open-file limit {file_limit:,}"
-        + ("; raise the hard limit, e.g. ulimit -Hn, for a larger fleet)." if file_limit < 20_000 else ").")
-        + (
-            f" Handshake RSA work on {s.workers} worker thread{'s' if s.workers > 1 else ''} (--workers)."
-            if s.workers
-            else " Handshake RSA work on the event loop (--workers 0)."
-        ),
+        _capacity_line(s, file_limit),
         "",
         f"Cloud API (Particle Cloud API v1) on http://{s.api_host}:{service.api_port}; point the Particle CLI at it:",
         f"    particle config set apiUrl http://{api_address}:{service.api_port}",
@@ -108,3 +112,16 @@ def _print_banner(service: Service, *, file_limit: int) -> None:
             "Note: devices on other hosts cannot reach 127.x; set --public-address to this host's LAN address."
         )
     typer.echo("\n".join(lines), err=False)
+
+
+def _capacity_line(s: Settings, file_limit: int) -> str:
+    processes = s.device_processes or 1
+    room = max(file_limit - _RESERVED_FILES, 0) * processes
+    line = f"Room for about {room:,} connected devices (open-file limit {file_limit:,}"
+    line += f" per process, {processes} device processes" if s.device_processes else ""
+    line += "; raise the hard limit, e.g. ulimit -Hn, for a larger fleet)." if file_limit < 20_000 else ")."
+    if s.device_processes:
+        return line + " Each device process does its own handshakes' RSA work."
+    if s.workers:
+        return line + f" Handshake RSA work on {s.workers} worker thread{'s' if s.workers > 1 else ''} (--workers)."
+    return line + " Handshake RSA work on the event loop (--workers 0)."

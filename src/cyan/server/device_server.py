@@ -18,15 +18,16 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cyan.cloud.errors import DeviceTimeoutError, FunctionRefusedError, UnknownVariableError
+from cyan.cloud.keypolicy import Decision
 from cyan.cloud.models import AttemptOutcome, ConnectionAttempt, DeviceRecord
-from cyan.cloud.service import Cloud, VariableValue
+from cyan.cloud.service import VariableValue
 from cyan.protocol import (
     ConnectionClosed,
     ConnectionFailed,
@@ -53,12 +54,13 @@ from cyan.protocol import (
     SignalAcknowledged,
     Step,
     SubscriptionRequested,
+    SubscriptionScope,
     VariableRead,
     VariableReadFailed,
 )
 from cyan.protocol.handshake import private_decrypt, private_sign
 
-__all__ = ["DeviceServer"]
+__all__ = ["CloudPort", "DeviceProtocol", "DeviceServer"]
 
 log = logging.getLogger("cyan.server")
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
@@ -67,8 +69,37 @@ _connection_ids = itertools.count(1)
 _TIMER_SLACK = 1.0
 
 
-class _DeviceProtocol(asyncio.Protocol):
-    """One device socket."""
+class CloudPort(Protocol):
+    """What the device server asks of the cloud: `cyan.cloud.service.Cloud` in this process, or
+    `cyan.server.relay.RelayCloud`, which forwards to the cloud in the parent process."""
+
+    def authorize(
+        self, device_id: str, presented_der: bytes | None, peer_address: str = ""
+    ) -> Awaitable[tuple[Decision, DeviceRecord | None]]: ...
+
+    def record_attempt(self, attempt: ConnectionAttempt) -> None: ...
+
+    def session_started(
+        self, link: DeviceProtocol, record: DeviceRecord, hello: Hello, *, quarantined: bool = False
+    ) -> None: ...
+
+    def session_ended(self, link: DeviceProtocol) -> None: ...
+
+    def heard_from(self, link: DeviceProtocol) -> None: ...
+
+    def describe_received(self, link: DeviceProtocol, document: dict[str, Any]) -> None: ...
+
+    def event_from_device(
+        self, link: DeviceProtocol, name: str, data: bytes | None, ttl: int, private: bool
+    ) -> None: ...
+
+    def subscription_from_device(
+        self, link: DeviceProtocol, prefix: str, scope: SubscriptionScope, device_id: str | None
+    ) -> None: ...
+
+
+class DeviceProtocol(asyncio.Protocol):
+    """One device socket: the protocol core's connection, and the `DeviceLink` the cloud drives."""
 
     # Slots: one of these per connected device (design §6 memory goal); an instance dict costs ~1 KB.
     __slots__ = (
@@ -129,6 +160,11 @@ class _DeviceProtocol(asyncio.Protocol):
         self.hello: Hello | None = None
         self.max_binary_size: int | None = None
 
+    @property
+    def connection_id(self) -> int:
+        """Unique in this process, for as long as it runs."""
+        return self._id
+
     # -- asyncio callbacks --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -141,7 +177,7 @@ class _DeviceProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer_address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._started = time.time()
-        self._server._connections.add(self)
+        self._server._connections[self._id] = self
         # With key workers the core asks for its two RSA private-key operations instead of doing them here.
         server_key = None if self._server.key_workers else self._server.server_key
         self._conn = ServerConnection(server_key, self._started, config=self._server.config)
@@ -190,7 +226,7 @@ class _DeviceProtocol(asyncio.Protocol):
             if not future.done():
                 future.set_exception(ConnectionError(f"device {self.device_id} disconnected"))
         self._pending.clear()
-        self._server._connections.discard(self)
+        self._server._connections.pop(self._id, None)
 
     # -- core plumbing --------------------------------------------------------------------------
 
@@ -600,7 +636,7 @@ class _KeyWorkers:
 
 
 class DeviceServer:
-    """Listens for devices and serves each with a `_DeviceProtocol`.
+    """Listens for devices and serves each with a `DeviceProtocol`.
 
     `key_workers` threads run the handshakes' RSA private-key operations (two per handshake, about 0.25 ms
     each, protocol.md §3): OpenSSL releases the GIL while it computes, so they run on the other cores
@@ -609,7 +645,7 @@ class DeviceServer:
 
     def __init__(
         self,
-        cloud: Cloud,
+        cloud: CloudPort,
         server_key: rsa.RSAPrivateKey,
         *,
         host: str = "0.0.0.0",
@@ -617,12 +653,15 @@ class DeviceServer:
         config: ServerConfig | None = None,
         ota_config: OtaConfig | None = None,
         key_workers: int = 0,
+        reuse_port: bool = False,
     ) -> None:
         if key_workers < 0:
             raise ValueError(f"key_workers is 0 or more, not {key_workers}")
         self.cloud = cloud
         self.server_key = server_key
         self.key_workers = key_workers
+        #: Share the port with the other device processes of one `cyan serve` (SO_REUSEPORT).
+        self.reuse_port = reuse_port
         self._key_pool: _KeyWorkers | None = None
         self.host = host
         self.port = port
@@ -630,14 +669,19 @@ class DeviceServer:
         #: Pacing, timers and limits of firmware updates (protocol.md §7, §13.1 #14-15).
         self.ota_config = ota_config or OtaConfig()
         self._server: asyncio.Server | None = None
-        self._connections: set[_DeviceProtocol] = set()
+        self._connections: dict[int, DeviceProtocol] = {}
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         if self.key_workers:
             self._key_pool = _KeyWorkers(self.server_key, self.key_workers, loop)
         self._server = await loop.create_server(
-            lambda: _DeviceProtocol(self), self.host, self.port, reuse_address=True, backlog=4096
+            lambda: DeviceProtocol(self),
+            self.host,
+            self.port,
+            reuse_address=True,
+            reuse_port=self.reuse_port or None,
+            backlog=4096,
         )
         sockets = self._server.sockets
         if sockets:
@@ -647,7 +691,7 @@ class DeviceServer:
         server, self._server = self._server, None
         if server is not None:
             server.close()
-        for connection in list(self._connections):
+        for connection in list(self._connections.values()):
             connection.close()
         if server is not None:
             await server.wait_closed()
@@ -663,6 +707,9 @@ class DeviceServer:
             callback(RuntimeError("the device server is stopping"))
             return
         pool.submit(callback, needed.operation, needed.data)
+
+    def connection(self, connection_id: int) -> DeviceProtocol | None:
+        return self._connections.get(connection_id)
 
     @property
     def connection_count(self) -> int:

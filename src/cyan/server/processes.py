@@ -1,0 +1,325 @@
+"""`cyan serve --device-processes N`: the device connections in N child processes, the cloud in this one.
+
+Each child (`cyan.server.relay`) listens on the device port with SO_REUSEPORT and serves its devices; this
+process keeps the cloud, the store, the API and every decision. A device in a child appears to the cloud as a
+`RemoteLink`, which carries the cloud's commands to it over the child's channel. A child that exits ends
+its devices' sessions (they reconnect to the others) and is started again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cyan.cloud.service import Cloud, VariableValue
+from cyan.keys import public_key_der
+from cyan.protocol import Hello, OtaConfig, OtaOutcome, ServerConfig
+
+from ._ipc import Channel
+
+__all__ = ["DeviceProcesses", "RemoteLink"]
+
+log = logging.getLogger("cyan.server.processes")
+
+#: Seconds a child gets to start listening, and to stop before it is killed.
+_START_TIMEOUT = 30.0
+_STOP_TIMEOUT = 10.0
+#: Seconds before a child that exited is started again.
+_RESTART_DELAY = 1.0
+
+
+class RemoteLink:
+    """A device served by a device process (`cyan.cloud.service.DeviceLink`)."""
+
+    def __init__(
+        self, process: _DeviceProcess, connection_id: int, device_id: str, peer_address: str, hello: Hello
+    ) -> None:
+        self._process = process
+        self.connection_id = connection_id
+        self.device_id = device_id
+        self.peer_address = peer_address
+        self.hello: Hello | None = hello
+        self.max_binary_size: int | None = None
+
+    def call_function(self, name: str, argument: str, timeout: float) -> asyncio.Future[int]:
+        return self._process.request("call", self.connection_id, name, argument, timeout)
+
+    def read_variable(self, name: str, timeout: float) -> asyncio.Future[tuple[bytes, VariableValue | None]]:
+        return self._process.request("read", self.connection_id, name, timeout)
+
+    def send_event(self, name: str, data: str | None, ttl: int, private: bool) -> None:
+        self._process.send("send_event", self.connection_id, name, data, ttl, private)
+
+    def signal(self, on: bool, timeout: float) -> asyncio.Future[None]:
+        return self._process.request("signal", self.connection_id, on, timeout)
+
+    def close(self) -> None:
+        self._process.send("close", self.connection_id)
+
+    def system_describe(self, timeout: float) -> asyncio.Future[dict[str, Any] | None]:
+        return self._process.request("system_describe", self.connection_id, timeout)
+
+    def update_firmware(
+        self, image: bytes, *, fast: bool | None, progress: Callable[[int, int], None] | None = None
+    ) -> asyncio.Future[OtaOutcome]:
+        return self._process.request("update", self.connection_id, image, fast, progress=progress)
+
+
+class _DeviceProcess:
+    """One child: its process, its channel, its devices and the requests waiting for its answers."""
+
+    def __init__(self, owner: DeviceProcesses, index: int) -> None:
+        self.owner = owner
+        self.index = index
+        self.cloud = owner.cloud
+        self.process: asyncio.subprocess.Process | None = None
+        self.channel: Channel | None = None
+        self.links: dict[int, RemoteLink] = {}
+        self._requests = itertools.count(1)
+        self._pending: dict[int, tuple[asyncio.Future[Any], Callable[[int, int], None] | None]] = {}
+        self._ready: asyncio.Future[int] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.exited = asyncio.Event()
+
+    async def start(self, port: int) -> int:
+        loop = asyncio.get_running_loop()
+        parent, child = socket.socketpair()
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "cyan.server.relay",
+                str(child.fileno()),
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            child.close()
+        self.exited.clear()
+        self._ready = loop.create_future()
+        # Read by `start` unless a stop cancelled it: never left as an unretrieved failure.
+        self._ready.add_done_callback(lambda ready: ready.cancelled() or ready.exception())
+        _, self.channel = await loop.create_connection(lambda: Channel(self._on_message, self._on_lost), sock=parent)
+        owner = self.owner
+        self.send(
+            "configure",
+            owner.key_path,
+            owner.host,
+            port,
+            owner.config,
+            owner.ota_config,
+            owner.key_workers,
+            logging.getLogger().getEffectiveLevel(),
+        )
+        try:
+            return await asyncio.wait_for(self._ready, _START_TIMEOUT)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        process = self.process
+        if process is None:
+            return
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), _STOP_TIMEOUT)
+            except TimeoutError:
+                log.error("device process %d did not stop in %g s; killing it", self.index, _STOP_TIMEOUT)
+                process.kill()
+                await process.wait()
+        if self.channel is not None:
+            self.channel.close()
+
+    # -- to the child -------------------------------------------------------------------------------
+
+    def send(self, *message: Any) -> None:
+        if self.channel is not None:
+            self.channel.send(*message)
+
+    def request(
+        self, kind: str, connection_id: int, *args: Any, progress: Callable[[int, int], None] | None = None
+    ) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.channel is None or self.channel.closed:
+            future.set_exception(ConnectionError("the device's process is gone"))
+            return future
+        request = next(self._requests)
+        self._pending[request] = (future, progress)
+        self.send(kind, request, connection_id, *args)
+        return future
+
+    # -- from the child -------------------------------------------------------------------------------
+
+    def _on_message(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        cloud = self.cloud
+        if kind == "authorize":
+            self._spawn(self._authorize(*message[1:]))
+        elif kind == "attempt":
+            cloud.record_attempt(message[1])
+        elif kind == "started":
+            connection_id, device_id, peer, record, hello, max_binary_size, quarantined = message[1:]
+            link = RemoteLink(self, connection_id, device_id, peer, hello)
+            link.max_binary_size = max_binary_size
+            self.links[connection_id] = link
+            cloud.session_started(link, record, hello, quarantined=quarantined)
+        elif kind == "ended":
+            ended = self.links.pop(message[1], None)
+            if ended is not None:
+                cloud.session_ended(ended)
+        elif kind == "heard":
+            for connection_id in message[1]:
+                if (known := self.links.get(connection_id)) is not None:
+                    cloud.heard_from(known)
+        elif kind == "describe":
+            if (known := self.links.get(message[1])) is not None:
+                cloud.describe_received(known, message[2])
+        elif kind == "event":
+            connection_id, name, data, ttl, private, max_binary_size = message[1:]
+            if (known := self.links.get(connection_id)) is not None:
+                known.max_binary_size = max_binary_size
+                cloud.event_from_device(known, name, data, ttl, private)
+        elif kind == "subscribe":
+            if (known := self.links.get(message[1])) is not None:
+                cloud.subscription_from_device(known, *message[2:])
+        elif kind == "result":
+            waiting = self._pending.pop(message[1], None)
+            if waiting is not None and not waiting[0].done():
+                if message[2]:
+                    waiting[0].set_result(message[3])
+                else:
+                    waiting[0].set_exception(message[3])
+        elif kind == "progress":
+            waiting = self._pending.get(message[1])
+            if waiting is not None and waiting[1] is not None:
+                waiting[1](message[2], message[3])
+        elif kind == "ready":
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_result(message[1])
+        else:
+            log.error("device process %d sent an unknown message %r", self.index, kind)
+
+    async def _authorize(self, request: int, device_id: str, presented_der: bytes | None, peer: str) -> None:
+        try:
+            decision, record = await self.cloud.authorize(device_id, presented_der, peer)
+        except Exception as exc:  # the child rejects the device with server_error, naming the cause
+            self.send("decision", request, exc)
+            return
+        trusted = None if decision.trusted_key is None else public_key_der(decision.trusted_key)
+        self.send(
+            "decision",
+            request,
+            trusted,
+            decision.reason,
+            decision.detail,
+            decision.presented_fingerprint,
+            decision.stored_fingerprint,
+            decision.quarantined,
+            record,
+        )
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_lost(self) -> None:
+        # The child is gone (or stopping): its devices' sessions end here; they reconnect to the others.
+        for link in list(self.links.values()):
+            self.cloud.session_ended(link)
+        self.links.clear()
+        for future, _ in self._pending.values():
+            if not future.done():
+                future.set_exception(ConnectionError("the device's process exited"))
+        self._pending.clear()
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(RuntimeError(f"device process {self.index} exited while starting"))
+        self.exited.set()
+        self.owner.lost(self)
+
+
+class DeviceProcesses:
+    """N device processes sharing the device port; the drop-in for `DeviceServer` in `Service`."""
+
+    def __init__(
+        self,
+        cloud: Cloud,
+        key_path: Path,
+        count: int,
+        *,
+        host: str = "0.0.0.0",
+        port: int = 5683,
+        config: ServerConfig | None = None,
+        ota_config: OtaConfig | None = None,
+        key_workers: int = 0,
+    ) -> None:
+        if count < 1:
+            raise ValueError(f"device processes: at least 1, not {count}")
+        self.cloud = cloud
+        self.key_path = key_path
+        self.host = host
+        self.port = port
+        self.config = config or ServerConfig()
+        self.ota_config = ota_config or OtaConfig()
+        self.key_workers = key_workers
+        self._processes = [_DeviceProcess(self, index) for index in range(count)]
+        self._stopping = False
+        self._restarts: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        try:
+            for process in self._processes:
+                # The first binds the configured port (0: any); the others share the one it got.
+                self.port = await process.start(self.port)
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("%d device processes listening on %s:%d", len(self._processes), self.host, self.port)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._restarts:
+            task.cancel()
+        await asyncio.gather(*(process.stop() for process in self._processes))
+
+    def lost(self, process: _DeviceProcess) -> None:
+        if self._stopping:
+            return
+
+        async def restart() -> None:
+            status = None if process.process is None else await process.process.wait()
+            log.error(
+                "device process %d exited (status %s): its devices reconnect to the other processes; "
+                "starting it again in %g s",
+                process.index,
+                status,
+                _RESTART_DELAY,
+            )
+            await asyncio.sleep(_RESTART_DELAY)
+            try:
+                await process.start(self.port)
+            except Exception:
+                log.exception("device process %d could not be started again", process.index)
+
+        task = asyncio.get_running_loop().create_task(restart())
+        self._restarts.add(task)
+        task.add_done_callback(self._restarts.discard)
+
+    @property
+    def connection_count(self) -> int:
+        return sum(len(process.links) for process in self._processes)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.process.pid for p in self._processes if p.process is not None and p.process.returncode is None]

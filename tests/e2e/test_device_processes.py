@@ -1,0 +1,152 @@
+"""`cyan serve --device-processes N`: devices served by child processes, the cloud in the parent.
+
+Everything a user relies on must work the same as in one process: both firmware generations, calls,
+variables, signals, events both ways and between devices, the key policy's refusals with their records,
+and a child that dies must cost its devices one reconnection, never the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cyan.cloud.errors import UnknownVariableError
+from cyan.cloud.models import AttemptOutcome, DeviceRecord
+from cyan.config import Settings
+from cyan.keys import fingerprint, public_key_der
+from cyan.protocol import DEVICE_OS_0_6_1, DEVICE_OS_3_1_0, ServerConfig
+from cyan.server import DeviceProcesses
+from cyan.service import Service, ensure_server_keys
+from cyan.sim import Fleet, SimConfig, VirtualDeviceSpec, registered_public_key
+from cyan.testing import fixed_device_key
+
+FAST = ServerConfig(identity_timeout=2.0, hello_timeout=2.0, describe_delay=0.2, request_timeout=3.0)
+SIM = SimConfig(backoff_scale=0.05)
+SPECS = [
+    VirtualDeviceSpec(f"{n:024x}", fixed_device_key(n), firmware=DEVICE_OS_3_1_0 if n % 2 else DEVICE_OS_0_6_1)
+    for n in range(1, 7)
+]
+
+
+def _run(tmp_path: Path, scenario: Callable[[Service], Awaitable[None]], *, processes: int = 2) -> None:
+    async def main() -> None:
+        settings = Settings(
+            data_dir=tmp_path / "data",
+            device_host="127.0.0.1",
+            device_port=0,
+            api_host="127.0.0.1",
+            api_port=0,
+            device_processes=processes,
+        )
+        service = Service(settings, ensure_server_keys(settings), protocol=FAST)
+        await service.start()
+        try:
+            await scenario(service)
+        finally:
+            await service.stop()
+
+    asyncio.run(main())
+
+
+async def _register(service: Service, specs: list[VirtualDeviceSpec]) -> None:
+    for spec in specs:
+        der = public_key_der(registered_public_key(spec))
+        await service.store.add_device(
+            DeviceRecord(
+                id=spec.device_id, public_key_der=der, key_fingerprint=fingerprint(der), created_at=datetime.now(UTC)
+            )
+        )
+
+
+async def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+def test_devices_in_child_processes_are_served_like_local_ones(tmp_path: Path) -> None:
+    async def scenario(service: Service) -> None:
+        servers = service.device_server
+        assert isinstance(servers, DeviceProcesses)
+        assert len(servers.pids) == 2
+        await _register(service, SPECS)
+        pongs = service.bus.subscribe("vdev/pong")
+        fleet = Fleet(SPECS, service.keys.private_key.public_key(), config=SIM)
+        fleet.start("127.0.0.1", servers.port)
+        try:
+            await fleet.wait_connected(timeout=20)
+            await _eventually(lambda: servers.connection_count == len(SPECS))
+
+            async def described() -> bool:
+                found = [await service.cloud.find_device(spec.device_id) for spec in SPECS]
+                return all(record.functions == ["setArg"] for record in found)
+
+            # The values are decoded with the variable types of the device's Describe (§6.6).
+            deadline = asyncio.get_running_loop().time() + 10
+            while not await described():
+                assert asyncio.get_running_loop().time() < deadline, "no Describe from every device"
+                await asyncio.sleep(0.05)
+            for spec in SPECS:
+                device = spec.device_id
+                assert await service.cloud.call_function(device, "setArg", "hi there") == 8
+                assert await service.cloud.read_variable(device, "lastArg") == (b"hi there", "hi there")
+                await service.cloud.signal(device, True)
+            try:
+                await service.cloud.read_variable(SPECS[0].device_id, "nosuch")
+            except UnknownVariableError:
+                pass
+            else:
+                raise AssertionError("an unknown variable must be refused")
+            # An event from the API reaches every device, whichever process serves it; each answers.
+            service.cloud.publish("vdev/ping", "to all", owner=None)
+            answers = {(e.device_id, e.data) for e in [await pongs.get() for _ in SPECS] if e is not None}
+            assert answers == {(spec.device_id, "to all") for spec in SPECS}
+            # Device to device, across the processes.
+            fleet[SPECS[0].device_id].publish("vdev/ping", "from a device")
+            answers = {(e.device_id, e.data) for e in [await pongs.get() for _ in SPECS] if e is not None}
+            assert answers == {(spec.device_id, "from a device") for spec in SPECS}
+            record = await service.cloud.find_device(SPECS[0].device_id)
+            assert record.online
+            assert record.functions == ["setArg"]
+        finally:
+            await fleet.stop()
+
+    _run(tmp_path, scenario)
+
+
+def test_refusals_are_recorded_and_a_dead_process_costs_one_reconnection(tmp_path: Path) -> None:
+    async def scenario(service: Service) -> None:
+        servers = service.device_server
+        assert isinstance(servers, DeviceProcesses)
+        known, unknown = SPECS[:4], SPECS[4:]
+        await _register(service, known)
+        fleet = Fleet(SPECS, service.keys.private_key.public_key(), config=SIM)
+        fleet.start("127.0.0.1", servers.port)
+        try:
+            await _eventually(lambda: servers.connection_count == len(known))
+            await service.cloud.flush()
+            refused = [
+                a
+                for a in await service.store.list_attempts(limit=1000)
+                if a.outcome is AttemptOutcome.FAILED and a.device_id in {s.device_id for s in unknown}
+            ]
+            assert {(a.step, a.reason) for a in refused} == {("identity", "unknown_device")}
+
+            before = servers.pids
+            os.kill(before[0], signal.SIGKILL)
+            await _eventually(lambda: before[0] not in servers.pids)
+            # Its devices reconnect through the other process at once, and the dead one is started again.
+            await _eventually(lambda: servers.connection_count == len(known) and len(servers.pids) == 2, 20)
+            assert before[0] not in servers.pids
+            assert before[1] in servers.pids
+            for spec in known:
+                assert await service.cloud.call_function(spec.device_id, "setArg", "back") == 4
+        finally:
+            await fleet.stop()
+
+    _run(tmp_path, scenario)
