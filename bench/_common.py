@@ -134,9 +134,10 @@ def register(
 
     async def run() -> None:
         async with SqliteStore(data_dir / "cyan.db") as store:
+            records = []
             for device, key in zip(ids, keys, strict=True):
                 der = public_key_der(key.public_key())
-                await store.add_device(
+                records.append(
                     DeviceRecord(
                         id=device,
                         owner=owner,
@@ -145,6 +146,8 @@ def register(
                         created_at=datetime.now(UTC),
                     )
                 )
+            for start in range(0, len(records), 5000):
+                await store.add_devices(records[start : start + 5000])
 
     asyncio.run(run())
     return ids

@@ -124,6 +124,32 @@ def test_add_device_refuses_a_taken_id_in_any_case(db: Path) -> None:
     run(scenario())
 
 
+def test_add_devices_registers_a_fleet_in_one_transaction_or_nothing(db: Path) -> None:
+    fleet = [DeviceRecord(id=f"{n:024x}", name=f"unit-{n}") for n in range(1, 501)]
+
+    async def scenario() -> None:
+        async with SqliteStore(db) as store:
+            await store.add_devices(fleet[:300])
+            # One taken id among new ones: nothing of the batch is added, and the message names it.
+            with pytest.raises(DeviceExistsError, match=f"device {fleet[299].id} is already registered"):
+                await store.add_devices(fleet[299:])
+            assert len(await store.list_devices()) == 300
+            with pytest.raises(DeviceExistsError, match="is listed twice"):
+                await store.add_devices([fleet[400], fleet[400]])
+            with pytest.raises(DeviceExistsError, match="'unit-1' is given to two devices"):
+                await store.add_devices(
+                    [DeviceRecord(id="aa" * 12, name="unit-1"), DeviceRecord(id="bb" * 12, name="unit-1")]
+                )
+            with pytest.raises(DeviceExistsError, match="'unit-1' is already taken"):
+                await store.add_devices([DeviceRecord(id="cc" * 12, name="unit-1")])
+            await store.add_devices(fleet[300:])
+            await store.add_devices([])
+            assert [d.id for d in await store.list_devices()] == [d.id for d in fleet]
+            assert await store.get_device(fleet[-1].id) == fleet[-1]
+
+    run(scenario())
+
+
 def test_add_device_refuses_a_taken_name_but_allows_many_unnamed(db: Path) -> None:
     async def scenario() -> None:
         async with SqliteStore(db) as store:

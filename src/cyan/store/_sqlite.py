@@ -259,6 +259,31 @@ class SqliteStore:
         except IntegrityError as exc:
             raise DeviceExistsError(await self._conflict(values)) from exc
 
+    async def add_devices(self, new_devices: list[DeviceRecord]) -> None:
+        """Register many devices in one transaction (fleet provisioning): all of them, or none if one id
+        or name is taken (`DeviceExistsError` names the first)."""
+        if not new_devices:
+            return
+        rows = [_device_values(device) for device in new_devices]
+        ids: set[str] = set()
+        names: set[str] = set()
+        for values in rows:
+            if values["id"] in ids:
+                raise DeviceExistsError(f"device {values['id']} is listed twice")
+            if values["name"] is not None and values["name"] in names:
+                raise DeviceExistsError(f"the name {values['name']!r} is given to two devices")
+            ids.add(values["id"])
+            if values["name"] is not None:
+                names.add(values["name"])
+        try:
+            async with self._writing("add devices", conflicts=True, statements="several") as conn:
+                await conn.execute(_INSERT_DEVICE, rows)
+        except IntegrityError as exc:
+            for values in rows:
+                if (taken := await self._taken(values)) is not None:
+                    raise DeviceExistsError(taken) from exc
+            raise DeviceExistsError(f"one of the {len(rows)} devices was registered concurrently") from exc
+
     async def save_device(self, device: DeviceRecord) -> None:
         values = _device_values(device)
         try:
@@ -298,6 +323,11 @@ class SqliteStore:
 
     async def _conflict(self, values: Mapping[str, Any]) -> str:
         """Which of id and name is taken, for the message of `DeviceExistsError`."""
+        taken = await self._taken(values)
+        return taken or f"device {values['id']} or the name {values['name']!r} was registered concurrently"
+
+    async def _taken(self, values: Mapping[str, Any]) -> str | None:
+        """What is already registered of this device's id and name, in words; None: neither."""
         device_id, name = values["id"], values["name"]
         query = select(devices.c.id, devices.c.name).where(or_(devices.c.id == device_id, devices.c.name == name))
         async with self._reading("check a device's id and name") as conn:
@@ -307,7 +337,7 @@ class SqliteStore:
                 return f"the name {name!r} is already taken by device {row.id}"
         if any(row.id == device_id for row in rows):
             return f"device {device_id} is already registered"
-        return f"device {device_id} or the name {name!r} was registered concurrently"
+        return None
 
     # -- connection attempts --------------------------------------------------------------------
 
