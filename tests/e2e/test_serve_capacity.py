@@ -254,3 +254,11 @@ def test_key_workers_answer_every_operation_correctly_when_run_concurrently() ->
         signature = results[1000 + n]
         assert isinstance(signature, bytes)
         assert public.recover_data_from_signature(signature, padding.PKCS1v15(), None) == digest
+
+
+def test_cyan_sim_refuses_an_id_prefix_that_is_not_hex(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    ensure_server_keys(settings)
+    argv = ["sim", "--data-dir", str(settings.data_dir), "--keys-dir", str(tmp_path / "keys"), "-n", "2"]
+    assert cyan_cli([*argv, "--no-register", "--id-prefix", "zz"]) == 1
+    assert "device id prefix 'zz' must be at most 16 lowercase hex digits" in capsys.readouterr().err

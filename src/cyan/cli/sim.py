@@ -56,6 +56,14 @@ def sim(
     owner: Annotated[
         str | None, typer.Option("--owner", help="Register the devices as this user's (see cyan users add).")
     ] = None,
+    id_prefix: Annotated[
+        str,
+        typer.Option(
+            "--id-prefix",
+            help="Device ids are this hex prefix followed by the index (c0ffee00000000000000002a); give each "
+            "simulator of one server its own [ids derived from a hash].",
+        ),
+    ] = "",
     source_address: Annotated[
         list[str] | None,
         typer.Option(
@@ -87,6 +95,7 @@ def sim(
         firmware=_firmware(firmware),
         fault=chosen_fault,
         config=SimConfig(source_addresses=sources),
+        prefix=id_prefix,
     )
     if register:
         added = asyncio.run(_register(settings, fleet, owner))
