@@ -1,32 +1,43 @@
 """Connected devices held by one `cyan serve`: memory and CPU per idle device, and the simulator's own cost.
 
     .venv/bin/python bench/connections.py [--sizes 1000,10000] [--keys-dir /tmp/bench-keys] [--idle 30]
+    .venv/bin/python bench/connections.py --sizes 1000,10000,100000 --device-processes 6 --sim-processes 6
 
-The simulator (this process) connects the devices with a ramp and keeps them idle: each pings 15 s after it
+The simulator runs in --sim-processes worker processes (each connecting from its own loopback address,
+127.0.0.2, 127.0.0.3, ...), connects the devices with a ramp and keeps them idle: each pings 15 s after it
 last heard from the server (protocol.md §8.1). For each size, once it is reached and has settled:
 
-- the server's resident memory (from /proc) against its memory before the first device;
+- the server's resident memory (from /proc; with --device-processes, the parent's and its children's)
+  against its memory before the first device;
 - the server's CPU over an idle window, per ping answered, against the protocol core alone answering
   the same pings in this process (one decrypt, one encrypt, CoAP both ways), measured in the same run;
 - the simulator's memory per device and CPU per connection, so it is known not to be the bottleneck.
 
-Device keys are kept in --keys-dir so later runs skip generating them. The largest size is bounded by
-the open-file limit of each process (one socket per device): the table says what it was.
+Every process may hold only as many sockets as its open-file limit allows: a size above it needs device
+processes on the server's side and simulator processes on this side. Device keys come from --keys-dir
+(created there on the first run, reused after); with more devices than keys, the keys are used again
+under new device ids.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
+import queue
 import resource
 import time
+from dataclasses import dataclass
+from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 
 from _common import Server, cpu_seconds, cyan_serve, register, rss_bytes, table
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from cyan.keys import load_public_key, public_key_der
 from cyan.protocol import DEVICE_OS_3_1_0, DeviceConnection, DeviceIdentified, ServerConnection
-from cyan.sim import AppSpec, Fleet, SimConfig, ensure_file_limit
+from cyan.sim import AppSpec, Fleet, SimConfig, ensure_file_limit, load_or_create_keys
 from cyan.testing import ConnectionPair, fixed_device_key, fixed_server_key
 
 PING_INTERVAL = 15.0
@@ -61,74 +72,191 @@ def core_cost_per_ping(pings: int = 5000) -> float:
     return spent / pings
 
 
-def own_rss() -> int:
-    return rss_bytes(os.getpid())
+def device_id(index: int) -> str:
+    return f"{0xC0FFEE00000000 + index:024x}"
 
 
-async def run(
-    server: Server, fleet: Fleet, sizes: list[int], *, ramp: float, idle: float, core_ping: float
-) -> list[tuple[str, str, str]]:
-    baseline = rss_bytes(server.pid)
-    sim_baseline = own_rss()
-    rows = [("server memory, no device", f"{baseline / 2**20:.1f} MiB", "")]
-    devices = fleet.devices
-    started = 0
-    try:
-        for size in sizes:
-            begin = time.monotonic()
-            sim_cpu = time.process_time()
-            for index, device in enumerate(devices[started:size]):
-                device.start("127.0.0.1", server.device_port, delay=index / ramp)
-            added = size - started
-            started = size
-            while sum(d.connected.is_set() for d in devices[:size]) < size:
-                if time.monotonic() - begin > 900:
-                    raise RuntimeError(f"only part of {size} devices connected: {fleet.stats()}")
-                await asyncio.sleep(0.2)
-            took = time.monotonic() - begin
-            sim_cpu = time.process_time() - sim_cpu
-            await asyncio.sleep(3.0)  # let the writes and the allocator settle
-            per_device = (rss_bytes(server.pid) - baseline) / size
-            sim_per_device = (own_rss() - sim_baseline) / size
-            # Idle window: every device pings once per interval; the server answers each.
-            before = cpu_seconds(server.pid)
-            await asyncio.sleep(idle)
-            server_idle = cpu_seconds(server.pid) - before
-            pings = size * idle / PING_INTERVAL
-            rows += [
-                (
-                    f"server memory per connected device at {size:,}",
-                    f"{per_device / 1024:.1f} KB",
-                    "goal under 16 KB, aim under 8 KB",
-                ),
-                (
-                    f"server CPU per idle ping at {size:,} ({size / PING_INTERVAL:,.0f} pings/s)",
-                    f"{server_idle / pings * 1e6:.0f} µs",
-                    f"protocol core alone {core_ping * 1e6:.0f} µs",
-                ),
-                (
-                    f"server CPU for {size:,} idle devices",
-                    f"{server_idle / idle * 100:.1f}% of a core",
-                    "",
-                ),
-                (
-                    f"time to connect the devices up to {size:,}",
-                    f"{took:.1f} s",
-                    f"ramp {ramp:g}/s",
-                ),
-                (
-                    f"simulator memory per device at {size:,}",
-                    f"{sim_per_device / 1024:.1f} KB",
-                    f"server {per_device / 1024:.1f} KB",
-                ),
-                (
-                    f"simulator CPU per connection (last {added:,})",
-                    f"{sim_cpu / added * 1000:.2f} ms",
-                    "",
-                ),
-            ]
-    finally:
+def server_pids(pid: int) -> list[int]:
+    """The server process and its children (the device processes)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *(int(child) for child in children)]
+
+
+def server_rss(pid: int) -> int:
+    return sum(rss_bytes(p) for p in server_pids(pid))
+
+
+def server_cpu(pid: int) -> float:
+    return sum(cpu_seconds(p) for p in server_pids(pid))
+
+
+# -- the simulator's worker processes -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """What one simulator process runs: devices by index (keys cycled from the key directory)."""
+
+    index: int
+    indices: list[int]
+    keys_dir: Path
+    key_count: int
+    port: int
+    server_der: bytes
+    ramp: float
+
+
+def sim_worker(
+    plan: WorkerPlan,
+    commands: multiprocessing.Queue[int | None],
+    figures: tuple[Synchronized[int], Synchronized[int], Synchronized[float]],
+) -> None:
+    """Connect from 127.0.0.(2 + index); grow to the sizes the parent sends; report connected/RSS/CPU."""
+    connected, rss, cpu = figures
+    ensure_file_limit()
+    pool = [key for _, key in load_or_create_keys(plan.keys_dir, plan.key_count)]
+    specs = Fleet.make_specs(
+        [(device_id(i), pool[i % len(pool)]) for i in plan.indices], firmware=DEVICE_OS_3_1_0, app=AppSpec.minimal()
+    )
+    fleet = Fleet(
+        specs,
+        load_public_key(plan.server_der),
+        config=SimConfig(goodbye_on_stop=False, source_addresses=(f"127.0.0.{2 + plan.index}",)),
+    )
+    ramp, port = plan.ramp, plan.port
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        started = 0
+        devices = fleet.devices
+        connected.value = 0  # keys loaded, fleet built: ready (the parent waits for every worker)
+        while True:
+            rss.value = rss_bytes(os.getpid())
+            cpu.value = time.process_time()
+            connected.value = sum(d.connected.is_set() for d in devices[:started])
+            try:
+                target = await loop.run_in_executor(None, commands.get, True, 0.5)
+            except queue.Empty:
+                continue
+            if target is None:
+                break
+            for n, device in enumerate(devices[started:target]):
+                device.start("127.0.0.1", port, delay=n / ramp)
+            started = max(started, target)
         await fleet.stop()
+
+    asyncio.run(run())
+
+
+class Simulators:
+    """K simulator processes sharing the fleet; the parent only commands and reads their figures."""
+
+    def __init__(
+        self,
+        *,
+        processes: int,
+        total: int,
+        keys_dir: Path,
+        key_count: int,
+        port: int,
+        server_key: rsa.RSAPublicKey,
+        ramp: float,
+    ) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.commands = [context.Queue() for _ in range(processes)]
+        self.connected = [context.Value("q", -1) for _ in range(processes)]  # -1: still loading keys
+        self.rss = [context.Value("q", 0) for _ in range(processes)]
+        self.cpu = [context.Value("d", 0.0) for _ in range(processes)]
+        self.slices = [list(range(n, total, processes)) for n in range(processes)]
+        plans = [
+            WorkerPlan(n, self.slices[n], keys_dir, key_count, port, public_key_der(server_key), ramp / processes)
+            for n in range(processes)
+        ]
+        self.workers = [
+            context.Process(
+                target=sim_worker, args=(plans[n], self.commands[n], (self.connected[n], self.rss[n], self.cpu[n]))
+            )
+            for n in range(processes)
+        ]
+        for worker in self.workers:
+            worker.start()
+
+    def grow_to(self, size: int) -> None:
+        for n, commands in enumerate(self.commands):
+            commands.put(sum(1 for i in self.slices[n] if i < size))
+
+    def connected_count(self) -> int:
+        return sum(max(v.value, 0) for v in self.connected)
+
+    def wait_ready(self) -> None:
+        while any(v.value < 0 for v in self.connected):
+            if not all(worker.is_alive() for worker in self.workers):
+                raise RuntimeError("a simulator process ended while loading its keys")
+            time.sleep(0.2)
+
+    def memory(self) -> int:
+        return sum(v.value for v in self.rss)
+
+    def cpu_time(self) -> float:
+        return float(sum(v.value for v in self.cpu))
+
+    def stop(self) -> None:
+        for commands in self.commands:
+            commands.put(None)
+        for worker in self.workers:
+            worker.join(60)
+            if worker.is_alive():
+                worker.kill()
+
+
+def measure(
+    server: Server, sims: Simulators, sizes: list[int], *, idle: float, core_ping: float
+) -> list[tuple[str, str, str]]:
+    sims.wait_ready()
+    time.sleep(1.0)
+    baseline = server_rss(server.pid)
+    sim_baseline = sims.memory()
+    rows = [("server memory, no device", f"{baseline / 2**20:.1f} MiB", f"{len(server_pids(server.pid))} processes")]
+    previous = 0
+    for size in sizes:
+        begin = time.monotonic()
+        sim_cpu = sims.cpu_time()
+        sims.grow_to(size)
+        while (count := sims.connected_count()) < size:
+            if time.monotonic() - begin > 1800:
+                raise RuntimeError(f"only {count:,} of {size:,} devices connected")
+            time.sleep(0.5)
+        took = time.monotonic() - begin
+        sim_cpu = sims.cpu_time() - sim_cpu
+        time.sleep(3.0)  # let the writes and the allocator settle
+        per_device = (server_rss(server.pid) - baseline) / size
+        sim_per_device = (sims.memory() - sim_baseline) / size
+        before, sim_before = server_cpu(server.pid), sims.cpu_time()
+        time.sleep(idle)
+        server_idle = server_cpu(server.pid) - before
+        sim_idle = sims.cpu_time() - sim_before
+        pings = size * idle / PING_INTERVAL
+        added = size - previous
+        previous = size
+        rows += [
+            (
+                f"server memory per connected device at {size:,}",
+                f"{per_device / 1024:.1f} KB",
+                "goal under 16 KB, aim under 8 KB",
+            ),
+            (
+                f"server CPU per idle ping at {size:,} ({size / PING_INTERVAL:,.0f} pings/s)",
+                f"{server_idle / pings * 1e6:.0f} µs",
+                f"protocol core alone {core_ping * 1e6:.0f} µs",
+            ),
+            (f"server CPU for {size:,} idle devices", f"{server_idle / idle * 100:.1f}% of a core", ""),
+            (f"time to connect the devices up to {size:,}", f"{took:.1f} s", ""),
+            (f"simulator memory per device at {size:,}", f"{sim_per_device / 1024:.1f} KB", ""),
+            (f"simulator CPU per connection (last {added:,})", f"{sim_cpu / added * 1000:.2f} ms", ""),
+            (f"simulator CPU per idle ping at {size:,}", f"{sim_idle / pings * 1e6:.0f} µs", ""),
+        ]
+        # What is measured so far, in case a larger size does not fit the machine.
+        print(table(f"So far (up to {size:,} devices)", rows), flush=True)
     return rows
 
 
@@ -136,23 +264,44 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,5000")
     parser.add_argument("--keys-dir", type=Path, default=Path("sim-keys-bench"))
-    parser.add_argument("--ramp", type=float, default=400.0, help="connections per second")
+    parser.add_argument("--keys", type=int, default=None, help="how many distinct device keys [one per device]")
+    parser.add_argument("--ramp", type=float, default=400.0, help="connections per second, all simulators")
     parser.add_argument("--idle", type=float, default=30.0, help="seconds of idle CPU measured per size")
+    parser.add_argument("--device-processes", type=int, default=0, help="cyan serve --device-processes")
+    parser.add_argument("--sim-processes", type=int, default=1, help="simulator processes")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
-    limit = ensure_file_limit(max(sizes) + 200)
-    if limit < max(sizes) + 100:
-        raise SystemExit(f"the open-file limit is {limit:,}: too low for {max(sizes):,} devices in one process")
+    total = max(sizes)
+    key_count = min(args.keys or total, total)
     core_ping = core_cost_per_ping()
-    with cyan_serve() as server:
-        fleet = Fleet.load_or_create(
-            args.keys_dir, max(sizes), server.public_key, app=AppSpec.minimal(), config=SimConfig(goodbye_on_stop=False)
+    limit = ensure_file_limit()
+    load_or_create_keys(args.keys_dir, key_count)  # created once, here, before the simulators load them
+    extra = ("--device-processes", str(args.device_processes)) if args.device_processes else ()
+    with cyan_serve(*extra) as server:
+        pool = [key for _, key in load_or_create_keys(args.keys_dir, key_count)]
+        register(server.data_dir, [pool[i % key_count] for i in range(total)], ids=[device_id(i) for i in range(total)])
+        sims = Simulators(
+            processes=args.sim_processes,
+            total=total,
+            keys_dir=args.keys_dir,
+            key_count=key_count,
+            port=server.device_port,
+            server_key=server.public_key,
+            ramp=args.ramp,
         )
-        specs = [device.spec for device in fleet.devices]
-        register(server.data_dir, [s.private_key for s in specs], ids=[s.device_id for s in specs])
-        rows = asyncio.run(run(server, fleet, sizes, ramp=args.ramp, idle=args.idle, core_ping=core_ping))
+        try:
+            rows = measure(server, sims, sizes, idle=args.idle, core_ping=core_ping)
+        finally:
+            sims.stop()
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    print(table(f"Idle connected devices, one cyan serve process (open-file limit {hard:,} per process)", rows))
+    print(
+        table(
+            f"Idle connected devices, one cyan serve ({args.device_processes or 'no'} device processes), "
+            f"{args.sim_processes} simulator processes, {key_count:,} device keys, open-file limit {limit:,} "
+            f"(hard {hard:,}) per process",
+            rows,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -8,20 +8,23 @@ and a child that dies must cost its devices one reconnection, never the server.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cyan.cloud.errors import UnknownVariableError
+import pytest
+
+from cyan.cloud.errors import DeviceTimeoutError, UnknownVariableError
 from cyan.cloud.models import AttemptOutcome, DeviceRecord
 from cyan.config import Settings
 from cyan.keys import fingerprint, public_key_der
 from cyan.protocol import DEVICE_OS_0_6_1, DEVICE_OS_3_1_0, ServerConfig
 from cyan.server import DeviceProcesses
 from cyan.service import Service, ensure_server_keys
-from cyan.sim import Fleet, SimConfig, VirtualDeviceSpec, registered_public_key
+from cyan.sim import AppSpec, Fleet, SimConfig, VirtualDeviceSpec, registered_public_key
 from cyan.testing import fixed_device_key
 
 FAST = ServerConfig(identity_timeout=2.0, hello_timeout=2.0, describe_delay=0.2, request_timeout=3.0)
@@ -113,6 +116,26 @@ def test_devices_in_child_processes_are_served_like_local_ones(tmp_path: Path) -
             record = await service.cloud.find_device(SPECS[0].device_id)
             assert record.online
             assert record.functions == ["setArg"]
+        finally:
+            await fleet.stop()
+
+    _run(tmp_path, scenario)
+
+
+def test_a_device_side_error_reaches_the_caller_whole(tmp_path: Path) -> None:
+    """A device whose Describe lists no functions is sent the call; the firmware acknowledges an unknown
+    function and never answers (protocol.md §6.5): the child's timeout error crosses to the parent."""
+    silent = dataclasses.replace(SPECS[0], app=AppSpec.minimal())
+
+    async def scenario(service: Service) -> None:
+        await _register(service, [silent])
+        fleet = Fleet([silent], service.keys.private_key.public_key(), config=SIM)
+        fleet.start("127.0.0.1", service.device_server.port)
+        try:
+            await fleet.wait_connected(timeout=20)
+            await _eventually(lambda: service.device_server.connection_count == 1)
+            with pytest.raises(DeviceTimeoutError, match=f"device {silent.device_id} did not answer the call of 'led'"):
+                await service.cloud.call_function(silent.device_id, "led", "on", timeout=0.5)
         finally:
             await fleet.stop()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "CloudError",
     "DeviceNotFoundError",
@@ -16,6 +18,18 @@ __all__ = [
 
 class CloudError(Exception):
     """Base class; the message is meant for people."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The subclasses take their parts, not their message, so the default pickling (call the class with
+        # `args`) would fail; rebuild from the message instead. Device processes send these errors to the
+        # parent pickled (cyan.server._ipc).
+        return (_restore, (type(self), self.args), self.__dict__ or None)
+
+
+def _restore(cls: type[CloudError], args: tuple[Any, ...]) -> CloudError:
+    error = cls.__new__(cls)
+    error.args = args
+    return error
 
 
 class DeviceNotFoundError(CloudError):
