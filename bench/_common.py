@@ -33,6 +33,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def server_pids(pid: int) -> list[int]:
+    """The server process and its children (its device processes, with --device-processes)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *(int(child) for child in children)]
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """CPU time of the server process and its children."""
+    return sum(cpu_seconds(p) for p in server_pids(pid))
+
+
 def thread_cpu_seconds(pid: int) -> dict[str, float]:
     """User + system CPU time of each thread of a process, summed by role: the event loop (the main
     thread), the key workers (threads named cyan-key-*), and the rest (the database driver's thread...)."""

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 
-from _common import Server, cpu_seconds, cyan_serve, register, rss_bytes, table
+from _common import Server, cyan_serve, register, rss_bytes, server_cpu_seconds, server_pids, table
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cyan.keys import load_public_key, public_key_der
@@ -76,18 +76,8 @@ def device_id(index: int) -> str:
     return f"{0xC0FFEE00000000 + index:024x}"
 
 
-def server_pids(pid: int) -> list[int]:
-    """The server process and its children (the device processes)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [pid, *(int(child) for child in children)]
-
-
 def server_rss(pid: int) -> int:
     return sum(rss_bytes(p) for p in server_pids(pid))
-
-
-def server_cpu(pid: int) -> float:
-    return sum(cpu_seconds(p) for p in server_pids(pid))
 
 
 # -- the simulator's worker processes -----------------------------------------------------------------
@@ -231,9 +221,9 @@ def measure(
         time.sleep(3.0)  # let the writes and the allocator settle
         per_device = (server_rss(server.pid) - baseline) / size
         sim_per_device = (sims.memory() - sim_baseline) / size
-        before, sim_before = server_cpu(server.pid), sims.cpu_time()
+        before, sim_before = server_cpu_seconds(server.pid), sims.cpu_time()
         time.sleep(idle)
-        server_idle = server_cpu(server.pid) - before
+        server_idle = server_cpu_seconds(server.pid) - before
         sim_idle = sims.cpu_time() - sim_before
         pings = size * idle / PING_INTERVAL
         added = size - previous

@@ -16,7 +16,7 @@ import os
 import statistics
 import time
 
-from _common import cpu_seconds, cyan_serve, keys, register, table, thread_cpu_seconds
+from _common import cyan_serve, keys, register, server_cpu_seconds, table, thread_cpu_seconds
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import NoDigestInfo
 
@@ -96,16 +96,19 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--workers", type=int, default=None, help="cyan serve --workers (default: its own)")
+    parser.add_argument("--device-processes", type=int, default=0, help="cyan serve --device-processes")
     args = parser.parse_args()
 
     device_keys = keys(args.devices)
     bare = bare_rsa_per_handshake()
-    extra = () if args.workers is None else ("--workers", str(args.workers))
+    extra: tuple[str, ...] = () if args.workers is None else ("--workers", str(args.workers))
+    if args.device_processes:
+        extra += ("--device-processes", str(args.device_processes))
     with cyan_serve(*extra) as server:
         ids = register(server.data_dir, device_keys)
         # Warm up (imports, caches, the database), then measure.
         asyncio.run(load(server.device_port, ids, device_keys, server.public_key, seconds=1.0, concurrency=8))
-        cpu_before = cpu_seconds(server.pid)
+        cpu_before = server_cpu_seconds(server.pid)
         threads_before = thread_cpu_seconds(server.pid)
         load_before = time.process_time()
         wall = time.perf_counter()
@@ -120,7 +123,7 @@ def main() -> None:
             )
         )
         wall = time.perf_counter() - wall
-        server_cpu = cpu_seconds(server.pid) - cpu_before
+        server_cpu = server_cpu_seconds(server.pid) - cpu_before
         threads_after = thread_cpu_seconds(server.pid)
         load_cpu = time.process_time() - load_before
     per_handshake = server_cpu / max(done, 1)
@@ -134,7 +137,8 @@ def main() -> None:
     print(
         table(
             f"Handshakes: {done} in {wall:.1f} s, {failed} failed, concurrency {args.concurrency}, "
-            f"cyan serve --workers {workers}, {cores} cores shared with this load generator",
+            f"cyan serve --workers {workers} --device-processes {args.device_processes}, "
+            f"{cores} cores shared with this load generator",
             [
                 (
                     "handshakes per second",
