@@ -12,23 +12,19 @@ import dataclasses
 import os
 import signal
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from serve_support import FAST, SIM, loopback_service, register
 
 from cyan.cloud.errors import DeviceTimeoutError, UnknownVariableError
-from cyan.cloud.models import AttemptOutcome, DeviceRecord
-from cyan.config import Settings
-from cyan.keys import fingerprint, public_key_der
-from cyan.protocol import DEVICE_OS_0_6_1, DEVICE_OS_3_1_0, ServerConfig
+from cyan.cloud.models import AttemptOutcome
+from cyan.protocol import DEVICE_OS_0_6_1, DEVICE_OS_3_1_0
 from cyan.server import DeviceProcesses
-from cyan.service import Service, ensure_server_keys
-from cyan.sim import AppSpec, Fleet, SimConfig, VirtualDeviceSpec, registered_public_key
+from cyan.service import Service
+from cyan.sim import AppSpec, Fleet, VirtualDeviceSpec
 from cyan.testing import fixed_device_key
 
-FAST = ServerConfig(identity_timeout=2.0, hello_timeout=2.0, describe_delay=0.2, request_timeout=3.0)
-SIM = SimConfig(backoff_scale=0.05)
 SPECS = [
     VirtualDeviceSpec(f"{n:024x}", fixed_device_key(n), firmware=DEVICE_OS_3_1_0 if n % 2 else DEVICE_OS_0_6_1)
     for n in range(1, 7)
@@ -37,15 +33,7 @@ SPECS = [
 
 def _run(tmp_path: Path, scenario: Callable[[Service], Awaitable[None]], *, processes: int = 2) -> None:
     async def main() -> None:
-        settings = Settings(
-            data_dir=tmp_path / "data",
-            device_host="127.0.0.1",
-            device_port=0,
-            api_host="127.0.0.1",
-            api_port=0,
-            device_processes=processes,
-        )
-        service = Service(settings, ensure_server_keys(settings), protocol=FAST)
+        service = loopback_service(tmp_path / "data", device_processes=processes, protocol=FAST)
         await service.start()
         try:
             await scenario(service)
@@ -53,16 +41,6 @@ def _run(tmp_path: Path, scenario: Callable[[Service], Awaitable[None]], *, proc
             await service.stop()
 
     asyncio.run(main())
-
-
-async def _register(service: Service, specs: list[VirtualDeviceSpec]) -> None:
-    for spec in specs:
-        der = public_key_der(registered_public_key(spec))
-        await service.store.add_device(
-            DeviceRecord(
-                id=spec.device_id, public_key_der=der, key_fingerprint=fingerprint(der), created_at=datetime.now(UTC)
-            )
-        )
 
 
 async def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -77,7 +55,7 @@ def test_devices_in_child_processes_are_served_like_local_ones(tmp_path: Path) -
         servers = service.device_server
         assert isinstance(servers, DeviceProcesses)
         assert len(servers.pids) == 2
-        await _register(service, SPECS)
+        await register(service, SPECS)
         pongs = service.bus.subscribe("vdev/pong")
         fleet = Fleet(SPECS, service.keys.private_key.public_key(), config=SIM)
         fleet.start("127.0.0.1", servers.port)
@@ -128,7 +106,7 @@ def test_a_device_side_error_reaches_the_caller_whole(tmp_path: Path) -> None:
     silent = dataclasses.replace(SPECS[0], app=AppSpec.minimal())
 
     async def scenario(service: Service) -> None:
-        await _register(service, [silent])
+        await register(service, [silent])
         fleet = Fleet([silent], service.keys.private_key.public_key(), config=SIM)
         fleet.start("127.0.0.1", service.device_server.port)
         try:
@@ -147,7 +125,7 @@ def test_refusals_are_recorded_and_a_dead_process_costs_one_reconnection(tmp_pat
         servers = service.device_server
         assert isinstance(servers, DeviceProcesses)
         known, unknown = SPECS[:4], SPECS[4:]
-        await _register(service, known)
+        await register(service, known)
         fleet = Fleet(SPECS, service.keys.private_key.public_key(), config=SIM)
         fleet.start("127.0.0.1", servers.port)
         try:

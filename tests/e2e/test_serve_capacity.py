@@ -12,22 +12,21 @@ import os
 import resource
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import padding
+from serve_support import attempts_once_connected, loopback_service, register
 
 from cyan.cli import main as cyan_cli
 from cyan.cli.serve import _print_banner
-from cyan.cloud.models import AttemptOutcome, DeviceRecord
+from cyan.cloud.models import AttemptOutcome
 from cyan.config import Settings
-from cyan.keys import fingerprint, public_key_der
 from cyan.limits import ensure_file_limit
 from cyan.protocol import DEVICE_OS_0_6_1, DEVICE_OS_3_1_0, ServerConfig
 from cyan.server import device_server
 from cyan.service import Service, ensure_server_keys
-from cyan.sim import Fleet, SimConfig, VirtualDeviceSpec, registered_public_key
+from cyan.sim import Fleet, SimConfig, VirtualDeviceSpec
 from cyan.testing import fixed_device_key, fixed_server_key
 
 FAST = ServerConfig(identity_timeout=1.0, hello_timeout=1.0, describe_delay=0.2, request_timeout=2.0)
@@ -39,25 +38,7 @@ SPECS = [
 
 
 def _service(tmp_path: Path, workers: int) -> Service:
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        device_host="127.0.0.1",
-        device_port=0,
-        api_host="127.0.0.1",
-        api_port=0,
-        workers=workers,
-    )
-    return Service(settings, ensure_server_keys(settings), protocol=FAST)
-
-
-async def _register(service: Service) -> None:
-    for spec in SPECS:
-        der = public_key_der(registered_public_key(spec))
-        await service.store.add_device(
-            DeviceRecord(
-                id=spec.device_id, public_key_der=der, key_fingerprint=fingerprint(der), created_at=datetime.now(UTC)
-            )
-        )
+    return loopback_service(tmp_path / "data", workers=workers, protocol=FAST)
 
 
 @pytest.mark.parametrize("workers", [0, 1, 2])
@@ -72,7 +53,7 @@ def test_both_generations_connect_and_answer(tmp_path: Path, workers: int) -> No
     async def main() -> None:
         service = _service(tmp_path, workers)
         await service.start()
-        await _register(service)
+        await register(service, SPECS)
         fleet = Fleet(SPECS, service.keys.private_key.public_key(), config=SIM)
         fleet.start("127.0.0.1", service.device_server.port)
         try:
@@ -106,17 +87,12 @@ def test_a_failing_worker_is_recorded_and_the_server_goes_on(tmp_path: Path) -> 
     async def main() -> None:
         service = _service(tmp_path, 2)
         await service.start()
-        await _register(service)
-        fleet = Fleet(SPECS[:1], service.keys.private_key.public_key(), config=SIM)
-        fleet.start("127.0.0.1", service.device_server.port)
         try:
-            # The first attempt fails on our side; the device retries and gets in.
-            await fleet.wait_connected(timeout=10)
-            await service.cloud.flush()
-            # The failed decryption never learnt who the device was: its record has the address only.
-            attempts = await service.store.list_attempts()
+            await register(service, SPECS)
+            # The first attempt fails on our side; the device retries and gets in. The failed decryption
+            # never learnt who the device was: its record has the address only.
+            attempts = await attempts_once_connected(service, SPECS[:1])
         finally:
-            await fleet.stop()
             await service.stop()
         failed = [a for a in attempts if a.outcome is AttemptOutcome.FAILED]
         assert [(a.step, a.reason) for a in failed] == [("nonce", "server_error")]
@@ -155,15 +131,7 @@ def test_banner_tells_the_device_capacity_and_the_workers(tmp_path: Path, capsys
 
 def test_banner_with_device_processes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     async def main() -> None:
-        settings = Settings(
-            data_dir=tmp_path / "data",
-            device_host="127.0.0.1",
-            device_port=0,
-            api_host="127.0.0.1",
-            api_port=0,
-            device_processes=3,
-        )
-        service = Service(settings, ensure_server_keys(settings), protocol=FAST)
+        service = loopback_service(tmp_path / "data", device_processes=3, protocol=FAST)
         await service.start()
         try:
             _print_banner(service, file_limit=20_000)
@@ -193,16 +161,11 @@ def test_a_fleet_spread_over_several_source_addresses(tmp_path: Path) -> None:
     async def main() -> None:
         service = _service(tmp_path, 1)
         await service.start()
-        await _register(service)
-        config = SimConfig(backoff_scale=0.05, source_addresses=("127.0.0.2", "127.0.0.3"))
-        fleet = Fleet(SPECS, service.keys.private_key.public_key(), config=config)
-        fleet.start("127.0.0.1", service.device_server.port)
         try:
-            await fleet.wait_connected(timeout=10)
-            await service.cloud.flush()
-            attempts = await service.store.list_attempts()
+            await register(service, SPECS)
+            config = SimConfig(backoff_scale=0.05, source_addresses=("127.0.0.2", "127.0.0.3"))
+            attempts = await attempts_once_connected(service, SPECS, config)
         finally:
-            await fleet.stop()
             await service.stop()
         assert {(a.device_id, a.peer_address.split(":")[0]) for a in attempts} == {
             (SPECS[0].device_id, "127.0.0.2"),

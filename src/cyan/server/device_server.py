@@ -194,8 +194,13 @@ class DeviceProtocol(asyncio.Protocol):
         conn = self._conn
         if conn is None or conn.closed:
             return
+        self._drive(lambda: conn.receive_data(data, time.time()))
+
+    def _drive(self, step: Callable[[], None]) -> None:
+        """Give the core its input (`step`), then act on what it says and send what it queued. A protocol
+        breach it raises ends the connection with the step and reason it names."""
         try:
-            conn.receive_data(data, time.time())
+            step()
         except RemoteProtocolError as exc:
             self._handle_events()
             self._fail(exc.step, exc.reason, str(exc))
@@ -346,17 +351,10 @@ class DeviceProtocol(asyncio.Protocol):
         conn = self._conn
         if conn is None or conn.closed:
             return
-        try:
-            if isinstance(result, BaseException):
-                conn.private_key_failed(f"the server's private-key operation failed: {result!r}")
-            else:
-                conn.private_key_done(result, time.time())
-        except RemoteProtocolError as exc:
-            self._handle_events()
-            self._fail(exc.step, exc.reason, str(exc))
-            return
-        self._handle_events()
-        self._flush()
+        if isinstance(result, BaseException):
+            self._drive(lambda: conn.private_key_failed(f"the server's private-key operation failed: {result!r}"))
+        else:
+            self._drive(lambda: conn.private_key_done(result, time.time()))
 
     async def _decide(self, event: DeviceIdentified) -> None:
         conn = self._conn

@@ -1,0 +1,60 @@
+"""A `Service` on loopback with ephemeral ports, and simulated devices registered with it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cyan.cloud.models import ConnectionAttempt, DeviceRecord
+from cyan.config import Settings, all_cores
+from cyan.keys import fingerprint, public_key_der
+from cyan.protocol import ServerConfig
+from cyan.service import Service, ensure_server_keys
+from cyan.sim import Fleet, SimConfig, VirtualDeviceSpec, registered_public_key
+
+FAST = ServerConfig(identity_timeout=2.0, hello_timeout=2.0, describe_delay=0.2, request_timeout=3.0)
+SIM = SimConfig(backoff_scale=0.05)
+
+
+def loopback_service(
+    data: Path, *, workers: int | None = None, device_processes: int = 0, protocol: ServerConfig = FAST
+) -> Service:
+    """`cyan serve`'s service on 127.0.0.1 with ephemeral device and API ports (not started)."""
+    settings = Settings(
+        data_dir=data,
+        device_host="127.0.0.1",
+        device_port=0,
+        api_host="127.0.0.1",
+        api_port=0,
+        workers=all_cores() if workers is None else workers,
+        device_processes=device_processes,
+    )
+    return Service(settings, ensure_server_keys(settings), protocol=protocol)
+
+
+async def register(service: Service, specs: Sequence[VirtualDeviceSpec]) -> None:
+    """Register the devices with the public keys they will present."""
+    records = []
+    for spec in specs:
+        der = public_key_der(registered_public_key(spec))
+        records.append(
+            DeviceRecord(
+                id=spec.device_id, public_key_der=der, key_fingerprint=fingerprint(der), created_at=datetime.now(UTC)
+            )
+        )
+    await service.store.add_devices(records)
+
+
+async def attempts_once_connected(
+    service: Service, specs: Sequence[VirtualDeviceSpec], config: SimConfig = SIM
+) -> list[ConnectionAttempt]:
+    """Run the devices until all are connected; every connection attempt the server recorded meanwhile."""
+    fleet = Fleet(list(specs), service.keys.private_key.public_key(), config=config)
+    fleet.start("127.0.0.1", service.device_server.port)
+    try:
+        assert await fleet.wait_connected(timeout=20)
+        await service.cloud.flush()
+        return await service.store.list_attempts(limit=1000)
+    finally:
+        await fleet.stop()
