@@ -56,13 +56,16 @@ def _load(der: bytes) -> rsa.RSAPublicKey:
     return key
 
 
+def _fingerprint_of(der: bytes, record: DeviceRecord | None) -> str:
+    """The key's fingerprint; the registered key's is stored with it, so the usual case computes nothing."""
+    if record is not None and record.key_fingerprint and der == record.public_key_der:
+        return record.key_fingerprint
+    return fingerprint(der)
+
+
 def decide_strict(device_id: str, record: DeviceRecord | None, presented_der: bytes | None) -> Decision:
     """The default decision with no policy, window or pending key involved."""
-    if record is not None and presented_der and presented_der == record.public_key_der and record.key_fingerprint:
-        # The usual case: the very key registered, whose fingerprint is stored with it.
-        known = record.key_fingerprint
-        return Decision(_load(presented_der), None, "registered key", known, known, record=record)
-    presented = fingerprint(presented_der) if presented_der else None
+    presented = _fingerprint_of(presented_der, record) if presented_der else None
     if record is None:
         return Decision(None, Reason.UNKNOWN_DEVICE, f"device {device_id} is not registered", presented, None)
     stored_der = record.public_key_der
