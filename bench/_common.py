@@ -29,7 +29,12 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
+
+
+def _stat_cpu_seconds(stat: Path) -> float:
+    """User + system CPU time from a /proc stat file (a process's or a thread's)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
@@ -50,11 +55,10 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
     roles: dict[str, float] = {"event loop": 0.0, "key workers": 0.0, "other threads": 0.0}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            seconds = _stat_cpu_seconds(task / "stat")
             name = (task / "comm").read_text().strip()
         except OSError:
             continue  # the thread ended meanwhile
-        seconds = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
         role = (
             "event loop" if task.name == str(pid) else "key workers" if name.startswith("cyan-key") else "other threads"
         )

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 
-from _common import Server, cyan_serve, register, rss_bytes, server_cpu_seconds, server_pids, table
+from _common import Server, cyan_serve, device_id, register, rss_bytes, server_cpu_seconds, server_pids, table
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cyan.keys import load_public_key, public_key_der
@@ -70,10 +70,6 @@ def core_cost_per_ping(pings: int = 5000) -> float:
         while device.next_event() is not None:
             pass
     return spent / pings
-
-
-def device_id(index: int) -> str:
-    return f"{0xC0FFEE00000000 + index:024x}"
 
 
 def server_rss(pid: int) -> int:
@@ -269,7 +265,8 @@ def main() -> None:
     extra = ("--device-processes", str(args.device_processes)) if args.device_processes else ()
     with cyan_serve(*extra) as server:
         pool = [key for _, key in load_or_create_keys(args.keys_dir, key_count)]
-        register(server.data_dir, [pool[i % key_count] for i in range(total)], ids=[device_id(i) for i in range(total)])
+        # Registered as device_id(0), device_id(1)..., the ids the simulators present.
+        register(server.data_dir, [pool[i % key_count] for i in range(total)])
         sims = Simulators(
             processes=args.sim_processes,
             total=total,
