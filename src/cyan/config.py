@@ -78,9 +78,9 @@ class Settings:
         values: dict[str, object] = {
             "data_dir": Path(_env("DATA_DIR", "cyan-data")),
             "device_host": _env("DEVICE_HOST", "0.0.0.0"),
-            "device_port": int(_env("DEVICE_PORT", "5683")),
+            "device_port": _int_env("DEVICE_PORT", 5683),
             "api_host": _env("API_HOST", "0.0.0.0"),
-            "api_port": int(_env("API_PORT", "8080")),
+            "api_port": _int_env("API_PORT", 8080),
             "alert_webhook": _env("ALERT_WEBHOOK", ""),
             "public_address": os.environ.get("CYAN_PUBLIC_ADDRESS") or default_public_address(),
             "workers": _int_env("WORKERS", all_cores()),

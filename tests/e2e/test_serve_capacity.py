@@ -225,3 +225,10 @@ def test_cyan_sim_refuses_an_id_prefix_that_is_not_hex(tmp_path: Path, capsys: p
     argv = ["sim", "--data-dir", str(settings.data_dir), "--keys-dir", str(tmp_path / "keys"), "-n", "2"]
     assert cyan_cli([*argv, "--no-register", "--id-prefix", "zz"]) == 1
     assert "device id prefix 'zz' must be at most 16 lowercase hex digits" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["CYAN_WORKERS", "CYAN_DEVICE_PROCESSES", "CYAN_DEVICE_PORT", "CYAN_API_PORT"])
+def test_a_number_setting_that_is_not_one_is_named(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(name, "many")
+    with pytest.raises(ValueError, match=f"{name} must be a whole number, not 'many'"):
+        Settings.from_env()

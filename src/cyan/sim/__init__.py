@@ -10,6 +10,8 @@ legacy stack, or 3.1.0, new stack; §0.1), a small user application, the firmwar
     await fleet.run("127.0.0.1", 5683, ramp=200, stop=stop_event)
 """
 
+from cyan.limits import ensure_file_limit
+
 from ._device import (
     ConnectedFlag,
     DeviceState,
@@ -23,7 +25,6 @@ from ._faults import CorruptedDeviceKey, corrupt_device_key, wrong_server_key
 from ._fleet import (
     Fleet,
     FleetStats,
-    ensure_file_limit,
     read_server_key,
     registered_public_key,
     resolve_host,

@@ -23,7 +23,6 @@ from cyan.keys import (
     parse_server_key_file,
     read_firmware_server_key,
 )
-from cyan.limits import ensure_file_limit
 from cyan.protocol import DEVICE_OS_3_1_0, Firmware
 
 from ._device import DeviceState, FunctionHandler, VirtualDevice
@@ -34,7 +33,6 @@ from ._spec import AppSpec, Fault, SimConfig, VirtualDeviceSpec, derive_device_i
 __all__ = [
     "Fleet",
     "FleetStats",
-    "ensure_file_limit",
     "read_server_key",
     "registered_public_key",
     "resolve_host",
