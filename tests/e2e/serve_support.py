@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,6 +32,29 @@ def loopback_service(
         device_processes=device_processes,
     )
     return Service(settings, ensure_server_keys(settings), protocol=protocol)
+
+
+def run_with_service(
+    data: Path,
+    scenario: Callable[[Service], Awaitable[None]],
+    *,
+    prepare: Callable[[Service], None] | None = None,
+    device_processes: int = 0,
+    protocol: ServerConfig = FAST,
+) -> None:
+    """Start a `loopback_service` (after `prepare`), run `scenario` on it, stop it whatever happens."""
+
+    async def main() -> None:
+        service = loopback_service(data, device_processes=device_processes, protocol=protocol)
+        if prepare is not None:
+            prepare(service)
+        await service.start()
+        try:
+            await scenario(service)
+        finally:
+            await service.stop()
+
+    asyncio.run(main())
 
 
 async def register(service: Service, specs: Sequence[VirtualDeviceSpec]) -> None:

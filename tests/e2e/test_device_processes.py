@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from serve_support import FAST, SIM, loopback_service, register
+from serve_support import FAST, SIM, register, run_with_service
 
 from cyan.cloud.errors import DeviceTimeoutError, UnknownVariableError
 from cyan.cloud.models import AttemptOutcome
@@ -32,15 +32,7 @@ SPECS = [
 
 
 def _run(tmp_path: Path, scenario: Callable[[Service], Awaitable[None]], *, processes: int = 2) -> None:
-    async def main() -> None:
-        service = loopback_service(tmp_path / "data", device_processes=processes, protocol=FAST)
-        await service.start()
-        try:
-            await scenario(service)
-        finally:
-            await service.stop()
-
-    asyncio.run(main())
+    run_with_service(tmp_path / "data", scenario, device_processes=processes, protocol=FAST)
 
 
 async def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from serve_support import run_with_service
 
 from cyan.cloud.models import DeviceRecord, FirmwareRecord, JobState, UpdateJob
 from cyan.cloud.ota import FirmwareRejectedError, UpdateConfig, UpdateConflictError, UpdateNotFoundError, judge
-from cyan.config import Settings
 from cyan.keys import fingerprint, public_key_der
 from cyan.protocol import (
     DEVICE_OS_0_6_1,
@@ -28,7 +28,7 @@ from cyan.protocol import (
     parse_module,
 )
 from cyan.protocol.binary import ModuleFunction, build_module
-from cyan.service import Service, ensure_server_keys
+from cyan.service import Service
 from cyan.sim import Fault, Fleet, SimConfig, VirtualDeviceSpec, registered_public_key
 from cyan.testing import fixed_device_key
 
@@ -75,23 +75,10 @@ def _spec(n: int, firmware: Firmware = DEVICE_OS_3_1_0, fault: Fault | None = No
 def _run(tmp_path: Path, scenario: Callable[[Service], Awaitable[None]], *, processes: int = 0) -> None:
     """`processes`: serve the devices from that many device processes (`cyan serve --device-processes`)."""
 
-    async def main() -> None:
-        settings = Settings(
-            data_dir=tmp_path / "data",
-            device_host="127.0.0.1",
-            device_port=0,
-            api_port=0,
-            device_processes=processes,
-        )
-        service = Service(settings, ensure_server_keys(settings), protocol=FAST)
+    def prepare(service: Service) -> None:
         service.updates.config = UPDATES
-        await service.start()
-        try:
-            await scenario(service)
-        finally:
-            await service.stop()
 
-    asyncio.run(main())
+    run_with_service(tmp_path / "data", scenario, prepare=prepare, device_processes=processes, protocol=FAST)
 
 
 async def _fleet(

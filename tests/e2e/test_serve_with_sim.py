@@ -8,14 +8,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from serve_support import run_with_service
 
 from cyan.bus import CloudEvent
 from cyan.cloud.errors import DeviceOfflineError, DeviceTimeoutError, UnknownVariableError
 from cyan.cloud.models import AttemptOutcome, ConnectionAttempt, DeviceRecord
-from cyan.config import Settings
 from cyan.keys import fingerprint, public_key_der
 from cyan.protocol import DEVICE_OS_0_6_1, DEVICE_OS_3_1_0, ServerConfig
-from cyan.service import Service, ensure_server_keys
+from cyan.service import Service
 from cyan.sim import Fault, Fleet, SimConfig, VirtualDevice, VirtualDeviceSpec, registered_public_key
 from cyan.testing import fixed_device_key
 
@@ -48,18 +48,7 @@ async def _eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0
 
 
 def _run(tmp_path: Path, scenario: Callable[[Service], Awaitable[None]]) -> None:
-    async def main() -> None:
-        settings = Settings(
-            data_dir=tmp_path / "data", device_host="127.0.0.1", device_port=0, api_host="127.0.0.1", api_port=0
-        )
-        service = Service(settings, ensure_server_keys(settings), protocol=FAST)
-        await service.start()
-        try:
-            await scenario(service)
-        finally:
-            await service.stop()
-
-    asyncio.run(main())
+    run_with_service(tmp_path / "data", scenario, protocol=FAST)
 
 
 def test_devices_connect_and_are_reachable(tmp_path: Path) -> None:
