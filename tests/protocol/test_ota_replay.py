@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from replay_support import GCC_0_6_1, GCC_3_1_0, RecordedDeviceRandom, recorded_key
 
 from cyan.protocol import (
     Application,
@@ -35,7 +35,6 @@ from cyan.protocol import (
     OtaConfig,
     OtaSender,
     OtaState,
-    Platform,
     Reason,
     ServerConfig,
     ServerConnection,
@@ -48,8 +47,6 @@ from cyan.testing import ScriptedRandom, drain
 
 Session = dict[str, Any]
 DEVICE_ID = "0123456789abcdef01234567"
-GCC_3_1_0 = Firmware(version=(3, 1, 0), platform=Platform.GCC, max_binary_size=102400, module_version=3103)
-GCC_0_6_1 = Firmware(version=(0, 6, 1), platform=Platform.GCC, max_binary_size=102400)
 #: The virtual device never resets on the 30 s update timer (README D5).
 GCC_CONFIG = DeviceConfig(update_timeout=None)
 IMAGE = bytes(i * 7 % 256 for i in range(3000))
@@ -71,9 +68,7 @@ SCENARIOS = [
 
 
 def _key(vectors: Path, name: str) -> rsa.RSAPrivateKey:
-    key = serialization.load_pem_private_key((vectors / "device-os-3.1.0" / name).read_bytes(), None)
-    assert isinstance(key, rsa.RSAPrivateKey)
-    return key
+    return recorded_key(vectors / "device-os-3.1.0" / name)
 
 
 def _firmware(scenario: str) -> Firmware:
@@ -88,21 +83,6 @@ def _token_seed(session: Session, firmware: Firmware) -> bytes:
         if frame["dir"] == "d2s" and frame.get("plaintext", "").startswith("4101"):
             return bytes(((int(frame["plaintext"][8:10], 16) - 1) & 0xFF,))
     raise AssertionError("no time request in the recording")
-
-
-class _DeviceRandom(ScriptedRandom):
-    """Padding for the 256-byte handshake message, then the recorded token seed."""
-
-    def __init__(self, token_seed: bytes) -> None:
-        super().__init__(seed=7)
-        self._token_seed = token_seed
-        self.armed = False
-
-    def __call__(self, size: int) -> bytes:
-        if size == 1 and self._token_seed and self.armed:
-            seed, self._token_seed = self._token_seed, b""
-            return seed
-        return super().__call__(size)
 
 
 # -- the recordings themselves ----------------------------------------------------------------------
@@ -128,7 +108,7 @@ def test_device_reproduces_recorded_ota_bytes(
     session = load_session(f"ota/{scenario}")
     firmware = _firmware(scenario)
     server_key = _key(vectors, "server_key.pem")
-    rng = _DeviceRandom(_token_seed(session, firmware))
+    rng = RecordedDeviceRandom(_token_seed(session, firmware))
     device = DeviceConnection(
         bytes.fromhex(DEVICE_ID),
         _key(vectors, "device_key.pem"),

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import padding
+from replay_support import GCC_0_6_1, GCC_3_1_0, RecordedDeviceRandom, recorded_key
 
 from cyan.protocol import (
     DEVICE_OS_0_6_1,
@@ -33,7 +34,6 @@ from cyan.protocol import (
     HelloFlag,
     HelloReceived,
     PingReceived,
-    Platform,
     Reason,
     RemoteProtocolError,
     RequestTimedOut,
@@ -53,15 +53,6 @@ from cyan.testing import ScriptedRandom, drain
 
 Session = dict[str, Any]
 DEVICE_ID = "0123456789abcdef01234567"
-# The recordings come from the Linux virtual device: platform 3, 102400-byte binaries (README).
-GCC_3_1_0 = Firmware(version=(3, 1, 0), platform=Platform.GCC, max_binary_size=102400, module_version=3103)
-GCC_0_6_1 = Firmware(version=(0, 6, 1), platform=Platform.GCC, max_binary_size=102400)
-
-
-def _private_key(path: Path) -> rsa.RSAPrivateKey:
-    key = serialization.load_pem_private_key(path.read_bytes(), None)
-    assert isinstance(key, rsa.RSAPrivateKey)
-    return key
 
 
 def _frames(session: Session, direction: str, kind: str = "frame") -> list[dict[str, Any]]:
@@ -104,7 +95,7 @@ def _server(session: Session, vectors: Path, version: str) -> ServerConnection:
         b"\xff",  # token seed: the server Hello takes token 0, requests 1, 2, ...
         bytes.fromhex(session.get("session_credentials", "00" * 40)),
     )
-    return ServerConnection(_private_key(vectors / version / "server_key.pem"), 0.0, rng=rng)
+    return ServerConnection(recorded_key(vectors / version / "server_key.pem"), 0.0, rng=rng)
 
 
 def _feed_until(server: ServerConnection, frames: list[dict[str, Any]], until: float, chunk: int | None) -> None:
@@ -123,7 +114,7 @@ def _identify(server: ServerConnection, session: Session, vectors: Path, version
     (identified,) = drain(server)
     assert isinstance(identified, DeviceIdentified)
     assert identified.device_id == DEVICE_ID
-    device_public = _private_key(vectors / version / "device_key.pem").public_key()
+    device_public = recorded_key(vectors / version / "device_key.pem").public_key()
     assert identified.public_key_der == device_public.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -340,11 +331,11 @@ def test_device_reproduces_recorded_bytes(
     load_session: Callable[[str], Session], vectors: Path, version: str, firmware: Firmware, token_seed: bytes
 ) -> None:
     session = load_session(f"{version}/good")
-    server_key = _private_key(vectors / version / "server_key.pem")
-    rng = _DeviceRandom(token_seed)
+    server_key = recorded_key(vectors / version / "server_key.pem")
+    rng = RecordedDeviceRandom(token_seed)
     device = DeviceConnection(
         bytes.fromhex(DEVICE_ID),
-        _private_key(vectors / version / "device_key.pem"),
+        recorded_key(vectors / version / "device_key.pem"),
         server_key.public_key(),
         0.0,
         firmware=firmware,
@@ -387,27 +378,12 @@ def test_device_reproduces_recorded_bytes(
     assert len(expected) > 500
 
 
-class _DeviceRandom(ScriptedRandom):
-    """Padding for the 256-byte message, then (2.x) the token seed the recorded device drew."""
-
-    def __init__(self, token_seed: bytes) -> None:
-        super().__init__(seed=7)
-        self._token_seed = token_seed
-        self.armed = False
-
-    def __call__(self, size: int) -> bytes:
-        if size == 1 and self._token_seed and self.armed:
-            seed, self._token_seed = self._token_seed, b""
-            return seed
-        return super().__call__(size)
-
-
 def test_device_rejects_bad_signature(load_session: Callable[[str], Session], vectors: Path) -> None:
     session = load_session("device-os-3.1.0/bad_signature")
     device = DeviceConnection(
         bytes.fromhex(DEVICE_ID),
-        _private_key(vectors / "device-os-3.1.0" / "device_key.pem"),
-        _private_key(vectors / "device-os-3.1.0" / "server_key.pem").public_key(),
+        recorded_key(vectors / "device-os-3.1.0" / "device_key.pem"),
+        recorded_key(vectors / "device-os-3.1.0" / "server_key.pem").public_key(),
         0.0,
         firmware=DEVICE_OS_3_1_0,
     )
@@ -422,8 +398,8 @@ def test_device_accepts_recorded_session_key(load_session: Callable[[str], Sessi
     session = load_session("device-os-0.6.1/good")
     device = DeviceConnection(
         bytes.fromhex(DEVICE_ID),
-        _private_key(vectors / "device-os-0.6.1" / "device_key.pem"),
-        _private_key(vectors / "device-os-0.6.1" / "server_key.pem").public_key(),
+        recorded_key(vectors / "device-os-0.6.1" / "device_key.pem"),
+        recorded_key(vectors / "device-os-0.6.1" / "server_key.pem").public_key(),
         0.0,
         firmware=DEVICE_OS_0_6_1,
     )
