@@ -162,7 +162,7 @@ def register(
                     )
                 )
             for start in range(0, len(records), 5000):
-                await store.add_devices(records[start : start + 5000])
+                await store.devices.add_many(records[start : start + 5000])
 
     asyncio.run(run())
     return ids

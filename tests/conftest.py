@@ -8,6 +8,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
+from cyan.store import MemoryStore, SqliteStore
+from store_support import StoreFactory
+
 VECTORS = Path(__file__).parent / "vectors"
 
 settings.register_profile("cyan", deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
@@ -29,3 +32,17 @@ def load_session() -> Callable[[str], Session]:
         return data
 
     return load
+
+
+#: Every implementation of the storage port runs the same contract (tests/ports).
+STORE_IMPLEMENTATIONS = ["memory", "sqlite"]
+
+
+@pytest.fixture(params=STORE_IMPLEMENTATIONS)
+def make(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """Opens the store under test: the same data each time it is called, as a database file is."""
+    if request.param == "memory":
+        memory = MemoryStore()
+        return lambda: memory
+    path = tmp_path / "cyan.db"
+    return lambda: SqliteStore(path)

@@ -1,24 +1,30 @@
-"""Assembling `cyan serve`: key material, the store, the cloud and the device server in one process."""
+"""Assembling Cyan: the store, the bus, the cloud, the use cases, the device server and the API.
+
+The composition root: the one module that knows every adapter. `Service` is one `cyan serve` process;
+`open_application` gives the command line the use cases over a data directory.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cyan.api import ApiContext, create_app
+from cyan.app import Actor, Application
 from cyan.bus import InProcessBus
 from cyan.cloud.alerts import WebhookAlerts
-from cyan.cloud.auth import Accounts
 from cyan.cloud.ota import FirmwareLibrary, UpdateManager
 from cyan.cloud.service import Cloud
 from cyan.config import Settings
@@ -37,7 +43,15 @@ from cyan.protocol import ServerConfig
 from cyan.server import DeviceProcesses, DeviceServer
 from cyan.store import FirmwareFiles, SqliteStore
 
-__all__ = ["ServerKeys", "Service", "ensure_server_keys", "write_server_key_file"]
+__all__ = [
+    "ServerKeys",
+    "Service",
+    "ensure_server_keys",
+    "open_application",
+    "prepare_data_directory",
+    "settle_server_key",
+    "write_server_key_file",
+]
 
 log = logging.getLogger("cyan")
 
@@ -45,30 +59,84 @@ log = logging.getLogger("cyan")
 @dataclass(frozen=True, slots=True)
 class ServerKeys:
     private_key: rsa.RSAPrivateKey
+    #: Made now, not written yet: `Service.start` writes it once the data allow it (`cyan.app.server_key`).
     created: bool
     fingerprint: str
+    #: Made now on purpose (`--new-server-key`), to replace the key file's.
+    replacing: bool = False
 
 
-def ensure_server_keys(settings: Settings) -> ServerKeys:
-    """Load the server key, or create it on first start (owner-only, never overwritten), and (re)write
-    the public files devices need for the configured address."""
+def ensure_server_keys(settings: Settings, *, new_key: bool = False) -> ServerKeys:
+    """The server key from the data directory; or, when there is none (or `new_key`), a new one, held in
+    memory until `Service.start` has checked that no registered device expects another."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(settings.data_dir, 0o700)
     path = settings.server_key_path
-    created = False
-    if path.exists():
+    if path.exists() and not new_key:
         try:
             key = load_private_key(path.read_bytes())
         except (KeyFormatError, OSError) as exc:
             raise KeyFormatError(f"cannot use the server key {path}: {exc}") from exc
         check_server_public_key(key.public_key())
+        return ServerKeys(key, False, fingerprint(key.public_key()))
+    key = generate_server_key()
+    return ServerKeys(key, True, fingerprint(key.public_key()), replacing=new_key)
+
+
+async def settle_server_key(settings: Settings, keys: ServerKeys, app: Application) -> None:
+    """Check the key against what the devices were given, write a new one (owner-only, an old one kept
+    aside), record it, and (re)write the public files devices need."""
+    path = settings.server_key_path
+    operator = Actor.operator()
+    if keys.replacing:
+        old = None
+        kept = None
+        if path.exists():
+            try:
+                old = fingerprint(load_private_key(path.read_bytes()).public_key())
+            except (KeyFormatError, OSError):
+                old = None
+            kept_path = path.with_name(f"{path.name}.replaced-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
+            path.replace(kept_path)
+            kept = str(kept_path)
+        write_private_key_file(path, encode_private_key_pem(keys.private_key))
+        await app.server_key.replaced(operator, old or await app.server_key.expected(), keys.fingerprint, kept)
+    elif keys.created:
+        await app.server_key.check(str(path), None)
+        write_private_key_file(path, encode_private_key_pem(keys.private_key))
+        await app.server_key.created(operator, keys.fingerprint)
     else:
-        key = generate_server_key()
-        write_private_key_file(path, encode_private_key_pem(key))
-        created = True
-    public = key.public_key()
-    _write_public(settings.server_public_key_path, public_key_der(public))
-    return ServerKeys(key, created, fingerprint(public))
+        await app.server_key.check(str(path), keys.fingerprint)
+    _write_public(settings.server_public_key_path, public_key_der(keys.private_key.public_key()))
+
+
+def prepare_data_directory(settings: Settings) -> ServerKeys:
+    """The data directory as `cyan serve` leaves it (database, server key, the public key devices need),
+    without serving: for fleet provisioning before the server first runs, and for tests."""
+    keys = ensure_server_keys(settings)
+
+    async def settle() -> None:
+        async with SqliteStore(settings.database_path) as store:
+            await settle_server_key(settings, keys, Application(store))
+
+    asyncio.run(settle())
+    return dataclasses.replace(keys, created=False, replacing=False)
+
+
+@contextlib.asynccontextmanager
+async def open_application(settings: Settings) -> AsyncIterator[Application]:
+    """The use cases over the data directory's database, as the command line uses them (no device is served
+    here; a server running beside it sees the changes at each device's next connection)."""
+    if not settings.database_path.exists():
+        raise FileNotFoundError(
+            f"no Cyan database at {settings.database_path}; run `cyan serve` once, or pass --data-dir"
+        )
+    store = SqliteStore(settings.database_path)
+    await store.open()
+    try:
+        yield Application(store)
+    finally:
+        await store.close()
 
 
 def write_server_key_file(settings: Settings, public: rsa.RSAPublicKey, port: int) -> Path:
@@ -96,7 +164,7 @@ def _write_public(path: Path, data: bytes) -> None:
 
 
 class Service:
-    """One `cyan serve` process: store, bus, cloud and device server on one event loop."""
+    """One `cyan serve` process: store, bus, cloud, use cases and device server on one event loop."""
 
     def __init__(self, settings: Settings, keys: ServerKeys, *, protocol: ServerConfig | None = None) -> None:
         self.settings = settings
@@ -106,10 +174,16 @@ class Service:
         protocol = protocol or ServerConfig()
         alerts = WebhookAlerts(settings.alert_webhook) if settings.alert_webhook else None
         self.cloud = Cloud(self.store, self.bus, request_timeout=protocol.request_timeout, alerts=alerts)
+        library = FirmwareLibrary(self.store.updates, FirmwareFiles(settings.firmware_dir))
+        self.updates = UpdateManager(self.cloud, self.store.updates, library)
+        self.app = Application(self.store, cloud=self.cloud, updates=self.updates)
+        gateway = self.app.gateway
+        assert gateway is not None
+        self.gateway = gateway
         self.device_server: DeviceServer | DeviceProcesses
         if settings.device_processes:
             self.device_server = DeviceProcesses(
-                self.cloud,
+                gateway,
                 settings.server_key_path,
                 settings.device_processes,
                 host=settings.device_host,
@@ -118,7 +192,7 @@ class Service:
             )
         else:
             self.device_server = DeviceServer(
-                self.cloud,
+                gateway,
                 keys.private_key,
                 host=settings.device_host,
                 port=settings.device_port,
@@ -126,10 +200,7 @@ class Service:
                 key_workers=settings.workers,
             )
         self.server_key_file: Path | None = None
-        self.accounts = Accounts(self.store)
-        library = FirmwareLibrary(self.store, FirmwareFiles(settings.firmware_dir))
-        self.updates = UpdateManager(self.cloud, self.store, library)
-        self.app = create_app(ApiContext(self.cloud, self.accounts, updates=self.updates))
+        self.api = create_app(ApiContext(self.app))
         self.api_port = settings.api_port
         self._api: _ApiServer | None = None
         self._api_task: asyncio.Task[None] | None = None
@@ -139,6 +210,7 @@ class Service:
         opened) stops the parts already started, so no socket or connection is left behind."""
         try:
             await self.store.open()
+            await settle_server_key(self.settings, self.keys, self.app)
             await self.cloud.start()
             await self.device_server.start()
             await self.updates.start()
@@ -166,7 +238,7 @@ class Service:
         sock.setblocking(False)
         self.api_port = sock.getsockname()[1]
         config = uvicorn.Config(
-            self.app,
+            self.api,
             log_level="warning",
             lifespan="off",
             timeout_graceful_shutdown=2,
@@ -188,6 +260,7 @@ class Service:
             self._api = self._api_task = None
         await self.updates.stop()
         await self.device_server.stop()
+        await self.gateway.drain()
         await self.cloud.stop()
         await self.store.close()
 

@@ -11,7 +11,9 @@ from typing import Any
 
 import httpx
 
-from cyan.cloud.models import AccessToken, DeviceRecord
+from cyan.app import Actor, NewDevice
+from cyan.cloud.auth import hash_token
+from cyan.cloud.models import Role
 from cyan.config import Settings
 from cyan.keys import encode_public_key_pem, fingerprint, public_key_der
 from cyan.protocol import ServerConfig
@@ -19,7 +21,8 @@ from cyan.service import Service, ensure_server_keys
 from cyan.sim import SimConfig, VirtualDevice, VirtualDeviceSpec
 from cyan.testing import fixed_device_key
 
-ALICE, BOB = "alice@example.com", "bob@example.com"
+ALICE, BOB, ADMIN = "alice@example.com", "bob@example.com", "admin@example.com"
+OPERATOR = Actor.operator()
 PASSWORD = "correct horse"
 DEV1, DEV2, DEV3 = f"{1:024x}", f"{2:024x}", f"{3:024x}"
 
@@ -49,18 +52,19 @@ def _run(tmp_path: Path, scenario: Callable[[World], Awaitable[None]]) -> None:
         devices: list[VirtualDevice] = []
         try:
             for user in (ALICE, BOB):
-                await service.accounts.create_user(user, PASSWORD)
-            for device_id, owner, name, key in (
-                (DEV1, ALICE, "kitchen", 1),
-                (DEV2, ALICE, "garage", 2),
-                (DEV3, BOB, "shed", 3),
-            ):
-                der = public_key_der(fixed_device_key(key).public_key())
-                await service.store.add_device(
-                    DeviceRecord(
-                        id=device_id, name=name, owner=owner, public_key_der=der, key_fingerprint=fingerprint(der)
+                await service.app.accounts.create_user(OPERATOR, user, PASSWORD)
+            await service.app.accounts.create_user(OPERATOR, ADMIN, PASSWORD, role=Role.ADMIN)
+            await service.app.devices.register(
+                OPERATOR,
+                [
+                    NewDevice(device_id, public_key_der(fixed_device_key(key).public_key()), name=name, owner=owner)
+                    for device_id, owner, name, key in (
+                        (DEV1, ALICE, "kitchen", 1),
+                        (DEV2, ALICE, "garage", 2),
+                        (DEV3, BOB, "shed", 3),
                     )
-                )
+                ],
+            )
             for device_id, key in ((DEV1, 1), (DEV3, 3)):  # the garage stays offline
                 device = VirtualDevice(
                     VirtualDeviceSpec(device_id, fixed_device_key(key)),
@@ -73,7 +77,7 @@ def _run(tmp_path: Path, scenario: Callable[[World], Awaitable[None]]) -> None:
                 await asyncio.wait_for(device.connected.wait(), 10)
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.api_port}", timeout=10) as client:
                 world = World(service, client)
-                for user in (ALICE, BOB):
+                for user in (ALICE, BOB, ADMIN):
                     response = await _login(client, user)
                     assert response.status_code == 200, response.text
                     world.tokens[user] = response.json()["access_token"]
@@ -115,20 +119,23 @@ def test_login_and_token_sources(tmp_path: Path) -> None:
         assert (wrong.status_code, wrong.json()["error"]) == (401, "invalid_token")
         assert (await c.get("/v1/devices", headers={"Authorization": "Bearer null"})).status_code == 401
         # Only the token's hash is stored.
-        record = await w.service.accounts.resolve(token)
-        assert isinstance(record, AccessToken)
+        assert await w.service.app.accounts.resolve(token) == Actor.account(ALICE, Role.USER)
+        record = await w.service.store.accounts.get_token(hash_token(token))
+        assert record is not None
         assert token not in record.token_hash
+        assert await w.service.store.accounts.get_token(token) is None
 
     _run(tmp_path, scenario)
 
 
 def test_expired_and_revoked_tokens(tmp_path: Path) -> None:
     async def scenario(w: World) -> None:
-        c, accounts = w.client, w.service.accounts
-        token, record = await accounts.issue_token(ALICE, "test", 60)
+        c, store = w.client, w.service.store
+        issued = await w.service.app.accounts.create_token(OPERATOR, ALICE, 60)
+        token, record = issued.token, issued.record
         record.expires_at = datetime.now(UTC) - timedelta(seconds=1)
-        await accounts.store.remove_token(record.token_hash)
-        await accounts.store.add_token(record)
+        await store.accounts.remove_token(record.token_hash)
+        await store.accounts.add_token(record)
         assert (await c.get("/v1/user", headers={"Authorization": f"Bearer {token}"})).status_code == 401
         extra = (await _login(c, ALICE)).json()["access_token"]
         assert (await c.delete(f"/v1/access_tokens/{extra}")).json() == {"ok": True}
@@ -175,7 +182,7 @@ def test_devices_functions_variables_and_errors(tmp_path: Path) -> None:
                 "Unknown Variable: nosuch",
             ),
             "offline": (await c.post("/v1/devices/garage/setArg", json={}, headers=a), 404, "Device is not connected"),
-            "unknown device": (await c.get("/v1/devices/nosuch", headers=a), 403, "Permission Denied"),
+            "unknown device": (await c.get("/v1/devices/nosuch", headers=a), 404, "Not Found"),
             "argument too long": (
                 await c.post("/v1/devices/kitchen/setArg", json={"args": "x" * 700}, headers=a),
                 400,
@@ -192,7 +199,8 @@ def test_devices_functions_variables_and_errors(tmp_path: Path) -> None:
         for what, (response, status, error) in errors.items():
             assert (response.status_code, response.json()["error"]) == (status, error), what
         # The firmware ACKs a function it does not have and never answers: 408 once the cloud times out.
-        record = await w.service.cloud.find_device(DEV1)
+        record = w.service.cloud.live(DEV1)
+        assert record is not None
         record.functions = []
         timed_out = await c.post("/v1/devices/kitchen/nosuch", json={}, headers=a)
         assert (timed_out.status_code, timed_out.json()["error"]) == (408, "Timed out.")
@@ -204,6 +212,8 @@ def test_ownership(tmp_path: Path) -> None:
     async def scenario(w: World) -> None:
         c, b = w.client, w.auth(BOB)
         assert [d["id"] for d in (await c.get("/v1/devices", headers=b)).json()] == [DEV3]
+        # Someone else's device and one that does not exist are the same 404, on every route.
+        nothing = await c.get("/v1/devices/" + "f" * 24, headers=b)
         for request in (
             c.get(f"/v1/devices/{DEV1}", headers=b),
             c.get("/v1/devices/kitchen", headers=b),
@@ -215,13 +225,15 @@ def test_ownership(tmp_path: Path) -> None:
             c.post("/v1/devices", json={"id": DEV1}, headers=b),
         ):
             response = await request
-            assert (response.status_code, response.json()["error"]) == (403, "Permission Denied")
+            assert (response.status_code, response.json()["error"]) == (404, "Not Found")
+            assert response.json()["error_description"].startswith("no device")
+        assert nothing.status_code == 404
         pem = encode_public_key_pem(fixed_device_key(9).public_key()).decode()
         stolen = await c.post(
             f"/v1/provisioning/{DEV1}", data={"deviceID": DEV1, "publicKey": pem, "algorithm": "rsa"}, headers=b
         )
-        assert stolen.status_code == 403
-        stored = await w.service.store.get_device(DEV1)
+        assert stolen.status_code == 404
+        stored = await w.service.store.devices.get(DEV1)
         assert stored is not None
         assert stored.key_fingerprint == fingerprint(public_key_der(fixed_device_key(1).public_key()))
 
@@ -283,7 +295,9 @@ def test_rename_signal_claim_release_and_provisioning(tmp_path: Path) -> None:
         renamed = (await c.put("/v1/devices/kitchen", json={"name": "pantry"}, headers=a)).json()
         assert (renamed["id"], renamed["name"]) == (DEV1, "pantry")
         taken = await c.put("/v1/devices/pantry", json={"name": "garage"}, headers=a)
-        assert (taken.status_code, taken.json()["error"]) == (400, "Name already in use")
+        assert (taken.status_code, taken.json()["error"]) == (409, "Already exists")
+        # Whose name it is stays unsaid, so that names cannot be probed.
+        assert DEV2 not in taken.json()["error_description"]
         assert (await c.put("/v1/devices/pantry", json={"signal": "1"}, headers=a)).json() == {
             "id": DEV1,
             "connected": True,
@@ -294,22 +308,29 @@ def test_rename_signal_claim_release_and_provisioning(tmp_path: Path) -> None:
         assert (flash.json()["error"], flash.json()["reason"]) == ("Invalid firmware", "not_a_module")
         assert (await c.delete("/v1/devices/pantry", headers=a)).json() == {"ok": True}
         assert [d["id"] for d in (await c.get("/v1/devices", headers=a)).json()] == [DEV2]
-        claimed = (await c.post("/v1/devices", json={"id": DEV1, "request_transfer": False}, headers=b)).json()
+        # Released, it belongs to nobody: nobody but an admin, or the holder of a claim code for it, may take it.
+        refused = await c.post("/v1/devices", json={"id": DEV1, "request_transfer": False}, headers=b)
+        assert (refused.status_code, refused.json()["error"]) == (404, "Not Found")
+        issued = await c.post("/v1/device_claims", json={"device_id": DEV1}, headers=w.auth(ADMIN))
+        code = issued.json()["claim_code"]
+        not_admin = await c.post("/v1/device_claims", json={"device_id": DEV2}, headers=b)
+        assert not_admin.status_code == 403
+        claimed = (await c.post("/v1/devices", json={"id": DEV1, "claim_code": code}, headers=b)).json()
         assert (claimed["ok"], claimed["id"], claimed["user_id"], claimed["connected"]) == (True, DEV1, BOB, True)
         # The device's events now go to its new owner.
         assert (await c.post(f"/v1/devices/{DEV1}/setArg", json={"args": "bob"}, headers=b)).json()["return_value"] == 3
         unknown = await c.post("/v1/devices", json={"id": "f" * 24}, headers=b)
-        assert (unknown.status_code, unknown.json()["error"]) == (404, "Device not found")
-        # particle keys send: a new device is registered to the caller, with its key.
+        assert (unknown.status_code, unknown.json()["error"]) == (404, "Not Found")
+        # particle keys send for an id the cloud has never seen: an admin's act, unless self-registration is on.
         new_id = "a" * 24
         pem = encode_public_key_pem(fixed_device_key(7).public_key()).decode()
-        sent = await c.post(
-            f"/v1/provisioning/{new_id}",
-            data={"deviceID": new_id, "publicKey": pem, "order": "manual_1", "filename": "cli", "algorithm": "rsa"},
-            headers=a,
-        )
-        assert sent.json() == {"ok": True, "id": new_id, "key_fingerprint": fingerprint(pem.encode())}
-        stored = await w.service.store.get_device(new_id)
+        form = {"deviceID": new_id, "publicKey": pem, "order": "manual_1", "filename": "cli", "algorithm": "rsa"}
+        assert (await c.post(f"/v1/provisioning/{new_id}", data=form, headers=a)).status_code == 404
+        switched = await c.put("/v1/keys/policy", json={"self_registration": True}, headers=w.auth(ADMIN))
+        assert switched.json()["self_registration"] is True
+        sent = await c.post(f"/v1/provisioning/{new_id}", data=form, headers=a)
+        assert sent.json() == {"ok": True, "id": new_id, "key_fingerprint": fingerprint(pem.encode()), "created": True}
+        stored = await w.service.store.devices.get(new_id)
         assert stored is not None
         assert (stored.owner, stored.key_fingerprint) == (ALICE, fingerprint(pem.encode()))
         server_key_pem = encode_public_key_pem(w.service.keys.private_key.public_key()).decode()

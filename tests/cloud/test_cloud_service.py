@@ -1,179 +1,27 @@
-"""The cloud domain with an in-memory store and fake device links."""
+"""The live sessions (`Cloud`) with the in-memory store and fake device links."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from cyan.bus import CloudEvent, InProcessBus
-from cyan.cloud.errors import DeviceNotFoundError, DeviceOfflineError, UnknownFunctionError, UnknownVariableError
-from cyan.cloud.models import (
-    AccessToken,
-    AttemptOutcome,
-    ConnectionAttempt,
-    DeviceRecord,
-    KeyAuditEntry,
-    KeyPolicy,
-    PendingKey,
-    RekeyWindow,
-    User,
-)
-from cyan.cloud.ports import StoreUnavailableError
+from cyan.cloud.alerts import LoggingAlerts
+from cyan.cloud.errors import DeviceOfflineError, DeviceQuarantinedError, UnknownFunctionError, UnknownVariableError
+from cyan.cloud.models import AttemptOutcome, ConnectionAttempt, DeviceRecord
 from cyan.cloud.service import Cloud
 from cyan.keys import fingerprint, public_key_der
-from cyan.protocol import Hello, HelloFlag, OtaOutcome, Reason, SubscriptionScope
+from cyan.protocol import Hello, HelloFlag, OtaOutcome, SubscriptionScope
+from cyan.store import MemoryStore
 from cyan.testing import fixed_device_key
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-
-
-class MemoryStore:
-    def __init__(self) -> None:
-        self.devices: dict[str, DeviceRecord] = {}
-        self.attempts: list[ConnectionAttempt] = []
-        self.failures = 0  # the next N writes fail as if the database were down
-        self.policies: dict[str, KeyPolicy] = {}
-        self.rekeys: dict[str, RekeyWindow] = {}
-        self.pending: dict[str, PendingKey] = {}
-        self.audit: list[KeyAuditEntry] = []
-
-    def _maybe_fail(self) -> None:
-        if self.failures:
-            self.failures -= 1
-            raise StoreUnavailableError("database is locked")
-
-    async def open(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def get_device(self, device_id: str) -> DeviceRecord | None:
-        return self.devices.get(device_id)
-
-    async def find_device(self, id_or_name: str) -> DeviceRecord | None:
-        found = self.devices.get(id_or_name.lower())
-        return found or next((d for d in self.devices.values() if d.name == id_or_name), None)
-
-    async def list_devices(self, owner: str | None = None) -> list[DeviceRecord]:
-        return [d for d in self.devices.values() if owner is None or d.owner == owner]
-
-    async def add_device(self, device: DeviceRecord) -> None:
-        self.devices[device.id] = device
-
-    async def save_device(self, device: DeviceRecord) -> None:
-        self._maybe_fail()
-        self.devices[device.id] = device
-
-    async def update_device_state(self, device: DeviceRecord) -> bool:
-        self._maybe_fail()
-        stored = self.devices.get(device.id)
-        if stored is None:
-            return False
-        for name in ("platform_id", "product_id", "product_version", "system_version", "hello_flags"):
-            setattr(stored, name, getattr(device, name))
-        stored.functions, stored.variables = list(device.functions), list(device.variables)
-        stored.online, stored.last_heard, stored.last_address = device.online, device.last_heard, device.last_address
-        return True
-
-    async def update_device_states(self, devices: list[DeviceRecord]) -> None:
-        self._maybe_fail()
-        for device in devices:
-            await self.update_device_state(device)
-
-    async def record_attempts(self, attempts: list[ConnectionAttempt]) -> None:
-        self._maybe_fail()
-        self.attempts.extend(attempts)
-
-    async def remove_device(self, device_id: str) -> bool:
-        return self.devices.pop(device_id, None) is not None
-
-    # Users and tokens are not used by these tests.
-    async def add_user(self, user: User) -> None:
-        raise NotImplementedError
-
-    async def get_user(self, username: str) -> User | None:
-        return None
-
-    async def list_users(self) -> list[User]:
-        return []
-
-    async def remove_user(self, username: str) -> bool:
-        return False
-
-    async def add_token(self, token: AccessToken) -> None:
-        raise NotImplementedError
-
-    async def get_token(self, token_hash: str) -> AccessToken | None:
-        return None
-
-    async def list_tokens(self, username: str) -> list[AccessToken]:
-        return []
-
-    async def remove_token(self, token_hash: str) -> bool:
-        return False
-
-    async def remove_expired_tokens(self, now: datetime) -> int:
-        return 0
-
-    # Key policy: the defaults (no policy, no window, nothing pending) unless a test sets them.
-    async def get_policy(self, scope: str) -> KeyPolicy | None:
-        return self.policies.get(scope)
-
-    async def set_policy(self, policy: KeyPolicy) -> None:
-        self.policies[policy.scope] = policy
-
-    async def remove_policy(self, scope: str) -> bool:
-        return self.policies.pop(scope, None) is not None
-
-    async def list_policies(self) -> list[KeyPolicy]:
-        return list(self.policies.values())
-
-    async def arm_rekey(self, window: RekeyWindow) -> None:
-        self.rekeys[window.device_id] = window
-
-    async def get_rekey(self, device_id: str) -> RekeyWindow | None:
-        return self.rekeys.get(device_id)
-
-    async def remove_rekey(self, device_id: str) -> bool:
-        return self.rekeys.pop(device_id, None) is not None
-
-    async def list_rekeys(self) -> list[RekeyWindow]:
-        return list(self.rekeys.values())
-
-    async def save_pending_key(self, pending: PendingKey) -> None:
-        self.pending[pending.device_id] = pending
-
-    async def get_pending_key(self, device_id: str) -> PendingKey | None:
-        return self.pending.get(device_id)
-
-    async def remove_pending_key(self, device_id: str) -> bool:
-        return self.pending.pop(device_id, None) is not None
-
-    async def list_pending_keys(self) -> list[PendingKey]:
-        return list(self.pending.values())
-
-    async def add_audit(self, entry: KeyAuditEntry) -> int:
-        self.audit.append(entry)
-        return len(self.audit)
-
-    async def list_audit(self, device_id: str | None = None, *, limit: int = 100) -> list[KeyAuditEntry]:
-        return [e for e in reversed(self.audit) if device_id in (None, e.device_id)][:limit]
-
-    async def mark_all_offline(self) -> None:
-        for device in self.devices.values():
-            device.online = False
-
-    async def record_attempt(self, attempt: ConnectionAttempt) -> int:
-        self._maybe_fail()
-        self.attempts.append(attempt)
-        return len(self.attempts)
-
-    async def list_attempts(self, device_id: str | None = None, **_: Any) -> list[ConnectionAttempt]:
-        return [a for a in reversed(self.attempts) if device_id is None or a.device_id == device_id]
 
 
 @dataclass
@@ -183,6 +31,11 @@ class FakeLink:
     events: list[tuple[str, str | None, int, bool]] = field(default_factory=list)
     closed: bool = False
     answer: Callable[[str, str], Awaitable[int]] | None = None
+    fingerprint: str | None = None
+
+    @property
+    def key_fingerprint(self) -> str | None:
+        return self.fingerprint
 
     async def call_function(self, name: str, argument: str, timeout: float) -> int:
         assert self.answer is not None
@@ -199,6 +52,9 @@ class FakeLink:
 
     def close(self) -> None:
         self.closed = True
+
+    def is_closed(self) -> bool:
+        return self.closed
 
     # Firmware updates: not used by these tests (tests/cloud/test_cloud_ota.py has a link for them).
     hello: Hello | None = None
@@ -224,6 +80,7 @@ def _record(device_id: str, owner: str | None = "alice", name: str | None = None
 def _run(test: Callable[[Cloud, MemoryStore, InProcessBus], Awaitable[None]]) -> None:
     async def main() -> None:
         store = MemoryStore()
+        await store.open()
         bus = InProcessBus()
         cloud = Cloud(store, bus, clock=lambda: NOW)
         await cloud.start()
@@ -235,38 +92,11 @@ def _run(test: Callable[[Cloud, MemoryStore, InProcessBus], Awaitable[None]]) ->
     asyncio.run(main())
 
 
-def test_strict_key_policy() -> None:
-    async def check(cloud: Cloud, store: MemoryStore, bus: InProcessBus) -> None:
-        presented = public_key_der(fixed_device_key().public_key())
-        decision, record = await cloud.authorize("aa" * 12, presented)
-        assert (decision.reason, record) == (Reason.UNKNOWN_DEVICE, None)
-        assert decision.presented_fingerprint == fingerprint(presented)
-        store.devices["aa" * 12] = _record("aa" * 12)
-        decision, record = await cloud.authorize("aa" * 12, presented)
-        assert decision.accepted
-        assert record is store.devices["aa" * 12]
-        other = public_key_der(fixed_device_key(1).public_key())
-        decision, _ = await cloud.authorize("aa" * 12, other)
-        assert decision.reason is Reason.KEY_MISMATCH
-        assert (decision.presented_fingerprint, decision.stored_fingerprint) == (
-            fingerprint(other),
-            fingerprint(presented),
-        )
-        assert "new key" in decision.detail
-        decision, _ = await cloud.authorize("aa" * 12, None)  # the 52-byte Core identity: stored key
-        assert decision.accepted
-        store.devices["bb" * 12] = DeviceRecord(id="bb" * 12)
-        decision, _ = await cloud.authorize("bb" * 12, presented)
-        assert decision.reason is Reason.KEY_REJECTED
-
-    _run(check)
-
-
 def test_sessions_status_events_and_replacement() -> None:
     async def check(cloud: Cloud, store: MemoryStore, bus: InProcessBus) -> None:
         stream = bus.subscribe("spark/status")
         record = _record("aa" * 12)
-        store.devices[record.id] = _record("aa" * 12)
+        await store.devices.add(_record("aa" * 12))
         first = FakeLink("aa" * 12)
         cloud.session_started(first, record, HELLO)
         assert cloud.online("aa" * 12)
@@ -280,7 +110,8 @@ def test_sessions_status_events_and_replacement() -> None:
         statuses = [await stream.get() for _ in range(3)]
         assert [e.data for e in statuses if e] == ["online", "online", "offline"]
         await cloud.flush()
-        saved = store.devices["aa" * 12]
+        saved = await store.devices.get("aa" * 12)
+        assert saved is not None
         assert (saved.online, saved.last_address, saved.system_version, saved.platform_id) == (
             False,
             "127.0.0.1:40001",
@@ -321,13 +152,8 @@ def test_fan_out_follows_scopes_and_owners() -> None:
 def test_calls_reads_and_their_errors() -> None:
     async def check(cloud: Cloud, store: MemoryStore, bus: InProcessBus) -> None:
         record = _record("aa" * 12, name="kitchen")
-        store.devices[record.id] = record
         with pytest.raises(DeviceOfflineError):
-            await cloud.call_function("kitchen", "f", "")
-        with pytest.raises(DeviceNotFoundError):
-            await cloud.call_function("nobody", "f", "")
-        with pytest.raises(DeviceNotFoundError):
-            await cloud.read_variable("kitchen", "v", owner="bob")
+            await cloud.call_function(record.id, "f", "")
 
         async def answer(name: str, argument: str) -> int:
             return len(argument)
@@ -335,28 +161,149 @@ def test_calls_reads_and_their_errors() -> None:
         link = FakeLink(record.id, answer=answer)
         cloud.session_started(link, record, HELLO)
         cloud.describe_received(link, {"f": ["setArg"], "v": {"counter": 2, "temp": 9, "odd": 77}})
-        assert await cloud.call_function("kitchen", "setArg", "hello", owner="alice") == 5
+        assert await cloud.call_function(record.id, "setArg", "hello") == 5
         with pytest.raises(UnknownFunctionError):
-            await cloud.call_function("kitchen", "nosuch", "")
-        assert await cloud.read_variable(record.id.upper(), "counter") == (b"\x00\x00\x00\x07", 7)
+            await cloud.call_function(record.id, "nosuch", "")
+        assert await cloud.read_variable(record.id, "counter") == (b"\x00\x00\x00\x07", 7)
         with pytest.raises(UnknownVariableError):
-            await cloud.read_variable("kitchen", "odd")
-        found = await cloud.find_device("kitchen")
-        assert [v.type for v in found.variables] == ["int32", "double"]
-        await cloud.signal("kitchen", True)
+            await cloud.read_variable(record.id, "odd")
+        live = cloud.live(record.id)
+        assert live is not None
+        assert [v.type for v in live.variables] == ["int32", "double"]
+        await cloud.signal(record.id, True)
 
     _run(check)
 
 
 def test_writes_survive_a_database_outage() -> None:
     async def check(cloud: Cloud, store: MemoryStore, bus: InProcessBus) -> None:
-        store.failures = 2
+        store.fail_with = "database is locked"
         attempt = ConnectionAttempt(NOW, "127.0.0.1:1", AttemptOutcome.FAILED, "nonce", "nonce_mismatch")
         cloud.record_attempt(attempt)
+        await asyncio.sleep(0.05)  # the writer tried, failed, and keeps the record for its next try
+        store.fail_with = None
         await asyncio.wait_for(cloud.flush(), timeout=5)
-        assert store.attempts == [attempt]
+        assert [a.reason for a in await store.attempts.recent()] == ["nonce_mismatch"]
 
     _run(check)
+
+
+def test_a_quarantined_client_gets_nothing_and_the_device_itself_replaces_it() -> None:
+    async def check(cloud: Cloud, store: MemoryStore, bus: InProcessBus) -> None:
+        record = _record("aa" * 12)
+        impostor = FakeLink(record.id, "203.0.113.9:1", fingerprint="SHA256:other")
+        cloud.session_started(impostor, record, HELLO, quarantined=True)
+        assert cloud.quarantined(record.id)
+        assert not await cloud.connected(record.id)
+        with pytest.raises(DeviceQuarantinedError):
+            await cloud.call_function(record.id, "f", "")
+        cloud.event_from_device(impostor, "temp", b"1", 60, True)  # goes nowhere
+        device = FakeLink(record.id, fingerprint=record.key_fingerprint)
+        cloud.session_started(device, record, HELLO)
+        assert impostor.closed
+        assert await cloud.connected(record.id)
+        assert not cloud.quarantined(record.id)
+
+    _run(check)
+
+
+def test_approving_a_key_gives_its_quarantined_session_access_and_closes_the_old_key() -> None:
+    async def check(cloud: Cloud, store: MemoryStore, bus: InProcessBus) -> None:
+        record = _record("aa" * 12)
+        old = FakeLink(record.id, fingerprint=record.key_fingerprint)
+        cloud.session_started(old, record, HELLO)
+        new = FakeLink(record.id, "127.0.0.1:2", fingerprint="SHA256:new")
+        cloud.session_started(new, _record("aa" * 12), HELLO, quarantined=True)
+        cloud.subscription_from_device(new, "temp", SubscriptionScope.MY_DEVICES, None)
+        await cloud.key_approved(record.id, "SHA256:new")
+        assert old.closed
+        assert not new.closed
+        assert cloud.device_link(record.id) is new
+        cloud.publish("temp/x", "1", owner="alice")
+        assert new.events == [("temp/x", "1", 60, True)]  # the subscription held in quarantine took effect
+
+    _run(check)
+
+
+def test_rejecting_a_key_closes_only_its_quarantined_session() -> None:
+    async def check(cloud: Cloud, store: MemoryStore, bus: InProcessBus) -> None:
+        record = _record("aa" * 12)
+        held = FakeLink(record.id, fingerprint="SHA256:new")
+        cloud.session_started(held, record, HELLO, quarantined=True)
+        await cloud.key_rejected(record.id, "SHA256:another")
+        assert not held.is_closed()
+        await cloud.key_rejected(record.id, "SHA256:new")
+        assert held.is_closed()
+        assert not cloud.quarantined(record.id)
+
+    _run(check)
+
+
+def test_closing_a_devices_sessions_can_keep_one_key() -> None:
+    async def check(cloud: Cloud, store: MemoryStore, bus: InProcessBus) -> None:
+        record = _record("aa" * 12)
+        link = FakeLink(record.id, fingerprint=record.key_fingerprint)
+        cloud.session_started(link, record, HELLO)
+        await cloud.close_sessions(record.id, keep_key=record.key_fingerprint)
+        assert not link.closed
+        await cloud.close_sessions(record.id)
+        assert link.closed
+
+    _run(check)
+
+
+def test_unproven_attempts_raise_one_signal_not_the_devices_health_alerts() -> None:
+    alerts = LoggingAlerts()
+
+    async def check() -> None:
+        store = MemoryStore()
+        await store.open()
+        cloud = Cloud(store, InProcessBus(), clock=lambda: NOW, alerts=alerts, loop_threshold=3)
+        await cloud.start()
+        try:
+            record = _record("aa" * 12)
+            cloud.session_started(FakeLink(record.id, fingerprint=record.key_fingerprint), record, HELLO)
+            for n in range(20):  # someone hammers with wrong keys while the device is connected
+                attempt = ConnectionAttempt(
+                    NOW + timedelta(seconds=n),
+                    f"203.0.113.9:{n}",
+                    AttemptOutcome.FAILED,
+                    "identity",
+                    "key_mismatch",
+                    device_id=record.id,
+                    presented_fingerprint="SHA256:attacker",
+                    proven=False,
+                )
+                cloud.record_attempt(attempt)
+            kinds = [a.kind for a in alerts.recent]
+            assert kinds == ["impersonation_attempts"]  # one, aggregated: no key_refused, no handshake_loop
+            assert alerts.recent[0].details["connected"] is True
+            assert "do not approve" in alerts.recent[0].summary
+            # An hour later, the next one carries the count since.
+            late = dataclasses.replace(attempt, started_at=NOW + timedelta(hours=1, seconds=30))
+            cloud.record_attempt(late)
+            assert [a.kind for a in alerts.recent] == ["impersonation_attempts"] * 2
+            assert alerts.recent[1].details["attempts"] == 20
+            # A device's own trouble (not connected, its key accepted, then no Hello) is its health.
+            other = _record("bb" * 12)
+            for n in range(3):
+                cloud.record_attempt(
+                    ConnectionAttempt(
+                        NOW + timedelta(seconds=n),
+                        "198.51.100.1:1",
+                        AttemptOutcome.FAILED,
+                        "hello",
+                        "hello_timeout",
+                        device_id=other.id,
+                        proven=False,
+                    )
+                )
+            assert alerts.recent[-1].kind == "handshake_loop"
+            assert alerts.recent[-1].device_id == other.id
+        finally:
+            await cloud.stop()
+
+    asyncio.run(check())
 
 
 def test_bus_drops_oldest_for_a_slow_reader() -> None:

@@ -117,14 +117,14 @@ def _data_dir(tmp_path: Path) -> Path:
         await store.open()
         try:
             heard = datetime.now(UTC) - timedelta(minutes=30)
-            await store.add_device(
+            await store.devices.add(
                 DeviceRecord(id=DEVICE, name="kitchen", last_address="198.51.100.7:40001", last_heard=heard)
             )
             now = datetime.now(UTC)
             for n in range(6):
                 record = attempt(0, "nonce_mismatch")
                 record.started_at = now - timedelta(minutes=10) + timedelta(seconds=20 * n)
-                await store.record_attempt(record)
+                await store.attempts.add([record])
         finally:
             await store.close()
 
@@ -146,8 +146,8 @@ def test_devices_doctor_and_unidentified_on_the_data_directory(
     assert "wrong_server_key" not in out
     assert "another server public key" in " ".join(out.split())
     code, _, err = _run(capsys, "devices", "doctor", "nobody", "--data-dir", data)
-    assert code == 2
-    assert "no device" in err
+    assert code == 1
+    assert "no device 'nobody'" in err
     code, _, err = _run(capsys, "devices", "doctor", "kitchen", "--data-dir", data, "--since", "last week")
     assert code == 2
     assert "24h" in err

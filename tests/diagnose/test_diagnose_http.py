@@ -14,8 +14,9 @@ import httpx
 import pytest
 from diagnose_support import recording
 
+from cyan.app import Actor
 from cyan.cli import main
-from cyan.cloud.models import AttemptOutcome, DeviceRecord
+from cyan.cloud.models import AttemptOutcome, DeviceRecord, Role
 from cyan.config import Settings
 from cyan.keys import fingerprint, public_key_der
 from cyan.protocol import ServerConfig
@@ -44,7 +45,7 @@ class World:
 
 async def _register(service: Service, device_id: str, key: int, owner: str, *, seen_at: str | None) -> None:
     der = public_key_der(fixed_device_key(key).public_key())
-    await service.store.add_device(
+    await service.store.devices.add(
         DeviceRecord(
             id=device_id,
             owner=owner,
@@ -63,7 +64,7 @@ async def _failures(service: Service, count: int, **match: object) -> None:
         await service.cloud.flush()
         found = [
             a
-            for a in await service.store.list_attempts(limit=1000)
+            for a in await service.store.attempts.recent(limit=1000)
             if a.outcome is AttemptOutcome.FAILED and all(getattr(a, k) == v for k, v in match.items())
         ]
         if len(found) >= count:
@@ -91,8 +92,8 @@ def _run(tmp_path: Path, scenario: Callable[[World], Awaitable[None]]) -> None:
         try:
             world = World(service, f"http://127.0.0.1:{service.api_port}")
             for user in (ALICE, BOB):
-                await service.accounts.create_user(user, "correct horse")
-                world.tokens[user], _ = await service.accounts.issue_token(user, "test", None)
+                await service.app.accounts.create_user(Actor.operator(), user, "correct horse")
+                world.tokens[user] = (await service.app.accounts.create_token(Actor.operator(), user, None)).token
             # The recorded device lost its key: the server holds key 1, the device now presents another.
             await _register(service, RECORDED, 1, ALICE, seen_at="127.0.0.1:40000")
             # This one now holds another server's key; it used to connect from 127.0.0.1.
@@ -166,8 +167,6 @@ def test_diagnose_joins_the_server_records(
 def test_the_api_routes_and_who_may_read_what(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("CYAN_ADMINS", raising=False)
-
     async def scenario(w: World) -> None:
         async with httpx.AsyncClient(base_url=w.url, timeout=10) as client:
             attempts = await client.get(f"/v1/devices/{RECORDED}/attempts", headers=w.auth(ALICE))
@@ -181,8 +180,8 @@ def test_the_api_routes_and_who_may_read_what(
             assert doctor["status"] == "failing"
             assert (doctor["diagnosis"][0]["entry"], doctor["diagnosis"][0]["cause"]) == ("C5", "amnesia")
             # Not yours, unknown, no token: as for every device route.
-            assert (await client.get(f"/v1/devices/{RECORDED}/doctor", headers=w.auth(BOB))).status_code == 403
-            assert (await client.get(f"/v1/devices/{'f' * 24}/attempts", headers=w.auth(BOB))).status_code == 403
+            assert (await client.get(f"/v1/devices/{RECORDED}/doctor", headers=w.auth(BOB))).status_code == 404
+            assert (await client.get(f"/v1/devices/{'f' * 24}/attempts", headers=w.auth(BOB))).status_code == 404
             assert (await client.get(f"/v1/devices/{RECORDED}/attempts")).status_code == 401
             bad = await client.get(
                 f"/v1/devices/{RECORDED}/attempts", params={"since": "yesterday"}, headers=w.auth(ALICE)
@@ -190,10 +189,10 @@ def test_the_api_routes_and_who_may_read_what(
             assert bad.status_code == 400
             quiet = (await client.get(f"/v1/devices/{QUIET}/doctor", headers=w.auth(BOB))).json()
             assert quiet["status"] == "never_seen"
-            # Unidentified attempts belong to no one: operators only.
+            # Unidentified attempts belong to no one: admins only.
             denied = await client.get("/v1/diagnostics/unidentified", headers=w.auth(ALICE))
             assert (denied.status_code, denied.json()["error"]) == (403, "Permission Denied")
-            monkeypatch.setenv("CYAN_ADMINS", f"ops@example.com, {ALICE.upper()}")
+            await w.service.app.accounts.set_role(Actor.operator(), ALICE, Role.ADMIN)
             allowed = await client.get("/v1/diagnostics/unidentified", headers=w.auth(ALICE))
             assert allowed.status_code == 200
             (group,) = allowed.json()["groups"]
@@ -215,7 +214,7 @@ def test_the_api_routes_and_who_may_read_what(
         assert json.loads(out)["diagnosis"][0]["cause"] == "amnesia"
         code, out, err = await _cli(capsys, "devices", "doctor", RECORDED, "--server", w.url, "--token", w.tokens[BOB])
         assert code == 1
-        assert "403" in err
+        assert "404" in err
         assert "hint:" in err
         code, out, err = await _cli(capsys, "devices", "unidentified", "--server", w.url, "--token", w.tokens[ALICE])
         assert code == 0, err

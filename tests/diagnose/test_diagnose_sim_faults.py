@@ -56,7 +56,7 @@ def _serve(tmp_path: Path, faults: list[Fault], *, unknown: bool, wanted: Wanted
             for spec in specs:
                 der = public_key_der(registered_public_key(spec))
                 # Every device used to connect from here (127.0.0.1) an hour ago.
-                await service.store.add_device(
+                await service.store.devices.add(
                     DeviceRecord(
                         id=spec.device_id,
                         public_key_der=der,
@@ -73,7 +73,7 @@ def _serve(tmp_path: Path, faults: list[Fault], *, unknown: bool, wanted: Wanted
             try:
                 while True:
                     await service.cloud.flush()
-                    attempts = await service.store.list_attempts(limit=5000)
+                    attempts = await service.store.attempts.recent(limit=5000)
                     counts = Counter(
                         (a.device_id, a.reason if a.outcome is AttemptOutcome.FAILED else "connected") for a in attempts
                     )

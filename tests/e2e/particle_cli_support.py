@@ -471,7 +471,7 @@ class SimFleet:
         while time.monotonic() < deadline:
             if self.proc.process.poll() is not None:
                 raise AssertionError(f"cyan sim ended\n{self.proc.describe()}")
-            devices = read_store(data_dir, lambda store: store.list_devices(owner=self.owner))
+            devices = read_store(data_dir, lambda store: store.devices.all(owner=self.owner))
             if len(devices) >= self.count and all(d.online for d in devices):
                 self.ids = {d.name or d.id: d.id for d in devices}
                 return self.ids

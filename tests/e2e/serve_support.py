@@ -67,7 +67,7 @@ async def register(service: Service, specs: Sequence[VirtualDeviceSpec]) -> None
                 id=spec.device_id, public_key_der=der, key_fingerprint=fingerprint(der), created_at=datetime.now(UTC)
             )
         )
-    await service.store.add_devices(records)
+    await service.store.devices.add_many(records)
 
 
 async def attempts_once_connected(
@@ -79,6 +79,6 @@ async def attempts_once_connected(
     try:
         assert await fleet.wait_connected(timeout=20)
         await service.cloud.flush()
-        return await service.store.list_attempts(limit=1000)
+        return await service.store.attempts.recent(limit=1000)
     finally:
         await fleet.stop()

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cyan.app import Actor
 from cyan.cloud.models import DeviceRecord
 from cyan.cloud.ota import UpdateConfig
 from cyan.config import Settings
@@ -67,10 +68,10 @@ def _run(tmp_path: Path, scenario: Callable[[Service, Fleet, str], Awaitable[Non
         ]
         fleet = Fleet(specs, service.keys.private_key.public_key(), config=SimConfig(backoff_scale=0.05))
         try:
-            await service.accounts.create_user(OWNER, "a long enough password")
+            await service.app.accounts.create_user(Actor.operator(), OWNER, "a long enough password")
             for spec in specs:
                 der = public_key_der(registered_public_key(spec))
-                await service.store.add_device(
+                await service.store.devices.add(
                     DeviceRecord(
                         id=spec.device_id,
                         name=spec.name,
@@ -82,7 +83,7 @@ def _run(tmp_path: Path, scenario: Callable[[Service, Fleet, str], Awaitable[Non
                 )
             fleet.start("127.0.0.1", service.device_server.port)
             assert await fleet.wait_connected(timeout=10)
-            token, _ = await service.accounts.issue_token(OWNER, "cyan-cli", None)
+            token = (await service.app.accounts.create_token(Actor.operator(), OWNER, None)).token
             await scenario(service, fleet, token)
         finally:
             await fleet.stop()

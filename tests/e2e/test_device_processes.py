@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from serve_support import FAST, SIM, register, run_with_service
 
+from cyan.app import Actor
 from cyan.cloud.errors import DeviceTimeoutError, UnknownVariableError
 from cyan.cloud.models import AttemptOutcome
 from cyan.protocol import DEVICE_OS_0_6_1, DEVICE_OS_3_1_0
@@ -56,7 +57,7 @@ def test_devices_in_child_processes_are_served_like_local_ones(tmp_path: Path) -
             await _eventually(lambda: servers.connection_count == len(SPECS))
 
             async def described() -> bool:
-                found = [await service.cloud.find_device(spec.device_id) for spec in SPECS]
+                found = [(await service.app.devices.get(Actor.operator(), spec.device_id)).record for spec in SPECS]
                 return all(record.functions == ["setArg"] for record in found)
 
             # The values are decoded with the variable types of the device's Describe (§6.6).
@@ -83,7 +84,7 @@ def test_devices_in_child_processes_are_served_like_local_ones(tmp_path: Path) -
             fleet[SPECS[0].device_id].publish("vdev/ping", "from a device")
             answers = {(e.device_id, e.data) for e in [await pongs.get() for _ in SPECS] if e is not None}
             assert answers == {(spec.device_id, "from a device") for spec in SPECS}
-            record = await service.cloud.find_device(SPECS[0].device_id)
+            record = (await service.app.devices.get(Actor.operator(), SPECS[0].device_id)).record
             assert record.online
             assert record.functions == ["setArg"]
         finally:
@@ -125,7 +126,7 @@ def test_refusals_are_recorded_and_a_dead_process_costs_one_reconnection(tmp_pat
             await service.cloud.flush()
             refused = [
                 a
-                for a in await service.store.list_attempts(limit=1000)
+                for a in await service.store.attempts.recent(limit=1000)
                 if a.outcome is AttemptOutcome.FAILED and a.device_id in {s.device_id for s in unknown}
             ]
             assert {(a.step, a.reason) for a in refused} == {("identity", "unknown_device")}

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from serve_support import run_with_service
 
+from cyan.app import Actor
+from cyan.cloud.errors import InvalidInputError
 from cyan.cloud.models import DeviceRecord, FirmwareRecord, JobState, UpdateJob
 from cyan.cloud.ota import FirmwareRejectedError, UpdateConfig, UpdateConflictError, UpdateNotFoundError, judge
 from cyan.keys import fingerprint, public_key_der
@@ -65,7 +67,26 @@ async def _register(service: Service, spec: VirtualDeviceSpec, owner: str = "ali
         key_fingerprint=fingerprint(der),
         created_at=datetime.now(UTC),
     )
-    await service.store.add_device(record)
+    await service.store.devices.add(record)
+
+
+async def _create(
+    service: Service,
+    devices: list[str],
+    firmware: FirmwareRecord,
+    *,
+    mode: str = "auto",
+    concurrency: int | None = None,
+    max_attempts: int | None = None,
+) -> list[UpdateJob]:
+    """Start updates as the operator would (`cyan.app.updates`): the devices checked, the jobs stored and audited."""
+    updates = service.app.updates
+    assert updates is not None
+    operator = Actor.operator()
+    records = await updates.targets(operator, devices=devices)
+    return await updates.flash(
+        operator, records, firmware, mode=mode, concurrency=concurrency, max_attempts=max_attempts
+    )
 
 
 def _spec(n: int, firmware: Firmware = DEVICE_OS_3_1_0, fault: Fault | None = None) -> VirtualDeviceSpec:
@@ -114,7 +135,7 @@ def test_one_update_per_personality(tmp_path: Path, processes: int) -> None:
             assert (firmware.platform_id, firmware.product_version, firmware.size) == (6, 2, len(image))
             jobs = []
             for spec in specs:
-                jobs += await service.updates.create([spec.device_id], firmware, created_by="alice@example.com")
+                jobs += await _create(service, [spec.device_id], firmware)
             assert [job.rollout for job in jobs] == [None, None]
             for job in await _finished(service, jobs):
                 assert job.state is JobState.SUCCEEDED, job
@@ -124,9 +145,9 @@ def test_one_update_per_personality(tmp_path: Path, processes: int) -> None:
             for spec in specs:
                 device = fleet[spec.device_id]
                 assert device.image == image
-                record = await service.cloud.find_device(spec.device_id)
+                record = (await service.app.devices.get(Actor.operator(), spec.device_id)).record
                 assert record.product_version == 2  # the Hello of the new application (§5)
-            stored = await service.store.list_jobs(device_id=specs[0].device_id)
+            stored = await service.store.updates.list_jobs(device_id=specs[0].device_id)
             assert [job.state for job in stored] == [JobState.SUCCEEDED]
         finally:
             await fleet.stop()
@@ -149,9 +170,7 @@ def test_a_rollout_with_dropped_chunks_and_a_disconnect(tmp_path: Path, processe
         try:
             image = _image(size=40_000, version=3)
             firmware = await service.updates.library.add(image, "app-v3.bin", "alice@example.com")
-            jobs = await service.updates.create(
-                [s.device_id for s in specs], firmware, created_by="alice@example.com", concurrency=8
-            )
+            jobs = await _create(service, [s.device_id for s in specs], firmware, concurrency=8)
             rollout = jobs[0].rollout
             assert rollout is not None
             assert {job.rollout for job in jobs} == {rollout}
@@ -194,25 +213,27 @@ def test_refusals_never_reach_a_device(tmp_path: Path) -> None:
                 assert caught.value.reason == reason
             p1 = await library.add(_image(platform=8), "p1.bin", None)
             with pytest.raises(FirmwareRejectedError, match=r"built for P1 \(platform 8\), the device is a Photon"):
-                await service.updates.create([_id(1)], p1, created_by=None)
+                await _create(service, [_id(1)], p1)
             firmware = await library.add(good, "app.bin", None)
             # The 3.x Hello says how much the device takes (§5).
             with pytest.raises(FirmwareRejectedError, match="the device takes at most 8192") as too_large:
-                await service.updates.create([_id(2)], firmware, created_by=None)
+                await _create(service, [_id(2)], firmware)
             assert too_large.value.reason == "too_large"
-            with pytest.raises(ValueError, match="mode"):
-                await service.updates.create([_id(1)], firmware, created_by=None, mode="warp")
+            with pytest.raises(InvalidInputError, match="mode"):
+                await _create(service, [_id(1)], firmware, mode="warp")
             # Built against 3.1.0 (system part 3103) for a device running 0.6.1 (105): it would boot into
             # safe mode (field-failures C15).
             newer = await library.add(build_module(b"x" * 4000, platform_id=6), "needs-3.1.bin", None)
-            while not (await service.cloud.find_device(_id(3))).functions:  # it has described itself
+            while not (
+                (await service.app.devices.get(Actor.operator(), _id(3))).record
+            ).functions:  # it has described itself
                 await asyncio.sleep(0.05)
             with pytest.raises(
                 FirmwareRejectedError, match=r"needs system part 1 version 3103 or later, the device"
             ) as dep:
-                await service.updates.create([_id(3)], newer, created_by=None)
+                await _create(service, [_id(3)], newer)
             assert dep.value.reason == "dependency"
-            assert await service.store.list_jobs() == []
+            assert await service.store.updates.list_jobs() == []
             await asyncio.sleep(0.3)
             for device in fleet.devices:
                 assert device.updates_applied == 0
@@ -229,7 +250,7 @@ def test_an_offline_device_is_updated_when_it_connects(tmp_path: Path) -> None:
         spec = _spec(1)
         await _register(service, spec)
         firmware = await service.updates.library.add(_image(), "app.bin", None)
-        (job,) = await service.updates.create([spec.device_id], firmware, created_by=None)
+        (job,) = await _create(service, [spec.device_id], firmware)
         await asyncio.sleep(0.2)
         assert (await service.updates.get(job.id or 0)).state is JobState.QUEUED
         fleet = await _fleet(service, [spec], register=False)
@@ -250,7 +271,7 @@ def test_what_is_learned_when_the_device_connects_is_checked_before_sending(tmp_
         spec = _spec(1, DEVICE_OS_0_6_1)
         await _register(service, spec)
         needs_3_1 = await service.updates.library.add(build_module(b"x" * 4000, platform_id=6), "app.bin", None)
-        (job,) = await service.updates.create([spec.device_id], needs_3_1, created_by=None)
+        (job,) = await _create(service, [spec.device_id], needs_3_1)
         fleet = await _fleet(service, [spec], register=False)
         try:
             (done,) = await _finished(service, [job])
@@ -276,7 +297,7 @@ def test_an_image_the_device_rejects_is_not_sent_again(tmp_path: Path) -> None:
                 b"s" * 5000, platform_id=6, function=ModuleFunction.SYSTEM_PART, start_address=0x08020000
             )
             firmware = await service.updates.library.add(system_part, "system-part1.bin", None)
-            (job,) = await service.updates.create([_id(1)], firmware, created_by=None)
+            (job,) = await _create(service, [_id(1)], firmware)
             (done,) = await _finished(service, [job])
             assert (done.state, done.reason, done.attempts) == (JobState.FAILED, "rejected", 1)
             assert done.detail is not None
@@ -295,7 +316,7 @@ def test_a_device_that_does_not_come_back_fails_its_job(tmp_path: Path) -> None:
         fleet = await _fleet(service, [_spec(1)], slow_reboot)
         try:
             firmware = await service.updates.library.add(_image(), "app.bin", None)
-            (job,) = await service.updates.create([_id(1)], firmware, created_by=None, max_attempts=1)
+            (job,) = await _create(service, [_id(1)], firmware, max_attempts=1)
             (done,) = await _finished(service, [job])
             assert (done.state, done.reason) == (JobState.FAILED, "no_reconnect")
             assert fleet[_id(1)].updates_applied == 1  # it did apply it; it just did not say so in time
@@ -311,7 +332,7 @@ def test_a_device_that_refuses_updates_fails_after_its_attempts(tmp_path: Path) 
         fleet = await _fleet(service, [_spec(1)], refusing)
         try:
             firmware = await service.updates.library.add(_image(), "app.bin", None)
-            (job,) = await service.updates.create([_id(1)], firmware, created_by=None, max_attempts=2)
+            (job,) = await _create(service, [_id(1)], firmware, max_attempts=2)
             (done,) = await _finished(service, [job])
             assert done.state is JobState.FAILED
             assert done.reason == "refused"
@@ -331,16 +352,16 @@ def test_a_new_update_supersedes_a_waiting_one_and_jobs_resume(tmp_path: Path) -
         library = service.updates.library
         first = await library.add(_image(version=2), "v2.bin", None)
         second = await library.add(_image(version=3), "v3.bin", None)
-        (old,) = await service.updates.create([spec.device_id], first, created_by=None)
-        (new,) = await service.updates.create([spec.device_id], second, created_by=None)
+        (old,) = await _create(service, [spec.device_id], first)
+        (new,) = await _create(service, [spec.device_id], second)
         replaced = await service.updates.get(old.id or 0)
         assert (replaced.state, replaced.reason) == (JobState.FAILED, "superseded")
         # A restart finds the queued job and resumes it; a transfer it cut off is queued again.
         await service.updates.stop()
-        stored = await service.store.get_job(new.id or 0)
+        stored = await service.store.updates.get_job(new.id or 0)
         assert stored is not None
         stored.state = JobState.SENDING
-        await service.store.save_job(stored)
+        await service.store.updates.save_job(stored)
         await service.updates.start()
         assert (await service.updates.get(new.id or 0)).state is JobState.QUEUED
         fleet = await _fleet(service, [spec], register=False)
@@ -363,7 +384,7 @@ def test_a_device_being_sent_an_update_takes_no_other(tmp_path: Path) -> None:
         fleet = await _fleet(service, [_spec(1)])
         try:
             firmware = await service.updates.library.add(_image(size=200_000), "big.bin", None)
-            (job,) = await service.updates.create([_id(1)], firmware, created_by=None, mode="non_fast")
+            (job,) = await _create(service, [_id(1)], firmware, mode="non_fast")
 
             async def sending() -> None:
                 while (await service.updates.get(job.id or 0)).state is not JobState.SENDING:
@@ -371,7 +392,7 @@ def test_a_device_being_sent_an_update_takes_no_other(tmp_path: Path) -> None:
 
             await asyncio.wait_for(sending(), 10)
             with pytest.raises(UpdateConflictError, match="right now"):
-                await service.updates.create([_id(1)], firmware, created_by=None)
+                await _create(service, [_id(1)], firmware)
             (done,) = await _finished(service, [job])
             assert done.state is JobState.SUCCEEDED
         finally:

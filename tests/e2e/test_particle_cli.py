@@ -53,6 +53,7 @@ class Account:
 
 OWNER = Account("owner@example.com", "correct horse battery")
 OTHER = Account("other@example.com", "another staple")
+ADMIN = Account("admin@example.com", "the operator's own")
 FLEET_SIZE = 5
 #: The names `particle list` shows for the Gen 2 platform ids (@particle/device-constants 4.2.1 `displayName`).
 PLATFORM_NAMES = {0: "Core", 6: "Photon", 8: "P1"}
@@ -87,6 +88,10 @@ def accounts(server: CyanServer) -> tuple[Account, Account]:
             "users", "add", account.email, "--password", account.password, "--data-dir", str(server.data_dir)
         )
         assert done.returncode == 0, str(done)
+    admin = run_cyan(
+        "users", "add", ADMIN.email, "--admin", "--password", ADMIN.password, "--data-dir", str(server.data_dir)
+    )
+    assert admin.returncode == 0, str(admin)
     return OWNER, OTHER
 
 
@@ -150,15 +155,15 @@ def login(cli: ParticleCli, account: Account) -> Completed:
 
 
 def device(server: CyanServer, device_id: str) -> DeviceRecord | None:
-    return read_store(server.data_dir, lambda store: store.get_device(device_id))
+    return read_store(server.data_dir, lambda store: store.devices.get(device_id))
 
 
 def devices_of(server: CyanServer, username: str) -> list[DeviceRecord]:
-    return read_store(server.data_dir, lambda store: store.list_devices(owner=username))
+    return read_store(server.data_dir, lambda store: store.devices.all(owner=username))
 
 
 def stored_token(server: CyanServer, token: str) -> AccessToken | None:
-    return read_store(server.data_dir, lambda store: store.get_token(token_hash(token)))
+    return read_store(server.data_dir, lambda store: store.accounts.get_token(token_hash(token)))
 
 
 def ok(done: Completed) -> Completed:
@@ -504,19 +509,38 @@ def test_device_remove(owner: ParticleCli, server: CyanServer, fleet: SimFleet) 
     failed(owner.run("get", device_id, "temp"))
 
 
-def test_device_add(owner: ParticleCli, server: CyanServer, fleet: SimFleet) -> None:
+def test_device_add(
+    owner: ParticleCli, other: ParticleCli, server: CyanServer, fleet: SimFleet, new_cli: Callable[[str], ParticleCli]
+) -> None:
     device_id = fleet.ids["sim-2"]
     ok(owner.run("device", "remove", device_id, "--yes"))
     released = device(server, device_id)
     assert released is not None, "a released device must stay registered (its key), to be claimed again"
     assert released.owner is None
 
-    done = ok(owner.run("device", "add", device_id))
+    # An ownerless device is not anyone's to take: the CLI shows the 404 (docs/keys.md).
+    for user in (owner, other):
+        refused = user.run("device", "add", device_id)
+        assert refused.returncode == 1
+        assert refused.lines == [f"Claiming device {device_id}", "Failed to claim device: Not Found"]
+    assert device(server, device_id).owner is None  # type: ignore[union-attr]
+
+    # An admin may: the same CLI command, unchanged.
+    admin = new_cli("admin")
+    login(admin, ADMIN)
+    done = ok(admin.run("device", "add", device_id))
     assert done.lines == [f"Claiming device {device_id}", f"Successfully claimed device {device_id}"]
     record = device(server, device_id)
     assert record is not None
-    assert record.owner == OWNER.email
-    assert any(device_id in line and line.endswith("is online") for line in ok(owner.run("list")).lines)
+    assert record.owner == ADMIN.email
+    assert any(device_id in line and line.endswith("is online") for line in ok(admin.run("list")).lines)
+    assert ok(admin.run("get", device_id, "temp")).lines == ["21.5"]
+    # The operator gives it back to its owner.
+    given = run_cyan("devices", "claim", device_id, "--owner", OWNER.email, "--data-dir", str(server.data_dir))
+    assert given.returncode == 1  # it is the admin's now: released first, then claimed for the owner
+    ok(admin.run("device", "remove", device_id, "--yes"))
+    given = run_cyan("devices", "claim", device_id, "--owner", OWNER.email, "--data-dir", str(server.data_dir))
+    assert given.returncode == 0, str(given)
     assert ok(owner.run("get", device_id, "temp")).lines == ["21.5"]
 
 

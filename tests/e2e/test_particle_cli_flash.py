@@ -47,7 +47,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CyanServer
 
 
 def _jobs(server: CyanServer, device_id: str) -> list[UpdateJob]:
-    jobs: list[UpdateJob] = read_store(server.data_dir, lambda store: store.list_jobs(device_id=device_id))  # type: ignore[attr-defined]
+    jobs: list[UpdateJob] = read_store(server.data_dir, lambda store: store.updates.list_jobs(device_id=device_id))
     return jobs
 
 
@@ -71,7 +71,7 @@ def test_particle_flash_updates_a_simulated_photon(
     assert job.state is JobState.SUCCEEDED, (job, server.describe(), fleet.proc.describe())
     assert job.verification == "hash"  # its Describe lists the image's SHA-256 (§6.7)
     assert job.firmware == hashlib.sha256(image).hexdigest()
-    record = read_store(server.data_dir, lambda store: store.get_device(device_id))
+    record = read_store(server.data_dir, lambda store: store.devices.get(device_id))
     assert record is not None
     assert (record.product_id, record.product_version) == (4242, 7)  # the new application's Hello (§5)
     assert parse_module(image).product_version == 7

@@ -19,6 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from cyan.app import Actor
 from cyan.cloud.models import AttemptOutcome, DeviceRecord
 from cyan.config import Settings
 from cyan.keys import fingerprint, public_key_der
@@ -104,7 +105,7 @@ def test_recorded_device_side_is_accepted(tmp_path: Path, vectors: Path, version
         await service.start()
         try:
             der = public_key_der(device_key.public_key())
-            await service.store.add_device(
+            await service.store.devices.add(
                 DeviceRecord(id=DEVICE_ID, public_key_der=der, key_fingerprint=fingerprint(der))
             )
             events = service.bus.subscribe("vdev/")
@@ -142,12 +143,12 @@ def test_recorded_device_side_is_accepted(tmp_path: Path, vectors: Path, version
             names = []
             while (event := await asyncio.wait_for(events.get(), 1)) is not None and event.name != "vdev/heartbeat":
                 names.append(event.name)
-            record = await service.cloud.find_device(DEVICE_ID)
+            record = (await service.app.devices.get(Actor.operator(), DEVICE_ID)).record
             assert record.functions == ["setArg"]
             assert {v.name for v in record.variables} == {"counter", "lastArg", "temp"}
             assert record.platform_id == 3
             await service.cloud.flush()
-            attempts = await service.store.list_attempts(DEVICE_ID)
+            attempts = await service.store.attempts.recent(DEVICE_ID)
             assert [(a.outcome, a.step) for a in attempts] == [(AttemptOutcome.CONNECTED, "session")]
             assert names == ["vdev/called", "vdev/pong"]
         finally:

@@ -25,7 +25,7 @@ from cyan.config import Settings
 from cyan.limits import ensure_file_limit
 from cyan.protocol import DEVICE_OS_0_6_1, DEVICE_OS_3_1_0, ServerConfig
 from cyan.server import device_server
-from cyan.service import Service, ensure_server_keys
+from cyan.service import Service, prepare_data_directory
 from cyan.sim import Fleet, SimConfig, VirtualDeviceSpec
 from cyan.testing import fixed_device_key, fixed_server_key
 
@@ -177,7 +177,7 @@ def test_a_fleet_spread_over_several_source_addresses(tmp_path: Path) -> None:
 
 def test_cyan_sim_refuses_a_source_address_that_is_not_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     settings = Settings(data_dir=tmp_path / "data")
-    ensure_server_keys(settings)
+    prepare_data_directory(settings)
     argv = ["sim", "--data-dir", str(settings.data_dir), "--no-register", "--source-address", "loopback-two"]
     assert cyan_cli(argv) == 2
     assert "'loopback-two' is not an IP address" in capsys.readouterr().err
@@ -221,7 +221,7 @@ def test_key_workers_answer_every_operation_correctly_when_run_concurrently() ->
 
 def test_cyan_sim_refuses_an_id_prefix_that_is_not_hex(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     settings = Settings(data_dir=tmp_path / "data")
-    ensure_server_keys(settings)
+    prepare_data_directory(settings)
     argv = ["sim", "--data-dir", str(settings.data_dir), "--keys-dir", str(tmp_path / "keys"), "-n", "2"]
     assert cyan_cli([*argv, "--no-register", "--id-prefix", "zz"]) == 1
     assert "device id prefix 'zz' must be at most 16 lowercase hex digits" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from serve_support import run_with_service
 
+from cyan.app import Actor
 from cyan.bus import CloudEvent
 from cyan.cloud.errors import DeviceOfflineError, DeviceTimeoutError, UnknownVariableError
 from cyan.cloud.models import AttemptOutcome, ConnectionAttempt, DeviceRecord
@@ -29,7 +30,7 @@ def _id(n: int) -> str:
 
 async def _register(service: Service, spec: VirtualDeviceSpec, *, name: str | None = None) -> None:
     der = public_key_der(registered_public_key(spec))
-    await service.store.add_device(
+    await service.store.devices.add(
         DeviceRecord(
             id=spec.device_id,
             name=name,
@@ -69,11 +70,11 @@ def test_devices_connect_and_are_reachable(tmp_path: Path) -> None:
             await fleet.wait_connected(timeout=10)
 
             async def described() -> bool:
-                found = [await service.cloud.find_device(s.device_id) for s in specs]
+                found = [(await service.app.devices.get(Actor.operator(), s.device_id)).record for s in specs]
                 return all(d.functions == ["setArg"] for d in found)
 
             await _eventually(described)
-            kitchen = await service.cloud.find_device("kitchen")
+            kitchen = (await service.app.devices.get(Actor.operator(), "kitchen")).record
             assert kitchen.online
             assert (kitchen.platform_id, kitchen.system_version) == (6, 3103)
             assert {(v.name, v.type) for v in kitchen.variables} == {
@@ -81,15 +82,22 @@ def test_devices_connect_and_are_reachable(tmp_path: Path) -> None:
                 ("lastArg", "string"),
                 ("temp", "double"),
             }
-            garage = await service.cloud.find_device("garage")
+            garage = (await service.app.devices.get(Actor.operator(), "garage")).record
             assert (garage.hello_flags, garage.system_version) == (0, None)
 
-            for name in ("kitchen", "garage"):
-                assert await service.cloud.call_function(name, "setArg", "hello world") == 11
-                assert await service.cloud.read_variable(name, "lastArg") == (b"hello world", "hello world")
-                assert (await service.cloud.read_variable(name, "temp"))[1] == 21.5
+            calls = service.app.calls
+            assert calls is not None
+            operator = Actor.operator()
+            for name, device_id in (("kitchen", _id(1)), ("garage", _id(2))):
+                assert await calls.call_function(operator, name, "setArg", "hello world") == (device_id, 11)
+                assert await calls.read_variable(operator, name, "lastArg") == (
+                    device_id,
+                    b"hello world",
+                    "hello world",
+                )
+                assert (await calls.read_variable(operator, name, "temp"))[2] == 21.5
             with pytest.raises(UnknownVariableError):
-                await service.cloud.read_variable("kitchen", "nosuch")
+                await calls.read_variable(operator, "kitchen", "nosuch")
 
             # An event from the API reaches both devices; each app answers vdev/ping with vdev/pong.
             service.cloud.publish("vdev/ping", "from the API", owner=None)
@@ -108,8 +116,8 @@ def test_devices_connect_and_are_reachable(tmp_path: Path) -> None:
 
             await _eventually(garage_offline)
             with pytest.raises(DeviceOfflineError):
-                await service.cloud.call_function("garage", "setArg", "x")
-            assert await service.cloud.call_function("kitchen", "setArg", "still here") == 10
+                await calls.call_function(operator, "garage", "setArg", "x")
+            assert await calls.call_function(operator, "kitchen", "setArg", "still here") == (_id(1), 10)
         finally:
             await fleet.stop()
         await service.cloud.flush()
@@ -121,12 +129,12 @@ def test_devices_connect_and_are_reachable(tmp_path: Path) -> None:
         assert sorted(seen) == sorted(
             [(_id(1), "online"), (_id(2), "online"), (_id(2), "offline"), (_id(1), "offline")]
         )
-        attempts = await service.store.list_attempts()
+        attempts = await service.store.attempts.recent()
         assert {(a.device_id, a.outcome, a.step) for a in attempts} == {
             (_id(1), AttemptOutcome.CONNECTED, "session"),
             (_id(2), AttemptOutcome.CONNECTED, "session"),
         }
-        stored = await service.store.get_device(_id(1))
+        stored = await service.store.devices.get(_id(1))
         assert stored is not None
         assert not stored.online
 
@@ -181,7 +189,7 @@ def test_every_fault_is_recorded_while_others_are_served(tmp_path: Path) -> None
 
             async def all_recorded() -> bool:
                 await service.cloud.flush()
-                attempts = await service.store.list_attempts(limit=1000)
+                attempts = await service.store.attempts.recent(limit=1000)
                 failed = {a.reason for a in attempts if a.outcome is AttemptOutcome.FAILED}
                 return {
                     "nonce_mismatch",
@@ -198,7 +206,7 @@ def test_every_fault_is_recorded_while_others_are_served(tmp_path: Path) -> None
             assert await service.cloud.call_function(_id(16), "setArg", "slowly") == 6
         finally:
             await fleet.stop()
-        attempts = await service.store.list_attempts(limit=1000)
+        attempts = await service.store.attempts.recent(limit=1000)
         wrong_key = next(a for a in attempts if a.reason == "nonce_mismatch")
         assert (wrong_key.device_id, wrong_key.step) == (None, "nonce")  # it cannot be identified
         amnesia = _attempt_for(attempts, _id(12))
@@ -229,7 +237,8 @@ def test_a_call_to_an_unknown_function_times_out(tmp_path: Path) -> None:
             await device.connected.wait()
             # Before Describe arrives the cloud does not know the function list, so the call goes out;
             # the firmware ACKs an unknown function and never answers (protocol.md §6.5).
-            record = await service.cloud.find_device(_id(20))
+            record = service.cloud.live(_id(20))
+            assert record is not None
             record.functions = []
             with pytest.raises(DeviceTimeoutError, match="did not answer"):
                 await service.cloud.call_function(_id(20), "nosuch", "x", timeout=0.5)

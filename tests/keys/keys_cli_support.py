@@ -18,7 +18,7 @@ from cyan.cli._keys_cloud import ApiRegistry
 from cyan.cloud.models import DeviceRecord
 from cyan.config import Settings
 from cyan.keys import fingerprint, load_public_key
-from cyan.service import ensure_server_keys, write_server_key_file
+from cyan.service import prepare_data_directory, write_server_key_file
 from cyan.store import SqliteStore
 
 TOKEN = "tok-123"
@@ -35,15 +35,8 @@ def make_cloud(root: Path, address: str = "10.0.0.2", port: int = 5683) -> Path:
     key_path.write_bytes((VECTORS / "device-os-3.1.0" / "server_key.pem").read_bytes())
     key_path.chmod(0o600)
     settings = Settings(data_dir=data, public_address=address)
-    server_keys = ensure_server_keys(settings)
+    server_keys = prepare_data_directory(settings)
     write_server_key_file(settings, server_keys.private_key.public_key(), port)
-
-    async def create() -> None:
-        store = SqliteStore(settings.database_path)
-        await store.open()
-        await store.close()
-
-    asyncio.run(create())
     return data
 
 
@@ -56,7 +49,7 @@ def registered(data: Path, device_id: str) -> DeviceRecord | None:
         store = SqliteStore(Settings(data_dir=data).database_path)
         await store.open()
         try:
-            return await store.get_device(device_id)
+            return await store.devices.get(device_id)
         finally:
             await store.close()
 

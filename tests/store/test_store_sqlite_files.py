@@ -17,13 +17,23 @@ from alembic.autogenerate import compare_metadata
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine
-from store_support import DEVICE_ID, T0, attempt, run
 
 from cyan.cloud.models import AccessToken, DeviceRecord, User
 from cyan.cloud.ports import StoreUnavailableError
-from cyan.store import SqliteStore, open_store
-from cyan.store._migrate import alembic_config, head_revision
+from cyan.store import FirmwareFiles, SqliteStore, open_store
+from cyan.store._migrate import head_revision
 from cyan.store._schema import metadata
+from store_support import DEVICE_ID, T0, attempt, run
+
+ALICE = "alice@example.com"
+
+
+def user() -> User:
+    return User(username=ALICE, password_hash="scrypt$16384$8$1$salt$alice", created_at=T0)
+
+
+def token(number: int) -> AccessToken:
+    return AccessToken(f"{number:064x}", ALICE, "CLI2", T0, None)
 
 
 def _permissions_are_enforced() -> bool:
@@ -71,8 +81,8 @@ def test_open_creates_directories_and_the_schema_at_head(tmp_path: Path) -> None
             pass
 
     run(scenario())
-    assert head_revision() == "0004"
-    assert _version(db) == ["0004"]
+    assert head_revision() == "0005"
+    assert _version(db) == [head_revision()]
     assert _tables(db) == {
         "alembic_version": [],
         "devices": ["ix_devices_owner"],
@@ -86,7 +96,8 @@ def test_open_creates_directories_and_the_schema_at_head(tmp_path: Path) -> None
         "key_policies": [],
         "rekey_windows": [],
         "pending_keys": [],
-        "key_audit": ["ix_key_audit_device_id_at"],
+        "audit": ["ix_audit_at", "ix_audit_device_id_at", "ix_audit_subject_at"],
+        "claim_codes": ["ix_claim_codes_device_id", "ix_claim_codes_expires_at"],
         "firmware": [],
         "update_jobs": ["ix_update_jobs_device_id_id", "ix_update_jobs_rollout", "ix_update_jobs_state"],
         "device_groups": ["ix_device_groups_device_id"],
@@ -99,7 +110,7 @@ def test_a_second_open_keeps_the_data_and_runs_no_migration(tmp_path: Path, monk
 
     async def first() -> None:
         async with SqliteStore(db) as store:
-            await store.add_device(DeviceRecord(id=DEVICE_ID))
+            await store.devices.add(DeviceRecord(id=DEVICE_ID))
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the schema is at head: nothing to migrate")
@@ -107,12 +118,12 @@ def test_a_second_open_keeps_the_data_and_runs_no_migration(tmp_path: Path, monk
     async def second() -> DeviceRecord | None:
         async with SqliteStore(db) as store:
             await store.open()  # opening an open store does nothing
-            return await store.get_device(DEVICE_ID)
+            return await store.devices.get(DEVICE_ID)
 
     run(first())
     monkeypatch.setattr(command, "upgrade", refuse)
     assert run(second()) == DeviceRecord(id=DEVICE_ID)
-    assert _version(db) == ["0004"]
+    assert _version(db) == [head_revision()]
 
 
 def test_the_migrations_build_exactly_the_schema_the_queries_use(tmp_path: Path) -> None:
@@ -129,25 +140,6 @@ def test_the_migrations_build_exactly_the_schema_the_queries_use(tmp_path: Path)
             assert compare_metadata(MigrationContext.configure(conn), metadata) == []
     finally:
         engine.dispose()
-
-
-def test_the_migrations_downgrade_to_nothing_and_upgrade_again(tmp_path: Path) -> None:
-    db = tmp_path / "cyan.db"
-
-    async def scenario() -> None:
-        async with SqliteStore(db) as store:
-            await store.record_attempt(attempt())
-
-    run(scenario())
-    engine = create_engine(f"sqlite:///{db}")
-    try:
-        with engine.begin() as conn:
-            command.downgrade(alembic_config(conn), "base")
-    finally:
-        engine.dispose()
-    assert _tables(db) == {"alembic_version": []}
-    run(scenario())
-    assert _version(db) == ["0004"]
 
 
 def test_a_migration_that_fails_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -172,7 +164,7 @@ def test_a_migration_that_fails_leaves_nothing_behind(tmp_path: Path, monkeypatc
     assert _tables(db) == {}  # one transaction: the tables created before the failure are gone too
     monkeypatch.undo()
     run(scenario())
-    assert _version(db) == ["0004"]
+    assert _version(db) == [head_revision()]
 
 
 def test_a_schema_from_a_newer_cyan_is_refused(tmp_path: Path) -> None:
@@ -197,7 +189,7 @@ def test_the_database_files_are_owner_only(tmp_path: Path) -> None:
 
         async def scenario() -> None:
             async with SqliteStore(db) as store:
-                await store.record_attempt(attempt())
+                await store.attempts.add([attempt()])
                 # While the store is open, its -wal and -shm files exist too.
                 for path in (db, db.with_name("cyan.db-wal"), db.with_name("cyan.db-shm")):
                     assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
@@ -264,7 +256,7 @@ def test_a_read_only_database(tmp_path: Path) -> None:
 
 async def _open_and_write(db: Path) -> None:
     async with SqliteStore(db) as store:
-        await store.record_attempt(attempt())
+        await store.attempts.add([attempt()])
 
 
 def test_a_file_that_is_not_a_database(tmp_path: Path) -> None:
@@ -287,14 +279,14 @@ def test_a_database_locked_by_another_process_longer_than_the_busy_timeout(tmp_p
         async with SqliteStore(db, busy_timeout=0.05) as store:
             holder.execute("BEGIN EXCLUSIVE")
             with pytest.raises(StoreUnavailableError, match=r"database is locked; .*busy timeout \(0.05 s\)"):
-                await store.record_attempt(attempt())
+                await store.attempts.add([attempt()])
             with pytest.raises(StoreUnavailableError, match=r"cannot save a device: .*database is locked"):
-                await store.save_device(DeviceRecord(id=DEVICE_ID))
-            assert await store.list_attempts() == []  # WAL: readers are not blocked
+                await store.devices.save(DeviceRecord(id=DEVICE_ID))
+            assert await store.attempts.recent() == []  # WAL: readers are not blocked
             holder.rollback()
             # The store recovers once the lock is gone.
-            await store.record_attempt(attempt())
-            assert len(await store.list_attempts()) == 1
+            await store.attempts.add([attempt()])
+            assert len(await store.attempts.recent()) == 1
 
     holder = sqlite3.connect(db, isolation_level=None)
     try:
@@ -305,24 +297,24 @@ def test_a_database_locked_by_another_process_longer_than_the_busy_timeout(tmp_p
 
 StoreCall = Callable[[SqliteStore], Awaitable[object]]
 CALLS: dict[str, StoreCall] = {
-    "get_device": lambda s: s.get_device(DEVICE_ID),
-    "find_device": lambda s: s.find_device("kitchen"),
-    "list_devices": lambda s: s.list_devices(),
-    "add_device": lambda s: s.add_device(DeviceRecord(id=DEVICE_ID)),
-    "save_device": lambda s: s.save_device(DeviceRecord(id=DEVICE_ID)),
-    "remove_device": lambda s: s.remove_device(DEVICE_ID),
-    "mark_all_offline": lambda s: s.mark_all_offline(),
-    "record_attempt": lambda s: s.record_attempt(attempt()),
-    "list_attempts": lambda s: s.list_attempts(),
-    "add_user": lambda s: s.add_user(User("alice@example.com", "scrypt$hash", T0)),
-    "get_user": lambda s: s.get_user("alice@example.com"),
-    "list_users": lambda s: s.list_users(),
-    "remove_user": lambda s: s.remove_user("alice@example.com"),
-    "add_token": lambda s: s.add_token(AccessToken("ab" * 32, "alice@example.com", "CLI2", T0, None)),
-    "get_token": lambda s: s.get_token("ab" * 32),
-    "list_tokens": lambda s: s.list_tokens("alice@example.com"),
-    "remove_token": lambda s: s.remove_token("ab" * 32),
-    "remove_expired_tokens": lambda s: s.remove_expired_tokens(T0),
+    "get_device": lambda s: s.devices.get(DEVICE_ID),
+    "find_device": lambda s: s.devices.find("kitchen"),
+    "list_devices": lambda s: s.devices.all(),
+    "add_device": lambda s: s.devices.add(DeviceRecord(id=DEVICE_ID)),
+    "save_device": lambda s: s.devices.save(DeviceRecord(id=DEVICE_ID)),
+    "remove_device": lambda s: s.devices.remove(DEVICE_ID),
+    "mark_all_offline": lambda s: s.devices.mark_all_offline(),
+    "record_attempt": lambda s: s.attempts.add([attempt()]),
+    "list_attempts": lambda s: s.attempts.recent(),
+    "add_user": lambda s: s.accounts.add_user(User("alice@example.com", "scrypt$hash", T0)),
+    "get_user": lambda s: s.accounts.get_user("alice@example.com"),
+    "list_users": lambda s: s.accounts.list_users(),
+    "remove_user": lambda s: s.accounts.remove_user("alice@example.com"),
+    "add_token": lambda s: s.accounts.add_token(AccessToken("ab" * 32, "alice@example.com", "CLI2", T0, None)),
+    "get_token": lambda s: s.accounts.get_token("ab" * 32),
+    "list_tokens": lambda s: s.accounts.list_tokens("alice@example.com"),
+    "remove_token": lambda s: s.accounts.remove_token("ab" * 32),
+    "remove_expired_tokens": lambda s: s.accounts.remove_expired_tokens(T0),
 }
 
 
@@ -384,3 +376,48 @@ def test_open_store_refuses_anything_else(location: str, message: str) -> None:
     with pytest.raises(ValueError, match=message) as info:
         open_store(location)
     assert "s3cret" not in str(info.value)
+
+
+def test_remove_user_is_one_transaction(tmp_path: Path) -> None:
+    db = tmp_path / "cyan.db"
+
+    async def fill() -> None:
+        async with SqliteStore(db) as store:
+            await store.devices.add(DeviceRecord(id=DEVICE_ID, owner=ALICE))
+            await store.accounts.add_user(user())
+            await store.accounts.add_token(token(1))
+
+    async def scenario() -> None:
+        async with SqliteStore(db) as store:
+            with pytest.raises(StoreUnavailableError, match=r"cannot remove a user: SQLite database .*: refused"):
+                await store.accounts.remove_user(ALICE)
+            # The user's row goes last: the tokens and the owner removed before the failure are back.
+            assert await store.accounts.get_user(ALICE) == user()
+            assert await store.accounts.list_tokens(ALICE) == [token(1)]
+            assert await store.devices.get(DEVICE_ID) == DeviceRecord(id=DEVICE_ID, owner=ALICE)
+
+    run(fill())
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TRIGGER refuse BEFORE DELETE ON users BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    conn.close()
+    run(scenario())
+
+
+def test_firmware_files(tmp_path: Path) -> None:
+    files = FirmwareFiles(tmp_path / "firmware")
+    sha = files.put(b"\x01\x02\x03")
+    assert files.put(b"\x01\x02\x03") == sha
+    path = files.path(sha)
+    assert path == tmp_path / "firmware" / sha[:2] / f"{sha}.bin"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert files.get(sha) == b"\x01\x02\x03"
+    path.write_bytes(b"\x01\x02\x04")
+    with pytest.raises(StoreUnavailableError, match="damaged"):
+        files.get(sha)
+    with pytest.raises(StoreUnavailableError, match="cannot read"):
+        files.get("00" * 32)
+    with pytest.raises(ValueError, match="not a SHA-256"):
+        files.path("../etc/passwd")
+    blocked = FirmwareFiles(path)  # a file where a directory should be
+    with pytest.raises(StoreUnavailableError, match="cannot store"):
+        blocked.put(b"x")

@@ -9,12 +9,12 @@ from urllib.parse import parse_qsl
 from fastapi import Request
 from starlette.formparsers import MultiPartException
 
-from cyan.cloud.models import AccessToken
+from cyan.app import Actor, Application
 
 from ._context import ApiContext
 from .errors import ApiError
 
-__all__ = ["body", "context", "require_token"]
+__all__ = ["app", "body", "context", "require_actor"]
 
 _MAX_BODY = 64 * 1024
 
@@ -22,6 +22,11 @@ _MAX_BODY = 64 * 1024
 def context(request: Request) -> ApiContext:
     ctx: ApiContext = request.app.state.context
     return ctx
+
+
+def app(request: Request) -> Application:
+    """The use cases: what every route calls."""
+    return context(request).app
 
 
 async def body(request: Request) -> dict[str, Any]:
@@ -92,16 +97,16 @@ def _bearer(request: Request) -> str | None:
     return None
 
 
-async def require_token(request: Request) -> AccessToken:
-    """The caller's valid access token, from the Authorization header, the query string or the form."""
+async def require_actor(request: Request) -> Actor:
+    """Who the caller is, by a valid access token from the Authorization header, the query string or the form."""
     token = _bearer(request) or request.query_params.get("access_token")
     if token is None and request.method in ("POST", "PUT", "DELETE"):
         value = (await body(request)).get("access_token")
         token = value if isinstance(value, str) else None
     if not token:
         raise ApiError(401, "invalid_request", "The access token was not found")
-    record = await context(request).accounts.resolve(token)
-    if record is None:
+    actor = await app(request).accounts.resolve(token)
+    if actor is None:
         raise ApiError(401, "invalid_token", "The access token provided is invalid.")
     request.state.token = token
-    return record
+    return actor

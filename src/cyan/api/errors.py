@@ -9,19 +9,27 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cyan.app import InvalidCredentialsError
 from cyan.cloud.errors import (
+    AlreadyExistsError,
     CloudError,
+    ConflictError,
     DeviceNotFoundError,
     DeviceOfflineError,
     DeviceQuarantinedError,
     DeviceTimeoutError,
     FunctionRefusedError,
+    InvalidInputError,
+    NotFoundError,
+    PendingKeyChangedError,
+    PermissionDeniedError,
     UnknownFunctionError,
     UnknownVariableError,
 )
-from cyan.cloud.ports import StoreUnavailableError
+from cyan.cloud.ota import FirmwareRejectedError, UpdateConflictError
+from cyan.cloud.ports import BusUnavailableError, NodeUnreachableError, StoreUnavailableError
 
-__all__ = ["ApiError", "install_error_handlers", "permission_denied"]
+__all__ = ["ApiError", "install_error_handlers", "not_found"]
 
 
 class ApiError(Exception):
@@ -36,13 +44,14 @@ class ApiError(Exception):
         self.body.update(extra)
 
 
-def permission_denied(id_or_name: str) -> ApiError:
-    """Unknown and not-yours look the same: ids of other people's devices are not revealed."""
+def not_found(id_or_name: str) -> ApiError:
+    """Unknown and not-yours are the same 404: ids and names of other people's devices are not revealed."""
+    shown = id_or_name[:64]
     return ApiError(
-        403,
-        "Permission Denied",
-        f"no device {id_or_name!r} of yours: it does not exist or belongs to someone else",
-        info=f"I didn't recognize that device name or ID ({id_or_name}); list yours with GET /v1/devices",
+        404,
+        "Not Found",
+        f"no device {shown!r} of yours: it does not exist or belongs to someone else",
+        info=f"I didn't recognize that device name or ID ({shown}); list yours with GET /v1/devices",
     )
 
 
@@ -57,24 +66,19 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(CloudError)
     async def cloud_error(request: Request, exc: CloudError) -> JSONResponse:
-        # Status codes as Particle answers them: 403 for a device that is not yours, 404 for a device that
-        # is not connected and for a function or variable it does not expose (the CLI prints "Function
-        # `x` not found" only for a 404), 408 for a device that did not answer in time.
-        if isinstance(exc, DeviceNotFoundError):
-            return _json(403, permission_denied(exc.id_or_name).body)
-        if isinstance(exc, DeviceQuarantinedError):
-            return _json(403, {"ok": False, "error": "Device quarantined", "error_description": str(exc)})
-        if isinstance(exc, DeviceOfflineError):
-            return _json(404, {"ok": False, "error": "Device is not connected", "error_description": str(exc)})
-        if isinstance(exc, DeviceTimeoutError):
-            return _json(408, {"ok": False, "error": "Timed out.", "error_description": str(exc)})
-        if isinstance(exc, UnknownFunctionError):
-            return _json(404, {"ok": False, "error": "Function not found", "error_description": str(exc)})
-        if isinstance(exc, UnknownVariableError):
-            return _json(404, {"ok": False, "error": f"Unknown Variable: {exc.name}", "error_description": str(exc)})
-        if isinstance(exc, FunctionRefusedError):
-            return _json(400, {"ok": False, "error": "Function call refused", "error_description": str(exc)})
-        return _json(400, {"ok": False, "error": str(exc)})
+        return _cloud_error(exc)
+
+    @app.exception_handler(InvalidCredentialsError)
+    async def bad_credentials(request: Request, exc: InvalidCredentialsError) -> JSONResponse:
+        return _json(400, {"ok": False, "error": "invalid_grant", "error_description": "User credentials are invalid"})
+
+    @app.exception_handler(NodeUnreachableError)
+    async def node_gone(request: Request, exc: NodeUnreachableError) -> JSONResponse:
+        return _json(503, {"ok": False, "error": "Service unavailable", "error_description": str(exc)})
+
+    @app.exception_handler(BusUnavailableError)
+    async def bus_down(request: Request, exc: BusUnavailableError) -> JSONResponse:
+        return _json(503, {"ok": False, "error": "Service unavailable", "error_description": str(exc)})
 
     @app.exception_handler(StoreUnavailableError)
     async def store_down(request: Request, exc: StoreUnavailableError) -> JSONResponse:
@@ -92,3 +96,62 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _json(400, {"ok": False, "error": "invalid_request", "error_description": str(exc.errors())})
+
+
+def _cloud_error(exc: CloudError) -> JSONResponse:
+    """Status codes as Particle answers them: 404 for a device that is not the caller's (the same as for one
+    that does not exist), for one that is not connected, and for a function or variable it does not expose
+    (the CLI prints "Function `x` not found" only for a 404); 408 for a device that did not answer in time."""
+    if isinstance(exc, DeviceNotFoundError):
+        return _json(404, not_found(exc.id_or_name).body)
+    if isinstance(exc, NotFoundError):
+        return _json(404, {"ok": False, "error": "Not Found", "error_description": str(exc)})
+    if isinstance(exc, PermissionDeniedError):
+        return _json(403, {"ok": False, "error": "Permission Denied", "error_description": str(exc)})
+    if isinstance(exc, InvalidInputError):
+        body: dict[str, Any] = {"ok": False, "error": "invalid_request", "error_description": str(exc)}
+        if exc.field:
+            body["field"] = exc.field
+        return _json(400, body)
+    if isinstance(exc, PendingKeyChangedError):
+        return _json(
+            409,
+            {
+                "ok": False,
+                "error": "Pending key changed",
+                "error_description": str(exc),
+                "fingerprint": exc.named,
+                "pending_fingerprints": exc.pending,
+            },
+        )
+    if isinstance(exc, AlreadyExistsError):
+        return _json(409, {"ok": False, "error": "Already exists", "error_description": str(exc)})
+    if isinstance(exc, UpdateConflictError):
+        return _json(409, {"ok": False, "error": "Update in progress", "error_description": str(exc)})
+    if isinstance(exc, ConflictError):
+        return _json(409, {"ok": False, "error": "Conflict", "error_description": str(exc)})
+    if isinstance(exc, FirmwareRejectedError):
+        # The Particle CLI prints error_description for a 400 (src/cmd/api.js _checkToken).
+        return _json(
+            400,
+            {
+                "ok": False,
+                "error": "Invalid firmware",
+                "error_description": str(exc),
+                "reason": exc.reason,
+                "info": str(exc),
+            },
+        )
+    if isinstance(exc, DeviceQuarantinedError):
+        return _json(403, {"ok": False, "error": "Device quarantined", "error_description": str(exc)})
+    if isinstance(exc, DeviceOfflineError):
+        return _json(404, {"ok": False, "error": "Device is not connected", "error_description": str(exc)})
+    if isinstance(exc, DeviceTimeoutError):
+        return _json(408, {"ok": False, "error": "Timed out.", "error_description": str(exc)})
+    if isinstance(exc, UnknownFunctionError):
+        return _json(404, {"ok": False, "error": "Function not found", "error_description": str(exc)})
+    if isinstance(exc, UnknownVariableError):
+        return _json(404, {"ok": False, "error": f"Unknown Variable: {exc.name}", "error_description": str(exc)})
+    if isinstance(exc, FunctionRefusedError):
+        return _json(400, {"ok": False, "error": "Function call refused", "error_description": str(exc)})
+    return _json(400, {"ok": False, "error": str(exc)})

@@ -1,20 +1,26 @@
-"""OAuth tokens and the user (what `particle login`, `whoami`, `logout` and `token ...` send)."""
+"""OAuth tokens, the user, and accounts (what `particle login`, `whoami`, `logout` and `token ...` send; the
+account routes are for the console and admins)."""
 
 from __future__ import annotations
 
 import base64
+import binascii
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
-from cyan.cloud.auth import DEFAULT_TOKEN_LIFETIME, InvalidCredentialsError
-from cyan.cloud.models import AccessToken
+from cyan.app import Actor
+from cyan.cloud.auth import DEFAULT_TOKEN_LIFETIME
+from cyan.cloud.errors import InvalidInputError
+from cyan.cloud.models import Role, User
 
-from ._requests import body, context, require_token
+from ._requests import app, body, require_actor
+from ._serialize import iso
 from .errors import ApiError
 
 router = APIRouter()
-Token = Annotated[AccessToken, Depends(require_token)]
+Caller = Annotated[Actor, Depends(require_actor)]
 
 
 def _client_id(request: Request, params: dict[str, Any]) -> str:
@@ -22,9 +28,25 @@ def _client_id(request: Request, params: dict[str, Any]) -> str:
     if scheme.lower() == "basic":
         try:
             return base64.b64decode(value).decode().partition(":")[0] or "unknown"
-        except ValueError:
+        except (ValueError, binascii.Error):
             return "unknown"
     return str(params.get("client_id") or "unknown")
+
+
+def _expires_in(raw: Any) -> int:
+    """A token's lifetime in seconds, as a client sends it (a number, or its text)."""
+    if isinstance(raw, bool):
+        raise InvalidInputError("expires_in is a number of seconds", "expires_in")
+    if isinstance(raw, float):
+        if not math.isfinite(raw) or raw != int(raw):
+            raise InvalidInputError("expires_in is a whole number of seconds", "expires_in")
+        return int(raw)
+    if isinstance(raw, int):
+        return raw
+    text = str(raw).strip()
+    if not text.isascii() or not text.lstrip("-").isdigit() or len(text) > 12:
+        raise InvalidInputError(f"expires_in {text[:20]!r} is not a whole number of seconds", "expires_in")
+    return int(text)
 
 
 @router.post("/oauth/token", tags=["authentication"], summary="Create an access token (password grant)")
@@ -34,35 +56,25 @@ async def create_token(request: Request) -> dict[str, Any]:
     params = await body(request)
     grant = params.get("grant_type")
     if grant != "password":
-        raise ApiError(400, "unsupported_grant_type", f"grant_type {grant!r} is not supported; use password")
+        raise ApiError(400, "unsupported_grant_type", f"grant_type {str(grant)[:32]!r} is not supported; use password")
     username, password = params.get("username"), params.get("password")
     if not isinstance(username, str) or not isinstance(password, str) or not username:
         raise ApiError(400, "invalid_request", "username and password are required")
-    expires_raw = params.get("expires_in", DEFAULT_TOKEN_LIFETIME)
-    try:
-        expires_in = int(expires_raw)
-    except (TypeError, ValueError):
-        raise ApiError(400, "invalid_request", f"expires_in {expires_raw!r} is not a number of seconds") from None
-    if expires_in < 0:
-        raise ApiError(400, "invalid_request", "expires_in cannot be negative")
-    accounts = context(request).accounts
-    try:
-        user = await accounts.authenticate(username, password)
-    except InvalidCredentialsError:
-        raise ApiError(400, "invalid_grant", "User credentials are invalid") from None
-    token, record = await accounts.issue_token(user.username, _client_id(request, params), expires_in or None)
-    response: dict[str, Any] = {"token_type": "bearer", "access_token": token}
-    if record.expires_at is not None:
+    expires_in = _expires_in(params.get("expires_in", DEFAULT_TOKEN_LIFETIME))
+    issued = await app(request).accounts.login(username, password, _client_id(request, params), expires_in or None)
+    response: dict[str, Any] = {"token_type": "bearer", "access_token": issued.token}
+    if issued.record.expires_at is not None:
         response["expires_in"] = expires_in
-        response["expires_at"] = record.expires_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        response["expires_at"] = iso(issued.record.expires_at)
     return response
 
 
 @router.get("/v1/user", tags=["user"], summary="The current user")
-async def current_user(request: Request, token: Token) -> dict[str, Any]:
-    devices = await context(request).cloud.store.list_devices(owner=token.username)
+async def current_user(request: Request, actor: Caller) -> dict[str, Any]:
+    devices = await app(request).devices.mine(actor)
     return {
-        "username": token.username,
+        "username": actor.name,
+        "role": actor.role.value if actor.role else None,
         "subscription_ids": [],
         "account_info": {"first_name": "", "last_name": "", "company_name": "", "business_account": False},
         "team_invites": [],
@@ -75,8 +87,8 @@ async def current_user(request: Request, token: Token) -> dict[str, Any]:
 
 
 @router.delete("/v1/access_tokens/current", tags=["authentication"], summary="Revoke the token in use")
-async def revoke_current(request: Request, token: Token) -> dict[str, Any]:
-    await context(request).accounts.revoke(request.state.token)
+async def revoke_current(request: Request, actor: Caller) -> dict[str, Any]:
+    await app(request).accounts.revoke(request.state.token, actor=actor)
     return {"ok": True}
 
 
@@ -84,6 +96,45 @@ async def revoke_current(request: Request, token: Token) -> dict[str, Any]:
 async def revoke_token(request: Request, token: str) -> dict[str, Any]:
     """Knowing the token is what authorises revoking it (`particle token revoke` sends no other
     credentials); nothing else can be done without a valid token."""
-    if not await context(request).accounts.revoke(token):
+    if not await app(request).accounts.revoke(token):
         raise ApiError(404, "Not Found", "no such access token")
+    return {"ok": True}
+
+
+def _user_json(user: User) -> dict[str, Any]:
+    return {"username": user.username, "role": user.role.value, "created_at": iso(user.created_at)}
+
+
+def _role(value: Any) -> Role:
+    try:
+        return Role(str(value))
+    except ValueError:
+        raise InvalidInputError("role is admin or user", "role") from None
+
+
+@router.get("/v1/users", tags=["user"], summary="Every account (admins)")
+async def list_users(request: Request, actor: Caller) -> list[dict[str, Any]]:
+    return [_user_json(u) for u in await app(request).accounts.users(actor)]
+
+
+@router.post("/v1/users", tags=["user"], summary="Create an account (admins)")
+async def create_user(request: Request, actor: Caller) -> dict[str, Any]:
+    params = await body(request)
+    username, password = params.get("username"), params.get("password")
+    if not isinstance(username, str) or not isinstance(password, str):
+        raise InvalidInputError("username and password are required", "username")
+    user = await app(request).accounts.create_user(actor, username, password, role=_role(params.get("role", "user")))
+    return {"ok": True, **_user_json(user)}
+
+
+@router.put("/v1/users/{username}", tags=["user"], summary="Change an account's role (admins)")
+async def set_role(request: Request, actor: Caller, username: str) -> dict[str, Any]:
+    params = await body(request)
+    user = await app(request).accounts.set_role(actor, username, _role(params.get("role")))
+    return {"ok": True, **_user_json(user)}
+
+
+@router.delete("/v1/users/{username}", tags=["user"], summary="Remove an account (itself, or an admin)")
+async def remove_user(request: Request, actor: Caller, username: str) -> dict[str, Any]:
+    await app(request).accounts.remove_user(actor, username)
     return {"ok": True}

@@ -1,62 +1,62 @@
-"""Devices: list, get, rename, signal, claim, release, functions, variables, key provisioning."""
+"""Devices: list, get, rename, signal, claim, release, functions, variables, key provisioning, claim codes."""
 
 from __future__ import annotations
 
-import logging
-import re
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
-from cyan.cloud.models import AccessToken, DeviceRecord
-from cyan.cloud.ports import DeviceExistsError
-from cyan.keys import KeyFormatError, check_device_public_key, fingerprint, load_public_key, public_key_der
-from cyan.protocol.messages import MAX_FUNCTION_ARGUMENT
+from cyan.app import Actor, DeviceView
+from cyan.cloud.errors import InvalidInputError
+from cyan.keys import KeyFormatError, load_public_key, public_key_der
 
 from . import routes_updates
-from ._requests import body, context, require_token
+from ._requests import app, body, require_actor
 from ._serialize import device_json, iso
-from .errors import ApiError, permission_denied
+from .errors import ApiError, not_found
 
 router = APIRouter(tags=["devices"])
-Token = Annotated[AccessToken, Depends(require_token)]
-log = logging.getLogger("cyan.api")
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
-_DEVICE_ID = re.compile(r"^[0-9a-fA-F]{24}$")
+Caller = Annotated[Actor, Depends(require_actor)]
 
 
 def _product(product: str | None) -> int | None:
     if product is None:
         return None
-    if not product.isdigit():
-        raise ApiError(404, "Not Found", f"no product {product!r}: products are addressed by their numeric id")
+    if not product.isascii() or not product.isdigit() or len(product) > 10:
+        raise ApiError(404, "Not Found", f"no product {product[:32]!r}: products are addressed by their numeric id")
     return int(product)
 
 
-async def _device(request: Request, token: AccessToken, id_or_name: str, product: str | None = None) -> DeviceRecord:
-    record = await context(request).cloud.find_device(id_or_name, owner=token.username)
+async def _view(request: Request, actor: Actor, device: str, product: str | None = None) -> DeviceView:
+    view = await app(request).devices.get(actor, device)
     wanted = _product(product)
-    if wanted is not None and wanted not in (record.product_id, record.platform_id):
-        raise permission_denied(id_or_name)
-    return record
+    if wanted is not None and wanted not in (view.record.product_id, view.record.platform_id):
+        raise not_found(device)
+    return view
+
+
+def _text(params: dict[str, Any], *names: str) -> str:
+    for name in names:
+        value = params.get(name)
+        if value is not None:
+            return str(value)
+    return ""
 
 
 # -- listing and reading ------------------------------------------------------------------------
 
 
-@router.get("/v1/devices", summary="List your devices")
+@router.get("/v1/devices", summary="List your devices (admins: `?all=true` for the whole fleet)")
 @router.get("/v1/products/{product}/devices", summary="List your devices of a product")
-async def list_devices(request: Request, token: Token, product: str | None = None) -> Any:
-    ctx = context(request)
+async def list_devices(request: Request, actor: Caller, product: str | None = None, all: bool = False) -> Any:
     wanted = _product(product)
-    records = await ctx.cloud.store.list_devices(owner=token.username)
-    found = []
-    for stored in records:
-        record = await ctx.cloud.find_device(stored.id)  # the live record when connected
-        if wanted is None or wanted in (record.product_id, record.platform_id):
-            found.append(device_json(record, ctx.cloud, detail=False))
+    views = await app(request).devices.mine(actor, everyone=all)
+    found = [
+        device_json(v, detail=False)
+        for v in views
+        if wanted is None or wanted in (v.record.product_id, v.record.platform_id)
+    ]
     if product is not None:
         return {"devices": found, "meta": {"total_pages": 1}}
     return found
@@ -64,9 +64,8 @@ async def list_devices(request: Request, token: Token, product: str | None = Non
 
 @router.get("/v1/devices/{device}", summary="Get a device, with its functions and variables")
 @router.get("/v1/products/{product}/devices/{device}", summary="Get a product device")
-async def get_device(request: Request, token: Token, device: str, product: str | None = None) -> dict[str, Any]:
-    record = await _device(request, token, device, product)
-    return device_json(record, context(request).cloud, detail=True)
+async def get_device(request: Request, actor: Caller, device: str, product: str | None = None) -> dict[str, Any]:
+    return device_json(await _view(request, actor, device, product), detail=True)
 
 
 # -- changing -------------------------------------------------------------------------------------
@@ -78,65 +77,54 @@ def _truthy(value: Any) -> bool:
 
 @router.put("/v1/devices/{device}", summary="Rename a device, signal it (rainbow LED), or flash it (multipart)")
 @router.put("/v1/products/{product}/devices/{device}", summary="Rename, signal or flash a product device")
-async def update_device(request: Request, token: Token, device: str, product: str | None = None) -> dict[str, Any]:
+async def update_device(request: Request, actor: Caller, device: str, product: str | None = None) -> dict[str, Any]:
     params = await body(request)
-    record = await _device(request, token, device, product)
+    view = await _view(request, actor, device, product)
     if params.get("__multipart__"):
         # `particle flash DEVICE app.bin` (protocol.md §7; routes_updates.py).
-        return await routes_updates.flash(request, token, record)
-    cloud = context(request).cloud
+        return await routes_updates.flash(request, actor, view)
     if "name" in params:
-        name = str(params["name"])
-        if not _NAME.match(name):
-            raise ApiError(400, "invalid_request", "a name is 1 to 63 letters, digits, '_' or '-'")
-        try:
-            # Save a copy first: the live record changes only once the name is known to be free.
-            await cloud.store.save_device(replace(record, name=name))
-        except DeviceExistsError:
-            raise ApiError(400, "Name already in use", f"another device is already named {name!r}") from None
-        record.name = name
-        return {"id": record.id, "name": name, "updated_at": iso(datetime.now(UTC))}
+        record = await app(request).devices.rename(actor, view.record.id, str(params["name"]))
+        return {"id": record.id, "name": record.name, "updated_at": iso(datetime.now(UTC))}
     if "signal" in params:
+        calls = app(request).calls
+        assert calls is not None
         on = _truthy(params["signal"])
-        await cloud.signal(record.id, on, owner=token.username)
-        return {"id": record.id, "connected": True, "signaling": on}
+        device_id = await calls.signal(actor, view.record.id, on)
+        return {"id": device_id, "connected": True, "signaling": on}
     raise ApiError(400, "invalid_request", "nothing to change: give name or signal")
 
 
-@router.post("/v1/devices", summary="Claim a registered device")
-async def claim_device(request: Request, token: Token) -> dict[str, Any]:
+@router.post("/v1/devices", summary="Claim a device (admins, or with a claim code issued for it)")
+async def claim_device(request: Request, actor: Caller) -> dict[str, Any]:
     params = await body(request)
-    device_id = str(params.get("id") or params.get("deviceID") or "").lower()
-    if not _DEVICE_ID.match(device_id):
-        raise ApiError(400, "invalid_request", "give the 24-hex-digit device id as id")
-    cloud = context(request).cloud
-    record = await cloud.store.get_device(device_id)
-    if record is None:
-        raise ApiError(
-            404,
-            "Device not found",
-            f"device {device_id} is not registered here; send its public key first (particle keys send)",
-        )
-    if record.owner not in (None, token.username):
-        raise permission_denied(device_id)
-    live = await cloud.find_device(device_id)
-    live.owner = token.username
-    await cloud.store.save_device(live)
-    cloud.owner_changed(live)
-    log.info("device %s claimed by %s", device_id, token.username)
-    return {"ok": True, "user_id": token.username, "id": device_id, "connected": cloud.online(device_id)}
+    device_id = _text(params, "id", "deviceID")
+    code = params.get("claim_code")
+    owner = params.get("owner")
+    record = await app(request).devices.claim(
+        actor,
+        device_id,
+        claim_code=code if isinstance(code, str) else None,
+        owner=owner if isinstance(owner, str) else None,
+    )
+    online = await app(request).context.sessions.connected(record.id)
+    return {"ok": True, "user_id": record.owner, "id": record.id, "connected": online}
 
 
 @router.delete("/v1/devices/{device}", summary="Release a device from your account")
 @router.delete("/v1/products/{product}/devices/{device}", summary="Release a product device")
-async def release_device(request: Request, token: Token, device: str, product: str | None = None) -> dict[str, Any]:
-    record = await _device(request, token, device, product)
-    cloud = context(request).cloud
-    record.owner = None
-    await cloud.store.save_device(record)
-    cloud.owner_changed(record)
-    log.info("device %s released by %s", record.id, token.username)
+async def release_device(request: Request, actor: Caller, device: str, product: str | None = None) -> dict[str, Any]:
+    view = await _view(request, actor, device, product)
+    await app(request).devices.release(actor, view.record.id)
     return {"ok": True}
+
+
+@router.post("/v1/device_claims", summary="Create a claim code (admins: for one device, with device_id)")
+async def create_claim_code(request: Request, actor: Caller) -> dict[str, Any]:
+    params = await body(request)
+    device = params.get("device_id")
+    issued = await app(request).devices.issue_claim_code(actor, device if isinstance(device, str) else None)
+    return {"claim_code": issued.code, "device_ids": issued.device_ids, "expires_in": issued.expires_in}
 
 
 # -- functions and variables ----------------------------------------------------------------------
@@ -145,26 +133,28 @@ async def release_device(request: Request, token: Token, device: str, product: s
 @router.post("/v1/devices/{device}/{function}", summary="Call a function")
 @router.post("/v1/products/{product}/devices/{device}/{function}", summary="Call a function of a product device")
 async def call_function(
-    request: Request, token: Token, device: str, function: str, product: str | None = None
+    request: Request, actor: Caller, device: str, function: str, product: str | None = None
 ) -> dict[str, Any]:
     params = await body(request)
-    argument = params.get("arg", params.get("args", ""))
-    argument = "" if argument is None else str(argument)
-    if len(argument.encode()) > MAX_FUNCTION_ARGUMENT:
-        raise ApiError(400, "invalid_request", f"the argument is over {MAX_FUNCTION_ARGUMENT} bytes")
-    record = await _device(request, token, device, product)
-    value = await context(request).cloud.call_function(record.id, function, argument, owner=token.username)
-    return {"id": record.id, "name": record.name, "connected": True, "return_value": value}
+    argument = _text(params, "arg", "args")
+    view = await _view(request, actor, device, product)
+    calls = app(request).calls
+    assert calls is not None
+    device_id, value = await calls.call_function(actor, view.record.id, function, argument)
+    return {"id": device_id, "name": view.record.name, "connected": True, "return_value": value}
 
 
 @router.get("/v1/devices/{device}/{variable}", summary="Read a variable")
 @router.get("/v1/products/{product}/devices/{device}/{variable}", summary="Read a variable of a product device")
 async def read_variable(
-    request: Request, token: Token, device: str, variable: str, product: str | None = None
+    request: Request, actor: Caller, device: str, variable: str, product: str | None = None
 ) -> dict[str, Any]:
-    record = await _device(request, token, device, product)
-    raw, value = await context(request).cloud.read_variable(record.id, variable, owner=token.username)
+    view = await _view(request, actor, device, product)
+    calls = app(request).calls
+    assert calls is not None
+    device_id, raw, value = await calls.read_variable(actor, view.record.id, variable)
     result: Any = value if value is not None else raw.decode("utf-8", "replace")
+    record = view.record
     return {
         "cmd": "VarReturn",
         "name": variable,
@@ -174,7 +164,7 @@ async def read_variable(
             "last_heard": iso(record.last_heard),
             "connected": True,
             "last_handshake_at": iso(record.last_heard),
-            "deviceID": record.id,
+            "deviceID": device_id,
             "product_id": record.product_id,
         },
     }
@@ -183,46 +173,35 @@ async def read_variable(
 # -- keys ---------------------------------------------------------------------------------------
 
 
+def _product_id(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    text = str(value)
+    if not text.isascii() or not text.isdigit() or len(text) > 10:
+        raise InvalidInputError("product_id is a whole number", "product_id")
+    return int(text)
+
+
 @router.post("/v1/provisioning/{device_id}", tags=["keys"], summary="Register a device's public key")
-async def provision_key(request: Request, token: Token, device_id: str) -> dict[str, Any]:
-    """What `particle keys send` and `keys doctor` call. A new device is registered to the caller; a
-    device of the caller's gets the new key (and the change is logged); anyone else's is refused."""
+async def provision_key(request: Request, actor: Caller, device_id: str) -> dict[str, Any]:
+    """What `particle keys send` and `keys doctor` call (docs/keys.md "Who may do what")."""
     params = await body(request)
-    device_id = device_id.lower()
-    if not _DEVICE_ID.match(device_id):
-        raise ApiError(400, "invalid_request", f"{device_id!r} is not a 24-hex-digit device id")
     algorithm = str(params.get("algorithm", "rsa")).lower()
     if algorithm != "rsa":
-        raise ApiError(400, "invalid_request", f"algorithm {algorithm!r}: Gen 2 devices use RSA keys")
+        raise ApiError(400, "invalid_request", f"algorithm {algorithm[:16]!r}: Gen 2 devices use RSA keys")
     pem = params.get("publicKey")
     if not isinstance(pem, str) or not pem.strip():
         raise ApiError(400, "invalid_request", "publicKey (PEM) is required")
     try:
-        public = load_public_key(pem.encode())
-        check_device_public_key(public)
+        der = public_key_der(load_public_key(pem.encode()))
     except KeyFormatError as exc:
         raise ApiError(400, "invalid_request", f"the public key cannot be used: {exc}") from None
-    der = public_key_der(public)
-    cloud = context(request).cloud
-    record = await cloud.store.get_device(device_id)
-    if record is not None and record.owner not in (None, token.username):
-        raise permission_denied(device_id)
-    new_fingerprint = fingerprint(der)
-    if record is None:
-        record = DeviceRecord(id=device_id, owner=token.username, created_at=datetime.now(UTC))
-    elif record.key_fingerprint and record.key_fingerprint != new_fingerprint:
-        log.warning(
-            "device %s: public key replaced by %s (%s -> %s)",
-            device_id,
-            token.username,
-            record.key_fingerprint,
-            new_fingerprint,
-        )
-    record.public_key_der = der
-    record.key_fingerprint = new_fingerprint
-    record.owner = token.username
-    product_id = params.get("product_id")
-    if isinstance(product_id, str) and product_id.isdigit():
-        record.product_id = int(product_id)
-    await cloud.store.save_device(record)
-    return {"ok": True, "id": device_id, "key_fingerprint": new_fingerprint}
+    code = params.get("claim_code")
+    done = await app(request).keys.provision(
+        actor,
+        device_id,
+        der,
+        product_id=_product_id(params.get("product_id")),
+        claim_code=code if isinstance(code, str) else None,
+    )
+    return {"ok": True, "id": done.record.id, "key_fingerprint": done.record.key_fingerprint, "created": done.created}

@@ -1,106 +1,164 @@
-"""A device's key: registration, pending key, policy, re-key window and audit, for its owner."""
+"""A device's key: pending keys, approval by fingerprint, policy, re-key window and audit, for its owner; and the
+fleet's policy, pending keys and audit trail for admins."""
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 
-from cyan.cloud.errors import CloudError
-from cyan.cloud.keypolicy import effective_policy
-from cyan.cloud.models import AccessToken, KeyPolicyMode
+from cyan.app import Actor
+from cyan.cloud.errors import InvalidInputError
+from cyan.cloud.models import KeyPolicy
 
-from ._requests import body, context, require_token
-from ._serialize import iso
-from .errors import ApiError
-from .routes_devices import _device
+from ._requests import app, body, require_actor
+from ._serialize import audit_json, iso, pending_json
 
 router = APIRouter(tags=["keys"])
-Token = Annotated[AccessToken, Depends(require_token)]
-_MAX_WINDOW = 30 * 24 * 3600
+Caller = Annotated[Actor, Depends(require_actor)]
 
 
-@router.get("/v1/devices/{device}/keys", summary="The device's key, pending key, policy and audit trail")
-async def device_keys(request: Request, token: Token, device: str) -> dict[str, Any]:
-    record = await _device(request, token, device)
-    store = context(request).cloud.store
-    pending = await store.get_pending_key(record.id)
-    window = await store.get_rekey(record.id)
-    policy = await effective_policy(store, record.id)
-    audit = await store.list_audit(record.id, limit=50)
+def _policy_json(policy: KeyPolicy) -> dict[str, Any]:
     return {
-        "id": record.id,
-        "key_fingerprint": record.key_fingerprint,
-        "quarantined": context(request).cloud.quarantined(record.id),
-        "policy": {"mode": policy.mode.value, "scope": policy.scope, "trust_on_first_use": policy.trust_on_first_use},
-        "pending_key": None
-        if pending is None
-        else {
-            "fingerprint": pending.fingerprint,
-            "first_seen": iso(pending.first_seen),
-            "last_seen": iso(pending.last_seen),
-            "attempts": pending.attempts,
-            "peer_address": pending.peer_address,
-        },
-        "rekey_window": None
-        if window is None
-        else {"until": iso(window.until), "armed_by": window.armed_by, "armed_at": iso(window.armed_at)},
-        "audit": [
-            {
-                "at": iso(e.at),
-                "action": e.action,
-                "actor": e.actor,
-                "old_fingerprint": e.old_fingerprint,
-                "new_fingerprint": e.new_fingerprint,
-                "detail": e.detail,
-            }
-            for e in audit
-        ],
+        "scope": policy.scope,
+        "mode": policy.mode.value,
+        "trust_on_first_use": policy.trust_on_first_use,
+        "self_registration": policy.self_registration,
+        "updated_by": policy.updated_by,
+        "updated_at": iso(policy.updated_at),
     }
 
 
-@router.post("/v1/devices/{device}/keys/approve", summary="Approve the device's pending key")
-async def approve(request: Request, token: Token, device: str) -> dict[str, Any]:
-    record = await _device(request, token, device)
-    try:
-        updated = await context(request).cloud.approve_pending_key(record.id, token.username)
-    except CloudError as exc:
-        raise ApiError(404, "Not Found", str(exc)) from None
-    return {"ok": True, "id": updated.id, "key_fingerprint": updated.key_fingerprint}
+def _fingerprint(params: dict[str, Any]) -> str:
+    value = params.get("fingerprint")
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInputError(
+            "name the key: fingerprint, as GET /v1/devices/:id/keys shows it (what you checked is what is done)",
+            "fingerprint",
+        )
+    return value
 
 
-@router.post("/v1/devices/{device}/keys/reject", summary="Reject the device's pending key")
-async def reject(request: Request, token: Token, device: str) -> dict[str, Any]:
-    record = await _device(request, token, device)
-    try:
-        await context(request).cloud.reject_pending_key(record.id, token.username)
-    except CloudError as exc:
-        raise ApiError(404, "Not Found", str(exc)) from None
-    return {"ok": True, "id": record.id}
+def _flag(params: dict[str, Any], name: str) -> bool | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "on", "yes"):
+        return True
+    if text in ("false", "0", "off", "no"):
+        return False
+    raise InvalidInputError(f"{name} is true or false", name)
 
 
-@router.post("/v1/devices/{device}/keys/rekey", summary="Accept the device's next new key for a while")
-async def rekey(request: Request, token: Token, device: str) -> dict[str, Any]:
-    record = await _device(request, token, device)
+@router.get("/v1/devices/{device}/keys", summary="The device's key, pending keys, policy, window and audit trail")
+async def device_keys(request: Request, actor: Caller, device: str) -> dict[str, Any]:
+    status = await app(request).keys.status(actor, device)
+    window = status.window
+    unproven = status.unproven
+    return {
+        "id": status.record.id,
+        "key_fingerprint": status.record.key_fingerprint,
+        "connected": status.connected,
+        "quarantined": status.quarantined,
+        "policy": _policy_json(status.policy),
+        "pending_keys": [pending_json(p) for p in status.pending],
+        "rekey_window": None
+        if window is None
+        else {
+            "until": iso(window.until),
+            "armed_by": window.armed_by,
+            "armed_at": iso(window.armed_at),
+            "accepted_fingerprint": window.accepted_fingerprint,
+            "accepted_at": iso(window.accepted_at),
+        },
+        "unproven_attempts": {
+            "period_hours": 24,
+            "count": unproven.count,
+            "first": iso(unproven.first),
+            "last": iso(unproven.last),
+            "keys": unproven.keys,
+            "addresses": unproven.addresses,
+        },
+        "audit": [audit_json(e) for e in status.audit],
+    }
+
+
+@router.post("/v1/devices/{device}/keys/approve", summary="Approve the pending key with this fingerprint")
+async def approve(request: Request, actor: Caller, device: str) -> dict[str, Any]:
     params = await body(request)
+    record = await app(request).keys.approve(actor, device, _fingerprint(params))
+    return {"ok": True, "id": record.id, "key_fingerprint": record.key_fingerprint}
+
+
+@router.post("/v1/devices/{device}/keys/reject", summary="Reject the pending key with this fingerprint")
+async def reject(request: Request, actor: Caller, device: str) -> dict[str, Any]:
+    params = await body(request)
+    pending = await app(request).keys.reject(actor, device, _fingerprint(params))
+    return {"ok": True, "id": pending.device_id, "fingerprint": pending.fingerprint}
+
+
+@router.post("/v1/devices/{device}/keys/rekey", summary="Accept the one new key of a device that lost its key")
+async def rekey(request: Request, actor: Caller, device: str) -> dict[str, Any]:
+    params = await body(request)
+    raw = params.get("seconds", 3600)
     try:
-        seconds = float(params.get("seconds", 3600))
+        seconds = float(raw)
     except (TypeError, ValueError):
-        raise ApiError(400, "invalid_request", "seconds must be a number") from None
-    if not 0 < seconds <= _MAX_WINDOW:
-        raise ApiError(400, "invalid_request", f"a re-key window lasts 1 s to {_MAX_WINDOW // 86400} days")
-    window = await context(request).cloud.arm_rekey(record.id, seconds, token.username)
-    return {"ok": True, "id": record.id, "until": iso(window.until)}
+        raise InvalidInputError("seconds must be a number", "seconds") from None
+    if not math.isfinite(seconds):
+        raise InvalidInputError("seconds must be a finite number", "seconds")
+    window = await app(request).keys.arm_rekey(actor, device, seconds)
+    return {"ok": True, "id": window.device_id, "until": iso(window.until)}
+
+
+@router.delete("/v1/devices/{device}/keys/rekey", summary="Close the device's re-key window")
+async def disarm(request: Request, actor: Caller, device: str) -> dict[str, Any]:
+    removed = await app(request).keys.disarm_rekey(actor, device)
+    return {"ok": True, "closed": removed}
 
 
 @router.put("/v1/devices/{device}/keys/policy", summary="Set the device's key policy")
-async def set_policy(request: Request, token: Token, device: str) -> dict[str, Any]:
-    record = await _device(request, token, device)
+async def set_policy(request: Request, actor: Caller, device: str) -> dict[str, Any]:
     params = await body(request)
-    try:
-        mode = KeyPolicyMode(str(params.get("mode", "")))
-    except ValueError:
-        raise ApiError(400, "invalid_request", "mode is strict or quarantine") from None
-    # Trust on first use concerns unknown devices, so it is the fleet's, set by operators (cyan policy).
-    policy = await context(request).cloud.set_policy(record.id, mode, False, token.username)
-    return {"ok": True, "id": record.id, "mode": policy.mode.value}
+    policy = await app(request).keys.set_device_policy(actor, device, str(params.get("mode", "")))
+    return {"ok": True, "id": policy.scope, "mode": policy.mode.value}
+
+
+@router.delete("/v1/devices/{device}/keys/policy", summary="The device follows the fleet's policy again")
+async def clear_policy(request: Request, actor: Caller, device: str) -> dict[str, Any]:
+    return {"ok": True, "removed": await app(request).keys.clear_device_policy(actor, device)}
+
+
+@router.get("/v1/keys/policy", summary="The fleet's key policy and the devices' own")
+async def fleet_policy(request: Request, actor: Caller) -> dict[str, Any]:
+    fleet, own = await app(request).keys.policies(actor)
+    return {"fleet": _policy_json(fleet), "devices": [_policy_json(p) for p in own]}
+
+
+@router.put("/v1/keys/policy", summary="Set the fleet's key policy (admins)")
+async def set_fleet_policy(request: Request, actor: Caller) -> dict[str, Any]:
+    params = await body(request)
+    mode = params.get("mode")
+    policy = await app(request).keys.set_fleet_policy(
+        actor,
+        mode=None if mode is None else str(mode),
+        trust_on_first_use=_flag(params, "trust_on_first_use"),
+        self_registration=_flag(params, "self_registration"),
+    )
+    return {"ok": True, **_policy_json(policy)}
+
+
+@router.get("/v1/keys/pending", summary="Pending keys of your devices (admins: of every device)")
+async def pending(request: Request, actor: Caller) -> list[dict[str, Any]]:
+    return [pending_json(p) for p in await app(request).keys.pending(actor)]
+
+
+@router.get("/v1/audit", summary="The audit trail: one device's (?device=), or all of it (admins)")
+async def audit(
+    request: Request, actor: Caller, device: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> list[dict[str, Any]]:
+    return [audit_json(e) for e in await app(request).keys.audit(actor, device, limit=limit)]

@@ -7,22 +7,23 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
-from cyan.cloud.models import AccessToken, DeviceRecord, FirmwareRecord, UpdateJob
-from cyan.cloud.ota import FirmwareRejectedError, UpdateConflictError, UpdateManager, UpdateNotFoundError
+from cyan.app import Actor, DeviceView, UpdateUseCases
+from cyan.cloud.errors import InvalidInputError
+from cyan.cloud.models import FirmwareRecord, UpdateJob
 from cyan.protocol.binary import ModuleFunction, platform_name
 
-from ._requests import body, context, require_token
+from ._requests import app, body, require_actor
 from ._serialize import iso
 from .errors import ApiError
 
 __all__ = ["flash", "router"]
 
 router = APIRouter(tags=["updates"])
-Token = Annotated[AccessToken, Depends(require_token)]
+Caller = Annotated[Actor, Depends(require_actor)]
 
 
-def _updates(request: Request) -> UpdateManager:
-    updates = context(request).updates
+def _updates(request: Request) -> UpdateUseCases:
+    updates = app(request).updates
     if updates is None:
         raise ApiError(400, "Not supported", "firmware updates are not available on this server")
     return updates
@@ -72,61 +73,26 @@ def firmware_json(record: FirmwareRecord) -> dict[str, Any]:
     }
 
 
-def _rejected(exc: FirmwareRejectedError) -> ApiError:
-    # The Particle CLI prints error_description for a 400 (src/cmd/api.js _checkToken).
-    return ApiError(400, "Invalid firmware", str(exc), reason=exc.reason, info=str(exc))
-
-
-async def _upload(request: Request, token: AccessToken) -> FirmwareRecord:
+async def _upload(request: Request, actor: Actor) -> FirmwareRecord:
     """The binary of a multipart request's `file` part, checked and kept."""
     await body(request)
     files: dict[str, tuple[str, bytes]] = getattr(request.state, "files", {})
     if "file" not in files:
         raise ApiError(400, "invalid_request", "give the firmware binary as the multipart part `file`")
     filename, data = files["file"]
-    try:
-        return await _updates(request).library.add(data, filename, token.username)
-    except FirmwareRejectedError as exc:
-        raise _rejected(exc) from None
+    return await _updates(request).upload(actor, data, filename)
 
 
-async def _start(
-    request: Request,
-    token: AccessToken,
-    records: list[DeviceRecord],
-    firmware: FirmwareRecord,
-    *,
-    mode: str = "auto",
-    concurrency: int | None = None,
-    max_attempts: int | None = None,
-) -> list[UpdateJob]:
-    try:
-        return await _updates(request).create(
-            [r.id for r in records],
-            firmware,
-            created_by=token.username,
-            mode=mode,
-            concurrency=concurrency,
-            max_attempts=max_attempts,
-        )
-    except FirmwareRejectedError as exc:
-        raise _rejected(exc) from None
-    except UpdateConflictError as exc:
-        raise ApiError(400, "Update in progress", str(exc)) from None
-    except ValueError as exc:
-        raise ApiError(400, "invalid_request", str(exc)) from None
-
-
-async def flash(request: Request, token: AccessToken, record: DeviceRecord) -> dict[str, Any]:
+async def flash(request: Request, actor: Actor, view: DeviceView) -> dict[str, Any]:
     """`particle flash DEVICE app.bin`: PUT /v1/devices/:id, multipart `file` (plus `latest` or
     `build_target_version`, which do not apply to a binary). Answers as Particle does, with `status`, which
     the CLI requires; the update runs as a job (GET /v1/updates/:job)."""
-    firmware = await _upload(request, token)
-    (job,) = await _start(request, token, [record], firmware)
-    online = context(request).cloud.online(record.id)
+    firmware = await _upload(request, actor)
+    (job,) = await _updates(request).flash(actor, [view.record], firmware)
+    online = await app(request).context.sessions.connected(view.record.id)
     return {
         "ok": True,
-        "id": record.id,
+        "id": view.record.id,
         "status": "Update started" if online else "Update queued: the device is offline and updates when it connects",
         "job": job.id,
         "firmware": firmware.sha256,
@@ -134,79 +100,59 @@ async def flash(request: Request, token: AccessToken, record: DeviceRecord) -> d
 
 
 @router.post("/v1/firmware", summary="Upload a firmware binary (checked as a device would check it)")
-async def upload_firmware(request: Request, token: Token) -> dict[str, Any]:
-    return {"ok": True, **firmware_json(await _upload(request, token))}
+async def upload_firmware(request: Request, actor: Caller) -> dict[str, Any]:
+    return {"ok": True, **firmware_json(await _upload(request, actor))}
 
 
-async def _owned(request: Request, token: AccessToken, id_or_name: str) -> DeviceRecord:
-    return await context(request).cloud.find_device(id_or_name, owner=token.username)
+def _whole(params: dict[str, Any], name: str) -> int | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInputError(f"{name} is a whole number", name)
+    return value
 
 
 @router.post("/v1/updates", summary="Update devices: a list, all of yours, or a group")
-async def create_updates(request: Request, token: Token) -> dict[str, Any]:
+async def create_updates(request: Request, actor: Caller) -> dict[str, Any]:
     params = await body(request)
     updates = _updates(request)
     sha = params.get("firmware")
     if not isinstance(sha, str):
         raise ApiError(400, "invalid_request", "give the firmware's sha256 (POST /v1/firmware) as firmware")
-    try:
-        firmware = await updates.library.get(sha)
-    except UpdateNotFoundError as exc:
-        raise ApiError(404, "Not Found", str(exc)) from None
-    cloud = context(request).cloud
+    firmware = await updates.firmware(actor, sha)
     wanted = params.get("devices")
-    records: list[DeviceRecord] = []
-    skipped: list[str] = []
+    group = params.get("group")
     if params.get("all") is True:
-        records = await cloud.store.list_devices(owner=token.username)
-    elif isinstance(params.get("group"), str):
-        for device_id in await updates.store.list_group(params["group"]):
-            stored = await cloud.store.get_device(device_id)
-            if stored is not None and stored.owner == token.username:
-                records.append(stored)
-            else:
-                skipped.append(device_id)
+        records = await updates.targets(actor, everything=True)
+    elif isinstance(group, str):
+        records = await updates.targets(actor, group=group)
     elif isinstance(wanted, list) and all(isinstance(d, str) for d in wanted):
-        records = [await _owned(request, token, d) for d in wanted]
+        records = await updates.targets(actor, devices=wanted)
     else:
         raise ApiError(400, "invalid_request", "say which devices: devices (a list), all (true) or group (a name)")
-    if not records:
-        raise ApiError(400, "invalid_request", "no device of yours to update")
-    concurrency = params.get("concurrency")
-    attempts = params.get("max_attempts")
-    jobs = await _start(
-        request,
-        token,
+    jobs = await updates.flash(
+        actor,
         records,
         firmware,
         mode=str(params.get("mode", "auto")),
-        concurrency=concurrency if isinstance(concurrency, int) else None,
-        max_attempts=attempts if isinstance(attempts, int) else None,
+        concurrency=_whole(params, "concurrency"),
+        max_attempts=_whole(params, "max_attempts"),
     )
-    return {"ok": True, "rollout": jobs[0].rollout, "jobs": [job_json(j) for j in jobs], "skipped": skipped}
+    return {"ok": True, "rollout": jobs[0].rollout, "jobs": [job_json(j) for j in jobs], "skipped": []}
 
 
 @router.get("/v1/updates", summary="Update jobs: of a rollout, or your latest")
-async def list_updates(request: Request, token: Token, rollout: str | None = None, limit: int = 100) -> Any:
-    updates = _updates(request)
-    jobs = await updates.list(rollout=rollout, limit=max(1, min(limit, 10_000)))
-    owned = {r.id for r in await context(request).cloud.store.list_devices(owner=token.username)}
-    return [job_json(job) for job in jobs if job.device_id in owned]
+async def list_updates(request: Request, actor: Caller, rollout: str | None = None, limit: int = 100) -> Any:
+    jobs = await _updates(request).jobs(actor, rollout=rollout, limit=max(1, min(limit, 10_000)))
+    return [job_json(job) for job in jobs]
 
 
 @router.get("/v1/updates/{job_id}", summary="One update job: its state, progress and outcome")
-async def get_update(request: Request, token: Token, job_id: int) -> dict[str, Any]:
-    try:
-        job = await _updates(request).get(job_id)
-    except UpdateNotFoundError as exc:
-        raise ApiError(404, "Not Found", str(exc)) from None
-    record = await context(request).cloud.store.get_device(job.device_id)
-    if record is None or record.owner != token.username:
-        raise ApiError(404, "Not Found", f"no update job {job_id} of yours")
-    return job_json(job)
+async def get_update(request: Request, actor: Caller, job_id: int) -> dict[str, Any]:
+    return job_json(await _updates(request).job(actor, job_id))
 
 
 @router.get("/v1/devices/{device}/updates", summary="A device's update jobs, newest first")
-async def device_updates(request: Request, token: Token, device: str) -> list[dict[str, Any]]:
-    record = await _owned(request, token, device)  # not yours: 403, as for every device route
-    return [job_json(job) for job in await _updates(request).list(device_id=record.id)]
+async def device_updates(request: Request, actor: Caller, device: str) -> list[dict[str, Any]]:
+    return [job_json(job) for job in await _updates(request).jobs(actor, device=device)]

@@ -5,8 +5,13 @@ Two ways to reach a Cyan cloud, as an operator has them:
 * its HTTP API (``--api URL`` and a token): ``POST /v1/provisioning/:id`` with the form fields ``particle keys
   send`` posts (deviceID, publicKey as PEM, order, filename, algorithm), ``GET /v1/devices/:id`` for the key
   fingerprint it holds, ``GET /v1/user`` to check the token first;
-* its data directory (``--data-dir``), like `cyan devices add`: the SQLite store, the server public key and
-  the server-key files `cyan serve` writes there (one per published address).
+* its data directory (``--data-dir``), like `cyan devices add`: the use cases over its database, as the
+  operator, and the server public key and server-key files `cyan serve` writes there (one per published
+  address).
+
+A device that is not the caller's is not found, the same as one that does not exist (docs/keys.md): over the
+API, registering it is what tells the two apart, and a cloud that lets the account register no new device
+says so.
 """
 
 from __future__ import annotations
@@ -14,15 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from cyan.cloud.models import DeviceRecord
+from cyan.app import Application, NewDevice
 from cyan.config import Settings
 from cyan.keys import (
     KeyFormatError,
@@ -37,7 +41,9 @@ from cyan.keys import (
     parse_server_key_file,
     public_key_der,
 )
-from cyan.store import SqliteStore
+from cyan.service import open_application
+
+from ._local import operator
 
 __all__ = [
     "ApiRegistry",
@@ -175,6 +181,13 @@ class ApiRegistry:
         if product_id is not None:
             form["product_id"] = str(product_id)
         response = self._request("POST", f"/v1/provisioning/{device_id}", data=form)
+        if response.status_code == 404:
+            raise CloudRefusedError(
+                f"the cloud will not take a key for {device_id}: no device of this account has that id, and this "
+                "account may not register new ones",
+                "ask an admin to register it (`cyan devices add ... --owner YOU`, or an admin's token), to give you "
+                "a claim code for it, or to turn self-registration on (`cyan policy set --self-registration`)",
+            )
         if response.status_code != 200:
             raise CloudRefusedError(
                 f"the cloud refused the key for {device_id} ({response.status_code}): {_api_error(response)}"
@@ -193,39 +206,40 @@ class ApiRegistry:
 
 
 class DataDirRegistry:
-    """A cloud's data directory, written directly as `cyan devices add` does."""
+    """A cloud's data directory, through the use cases, as the operator."""
 
     def __init__(self, data_dir: Path | None) -> None:
         self.settings = Settings.from_env(data_dir=data_dir)
         self.where = str(self.settings.data_dir)
         self._runner: asyncio.Runner | None = None
-        self._store: SqliteStore | None = None
+        self._context: Any = None
+        self._app: Application | None = None
 
-    def _open(self) -> tuple[asyncio.Runner, SqliteStore]:
-        if self._runner is None or self._store is None:
+    def _open(self) -> tuple[asyncio.Runner, Application]:
+        if self._runner is None or self._app is None:
             if not self.settings.database_path.exists():
                 raise RegistryError(
                     f"no Cyan database at {self.settings.database_path}",
                     "run `cyan serve` once, pass --data-dir, or use --api URL with a token",
                 )
             runner = asyncio.Runner()
-            store = SqliteStore(self.settings.database_path)
+            context = open_application(self.settings)
             try:
-                runner.run(store.open())
+                self._app = runner.run(context.__aenter__())
             except BaseException:
                 runner.close()
                 raise
-            self._runner, self._store = runner, store
-        return self._runner, self._store
+            self._runner, self._context = runner, context
+        return self._runner, self._app
 
     def check(self) -> str:
-        runner, store = self._open()
-        runner.run(store.list_devices(owner="\x00"))  # any query proves the database is readable
+        runner, app = self._open()
+        runner.run(app.store.devices.get("0" * 24))  # any query proves the database is readable
         return f"data directory {self.where}"
 
     def device_key(self, device_id: str) -> DeviceKey:
-        runner, store = self._open()
-        record = runner.run(store.get_device(device_id))
+        runner, app = self._open()
+        record = runner.run(app.store.devices.get(device_id))
         if record is None or not record.key_fingerprint:
             return DeviceKey(registered=False)
         return DeviceKey(registered=True, fingerprint=record.key_fingerprint)
@@ -233,35 +247,24 @@ class DataDirRegistry:
     def register(
         self, device_id: str, public: rsa.RSAPublicKey, *, product_id: int | None = None, name: str | None = None
     ) -> str:
-        runner, store = self._open()
+        runner, app = self._open()
         der = public_key_der(public)
-        new = fingerprint(der)
-        record = runner.run(store.get_device(device_id))
-        if record is None:
-            created = DeviceRecord(
-                id=device_id,
-                name=name,
-                public_key_der=der,
-                key_fingerprint=new,
-                product_id=product_id,
-                created_at=datetime.now(UTC),
-            )
-            runner.run(store.add_device(created))
-        else:
-            changed = replace(record, public_key_der=der, key_fingerprint=new)
-            if product_id is not None:
-                changed.product_id = product_id
-            if name:
-                changed.name = name
-            runner.run(store.save_device(changed))
-        return new
+        actor = operator()
+        if runner.run(app.store.devices.get(device_id)) is None:
+            new = NewDevice(device_id, der, name=name, product_id=product_id)
+            (record,) = runner.run(app.devices.register(actor, [new]))
+            return record.key_fingerprint or fingerprint(der)
+        done = runner.run(app.keys.provision(actor, device_id, der, product_id=product_id))
+        if name and done.record.name != name:
+            runner.run(app.devices.rename(actor, device_id, name))
+        return done.record.key_fingerprint or fingerprint(der)
 
     def close(self) -> None:
         if self._runner is not None:
-            if self._store is not None:
-                self._runner.run(self._store.close())
+            if self._context is not None:
+                self._runner.run(self._context.__aexit__(None, None, None))
             self._runner.close()
-        self._runner = self._store = None
+        self._runner = self._context = self._app = None
 
 
 # -- this cloud's server key and addresses -----------------------------------------------------------------

@@ -1,56 +1,34 @@
-"""`cyan devices add|list|attempts|doctor|unidentified`: the device registry and the connection-attempt records."""
+"""`cyan devices add|list|attempts|doctor|unidentified|rename|remove|claim-code|group`: the device registry and
+what the server saw of each device, on the server's data (`--data-dir`). A device is named by its id or its
+name everywhere; one that does not exist is an error.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import re
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from cyan.app import NewDevice
 from cyan.cloud.models import ConnectionAttempt, DeviceRecord
-from cyan.cloud.ports import Store
-from cyan.config import Settings
-from cyan.diagnose.gather import DEFAULT_PERIOD, doctor_from_store, unidentified_from_store
+from cyan.diagnose.gather import DEFAULT_PERIOD
 from cyan.diagnose.render import render_doctor, render_unidentified
-from cyan.keys import check_device_public_key, fingerprint, load_public_key, public_key_der
-from cyan.store import SqliteStore
+from cyan.keys import load_public_key, public_key_der
 
 from . import updates
+from ._local import ActorOption, operator, run_local
 from ._options import DataDirOption
 from .diagnose import api_get, parse_since
 
 app = typer.Typer(help="Register devices and read what the server saw of them.", no_args_is_help=True)
-# Firmware updates (protocol.md §7): flash, follow, group.
+# Firmware updates (protocol.md §7): flash and follow them through the server's API.
 app.command("flash")(updates.flash)
 app.command("updates")(updates.list_updates)
-app.command("group")(updates.group)
-T = TypeVar("T")
-_DEVICE_ID = re.compile(r"^[0-9a-fA-F]{24}$")
-
-
-def _with_store(data_dir: Path | None, work: Callable[[Store], Awaitable[T]]) -> T:
-    settings = Settings.from_env(data_dir=data_dir)
-    if not settings.database_path.exists():
-        raise FileNotFoundError(
-            f"no Cyan database at {settings.database_path}; run `cyan serve` once, or pass --data-dir"
-        )
-
-    async def run() -> T:
-        store = SqliteStore(settings.database_path)
-        await store.open()
-        try:
-            return await work(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
 
 
 @app.command("add")
@@ -58,34 +36,30 @@ def add(
     device_id: Annotated[str, typer.Argument(help="The 24-hex-digit device id.")],
     key: Annotated[Path, typer.Option("--key", help="The device key: DER or PEM, private or public.")],
     name: Annotated[str | None, typer.Option("--name", help="A name to use instead of the id.")] = None,
+    owner: Annotated[str | None, typer.Option("--owner", help="The user it belongs to [nobody yet].")] = None,
+    actor: ActorOption = "operator",
     data_dir: DataDirOption = None,
 ) -> None:
-    """Register a device with its public key, as `particle keys send` would."""
-    if not _DEVICE_ID.match(device_id):
-        raise typer.BadParameter(f"{device_id!r} is not a device id (24 hexadecimal digits)", param_hint="DEVICE_ID")
-    public = load_public_key(key.read_bytes())
-    check_device_public_key(public)
-    der = public_key_der(public)
-    record = DeviceRecord(
-        id=device_id.lower(),
-        name=name,
-        public_key_der=der,
-        key_fingerprint=fingerprint(der),
-        created_at=datetime.now(UTC),
-    )
-    _with_store(data_dir, lambda store: store.add_device(record))
-    typer.echo(f"Registered {record.id}{f' ({name})' if name else ''} with key {record.key_fingerprint}")
+    """Register a device with its public key, as `particle keys send` would (optionally straight to its owner)."""
+    der = public_key_der(load_public_key(key.read_bytes()))
+    new = NewDevice(device_id, der, name=name, owner=owner)
+    (record,) = run_local(data_dir, lambda app: app.devices.register(operator(actor), [new]))
+    named = f" ({record.name})" if record.name else ""
+    owned = f" for {record.owner}" if record.owner else ""
+    typer.echo(f"Registered {record.id}{named}{owned} with key {record.key_fingerprint}")
 
 
 @app.command("list")
 def list_devices(data_dir: DataDirOption = None) -> None:
     """List registered devices."""
-    devices = _with_store(data_dir, lambda store: store.list_devices())
-    table = Table("Name", "Platform", "Online", "Last heard", "Last address", "Key")
+    views = run_local(data_dir, lambda app: app.devices.mine(operator(), everyone=True))
+    table = Table("Name", "Owner", "Platform", "Online", "Last heard", "Last address", "Key")
     table.add_column("ID", no_wrap=True, min_width=24)
-    for d in devices:
+    for view in views:
+        d: DeviceRecord = view.record
         table.add_row(
             d.name or "",
+            d.owner or "",
             "" if d.platform_id is None else str(d.platform_id),
             "yes" if d.online else "no",
             _when(d.last_heard),
@@ -93,25 +67,94 @@ def list_devices(data_dir: DataDirOption = None) -> None:
             (d.key_fingerprint or "none")[:23],
             d.id,
         )
-    Console(width=160).print(table)
+    Console(width=180).print(table)
+
+
+@app.command("rename")
+def rename(
+    device: Annotated[str, typer.Argument(help="The device id or name.")],
+    name: Annotated[str, typer.Argument(help="Its new name.")],
+    actor: ActorOption = "operator",
+    data_dir: DataDirOption = None,
+) -> None:
+    """Rename a device."""
+    record = run_local(data_dir, lambda app: app.devices.rename(operator(actor), device, name))
+    typer.echo(f"Device {record.id} is now named {record.name}")
+
+
+@app.command("remove")
+def remove(
+    device: Annotated[str, typer.Argument(help="The device id or name.")],
+    actor: ActorOption = "operator",
+    data_dir: DataDirOption = None,
+) -> None:
+    """Remove a device from the registry, with its key: it cannot connect until it is registered again."""
+    record = run_local(data_dir, lambda app: app.devices.remove(operator(actor), device))
+    typer.echo(f"Removed device {record.id}" + (f" (it belonged to {record.owner})" if record.owner else ""))
+
+
+@app.command("claim")
+def claim(
+    device: Annotated[str, typer.Argument(help="The ownerless device's id.")],
+    owner: Annotated[str, typer.Option("--owner", help="The user it becomes the device of.")],
+    actor: ActorOption = "operator",
+    data_dir: DataDirOption = None,
+) -> None:
+    """Give an ownerless device to a user (a device that belongs to someone is released first)."""
+    record = run_local(data_dir, lambda app: app.devices.claim(operator(actor), device, owner=owner))
+    typer.echo(f"Device {record.id} now belongs to {record.owner}")
+
+
+@app.command("claim-code")
+def claim_code(
+    device: Annotated[str, typer.Argument(help="The ownerless device id or name.")],
+    actor: ActorOption = "operator",
+    data_dir: DataDirOption = None,
+) -> None:
+    """A one-time claim code for an ownerless device: whoever holds it may claim or provision that device
+    (POST /v1/devices or /v1/provisioning/:id with claim_code). Good for 24 hours; printed once."""
+    issued = run_local(data_dir, lambda app: app.devices.issue_claim_code(operator(actor), device))
+    typer.echo(issued.code)
+
+
+@app.command("group")
+def group(
+    name: Annotated[str | None, typer.Argument(help="The group; without it, every group is listed.")] = None,
+    devices: Annotated[list[str] | None, typer.Argument(help="Device ids or names to add (or remove).")] = None,
+    remove_them: Annotated[bool, typer.Option("--remove", help="Remove the devices instead.")] = False,
+    actor: ActorOption = "operator",
+    data_dir: DataDirOption = None,
+) -> None:
+    """Device groups for `flash --group`: list them, list one, add devices to one or remove them."""
+    if name is None:
+        found = run_local(data_dir, lambda app: app.devices.groups(operator(actor)))
+        for group_name, size in found.items():
+            typer.echo(f"{group_name}: {size} device(s)")
+        return
+    if not devices:
+        for device_id in run_local(data_dir, lambda app: app.devices.group_members(operator(actor), name)):
+            typer.echo(device_id)
+        return
+    changed = run_local(data_dir, lambda app: app.devices.group(operator(actor), name, devices, remove=remove_them))
+    typer.echo(f"{'removed' if remove_them else 'added'} {changed} device(s) {'from' if remove_them else 'to'} {name}")
 
 
 @app.command("attempts")
 def attempts(
-    device_id: Annotated[str | None, typer.Argument(help="Only this device's attempts.")] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="How many, newest first.")] = 50,
+    device: Annotated[str | None, typer.Argument(help="Only this device's attempts (its id or name).")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="How many, newest first.")] = 50,
     data_dir: DataDirOption = None,
 ) -> None:
     """Connection attempts, newest first: where each failed and why."""
-    found: list[ConnectionAttempt] = _with_store(
-        data_dir, lambda store: store.list_attempts(device_id.lower() if device_id else None, limit=limit)
-    )
-    table = Table("When", "From", "Device", "Outcome", "Step", "Reason", "Detail")
-    for a in found:
+    _, found = run_local(data_dir, lambda app: app.diagnostics.attempts(operator(), device, limit=limit))
+    attempts: list[ConnectionAttempt] = found
+    table = Table("When", "From", "Device", "Proven", "Outcome", "Step", "Reason", "Detail")
+    for a in attempts:
         table.add_row(
             _when(a.started_at),
             a.peer_address,
             a.device_id or "(unidentified)",
+            {True: "yes", False: "no", None: ""}[a.proven],
             a.outcome.value,
             a.step,
             a.reason or "",
@@ -145,9 +188,7 @@ def doctor(
     if server is not None:
         report = api_get(server, f"/v1/devices/{device}/doctor", token, {"since": start.isoformat()})
     else:
-        found = _with_store(data_dir, lambda store: doctor_from_store(store, device, now=now, since=start))
-        if found is None:
-            raise typer.BadParameter(f"no device {device!r} (not an id, nor a registered name)", param_hint="DEVICE")
+        found = run_local(data_dir, lambda app: app.diagnostics.doctor(operator(), device, since=start))
         report = found.to_json()
     if json_output:
         typer.echo(json.dumps(report, indent=2))
@@ -172,7 +213,7 @@ def unidentified(
     if server is not None:
         groups = api_get(server, "/v1/diagnostics/unidentified", token, {"since": start.isoformat()}).get("groups", [])
     else:
-        found = _with_store(data_dir, lambda store: unidentified_from_store(store, now=now, since=start))
+        found = run_local(data_dir, lambda app: app.diagnostics.unidentified(operator(), since=start))
         groups = [g.to_json() for g in found]
     if json_output:
         typer.echo(json.dumps({"groups": groups}, indent=2))

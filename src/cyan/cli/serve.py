@@ -55,6 +55,14 @@ def serve(
             "[env CYAN_WORKERS; all cores].",
         ),
     ] = None,
+    new_server_key: Annotated[
+        bool,
+        typer.Option(
+            "--new-server-key",
+            help="Make a new server key, keeping the old file aside, and record the change. Every device then "
+            "needs the new key file over DFU: only for a lost or compromised key.",
+        ),
+    ] = False,
 ) -> None:
     """Run the device server (TCP 5683) and the Cloud API (HTTP 8080); every connection attempt is recorded."""
     settings = Settings.from_env(
@@ -67,7 +75,7 @@ def serve(
         workers=workers,
         device_processes=device_processes,
     )
-    keys = ensure_server_keys(settings)
+    keys = ensure_server_keys(settings, new_key=new_server_key)
     # One open file per connected device: take all the system allows (often 1,024 soft, far more hard).
     file_limit = ensure_file_limit()
     service = Service(settings, keys)
@@ -89,7 +97,9 @@ def _print_banner(service: Service, *, file_limit: int) -> None:
     api_address = s.public_address if s.api_host in ("0.0.0.0", "::", "") else s.api_host
     lines = [
         f"Cyan {__version__} is serving. Data: {data}",
-        f"  Server key: {keys.fingerprint}" + (" (created now)" if keys.created else ""),
+        f"  Server key: {keys.fingerprint}"
+        + (" (replaced now: give every device the new key file)" if keys.replacing else "")
+        + (" (created now)" if keys.created and not keys.replacing else ""),
         "",
         f"Devices connect to {s.public_address}:{port} (listening on {s.device_host}:{port}).",
         "  Point a Photon or P1 at this cloud with the device in DFU mode (blinking yellow):",
@@ -97,14 +107,14 @@ def _print_banner(service: Service, *, file_limit: int) -> None:
         "  or write the ready 512-byte key file yourself (P1: -d 2b04:d008):",
         f"    dfu-util -d 2b04:d006 -a 1 -s 2082 -D {key_file}",
         "  Register each device's public key before it connects:",
-        f"    cyan devices add DEVICE_ID --key DEVICE_KEY_FILE --data-dir {data}",
+        f"    cyan devices add DEVICE_ID --key DEVICE_KEY_FILE [--owner EMAIL] --data-dir {data}",
         "",
         "Every connection attempt is recorded: cyan devices attempts [DEVICE_ID]",
         _capacity_line(s, file_limit),
         "",
         f"Cloud API (Particle Cloud API v1) on http://{s.api_host}:{service.api_port}; point the Particle CLI at it:",
         f"    particle config set apiUrl http://{api_address}:{service.api_port}",
-        f"  then log in with a user made by: cyan users add EMAIL --data-dir {data}",
+        f"  then log in with a user made by: cyan users add EMAIL [--admin] --data-dir {data}",
         f"  API description: http://{api_address}:{service.api_port}/docs",
     ]
     if s.public_address.startswith("127."):

@@ -6,20 +6,20 @@ import asyncio
 import contextlib
 import ipaddress
 import signal
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from cyan.cloud.models import DeviceRecord
-from cyan.cloud.ports import DeviceExistsError
+from cyan.app import Application, NewDevice
+from cyan.cloud.errors import AlreadyExistsError
 from cyan.config import Settings
-from cyan.keys import fingerprint, public_key_der
+from cyan.keys import public_key_der
 from cyan.protocol import DEVICE_OS_0_6_1, DEVICE_OS_3_1_0, Firmware
+from cyan.service import open_application
 from cyan.sim import Fault, Fleet, SimConfig, ensure_file_limit, firmware_for, read_server_key, registered_public_key
-from cyan.store import SqliteStore
 
+from ._local import operator
 from ._options import DataDirOption
 
 
@@ -112,38 +112,40 @@ def sim(
 
 
 async def _register(settings: Settings, fleet: Fleet, owner: str | None) -> int:
-    store = SqliteStore(settings.database_path)
-    await store.open()
-    added = 0
+    """Register the devices this server has not seen (with their owner, if given), as the operator; a device
+    registered before keeps its registration (an `amnesia` device keeps its old key on purpose), and gets the
+    owner if it has none."""
+    async with open_application(settings) as app:
+        return await _register_with(app, fleet, owner)
+
+
+async def _register_with(app: Application, fleet: Fleet, owner: str | None) -> int:
+    actor = operator("cyan sim")
+    if owner is not None and await app.store.accounts.get_user(owner) is None:
+        raise typer.BadParameter(f"no user {owner!r}; create it with cyan users add", param_hint="--owner")
+    new: list[NewDevice] = []
+    for device in fleet.devices:
+        spec = device.spec
+        existing = await app.store.devices.get(spec.device_id)
+        if existing is not None and existing.public_key_der is not None:
+            if owner is not None and existing.owner is None:
+                await app.devices.claim(actor, existing.id, owner=owner)
+            continue
+        der = public_key_der(registered_public_key(spec))
+        if existing is not None:  # registered without a key: give it the one it will present
+            await app.keys.provision(actor, spec.device_id, der)
+            continue
+        new.append(NewDevice(spec.device_id, der, name=spec.name or None, owner=owner))
     try:
-        if owner is not None and await store.get_user(owner) is None:
-            raise typer.BadParameter(f"no user {owner!r}; create it with cyan users add", param_hint="--owner")
-        for device in fleet.devices:
-            spec = device.spec
-            der = public_key_der(registered_public_key(spec))
-            existing = await store.get_device(spec.device_id)
-            if existing is not None and existing.public_key_der is not None:
-                if owner is not None and existing.owner is None:
-                    existing.owner = owner.lower()
-                    await store.save_device(existing)
-                continue  # registered before: an AMNESIA device keeps its old registration on purpose
-            record = DeviceRecord(
-                id=spec.device_id,
-                name=existing.name if existing else spec.name or None,
-                owner=owner.lower() if owner else None,
-                public_key_der=der,
-                key_fingerprint=fingerprint(der),
-                created_at=datetime.now(UTC),
-            )
+        await app.devices.register(actor, new)
+    except AlreadyExistsError:
+        # A name is taken by another device: register those unnamed, one by one.
+        for entry in new:
             try:
-                await store.save_device(record)
-            except DeviceExistsError:
-                record.name = None  # the name is taken by another device: register it unnamed
-                await store.save_device(record)
-            added += 1
-    finally:
-        await store.close()
-    return added
+                await app.devices.register(actor, [entry])
+            except AlreadyExistsError:
+                await app.devices.register(actor, [NewDevice(entry.device_id, entry.public_key_der, owner=owner)])
+    return len(new)
 
 
 async def _run(fleet: Fleet, host: str, port: int, ramp: float | None, duration: float | None) -> None:

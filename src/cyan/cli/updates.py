@@ -4,12 +4,11 @@ Updates are sent by the running server (the devices are connected to it, not to 
 `flash` and `updates` ask its HTTP API with an access token (`--server`, `--token` or CYAN_TOKEN; a
 token comes from `cyan tokens create USER`): `flash` uploads the binary (`POST /v1/firmware`, refused
 there when no device would take it), starts a rollout (`POST /v1/updates`) and follows its jobs with a
-progress bar per device, then prints a summary. `group` edits device groups in the data directory.
+progress bar per device, then prints a summary. `cyan devices group` edits the groups.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,13 +19,9 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 from rich.table import Table
 
-from cyan.config import Settings
-from cyan.store import SqliteStore
-
 from ._http import read_response
-from ._options import DataDirOption
 
-__all__ = ["flash", "group", "list_updates"]
+__all__ = ["flash", "list_updates"]
 
 _DEFAULT_SERVER = "http://127.0.0.1:8080"
 _FINISHED = ("succeeded", "failed")
@@ -74,8 +69,8 @@ class _Api:
         if detail is not None:
             hints = {
                 401: "the token is missing, expired or revoked: `cyan tokens create USER`",
-                403: "a device is not yours on that server, or not registered there",
-                404: "check the server URL and the names",
+                403: "this account may not do that on that server",
+                404: "a device is not yours on that server, or not registered there; check the names and the URL",
             }
             hint = hints.get(response.status_code, "nothing was sent to any device")
             raise ApiError(f"{path}: {response.status_code} {detail}", hint)
@@ -138,8 +133,6 @@ def flash(
             f"{path.name}: {firmware['size']} bytes, {firmware['platform']}, {firmware['module_function']}"
             f"{f', product version {product}' if product is not None else ''}; sha256 {firmware['sha256'][:16]}"
         )
-        for skipped in started.get("skipped", []):
-            console.print(f"[yellow]skipped {skipped}: not your device[/yellow]")
         jobs: list[dict[str, Any]] = started["jobs"]
         if not wait:
             for job in jobs:
@@ -242,33 +235,3 @@ def list_updates(
             job["created_at"] or "",
         )
     Console(width=200).print(table)
-
-
-def group(
-    name: Annotated[str | None, typer.Argument(help="The group; without it, every group is listed.")] = None,
-    devices: Annotated[list[str] | None, typer.Argument(help="Device ids to add (or remove).")] = None,
-    remove: Annotated[bool, typer.Option("--remove", help="Remove the devices instead.")] = False,
-    data_dir: DataDirOption = None,
-) -> None:
-    """Device groups for `flash --group`: list them, list one, add devices to one or remove them."""
-    settings = Settings.from_env(data_dir=data_dir)
-    if not settings.database_path.exists():
-        raise FileNotFoundError(
-            f"no Cyan database at {settings.database_path}; run `cyan serve` once, or pass --data-dir"
-        )
-
-    async def work() -> list[str]:
-        async with SqliteStore(settings.database_path) as store:
-            if name is None:
-                return [f"{group}: {size} device(s)" for group, size in (await store.list_groups()).items()]
-            if devices:
-                ids = [d.lower() for d in devices]
-                for device_id in ids:
-                    if await store.get_device(device_id) is None:
-                        raise typer.BadParameter(f"no device {device_id} is registered", param_hint="DEVICES")
-                changed = await (store.remove_from_group if remove else store.add_to_group)(name, ids)
-                return [f"{'removed' if remove else 'added'} {changed} device(s) {'from' if remove else 'to'} {name}"]
-            return await store.list_group(name)
-
-    for line in asyncio.run(work()):
-        typer.echo(line)

@@ -5,12 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AlreadyExistsError",
     "CloudError",
+    "ConflictError",
     "DeviceNotFoundError",
     "DeviceOfflineError",
     "DeviceQuarantinedError",
     "DeviceTimeoutError",
     "FunctionRefusedError",
+    "InvalidInputError",
+    "NotFoundError",
+    "PendingKeyChangedError",
+    "PermissionDeniedError",
     "UnknownFunctionError",
     "UnknownVariableError",
 ]
@@ -32,10 +38,49 @@ def _restore(cls: type[CloudError], args: tuple[Any, ...]) -> CloudError:
     return error
 
 
-class DeviceNotFoundError(CloudError):
+class NotFoundError(CloudError):
+    """There is no such thing, or it is not the caller's: the two are told apart to nobody."""
+
+
+class DeviceNotFoundError(NotFoundError):
     def __init__(self, id_or_name: str) -> None:
-        super().__init__(f"no device {id_or_name!r} is registered")
+        super().__init__(f"no device {id_or_name!r}: none is registered by that id or name, or it is not yours")
         self.id_or_name = id_or_name
+
+
+class PermissionDeniedError(CloudError):
+    """The caller may not do this at all (a role's act), whatever it is done to."""
+
+
+class InvalidInputError(CloudError):
+    """The request itself is wrong; `field` names the part of it that is."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ConflictError(CloudError):
+    """The request does not fit the current state (something changed meanwhile, or already exists)."""
+
+
+class AlreadyExistsError(ConflictError):
+    """A device id or name, or a username, that is taken."""
+
+
+class PendingKeyChangedError(ConflictError):
+    """Approving or rejecting named a fingerprint that is not the device's pending key: the pending key
+    changed since the owner looked. Nothing was done."""
+
+    def __init__(self, device_id: str, named: str, pending: list[str]) -> None:
+        now = ", ".join(pending) if pending else "none"
+        super().__init__(
+            f"device {device_id} has no pending key {named}; its pending key(s) now: {now}. Nothing was done: "
+            "check the fingerprint the device presents before approving"
+        )
+        self.device_id = device_id
+        self.named = named
+        self.pending = pending
 
 
 class DeviceOfflineError(CloudError):

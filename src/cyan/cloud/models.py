@@ -7,17 +7,21 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 __all__ = [
+    "FLEET",
     "AccessToken",
     "AttemptOutcome",
+    "AuditEntry",
+    "ClaimCode",
+    "CloudEvent",
     "ConnectionAttempt",
     "DeviceRecord",
     "FirmwareRecord",
     "JobState",
-    "KeyAuditEntry",
     "KeyPolicy",
     "KeyPolicyMode",
     "PendingKey",
     "RekeyWindow",
+    "Role",
     "UpdateJob",
     "User",
     "Variable",
@@ -77,12 +81,28 @@ class ConnectionAttempt:
     step: str
     reason: str | None = None
     detail: str | None = None
+    #: The id the client claimed; None when it could not even say (another server key, damaged data).
     device_id: str | None = None
     presented_fingerprint: str | None = None
     stored_fingerprint: str | None = None
     #: Seconds from accept to the end of the handshake (connected) or to the failure.
     duration: float | None = None
+    #: Whether the client proved it is `device_id`: only a session started with the device's registered key
+    #: does. False for every failure and for a quarantined session (it proved a key, not the device);
+    #: None for an unidentified attempt. Unproven attempts never count against the device they name
+    #: (docs/keys.md "Unproven attempts").
+    proven: bool | None = None
     id: int | None = None
+
+
+class Role(enum.StrEnum):
+    """What an account may do beyond its own devices (docs/keys.md "Who may do what")."""
+
+    #: Operates the cloud: registers devices, claims and provisions ownerless ones, acts on any device,
+    #: manages users and reads what belongs to no account (unidentified attempts).
+    ADMIN = "admin"
+    #: Owns devices: acts on its own, and on nothing else.
+    USER = "user"
 
 
 @dataclass(slots=True)
@@ -93,6 +113,7 @@ class User:
     #: `hashlib.scrypt` parameters and digest, in the form written by `cyan.cloud.auth.hash_password`.
     password_hash: str
     created_at: datetime
+    role: Role = Role.USER
 
 
 @dataclass(slots=True)
@@ -130,21 +151,37 @@ class KeyPolicy:
     trust_on_first_use: bool = False
     updated_at: datetime | None = None
     updated_by: str = "default"
+    #: Fleet only: any account may register a device id the cloud has never seen through the API (it
+    #: becomes the owner). Off by default: registering new ids is an admin's act.
+    self_registration: bool = False
 
 
 @dataclass(slots=True)
 class RekeyWindow:
-    """An operator's "accept the next new key of this device, until this time"."""
+    """An operator's "this device lost its key: accept the one new key it presents, until this time".
+
+    The window stays armed until `until`. The first new key presented is accepted at once (`accepted_*`),
+    and the key it replaced is kept (`previous_*`): if the previous key connects again (the device had not
+    lost it) or a second, different new key appears before the window ends, the change is undone and every
+    key seen is held for an operator's approval (docs/keys.md "Re-key windows")."""
 
     device_id: str
     until: datetime
     armed_by: str
     armed_at: datetime
+    accepted_fingerprint: str | None = None
+    accepted_at: datetime | None = None
+    previous_key_der: bytes | None = None
+    previous_fingerprint: str | None = None
+
+    def open_at(self, now: datetime) -> bool:
+        return now < self.until
 
 
 @dataclass(slots=True)
 class PendingKey:
-    """A key a known device presented that is not its registered one, awaiting a decision."""
+    """A key a known device presented that is not its registered one, awaiting a decision. A device may
+    have several (each by its fingerprint): approving names the one the owner saw."""
 
     device_id: str
     public_key_der: bytes
@@ -157,19 +194,41 @@ class PendingKey:
 
 
 @dataclass(slots=True)
-class KeyAuditEntry:
-    """One change of, or decision about, a device key: who, when, old and new fingerprints, why."""
+class AuditEntry:
+    """One change of, or decision about, a device, its key, its owner, an account or the server key: who,
+    when, what, and the fingerprints before and after where a key is concerned. Written in the transaction
+    that makes the change (docs/keys.md "Audit")."""
 
     at: datetime
-    device_id: str
-    #: registered, replaced, approved, rejected, refused, quarantined, rekey_armed, rekey_used,
-    #: trusted_on_first_use, key_error_reported
+    #: The device concerned; None for account and server actions.
+    device_id: str | None
+    #: What happened, a word from `cyan.app.audit.ACTIONS` (registered, provisioned, claimed, approved, ...).
     action: str
+    #: Who: a username, "operator" (the command line on the server's data), "policy" or "device".
     actor: str
     old_fingerprint: str | None = None
     new_fingerprint: str | None = None
     detail: str | None = None
+    #: What else it concerns: a username for account actions, a token's client for token actions.
+    subject: str | None = None
     id: int | None = None
+
+
+@dataclass(slots=True)
+class ClaimCode:
+    """A secret that lets its holder take an ownerless device (Particle's claim codes are the model).
+
+    Two kinds: a code an admin issues for one device (`device_id`), which whoever holds it may use to claim
+    or provision that device through the API; and a code an account issues for itself (`claimant`), which
+    a device presents after connecting (the `spark/device/claim/code` event, protocol.md §5.1) to be claimed
+    by that account. Only the code's SHA-256 is kept; a code is used once."""
+
+    code_hash: str
+    issued_by: str
+    created_at: datetime
+    expires_at: datetime
+    device_id: str | None = None
+    claimant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,3 +303,18 @@ class UpdateJob:
     finished_at: datetime | None = None
     updated_at: datetime | None = None
     id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CloudEvent:
+    """An event as the cloud carries it: from a device, from the API, or from the cloud itself."""
+
+    name: str
+    data: str | None
+    ttl: int
+    published_at: datetime
+    #: The device that published it, or None for events published through the API.
+    device_id: str | None
+    #: Whose devices may see it (MY_DEVICES scope); None for devices without an owner.
+    owner: str | None
+    private: bool = True

@@ -30,13 +30,12 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from cyan.bus import CloudEvent
 from cyan.protocol import ModuleError, ModuleInfo, OtaConfig, OtaOutcome, parse_module
 from cyan.protocol.binary import ModuleFunction, check_for_device
 
 from .errors import CloudError, DeviceNotFoundError
-from .models import FirmwareRecord, JobState, UpdateJob
-from .ports import UpdateStore
+from .models import CloudEvent, FirmwareRecord, JobState, UpdateJob
+from .ports import Repositories, UpdateRepository
 from .service import Cloud, DeviceLink
 
 __all__ = [
@@ -46,6 +45,7 @@ __all__ = [
     "UpdateConflictError",
     "UpdateManager",
     "UpdateNotFoundError",
+    "UpdatePlan",
     "default_max_binary",
 ]
 
@@ -97,7 +97,7 @@ class UpdateConfig:
 class FirmwareLibrary:
     """Uploaded binaries: checked as a device would check them, metadata in the store, bytes on disk."""
 
-    def __init__(self, store: UpdateStore, files: Any) -> None:
+    def __init__(self, store: UpdateRepository, files: Any) -> None:
         self.store = store
         self.files = files  # cyan.store.FirmwareFiles
 
@@ -200,13 +200,25 @@ def judge(record: FirmwareRecord, document: dict[str, Any] | None, hello: Any) -
     return _Verdict(None, "unverified", "the device reports neither its image's hash nor a product version")
 
 
+@dataclass(slots=True)
+class UpdatePlan:
+    """Jobs checked and ready, not stored yet: `UpdateManager.record` stores them in the caller's transaction,
+    `launch` starts them once it committed."""
+
+    firmware: FirmwareRecord
+    jobs: list[UpdateJob]
+    concurrency: int | None
+    #: Unfinished jobs of the same devices that the new ones replace.
+    superseded: list[UpdateJob] = field(default_factory=list)
+
+
 class UpdateManager:
     """Runs update jobs over the cloud's device links, a task per active job."""
 
     def __init__(
         self,
         cloud: Cloud,
-        store: UpdateStore,
+        store: UpdateRepository,
         library: FirmwareLibrary,
         *,
         config: UpdateConfig | None = None,
@@ -250,7 +262,7 @@ class UpdateManager:
 
     # -- jobs ---------------------------------------------------------------------------------
 
-    async def create(
+    async def plan(
         self,
         device_ids: list[str],
         firmware: FirmwareRecord,
@@ -259,17 +271,20 @@ class UpdateManager:
         mode: str = "auto",
         concurrency: int | None = None,
         max_attempts: int | None = None,
-    ) -> list[UpdateJob]:
+    ) -> UpdatePlan:
         """A job per device (a rollout when there are several). Refuses, before anything is queued, an
-        image built for another platform or too large for a device (`FirmwareRejectedError`)."""
+        image built for another platform or too large for a device (`FirmwareRejectedError`), and a device
+        that is being sent another image right now (`UpdateConflictError`)."""
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: choose one of {', '.join(MODES)}")
-        if concurrency is not None and concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+        if concurrency is not None and not 1 <= concurrency <= 10_000:
+            raise ValueError("concurrency must be from 1 to 10000")
+        if max_attempts is not None and not 1 <= max_attempts <= 100:
+            raise ValueError("max_attempts must be from 1 to 100")
         info = parse_module(await self.library.load(firmware))
         records = []
         for device_id in device_ids:
-            record = await self.cloud.store.get_device(device_id.lower())
+            record = await self.cloud.store.devices.get(device_id.lower())
             if record is None:
                 raise DeviceNotFoundError(device_id)
             link = self.cloud.device_link(record.id)
@@ -282,20 +297,16 @@ class UpdateManager:
             except FirmwareRejectedError as exc:
                 raise FirmwareRejectedError(f"device {record.id}: {exc}", exc.reason) from None
             records.append(record)
+        superseded = []
         for record in records:
             for active in await self.store.list_jobs(device_id=record.id, unfinished=True):
                 if active.state is JobState.SENDING:
                     raise UpdateConflictError(f"device {record.id} is being sent update {active.id} right now")
+                superseded.append(active)
         rollout = uuid.uuid4().hex if len(records) > 1 or concurrency is not None else None
-        if rollout is not None and concurrency is not None:
-            self._rollout_slots[rollout] = asyncio.Semaphore(concurrency)
         now = self._clock()
-        jobs = []
-        for record in records:
-            for active in await self.store.list_jobs(device_id=record.id, unfinished=True):
-                self._cancel(active.id)
-                await self._finish(active, JobState.FAILED, "superseded", "a newer update of the device replaced it")
-            job = UpdateJob(
+        jobs = [
+            UpdateJob(
                 device_id=record.id,
                 firmware=firmware.sha256,
                 created_at=now,
@@ -306,10 +317,30 @@ class UpdateManager:
                 total_bytes=firmware.size,
                 updated_at=now,
             )
-            await self.store.add_job(job)
-            jobs.append(job)
-            self._spawn(job, firmware)
-        return jobs
+            for record in records
+        ]
+        return UpdatePlan(firmware, jobs, concurrency, superseded)
+
+    async def record(self, plan: UpdatePlan, tx: Repositories) -> None:
+        """Store the plan's jobs, and the end of the ones they replace, in the caller's transaction."""
+        now = self._clock()
+        for active in plan.superseded:
+            active.state, active.reason = JobState.FAILED, "superseded"
+            active.detail, active.finished_at, active.updated_at = "a newer update of the device replaced it", now, now
+            await tx.updates.save_job(replace(active))
+        for job in plan.jobs:
+            await tx.updates.add_job(job)
+
+    def launch(self, plan: UpdatePlan) -> None:
+        """Start the recorded jobs (after the transaction that stored them committed)."""
+        for active in plan.superseded:
+            self._cancel(active.id)
+            self._active.pop(active.id or 0, None)  # finished: what is stored says how
+        rollout = plan.jobs[0].rollout if plan.jobs else None
+        if rollout is not None and plan.concurrency is not None:
+            self._rollout_slots[rollout] = asyncio.Semaphore(plan.concurrency)
+        for job in plan.jobs:
+            self._spawn(job, plan.firmware)
 
     async def get(self, job_id: int) -> UpdateJob:
         job = self._active.get(job_id) or await self.store.get_job(job_id)

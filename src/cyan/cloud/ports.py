@@ -1,19 +1,34 @@
-"""The interfaces the cloud domain needs from storage and the event bus (design.md §1).
+"""The interfaces the cloud needs from storage and from the event bus (design.md §1).
 
-`cyan.store` and `cyan.bus` implement them; the domain never imports a database or a broker.
+Storage is cut by role, one repository each: devices, keys (policies, re-key windows, pending keys, claim
+codes), accounts, connection attempts, firmware and updates, audit. `Repositories` is all of them over one
+transaction; a `Store` hands out transactions and also offers each repository on its own, where every call
+commits by itself. The use cases (`cyan.app`) change state only inside `Store.transaction()`, so that a
+change and its audit entry are written together or not at all.
+
+`Bus` carries events between devices, event streams and nodes, knows which node holds which device
+(presence) and routes a request to that node.
+
+`cyan.store` and `cyan.bus` implement these, each beside an in-memory implementation; one contract suite
+per port (tests/ports/) runs against every implementation. The domain never imports a database or a broker.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from .models import (
     AccessToken,
+    AuditEntry,
+    ClaimCode,
+    CloudEvent,
     ConnectionAttempt,
     DeviceRecord,
     FirmwareRecord,
-    KeyAuditEntry,
     KeyPolicy,
     PendingKey,
     RekeyWindow,
@@ -21,7 +36,27 @@ from .models import (
     User,
 )
 
-__all__ = ["DeviceExistsError", "Store", "StoreUnavailableError", "UpdateStore", "UserExistsError"]
+__all__ = [
+    "AccountRepository",
+    "AttemptRepository",
+    "AuditRepository",
+    "Bus",
+    "BusSubscription",
+    "BusUnavailableError",
+    "DeviceExistsError",
+    "DeviceRepository",
+    "EventFilter",
+    "KeyRepository",
+    "NodeUnreachableError",
+    "Presence",
+    "Repositories",
+    "RequestHandler",
+    "Sessions",
+    "Store",
+    "StoreUnavailableError",
+    "UpdateRepository",
+    "UserExistsError",
+]
 
 
 class StoreUnavailableError(RuntimeError):
@@ -36,69 +71,104 @@ class UserExistsError(ValueError):
     """A user with this username already exists."""
 
 
-class Store(Protocol):
-    """Persistent state of the cloud. Every method raises `StoreUnavailableError` when the database fails."""
+class BusUnavailableError(RuntimeError):
+    """The bus (its broker) cannot be reached; the message says what failed."""
 
-    async def open(self) -> None:
-        """Connect and bring the schema up to date (migrations)."""
 
-    async def close(self) -> None: ...
+class NodeUnreachableError(ConnectionError):
+    """The node that holds a device did not answer a request routed to it."""
 
-    # -- devices --------------------------------------------------------------------------------
 
-    async def get_device(self, device_id: str) -> DeviceRecord | None: ...
+# -- storage --------------------------------------------------------------------------------------------
+#
+# Every method raises `StoreUnavailableError` when the database fails.
 
-    async def find_device(self, id_or_name: str) -> DeviceRecord | None:
+
+class DeviceRepository(Protocol):
+    """Registered devices: identity, owner, key, and what their connections last reported."""
+
+    async def get(self, device_id: str) -> DeviceRecord | None:
+        """By id, compared without regard to case."""
+
+    async def find(self, id_or_name: str) -> DeviceRecord | None:
         """By id (case-insensitive) or, failing that, by exact name."""
 
-    async def list_devices(self, owner: str | None = None) -> list[DeviceRecord]:
+    async def all(self, owner: str | None = None) -> list[DeviceRecord]:
         """All devices, or one owner's, ordered by id."""
 
-    async def add_device(self, device: DeviceRecord) -> None:
+    async def add(self, device: DeviceRecord) -> None:
         """Raises `DeviceExistsError` for a taken id or name."""
 
-    async def save_device(self, device: DeviceRecord) -> None:
+    async def add_many(self, devices: list[DeviceRecord]) -> None:
+        """All of them, or none when one id or name is taken (`DeviceExistsError` names the first)."""
+
+    async def save(self, device: DeviceRecord) -> None:
         """Insert or replace every field of the device (raises `DeviceExistsError` for a taken name)."""
 
-    async def update_device_state(self, device: DeviceRecord) -> bool:
-        """Write only what a connection learns (online, last heard and address, Hello and Describe
-        fields), never the name, owner or key, so a queued session update cannot undo a rename, a claim
-        or a key change made meanwhile. False if the device is not registered."""
+    async def update_states(self, devices: list[DeviceRecord]) -> None:
+        """Write only what a connection learns (online, last heard and address, Hello and Describe fields),
+        never the name, owner or key, so that a queued session update cannot undo a rename, a claim or a key
+        change made meanwhile. Unregistered devices are skipped."""
 
-    async def update_device_states(self, devices: list[DeviceRecord]) -> None:
-        """`update_device_state` for many devices in one transaction (unregistered ones are skipped)."""
-
-    async def remove_device(self, device_id: str) -> bool:
-        """True if it existed."""
+    async def remove(self, device_id: str) -> bool:
+        """Remove the device and what is kept about it (its pending keys, policy, re-key window, group
+        memberships and claim codes); True if it existed."""
 
     async def mark_all_offline(self) -> None:
         """At start-up: no device is connected to a process that just started."""
 
-    # -- connection attempts --------------------------------------------------------------------
 
-    async def record_attempt(self, attempt: ConnectionAttempt) -> int:
-        """Store the attempt, return its id."""
+class KeyRepository(Protocol):
+    """What decides which key a device may connect with: policies, re-key windows, pending keys; and the
+    claim codes that let their holders take ownerless devices."""
 
-    async def record_attempts(self, attempts: list[ConnectionAttempt]) -> None:
-        """Store many attempts in one transaction."""
+    async def get_policy(self, scope: str) -> KeyPolicy | None:
+        """The policy of a device id, or of the fleet for scope "*"; None when none was set."""
 
-    async def list_attempts(
-        self,
-        device_id: str | None = None,
-        *,
-        since: datetime | None = None,
-        peer_address: str | None = None,
-        limit: int = 100,
-    ) -> list[ConnectionAttempt]:
-        """Newest first. `device_id` None means all attempts, identified or not."""
+    async def set_policy(self, policy: KeyPolicy) -> None: ...
 
-    # -- users and access tokens ------------------------------------------------------------------
+    async def remove_policy(self, scope: str) -> bool: ...
+
+    async def list_policies(self) -> list[KeyPolicy]:
+        """Ordered by scope."""
+
+    async def get_rekey(self, device_id: str) -> RekeyWindow | None: ...
+
+    async def save_rekey(self, window: RekeyWindow) -> None:
+        """Arm, re-arm or update the device's window."""
+
+    async def remove_rekey(self, device_id: str) -> bool: ...
+
+    async def list_rekeys(self) -> list[RekeyWindow]:
+        """Ordered by the end of the window."""
+
+    async def save_pending_key(self, pending: PendingKey) -> None:
+        """Insert or replace the device's pending key with this fingerprint."""
+
+    async def list_pending_keys(self, device_id: str | None = None) -> list[PendingKey]:
+        """One device's, or every device's; oldest first."""
+
+    async def remove_pending_key(self, device_id: str, fingerprint: str | None = None) -> int:
+        """The pending key with this fingerprint, or every pending key of the device; how many."""
+
+    async def add_claim_code(self, code: ClaimCode) -> None: ...
+
+    async def take_claim_code(self, code_hash: str) -> ClaimCode | None:
+        """Remove the code and return it (used once), or None when there is none by that hash."""
+
+    async def remove_expired_claim_codes(self, now: datetime) -> int: ...
+
+
+class AccountRepository(Protocol):
+    """Users and their access tokens. Usernames are compared without regard to case."""
 
     async def add_user(self, user: User) -> None:
-        """Raises `UserExistsError` for a taken username (compared case-insensitively)."""
+        """Raises `UserExistsError` for a taken username."""
 
-    async def get_user(self, username: str) -> User | None:
-        """Case-insensitive lookup."""
+    async def get_user(self, username: str) -> User | None: ...
+
+    async def save_user(self, user: User) -> bool:
+        """Write the user's password hash and role; False when there is no such user."""
 
     async def list_users(self) -> list[User]:
         """Ordered by username."""
@@ -119,45 +189,27 @@ class Store(Protocol):
     async def remove_expired_tokens(self, now: datetime) -> int:
         """Delete tokens whose `expires_at` is at or before `now`; how many."""
 
-    # -- key policy (protocol.md §12.3) -----------------------------------------------------------
 
-    async def get_policy(self, scope: str) -> KeyPolicy | None:
-        """The policy of a device id, or of the fleet for scope "*"; None when none was set."""
+class AttemptRepository(Protocol):
+    """Every connection attempt on the device port and how far it got: the evidence diagnostics read."""
 
-    async def set_policy(self, policy: KeyPolicy) -> None: ...
+    async def add(self, attempts: list[ConnectionAttempt]) -> None:
+        """Store the attempts (in one transaction)."""
 
-    async def remove_policy(self, scope: str) -> bool: ...
-
-    async def list_policies(self) -> list[KeyPolicy]: ...
-
-    async def arm_rekey(self, window: RekeyWindow) -> None:
-        """Arm (or re-arm) the window of one device."""
-
-    async def get_rekey(self, device_id: str) -> RekeyWindow | None: ...
-
-    async def remove_rekey(self, device_id: str) -> bool: ...
-
-    async def list_rekeys(self) -> list[RekeyWindow]: ...
-
-    async def save_pending_key(self, pending: PendingKey) -> None:
-        """Insert or replace the device's pending key."""
-
-    async def get_pending_key(self, device_id: str) -> PendingKey | None: ...
-
-    async def remove_pending_key(self, device_id: str) -> bool: ...
-
-    async def list_pending_keys(self) -> list[PendingKey]:
-        """Oldest first."""
-
-    async def add_audit(self, entry: KeyAuditEntry) -> int: ...
-
-    async def list_audit(self, device_id: str | None = None, *, limit: int = 100) -> list[KeyAuditEntry]:
-        """Newest first."""
+    async def recent(
+        self,
+        device_id: str | None = None,
+        *,
+        since: datetime | None = None,
+        peer_address: str | None = None,
+        limit: int = 100,
+    ) -> list[ConnectionAttempt]:
+        """Newest first. `device_id` None means all attempts, identified or not."""
 
 
-class UpdateStore(Protocol):
+class UpdateRepository(Protocol):
     """Firmware metadata, update jobs and device groups (protocol.md §7). The binaries themselves are
-    files, kept by `cyan.store.FirmwareFiles`. Methods raise `StoreUnavailableError` as `Store`'s do."""
+    files, kept by `cyan.store.FirmwareFiles`."""
 
     async def save_firmware(self, firmware: FirmwareRecord) -> None:
         """Insert the record unless one with the same SHA-256 exists (the same bytes, the same record)."""
@@ -193,3 +245,157 @@ class UpdateStore(Protocol):
 
     async def list_groups(self) -> dict[str, int]:
         """Group names and their sizes."""
+
+
+class AuditRepository(Protocol):
+    """Who changed what, when: written in the transaction of the change."""
+
+    async def add(self, entry: AuditEntry) -> int:
+        """Store the entry; its id (also set on `entry`)."""
+
+    async def recent(
+        self, device_id: str | None = None, *, subject: str | None = None, limit: int = 100
+    ) -> list[AuditEntry]:
+        """Newest first: all entries, one device's, or those about one subject (a username)."""
+
+
+class Repositories(Protocol):
+    """Every repository, over one connection: a transaction, or the store's own per-call access."""
+
+    @property
+    def devices(self) -> DeviceRepository: ...
+
+    @property
+    def keys(self) -> KeyRepository: ...
+
+    @property
+    def accounts(self) -> AccountRepository: ...
+
+    @property
+    def attempts(self) -> AttemptRepository: ...
+
+    @property
+    def updates(self) -> UpdateRepository: ...
+
+    @property
+    def audit(self) -> AuditRepository: ...
+
+
+class Store(Repositories, Protocol):
+    """The database. Its repositories commit each call by itself; `transaction()` groups calls.
+
+    A transaction is serializable with respect to the other transactions of every process on the same
+    database: what it reads stays true until it commits. It commits when its block ends and rolls back when
+    the block raises.
+    """
+
+    async def open(self) -> None:
+        """Connect and bring the schema up to date (migrations)."""
+
+    async def close(self) -> None: ...
+
+    def transaction(self) -> AbstractAsyncContextManager[Repositories]: ...
+
+
+# -- the bus --------------------------------------------------------------------------------------------
+
+
+EventFilter = Callable[[CloudEvent], bool]
+#: Handles a request routed to this node: a typed message in, a typed reply out (`cyan.cloud.routing`).
+RequestHandler = Callable[[Any], Awaitable[Any]]
+
+
+class BusSubscription(Protocol):
+    """One subscriber's view of the events. `dropped` counts events lost to a slow reader."""
+
+    prefix: str
+    dropped: int
+    closed: bool
+
+    async def get(self) -> CloudEvent | None:
+        """The next event, or None once the subscription is closed."""
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """Which node holds a device's session, and which session (a newer one replaces an older)."""
+
+    node_id: str
+    session_id: str
+    since: datetime
+
+
+class Bus(Protocol):
+    """Events, presence and requests between the nodes of a cloud (one node in the embedded default).
+
+    Events reach every subscriber and listener on every node, in the order they were published by one
+    node. A subscriber that does not keep up loses its oldest events (and is told how many), and never
+    slows a publisher down.
+    """
+
+    node_id: str
+
+    def publish(self, event: CloudEvent) -> None:
+        """Send the event to every node; never blocks."""
+
+    def subscribe(
+        self, prefix: str = "", accept: EventFilter | None = None, *, capacity: int | None = None
+    ) -> BusSubscription:
+        """Events whose name starts with `prefix` and that `accept` takes."""
+
+    def add_listener(self, listener: Callable[[CloudEvent], None]) -> None:
+        """A synchronous callback for every event (the fan-out to devices); it must not block."""
+
+    def close_all(self) -> None:
+        """End every subscription of this node (shutdown): their readers get None."""
+
+    async def claim(self, device_id: str, session_id: str) -> Presence | None:
+        """This node now holds the device's session; returns the presence it replaced, if any."""
+
+    async def release(self, device_id: str, session_id: str) -> None:
+        """The session ended: forget it, unless a newer session of the device has replaced it."""
+
+    async def holder(self, device_id: str) -> Presence | None: ...
+
+    def serve(self, handler: RequestHandler) -> None:
+        """Answer the requests other nodes route to this one."""
+
+    async def request(self, node_id: str, message: Any, timeout: float) -> Any:
+        """Send `message` to the handler of `node_id` and return its reply; the handler's exception
+        (a `CloudError`) is raised here. `NodeUnreachableError` when the node does not answer in time."""
+
+    async def close(self) -> None:
+        """Leave the cluster: this node's presences go, its subscriptions end."""
+
+
+# -- live sessions ----------------------------------------------------------------------------------
+
+
+class Sessions(Protocol):
+    """What the use cases need of the devices' live sessions, wherever they are held (`cyan.cloud.service.Cloud`
+    in a server; the stored state when the command line works on the data alone)."""
+
+    async def connected(self, device_id: str) -> bool:
+        """The device has a session started with its registered key right now."""
+
+    def quarantined(self, device_id: str) -> bool:
+        """A client holds a quarantined session in the device's name (and the device has no proven one)."""
+
+    def live(self, device_id: str) -> DeviceRecord | None:
+        """The device's record as its session on this node keeps it (what it reported since connecting), or
+        None when it has no session here."""
+
+    async def owner_changed(self, device_id: str, owner: str | None) -> None:
+        """A claim or a release: the session and the routing of events follow the new owner."""
+
+    async def key_approved(self, device_id: str, fingerprint: str) -> None:
+        """A quarantined session with this key gets its access."""
+
+    async def key_rejected(self, device_id: str, fingerprint: str) -> None:
+        """A quarantined session with this key is closed."""
+
+    async def close_sessions(self, device_id: str, *, keep_key: str | None = None) -> None:
+        """Close the device's sessions (its key changed under them, or it was removed), except those started
+        with the key `keep_key` names: the device reconnects with the key it must now present."""

@@ -1,4 +1,4 @@
-"""Reading the records the server-side analysis needs from a `Store` (used by the API and the CLI)."""
+"""Reading the records the server-side analysis needs from the store (for `cyan.app.diagnostics`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 from datetime import datetime, timedelta
 
 from cyan.cloud.models import ConnectionAttempt
-from cyan.cloud.ports import Store
+from cyan.cloud.ports import Repositories
 
 from .server_evidence import (
     GROUP_GAP,
@@ -33,7 +33,7 @@ def _within(attempts: list[ConnectionAttempt], until: datetime | None) -> list[C
 
 
 async def doctor_from_store(
-    store: Store,
+    store: Repositories,
     id_or_name: str,
     *,
     now: datetime,
@@ -49,15 +49,15 @@ async def doctor_from_store(
     An id that is not registered still gets a report when `include_unregistered` (its attempts are recorded
     as `unknown_device`); the API passes False, since such records belong to nobody.
     """
-    record = await store.find_device(id_or_name)
+    record = await store.devices.find(id_or_name)
     if record is None and not (include_unregistered and _DEVICE_ID.match(id_or_name)):
         return None
     device_id = record.id if record is not None else id_or_name.lower()
     since = since or now - DEFAULT_PERIOD
-    mine = _within(await store.list_attempts(device_id, since=since, limit=_DEVICE_LIMIT), until)
+    mine = _within(await store.attempts.recent(device_id, since=since, limit=_DEVICE_LIMIT), until)
     unidentified: list[ConnectionAttempt] = []
     if record is not None and record.last_address:
-        everything = await store.list_attempts(None, since=since, limit=_ALL_LIMIT)
+        everything = await store.attempts.recent(None, since=since, limit=_ALL_LIMIT)
         unidentified = [a for a in _within(everything, until) if a.device_id is None]
     return build_doctor(
         device_id,
@@ -74,7 +74,7 @@ async def doctor_from_store(
 
 
 async def unidentified_from_store(
-    store: Store,
+    store: Repositories,
     *,
     now: datetime,
     since: datetime | None = None,
@@ -83,6 +83,6 @@ async def unidentified_from_store(
 ) -> list[UnidentifiedGroup]:
     """Every group of unidentified failed attempts in the period, related to the registered devices."""
     since = since or now - DEFAULT_PERIOD
-    attempts = _within(await store.list_attempts(None, since=since, limit=_ALL_LIMIT), until)
-    devices = await store.list_devices()
+    attempts = _within(await store.attempts.recent(None, since=since, limit=_ALL_LIMIT), until)
+    devices = await store.devices.all()
     return group_unidentified(attempts, devices, gap=gap)

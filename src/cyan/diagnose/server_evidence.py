@@ -57,6 +57,8 @@ LOOP_WINDOW = timedelta(minutes=15)
 GROUP_GAP = timedelta(minutes=30)
 #: Unidentified failures only a device holding another server key (or damaged key data) produces.
 _KEY_REASONS = frozenset({"nonce_mismatch", "malformed_identity"})
+#: Identified failures that say only that the key presented was not the device's registered one.
+_IMPOSTOR_REASONS = frozenset({"key_mismatch", "key_rejected"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -729,6 +731,18 @@ def build_doctor(
         ]
         groups = group_unidentified(nearby, [device] if device else [], min_failures=min_failures, loop_window=window)
     failures = [a for a in mine if a.outcome is AttemptOutcome.FAILED and (last_ok is None or a.started_at > last_ok)]
+    # Another key presented while the device was connected with its registered one (it is connected now, or
+    # was heard from after them) is not the device: someone knows its id (docs/keys.md "Unproven attempts").
+    # Those attempts say nothing of the device's health, and their key is never one to approve.
+    heard = device.last_heard if device is not None else None
+    impostors = [
+        a
+        for a in failures
+        if a.reason in _IMPOSTOR_REASONS
+        and last_ok is not None
+        and (is_online or (heard is not None and heard > a.started_at))
+    ]
+    failures = [a for a in failures if a not in impostors]
     findings: list[ServerFinding] = []
     said: list[str] = []
     if device is None:
@@ -755,6 +769,25 @@ def build_doctor(
             finding = _finding_for_reason(reason, found)
             findings.append(finding)
             said.append(f"Since then {len(found)} attempt(s) failed with {reason}: {finding.said}")
+    if impostors:
+        keys = sorted({a.presented_fingerprint or "(none)" for a in impostors})
+        findings.append(
+            ServerFinding(
+                None,
+                None,
+                "likely",
+                f"{len(impostors)} attempt(s) claimed this device's id with another key while it was connected with "
+                "its registered key: they were not the device. Someone knows its id (it is not a secret). Nothing "
+                "of the device was changed by them.",
+                "Do not approve a key presented this way; reject any that is pending (cyan policy reject ID "
+                "--fingerprint FP). Find the client by its address; block it at your firewall if it persists.",
+                [
+                    f"keys presented: {', '.join(keys)}",
+                    f"from {', '.join(sorted({host_of(a.peer_address) for a in impostors}))}",
+                ],
+            )
+        )
+        said.append(f"{len(impostors)} attempt(s) claimed its id with another key while it was connected.")
     totals: Counter[str] = Counter()
     for group in groups:
         totals.update(group.reasons)
@@ -768,7 +801,7 @@ def build_doctor(
                 else "."
             )
         )
-    if not failures:
+    if not failures and not impostors:
         # Several devices can share an address (NAT): the reasons that only a device with a wrong server key
         # produces come first, the ones any client can cause (a stall, a scanner) after them.
         for reason in sorted(totals, key=lambda r: (r not in _KEY_REASONS, -totals[r], r)):

@@ -125,7 +125,13 @@ class _Request:
 
 
 class ServerConnection(BaseConnection):
-    """One device connection, server side. Time (`now`, unix seconds) and randomness are injected."""
+    """One device connection, server side. Time and randomness are injected.
+
+    `now` drives every timer: any clock that only moves forward (a server passes the monotonic clock, so that a
+    step of the wall clock neither expires nor stretches a deadline). The one wall-clock reading the protocol
+    needs, the answer to a device's time request (§6.8), is `receive_data`'s `unix_time`, or `now` when none
+    is given (tests that use unix seconds for both).
+    """
 
     __slots__ = (
         "_accepted_at",
@@ -144,6 +150,7 @@ class ServerConnection(BaseConnection):
         "_server_key",
         "_tail_finished",
         "_token",
+        "_unix_time",
         "_update_tail",
         "config",
         "device_id",
@@ -178,6 +185,7 @@ class ServerConnection(BaseConnection):
         self._update_tail = False
         self._tail_finished = False
         self._discard_input = False
+        self._unix_time: float | None = None
         self._requests: dict[int, _Request] = {}  # by token
         self._by_message_id: dict[int, int] = {}  # message id -> token
         self._request_ids = 0
@@ -236,12 +244,13 @@ class ServerConnection(BaseConnection):
 
     # -- input --------------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes, now: float) -> None:
+    def receive_data(self, data: bytes, now: float, *, unix_time: float | None = None) -> None:
         """Feed bytes from the device. Raises `RemoteProtocolError` (and closes) on a protocol breach."""
         self._require_open()
         if not data:
             return
         self._last_received = now
+        self._unix_time = unix_time
         if self._discard_input:
             return  # the IV chain is lost after a legacy update's out-of-order frame; the device resets
         state = self.state
@@ -436,7 +445,7 @@ class ServerConnection(BaseConnection):
             if len(message.token) != 1:
                 self._ignore("time request without the 1-byte token", message)
                 return
-            unix_time = int(now)
+            unix_time = int(now if self._unix_time is None else self._unix_time)
             self._send(m.time_response(message.message_id, message.token, unix_time))
             self._events.append(TimeRequested(unix_time))
         elif code == Code.POST and first == b"d":

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cyan.cloud.errors import DeviceTimeoutError, FunctionRefusedError, UnknownVariableError
@@ -68,6 +69,10 @@ _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 _connection_ids = itertools.count(1)
 #: How much later than the armed timer a new deadline may be and still leave it armed (see `_arm_timer`).
 _TIMER_SLACK = 1.0
+#: The clock of every deadline: it only moves forward, so a step of the wall clock (NTP, an operator) neither
+#: expires every session at once nor postpones a timeout. Wall time is read only for records and for the
+#: answer to a device's time request.
+_now = time.monotonic
 
 
 class CloudPort(Protocol):
@@ -121,6 +126,7 @@ class DeviceProtocol(asyncio.Protocol):
         "_session_started",
         "_socket",
         "_started",
+        "_started_at",
         "_stored",
         "_system_describe",
         "_timer",
@@ -139,8 +145,9 @@ class DeviceProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._conn: ServerConnection | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_due = 0.0  # unix time the armed timer is for
-        self._started = 0.0
+        self._timer_due = 0.0  # `_now()` time the armed timer is for
+        self._started = 0.0  # `_now()` time of the connection
+        self._started_at = 0.0  # unix time of the connection, for its record
         self._record: DeviceRecord | None = None
         self._presented: str | None = None
         self._stored: str | None = None
@@ -168,6 +175,11 @@ class DeviceProtocol(asyncio.Protocol):
         """Unique in this process, for as long as it runs."""
         return self._id
 
+    @property
+    def key_fingerprint(self) -> str | None:
+        """The fingerprint of the key this session started with (the one the device presented)."""
+        return self._presented or self._stored
+
     # -- asyncio callbacks --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -179,7 +191,8 @@ class DeviceProtocol(asyncio.Protocol):
         self._socket = sock
         peer = transport.get_extra_info("peername")
         self.peer_address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self._started = time.time()
+        self._started = _now()
+        self._started_at = time.time()
         self._server._connections[self._id] = self
         # With key workers the core asks for its two RSA private-key operations instead of doing them here.
         server_key = None if self._server.key_workers else self._server.server_key
@@ -197,7 +210,7 @@ class DeviceProtocol(asyncio.Protocol):
         conn = self._conn
         if conn is None or conn.closed:
             return
-        self._drive(lambda: conn.receive_data(data, time.time()))
+        self._drive(lambda: conn.receive_data(data, _now(), unix_time=time.time()))
 
     def _drive(self, step: Callable[[], None]) -> None:
         """Give the core its input (`step`), then act on what it says and send what it queued. A protocol
@@ -214,7 +227,7 @@ class DeviceProtocol(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         conn = self._conn
         if conn is not None and not conn.closed:
-            conn.receive_eof(time.time())
+            conn.receive_eof(_now())
             self._handle_events()
         self._close()
         return None
@@ -226,7 +239,7 @@ class DeviceProtocol(asyncio.Protocol):
         conn = self._conn
         if conn is not None and not conn.closed:
             # The socket went away without a FIN we saw as EOF (a reset, or our own close).
-            conn.receive_eof(time.time())
+            conn.receive_eof(_now())
             self._handle_events()
         self._end_session()
         self._ota_lost()
@@ -264,14 +277,14 @@ class DeviceProtocol(asyncio.Protocol):
         if due is not None:
             loop = asyncio.get_running_loop()
             self._timer_due = due
-            self._timer = loop.call_at(loop.time() + max(0.0, due - time.time()), self._on_timer)
+            self._timer = loop.call_at(loop.time() + max(0.0, due - _now()), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         conn = self._conn
         if conn is None or conn.closed:
             return
-        now = time.time()
+        now = _now()
         conn.handle_timer(now)
         self._handle_events()
         if self._ota is not None and self._transport is not None:
@@ -287,14 +300,14 @@ class DeviceProtocol(asyncio.Protocol):
             self._on_event(event)
 
     def _on_event(self, event: Event) -> None:
-        if self._ota is not None and self._ota.handle_event(event, time.time()):
+        if self._ota is not None and self._ota.handle_event(event, _now()):
             # OTA answers (§7) drive the update; a closing connection or an event goes on below as well.
             self._ota_step()
         if isinstance(event, PrivateKeyOperationNeeded):
             self._server.run_private_key_operation(event, self._private_key_done)
         elif isinstance(event, DeviceIdentified):
             self.device_id = event.device_id
-            asyncio.get_running_loop().create_task(self._decide(event))
+            self._server.spawn(self._decide(event), f"decide on device {event.device_id}")
         elif isinstance(event, HelloReceived):
             assert self._record is not None
             self._record_attempt(AttemptOutcome.CONNECTED, Step.SESSION, None, None)
@@ -357,7 +370,7 @@ class DeviceProtocol(asyncio.Protocol):
         if isinstance(result, BaseException):
             self._drive(lambda: conn.private_key_failed(f"the server's private-key operation failed: {result!r}"))
         else:
-            self._drive(lambda: conn.private_key_done(result, time.time()))
+            self._drive(lambda: conn.private_key_done(result, _now()))
 
     async def _decide(self, event: DeviceIdentified) -> None:
         conn = self._conn
@@ -373,14 +386,16 @@ class DeviceProtocol(asyncio.Protocol):
         if conn.closed:
             return
         self._presented, self._stored = decision.presented_fingerprint, decision.stored_fingerprint
-        if decision.trusted_key is None:
+        if decision.trusted_key_der is None:
             assert decision.reason is not None
             conn.reject(decision.reason, decision.detail)
             self._handle_events()
             return
         self._record = record
         self._quarantined = decision.quarantined
-        conn.accept(decision.trusted_key, time.time())
+        trusted = serialization.load_der_public_key(decision.trusted_key_der)
+        assert isinstance(trusted, rsa.RSAPublicKey)
+        conn.accept(trusted, _now())
         self._handle_events()
         self._flush()
 
@@ -392,7 +407,7 @@ class DeviceProtocol(asyncio.Protocol):
         self._attempt_recorded = True
         self._cloud.record_attempt(
             ConnectionAttempt(
-                started_at=datetime.fromtimestamp(self._started, UTC),
+                started_at=datetime.fromtimestamp(self._started_at, UTC),
                 peer_address=self.peer_address,
                 outcome=outcome,
                 step=step.value,
@@ -401,7 +416,10 @@ class DeviceProtocol(asyncio.Protocol):
                 device_id=self.device_id or None,
                 presented_fingerprint=self._presented,
                 stored_fingerprint=self._stored,
-                duration=round(time.time() - self._started, 6),
+                duration=round(_now() - self._started, 6),
+                # Only a session started with the registered key proves the device is who it says; a failure
+                # or a quarantined session proved nothing (docs/keys.md "Unproven attempts").
+                proven=None if not self.device_id else outcome is AttemptOutcome.CONNECTED and not self._quarantined,
             )
         )
 
@@ -439,7 +457,7 @@ class DeviceProtocol(asyncio.Protocol):
                 "device %s disconnected from %s after %.0f s (connection %d)",
                 self.device_id,
                 self.peer_address,
-                time.time() - self._started,
+                _now() - self._started,
                 self._id,
             )
             self._cloud.session_ended(self)
@@ -472,12 +490,12 @@ class DeviceProtocol(asyncio.Protocol):
             future.set_exception(error)
 
     async def call_function(self, name: str, argument: str, timeout: float) -> int:
-        result: int = await self._request(lambda c: c.call_function(name, argument, time.time(), timeout))
+        result: int = await self._request(lambda c: c.call_function(name, argument, _now(), timeout))
         return result
 
     async def read_variable(self, name: str, timeout: float) -> tuple[bytes, VariableValue | None]:
         result: tuple[bytes, VariableValue | None] = await self._request(
-            lambda c: c.read_variable(name, time.time(), timeout)
+            lambda c: c.read_variable(name, _now(), timeout)
         )
         return result
 
@@ -489,7 +507,7 @@ class DeviceProtocol(asyncio.Protocol):
         self._flush()
 
     async def signal(self, on: bool, timeout: float) -> None:
-        await self._request(lambda c: c.signal(on, time.time(), timeout))
+        await self._request(lambda c: c.signal(on, _now(), timeout))
 
     def close(self) -> None:
         self._close()
@@ -509,7 +527,7 @@ class DeviceProtocol(asyncio.Protocol):
             done.set_exception(RuntimeError(f"device {self.device_id} is being updated already"))
             return done
         try:
-            self._ota = OtaSender(conn, image, time.time(), fast=fast, config=self._server.ota_config)
+            self._ota = OtaSender(conn, image, _now(), fast=fast, config=self._server.ota_config)
         except (LocalProtocolError, ValueError) as exc:
             done.set_exception(exc)
             return done
@@ -537,7 +555,7 @@ class DeviceProtocol(asyncio.Protocol):
 
     def _ota_lost(self) -> None:
         if self._ota is not None:
-            self._ota.connection_lost(time.time())
+            self._ota.connection_lost(_now())
             self._ota_step()
         for waiter in self._describe_waiters:
             if not waiter.done():
@@ -556,7 +574,7 @@ class DeviceProtocol(asyncio.Protocol):
                 return None
             if ask:
                 with contextlib.suppress(LocalProtocolError):
-                    conn.request_describe(time.time(), flags=1, timeout=timeout / 2)
+                    conn.request_describe(_now(), flags=1, timeout=timeout / 2)
                     self._flush()
             waiter: asyncio.Future[None] = loop.create_future()
             self._describe_waiters.append(waiter)
@@ -673,6 +691,7 @@ class DeviceServer:
         self.ota_config = ota_config or OtaConfig()
         self._server: asyncio.Server | None = None
         self._connections: dict[int, DeviceProtocol] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -713,6 +732,20 @@ class DeviceServer:
 
     def connection(self, connection_id: int) -> DeviceProtocol | None:
         return self._connections.get(connection_id)
+
+    def spawn(self, work: Awaitable[None], what: str) -> None:
+        """Run `work` beside the connections, keeping a reference (a task nobody holds can vanish) and logging
+        its failure."""
+
+        async def run() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("could not %s", what)
+
+        task = asyncio.get_running_loop().create_task(run(), name=f"cyan-server-{what}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     @property
     def connection_count(self) -> int:

@@ -15,17 +15,19 @@ import logging
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from cyan.cloud.service import Cloud, VariableValue
-from cyan.keys import public_key_der
-from cyan.protocol import Hello, OtaConfig, OtaOutcome, ServerConfig
+from cyan.cloud.keypolicy import Decision
+from cyan.cloud.models import ConnectionAttempt, DeviceRecord
+from cyan.cloud.service import DeviceLink, VariableValue
+from cyan.protocol import Hello, OtaConfig, OtaOutcome, ServerConfig, SubscriptionScope
 
+from . import _messages as msg
 from ._ipc import Channel
 
-__all__ = ["DeviceProcesses", "RemoteLink"]
+__all__ = ["DeviceProcesses", "ParentCloud", "RemoteLink"]
 
 log = logging.getLogger("cyan.server.processes")
 
@@ -36,41 +38,69 @@ _STOP_TIMEOUT = 10.0
 _RESTART_DELAY = 1.0
 
 
+class ParentCloud(Protocol):
+    """What the device processes' sessions are reported to (`cyan.app.handshake.DeviceGateway`): the device
+    server's `CloudPort`, over links that stand for the devices in the children."""
+
+    def authorize(
+        self, device_id: str, presented_der: bytes | None, peer_address: str = ""
+    ) -> Awaitable[tuple[Decision, DeviceRecord | None]]: ...
+
+    def record_attempt(self, attempt: ConnectionAttempt) -> None: ...
+
+    def session_started(
+        self, link: DeviceLink, record: DeviceRecord, hello: Hello, *, quarantined: bool = False
+    ) -> None: ...
+
+    def session_ended(self, link: DeviceLink) -> None: ...
+
+    def heard_from(self, link: DeviceLink) -> None: ...
+
+    def describe_received(self, link: DeviceLink, document: dict[str, Any]) -> None: ...
+
+    def event_from_device(self, link: DeviceLink, name: str, data: bytes | None, ttl: int, private: bool) -> None: ...
+
+    def subscription_from_device(
+        self, link: DeviceLink, prefix: str, scope: SubscriptionScope, device_id: str | None
+    ) -> None: ...
+
+
 class RemoteLink:
     """A device served by a device process (`cyan.cloud.service.DeviceLink`)."""
 
-    def __init__(
-        self, process: _DeviceProcess, connection_id: int, device_id: str, peer_address: str, hello: Hello
-    ) -> None:
+    def __init__(self, process: _DeviceProcess, started: msg.SessionStarted) -> None:
         self._process = process
-        self.connection_id = connection_id
-        self.device_id = device_id
-        self.peer_address = peer_address
-        self.hello: Hello | None = hello
-        self.max_binary_size: int | None = None
+        self.connection_id = started.connection_id
+        self.device_id = started.device_id
+        self.peer_address = started.peer_address
+        self.key_fingerprint = started.key_fingerprint
+        self.hello: Hello | None = started.hello
+        self.max_binary_size: int | None = started.max_binary_size
 
     def call_function(self, name: str, argument: str, timeout: float) -> asyncio.Future[int]:
-        return self._process.request("call", self.connection_id, name, argument, timeout)
+        return self._process.request(lambda r: msg.CallFunction(r, self.connection_id, name, argument, timeout))
 
     def read_variable(self, name: str, timeout: float) -> asyncio.Future[tuple[bytes, VariableValue | None]]:
-        return self._process.request("read", self.connection_id, name, timeout)
+        return self._process.request(lambda r: msg.ReadVariable(r, self.connection_id, name, timeout))
 
     def send_event(self, name: str, data: str | None, ttl: int, private: bool) -> None:
-        self._process.send("send_event", self.connection_id, name, data, ttl, private)
+        self._process.send(msg.SendEvent(self.connection_id, name, data, ttl, private))
 
     def signal(self, on: bool, timeout: float) -> asyncio.Future[None]:
-        return self._process.request("signal", self.connection_id, on, timeout)
+        return self._process.request(lambda r: msg.Signal(r, self.connection_id, on, timeout))
 
     def close(self) -> None:
-        self._process.send("close", self.connection_id)
+        self._process.send(msg.Close(self.connection_id))
 
     def system_describe(self, timeout: float) -> asyncio.Future[dict[str, Any] | None]:
-        return self._process.request("system_describe", self.connection_id, timeout)
+        return self._process.request(lambda r: msg.SystemDescribe(r, self.connection_id, timeout))
 
     def update_firmware(
         self, image: bytes, *, fast: bool | None, progress: Callable[[int, int], None] | None = None
     ) -> asyncio.Future[OtaOutcome]:
-        return self._process.request("update", self.connection_id, image, fast, progress=progress)
+        return self._process.request(
+            lambda r: msg.UpdateFirmware(r, self.connection_id, image, fast), progress=progress
+        )
 
 
 class _DeviceProcess:
@@ -110,14 +140,15 @@ class _DeviceProcess:
         _, self.channel = await loop.create_connection(lambda: Channel(self._on_message, self._on_lost), sock=parent)
         owner = self.owner
         self.send(
-            "configure",
-            owner.key_path,
-            owner.host,
-            port,
-            owner.config,
-            owner.ota_config,
-            owner.key_workers,
-            logging.getLogger().getEffectiveLevel(),
+            msg.Configure(
+                owner.key_path,
+                owner.host,
+                port,
+                owner.config,
+                owner.ota_config,
+                owner.key_workers,
+                logging.getLogger().getEffectiveLevel(),
+            )
         )
         try:
             return await asyncio.wait_for(self._ready, _START_TIMEOUT)
@@ -143,90 +174,89 @@ class _DeviceProcess:
 
     # -- to the child -------------------------------------------------------------------------------
 
-    def send(self, *message: Any) -> None:
+    def send(self, message: msg.Message) -> None:
         if self.channel is not None:
-            self.channel.send(*message)
+            self.channel.send(message)
 
     def request(
-        self, kind: str, connection_id: int, *args: Any, progress: Callable[[int, int], None] | None = None
+        self, build: Callable[[int], msg.Message], *, progress: Callable[[int, int], None] | None = None
     ) -> asyncio.Future[Any]:
+        """Send the command `build(request_id)` makes; the future gets the child's result."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self.channel is None or self.channel.closed:
             future.set_exception(ConnectionError("the device's process is gone"))
             return future
         request = next(self._requests)
         self._pending[request] = (future, progress)
-        self.send(kind, request, connection_id, *args)
+        self.send(build(request))
         return future
 
     # -- from the child -------------------------------------------------------------------------------
 
-    def _on_message(self, message: tuple[Any, ...]) -> None:
-        kind = message[0]
+    def _on_message(self, message: msg.Message) -> None:
         cloud = self.cloud
-        if kind == "authorize":
-            self._spawn(self._authorize(*message[1:]))
-        elif kind == "attempt":
-            cloud.record_attempt(message[1])
-        elif kind == "started":
-            connection_id, device_id, peer, record, hello, max_binary_size, quarantined = message[1:]
-            link = RemoteLink(self, connection_id, device_id, peer, hello)
-            link.max_binary_size = max_binary_size
-            self.links[connection_id] = link
-            cloud.session_started(link, record, hello, quarantined=quarantined)
-        elif kind == "ended":
-            ended = self.links.pop(message[1], None)
+        if isinstance(message, msg.Authorize):
+            self._spawn(self._authorize(message))
+        elif isinstance(message, msg.AttemptRecorded):
+            cloud.record_attempt(message.attempt)
+        elif isinstance(message, msg.SessionStarted):
+            link = RemoteLink(self, message)
+            self.links[message.connection_id] = link
+            cloud.session_started(link, message.record, message.hello, quarantined=message.quarantined)
+        elif isinstance(message, msg.SessionEnded):
+            ended = self.links.pop(message.connection_id, None)
             if ended is not None:
                 cloud.session_ended(ended)
-        elif kind == "heard":
-            for connection_id in message[1]:
+        elif isinstance(message, msg.Heard):
+            for connection_id in message.connection_ids:
                 if (known := self.links.get(connection_id)) is not None:
                     cloud.heard_from(known)
-        elif kind == "describe":
-            if (known := self.links.get(message[1])) is not None:
-                cloud.describe_received(known, message[2])
-        elif kind == "event":
-            connection_id, name, data, ttl, private, max_binary_size = message[1:]
-            if (known := self.links.get(connection_id)) is not None:
-                known.max_binary_size = max_binary_size
-                cloud.event_from_device(known, name, data, ttl, private)
-        elif kind == "subscribe":
-            if (known := self.links.get(message[1])) is not None:
-                cloud.subscription_from_device(known, *message[2:])
-        elif kind == "result":
-            waiting = self._pending.pop(message[1], None)
+        elif isinstance(message, msg.DescribeReceived):
+            if (known := self.links.get(message.connection_id)) is not None:
+                cloud.describe_received(known, message.document)
+        elif isinstance(message, msg.EventPublished):
+            if (known := self.links.get(message.connection_id)) is not None:
+                known.max_binary_size = message.max_binary_size
+                cloud.event_from_device(known, message.name, message.data, message.ttl, message.private)
+        elif isinstance(message, msg.SubscriptionRequested):
+            if (known := self.links.get(message.connection_id)) is not None:
+                cloud.subscription_from_device(known, message.prefix, message.scope, message.device_id)
+        elif isinstance(message, msg.CommandResult):
+            waiting = self._pending.pop(message.request, None)
             if waiting is not None and not waiting[0].done():
-                if message[2]:
-                    waiting[0].set_result(message[3])
+                if message.ok:
+                    waiting[0].set_result(message.value)
                 else:
-                    waiting[0].set_exception(message[3])
-        elif kind == "progress":
-            waiting = self._pending.get(message[1])
+                    waiting[0].set_exception(message.value)
+        elif isinstance(message, msg.CommandProgress):
+            waiting = self._pending.get(message.request)
             if waiting is not None and waiting[1] is not None:
-                waiting[1](message[2], message[3])
-        elif kind == "ready":
+                waiting[1](message.delivered, message.total)
+        elif isinstance(message, msg.Ready):
             if self._ready is not None and not self._ready.done():
-                self._ready.set_result(message[1])
+                self._ready.set_result(message.port)
         else:
-            log.error("device process %d sent an unknown message %r", self.index, kind)
+            log.error("device process %d sent an unexpected %s", self.index, type(message).__name__)
 
-    async def _authorize(self, request: int, device_id: str, presented_der: bytes | None, peer: str) -> None:
+    async def _authorize(self, request: msg.Authorize) -> None:
         try:
-            decision, record = await self.cloud.authorize(device_id, presented_der, peer)
+            decision, record = await self.cloud.authorize(
+                request.device_id, request.presented_der, request.peer_address
+            )
         except Exception as exc:  # the child rejects the device with server_error, naming the cause
-            self.send("decision", request, exc)
+            self.send(msg.KeyDecision(request.request, error=exc))
             return
-        trusted = None if decision.trusted_key is None else public_key_der(decision.trusted_key)
         self.send(
-            "decision",
-            request,
-            trusted,
-            decision.reason,
-            decision.detail,
-            decision.presented_fingerprint,
-            decision.stored_fingerprint,
-            decision.quarantined,
-            record,
+            msg.KeyDecision(
+                request.request,
+                decision.trusted_key_der,
+                decision.reason,
+                decision.detail,
+                decision.presented_fingerprint,
+                decision.stored_fingerprint,
+                decision.quarantined,
+                record,
+            )
         )
 
     def _spawn(self, work: Any) -> None:
@@ -254,7 +284,7 @@ class DeviceProcesses:
 
     def __init__(
         self,
-        cloud: Cloud,
+        cloud: ParentCloud,
         key_path: Path,
         count: int,
         *,

@@ -25,10 +25,11 @@ from typing import Any
 
 from cyan.cloud.keypolicy import Decision
 from cyan.cloud.models import ConnectionAttempt, DeviceRecord
-from cyan.keys import load_private_key, load_public_key
+from cyan.keys import load_private_key
 from cyan.limits import ensure_file_limit
 from cyan.protocol import Hello, SubscriptionScope
 
+from . import _messages as msg
 from ._ipc import Channel
 from .device_server import DeviceProtocol, DeviceServer
 
@@ -46,14 +47,14 @@ class RelayCloud:
     def __init__(self) -> None:
         self.channel: Channel | None = None
         self.server: DeviceServer | None = None
-        self._replies: dict[int, asyncio.Future[Any]] = {}
+        self._replies: dict[int, asyncio.Future[msg.KeyDecision]] = {}
         self._request_ids = itertools.count(1)
         self._heard: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def _send(self, *message: Any) -> None:
+    def _send(self, message: msg.Message) -> None:
         assert self.channel is not None
-        self.channel.send(*message)
+        self.channel.send(message)
 
     # -- what the device server calls (cyan.server.device_server.CloudPort) ------------------------
 
@@ -61,104 +62,117 @@ class RelayCloud:
         self, device_id: str, presented_der: bytes | None, peer_address: str = ""
     ) -> tuple[Decision, DeviceRecord | None]:
         request = next(self._request_ids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[msg.KeyDecision] = asyncio.get_running_loop().create_future()
         self._replies[request] = future
-        self._send("authorize", request, device_id, presented_der, peer_address)
+        self._send(msg.Authorize(request, device_id, presented_der, peer_address))
         try:
-            trusted_der, reason, detail, presented, stored, quarantined, record = await future
+            answer = await future
         finally:
             self._replies.pop(request, None)
-        trusted = None if trusted_der is None else load_public_key(trusted_der)
-        return Decision(trusted, reason, detail, presented, stored, quarantined, record), record
+        if answer.error is not None:  # the parent could not decide (its database...)
+            raise answer.error
+        decision = Decision(
+            answer.trusted_key_der,
+            answer.reason,
+            answer.detail,
+            answer.presented_fingerprint,
+            answer.stored_fingerprint,
+            answer.quarantined,
+            answer.record,
+        )
+        return decision, answer.record
 
     def record_attempt(self, attempt: ConnectionAttempt) -> None:
-        self._send("attempt", attempt)
+        self._send(msg.AttemptRecorded(attempt))
 
     def session_started(
         self, link: DeviceProtocol, record: DeviceRecord, hello: Hello, *, quarantined: bool = False
     ) -> None:
         self._send(
-            "started",
-            link.connection_id,
-            link.device_id,
-            link.peer_address,
-            record,
-            hello,
-            link.max_binary_size,
-            quarantined,
+            msg.SessionStarted(
+                link.connection_id,
+                link.device_id,
+                link.peer_address,
+                link.key_fingerprint,
+                record,
+                hello,
+                link.max_binary_size,
+                quarantined,
+            )
         )
 
     def session_ended(self, link: DeviceProtocol) -> None:
         self._heard.discard(link.connection_id)
-        self._send("ended", link.connection_id)
+        self._send(msg.SessionEnded(link.connection_id))
 
     def heard_from(self, link: DeviceProtocol) -> None:
         self._heard.add(link.connection_id)  # reported in batches (`report_heard`)
 
     def describe_received(self, link: DeviceProtocol, document: dict[str, Any]) -> None:
-        self._send("describe", link.connection_id, document)
+        self._send(msg.DescribeReceived(link.connection_id, document))
 
     def event_from_device(self, link: DeviceProtocol, name: str, data: bytes | None, ttl: int, private: bool) -> None:
-        self._send("event", link.connection_id, name, data, ttl, private, link.max_binary_size)
+        self._send(msg.EventPublished(link.connection_id, name, data, ttl, private, link.max_binary_size))
 
     def subscription_from_device(
         self, link: DeviceProtocol, prefix: str, scope: SubscriptionScope, device_id: str | None
     ) -> None:
-        self._send("subscribe", link.connection_id, prefix, scope, device_id)
+        self._send(msg.SubscriptionRequested(link.connection_id, prefix, scope, device_id))
 
     async def report_heard(self) -> None:
         while True:
             await asyncio.sleep(HEARD_INTERVAL)
             if self._heard:
                 heard, self._heard = self._heard, set()
-                self._send("heard", list(heard))
+                self._send(msg.Heard(list(heard)))
 
     # -- what the parent sends --------------------------------------------------------------------
 
-    def on_message(self, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == "decision":
-            future = self._replies.get(message[1])
+    def on_message(self, message: msg.Message) -> None:
+        if isinstance(message, msg.KeyDecision):
+            future = self._replies.get(message.request)
             if future is not None and not future.done():
-                if isinstance(message[2], Exception):  # the parent could not decide (its database...)
-                    future.set_exception(message[2])
-                else:
-                    future.set_result(message[2:])
+                future.set_result(message)
             return
         server = self.server
-        # ("send_event" | "close", connection, ...) or (command, request, connection, *arguments)
-        connection_id = message[1] if kind in ("send_event", "close") else message[2]
-        link = None if server is None else server.connection(connection_id)
-        if kind == "send_event":
-            if link is not None:
-                link.send_event(*message[2:])
-        elif kind == "close":
-            if link is not None:
-                link.close()
-        else:
-            request = message[1]
+        if isinstance(message, msg.SendEvent | msg.Close):
+            link = None if server is None else server.connection(message.connection_id)
             if link is None:
-                self._send("result", request, False, ConnectionError("the device disconnected"))
                 return
-            self._run(request, self._command(link, kind, request, message[3:]))
+            if isinstance(message, msg.SendEvent):
+                link.send_event(message.name, message.data, message.ttl, message.private)
+            else:
+                link.close()
+            return
+        if not isinstance(
+            message, msg.CallFunction | msg.ReadVariable | msg.Signal | msg.SystemDescribe | msg.UpdateFirmware
+        ):
+            log.error("the parent process sent an unexpected %s", type(message).__name__)
+            return
+        link = None if server is None else server.connection(message.connection_id)
+        if link is None:
+            self._send(msg.CommandResult(message.request, False, ConnectionError("the device disconnected")))
+            return
+        self._run(message.request, self._command(link, message))
 
-    def _command(self, link: DeviceProtocol, kind: str, request: int, args: tuple[Any, ...]) -> Awaitable[Any]:
-        if kind == "call":
-            return link.call_function(*args)
-        if kind == "read":
-            return link.read_variable(*args)
-        if kind == "signal":
-            return link.signal(*args)
-        if kind == "system_describe":
-            return link.system_describe(*args)
-        if kind == "update":
-            image, fast = args
-            return link.update_firmware(image, fast=fast, progress=self._progress(request))
-        raise ValueError(f"unknown command {kind!r} from the parent process")
+    def _command(
+        self,
+        link: DeviceProtocol,
+        message: msg.CallFunction | msg.ReadVariable | msg.Signal | msg.SystemDescribe | msg.UpdateFirmware,
+    ) -> Awaitable[Any]:
+        if isinstance(message, msg.CallFunction):
+            return link.call_function(message.name, message.argument, message.timeout)
+        if isinstance(message, msg.ReadVariable):
+            return link.read_variable(message.name, message.timeout)
+        if isinstance(message, msg.Signal):
+            return link.signal(message.on, message.timeout)
+        if isinstance(message, msg.SystemDescribe):
+            return link.system_describe(message.timeout)
+        return link.update_firmware(message.image, fast=message.fast, progress=self._progress(message.request))
 
     def _progress(self, request: int) -> Callable[[int, int], None]:
         def report(delivered: int, total: int) -> None:
-            self._send("progress", request, delivered, total)
+            self._send(msg.CommandProgress(request, delivered, total))
 
         return report
 
@@ -167,9 +181,9 @@ class RelayCloud:
             try:
                 result = await work
             except Exception as exc:  # the caller in the parent gets the same exception
-                self._send("result", request, False, exc)
+                self._send(msg.CommandResult(request, False, exc))
             else:
-                self._send("result", request, True, result)
+                self._send(msg.CommandResult(request, True, result))
 
         task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
@@ -180,34 +194,34 @@ async def _serve(fd: int) -> None:
     loop = asyncio.get_running_loop()
     relay = RelayCloud()
     stopped = asyncio.Event()
-    configured: asyncio.Future[tuple[Any, ...]] = loop.create_future()
+    configured: asyncio.Future[msg.Configure] = loop.create_future()
 
-    def first(message: tuple[Any, ...]) -> None:
-        if message[0] == "configure" and not configured.done():
-            configured.set_result(message[1:])
+    def first(message: msg.Message) -> None:
+        if isinstance(message, msg.Configure) and not configured.done():
+            configured.set_result(message)
         else:
             relay.on_message(message)
 
     sock = socket.socket(fileno=fd)
     _, channel = await loop.create_connection(lambda: Channel(first, stopped.set), sock=sock)
     relay.channel = channel
-    key_path, host, port, config, ota_config, key_workers, log_level = await configured
-    logging.getLogger().setLevel(log_level)  # the parent's (--debug)
-    key = load_private_key(key_path.read_bytes())
+    setup = await configured
+    logging.getLogger().setLevel(setup.log_level)  # the parent's (--debug)
+    key = load_private_key(setup.key_path.read_bytes())
     ensure_file_limit()
     server = DeviceServer(
         relay,
         key,
-        host=host,
-        port=port,
-        config=config,
-        ota_config=ota_config,
-        key_workers=key_workers,
+        host=setup.host,
+        port=setup.port,
+        config=setup.config,
+        ota_config=setup.ota_config,
+        key_workers=setup.key_workers,
         reuse_port=True,
     )
     relay.server = server
     await server.start()
-    channel.send("ready", server.port)
+    channel.send(msg.Ready(server.port))
     heard = loop.create_task(relay.report_heard())
     for signum in (signal.SIGTERM, signal.SIGINT):
         # The parent decides when to stop (it closes the channel, or sends SIGTERM); Ctrl-C in a terminal

@@ -2,6 +2,7 @@
 
 SQLite (one file, WAL mode) is the embedded default. The schema is migrated by the Alembic scripts shipped
 in ``migrations/`` whenever a store opens, so a newer cyan upgrades an older database in place.
+`MemoryStore` keeps everything in memory, for tests and for trying things out.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from sqlalchemy.exc import ArgumentError
 from cyan.cloud.ports import Store
 
 from ._files import FirmwareFiles
+from ._memory import MemoryStore
 from ._sqlite import SqliteStore
 
-__all__ = ["FirmwareFiles", "SqliteStore", "open_store"]
+__all__ = ["FirmwareFiles", "MemoryStore", "SqliteStore", "open_store"]
 
 _SQLITE_DRIVERS = {"sqlite", "sqlite+aiosqlite"}
 

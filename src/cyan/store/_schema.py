@@ -24,17 +24,23 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "UTCDateTime",
     "access_tokens",
+    "audit",
+    "claim_codes",
     "connection_attempts",
     "device_groups",
     "devices",
     "firmware",
+    "key_policies",
     "metadata",
+    "pending_keys",
+    "rekey_windows",
     "update_jobs",
     "users",
 ]
@@ -120,6 +126,8 @@ connection_attempts = Table(
     Column("presented_fingerprint", String(255)),
     Column("stored_fingerprint", String(255)),
     Column("duration", Float),
+    # NULL for unidentified attempts (and for those recorded before this column existed but not connected).
+    Column("proven", Boolean),
     Index(None, "device_id", "started_at"),
     Index(None, "peer_address", "started_at"),
     # The unfiltered "latest attempts" view of the dashboard.
@@ -135,6 +143,7 @@ users = Table(
     # Text: the length depends on the hashing parameters, and a later scheme may need more room.
     Column("password_hash", Text, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    Column("role", String(16), nullable=False, server_default="user"),
 )
 
 access_tokens = Table(
@@ -158,6 +167,7 @@ key_policies = Table(
     Column("trust_on_first_use", Boolean, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("updated_by", String(255), nullable=False),
+    Column("self_registration", Boolean, nullable=False, server_default=false()),
 )
 
 rekey_windows = Table(
@@ -167,14 +177,20 @@ rekey_windows = Table(
     Column("until", UTCDateTime, nullable=False),
     Column("armed_by", String(255), nullable=False),
     Column("armed_at", UTCDateTime, nullable=False),
+    Column("accepted_fingerprint", String(255)),
+    Column("accepted_at", UTCDateTime),
+    Column("previous_key_der", LargeBinary),
+    Column("previous_fingerprint", String(255)),
 )
 
 pending_keys = Table(
     "pending_keys",
     metadata,
+    # A device may have several pending keys (two new keys in one re-key window, or an impersonator's beside
+    # the device's own): approving one names its fingerprint.
     Column("device_id", String(64), primary_key=True),
+    Column("fingerprint", String(255), primary_key=True),
     Column("public_key_der", LargeBinary, nullable=False),
-    Column("fingerprint", String(255), nullable=False),
     Column("stored_fingerprint", String(255)),
     Column("first_seen", UTCDateTime, nullable=False),
     Column("last_seen", UTCDateTime, nullable=False),
@@ -182,18 +198,37 @@ pending_keys = Table(
     Column("peer_address", String(255)),
 )
 
-key_audit = Table(
-    "key_audit",
+audit = Table(
+    "audit",
     metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("at", UTCDateTime, nullable=False),
-    Column("device_id", String(64), nullable=False),
+    # NULL for what concerns no device: accounts, tokens, the server key.
+    Column("device_id", String(64)),
     Column("action", String(64), nullable=False),
     Column("actor", String(255), nullable=False),
     Column("old_fingerprint", String(255)),
     Column("new_fingerprint", String(255)),
     Column("detail", Text),
+    Column("subject", String(255)),
     Index(None, "device_id", "at"),
+    Index(None, "subject", "at"),
+    Index(None, "at"),
+)
+
+claim_codes = Table(
+    "claim_codes",
+    metadata,
+    # The code's SHA-256: a leaked database gives no usable code.
+    Column("code_hash", String(64), primary_key=True),
+    Column("issued_by", String(255), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    # A code for one device (an admin's), or for an account to which presenting devices go (Particle's).
+    Column("device_id", String(64)),
+    Column("claimant", String(255)),
+    Index(None, "device_id"),
+    Index(None, "expires_at"),
 )
 
 firmware = Table(

@@ -1,17 +1,20 @@
-"""Helpers for the store tests: running a scenario on a fresh event loop, and sample records."""
+"""Helpers for the store tests (tests/ports and tests/store): a scenario on a fresh event loop, sample records."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from cyan.cloud.models import AttemptOutcome, ConnectionAttempt, DeviceRecord, Variable
+from cyan.store import MemoryStore, SqliteStore
 
 T = TypeVar("T")
+#: Opens the store under test: the same data each time it is called, as a database file is (tests/ports).
+StoreFactory = Callable[[], MemoryStore | SqliteStore]
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 DEVICE_ID = "0123456789abcdef01234567"

@@ -1,0 +1,245 @@
+"""Accounts: users, their roles, and access tokens. Every change is audited in its own transaction.
+
+Passwords are hashed with scrypt and tokens kept only as their SHA-256 (`cyan.cloud.auth`). Checking a
+password costs ~50 ms of CPU on purpose; it runs on a worker thread so that logging in never stalls the
+devices and requests served by the same event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from cyan.cloud.auth import DEFAULT_TOKEN_LIFETIME, check_username, hash_password, hash_token, verify_password
+from cyan.cloud.errors import (
+    AlreadyExistsError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from cyan.cloud.models import AccessToken, AuditEntry, Role, User
+from cyan.cloud.ports import UserExistsError
+
+from ._context import AppContext
+from .actors import Actor
+
+__all__ = ["MAX_TOKEN_LIFETIME", "AccountUseCases", "InvalidCredentialsError", "IssuedToken"]
+
+#: The longest lifetime a token may be given in seconds (ten years); 0 or None asks for one that never expires.
+MAX_TOKEN_LIFETIME = 10 * 365 * 24 * 3600
+_MIN_PASSWORD = 8
+_MAX_PASSWORD = 1024
+#: A client id is shown in listings and the audit trail: short, printable.
+_MAX_CLIENT_ID = 64
+
+
+class InvalidCredentialsError(ValueError):
+    """Unknown user or wrong password (deliberately not saying which)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    token: str
+    record: AccessToken
+
+
+def _lifetime(expires_in: int | None) -> int | None:
+    if expires_in is None or expires_in == 0:
+        return None
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int) or not 0 < expires_in <= MAX_TOKEN_LIFETIME:
+        raise InvalidInputError(
+            f"expires_in is a number of seconds from 1 to {MAX_TOKEN_LIFETIME}, or 0 for a token that never expires",
+            "expires_in",
+        )
+    return expires_in
+
+
+def _password(password: str) -> str:
+    if not isinstance(password, str) or not _MIN_PASSWORD <= len(password) <= _MAX_PASSWORD:
+        raise InvalidInputError(f"the password must have {_MIN_PASSWORD} to {_MAX_PASSWORD} characters", "password")
+    return password
+
+
+def _client(client_id: str) -> str:
+    text = "".join(c for c in str(client_id) if c.isprintable())[:_MAX_CLIENT_ID]
+    return text or "unknown"
+
+
+class AccountUseCases:
+    def __init__(self, ctx: AppContext) -> None:
+        self._ctx = ctx
+
+    # -- users ------------------------------------------------------------------------------------
+
+    async def create_user(self, actor: Actor, username: str, password: str, *, role: Role = Role.USER) -> User:
+        """A new account (admins)."""
+        if not actor.is_admin:
+            raise PermissionDeniedError("creating accounts is an admin's act")
+        try:
+            username = check_username(username)
+        except ValueError as exc:
+            raise InvalidInputError(str(exc), "username") from None
+        digest = await asyncio.to_thread(hash_password, _password(password))
+        now = self._ctx.clock()
+        user = User(username, digest, now, Role(role))
+        async with self._ctx.store.transaction() as tx:
+            try:
+                await tx.accounts.add_user(user)
+            except UserExistsError as exc:
+                raise AlreadyExistsError(str(exc)) from None
+            await tx.audit.add(
+                AuditEntry(now, None, "user_created", actor.name, detail=f"role {user.role.value}", subject=username)
+            )
+        return user
+
+    async def remove_user(self, actor: Actor, username: str) -> None:
+        """Remove an account (the account itself, or an admin): its tokens are revoked and its devices
+        released."""
+        username = str(username).lower()
+        if not (actor.is_admin or actor.username == username):
+            raise NotFoundError(f"no user {username!r}")
+        now = self._ctx.clock()
+        async with self._ctx.store.transaction() as tx:
+            owned = [d.id for d in await tx.devices.all(owner=username)]
+            if not await tx.accounts.remove_user(username):
+                raise NotFoundError(f"no user {username!r}")
+            await tx.audit.add(
+                AuditEntry(
+                    now, None, "user_removed", actor.name, detail=f"{len(owned)} device(s) released", subject=username
+                )
+            )
+        for device_id in owned:
+            await self._ctx.sessions.owner_changed(device_id, None)
+
+    async def set_role(self, actor: Actor, username: str, role: Role) -> User:
+        if not actor.is_admin:
+            raise PermissionDeniedError("roles are an admin's to give")
+        try:
+            role = Role(role)
+        except ValueError:
+            raise InvalidInputError("role is admin or user", "role") from None
+        now = self._ctx.clock()
+        async with self._ctx.store.transaction() as tx:
+            user = await tx.accounts.get_user(str(username))
+            if user is None:
+                raise NotFoundError(f"no user {username!r}")
+            old = user.role
+            user.role = role
+            await tx.accounts.save_user(user)
+            await tx.audit.add(
+                AuditEntry(
+                    now, None, "role_changed", actor.name, detail=f"{old.value} -> {role.value}", subject=user.username
+                )
+            )
+        return user
+
+    async def users(self, actor: Actor) -> list[User]:
+        if not actor.is_admin:
+            raise PermissionDeniedError("the list of accounts is for admins")
+        return await self._ctx.store.accounts.list_users()
+
+    async def get_user(self, actor: Actor, username: str) -> User:
+        """An account: the account itself, or any for an admin."""
+        if not (actor.is_admin or actor.username == str(username).lower()):
+            raise NotFoundError(f"no user {username!r}")
+        user = await self._ctx.store.accounts.get_user(str(username))
+        if user is None:
+            raise NotFoundError(f"no user {username!r}")
+        return user
+
+    # -- tokens -----------------------------------------------------------------------------------
+
+    async def authenticate(self, username: str, password: str) -> User:
+        """The user if the password is theirs; `InvalidCredentialsError` otherwise, taking as long either way
+        so that a response time does not reveal who exists."""
+        if not isinstance(password, str) or len(password) > _MAX_PASSWORD or not isinstance(username, str):
+            raise InvalidCredentialsError("user credentials are invalid")
+        user = await self._ctx.store.accounts.get_user(username) if len(username) <= 255 else None
+        stored = user.password_hash if user is not None else _decoy()
+        if not await asyncio.to_thread(verify_password, password, stored) or user is None:
+            raise InvalidCredentialsError("user credentials are invalid")
+        return user
+
+    async def login(self, username: str, password: str, client_id: str, expires_in: int | None) -> IssuedToken:
+        """A token for whoever knows the password (the OAuth password grant)."""
+        lifetime = _lifetime(expires_in)
+        user = await self.authenticate(username, password)
+        return await self._issue(Actor.account(user.username, user.role), user, client_id, lifetime)
+
+    async def create_token(
+        self, actor: Actor, username: str, expires_in: int | None = DEFAULT_TOKEN_LIFETIME
+    ) -> IssuedToken:
+        """A token for an account: its own, or any for an admin (`cyan tokens create`)."""
+        lifetime = _lifetime(expires_in)
+        if not (actor.is_admin or actor.username == str(username).lower()):
+            raise NotFoundError(f"no user {username!r}")
+        user = await self._ctx.store.accounts.get_user(str(username))
+        if user is None:
+            raise NotFoundError(f"no user {username!r}")
+        return await self._issue(actor, user, "cyan-cli", lifetime)
+
+    async def _issue(self, actor: Actor, user: User, client_id: str, lifetime: int | None) -> IssuedToken:
+        token = secrets.token_hex(20)
+        now = self._ctx.clock()
+        expires = now + timedelta(seconds=lifetime) if lifetime else None
+        record = AccessToken(hash_token(token), user.username, _client(client_id), now, expires)
+        async with self._ctx.store.transaction() as tx:
+            await tx.accounts.add_token(record)
+            await tx.audit.add(
+                AuditEntry(
+                    now,
+                    None,
+                    "token_created",
+                    actor.name,
+                    detail=f"client {record.client_id}; token {record.token_hash[:12]}",
+                    subject=user.username,
+                )
+            )
+        return IssuedToken(token, record)
+
+    async def resolve(self, token: str) -> Actor | None:
+        """The account a token acts for, if the token is valid now."""
+        if not token or len(token) > 512:
+            return None
+        store = self._ctx.store
+        record = await store.accounts.get_token(hash_token(token))
+        if record is None or (record.expires_at is not None and record.expires_at <= self._ctx.clock()):
+            return None
+        user = await store.accounts.get_user(record.username)
+        if user is None:
+            return None
+        return Actor.account(user.username, user.role)
+
+    async def revoke(self, token: str, *, actor: Actor | None = None) -> bool:
+        """Revoke a token. Knowing it is what authorises revoking it (`particle token revoke` sends no other
+        credentials)."""
+        if not token or len(token) > 512:
+            return False
+        digest = hash_token(token)
+        now = self._ctx.clock()
+        async with self._ctx.store.transaction() as tx:
+            record = await tx.accounts.get_token(digest)
+            if record is None:
+                return False
+            await tx.accounts.remove_token(digest)
+            who = actor.name if actor is not None else record.username
+            await tx.audit.add(
+                AuditEntry(now, None, "token_revoked", who, detail=f"token {digest[:12]}", subject=record.username)
+            )
+        return True
+
+    async def tokens(self, actor: Actor, username: str | None = None) -> list[AccessToken]:
+        """An account's tokens (hashes, never the tokens): its own, or any account's for an admin."""
+        name = str(username or actor.username or "").lower()
+        if not (actor.is_admin or actor.username == name):
+            raise NotFoundError(f"no user {username!r}")
+        return await self._ctx.store.accounts.list_tokens(name)
+
+
+@functools.cache
+def _decoy() -> str:
+    """A hash to check unknown users' passwords against, so that they take as long as known ones."""
+    return hash_password("not a real password")

@@ -1,0 +1,328 @@
+"""Devices: who may register, claim, release, rename and remove them, and who may see them.
+
+Every change happens in one transaction with its audit entry (docs/keys.md "Who may do what").
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, replace
+from datetime import timedelta
+
+from cyan.cloud.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    DeviceNotFoundError,
+    InvalidInputError,
+    PermissionDeniedError,
+)
+from cyan.cloud.models import AuditEntry, ClaimCode, DeviceRecord
+from cyan.cloud.ports import DeviceExistsError, Repositories
+from cyan.keys import KeyFormatError, check_device_public_key, fingerprint, load_public_key, public_key_der
+
+from ._context import AppContext, check_device_id, check_device_name, hash_secret, use_claim_code, visible_device
+from .actors import Actor
+
+__all__ = ["ClaimCodeIssued", "DeviceUseCases", "DeviceView", "NewDevice", "checked_device_key"]
+
+#: How long a claim code stays good (Particle's are good for a day too).
+CLAIM_CODE_LIFETIME = timedelta(hours=24)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    """A device as its owner sees it: the record (the live one while it is connected) and its state."""
+
+    record: DeviceRecord
+    online: bool
+    quarantined: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NewDevice:
+    """A device to register: its id, public key (SubjectPublicKeyInfo DER) and optional name and owner."""
+
+    device_id: str
+    public_key_der: bytes
+    name: str | None = None
+    owner: str | None = None
+    product_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimCodeIssued:
+    code: str
+    expires_in: int
+    #: The devices the issuer owns (Particle's answer lists them).
+    device_ids: list[str]
+
+
+def checked_device_key(der: bytes) -> tuple[bytes, str]:
+    """A device public key as stored (DER) and its fingerprint; `InvalidInputError` for a key no Gen 2
+    device can have."""
+    try:
+        public = load_public_key(der)
+        check_device_public_key(public)
+    except KeyFormatError as exc:
+        raise InvalidInputError(f"the public key cannot be used: {exc}", "publicKey") from None
+    der = public_key_der(public)
+    return der, fingerprint(der)
+
+
+class DeviceUseCases:
+    def __init__(self, ctx: AppContext) -> None:
+        self._ctx = ctx
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    async def get(self, actor: Actor, id_or_name: str) -> DeviceView:
+        record = await visible_device(self._ctx.store, actor, id_or_name)
+        return self._view(record)
+
+    async def mine(self, actor: Actor, *, everyone: bool = False) -> list[DeviceView]:
+        """The actor's devices; `everyone`: the whole fleet (admins only)."""
+        if everyone and not actor.is_admin:
+            raise PermissionDeniedError("only admins list every device of the fleet")
+        owner = None if everyone else actor.username
+        if owner is None and not everyone:
+            return []
+        return [self._view(record) for record in await self._ctx.store.devices.all(owner=owner)]
+
+    def _view(self, record: DeviceRecord) -> DeviceView:
+        sessions = self._ctx.sessions
+        live = sessions.live(record.id)
+        shown = record
+        if live is not None:
+            shown = replace(live, name=record.name, owner=record.owner, key_fingerprint=record.key_fingerprint)
+        return DeviceView(shown, live is not None, sessions.quarantined(record.id))
+
+    # -- registering ------------------------------------------------------------------------------
+
+    async def register(self, actor: Actor, devices: list[NewDevice]) -> list[DeviceRecord]:
+        """Register new devices with their keys (`cyan devices add`, fleet provisioning): admins only, all
+        of them or none."""
+        if not actor.is_admin:
+            raise PermissionDeniedError("registering devices is an admin's act (docs/keys.md)")
+        now = self._ctx.clock()
+        records = []
+        for new in devices:
+            der, key_fingerprint = checked_device_key(new.public_key_der)
+            records.append(
+                DeviceRecord(
+                    id=check_device_id(new.device_id),
+                    name=None if new.name is None else check_device_name(new.name),
+                    owner=new.owner.lower() if new.owner else None,
+                    public_key_der=der,
+                    key_fingerprint=key_fingerprint,
+                    product_id=new.product_id,
+                    created_at=now,
+                )
+            )
+        async with self._ctx.store.transaction() as tx:
+            for owner in {r.owner for r in records if r.owner is not None}:
+                if await tx.accounts.get_user(owner) is None:
+                    raise InvalidInputError(f"no user {owner!r}; create it with cyan users add", "owner")
+            try:
+                await tx.devices.add_many(records)
+            except DeviceExistsError as exc:
+                raise AlreadyExistsError(str(exc)) from None
+            for record in records:
+                detail = f"owner {record.owner}" if record.owner else "no owner"
+                await tx.audit.add(
+                    AuditEntry(now, record.id, "registered", actor.name, None, record.key_fingerprint, detail)
+                )
+        return records
+
+    # -- owners -----------------------------------------------------------------------------------
+
+    async def claim(
+        self, actor: Actor, device_id: str, *, claim_code: str | None = None, owner: str | None = None
+    ) -> DeviceRecord:
+        """Make a device the actor's (or, for an admin, `owner`'s). An ownerless device may be claimed by an
+        admin, or with a claim code issued for it; a device of someone else's is not found."""
+        device_id = check_device_id(device_id)
+        if owner is not None and not actor.is_admin:
+            raise PermissionDeniedError("only admins claim devices for another account")
+        new_owner = (owner or actor.username or "").lower()
+        if not new_owner:
+            raise InvalidInputError("say whose the device becomes", "owner")
+        now = self._ctx.clock()
+        async with self._ctx.store.transaction() as tx:
+            record = await tx.devices.get(device_id)
+            if record is None:
+                raise DeviceNotFoundError(device_id)
+            if record.owner == new_owner:
+                return record
+            how = await self._may_take(tx, actor, record, claim_code)
+            if owner is not None and await tx.accounts.get_user(new_owner) is None:
+                raise InvalidInputError(f"no user {new_owner!r}", "owner")
+            record.owner = new_owner
+            await tx.devices.save(record)
+            await tx.audit.add(AuditEntry(now, device_id, "claimed", actor.name, detail=how, subject=new_owner))
+        await self._ctx.sessions.owner_changed(device_id, new_owner)
+        return record
+
+    async def _may_take(self, tx: Repositories, actor: Actor, record: DeviceRecord, claim_code: str | None) -> str:
+        """How the actor may take this device, or `DeviceNotFoundError` as if it did not exist."""
+        if record.owner is not None:
+            if actor.is_admin:
+                raise ConflictError(f"device {record.id} belongs to {record.owner}; release it first")
+            raise DeviceNotFoundError(record.id)
+        if actor.is_admin:
+            return "by an admin"
+        if claim_code and await use_claim_code(tx, claim_code, record.id, self._ctx.clock()):
+            return "with a claim code"
+        raise DeviceNotFoundError(record.id)
+
+    async def release(self, actor: Actor, id_or_name: str) -> DeviceRecord:
+        """The device is no longer the owner's (`particle device remove`); it stays registered."""
+        now = self._ctx.clock()
+        async with self._ctx.store.transaction() as tx:
+            record = await visible_device(tx, actor, id_or_name)
+            previous = record.owner
+            if previous is None:
+                return record
+            record.owner = None
+            await tx.devices.save(record)
+            await tx.audit.add(AuditEntry(now, record.id, "released", actor.name, subject=previous))
+        await self._ctx.sessions.owner_changed(record.id, None)
+        return record
+
+    async def rename(self, actor: Actor, id_or_name: str, name: str) -> DeviceRecord:
+        name = check_device_name(name)
+        now = self._ctx.clock()
+        async with self._ctx.store.transaction() as tx:
+            record = await visible_device(tx, actor, id_or_name)
+            old = record.name
+            if old == name:
+                return record
+            record.name = name
+            try:
+                await tx.devices.save(record)
+            except DeviceExistsError:
+                # Whose name it is stays unsaid: names can be probed otherwise.
+                raise AlreadyExistsError(f"the name {name!r} is already in use") from None
+            await tx.audit.add(AuditEntry(now, record.id, "renamed", actor.name, detail=f"{old} -> {name}"))
+        live = self._ctx.sessions.live(record.id)
+        if live is not None:
+            live.name = name
+        return record
+
+    async def remove(self, actor: Actor, id_or_name: str) -> DeviceRecord:
+        """Forget the device and its key (admins only): it can no longer connect until registered again."""
+        if not actor.is_admin:
+            raise PermissionDeniedError("removing a device from the registry is an admin's act; release it instead")
+        now = self._ctx.clock()
+        async with self._ctx.store.transaction() as tx:
+            record = await visible_device(tx, actor, id_or_name)
+            await tx.devices.remove(record.id)
+            await tx.audit.add(
+                AuditEntry(now, record.id, "removed", actor.name, record.key_fingerprint, None, subject=record.owner)
+            )
+        await self._ctx.sessions.close_sessions(record.id)
+        return record
+
+    # -- claim codes --------------------------------------------------------------------------------
+
+    async def issue_claim_code(self, actor: Actor, device: str | None = None) -> ClaimCodeIssued:
+        """A claim code (shown once; only its hash is kept).
+
+        With `device` (admins): a code for that ownerless device, to hand to whoever should own it. Without:
+        a code for the actor's own account, which a device presents after connecting to be claimed by it
+        (Particle's `POST /v1/device_claims`).
+        """
+        now = self._ctx.clock()
+        code = secrets.token_urlsafe(24)
+        async with self._ctx.store.transaction() as tx:
+            if device is not None:
+                if not actor.is_admin:
+                    raise PermissionDeniedError("only admins issue claim codes for a device")
+                record = await visible_device(tx, actor, device)
+                if record.owner is not None:
+                    raise ConflictError(f"device {record.id} belongs to {record.owner} already")
+                entry = ClaimCode(hash_secret(code), actor.name, now, now + CLAIM_CODE_LIFETIME, device_id=record.id)
+                audit = AuditEntry(now, record.id, "claim_code_issued", actor.name)
+            else:
+                if actor.username is None:
+                    raise InvalidInputError("a claim code for an account is issued by that account", "device")
+                entry = ClaimCode(hash_secret(code), actor.name, now, now + CLAIM_CODE_LIFETIME, claimant=actor.name)
+                audit = AuditEntry(now, None, "claim_code_issued", actor.name, subject=actor.name)
+            await tx.keys.remove_expired_claim_codes(now)
+            await tx.keys.add_claim_code(entry)
+            await tx.audit.add(audit)
+            owned = [] if actor.username is None else [r.id for r in await tx.devices.all(owner=actor.username)]
+        return ClaimCodeIssued(code, int(CLAIM_CODE_LIFETIME.total_seconds()), owned)
+
+    async def claimed_by_device(self, device_id: str, code: str) -> DeviceRecord | None:
+        """A device that proved its identity presented a claim code (`spark/device/claim/code`): an ownerless
+        device goes to the account that issued the code. Anything else changes nothing (and says so in the
+        log by the caller)."""
+        now = self._ctx.clock()
+        if not 8 <= len(code) <= 128:
+            return None
+        try:
+            async with self._ctx.store.transaction() as tx:
+                record = await tx.devices.get(device_id)
+                if record is None or record.owner is not None:
+                    return None
+                found = await tx.keys.take_claim_code(hash_secret(code))
+                if found is None or found.claimant is None or found.expires_at <= now:
+                    raise _NoClaim  # rolls the use of the code back
+                if await tx.accounts.get_user(found.claimant) is None:
+                    raise _NoClaim
+                record.owner = found.claimant
+                await tx.devices.save(record)
+                await tx.audit.add(
+                    AuditEntry(
+                        now,
+                        device_id,
+                        "claimed",
+                        "device",
+                        detail="with a claim code it presented",
+                        subject=record.owner,
+                    )
+                )
+        except _NoClaim:
+            return None
+        await self._ctx.sessions.owner_changed(device_id, record.owner)
+        return record
+
+    # -- groups -----------------------------------------------------------------------------------
+
+    async def group(self, actor: Actor, group: str, devices: list[str], *, remove: bool = False) -> int:
+        """Add devices (ids or names the actor sees) to a group, or remove them; how many changed."""
+        if not isinstance(group, str) or not group or len(group) > 64 or not group.isprintable():
+            raise InvalidInputError("a group name is 1 to 64 printable characters", "group")
+        async with self._ctx.store.transaction() as tx:
+            ids = [(await visible_device(tx, actor, device)).id for device in devices]
+            change = tx.updates.remove_from_group if remove else tx.updates.add_to_group
+            changed = await change(group, ids)
+            if changed:
+                action = "ungrouped" if remove else "grouped"
+                for device_id in ids:
+                    await tx.audit.add(AuditEntry(self._ctx.clock(), device_id, action, actor.name, detail=group))
+        return changed
+
+    async def groups(self, actor: Actor) -> dict[str, int]:
+        """Every group and how many of the actor's devices are in it (admins: all devices)."""
+        found: dict[str, int] = {}
+        store = self._ctx.store
+        for name in await store.updates.list_groups():
+            members = await self.group_members(actor, name)
+            if members:
+                found[name] = len(members)
+        return found
+
+    async def group_members(self, actor: Actor, group: str) -> list[str]:
+        """The ids of the group's devices the actor sees: another account's devices are not named."""
+        store = self._ctx.store
+        members = []
+        for device_id in await store.updates.list_group(group):
+            record = await store.devices.get(device_id)
+            if record is not None and actor.sees(record):
+                members.append(device_id)
+        return members
+
+
+class _NoClaim(Exception):
+    """A presented claim code that does not apply: the transaction is rolled back, nothing changes."""

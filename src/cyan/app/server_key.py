@@ -1,0 +1,83 @@
+"""The server's own key: which one the devices were given, and when it may change.
+
+Every device holds the server's public key (protocol.md §11); a server that starts with another key locks
+all of them out at once, with nothing on the device but a failed handshake. So the key in use is recorded in
+the audit trail, a server whose key file went missing does not quietly make a new one, and replacing the key
+is a deliberate, audited act (`cyan serve --new-server-key`).
+"""
+
+from __future__ import annotations
+
+from cyan.cloud.errors import CloudError
+from cyan.cloud.models import AuditEntry
+
+from ._context import AppContext
+from .actors import Actor
+
+__all__ = ["SERVER_KEY", "ServerKeyChangedError", "ServerKeyMissingError", "ServerKeyUseCases"]
+
+#: The audit trail's subject for entries about the server key.
+SERVER_KEY = "server_key"
+
+
+class ServerKeyMissingError(CloudError):
+    def __init__(self, path: str, expected: str | None, devices: int) -> None:
+        known = f"the devices expect the server key {expected}" if expected else f"{devices} device(s) are registered"
+        super().__init__(
+            f"the server key {path} is missing, and {known}: a new key would lock every device out (their "
+            "handshakes would fail with nonce_mismatch)"
+        )
+        self.hint = (
+            f"restore {path} from a backup (its fingerprint must be {expected}); or, to give every device a new "
+            "key file over DFU, start once with --new-server-key"
+            if expected
+            else f"restore {path} from a backup, or start once with --new-server-key to make a new one"
+        )
+
+
+class ServerKeyChangedError(CloudError):
+    def __init__(self, path: str, expected: str, found: str) -> None:
+        super().__init__(
+            f"the server key {path} is {found}, but the devices were given {expected}: with it, every device's "
+            "handshake would fail"
+        )
+        self.hint = (
+            f"put back the key with the fingerprint {expected}; or, if the change is deliberate, start once with "
+            "--new-server-key (the devices then need the new key file over DFU)"
+        )
+
+
+class ServerKeyUseCases:
+    def __init__(self, ctx: AppContext) -> None:
+        self._ctx = ctx
+
+    async def expected(self) -> str | None:
+        """The fingerprint of the server key devices were last given, as the audit trail records it."""
+        entries = await self._ctx.store.audit.recent(subject=SERVER_KEY, limit=1)
+        return entries[0].new_fingerprint if entries else None
+
+    async def check(self, path: str, found: str | None) -> None:
+        """Before a server starts with the key file it found (its fingerprint), or none: raise when that
+        would lock registered devices out; record the key in use the first time."""
+        expected = await self.expected()
+        if found is None:
+            devices = len(await self._ctx.store.devices.all())
+            if expected is not None or devices:
+                raise ServerKeyMissingError(path, expected, devices)
+            return
+        if expected is None:
+            await self._record("server_key_in_use", Actor.system("server"), None, found, "recorded at start-up")
+        elif expected != found:
+            raise ServerKeyChangedError(path, expected, found)
+
+    async def created(self, actor: Actor, fingerprint: str) -> None:
+        await self._record("server_key_created", actor, None, fingerprint, "a new data directory")
+
+    async def replaced(self, actor: Actor, old: str | None, new: str, kept_as: str | None) -> None:
+        detail = f"the old key file is kept as {kept_as}" if kept_as else "there was no key file to keep"
+        await self._record("server_key_replaced", actor, old, new, detail)
+
+    async def _record(self, action: str, actor: Actor, old: str | None, new: str, detail: str) -> None:
+        entry = AuditEntry(self._ctx.clock(), None, action, actor.name, old, new, detail, SERVER_KEY)
+        async with self._ctx.store.transaction() as tx:
+            await tx.audit.add(entry)

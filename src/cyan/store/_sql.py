@@ -1,0 +1,842 @@
+"""The repositories of `cyan.cloud.ports` in SQL, through SQLAlchemy Core: one implementation for every
+database the store runs on.
+
+A repository does not know whether it runs inside a transaction: it asks its `Access` for a connection to
+read or to write, and the access hands out either a connection of its own per call (committed when the call
+ends) or the one connection of the transaction it belongs to.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+from sqlalchemy import bindparam, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cyan.cloud.models import (
+    AccessToken,
+    AttemptOutcome,
+    AuditEntry,
+    ClaimCode,
+    ConnectionAttempt,
+    DeviceRecord,
+    FirmwareRecord,
+    JobState,
+    KeyPolicy,
+    KeyPolicyMode,
+    PendingKey,
+    RekeyWindow,
+    Role,
+    UpdateJob,
+    User,
+    Variable,
+)
+from cyan.cloud.ports import DeviceExistsError, UserExistsError
+
+from ._schema import (
+    access_tokens,
+    audit,
+    claim_codes,
+    connection_attempts,
+    device_groups,
+    devices,
+    firmware,
+    key_policies,
+    pending_keys,
+    rekey_windows,
+    update_jobs,
+    users,
+)
+
+__all__ = ["Access", "SqlRepositories", "device_from_row", "raw_device_columns"]
+
+Statements = Literal["one", "several"]
+
+
+class Access(Protocol):
+    """How a repository reaches the database."""
+
+    def reading(self, action: str) -> AbstractAsyncContextManager[AsyncConnection]: ...
+
+    def writing(
+        self, action: str, *, conflicts: bool = False, statements: Statements = "one"
+    ) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection to write with. `conflicts` lets `IntegrityError` through (and, inside a transaction,
+        confines the failed statement to a savepoint so the transaction goes on); a block that runs more than
+        one statement says so, so that they form one transaction."""
+        ...
+
+    def point_read(self, sql: str, params: tuple[Any, ...], action: str) -> tuple[Any, ...] | Literal[False] | None:
+        """One row by a plain SQL statement, without SQLAlchemy, where the store has a fast path for it (the
+        handshake's device lookup); False when it has none here (inside a transaction, or another database)."""
+        ...
+
+
+# -- rows <-> records ---------------------------------------------------------------------------
+
+
+def _aware(value: datetime, field: str) -> datetime:
+    # Checked before the query runs: a naive datetime is the caller's mistake, not the database's.
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{field} must be an aware datetime, got the naive {value.isoformat()}")
+    return value
+
+
+def _optional_aware(value: datetime | None, field: str) -> datetime | None:
+    return None if value is None else _aware(value, field)
+
+
+def _device_values(device: DeviceRecord) -> dict[str, Any]:
+    return {
+        "id": device.id.lower(),
+        "name": device.name,
+        "owner": device.owner,
+        "public_key_der": device.public_key_der,
+        "key_fingerprint": device.key_fingerprint,
+        "platform_id": device.platform_id,
+        "product_id": device.product_id,
+        "product_version": device.product_version,
+        "system_version": device.system_version,
+        "hello_flags": device.hello_flags,
+        "functions": list(device.functions),
+        "variables": [{"name": variable.name, "type": variable.type} for variable in device.variables],
+        "online": device.online,
+        "last_heard": _optional_aware(device.last_heard, "last_heard"),
+        "last_address": device.last_address,
+        "created_at": _optional_aware(device.created_at, "created_at"),
+    }
+
+
+#: The columns of a device in table order, for the plain-SQL point read.
+_DEVICE_COLUMNS = tuple(column.name for column in devices.columns)
+
+
+def raw_device_columns() -> tuple[str, ...]:
+    return _DEVICE_COLUMNS
+
+
+_SELECT_DEVICE = f"SELECT {', '.join(_DEVICE_COLUMNS)} FROM devices WHERE id = ?"
+_REKEY_COLUMNS = tuple(column.name for column in rekey_windows.columns)
+_SELECT_REKEY = f"SELECT {', '.join(_REKEY_COLUMNS)} FROM rekey_windows WHERE device_id = ?"
+_REKEY_TIMES = ("until", "armed_at", "accepted_at")
+
+
+def _raw_time(value: str | None) -> datetime | None:
+    """A UTCDateTime column read without SQLAlchemy: SQLite holds the UTC wall time as ISO text."""
+    return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+def device_from_row(row: Mapping[Any, Any], *, raw: bool = False) -> DeviceRecord:
+    """A device from a row; `raw`: the row comes straight from sqlite3, so JSON and times are still text."""
+    functions, variables = row["functions"], row["variables"]
+    last_heard, created_at = row["last_heard"], row["created_at"]
+    if raw:
+        functions, variables = json.loads(functions), json.loads(variables)
+        last_heard, created_at = _raw_time(last_heard), _raw_time(created_at)
+    return DeviceRecord(
+        id=row["id"],
+        name=row["name"],
+        owner=row["owner"],
+        public_key_der=row["public_key_der"],
+        key_fingerprint=row["key_fingerprint"],
+        platform_id=row["platform_id"],
+        product_id=row["product_id"],
+        product_version=row["product_version"],
+        system_version=row["system_version"],
+        hello_flags=row["hello_flags"],
+        functions=list(functions),
+        variables=[Variable(name=item["name"], type=item["type"]) for item in variables],
+        online=bool(row["online"]),
+        last_heard=last_heard,
+        last_address=row["last_address"],
+        created_at=created_at,
+    )
+
+
+def _attempt_values(attempt: ConnectionAttempt) -> dict[str, Any]:
+    # The id is the database's to assign: a record that already has one is recorded again as new.
+    return {
+        "started_at": _aware(attempt.started_at, "started_at"),
+        "peer_address": attempt.peer_address,
+        "outcome": AttemptOutcome(attempt.outcome).value,
+        "step": attempt.step,
+        "reason": attempt.reason,
+        "detail": attempt.detail,
+        "device_id": None if attempt.device_id is None else attempt.device_id.lower(),
+        "presented_fingerprint": attempt.presented_fingerprint,
+        "stored_fingerprint": attempt.stored_fingerprint,
+        "duration": attempt.duration,
+        "proven": attempt.proven,
+    }
+
+
+def _attempt_from_row(row: Mapping[Any, Any]) -> ConnectionAttempt:
+    return ConnectionAttempt(
+        id=row["id"],
+        started_at=row["started_at"],
+        peer_address=row["peer_address"],
+        outcome=AttemptOutcome(row["outcome"]),
+        step=row["step"],
+        reason=row["reason"],
+        detail=row["detail"],
+        device_id=row["device_id"],
+        presented_fingerprint=row["presented_fingerprint"],
+        stored_fingerprint=row["stored_fingerprint"],
+        duration=row["duration"],
+        proven=None if row["proven"] is None else bool(row["proven"]),
+    )
+
+
+def _user_values(user: User) -> dict[str, Any]:
+    return {
+        "username": user.username.lower(),
+        "password_hash": user.password_hash,
+        "created_at": _aware(user.created_at, "created_at"),
+        "role": Role(user.role).value,
+    }
+
+
+def _user_from_row(row: Mapping[Any, Any]) -> User:
+    return User(
+        username=row["username"],
+        password_hash=row["password_hash"],
+        created_at=row["created_at"],
+        role=Role(row["role"]),
+    )
+
+
+def _policy_from_row(row: Mapping[Any, Any]) -> KeyPolicy:
+    return KeyPolicy(
+        scope=row["scope"],
+        mode=KeyPolicyMode(row["mode"]),
+        trust_on_first_use=bool(row["trust_on_first_use"]),
+        updated_at=row["updated_at"],
+        updated_by=row["updated_by"],
+        self_registration=bool(row["self_registration"]),
+    )
+
+
+def _token_values(token: AccessToken) -> dict[str, Any]:
+    return {
+        "token_hash": token.token_hash.lower(),
+        "username": token.username.lower(),
+        "client_id": token.client_id,
+        "created_at": _aware(token.created_at, "created_at"),
+        "expires_at": _optional_aware(token.expires_at, "expires_at"),
+    }
+
+
+def _token_from_row(row: Mapping[Any, Any]) -> AccessToken:
+    return AccessToken(
+        token_hash=row["token_hash"],
+        username=row["username"],
+        client_id=row["client_id"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+    )
+
+
+def _window_values(window: RekeyWindow) -> dict[str, Any]:
+    return {
+        "device_id": window.device_id.lower(),
+        "until": _aware(window.until, "until"),
+        "armed_by": window.armed_by,
+        "armed_at": _aware(window.armed_at, "armed_at"),
+        "accepted_fingerprint": window.accepted_fingerprint,
+        "accepted_at": _optional_aware(window.accepted_at, "accepted_at"),
+        "previous_key_der": window.previous_key_der,
+        "previous_fingerprint": window.previous_fingerprint,
+    }
+
+
+def _pending_values(pending: PendingKey) -> dict[str, Any]:
+    return {
+        "device_id": pending.device_id.lower(),
+        "public_key_der": pending.public_key_der,
+        "fingerprint": pending.fingerprint,
+        "stored_fingerprint": pending.stored_fingerprint,
+        "first_seen": _aware(pending.first_seen, "first_seen"),
+        "last_seen": _aware(pending.last_seen, "last_seen"),
+        "attempts": pending.attempts,
+        "peer_address": pending.peer_address,
+    }
+
+
+def _audit_values(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        "at": _aware(entry.at, "at"),
+        "device_id": None if entry.device_id is None else entry.device_id.lower(),
+        "action": entry.action,
+        "actor": entry.actor,
+        "old_fingerprint": entry.old_fingerprint,
+        "new_fingerprint": entry.new_fingerprint,
+        "detail": entry.detail,
+        "subject": entry.subject,
+    }
+
+
+def _claim_code_values(code: ClaimCode) -> dict[str, Any]:
+    return {
+        "code_hash": code.code_hash.lower(),
+        "issued_by": code.issued_by,
+        "created_at": _aware(code.created_at, "created_at"),
+        "expires_at": _aware(code.expires_at, "expires_at"),
+        "device_id": None if code.device_id is None else code.device_id.lower(),
+        "claimant": None if code.claimant is None else code.claimant.lower(),
+    }
+
+
+def _firmware_values(record: FirmwareRecord) -> dict[str, Any]:
+    values = {name: getattr(record, name) for name in FirmwareRecord.__dataclass_fields__}
+    values["sha256"] = record.sha256.lower()
+    values["uploaded_at"] = _aware(record.uploaded_at, "uploaded_at")
+    return values
+
+
+def _job_values(job: UpdateJob) -> dict[str, Any]:
+    # The id is the database's to assign.
+    values = {name: getattr(job, name) for name in UpdateJob.__dataclass_fields__ if name != "id"}
+    values["device_id"] = job.device_id.lower()
+    values["state"] = JobState(job.state).value
+    values["created_at"] = _aware(job.created_at, "created_at")
+    for name in ("started_at", "finished_at", "updated_at"):
+        values[name] = _optional_aware(values[name], name)
+    return values
+
+
+def _job_from_row(row: Mapping[Any, Any]) -> UpdateJob:
+    values = dict(row)
+    values["state"] = JobState(values["state"])
+    return UpdateJob(**values)
+
+
+def _limit(limit: int) -> int:
+    if limit < 0:
+        raise ValueError(f"limit must not be negative, got {limit}")
+    return limit
+
+
+# Built once: building a statement costs more than running a cached one.
+_INSERT_DEVICE = insert(devices)
+_UPDATE_DEVICE = update(devices).where(devices.c.id == bindparam("match_id"))
+#: What a connection changes: never the name, owner or key, which only people change (see update_states).
+_STATE_COLUMNS = (
+    "platform_id",
+    "product_id",
+    "product_version",
+    "system_version",
+    "hello_flags",
+    "functions",
+    "variables",
+    "online",
+    "last_heard",
+    "last_address",
+)
+_UPDATE_DEVICE_STATE = (
+    update(devices)
+    .where(devices.c.id == bindparam("match_id"))
+    .values({name: bindparam(name) for name in _STATE_COLUMNS})
+)
+_INSERT_ATTEMPT = insert(connection_attempts)
+
+
+# -- the repositories -------------------------------------------------------------------------------
+
+
+class _Repository:
+    __slots__ = ("_db",)
+
+    def __init__(self, db: Access) -> None:
+        self._db = db
+
+    async def _upsert(self, table: Any, keys: tuple[str, ...], values: dict[str, Any], action: str) -> None:
+        condition = [table.c[key] == values[key] for key in keys]
+        async with self._db.writing(action, statements="several") as conn:
+            result = await conn.execute(update(table).where(*condition).values(values))
+            if result.rowcount == 0:
+                await conn.execute(insert(table).values(values))
+
+    async def _delete(self, table: Any, condition: Any, action: str) -> int:
+        async with self._db.writing(action) as conn:
+            result = await conn.execute(delete(table).where(condition))
+        return int(result.rowcount)
+
+
+class SqlDevices(_Repository):
+    __slots__ = ()
+
+    async def get(self, device_id: str) -> DeviceRecord | None:
+        row = self._db.point_read(_SELECT_DEVICE, (device_id.lower(),), "read a device")
+        if row is not False:
+            return None if row is None else device_from_row(dict(zip(_DEVICE_COLUMNS, row, strict=True)), raw=True)
+        async with self._db.reading("read a device") as conn:
+            found = (await conn.execute(select(devices).where(devices.c.id == device_id.lower()))).mappings().first()
+        return None if found is None else device_from_row(found)
+
+    async def find(self, id_or_name: str) -> DeviceRecord | None:
+        device_id = id_or_name.lower()
+        query = select(devices).where(or_(devices.c.id == device_id, devices.c.name == id_or_name))
+        async with self._db.reading("find a device") as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        # An id wins over another device's name that happens to look like it.
+        rows = sorted(rows, key=lambda row: row["id"] != device_id)
+        return device_from_row(rows[0]) if rows else None
+
+    async def all(self, owner: str | None = None) -> list[DeviceRecord]:
+        query = select(devices).order_by(devices.c.id)
+        if owner is not None:
+            query = query.where(devices.c.owner == owner)
+        async with self._db.reading("list devices") as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [device_from_row(row) for row in rows]
+
+    async def add(self, device: DeviceRecord) -> None:
+        values = _device_values(device)
+        try:
+            async with self._db.writing("add a device", conflicts=True) as conn:
+                await conn.execute(_INSERT_DEVICE, values)
+        except IntegrityError as exc:
+            raise DeviceExistsError(await self._conflict(values)) from exc
+
+    async def add_many(self, new_devices: list[DeviceRecord]) -> None:
+        if not new_devices:
+            return
+        rows = [_device_values(device) for device in new_devices]
+        ids: set[str] = set()
+        names: set[str] = set()
+        for values in rows:
+            if values["id"] in ids:
+                raise DeviceExistsError(f"device {values['id']} is listed twice")
+            if values["name"] is not None and values["name"] in names:
+                raise DeviceExistsError(f"the name {values['name']!r} is given to two devices")
+            ids.add(values["id"])
+            if values["name"] is not None:
+                names.add(values["name"])
+        try:
+            async with self._db.writing("add devices", conflicts=True, statements="several") as conn:
+                await conn.execute(_INSERT_DEVICE, rows)
+        except IntegrityError as exc:
+            for values in rows:
+                if (taken := await self._taken(values)) is not None:
+                    raise DeviceExistsError(taken) from exc
+            raise DeviceExistsError(f"one of the {len(rows)} devices was registered concurrently") from exc
+
+    async def save(self, device: DeviceRecord) -> None:
+        values = _device_values(device)
+        try:
+            async with self._db.writing("save a device", conflicts=True, statements="several") as conn:
+                # UPDATE then INSERT is the portable upsert; the transaction makes the pair atomic.
+                result = await conn.execute(_UPDATE_DEVICE, {"match_id": values["id"], **values})
+                if result.rowcount == 0:
+                    await conn.execute(_INSERT_DEVICE, values)
+        except IntegrityError as exc:
+            raise DeviceExistsError(await self._conflict(values)) from exc
+
+    async def update_states(self, states: list[DeviceRecord]) -> None:
+        if not states:
+            return
+        rows = []
+        for device in states:
+            values = _device_values(device)
+            rows.append({"match_id": values["id"], **{name: values[name] for name in _STATE_COLUMNS}})
+        async with self._db.writing("update devices' state") as conn:
+            await conn.execute(_UPDATE_DEVICE_STATE, rows)
+
+    async def remove(self, device_id: str) -> bool:
+        device_id = device_id.lower()
+        async with self._db.writing("remove a device", statements="several") as conn:
+            for table in (pending_keys, rekey_windows, device_groups, claim_codes):
+                await conn.execute(delete(table).where(table.c.device_id == device_id))
+            await conn.execute(delete(key_policies).where(key_policies.c.scope == device_id))
+            result = await conn.execute(delete(devices).where(devices.c.id == device_id))
+        return bool(result.rowcount)
+
+    async def mark_all_offline(self) -> None:
+        async with self._db.writing("mark devices offline") as conn:
+            await conn.execute(update(devices).where(devices.c.online.is_(True)).values(online=False))
+
+    async def _conflict(self, values: Mapping[Any, Any]) -> str:
+        """Which of id and name is taken, for the message of `DeviceExistsError`."""
+        taken = await self._taken(values)
+        return taken or f"device {values['id']} or the name {values['name']!r} was registered concurrently"
+
+    async def _taken(self, values: Mapping[Any, Any]) -> str | None:
+        """What is already registered of this device's id and name, in words; None: neither."""
+        device_id, name = values["id"], values["name"]
+        query = select(devices.c.id, devices.c.name).where(or_(devices.c.id == device_id, devices.c.name == name))
+        async with self._db.reading("check a device's id and name") as conn:
+            rows = (await conn.execute(query)).all()
+        for row in rows:
+            if row.name == name and row.id != device_id:
+                return f"the name {name!r} is already taken by device {row.id}"
+        if any(row.id == device_id for row in rows):
+            return f"device {device_id} is already registered"
+        return None
+
+
+class SqlKeys(_Repository):
+    __slots__ = ()
+
+    async def get_policy(self, scope: str) -> KeyPolicy | None:
+        query = select(key_policies).where(key_policies.c.scope == scope.lower())
+        async with self._db.reading("read a key policy") as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return None if row is None else _policy_from_row(row)
+
+    async def set_policy(self, policy: KeyPolicy) -> None:
+        values = {
+            "scope": policy.scope.lower(),
+            "mode": KeyPolicyMode(policy.mode).value,
+            "trust_on_first_use": policy.trust_on_first_use,
+            "updated_at": _aware(policy.updated_at or datetime.now(UTC), "updated_at"),
+            "updated_by": policy.updated_by,
+            "self_registration": policy.self_registration,
+        }
+        await self._upsert(key_policies, ("scope",), values, "set a key policy")
+
+    async def remove_policy(self, scope: str) -> bool:
+        return bool(await self._delete(key_policies, key_policies.c.scope == scope.lower(), "remove a key policy"))
+
+    async def list_policies(self) -> list[KeyPolicy]:
+        async with self._db.reading("list key policies") as conn:
+            rows = (await conn.execute(select(key_policies).order_by(key_policies.c.scope))).mappings().all()
+        return [_policy_from_row(row) for row in rows]
+
+    async def get_rekey(self, device_id: str) -> RekeyWindow | None:
+        # Read at every handshake (a device that connects with its key closes its window): the fast path.
+        raw = self._db.point_read(_SELECT_REKEY, (device_id.lower(),), "read a re-key window")
+        if raw is not False:
+            if raw is None:
+                return None
+            values = dict(zip(_REKEY_COLUMNS, raw, strict=True))
+            for name in _REKEY_TIMES:
+                values[name] = _raw_time(values[name])
+            return RekeyWindow(**values)
+        query = select(rekey_windows).where(rekey_windows.c.device_id == device_id.lower())
+        async with self._db.reading("read a re-key window") as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return None if row is None else RekeyWindow(**dict(row))
+
+    async def save_rekey(self, window: RekeyWindow) -> None:
+        await self._upsert(rekey_windows, ("device_id",), _window_values(window), "save a re-key window")
+
+    async def remove_rekey(self, device_id: str) -> bool:
+        table = rekey_windows
+        return bool(await self._delete(table, table.c.device_id == device_id.lower(), "remove a re-key window"))
+
+    async def list_rekeys(self) -> list[RekeyWindow]:
+        query = select(rekey_windows).order_by(rekey_windows.c.until, rekey_windows.c.device_id)
+        async with self._db.reading("list re-key windows") as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [RekeyWindow(**dict(row)) for row in rows]
+
+    async def save_pending_key(self, pending: PendingKey) -> None:
+        values = _pending_values(pending)
+        await self._upsert(pending_keys, ("device_id", "fingerprint"), values, "save a pending key")
+
+    async def list_pending_keys(self, device_id: str | None = None) -> list[PendingKey]:
+        table = pending_keys
+        query = select(table).order_by(table.c.first_seen, table.c.device_id, table.c.fingerprint)
+        if device_id is not None:
+            query = query.where(table.c.device_id == device_id.lower())
+        async with self._db.reading("list pending keys") as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [PendingKey(**dict(row)) for row in rows]
+
+    async def remove_pending_key(self, device_id: str, fingerprint: str | None = None) -> int:
+        condition = pending_keys.c.device_id == device_id.lower()
+        if fingerprint is not None:
+            condition = condition & (pending_keys.c.fingerprint == fingerprint)
+        return await self._delete(pending_keys, condition, "remove a pending key")
+
+    async def add_claim_code(self, code: ClaimCode) -> None:
+        async with self._db.writing("add a claim code") as conn:
+            await conn.execute(insert(claim_codes).values(_claim_code_values(code)))
+
+    async def take_claim_code(self, code_hash: str) -> ClaimCode | None:
+        condition = claim_codes.c.code_hash == code_hash.lower()
+        async with self._db.writing("use a claim code", statements="several") as conn:
+            row = (await conn.execute(select(claim_codes).where(condition))).mappings().first()
+            if row is None:
+                return None
+            await conn.execute(delete(claim_codes).where(condition))
+        return ClaimCode(**dict(row))
+
+    async def remove_expired_claim_codes(self, now: datetime) -> int:
+        condition = claim_codes.c.expires_at <= _aware(now, "now")
+        return await self._delete(claim_codes, condition, "remove expired claim codes")
+
+
+class SqlAccounts(_Repository):
+    __slots__ = ()
+
+    async def add_user(self, user: User) -> None:
+        values = _user_values(user)
+        try:
+            async with self._db.writing("add a user", conflicts=True) as conn:
+                await conn.execute(insert(users).values(values))
+        except IntegrityError as exc:
+            # The primary key is the only constraint the values can break: every other column is set.
+            raise UserExistsError(f"the username {values['username']!r} is already taken") from exc
+
+    async def get_user(self, username: str) -> User | None:
+        query = select(users).where(users.c.username == username.lower())
+        async with self._db.reading("read a user") as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return None if row is None else _user_from_row(row)
+
+    async def save_user(self, user: User) -> bool:
+        values = _user_values(user)
+        query = (
+            update(users)
+            .where(users.c.username == values["username"])
+            .values(password_hash=values["password_hash"], role=values["role"])
+        )
+        async with self._db.writing("save a user") as conn:
+            result = await conn.execute(query)
+        return bool(result.rowcount)
+
+    async def list_users(self) -> list[User]:
+        async with self._db.reading("list users") as conn:
+            rows = (await conn.execute(select(users).order_by(users.c.username))).mappings().all()
+        return [_user_from_row(row) for row in rows]
+
+    async def remove_user(self, username: str) -> bool:
+        username = username.lower()
+        async with self._db.writing("remove a user", statements="several") as conn:
+            # Tokens and owners are cleared even when no such user exists: nothing stops a caller from adding a
+            # token or an owner for a username that has no user, and removing that username should leave none.
+            await conn.execute(delete(access_tokens).where(access_tokens.c.username == username))
+            # Owners are compared exactly, as `list` does: the domain writes the stored username.
+            await conn.execute(update(devices).where(devices.c.owner == username).values(owner=None))
+            await conn.execute(delete(claim_codes).where(claim_codes.c.claimant == username))
+            result = await conn.execute(delete(users).where(users.c.username == username))
+        return bool(result.rowcount)
+
+    async def add_token(self, token: AccessToken) -> None:
+        values = _token_values(token)
+        try:
+            async with self._db.writing("add an access token", conflicts=True) as conn:
+                await conn.execute(insert(access_tokens).values(values))
+        except IntegrityError as exc:
+            # Tokens are random: two with one hash means the caller stored the same token twice.
+            raise ValueError(f"an access token with the hash {values['token_hash']} is already stored") from exc
+
+    async def get_token(self, token_hash: str) -> AccessToken | None:
+        query = select(access_tokens).where(access_tokens.c.token_hash == token_hash.lower())
+        async with self._db.reading("read an access token") as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return None if row is None else _token_from_row(row)
+
+    async def list_tokens(self, username: str) -> list[AccessToken]:
+        table = access_tokens
+        # The hash breaks ties of creation time, so that the order does not change from one call to the next.
+        query = (
+            select(table)
+            .where(table.c.username == username.lower())
+            .order_by(table.c.created_at.desc(), table.c.token_hash)
+        )
+        async with self._db.reading("list access tokens") as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [_token_from_row(row) for row in rows]
+
+    async def remove_token(self, token_hash: str) -> bool:
+        condition = access_tokens.c.token_hash == token_hash.lower()
+        return bool(await self._delete(access_tokens, condition, "remove an access token"))
+
+    async def remove_expired_tokens(self, now: datetime) -> int:
+        # A NULL expires_at never compares true, so tokens that never expire stay.
+        condition = access_tokens.c.expires_at <= _aware(now, "now")
+        return await self._delete(access_tokens, condition, "remove expired access tokens")
+
+
+class SqlAttempts(_Repository):
+    __slots__ = ()
+
+    async def add(self, attempts: list[ConnectionAttempt]) -> None:
+        if not attempts:
+            return
+        rows = [_attempt_values(attempt) for attempt in attempts]
+        async with self._db.writing("record connection attempts") as conn:
+            await conn.execute(_INSERT_ATTEMPT, rows)
+
+    async def recent(
+        self,
+        device_id: str | None = None,
+        *,
+        since: datetime | None = None,
+        peer_address: str | None = None,
+        limit: int = 100,
+    ) -> list[ConnectionAttempt]:
+        table = connection_attempts
+        query = select(table).order_by(table.c.started_at.desc(), table.c.id.desc()).limit(_limit(limit))
+        if device_id is not None:
+            query = query.where(table.c.device_id == device_id.lower())
+        if since is not None:
+            query = query.where(table.c.started_at >= _aware(since, "since"))
+        if peer_address is not None:
+            query = query.where(table.c.peer_address == peer_address)
+        async with self._db.reading("list connection attempts") as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [_attempt_from_row(row) for row in rows]
+
+
+class SqlUpdates(_Repository):
+    __slots__ = ()
+
+    async def save_firmware(self, firmware_record: FirmwareRecord) -> None:
+        values = _firmware_values(firmware_record)
+        async with self._db.writing("save a firmware record", statements="several") as conn:
+            query = select(firmware.c.sha256).where(firmware.c.sha256 == values["sha256"])
+            if (await conn.execute(query)).first() is None:
+                await conn.execute(insert(firmware).values(values))
+
+    async def get_firmware(self, sha256: str) -> FirmwareRecord | None:
+        query = select(firmware).where(firmware.c.sha256 == sha256.lower())
+        async with self._db.reading("read a firmware record") as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return None if row is None else FirmwareRecord(**dict(row))
+
+    async def add_job(self, job: UpdateJob) -> int:
+        values = _job_values(job)
+        async with self._db.writing("record an update job") as conn:
+            result = await conn.execute(insert(update_jobs).values(values))
+        key = result.inserted_primary_key
+        job.id = int(key[0]) if key else 0
+        return job.id
+
+    async def save_job(self, job: UpdateJob) -> None:
+        if job.id is None:
+            raise ValueError("the job has no id: add it first")
+        query = update(update_jobs).where(update_jobs.c.id == job.id).values(_job_values(job))
+        async with self._db.writing("save an update job") as conn:
+            await conn.execute(query)
+
+    async def get_job(self, job_id: int) -> UpdateJob | None:
+        query = select(update_jobs).where(update_jobs.c.id == job_id)
+        async with self._db.reading("read an update job") as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return None if row is None else _job_from_row(row)
+
+    async def list_jobs(
+        self,
+        *,
+        device_id: str | None = None,
+        rollout: str | None = None,
+        unfinished: bool = False,
+        limit: int = 100,
+    ) -> list[UpdateJob]:
+        query = select(update_jobs).order_by(update_jobs.c.id.desc()).limit(_limit(limit))
+        if device_id is not None:
+            query = query.where(update_jobs.c.device_id == device_id.lower())
+        if rollout is not None:
+            query = query.where(update_jobs.c.rollout == rollout)
+        if unfinished:
+            query = query.where(update_jobs.c.state.in_([s.value for s in JobState if not s.finished]))
+        async with self._db.reading("list update jobs") as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [_job_from_row(row) for row in rows]
+
+    async def add_to_group(self, group: str, device_ids: list[str]) -> int:
+        wanted = sorted({d.lower() for d in device_ids})
+        async with self._db.writing("add devices to a group", statements="several") as conn:
+            query = select(device_groups.c.device_id).where(device_groups.c.group_name == group)
+            present = set((await conn.execute(query)).scalars())
+            new = [d for d in wanted if d not in present]
+            if new:
+                await conn.execute(insert(device_groups), [{"group_name": group, "device_id": d} for d in new])
+        return len(new)
+
+    async def remove_from_group(self, group: str, device_ids: list[str]) -> int:
+        ids = [d.lower() for d in device_ids]
+        condition = (device_groups.c.group_name == group) & device_groups.c.device_id.in_(ids)
+        return await self._delete(device_groups, condition, "remove devices from a group")
+
+    async def list_group(self, group: str) -> list[str]:
+        query = select(device_groups.c.device_id).where(device_groups.c.group_name == group)
+        async with self._db.reading("list a group") as conn:
+            return sorted((await conn.execute(query.order_by(device_groups.c.device_id))).scalars())
+
+    async def list_groups(self) -> dict[str, int]:
+        query = (
+            select(device_groups.c.group_name, func.count())
+            .group_by(device_groups.c.group_name)
+            .order_by(device_groups.c.group_name)
+        )
+        async with self._db.reading("list groups") as conn:
+            rows = (await conn.execute(query)).all()
+        return {str(row[0]): int(row[1]) for row in rows}
+
+
+class SqlAudit(_Repository):
+    __slots__ = ()
+
+    async def add(self, entry: AuditEntry) -> int:
+        async with self._db.writing("record an audit entry") as conn:
+            result = await conn.execute(insert(audit).values(_audit_values(entry)))
+        key = result.inserted_primary_key
+        entry.id = int(key[0]) if key else 0
+        return entry.id
+
+    async def recent(
+        self, device_id: str | None = None, *, subject: str | None = None, limit: int = 100
+    ) -> list[AuditEntry]:
+        query = select(audit).order_by(audit.c.at.desc(), audit.c.id.desc()).limit(_limit(limit))
+        if device_id is not None:
+            query = query.where(audit.c.device_id == device_id.lower())
+        if subject is not None:
+            query = query.where(audit.c.subject == subject)
+        async with self._db.reading("list the audit trail") as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [AuditEntry(**dict(row)) for row in rows]
+
+
+class SqlRepositories:
+    """Every repository over one `Access`: a store's per-call access, or one transaction."""
+
+    __slots__ = ("accounts", "attempts", "audit", "devices", "keys", "updates")
+
+    def __init__(self, db: Access) -> None:
+        self.devices = SqlDevices(db)
+        self.keys = SqlKeys(db)
+        self.accounts = SqlAccounts(db)
+        self.attempts = SqlAttempts(db)
+        self.updates = SqlUpdates(db)
+        self.audit = SqlAudit(db)
+
+
+class TransactionAccess:
+    """The `Access` of one transaction: every statement on its connection; a statement that may conflict runs
+    in a savepoint, so that its failure leaves the transaction usable (PostgreSQL aborts a transaction at its
+    first error otherwise)."""
+
+    __slots__ = ("_conn", "_describe")
+
+    def __init__(self, conn: AsyncConnection, describe: Any) -> None:
+        self._conn = conn
+        #: `(action, exc) -> Exception`: the store's translation of a database failure.
+        self._describe = describe
+
+    @asynccontextmanager
+    async def reading(self, action: str) -> AsyncIterator[AsyncConnection]:
+        with self._describe(action):
+            yield self._conn
+
+    @asynccontextmanager
+    async def writing(
+        self, action: str, *, conflicts: bool = False, statements: Statements = "one"
+    ) -> AsyncIterator[AsyncConnection]:
+        with self._describe(action, conflicts=conflicts):
+            if conflicts:
+                async with self._conn.begin_nested():
+                    yield self._conn
+            else:
+                yield self._conn
+
+    def point_read(self, sql: str, params: tuple[Any, ...], action: str) -> Literal[False]:
+        return False
