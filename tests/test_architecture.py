@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).parents[1] / "src" / "cyan"
-CORE_PACKAGES = ["protocol", "keys"]
+CORE_PACKAGES = ["protocol", "keys", "dtls"]
 #: Anything that does I/O, reads a clock, or belongs to an outer layer.
 FORBIDDEN = {
     "asyncio",
