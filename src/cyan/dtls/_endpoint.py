@@ -22,6 +22,7 @@ from ._wire import (
     ContentType,
     DecodeError,
     HandshakeFragment,
+    HandshakeType,
     Record,
     decode_alert,
     encode_handshake,
@@ -504,6 +505,10 @@ class BaseEndpoint:
             if item.epoch > 0:
                 overhead += EXPLICIT_NONCE_SIZE + TAG_SIZE + len(self.records.peer_cid) + 16
             room = max(self.config.max_datagram_size - overhead, 64)
+            if item.msg_type == HandshakeType.CLIENT_HELLO:
+                # Never fragmented: a stateless cookie check cannot reassemble, and mbedtls servers refuse
+                # a fragmented ClientHello (RFC 6347 §4.2.1).
+                room = len(item.body) or 1
             offset = 0
             while True:
                 chunk = item.body[offset : offset + room]

@@ -147,23 +147,24 @@ class RecordLayer:
         epoch = record.epoch
         if epoch not in self._read:
             return Reason.UNEXPECTED_EPOCH
+        protection = self._read[epoch]
+        moved = record.wire_type in (ContentType.ALT_CID, ContentType.MOVE_SESSION)
+        if protection is None and (record.is_cid or moved):
+            return Reason.BAD_RECORD  # CID and move records exist only once encrypted
+        if protection is not None:
+            if record.is_cid:
+                if record.cid != self.own_cid:
+                    return Reason.UNKNOWN_CONNECTION_ID
+            elif self.own_cid and not moved:
+                # Once a CID is negotiated the peer must use it (draft-05 §3); a CID-less record in an
+                # encrypted epoch is not from our device.
+                return Reason.UNKNOWN_CONNECTION_ID
         window = self._windows[epoch]
         if not window.is_fresh(record.sequence):
             return Reason.REPLAYED
-        protection = self._read[epoch]
-        moved = record.wire_type in (ContentType.ALT_CID, ContentType.MOVE_SESSION)
         if protection is None:
-            if record.is_cid or moved:
-                return Reason.BAD_RECORD  # CID and move records exist only once encrypted
             window.mark(record.sequence)
             return Opened(record.wire_type, epoch, record.sequence, record.fragment, False)
-        if record.is_cid:
-            if record.cid != self.own_cid:
-                return Reason.UNKNOWN_CONNECTION_ID
-        elif self.own_cid and not moved:
-            # Once a CID is negotiated the peer must use it (draft-05 §3); a CID-less record in an
-            # encrypted epoch is not from our device.
-            return Reason.UNKNOWN_CONNECTION_ID
         epoch_and_seq = struct.pack(">H", epoch) + record.sequence.to_bytes(6, "big")
         aad_type = record.aad_type
         if record.is_cid:

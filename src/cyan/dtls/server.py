@@ -373,8 +373,9 @@ class ServerEndpoint(BaseEndpoint):
         if self._expect < len(_ORDER):
             self._step = _EXPECTED[_ORDER[self._expect]]
             return True
-        # The whole flight verified: stop resending ours and ask the caller about the key.
+        # The whole flight verified: stop resending ours (the device has it) and ask the caller about the key.
         self._stop_retransmitting()
+        self._flight = []
         self._machine.advance(Trigger.CLIENT_FLIGHT)
         self._step = Step.DECISION
         self._decision_at = now + self.server_config.decision_timeout
