@@ -13,7 +13,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
@@ -168,7 +168,9 @@ def load_p256_spki(der: bytes) -> ec.EllipticCurvePublicKey | None:
     """A P-256 SubjectPublicKeyInfo (a device's 91-byte key, udp-dtls.md §1.2), or None for anything else."""
     try:
         key = serialization.load_der_public_key(der)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        # UnsupportedAlgorithm: a well-formed key on a curve OpenSSL does not know (found by fuzzing,
+        # tests/dtls/fuzz_regressions/server/).
         return None
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         return None

@@ -18,6 +18,7 @@ import enum
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import _wire as w
@@ -289,7 +290,7 @@ class ClientEndpoint(BaseEndpoint):
             raise self._remote_failure(Reason.BAD_CERTIFICATE, "an empty server certificate list")
         try:
             key = x509.load_der_x509_certificate(chain[0]).public_key()
-        except ValueError:
+        except (ValueError, UnsupportedAlgorithm):
             raise self._remote_failure(Reason.BAD_CERTIFICATE, "the server certificate does not parse") from None
         if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
             raise self._remote_failure(Reason.BAD_CERTIFICATE, "the server certificate key is not EC P-256")
