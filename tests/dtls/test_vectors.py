@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import struct
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
@@ -118,3 +120,24 @@ def test_key_block_and_finished_lengths(label: bytes) -> None:
     keys = key_block(master, client_random, server_random)
     assert keys.client_key + keys.server_key + keys.client_iv + keys.server_iv == block
     assert finished_verify_data(master, label, bytes(32)) == prf(master, label, bytes(32), 12)
+
+
+def test_a_record_openssl_sealed_opens_with_our_key_schedule() -> None:
+    """vectors/openssl-3.0.19-ccm8-record.json: an application-data record OpenSSL 3.0.19's s_server sent in
+    epoch 1, with the randoms of its handshake and the master secret from OpenSSL's own key log. Our key
+    expansion (RFC 5246 §6.3) and CCM_8 record layer must open it: an independent implementation's bytes."""
+    vector = json.loads((Path(__file__).parent / "vectors" / "openssl-3.0.19-ccm8-record.json").read_text())
+    keys = key_block(
+        bytes.fromhex(vector["master_secret"]),
+        bytes.fromhex(vector["client_random"]),
+        bytes.fromhex(vector["server_random"]),
+    )
+    layer = RecordLayer()
+    server_side = RecordProtection(keys.server_key, keys.server_iv)
+    layer.install(1, read=server_side, write=RecordProtection(keys.client_key, keys.client_iv))
+    (record,), problem = parse_records(bytes.fromhex(vector["record_from_server"]), 0, max_fragment=2048)
+    assert problem is None
+    opened = layer.open(record)
+    assert not isinstance(opened, str)
+    assert (opened.content_type, opened.epoch) == (23, 1)
+    assert opened.payload == bytes.fromhex(vector["plaintext"])
