@@ -25,7 +25,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from cyan.dtls import ApplicationDataReceived, ClientConfig, ClientEndpoint, Event, HandshakeCompleted
+from cyan.dtls import (
+    ApplicationDataReceived,
+    ClientConfig,
+    ClientEndpoint,
+    CookieVerifier,
+    DeviceKeyPresented,
+    Event,
+    HandshakeCompleted,
+    ServerConfig,
+    ServerEndpoint,
+)
 
 from .support import DEVICE_KEY, fixed_key, seeded
 
@@ -34,8 +44,9 @@ pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="no open
 DEADLINE = 30.0
 
 
-def _certificate(tmp_path: Path) -> tuple[Path, Path, ec.EllipticCurvePrivateKey]:
-    key = fixed_key(7)
+def _certificate(tmp_path: Path, seed: int = 7) -> tuple[Path, Path, ec.EllipticCurvePrivateKey]:
+    tmp_path.mkdir(exist_ok=True)
+    key = fixed_key(seed)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cyan-interop")])
     start = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
     cert = (
@@ -145,5 +156,83 @@ def test_handshake_and_records_against_openssl_s_server(tmp_path: Path) -> None:
         server.kill()
         server.wait(timeout=10)
         for pipe in (server.stdin, server.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+def test_openssl_s_client_against_the_server_endpoint(tmp_path: Path) -> None:
+    """The server role against OpenSSL's `s_client -dtls1_2` with a client certificate: our cookie check
+    answers its first ClientHello, the server flight (with the test-only X.509 Certificate), OpenSSL's
+    CertificateVerify and Finished verified, the decision asked for, records both ways."""
+    cert_path, _, server_key = _certificate(tmp_path)
+    device_cert, device_key_path, device_key = _certificate(tmp_path / "device", seed=8)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    client = subprocess.Popen(
+        ["openssl", "s_client", "-dtls1_2", "-cipher", "ECDHE-ECDSA-AES128-CCM8", "-connect", f"127.0.0.1:{port}",
+         "-cert", str(device_cert), "-key", str(device_key_path), "-mtu", "1200", "-ign_eof"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    cookies = CookieVerifier(b"interop-cookie-secret-0123456789")
+    certificate_der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(serialization.Encoding.DER)
+    config = ServerConfig(x509_certificate=certificate_der, retransmit_initial=1.0)
+    endpoint: ServerEndpoint | None = None
+    events: list[Event] = []
+    try:
+        deadline = time.monotonic() + DEADLINE
+        start = time.monotonic()
+        peer: tuple[str, int] = ("127.0.0.1", 0)
+
+        def pump(until: type[Event]) -> None:
+            nonlocal endpoint, peer
+            while not any(isinstance(e, until) for e in events):
+                assert time.monotonic() < deadline, events
+                now = time.monotonic() - start
+                timer = endpoint.get_timer() if endpoint is not None else None
+                wait = 0.2 if timer is None else max(0.0, min(0.2, timer - now))
+                ready, _, _ = select.select([listener], [], [], wait)
+                now = time.monotonic() - start
+                if ready:
+                    datagram, peer = listener.recvfrom(65536)
+                    if endpoint is None:
+                        check = cookies.check(datagram, repr(peer).encode(), now)
+                        if check.reply is not None:
+                            listener.sendto(check.reply, peer)
+                        if check.verified:
+                            endpoint = ServerEndpoint(server_key, now=now, random_bytes=seeded(31), config=config)
+                    if endpoint is not None:
+                        endpoint.receive_datagram(datagram, now)
+                if endpoint is None:
+                    continue
+                endpoint.handle_timer(now)
+                while (event := endpoint.next_event()) is not None:
+                    events.append(event)
+                    if isinstance(event, DeviceKeyPresented):
+                        endpoint.accept(now)
+                for out in endpoint.datagrams_to_send():
+                    listener.sendto(out, peer)
+
+        pump(HandshakeCompleted)
+        (presented,) = [e for e in events if isinstance(e, DeviceKeyPresented)]
+        assert presented.public_key_der == device_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        assert endpoint is not None
+        assert endpoint.connection_id == b""
+        assert client.stdin is not None
+        client.stdin.write(b"hello from openssl\n")
+        client.stdin.flush()
+        pump(ApplicationDataReceived)
+        assert [e.data for e in events if isinstance(e, ApplicationDataReceived)] == [b"hello from openssl\n"]
+        endpoint.send_application_data(b"hello from cyan\n", time.monotonic() - start)
+        for out in endpoint.datagrams_to_send():
+            listener.sendto(out, peer)
+        _read_until(client, b"hello from cyan", deadline)
+    finally:
+        listener.close()
+        client.kill()
+        client.wait(timeout=10)
+        for pipe in (client.stdin, client.stdout):
             if pipe is not None:
                 pipe.close()

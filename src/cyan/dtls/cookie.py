@@ -45,6 +45,9 @@ class CookieCheck:
     #: The session id the ClientHello names (empty: none), to find a session for an abbreviated handshake.
     session_id: bytes
     reason: Reason | None
+    #: The ClientHello's random: equal to an existing endpoint's `client_random`, the datagram is that
+    #: handshake's retransmission, for that endpoint; otherwise a new handshake (RFC 6347 §4.2.8).
+    client_random: bytes = b""
 
 
 class CookieVerifier:
@@ -108,7 +111,7 @@ class CookieVerifier:
             if fresh and any(
                 hmac.compare_digest(cookie[4:], self._mac(s, cookie[:4], address, bare)) for s in self._secrets
             ):
-                return CookieCheck(True, None, hello.session_id, None)
+                return CookieCheck(True, None, hello.session_id, None, hello.random)
         issued_bytes = struct.pack(">I", int(now) & 0xFFFFFFFF)
         new_cookie = issued_bytes + self._mac(self._secrets[0], issued_bytes, address, bare)
         # RFC 6347 §4.2.1: the reply copies the ClientHello's record sequence number and message_seq.
@@ -119,7 +122,7 @@ class CookieVerifier:
             record.sequence,
             encode_handshake(HandshakeType.HELLO_VERIFY_REQUEST, first.message_seq, body),
         )
-        return CookieCheck(False, reply, hello.session_id, Reason.BAD_COOKIE if cookie else None)
+        return CookieCheck(False, reply, hello.session_id, Reason.BAD_COOKIE if cookie else None, hello.random)
 
 
 def is_client_hello(datagram: bytes) -> bool:

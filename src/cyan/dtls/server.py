@@ -18,6 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import _wire as w
@@ -55,6 +58,10 @@ class ServerConfig(EndpointConfig):
     require_connection_id: bool = False
     #: The device proved its key -> the caller must accept or reject within this time.
     decision_timeout: float = 15.0
+    #: Tests against stock stacks only (OpenSSL has no raw public keys): a DER certificate to send to a
+    #: client that does not offer raw public keys, whose own X.509 certificate is then taken for its key.
+    #: Device OS always offers raw keys, so with Particle devices this is never used.
+    x509_certificate: bytes | None = None
 
 
 _EXPECTED = {
@@ -82,6 +89,7 @@ class ServerEndpoint(BaseEndpoint):
         "_own_cid",
         "_resumable",
         "_server_key",
+        "_x509_client",
     )
 
     def __init__(
@@ -108,6 +116,7 @@ class ServerEndpoint(BaseEndpoint):
         self._resumable = resumable
         self._ephemeral: ec.EllipticCurvePrivateKey | None = None
         self._device_key: ec.EllipticCurvePublicKey | None = None
+        self._x509_client = False
         self._expect = 0
         self._decision_at: float | None = None
 
@@ -270,8 +279,17 @@ class ServerEndpoint(BaseEndpoint):
         if Extension.EC_POINT_FORMATS in hello.extensions:
             extensions[Extension.EC_POINT_FORMATS] = b"\x01\x00"  # uncompressed only (RFC 4492 §5.2)
         # RFC 7250 §4.2: the server answers each certificate-type extension with the one type chosen.
-        extensions[Extension.CLIENT_CERTIFICATE_TYPE] = bytes([w.RAW_PUBLIC_KEY])
-        extensions[Extension.SERVER_CERTIFICATE_TYPE] = bytes([w.RAW_PUBLIC_KEY])
+        certificate = []
+        if Extension.CLIENT_CERTIFICATE_TYPE in hello.extensions:
+            extensions[Extension.CLIENT_CERTIFICATE_TYPE] = bytes([w.RAW_PUBLIC_KEY])
+        else:
+            self._x509_client = True  # only reachable with `x509_certificate` (see _check_client_hello)
+        if Extension.SERVER_CERTIFICATE_TYPE in hello.extensions:
+            extensions[Extension.SERVER_CERTIFICATE_TYPE] = bytes([w.RAW_PUBLIC_KEY])
+        elif self.server_config.x509_certificate is not None:
+            certificate = [
+                (HandshakeType.CERTIFICATE, w.encode_x509_certificate_list([self.server_config.x509_certificate]))
+            ]
         self._session_id = self._random(32)
         server_hello = w.ServerHello(w.DTLS_1_2, self.server_random, self._session_id, w.CIPHER_SUITE, 0, extensions)
         self._ephemeral = ephemeral_key(self._random)
@@ -282,6 +300,7 @@ class ServerEndpoint(BaseEndpoint):
         key_exchange = w.encode_server_key_exchange(params, sign_digest(self._server_key, digest))
         flight = [
             self._flight_message(HandshakeType.SERVER_HELLO, w.encode_server_hello(server_hello), 0),
+            *(self._flight_message(kind, body, 0) for kind, body in certificate),
             self._flight_message(HandshakeType.SERVER_KEY_EXCHANGE, key_exchange, 0),
             self._flight_message(HandshakeType.CERTIFICATE_REQUEST, w.encode_certificate_request(), 0),
             self._flight_message(HandshakeType.SERVER_HELLO_DONE, b"", 0),
@@ -318,6 +337,8 @@ class ServerEndpoint(BaseEndpoint):
             ):
                 # The device offers raw public keys both ways (udp-dtls.md §1.3); without the server type it
                 # would expect a Certificate we do not send.
+                if ext_type not in ext and self.server_config.x509_certificate is not None:
+                    continue
                 if ext_type not in ext or w.RAW_PUBLIC_KEY not in w.decode_uint8_list(ext[ext_type]):
                     fail(Reason.UNSUPPORTED_CERTIFICATE_TYPE, f"raw public keys not offered for the {name}")
             if Extension.CONNECTION_ID in ext:
@@ -383,7 +404,10 @@ class ServerEndpoint(BaseEndpoint):
         return True
 
     def _on_certificate(self, body: bytes) -> None:
-        spki = w.decode_raw_public_key_certificate(body)
+        if self._x509_client:
+            spki = _spki_of_x509(w.decode_x509_certificate_list(body))
+        else:
+            spki = w.decode_raw_public_key_certificate(body)
         key = load_p256_spki(spki)
         if key is None:
             raise self._remote_failure(Reason.BAD_CERTIFICATE, "the raw public key is not an EC P-256 key")
@@ -416,3 +440,14 @@ class ServerEndpoint(BaseEndpoint):
         if message.body != expected:
             raise self._remote_failure(Reason.BAD_FINISHED, "the device's Finished does not match the handshake")
         self._append_transcript(message.msg_type, message.message_seq, message.body)
+
+
+def _spki_of_x509(chain: list[bytes]) -> bytes:
+    """The key of the first certificate, for the test-only X.509 variant; b"" when there is none."""
+    if not chain:
+        return b""
+    try:
+        key = x509.load_der_x509_certificate(chain[0]).public_key()
+        return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    except (ValueError, UnsupportedAlgorithm):
+        return b""
