@@ -353,3 +353,18 @@ def test_remote_error_carries_step_and_reason() -> None:
     error = RemoteDtlsError("x", step=Step.FINISHED, reason=Reason.BAD_FINISHED)
     assert "bad_finished" in repr(error)
     assert error.step is Step.FINISHED
+
+
+def test_a_flood_of_junk_is_counted_not_queued_without_bound() -> None:
+    wire = Wire()
+    wire.handshake()
+    server = wire.server
+    assert server is not None
+    for i in range(500):
+        server.receive_datagram(b"\x17\xfe\xfd\x00\x01" + i.to_bytes(6, "big") + b"\x00\x10" + bytes(16), wire.now)
+    assert server.records_discarded == 500
+    events = []
+    while (event := server.next_event()) is not None:
+        events.append(event)
+    assert len(events) == server.config.max_queued_discards
+    assert server.established

@@ -76,8 +76,9 @@ class EndpointConfig:
     #: Datagrams we build stay at or below this: handshake messages are fragmented to fit (RFC 6347
     #: §4.1.1.1). 1152 is the largest Device OS record payload (udp-dtls.md §1.1), well under 1280.
     max_datagram_size: int = 1152
-    #: Largest handshake message we reassemble; ours and the device's are a few hundred bytes.
-    max_handshake_message: int = 8192
+    #: Largest handshake message we reassemble; the profile's are under 200 bytes (a raw key is 91), an
+    #: X.509 certificate of the test-only variant a few hundred.
+    max_handshake_message: int = 2048
     #: Largest record fragment we accept (RFC 5246 §6.2.3: 2^14 + 2048).
     max_record_size: int = 16384 + 2048
     #: Records of the next epoch held while its keys are not known yet (reordering), and early
@@ -85,6 +86,9 @@ class EndpointConfig:
     max_buffered_records: int = 8
     #: Application data longer than this is refused by `send_application_data` (RFC 5246 §6.2.1).
     max_application_data: int = 16384
+    #: `RecordDiscarded` events queued at most; past that, discards are only counted (`records_discarded`),
+    #: so a flood of junk cannot grow the event queue of a caller that drains it late.
+    max_queued_discards: int = 32
 
 
 @dataclass(slots=True)
@@ -200,6 +204,7 @@ class BaseEndpoint:
         "master_secret",
         "peer_public_key_der",
         "records",
+        "records_discarded",
         "server_random",
     )
 
@@ -242,6 +247,8 @@ class BaseEndpoint:
         self.peer_public_key_der = b""
         #: The failure that ended the endpoint, if one did.
         self.failure: ConnectionFailed | None = None
+        #: Records dropped so far (RFC 6347 §4.1.2.7), whether or not an event was queued for each.
+        self.records_discarded = 0
 
     # -- public surface -------------------------------------------------------------------------------
 
@@ -411,6 +418,11 @@ class BaseEndpoint:
         return old
 
     def _add_fragment(self, fragment: HandshakeFragment, epoch: int) -> bool | None:
+        if self.established:
+            # Nothing new is buffered once established: a message from before only tells that the peer
+            # resends its flight, so that ours is resent (RFC 6347 §4.2.4).
+            next_seq = self._reassembler.next_seq
+            return False if next_seq is not None and fragment.message_seq < next_seq else None
         return self._reassembler.add(fragment, epoch)
 
     def _receive_alert(self, opened: Opened) -> None:
@@ -450,7 +462,10 @@ class BaseEndpoint:
     # -- helpers for the roles ------------------------------------------------------------------------
 
     def _discard(self, reason: Reason, detail: str) -> None:
-        self._events.append(RecordDiscarded(self._step, reason, detail))
+        self.records_discarded += 1
+        queued = sum(isinstance(e, RecordDiscarded) for e in self._events)
+        if queued < self.config.max_queued_discards:
+            self._events.append(RecordDiscarded(self._step, reason, detail))
 
     def _append_transcript(self, msg_type: int, message_seq: int, body: bytes) -> None:
         # RFC 6347 §4.2.6: the hash covers each message with its DTLS header, as one unfragmented piece.
