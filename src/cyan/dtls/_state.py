@@ -43,6 +43,7 @@ class Trigger(enum.Enum):
     CLIENT_FLIGHT = "client_flight"  # server: the client's Finished verified
     ACCEPTED = "accepted"
     FINISHED = "finished"  # the peer's Finished verified, last flight ours or theirs
+    SESSION_IMPORTED = "session_imported"  # a saved session carried on with no handshake (udp-dtls.md §1.4)
     CLOSE = "close"  # failure, rejection or an orderly end: always allowed until closed
 
 
@@ -53,6 +54,7 @@ _TRANSITIONS: dict[Role, dict[tuple[State, Trigger], State]] = {
         (State.AWAIT_CLIENT_FLIGHT, Trigger.CLIENT_FLIGHT): State.AWAIT_DECISION,
         (State.AWAIT_DECISION, Trigger.ACCEPTED): State.ESTABLISHED,
         (State.AWAIT_CLIENT_FINISHED, Trigger.FINISHED): State.ESTABLISHED,
+        (State.AWAIT_CLIENT_HELLO, Trigger.SESSION_IMPORTED): State.ESTABLISHED,
     },
     Role.CLIENT: {
         (State.AWAIT_SERVER_FLIGHT, Trigger.COOKIE_REQUESTED): State.AWAIT_SERVER_FLIGHT,
@@ -60,6 +62,7 @@ _TRANSITIONS: dict[Role, dict[tuple[State, Trigger], State]] = {
         # Abbreviated handshake: the server's Finished comes in its first flight (RFC 5246 §7.3).
         (State.AWAIT_SERVER_FLIGHT, Trigger.FINISHED): State.ESTABLISHED,
         (State.AWAIT_SERVER_FINISHED, Trigger.FINISHED): State.ESTABLISHED,
+        (State.AWAIT_SERVER_FLIGHT, Trigger.SESSION_IMPORTED): State.ESTABLISHED,
     },
 }
 

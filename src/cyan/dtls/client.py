@@ -101,7 +101,7 @@ class ClientEndpoint(BaseEndpoint):
         random_bytes: RandomBytes,
         config: ClientConfig | None = None,
         session: Session | None = None,
-        start: bool = True,
+        _start: bool = True,
     ) -> None:
         """`server_public_key`: the key the device pins (udp-dtls.md §1.3). `session`: offer it for an
         abbreviated handshake (RFC 5246 §7.3)."""
@@ -109,7 +109,7 @@ class ClientEndpoint(BaseEndpoint):
         super().__init__(Role.CLIENT, State.AWAIT_SERVER_FLIGHT, Step.CLIENT_HELLO, config, random_bytes)
         if not isinstance(device_key.curve, ec.SECP256R1):
             raise LocalDtlsError("a UDP device key is an EC P-256 key (udp-dtls.md §1.2)")
-        if start and server_public_key is None and not config.accept_x509_server_certificate:
+        if _start and server_public_key is None and not config.accept_x509_server_certificate:
             raise LocalDtlsError("the device pins the server key: pass server_public_key")
         if session is not None and session.role != "client":
             raise LocalDtlsError("a server session cannot be offered by a client")
@@ -121,7 +121,7 @@ class ClientEndpoint(BaseEndpoint):
         self._certificate_requested = False
         self._server_point = b""
         self._reassembler.next_seq = 0
-        if start:
+        if _start:  # False only for `resume`, which starts established
             self.client_random = random_bytes(32)
             self._send_client_hello(b"", now)
 
@@ -144,10 +144,10 @@ class ClientEndpoint(BaseEndpoint):
             raise LocalDtlsError("a server session cannot be imported into a client endpoint")
         if move is MoveSession.DEVICE_ID and not device_id:
             raise LocalDtlsError("type-254 records carry the device id: pass device_id")
-        endpoint = cls(device_key, None, now=now, random_bytes=random_bytes, config=config, start=False)
+        endpoint = cls(device_key, None, now=now, random_bytes=random_bytes, config=config, _start=False)
         endpoint.records.peer_cid = session.connection_id
         endpoint._restore(session, is_server=False, sequence_gap=sequence_gap)
-        endpoint._machine.state = State.ESTABLISHED
+        endpoint._machine.advance(Trigger.SESSION_IMPORTED)
         endpoint._step = Step.RECORD
         if move is MoveSession.ALT_CID:
             endpoint._move = b""

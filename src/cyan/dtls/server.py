@@ -140,7 +140,7 @@ class ServerEndpoint(BaseEndpoint):
         )
         endpoint.records.own_cid = session.connection_id
         endpoint._restore(session, is_server=True, sequence_gap=sequence_gap)
-        endpoint._machine.state = State.ESTABLISHED
+        endpoint._machine.advance(Trigger.SESSION_IMPORTED)
         endpoint._step = Step.RECORD
         return endpoint
 
