@@ -61,9 +61,20 @@ def test_inputs_that_once_crashed_stay_fixed(target: str, path: Path) -> None:
 @pytest.mark.skipif(importlib.util.find_spec("atheris") is None, reason="atheris is not installed")
 @pytest.mark.parametrize("target", ["records", "server", "established"])
 def test_a_short_coverage_guided_run_finds_nothing(target: str, tmp_path: Path) -> None:
-    """A couple of seconds of libFuzzer per target; `scripts/fuzz-dtls` runs the same for as long as wanted."""
+    """A few thousand libFuzzer inputs per target (a second or two; a fixed count and seed, so the same
+    inputs every run); `scripts/fuzz-dtls` runs the same for as long as wanted."""
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "fuzz-dtls"), target, "--seconds", "2", "--artifacts", str(tmp_path)],
+        [
+            sys.executable,
+            str(REPO / "scripts" / "fuzz-dtls"),
+            target,
+            "--runs",
+            "4000",
+            "--seconds",
+            "60",
+            "--artifacts",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
