@@ -1,6 +1,7 @@
 """The layering of docs/architecture.md, checked on every import (relative ones too).
 
-- The protocol core and the keys package stay sans-IO and import nothing of ours above them.
+- The protocol cores (`protocol`, `dtls`) and the keys package stay sans-IO and import nothing of ours above
+  them.
 - The domain (`cloud`) knows no use case, adapter or storage engine.
 - The use cases (`app`) reach storage and the bus through the ports, never an adapter.
 - The API and the command line call the use cases: they import no store and no bus.
@@ -49,6 +50,8 @@ ADAPTERS = {"store", "bus", "server", "sim", "dfu"}
 RULES: dict[str, tuple[set[str], set[str]]] = {
     "protocol": ({"cloud", "app", "diagnose", "config", "limits", "testing"} | ADAPTERS | ENTRY_POINTS, IO_MODULES),
     "keys": ({"cloud", "app", "diagnose", "config", "limits", "testing"} | ADAPTERS | ENTRY_POINTS, IO_MODULES),
+    # The DTLS 1.2 core of the UDP devices: sans-IO like the TCP protocol core.
+    "dtls": ({"cloud", "app", "diagnose", "config", "limits", "testing"} | ADAPTERS | ENTRY_POINTS, IO_MODULES),
     "cloud": ({"app", "diagnose"} | ADAPTERS | ENTRY_POINTS, STORAGE_ENGINES | {"fastapi", "starlette", "typer"}),
     "app": (ADAPTERS | ENTRY_POINTS, STORAGE_ENGINES | {"fastapi", "starlette", "uvicorn", "typer", "rich"}),
     "api": ({"store", "bus", "cli", "server", "sim", "service"}, STORAGE_ENGINES),
