@@ -385,7 +385,7 @@ class CyanServer:
     proc: _Logged
 
     @classmethod
-    def start(cls, data_dir: Path, log_dir: Path, *, timeout: float = 30.0) -> CyanServer:
+    def start(cls, data_dir: Path, log_dir: Path, *, timeout: float = 30.0, extra: Sequence[str] = ()) -> CyanServer:
         args = [
             "serve",
             "--data-dir",
@@ -400,6 +400,7 @@ class CyanServer:
             "0",
             "--public-address",
             "127.0.0.1",
+            *extra,
         ]
         proc = _Logged.start("serve", args, log_dir)
         deadline = time.monotonic() + timeout

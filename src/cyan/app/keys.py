@@ -214,7 +214,7 @@ class KeyUseCases:
         """For a device that lost its key: accept the one new key it presents before the window ends
         (docs/keys.md "Re-key windows")."""
         if not isinstance(seconds, int | float) or not 1 <= seconds <= MAX_WINDOW.total_seconds():
-            raise InvalidInputError(f"a re-key window lasts 1 s to {MAX_WINDOW.days} days", "seconds")
+            raise InvalidInputError(f"seconds: a re-key window lasts 1 s to {MAX_WINDOW.days} days", "seconds")
         now = self._ctx.clock()
         record = await visible_device(self._ctx.store, actor, device)
         if await self._ctx.sessions.connected(record.id):

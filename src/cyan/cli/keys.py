@@ -820,6 +820,7 @@ def provision(
         out.mkdir(parents=True, exist_ok=True, mode=0o700)
         results: list[tuple[_Row, str, str]] = []
         failures = 0
+        hint = "fix the cause and run the same command again"
         counts = {"new": 0, "kept": 0, "registered": 0, "already": 0}
         for row in rows:
             key_path = out / f"{row.device_id}.der"
@@ -857,6 +858,8 @@ def provision(
                 raise
             except RegistryError as exc:
                 status = f"FAILED: {exc}"
+                if not failures:
+                    hint = f"{exc.hint}; then run the same command again"
                 failures += 1
             results.append((row, key_fingerprint, status))
             label = f"{row.device_id} ({row.name})" if row.name else row.device_id
@@ -876,7 +879,7 @@ def provision(
         f"{counts['already']} already registered, {failures} failed. Manifest: {manifest}"
     )
     if failures:
-        _fail(f"{failures} device(s) were not registered", "fix the cause and run the same command again")
+        _fail(f"{failures} device(s) were not registered", hint)
 
 
 @app.command("restore")

@@ -3,7 +3,8 @@
 The adapter is as thin as the server's: an `asyncio.Protocol` per TCP connection feeds received bytes to
 the core, acts on its events (the user application lives here), writes whatever the core queued in one
 `transport.write` (each frame whole, §4), and keeps one `loop.call_at` timer armed from `get_timer()`.
-The core counts time in unix seconds (`time.time()`), the loop in its own monotonic clock; deadlines are
+The core counts time on the monotonic clock (`time.monotonic()`), as the firmware counts milliseconds since
+boot: a step of the wall clock moves no deadline. The loop has its own monotonic clock; deadlines are
 converted when the timer is armed. Between connections a device holds no task, only a timer handle, so a
 process can keep tens of thousands of them.
 """
@@ -55,6 +56,9 @@ from cyan.protocol.messages import CloudDisconnectReason, Goodbye
 from ._faults import CorruptedDeviceKey, corrupt_device_key, wrong_server_key
 from ._images import check_image, describe_modules, factory_image
 from ._spec import Fault, SimConfig, VirtualDeviceSpec
+
+#: The clock of every deadline (see the module's docstring).
+_now = time.monotonic
 
 __all__ = [
     "ConnectedFlag",
@@ -109,7 +113,7 @@ class DeviceState(enum.StrEnum):
 class SimAttempt:
     """How one connection attempt ended."""
 
-    #: Unix time at which the TCP connect started.
+    #: Unix time at which the TCP connect started (for records; durations use the monotonic clock).
     started_at: float
     #: Seconds from the TCP connect to the end of the attempt.
     duration: float
@@ -440,8 +444,8 @@ class VirtualDevice:
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
-        started = time.time()
-        link = _Link(self, started)
+        started, started_at = _now(), time.time()
+        link = _Link(self, started, started_at)
         local = (self._source_address, 0) if self._source_address else None
         outcome, detail = CONNECT_FAILED, ""
         try:
@@ -462,7 +466,7 @@ class VirtualDevice:
                 self._connect_task = None
         if link.transport is None:
             # The socket never opened, so no protocol step was reached.
-            self._attempt_ended(SimAttempt(started, time.time() - started, None, None, False, outcome, detail))
+            self._attempt_ended(SimAttempt(started_at, _now() - started, None, None, False, outcome, detail))
 
     # -- called by the link ----------------------------------------------------------------------------
 
@@ -583,15 +587,17 @@ class _Link(asyncio.Protocol):
         "_periodic_due",
         "_shutdown_handle",
         "_started",
+        "_started_at",
         "_suppress_frame",
         "_timer",
         "_timer_due",
         "transport",
     )
 
-    def __init__(self, device: VirtualDevice, started: float) -> None:
+    def __init__(self, device: VirtualDevice, started: float, started_at: float) -> None:
         self._device = device
-        self._started = started
+        self._started = started  # `_now()`, for durations
+        self._started_at = started_at  # unix time, for the record
         self._conn: DeviceConnection | None = None
         self.transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -620,14 +626,14 @@ class _Link(asyncio.Protocol):
             transport.close()
             return
         damage = self._damage_chunk if self._device.spec.fault is Fault.OTA_DROP_CHUNKS else None
-        self._conn = self._device._new_connection(time.time(), damage)
+        self._conn = self._device._new_connection(_now(), damage)
         self._arm()
 
     def data_received(self, data: bytes) -> None:
         conn = self._conn
         if conn is None or conn.closed:
             return  # closing: the firmware reads and discards until the server closes (§8.4)
-        now = time.time()
+        now = _now()
         # On a breach the core raises after closing, and keeps the step and reason in `conn.failure`.
         with contextlib.suppress(ProtocolError):
             conn.receive_data(data, now)
@@ -636,7 +642,7 @@ class _Link(asyncio.Protocol):
     def eof_received(self) -> bool:
         conn = self._conn
         if conn is not None and not conn.closed:
-            now = time.time()
+            now = _now()
             conn.receive_eof(now)
             self._after_input(now)
         return False  # let the transport close: the firmware closes its socket too
@@ -645,7 +651,7 @@ class _Link(asyncio.Protocol):
         self._cancel_timers()
         device = self._device
         conn = self._conn
-        now = time.time()
+        now = _now()
         connected = False
         step: Step | None = None
         reason: Reason | None = None
@@ -667,7 +673,7 @@ class _Link(asyncio.Protocol):
             reason = Reason.CLOSED_BY_PEER
             outcome = reason.value
             detail = detail or "the server closed the session"
-        attempt = SimAttempt(self._started, now - self._started, step, reason, connected, outcome, detail)
+        attempt = SimAttempt(self._started_at, now - self._started, step, reason, connected, outcome, detail)
         device._link_closed(self, attempt)
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
@@ -746,7 +752,7 @@ class _Link(asyncio.Protocol):
         if conn is None or conn.closed:
             return False
         try:
-            message_id = conn.publish(name, data, time.time(), private=private, ttl=ttl)
+            message_id = conn.publish(name, data, _now(), private=private, ttl=ttl)
         except (LocalProtocolError, ValueError):
             return False
         if message_id is None:
@@ -835,7 +841,7 @@ class _Link(asyncio.Protocol):
             self._timer.cancel()
         loop = asyncio.get_running_loop()
         self._timer_due = due
-        delay = max(0.0, due - time.time()) + _TIMER_SLACK
+        delay = max(0.0, due - _now()) + _TIMER_SLACK
         self._timer = loop.call_at(loop.time() + delay, self._on_timer)
 
     def _on_timer(self) -> None:
@@ -843,7 +849,7 @@ class _Link(asyncio.Protocol):
         conn = self._conn
         if conn is None or conn.closed:
             return
-        now = time.time()
+        now = _now()
         if self._drop_at is not None and now >= self._drop_at:
             self._drop()
             return
