@@ -8,7 +8,6 @@ through the use cases here, in transactions with their audit entries; the live s
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable
 from typing import Any
@@ -18,6 +17,7 @@ from cyan.cloud.models import AuditEntry, ConnectionAttempt, DeviceRecord, Pendi
 from cyan.cloud.ports import Repositories
 from cyan.cloud.service import Cloud, DeviceLink
 from cyan.protocol import Hello, SubscriptionScope
+from cyan.tasks import TaskSet
 
 from ._context import AppContext, effective_policy
 from .devices import DeviceUseCases
@@ -196,7 +196,7 @@ class DeviceGateway:
         self._devices = DeviceUseCases(ctx)
         #: Devices whose last key decision saw an armed re-key window: their proven session looks at it again.
         self._windows: set[str] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(log, "cyan-gateway")
 
     async def authorize(
         self, device_id: str, presented_der: bytes | None, peer_address: str = ""
@@ -249,19 +249,8 @@ class DeviceGateway:
         self.cloud.subscription_from_device(link, prefix, scope, device_id)
 
     def _spawn(self, work: Awaitable[None], what: str) -> None:
-        """Run `work` beside the device's connection, keeping a reference and logging its failure."""
-
-        async def run() -> None:
-            try:
-                await work
-            except Exception:
-                log.exception("could not %s", what)
-
-        task = asyncio.get_running_loop().create_task(run(), name=f"cyan-gateway-{what}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(work, what)
 
     async def drain(self) -> None:
         """Wait for the work started on devices' behalf (shutdown, tests)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._tasks.drain()

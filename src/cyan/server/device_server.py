@@ -61,6 +61,7 @@ from cyan.protocol import (
 )
 from cyan.protocol.handshake import private_decrypt, private_sign
 from cyan.protocol.messages import decode_describe
+from cyan.tasks import TaskSet
 
 __all__ = ["CloudPort", "DeviceProtocol", "DeviceServer"]
 
@@ -691,7 +692,7 @@ class DeviceServer:
         self.ota_config = ota_config or OtaConfig()
         self._server: asyncio.Server | None = None
         self._connections: dict[int, DeviceProtocol] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(log, "cyan-server")
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -734,18 +735,8 @@ class DeviceServer:
         return self._connections.get(connection_id)
 
     def spawn(self, work: Awaitable[None], what: str) -> None:
-        """Run `work` beside the connections, keeping a reference (a task nobody holds can vanish) and logging
-        its failure."""
-
-        async def run() -> None:
-            try:
-                await work
-            except Exception:
-                log.exception("could not %s", what)
-
-        task = asyncio.get_running_loop().create_task(run(), name=f"cyan-server-{what}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        """Run `work` beside the connections (`cyan.tasks.TaskSet`)."""
+        self._tasks.spawn(work, what)
 
     @property
     def connection_count(self) -> int:

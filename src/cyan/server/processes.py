@@ -23,6 +23,7 @@ from cyan.cloud.keypolicy import Decision
 from cyan.cloud.models import ConnectionAttempt, DeviceRecord
 from cyan.cloud.service import DeviceLink, VariableValue
 from cyan.protocol import Hello, OtaConfig, OtaOutcome, ServerConfig, SubscriptionScope
+from cyan.tasks import TaskSet
 
 from . import _messages as msg
 from ._ipc import Channel
@@ -116,7 +117,7 @@ class _DeviceProcess:
         self._requests = itertools.count(1)
         self._pending: dict[int, tuple[asyncio.Future[Any], Callable[[int, int], None] | None]] = {}
         self._ready: asyncio.Future[int] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(log, f"cyan-device-process-{index}")
         self.exited = asyncio.Event()
 
     async def start(self, port: int) -> int:
@@ -196,7 +197,7 @@ class _DeviceProcess:
     def _on_message(self, message: msg.Message) -> None:
         cloud = self.cloud
         if isinstance(message, msg.Authorize):
-            self._spawn(self._authorize(message))
+            self._tasks.spawn(self._authorize(message), f"decide on device {message.device_id}")
         elif isinstance(message, msg.AttemptRecorded):
             cloud.record_attempt(message.attempt)
         elif isinstance(message, msg.SessionStarted):
@@ -259,11 +260,6 @@ class _DeviceProcess:
             )
         )
 
-    def _spawn(self, work: Any) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     def _on_lost(self) -> None:
         # The child is gone (or stopping): its devices' sessions end here; they reconnect to the others.
         for link in list(self.links.values()):
@@ -305,7 +301,7 @@ class DeviceProcesses:
         self.key_workers = key_workers
         self._processes = [_DeviceProcess(self, index) for index in range(count)]
         self._stopping = False
-        self._restarts: set[asyncio.Task[None]] = set()
+        self._restarts = TaskSet(log, "cyan-device-processes")
 
     async def start(self) -> None:
         try:
@@ -319,8 +315,7 @@ class DeviceProcesses:
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in self._restarts:
-            task.cancel()
+        await self._restarts.cancel()
         await asyncio.gather(*(process.stop() for process in self._processes))
 
     def lost(self, process: _DeviceProcess) -> None:
@@ -337,14 +332,9 @@ class DeviceProcesses:
                 _RESTART_DELAY,
             )
             await asyncio.sleep(_RESTART_DELAY)
-            try:
-                await process.start(self.port)
-            except Exception:
-                log.exception("device process %d could not be started again", process.index)
+            await process.start(self.port)
 
-        task = asyncio.get_running_loop().create_task(restart())
-        self._restarts.add(task)
-        task.add_done_callback(self._restarts.discard)
+        self._restarts.spawn(restart(), f"start device process {process.index} again")
 
     @property
     def connection_count(self) -> int:

@@ -28,6 +28,7 @@ from cyan.cloud.models import ConnectionAttempt, DeviceRecord
 from cyan.keys import load_private_key
 from cyan.limits import ensure_file_limit
 from cyan.protocol import Hello, SubscriptionScope
+from cyan.tasks import TaskSet
 
 from . import _messages as msg
 from ._ipc import Channel
@@ -50,7 +51,7 @@ class RelayCloud:
         self._replies: dict[int, asyncio.Future[msg.KeyDecision]] = {}
         self._request_ids = itertools.count(1)
         self._heard: set[int] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(log, "cyan-relay")
 
     def _send(self, message: msg.Message) -> None:
         assert self.channel is not None
@@ -185,9 +186,7 @@ class RelayCloud:
             else:
                 self._send(msg.CommandResult(request, True, result))
 
-        task = asyncio.get_running_loop().create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(run(), f"run request {request}")
 
 
 async def _serve(fd: int) -> None:
@@ -222,7 +221,7 @@ async def _serve(fd: int) -> None:
     relay.server = server
     await server.start()
     channel.send(msg.Ready(server.port))
-    heard = loop.create_task(relay.report_heard())
+    heard = relay._tasks.spawn(relay.report_heard(), "report the devices heard from")
     for signum in (signal.SIGTERM, signal.SIGINT):
         # The parent decides when to stop (it closes the channel, or sends SIGTERM); Ctrl-C in a terminal
         # reaches the whole process group, and the parent's own shutdown ends this one.
