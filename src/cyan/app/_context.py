@@ -24,6 +24,7 @@ __all__ = [
     "hash_secret",
     "use_claim_code",
     "visible_device",
+    "visible_records",
 ]
 
 DEVICE_ID = re.compile(r"[0-9a-fA-F]{24}")
@@ -83,6 +84,17 @@ async def visible_device(repos: Repositories, actor: Actor, id_or_name: str) -> 
     if record is None or not actor.sees(record):
         raise DeviceNotFoundError(id_or_name)
     return record
+
+
+async def visible_records(repos: Repositories, actor: Actor, device_ids: list[str]) -> list[DeviceRecord]:
+    """The registered devices among `device_ids` that the actor may see, in that order: what lists of others'
+    things (pending keys, windows, group members) are filtered by, so that no other account's id is named."""
+    found = []
+    for device_id in dict.fromkeys(device_ids):
+        record = await repos.devices.get(device_id)
+        if record is not None and actor.sees(record):
+            found.append(record)
+    return found
 
 
 async def fleet_policy(keys: KeyRepository) -> KeyPolicy:

@@ -20,7 +20,15 @@ from cyan.cloud.models import AuditEntry, ClaimCode, DeviceRecord
 from cyan.cloud.ports import DeviceExistsError, Repositories
 from cyan.keys import KeyFormatError, check_device_public_key, fingerprint, load_public_key, public_key_der
 
-from ._context import AppContext, check_device_id, check_device_name, hash_secret, use_claim_code, visible_device
+from ._context import (
+    AppContext,
+    check_device_id,
+    check_device_name,
+    hash_secret,
+    use_claim_code,
+    visible_device,
+    visible_records,
+)
 from .actors import Actor
 
 __all__ = ["ClaimCodeIssued", "DeviceUseCases", "DeviceView", "NewDevice", "checked_device_key"]
@@ -316,12 +324,7 @@ class DeviceUseCases:
     async def group_members(self, actor: Actor, group: str) -> list[str]:
         """The ids of the group's devices the actor sees: another account's devices are not named."""
         store = self._ctx.store
-        members = []
-        for device_id in await store.updates.list_group(group):
-            record = await store.devices.get(device_id)
-            if record is not None and actor.sees(record):
-                members.append(device_id)
-        return members
+        return [r.id for r in await visible_records(store, actor, await store.updates.list_group(group))]
 
 
 class _NoClaim(Exception):

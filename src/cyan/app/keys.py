@@ -28,7 +28,15 @@ from cyan.cloud.models import (
     RekeyWindow,
 )
 
-from ._context import AppContext, check_device_id, effective_policy, fleet_policy, use_claim_code, visible_device
+from ._context import (
+    AppContext,
+    check_device_id,
+    effective_policy,
+    fleet_policy,
+    use_claim_code,
+    visible_device,
+    visible_records,
+)
 from .actors import Actor
 from .devices import checked_device_key
 
@@ -201,12 +209,9 @@ class KeyUseCases:
     async def pending(self, actor: Actor) -> list[PendingKey]:
         """Every pending key of the devices the actor sees, oldest first."""
         store = self._ctx.store
-        found = []
-        for pending in await store.keys.list_pending_keys():
-            record = await store.devices.get(pending.device_id)
-            if record is not None and actor.sees(record):
-                found.append(pending)
-        return found
+        pending = await store.keys.list_pending_keys()
+        seen = {r.id for r in await visible_records(store, actor, [p.device_id for p in pending])}
+        return [p for p in pending if p.device_id in seen]
 
     # -- re-key windows ---------------------------------------------------------------------------
 
@@ -252,12 +257,9 @@ class KeyUseCases:
 
     async def windows(self, actor: Actor) -> list[RekeyWindow]:
         store = self._ctx.store
-        found = []
-        for window in await store.keys.list_rekeys():
-            record = await store.devices.get(window.device_id)
-            if record is not None and actor.sees(record):
-                found.append(window)
-        return found
+        windows = await store.keys.list_rekeys()
+        seen = {r.id for r in await visible_records(store, actor, [w.device_id for w in windows])}
+        return [w for w in windows if w.device_id in seen]
 
     # -- policies ---------------------------------------------------------------------------------
 
@@ -318,14 +320,9 @@ class KeyUseCases:
         """The fleet's policy and the devices' own policies the actor sees."""
         store = self._ctx.store
         fleet = await fleet_policy(store.keys)
-        own = []
-        for policy in await store.keys.list_policies():
-            if policy.scope == FLEET:
-                continue
-            record = await store.devices.get(policy.scope)
-            if record is not None and actor.sees(record):
-                own.append(policy)
-        return fleet, own
+        policies = [p for p in await store.keys.list_policies() if p.scope != FLEET]
+        seen = {r.id for r in await visible_records(store, actor, [p.scope for p in policies])}
+        return fleet, [p for p in policies if p.scope in seen]
 
     # -- what the owner sees ----------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from cyan.cloud.errors import InvalidInputError, NotFoundError
 from cyan.cloud.models import AuditEntry, DeviceRecord, FirmwareRecord, UpdateJob
 from cyan.cloud.ota import FirmwareLibrary, UpdateManager, UpdateNotFoundError
 
-from ._context import AppContext, visible_device
+from ._context import AppContext, visible_device, visible_records
 from .actors import Actor
 
 __all__ = ["UpdateUseCases"]
@@ -51,12 +51,7 @@ class UpdateUseCases:
                 return await store.devices.all()
             return await store.devices.all(owner=actor.username)
         if group is not None:
-            found = []
-            for device_id in await store.updates.list_group(group):
-                record = await store.devices.get(device_id)
-                if record is not None and actor.sees(record):
-                    found.append(record)
-            return found
+            return await visible_records(store, actor, await store.updates.list_group(group))
         if devices is None:
             raise InvalidInputError("say which devices: devices (a list), all (true) or group (a name)", "devices")
         if len(devices) > MAX_NAMED_DEVICES:

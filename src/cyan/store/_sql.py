@@ -9,12 +9,12 @@ ends) or the one connection of the transaction it belongs to.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-from sqlalchemy import bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import RowMapping, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -354,6 +354,14 @@ class _Repository:
     def __init__(self, db: Access) -> None:
         self._db = db
 
+    async def _first(self, query: Any, action: str) -> RowMapping | None:
+        async with self._db.reading(action) as conn:
+            return (await conn.execute(query)).mappings().first()
+
+    async def _rows(self, query: Any, action: str) -> Sequence[RowMapping]:
+        async with self._db.reading(action) as conn:
+            return (await conn.execute(query)).mappings().all()
+
     async def _upsert(self, table: Any, keys: tuple[str, ...], values: dict[str, Any], action: str) -> None:
         condition = [table.c[key] == values[key] for key in keys]
         async with self._db.writing(action, statements="several") as conn:
@@ -374,15 +382,13 @@ class SqlDevices(_Repository):
         row = self._db.point_read(_SELECT_DEVICE, (device_id.lower(),), "read a device")
         if row is not False:
             return None if row is None else device_from_row(dict(zip(_DEVICE_COLUMNS, row, strict=True)), raw=True)
-        async with self._db.reading("read a device") as conn:
-            found = (await conn.execute(select(devices).where(devices.c.id == device_id.lower()))).mappings().first()
+        found = await self._first(select(devices).where(devices.c.id == device_id.lower()), "read a device")
         return None if found is None else device_from_row(found)
 
     async def find(self, id_or_name: str) -> DeviceRecord | None:
         device_id = id_or_name.lower()
         query = select(devices).where(or_(devices.c.id == device_id, devices.c.name == id_or_name))
-        async with self._db.reading("find a device") as conn:
-            rows = (await conn.execute(query)).mappings().all()
+        rows = await self._rows(query, "find a device")
         # An id wins over another device's name that happens to look like it.
         rows = sorted(rows, key=lambda row: row["id"] != device_id)
         return device_from_row(rows[0]) if rows else None
@@ -391,8 +397,7 @@ class SqlDevices(_Repository):
         query = select(devices).order_by(devices.c.id)
         if owner is not None:
             query = query.where(devices.c.owner == owner)
-        async with self._db.reading("list devices") as conn:
-            rows = (await conn.execute(query)).mappings().all()
+        rows = await self._rows(query, "list devices")
         return [device_from_row(row) for row in rows]
 
     async def add(self, device: DeviceRecord) -> None:
@@ -484,8 +489,7 @@ class SqlKeys(_Repository):
 
     async def get_policy(self, scope: str) -> KeyPolicy | None:
         query = select(key_policies).where(key_policies.c.scope == scope.lower())
-        async with self._db.reading("read a key policy") as conn:
-            row = (await conn.execute(query)).mappings().first()
+        row = await self._first(query, "read a key policy")
         return None if row is None else _policy_from_row(row)
 
     async def set_policy(self, policy: KeyPolicy) -> None:
@@ -503,8 +507,7 @@ class SqlKeys(_Repository):
         return bool(await self._delete(key_policies, key_policies.c.scope == scope.lower(), "remove a key policy"))
 
     async def list_policies(self) -> list[KeyPolicy]:
-        async with self._db.reading("list key policies") as conn:
-            rows = (await conn.execute(select(key_policies).order_by(key_policies.c.scope))).mappings().all()
+        rows = await self._rows(select(key_policies).order_by(key_policies.c.scope), "list key policies")
         return [_policy_from_row(row) for row in rows]
 
     async def get_rekey(self, device_id: str) -> RekeyWindow | None:
@@ -518,8 +521,7 @@ class SqlKeys(_Repository):
                 values[name] = _raw_time(values[name])
             return RekeyWindow(**values)
         query = select(rekey_windows).where(rekey_windows.c.device_id == device_id.lower())
-        async with self._db.reading("read a re-key window") as conn:
-            row = (await conn.execute(query)).mappings().first()
+        row = await self._first(query, "read a re-key window")
         return None if row is None else RekeyWindow(**dict(row))
 
     async def save_rekey(self, window: RekeyWindow) -> None:
@@ -531,8 +533,7 @@ class SqlKeys(_Repository):
 
     async def list_rekeys(self) -> list[RekeyWindow]:
         query = select(rekey_windows).order_by(rekey_windows.c.until, rekey_windows.c.device_id)
-        async with self._db.reading("list re-key windows") as conn:
-            rows = (await conn.execute(query)).mappings().all()
+        rows = await self._rows(query, "list re-key windows")
         return [RekeyWindow(**dict(row)) for row in rows]
 
     async def save_pending_key(self, pending: PendingKey) -> None:
@@ -544,8 +545,7 @@ class SqlKeys(_Repository):
         query = select(table).order_by(table.c.first_seen, table.c.device_id, table.c.fingerprint)
         if device_id is not None:
             query = query.where(table.c.device_id == device_id.lower())
-        async with self._db.reading("list pending keys") as conn:
-            rows = (await conn.execute(query)).mappings().all()
+        rows = await self._rows(query, "list pending keys")
         return [PendingKey(**dict(row)) for row in rows]
 
     async def remove_pending_key(self, device_id: str, fingerprint: str | None = None) -> int:
@@ -586,8 +586,7 @@ class SqlAccounts(_Repository):
 
     async def get_user(self, username: str) -> User | None:
         query = select(users).where(users.c.username == username.lower())
-        async with self._db.reading("read a user") as conn:
-            row = (await conn.execute(query)).mappings().first()
+        row = await self._first(query, "read a user")
         return None if row is None else _user_from_row(row)
 
     async def save_user(self, user: User) -> bool:
@@ -602,8 +601,7 @@ class SqlAccounts(_Repository):
         return bool(result.rowcount)
 
     async def list_users(self) -> list[User]:
-        async with self._db.reading("list users") as conn:
-            rows = (await conn.execute(select(users).order_by(users.c.username))).mappings().all()
+        rows = await self._rows(select(users).order_by(users.c.username), "list users")
         return [_user_from_row(row) for row in rows]
 
     async def remove_user(self, username: str) -> bool:
@@ -629,8 +627,7 @@ class SqlAccounts(_Repository):
 
     async def get_token(self, token_hash: str) -> AccessToken | None:
         query = select(access_tokens).where(access_tokens.c.token_hash == token_hash.lower())
-        async with self._db.reading("read an access token") as conn:
-            row = (await conn.execute(query)).mappings().first()
+        row = await self._first(query, "read an access token")
         return None if row is None else _token_from_row(row)
 
     async def list_tokens(self, username: str) -> list[AccessToken]:
@@ -641,8 +638,7 @@ class SqlAccounts(_Repository):
             .where(table.c.username == username.lower())
             .order_by(table.c.created_at.desc(), table.c.token_hash)
         )
-        async with self._db.reading("list access tokens") as conn:
-            rows = (await conn.execute(query)).mappings().all()
+        rows = await self._rows(query, "list access tokens")
         return [_token_from_row(row) for row in rows]
 
     async def remove_token(self, token_hash: str) -> bool:
@@ -681,8 +677,7 @@ class SqlAttempts(_Repository):
             query = query.where(table.c.started_at >= _aware(since, "since"))
         if peer_address is not None:
             query = query.where(table.c.peer_address == peer_address)
-        async with self._db.reading("list connection attempts") as conn:
-            rows = (await conn.execute(query)).mappings().all()
+        rows = await self._rows(query, "list connection attempts")
         return [_attempt_from_row(row) for row in rows]
 
 
@@ -698,8 +693,7 @@ class SqlUpdates(_Repository):
 
     async def get_firmware(self, sha256: str) -> FirmwareRecord | None:
         query = select(firmware).where(firmware.c.sha256 == sha256.lower())
-        async with self._db.reading("read a firmware record") as conn:
-            row = (await conn.execute(query)).mappings().first()
+        row = await self._first(query, "read a firmware record")
         return None if row is None else FirmwareRecord(**dict(row))
 
     async def add_job(self, job: UpdateJob) -> int:
@@ -719,8 +713,7 @@ class SqlUpdates(_Repository):
 
     async def get_job(self, job_id: int) -> UpdateJob | None:
         query = select(update_jobs).where(update_jobs.c.id == job_id)
-        async with self._db.reading("read an update job") as conn:
-            row = (await conn.execute(query)).mappings().first()
+        row = await self._first(query, "read an update job")
         return None if row is None else _job_from_row(row)
 
     async def list_jobs(
@@ -738,8 +731,7 @@ class SqlUpdates(_Repository):
             query = query.where(update_jobs.c.rollout == rollout)
         if unfinished:
             query = query.where(update_jobs.c.state.in_([s.value for s in JobState if not s.finished]))
-        async with self._db.reading("list update jobs") as conn:
-            rows = (await conn.execute(query)).mappings().all()
+        rows = await self._rows(query, "list update jobs")
         return [_job_from_row(row) for row in rows]
 
     async def add_to_group(self, group: str, device_ids: list[str]) -> int:
@@ -791,8 +783,7 @@ class SqlAudit(_Repository):
             query = query.where(audit.c.device_id == device_id.lower())
         if subject is not None:
             query = query.where(audit.c.subject == subject)
-        async with self._db.reading("list the audit trail") as conn:
-            rows = (await conn.execute(query)).mappings().all()
+        rows = await self._rows(query, "list the audit trail")
         return [AuditEntry(**dict(row)) for row in rows]
 
 
