@@ -358,3 +358,43 @@ def test_trust_on_first_use_and_the_key_error_report(tmp_path: Path) -> None:
             await device.stop()
 
     _run(tmp_path, scenario)
+
+
+def test_a_rekey_window_takes_no_key_when_two_new_ones_race_for_it(tmp_path: Path) -> None:
+    """The device that lost its key and someone who knows its id both present a new key during the window. The
+    intruder is first and even connects; when the device's own new key comes, neither is accepted: the
+    intruder's session is closed, both keys wait for the owner, who is told."""
+
+    async def scenario(service: Service) -> None:
+        lost = VirtualDeviceSpec(_id(70), fixed_device_key(70), fault=Fault.AMNESIA)
+        await _register(service, [lost])
+        await service.app.keys.arm_rekey(OPS, _id(70), 600)
+        server_key = service.keys.private_key.public_key()
+        device = VirtualDevice(lost, server_key, config=SIM)
+        intruder = VirtualDevice(VirtualDeviceSpec(_id(70), fixed_device_key(71)), server_key, config=SIM)
+        alerts = service.cloud.alerts
+        assert isinstance(alerts, LoggingAlerts)
+        intruder.start("127.0.0.1", service.device_server.port)
+        try:
+            await asyncio.wait_for(intruder.connected.wait(), 10)
+            assert service.cloud.online(_id(70))  # the window took the intruder's key
+            device.start("127.0.0.1", service.device_server.port)
+
+            async def both_held() -> bool:
+                return len(await service.store.keys.list_pending_keys(_id(70))) == 2
+
+            await _eventually(both_held)
+            stored = await service.store.devices.get(_id(70))
+            assert stored is not None
+            assert stored.key_fingerprint == fingerprint(public_key_der(fixed_device_key(70).public_key()))
+            assert await service.store.keys.get_rekey(_id(70)) is None
+            actions = [e.action for e in await service.store.audit.recent(_id(70))]
+            assert actions[:2] == ["rekey_conflict", "rekey_used"]
+            await _eventually(lambda: any(a.kind == "rekey_conflict" for a in alerts.recent))
+            await _eventually(lambda: not service.cloud.online(_id(70)))
+            assert intruder.connect_count == 1  # closed, and refused since
+        finally:
+            await intruder.stop()
+            await device.stop()
+
+    _run(tmp_path, scenario)

@@ -6,12 +6,13 @@ A device id is not a secret, so a presented key is never accepted just because i
 1. an unknown device (or one registered without a key) is refused, unless trust on first use is on;
 2. the registered key, when presented (or when nothing is presented: the old Core's 52-byte identity), is
    accepted; the session proves the device's identity once its Hello arrives;
-3. another key, while the device is connected with its registered key, is refused: that client is not the
+3. another key after a re-key window accepted one: the key it replaced connecting again undoes the change
+   (the device had not lost it), and a second, different new key undoes it too and holds both new keys for
+   approval, even while a session with the accepted key is connected (it may be whoever won the race);
+4. another key, while the device is connected with its registered key, is refused: that client is not the
    device. Nothing of the device changes (no pending key, no window used, no quarantine);
-4. another key inside a re-key window: the first new key is accepted; the key it replaced connecting again
-   undoes the change (the device had not lost it), and a second, different new key undoes it too and holds
-   both new keys for approval;
-5. otherwise the policy decides: **strict** refuses, **quarantine** lets the client connect with no access
+5. another key inside a re-key window that has accepted none: accepted, and the key it replaces kept;
+6. otherwise the policy decides: **strict** refuses, **quarantine** lets the client connect with no access
    at all. Either way the key is kept as pending, for the owner to approve (by its fingerprint) or reject.
 
 `decide` computes the decision and everything it changes (`Effects`); `cyan.app.handshake` reads the
@@ -158,7 +159,12 @@ def decide(s: KeySituation) -> Decision:
         )
     assert presented is not None
 
-    # 3. Another key while the device is connected with its own: not the device.
+    # 3. A re-key window that accepted a key: that key is the registered one only provisionally, so another
+    #    key undoes it even while a session with it is connected (whoever won the race must not keep it).
+    if window is not None and window.accepted_fingerprint is not None:
+        return _in_window(s, record, window, presented=presented, stored=stored, effects=effects)
+
+    # 4. Another key while the device is connected with its own: not the device.
     if s.connected:
         return Decision(
             None,
@@ -171,11 +177,11 @@ def decide(s: KeySituation) -> Decision:
             effects=effects,
         )
 
-    # 4. A re-key window.
+    # 5. A re-key window, unused so far.
     if window is not None:
         return _in_window(s, record, window, presented=presented, stored=stored, effects=effects)
 
-    # 5. The policy.
+    # 6. The policy.
     known = {p.fingerprint: p for p in s.pending}
     pending = known.get(presented)
     first_sighting = pending is None
