@@ -27,6 +27,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from .codes import decimal
+
 __all__ = ["LogFormat", "LogRecord", "normalize", "read_lines", "read_text"]
 
 
@@ -142,15 +144,22 @@ _CLOUDDEBUG = re.compile(
 )
 
 
+#: The longest line read; the rest of a longer one is dropped. Device OS formats a log line in a buffer of a
+#: few hundred bytes and an event line carries at most 622 bytes of data (protocol.md §6.4), so no real line
+#: comes near. The patterns below are tried at every place a record could start in a line, which is
+#: quadratic in its length: a 170 KB line of repeated Format A headers took two minutes before this cut.
+MAX_LINE = 4096
+
+
 def _clean(line: str) -> str:
-    return _CONTROL.sub("", line.rstrip("\r\n")).replace("\ufeff", "")
+    return _CONTROL.sub("", line[:MAX_LINE].rstrip("\r\n")).replace("\ufeff", "")
 
 
 def _split_attributes(message: str) -> tuple[str, int | None, str | None]:
     match = _ATTRIBUTES.search(message)
     if match is None:
         return message, None, None
-    return message[: match.start()], int(match["code"]), match["det"]
+    return message[: match.start()], decimal(match["code"]), match["det"]
 
 
 def _format_b(number: int, raw: str, match: re.Match[str], prefix: str | None) -> LogRecord:
@@ -196,7 +205,7 @@ def _integer(value: Any) -> int | None:
     if isinstance(value, int):
         return value
     if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
-        return int(value)
+        return decimal(value)
     return None
 
 
