@@ -128,6 +128,10 @@ _A = re.compile(
     r"(?P<ms>\d{10}):<?(?P<lvl>LOG  |DEBUG|INFO |WARN |ERROR|PANIC|LOG|INFO|WARN)>?\s*:?\s?"
     r"(?P<func>.*?)\s?\((?P<ln>\d+)\):(?P<msg>.*)$"
 )
+# Where a Format A line may start, and its "(line):" after the function. `_A.search` alone scans from every
+# header to the end of the line looking for that, quadratic in the line's length (see `_search_a`).
+_A_START = re.compile(r"(?=\d{10}:<?(?:LOG|DEBUG|INFO|WARN|ERROR|PANIC))")
+_A_LINE_NUMBER = re.compile(r"\(\d+\):")
 _ATTRIBUTES = re.compile(r"\s\[code = (?P<code>-?\d+)(?:, details = (?P<det>.*))?\]$")
 _CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
 _SSE_EVENT = re.compile(r"^event:\s*(?P<name>\S+)\s*$")
@@ -149,6 +153,25 @@ _CLOUDDEBUG = re.compile(
 #: comes near. The patterns below are tried at every place a record could start in a line, which is
 #: quadratic in its length: a 170 KB line of repeated Format A headers took two minutes before this cut.
 MAX_LINE = 4096
+
+
+def _search_a(raw: str) -> re.Match[str] | None:
+    """`_A.search(raw)` in linear time.
+
+    A header matches exactly when a "(digits):" follows it somewhere: the header has no "(" in it, so every
+    header that starts before the last "(digits):" of the line matches, and none after it can. The first
+    header before it is therefore the match `search` finds, and it is matched once.
+    """
+    numbers = [found.start() for found in _A_LINE_NUMBER.finditer(raw)]
+    if not numbers:
+        return None
+    for start in _A_START.finditer(raw):
+        if start.start() >= numbers[-1]:
+            return None
+        found = _A.match(raw, start.start())
+        if found is not None:
+            return found
+    return None
 
 
 def _clean(line: str) -> str:
@@ -262,7 +285,7 @@ def _parse(number: int, raw: str, sse_name: str | None) -> LogRecord:
             record = _json_record(number, raw, value, sse_name)
             if record is not None:
                 return record
-    match_a = _A.search(raw)
+    match_a = _search_a(raw)
     if match_a is not None and match_a.start() == len(raw) - len(raw.lstrip()):
         return _format_a(number, raw, match_a, None)
     match_b = _B.match(raw)
