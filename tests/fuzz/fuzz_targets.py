@@ -134,6 +134,19 @@ def only(*allowed: type[BaseException]) -> Iterator[None]:
             raise
 
 
+@contextmanager
+def peer_input(connection: ServerConnection | DeviceConnection) -> Iterator[None]:
+    """What the peer sends may only raise `RemoteProtocolError`, and only once it has closed the connection
+    and kept the failure (the step and reason the device server records)."""
+    try:
+        yield
+    except RemoteProtocolError as exc:
+        if type(exc) is not RemoteProtocolError or not _raised_by_cyan(exc):
+            raise
+        if not connection.closed or connection.failure is None or connection.failure.reason is not exc.reason:
+            raise AssertionError(f"{exc!r} did not close the connection with its failure") from exc
+
+
 def _check_events(connection: ServerConnection | DeviceConnection) -> list[Event]:
     events = []
     while (event := connection.next_event()) is not None:
@@ -225,8 +238,13 @@ _NONCE = bytes(range(100, 140))
 def fuzz_handshake(data: bytes) -> None:
     """The handshake messages: `HandshakeError` for bad content, `ValueError` for a wrong size."""
     d = Data(data)
-    mode = d.byte() % 4
+    flags = d.byte()
+    mode = flags % 4
     body = d.rest()
+    if flags & 4:
+        # The RSA messages at their exact sizes, so that most runs reach the decryption, not the size check.
+        size = handshake.SESSION_KEY_MESSAGE_SIZE if mode == 2 else handshake.IDENTITY_MESSAGE_SIZE
+        body = body[:size].ljust(size, b"\x00")
     if mode == 0:
         with only(handshake.HandshakeError):
             handshake.parse_identity_plaintext(_NONCE + body, _NONCE)
@@ -300,7 +318,9 @@ def _server_command(server: ServerConnection, d: Data, now: float) -> None:
     kind = d.byte() % 10
     name = d.take(d.byte() % 16).decode("ascii", "replace") or "x"
     timeout = float(d.byte() % 30) or None
-    with only(LocalProtocolError):  # the 1-byte token space can run out, and says so
+    # The caller's mistakes, each said so: the 1-byte token space runs out (LocalProtocolError), an argument
+    # is longer than a device takes (ValueError from the message builders, as messages.py documents).
+    with only(LocalProtocolError, ValueError):
         if kind == 0:
             server.call_function(name, d.chunk(), now, timeout)
         elif kind == 1:
@@ -342,7 +362,7 @@ def _server_handshake(server: ServerConnection, d: Data, now: float) -> FrameEnc
         identity = d.chunk()
     else:
         identity = _NONCE + DEVICE_ID + (_device_public_der() if choice % 4 == 2 else d.chunk())
-    with only(RemoteProtocolError):
+    with peer_input(server):
         server.private_key_done(identity, now)
     events = _check_events(server)
     if server.closed or not events:
@@ -377,7 +397,7 @@ def fuzz_server(data: bytes) -> None:
     encoder: FrameEncoder | None = None
     if d.byte() & 1:
         raw = d.chunk()
-        with only(RemoteProtocolError):
+        with peer_input(server):
             server.receive_data(raw, now)
         _check_events(server)
     else:
@@ -385,7 +405,7 @@ def fuzz_server(data: bytes) -> None:
         encoder = _server_handshake(server, d, now)
     while d.remaining and not server.closed:
         op = d.byte() % 8
-        with only(RemoteProtocolError):
+        with peer_input(server):
             if op in (0, 1, 2) and encoder is not None:
                 frame = encoder.encode(d.chunk())
                 cut = d.byte() % (len(frame) + 1)
@@ -463,7 +483,7 @@ def fuzz_device(data: bytes) -> None:
     )
     encoder: FrameEncoder | None = None
     if setup & 32:
-        with only(RemoteProtocolError):
+        with peer_input(device):
             device.receive_data(d.chunk(), now)
     else:
         session = _device_session()
@@ -473,7 +493,7 @@ def fuzz_device(data: bytes) -> None:
     device.data_to_send()
     while d.remaining and not device.closed:
         op = d.byte() % 8
-        with only(RemoteProtocolError):
+        with peer_input(device):
             if op in (0, 1, 2) and encoder is not None:
                 frame = encoder.encode(d.chunk())
                 cut = d.byte() % (len(frame) + 1)
@@ -697,6 +717,50 @@ def _modules() -> Iterator[bytes]:
     yield binary.build_module(body[:64], platform_id=0, prefix_offset=0x10C, start_address=0x08005000)
 
 
+def _server_session_seed() -> bytes:
+    """A session in the server target's terms: every command, answered with the token the server chose
+    (its randomness is scripted: message ids from 0x1235, tokens from 0x57), then every device request."""
+    out = bytearray(b"\x07\x00\x02")
+
+    def frame(message: coap.Message) -> None:
+        out.extend(b"\x00" + piece(message.encode()) + b"\x00")
+
+    def command(kind: int, name: bytes = b"", extra: bytes = b"") -> None:
+        out.extend(bytes((5, kind, len(name))) + name + b"\x05" + extra)
+
+    hello = m.Hello(6, 1, m.HelloFlag.DEVICE_INITIATED_DESCRIBE, 6, 3103, 1024, 262144, 512)
+    frame(m.device_hello(1, hello))
+    frame(m.describe_post(2, 2, b'{"f":["setArg"],"v":{"counter":2,"temp":9,"s":4,"b":1}}'))
+    command(0, b"setArg", piece(b"hi"))
+    frame(m.empty_ack(0x1236))
+    frame(m.function_return(3, b"\x58", 2))
+    command(1, b"counter")
+    frame(m.piggybacked_response(0x1237, b"\x59", coap.Code.CONTENT, b"\x00\x00\x00\x07"))
+    command(2, b"", b"\x03")
+    frame(m.empty_ack(0x1238))
+    frame(m.content_response(4, b"\x5a", coap.Code.CONTENT, b'{"p":6,"m":[]}', confirmable=True))
+    command(3, b"", b"\x01")
+    frame(m.signal_ack(0x1239, b"\x5b"))
+    command(6, b"", b"\x04\x00\x00")
+    frame(m.empty_ack(0x123A))
+    frame(m.update_ready(5, b"\x5c", fast=False))
+    command(7, b"", b"\x00" + piece(b"x" * 16) + b"\x00")
+    frame(m.chunk_received(6, b"\x5d", ok=True))
+    command(8)
+    frame(coap.Message(coap.MessageType.ACK, coap.Code.CHANGED, 0x123C, b"\x5e", payload=b'{"r":"ok"}'))
+    frame(m.time_request(7, 9))
+    frame(m.device_event(8, "x/y", "data", ttl=30, confirmable=True))
+    frame(m.subscribe(9, "vdev"))
+    frame(m.subscribe(10, "", m.SubscriptionScope.DEVICE, "0123"))
+    frame(m.chunk_missed(11, [1, 2], confirmable=True))
+    frame(m.device_update_done(12, b'{"r":0}'))
+    frame(m.goodbye(13, m.Goodbye(1, 2, 3, 4)))
+    frame(m.ping(14))
+    command(0, b"f", piece(b""))
+    out.extend(b"\x04\xff\x01")  # the clock runs: the call times out, the idle timer closes the session
+    return bytes(out)
+
+
 def seeds(name: str) -> list[bytes]:
     """The seed inputs of a target, built from the recordings and logs (deterministic)."""
     found: list[bytes] = []
@@ -714,7 +778,9 @@ def seeds(name: str) -> list[bytes]:
     elif name == "handshake":
         found += [b"\x00" + DEVICE_ID + _device_public_der(), b"\x00" + DEVICE_ID, b"\x01" + _NONCE]
         found.append(b"\x02" + _device_session().session_key)
+        found.append(b"\x06" + _device_session().session_key[:200])
         found.append(b"\x03" + bytes(256))
+        found.append(b"\x07" + bytes(range(256)))
     elif name in ("coap", "messages"):
         for messages in _plaintexts("d2s"):
             found += messages[:40] if name == "coap" else [bytes((6,)) + p for p in messages[:40]]
@@ -729,6 +795,7 @@ def seeds(name: str) -> list[bytes]:
             commands = b"\x05\x00\x06setArg" + b"\x05" + piece(b"hello") + b"\x05\x01\x07counter\x05"
             found.append(b"\x07\x00\x02" + ops[:400] + commands + ops[400:])
         found.append(b"\x07\x01" + piece(bytes(300)))
+        found.append(_server_session_seed())
     elif name == "device":
         for index, messages in enumerate(_plaintexts("s2d")):
             ops = b"".join(b"\x00" + piece(p) + b"\x00" for p in messages[:30])
