@@ -8,6 +8,7 @@ the standard library and of the test harness would only dilute the feedback.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -24,7 +25,10 @@ def main(argv: list[str]) -> None:
         names = ", ".join(fuzz_targets.TARGETS)
         raise SystemExit(f"usage: {argv[0]} TARGET [libFuzzer options] [CORPUS ...]; targets: {names}")
     target = fuzz_targets.TARGETS[argv[1]]
-    atheris.Setup([argv[0], *argv[2:]], target.run)
+    # libFuzzer runs its first argument through the shell for -merge (and -fork): give it the command that
+    # starts this same target, not the bare path of this script.
+    command = f"{shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__).resolve()))} {target.name}"
+    atheris.Setup([command, *argv[2:]], target.run)
     atheris.Fuzz()
 
 

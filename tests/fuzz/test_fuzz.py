@@ -63,6 +63,9 @@ def test_atheris_short_run(name: str, tmp_path: Path) -> None:
         str(scratch),
         str(CORPUS / name),
     ]
+    dictionary = HERE / "dicts" / f"{name}.dict"
+    if dictionary.exists():
+        command.insert(3, f"-dict={dictionary}")
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
     assert result.returncode == 0, f"atheris found a breach in {name}:\n{result.stderr[-6000:]}"
