@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from cyan.diagnose import CodeKind, diagnose, explain_code, explain_code_text, explain_led
@@ -135,3 +137,22 @@ def test_leds_and_codes_alone_give_findings() -> None:
     assert orange.findings[0].entry.id == "C6"
     magenta = diagnose(None, leds=["fast cyan, 1 magenta blink"], codes=["8"])
     assert magenta.findings[0].entry.id == "C7"
+
+
+# Inputs that broke `cyan diagnose --led/--code` (found by tests/fuzz and in review): each must give readings.
+
+
+@pytest.mark.parametrize("description", ["sos ²", "cyan ³ orange", "cyan then orange x³", "sos ①", "sos " + "9" * 5000])
+def test_digits_int_cannot_read_are_no_count(description: str) -> None:
+    # str.isdigit() is true for superscripts and circled digits, which int() refuses (ValueError); and int()
+    # refuses over 4300 decimal digits.
+    readings = explain_led(description)
+    assert readings
+    assert all(r.count is None for r in readings)
+
+
+@pytest.mark.parametrize("text", ["1" * 5000, "-" + "2" * 5000, "code = " + "3" * 4301, "0x" + "f" * 5000])
+def test_a_code_longer_than_any_code_is_no_code(text: str) -> None:
+    assert explain_code_text(text) == []
+    assert parse_code(text) is None
+    json.dumps(diagnose(None, codes=[text]).to_json())

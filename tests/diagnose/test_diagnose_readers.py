@@ -10,12 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cyan.diagnose import LogFormat, analyse, diagnose, normalize, read_lines, read_text
+from cyan.diagnose.readers import MAX_LINE
 from cyan.diagnose.signals import Sig, extract_signals
 
 
 def test_format_a_line() -> None:
     (record,) = read_text("0000009436:ERROR: int SparkProtocol::handshake() (108):Handshake: Unable to receive key -19")
-    assert record.format == LogFormat.FORMAT_A
     assert (record.time_ms, record.level, record.function) == (9436, "ERROR", "int SparkProtocol::handshake()")
     assert record.message == "Handshake: Unable to receive key -19"
 
@@ -184,3 +184,43 @@ def test_shuffled_real_lines_and_garbage_never_fail(lines: list[str]) -> None:
     json.dumps(result.to_json())
     for attempt in result.analysis.attempts if result.analysis else []:
         assert attempt.outcome in ("connected", "dropped", "failed", "incomplete", "interrupted")
+
+
+# Inputs that broke `cyan diagnose` (found by tests/fuzz and in review): each must give a report.
+
+
+def test_a_number_longer_than_int_reads_is_no_number() -> None:
+    # int() refuses decimal strings over 4300 digits (ValueError); a code, a time or an event's time that long
+    # is no number a device prints.
+    digits = "1" * 5000
+    for text in (
+        f"0000001000 [comm] ERROR: handshake failed [code = {digits}]",
+        f'{{"l": "ERROR", "m": "boom", "t": "{digits}", "code": "-{digits}"}}',
+        f"0000001000 [comm] ERROR: socket 3 receive fail {digits}",
+        f"0000001000 [comm] ERROR: socket_receive on 3 returned -{digits}",
+        f"0000001000 [comm] ERROR: handshake failed with code {digits}",
+        f"0000009436:INFO : socket 3 receive bytes {digits} of {digits} (12):x",
+    ):
+        (record,) = read_text(text)
+        assert record.code is None or abs(record.code) < 10**20
+        json.dumps(diagnose(text).to_json())
+
+
+def test_an_over_long_line_is_cut_before_it_is_parsed() -> None:
+    # Format A headers repeated on one 170 KB line: the pattern scans the rest of the line from every header,
+    # which took two minutes. Only the first MAX_LINE characters of a line are read.
+    line = "0000000001:LOG  :" * 10_000
+    (record,) = read_text(line)
+    assert len(record.raw) <= MAX_LINE
+    json.dumps(diagnose(line + "\n" + line).to_json())
+
+
+def test_a_line_of_repeated_format_a_headers_is_read_once() -> None:
+    # Within the 4096 characters read, repeated headers cost 0.14 s a line while each was scanned to the end;
+    # the first header that a "(line):" follows is the record, as before.
+    line = "0000000001:LOG  :" * 200 + " int f() (12):done"
+    (record,) = read_text(line)
+    assert record.format == LogFormat.FORMAT_A
+    assert (record.time_ms, record.level, record.message) == (1, "TRACE", "done")
+    assert record.function is not None
+    assert record.function.endswith("int f()")

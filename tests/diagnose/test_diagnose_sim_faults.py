@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,11 +39,30 @@ UNKNOWN = f"{0xBF:024x}"
 Wanted = list[tuple[str | None, str, int]]
 
 
+def _snapshot(database: Path, evidence: Path) -> None:
+    """A consistent copy of the live database (SQLite's backup API), as a data directory of its own."""
+    evidence.mkdir()
+    source, copy = sqlite3.connect(database), sqlite3.connect(evidence / database.name)
+    try:
+        source.backup(copy)
+    finally:
+        copy.close()
+        source.close()
+
+
 def _serve(tmp_path: Path, faults: list[Fault], *, unknown: bool, wanted: Wanted) -> Path:
     """Run the service and the faulty fleet until, for each (device, reason, count) of `wanted`, the server
-    recorded that many attempts (device None: unidentified; reason "connected": sessions); return the data
-    directory."""
+    recorded that many attempts (device None: unidentified; reason "connected": sessions); return a data
+    directory holding the records as they were then.
+
+    Not the records after the stop: stopping the fleet closes the socket of any device in the middle of a
+    handshake, and the server rightly records that as the device's failure (closed_by_peer, or
+    session_key_rejected when it comes right after our session key). Those records are the teardown's, not
+    a fault's, and the devices reconnect all the time, so now and then one of them was mid-handshake at the
+    stop and its doctor report held a reason its fault never causes.
+    """
     data = tmp_path / "data"
+    evidence = tmp_path / "evidence"
 
     async def run() -> None:
         settings = Settings(data_dir=data, device_host="127.0.0.1", device_port=0, api_host="127.0.0.1", api_port=0)
@@ -79,6 +99,7 @@ def _serve(tmp_path: Path, faults: list[Fault], *, unknown: bool, wanted: Wanted
                     )
                     missing = [w for w in wanted if counts[(w[0], w[1])] < w[2]]
                     if not missing:
+                        _snapshot(settings.database_path, evidence)
                         break
                     assert asyncio.get_running_loop().time() < deadline, f"still waiting for {missing}"
                     await asyncio.sleep(0.05)
@@ -88,7 +109,7 @@ def _serve(tmp_path: Path, faults: list[Fault], *, unknown: bool, wanted: Wanted
             await service.stop()
 
     asyncio.run(run())
-    return data
+    return evidence
 
 
 def _doctor(capsys: pytest.CaptureFixture[str], data: Path, device_id: str) -> dict[str, Any]:

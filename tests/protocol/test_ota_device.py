@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 import zlib
 
 import pytest
@@ -252,3 +253,23 @@ def test_the_server_reads_a_legacy_finish_through_its_noise() -> None:
     assert drain(server) == []  # finished once; the rest is not read
     server.receive_eof(NOW + 2)
     assert drain(server) == [ConnectionClosed()]
+
+
+def test_a_chunk_far_past_the_image_is_not_stored_past_the_ota_area() -> None:
+    """Found writing the device fuzz target (tests/fuzz): an empty chunk (CRC 0) with index 65534 after an
+    UpdateBegin with chunk size 65535 made the device role grow its image to 65534 x 65535 bytes (4 GiB).
+    The device's OTA area ends at max_binary_size; nothing is stored past it."""
+    firmware = Firmware(version=(3, 1, 0), max_binary_size=4096)
+    pair = connect(firmware)
+    tracemalloc.start()
+    try:
+        _begin(pair, fast=True, size=1000, chunk_size=65535)
+        _send(pair, _chunk(b"", index=65534))
+        _send(pair, _chunk(b"x" * 100, index=1))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    events = pair.take_device_events()
+    assert isinstance(events[0], UpdateStarted)
+    assert events[1:] == [ChunkStored(65534, 0), ChunkStored(1, 100)]

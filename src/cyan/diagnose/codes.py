@@ -265,6 +265,24 @@ _TABLES: dict[str, dict[int, tuple[str, str, tuple[str, ...]]]] = {
 _NUMBER = re.compile(r"^\s*(?:[a-z:_ ]*[=:]\s*)?(?P<sign>[-+]?)\s*(?P<hex>0x)?(?P<digits>[0-9a-f]+)\s*$", re.IGNORECASE)
 
 
+#: More digits than any code, count or time a device prints (a 32-bit number has 10). Longer runs are not
+#: numbers to us; `int()` would even refuse a decimal string over 4300 digits (ValueError, Python 3.11+).
+MAX_DIGITS = 20
+
+
+def decimal(text: str) -> int | None:
+    """The integer `text` writes in decimal (a sign and surrounding white space allowed), or None when it is
+    not one or is longer than any number a device prints.
+
+    `str.isdecimal`, not `isdigit`: superscripts and circled digits are digits to `isdigit` but not to `int()`.
+    """
+    stripped = text.strip()
+    digits = stripped[1:] if stripped[:1] in ("-", "+") else stripped
+    if not digits.isdecimal() or len(digits) > MAX_DIGITS:
+        return None
+    return int(stripped)
+
+
 def parse_code(text: str) -> tuple[int, bool] | None:
     """An integer from `-19`, `26`, `code=-19`, `0x1A` or `-3b62` (hex when it has letters or 0x).
 
@@ -274,6 +292,8 @@ def parse_code(text: str) -> tuple[int, bool] | None:
     if match is None:
         return None
     digits = match["digits"]
+    if len(digits) > MAX_DIGITS:
+        return None
     is_hex = bool(match["hex"]) or any(c in "abcdefABCDEF" for c in digits)
     if not is_hex and not digits.isdigit():
         return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .codes import sos_meaning
+from .codes import decimal, sos_meaning
 
 __all__ = ["LED_PATTERNS", "LedPattern", "LedReading", "explain_led"]
 
@@ -214,16 +214,19 @@ def _normalize(text: str) -> str:
     return " ".join(out.split())
 
 
+def _number(word: str) -> int | None:
+    """A count written in digits ("3"), never a sign; None for anything else, or more digits than a count has."""
+    return decimal(word) if word[:1].isdecimal() else None
+
+
 def _count_before(words: list[str], index: int) -> int | None:
     """A number written just before the word at `index` ("3 orange", "1 red blink")."""
     for back in (1, 2):
-        if index - back >= 0 and words[index - back].isdigit():
-            return int(words[index - back])
+        if index - back >= 0 and (count := _number(words[index - back])) is not None:
+            return count
     for ahead in (1, 2):  # "orange x3", "orange blink 3 times"
-        if index + ahead < len(words):
-            word = words[index + ahead].lstrip("x")
-            if word.isdigit():
-                return int(word)
+        if index + ahead < len(words) and (count := _number(words[index + ahead].lstrip("x"))) is not None:
+            return count
     return None
 
 
@@ -240,7 +243,7 @@ def explain_led(description: str) -> list[LedReading]:
         return LedReading(description, LED_PATTERNS[key], count, note)
 
     if "sos" in words:
-        numbers = [int(w) for w in words if w.isdigit()]
+        numbers = [n for w in words if (n := _number(w)) is not None]
         count = numbers[0] if numbers else None
         note = None
         if count is not None:

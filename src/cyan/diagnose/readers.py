@@ -27,6 +27,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from .codes import decimal
+
 __all__ = ["LogFormat", "LogRecord", "normalize", "read_lines", "read_text"]
 
 
@@ -126,6 +128,10 @@ _A = re.compile(
     r"(?P<ms>\d{10}):<?(?P<lvl>LOG  |DEBUG|INFO |WARN |ERROR|PANIC|LOG|INFO|WARN)>?\s*:?\s?"
     r"(?P<func>.*?)\s?\((?P<ln>\d+)\):(?P<msg>.*)$"
 )
+# Where a Format A line may start, and its "(line):" after the function. `_A.search` alone scans from every
+# header to the end of the line looking for that, quadratic in the line's length (see `_search_a`).
+_A_START = re.compile(r"(?=\d{10}:<?(?:LOG|DEBUG|INFO|WARN|ERROR|PANIC))")
+_A_LINE_NUMBER = re.compile(r"\(\d+\):")
 _ATTRIBUTES = re.compile(r"\s\[code = (?P<code>-?\d+)(?:, details = (?P<det>.*))?\]$")
 _CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
 _SSE_EVENT = re.compile(r"^event:\s*(?P<name>\S+)\s*$")
@@ -142,15 +148,41 @@ _CLOUDDEBUG = re.compile(
 )
 
 
+#: The longest line read; the rest of a longer one is dropped. Device OS formats a log line in a buffer of a
+#: few hundred bytes and an event line carries at most 622 bytes of data (protocol.md §6.4), so no real line
+#: comes near. The patterns below are tried at every place a record could start in a line, which is
+#: quadratic in its length: a 170 KB line of repeated Format A headers took two minutes before this cut.
+MAX_LINE = 4096
+
+
+def _search_a(raw: str) -> re.Match[str] | None:
+    """`_A.search(raw)` in linear time.
+
+    A header matches exactly when a "(digits):" follows it somewhere: the header has no "(" in it, so every
+    header that starts before the last "(digits):" of the line matches, and none after it can. The first
+    header before it is therefore the match `search` finds, and it is matched once.
+    """
+    numbers = [found.start() for found in _A_LINE_NUMBER.finditer(raw)]
+    if not numbers:
+        return None
+    for start in _A_START.finditer(raw):
+        if start.start() >= numbers[-1]:
+            return None
+        found = _A.match(raw, start.start())
+        if found is not None:
+            return found
+    return None
+
+
 def _clean(line: str) -> str:
-    return _CONTROL.sub("", line.rstrip("\r\n")).replace("\ufeff", "")
+    return _CONTROL.sub("", line[:MAX_LINE].rstrip("\r\n")).replace("\ufeff", "")
 
 
 def _split_attributes(message: str) -> tuple[str, int | None, str | None]:
     match = _ATTRIBUTES.search(message)
     if match is None:
         return message, None, None
-    return message[: match.start()], int(match["code"]), match["det"]
+    return message[: match.start()], decimal(match["code"]), match["det"]
 
 
 def _format_b(number: int, raw: str, match: re.Match[str], prefix: str | None) -> LogRecord:
@@ -196,7 +228,7 @@ def _integer(value: Any) -> int | None:
     if isinstance(value, int):
         return value
     if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
-        return int(value)
+        return decimal(value)
     return None
 
 
@@ -253,7 +285,7 @@ def _parse(number: int, raw: str, sse_name: str | None) -> LogRecord:
             record = _json_record(number, raw, value, sse_name)
             if record is not None:
                 return record
-    match_a = _A.search(raw)
+    match_a = _search_a(raw)
     if match_a is not None and match_a.start() == len(raw) - len(raw.lstrip()):
         return _format_a(number, raw, match_a, None)
     match_b = _B.match(raw)

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .codes import CodeKind
+from .codes import CodeKind, decimal
 from .readers import LogFormat, LogRecord
 from .signals import Sig, Signal, extract_signals
 
@@ -424,9 +424,9 @@ def _apply_protocol_failed(attempt: Attempt, signal: Signal) -> None:
         attempt.socket_connected = True
         _fail(attempt, signal, "dtls_handshake", DeviceStep.DTLS, value, CodeKind.MBEDTLS)
         return
-    if not text.lstrip("-").isdigit():
+    code = decimal(text)
+    if code is None:
         return
-    code = int(text)
     attempt.protocol_code = code
     if attempt.error is not None:
         if attempt.error.kind == "set_key" and code in (6, 8):

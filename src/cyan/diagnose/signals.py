@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from .codes import decimal
 from .readers import LogFormat, LogRecord, normalize
 
 __all__ = ["Sig", "Signal", "extract_signals"]
@@ -99,7 +100,13 @@ _Builder = Callable[[re.Match[str], LogRecord], tuple[str, Values] | None]
 def _num(text: str | None) -> int | None:
     if text is None or not re.fullmatch(r"\s*-?\d+\s*", text):
         return None
-    return int(text)
+    return decimal(text)
+
+
+def _negated(text: str | None) -> int | None:
+    """A socket error the firmware prints without its sign."""
+    value = decimal(text or "0")
+    return None if value is None else -value
 
 
 def _const(signal_kind: str, **values: str | int | bool | None) -> _Builder:
@@ -146,9 +153,9 @@ def _step_bytes(match: re.Match[str], _record: LogRecord) -> tuple[str, Values] 
     # Format A byte counts identify the handshake step even without the handshake lines (§4.2): the
     # nonce is 40 bytes in, the handshake 256 out, the session key 384 in, the Hello 18 out.
     received, written = match["received"], match["written"]
-    direction, count = ("receive", int(received)) if received else ("write", int(written or 0))
+    direction, count = ("receive", decimal(received)) if received else ("write", decimal(written or "0"))
     steps = {("receive", 40): "S2", ("write", 256): "S5", ("receive", 384): "S6", ("write", 18): "S8"}
-    step = steps.get((direction, count))
+    step = None if count is None else steps.get((direction, count))
     if step is None:
         return None
     return Sig.STEP, {"step": step, "bytes": count}
@@ -246,7 +253,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], _Builder], ...] = tuple(
             r"handshake failed(?: with code|:)?\s*(?P<code>-?[0-9a-f]+)\b",
             _groups(Sig.PROTOCOL_FAILED, code=lambda t: t),
         ),
-        (r"socket \d+ receive fail (?P<code>\d+)", _groups(Sig.SOCKET_ERROR, code=lambda t: -int(t or 0))),
+        (r"socket \d+ receive fail (?P<code>\d+)", _groups(Sig.SOCKET_ERROR, code=_negated)),
         (r"socket_receive on \S+ returned (?P<code>-?\d+)", _groups(Sig.SOCKET_ERROR, code=_num)),
         (r"^receive error (?P<code>-?\d+)", _groups(Sig.SOCKET_ERROR, code=_num)),
         (r"^receive timeout", _const(Sig.SOCKET_ERROR, code=-1, timeout=True)),

@@ -619,10 +619,15 @@ class DeviceConnection(BaseConnection):
             if not indexed:
                 self._send(m.chunk_received(self._next_message_id(), token, ok=False))
             return
+        # The write lands in the OTA area, which ends at max_binary_size: what lies past it is not stored (the
+        # flash write checks its range). An index far past the image would otherwise grow it to index x chunk
+        # size bytes, up to 4 GiB (65534 x 65535) for one empty chunk, whose CRC is 0.
         start = index * download.chunk_size
-        if start + len(data) > len(download.image):
-            download.image.extend(bytes(start + len(data) - len(download.image)))
-        download.image[start : start + len(data)] = data
+        end = min(start + len(data), max(fw.max_binary_size, download.file_size))
+        if end > len(download.image):
+            download.image.extend(bytes(end - len(download.image)))
+        if start < end:
+            download.image[start:end] = data[: end - start]
         download.last_written = now
         if known:
             download.received[index] = 1
