@@ -165,7 +165,7 @@ def test_refusals_are_clear_and_send_nothing(tmp_path: Path) -> None:
             (_image(platform=8), "wrong_platform", "built for P1 (platform 8), the device is a Photon (platform 6)"),
             (bytes(corrupt), "crc_mismatch", "corrupt: the CRC-32 stored at the end is"),
             (good[: len(good) // 2], "truncated", "truncated: the module header says"),
-            (_image(size=300_000), "too_large", "and the device takes at most 262144"),
+            (_image(size=300_000), "too_large", "takes at most 262144"),
         ):
             response = await _flash_chunked(w, ONLINE, "bad.bin", data)
             assert response.status_code == 400, response.text

@@ -10,13 +10,13 @@ from fastapi import Request
 from starlette.formparsers import MultiPartException
 
 from cyan.app import Actor, Application
+from cyan.cloud.ota import MAX_FIRMWARE, FirmwareRejectedError
 
 from ._context import ApiContext
+from ._limits import MAX_BODY
 from .errors import ApiError
 
 __all__ = ["app", "body", "context", "require_actor"]
-
-_MAX_BODY = 64 * 1024
 
 
 def context(request: Request) -> ApiContext:
@@ -40,8 +40,8 @@ async def body(request: Request) -> dict[str, Any]:
         request.state.body = parsed
         return parsed
     raw = await request.body()
-    if len(raw) > _MAX_BODY:
-        raise ApiError(413, "invalid_request", f"the request body is over {_MAX_BODY} bytes")
+    if len(raw) > MAX_BODY:
+        raise ApiError(413, "invalid_request", f"the request body is over {MAX_BODY} bytes")
     parsed = {}
     if raw.strip():
         if content_type == "application/json" or (not content_type and raw.lstrip()[:1] == b"{"):
@@ -60,8 +60,8 @@ async def body(request: Request) -> dict[str, Any]:
     return parsed
 
 
-#: The largest file part taken (a firmware binary: a Gen 2 OTA area is 256 KB, protocol.md §10).
-MAX_UPLOAD = 8 * 1024 * 1024
+#: The largest file part taken: the largest binary a Gen 2 device takes (its OTA area, protocol.md §10).
+MAX_UPLOAD = MAX_FIRMWARE
 
 
 async def _multipart(request: Request) -> dict[str, Any]:
@@ -69,7 +69,7 @@ async def _multipart(request: Request) -> dict[str, Any]:
     `__multipart__`. File parts, at most `MAX_UPLOAD` bytes each, go to `request.state.files` as
     name -> (filename, bytes); the parser's temporary files are closed at once."""
     try:
-        form = await request.form(max_files=4, max_fields=32, max_part_size=_MAX_BODY)
+        form = await request.form(max_files=4, max_fields=32, max_part_size=MAX_BODY)
     except (MultiPartException, ValueError) as exc:
         raise ApiError(400, "invalid_request", f"the multipart body cannot be read: {exc}") from None
     parsed: dict[str, Any] = {"__multipart__": True}
@@ -81,7 +81,12 @@ async def _multipart(request: Request) -> dict[str, Any]:
                 continue
             data = await value.read(MAX_UPLOAD + 1)
             if len(data) > MAX_UPLOAD:
-                raise ApiError(413, "invalid_request", f"the file {name!r} is over {MAX_UPLOAD} bytes")
+                # The only files taken are firmware binaries: say it as the device's check would.
+                raise FirmwareRejectedError(
+                    f"{value.filename or name}: too large: over {MAX_UPLOAD} bytes, and a Gen 2 device takes at most "
+                    f"{MAX_UPLOAD}",
+                    "too_large",
+                )
             files[name] = (value.filename or name, data)
     finally:
         await form.close()

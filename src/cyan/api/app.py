@@ -8,6 +8,7 @@ from cyan import __version__
 
 from . import routes_auth, routes_devices, routes_diagnostics, routes_events, routes_keys, routes_updates
 from ._context import ApiContext
+from ._limits import RequestLimits
 from .errors import install_error_handlers
 
 __all__ = ["create_app"]
@@ -28,6 +29,11 @@ def create_app(context: ApiContext) -> FastAPI:
     )
     app.state.context = context
     install_error_handlers(app)
+
+    async def token_is_valid(token: str) -> bool:
+        return await context.app.accounts.resolve(token) is not None
+
+    app.add_middleware(RequestLimits, token_is_valid=token_is_valid)
     app.include_router(routes_auth.router)
     # Stream and publish routes first: /v1/devices/events must not be taken for a device named "events".
     app.include_router(routes_events.router)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,6 +25,7 @@ from cyan.cloud.errors import (
     NotFoundError,
     PendingKeyChangedError,
     PermissionDeniedError,
+    TooManyRequestsError,
     UnknownFunctionError,
     UnknownVariableError,
 )
@@ -30,6 +33,8 @@ from cyan.cloud.ota import FirmwareRejectedError, UpdateConflictError
 from cyan.cloud.ports import BusUnavailableError, NodeUnreachableError, StoreUnavailableError
 
 __all__ = ["ApiError", "install_error_handlers", "not_found"]
+
+log = logging.getLogger("cyan.api")
 
 
 class ApiError(Exception):
@@ -95,7 +100,25 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _json(400, {"ok": False, "error": "invalid_request", "error_description": str(exc.errors())})
+        fields, description = describe_invalid(exc.errors())
+        log.info("%s %s refused: %s", request.method, request.url.path, description)
+        body = {"ok": False, "error": "invalid_request", "error_description": description}
+        if fields:
+            body["field"] = fields[0]
+        return _json(400, body)
+
+
+def describe_invalid(errors: Sequence[Any]) -> tuple[list[str], str]:
+    """Which fields are wrong and why, without echoing what was sent (it may be large or hostile)."""
+    fields: list[str] = []
+    parts = []
+    for error in list(errors)[:5]:
+        location = [str(part) for part in error.get("loc", ())]
+        # The first part says where the field was (query, body, path): the name is what a caller knows.
+        field = ".".join(location[1:] or location) or "request"
+        fields.append(field)
+        parts.append(f"{field}: {error.get('msg', 'invalid')}")
+    return fields, "; ".join(parts)[:500] or "invalid request"
 
 
 def _cloud_error(exc: CloudError) -> JSONResponse:
@@ -106,6 +129,11 @@ def _cloud_error(exc: CloudError) -> JSONResponse:
         return _json(404, not_found(exc.id_or_name).body)
     if isinstance(exc, NotFoundError):
         return _json(404, {"ok": False, "error": "Not Found", "error_description": str(exc)})
+    if isinstance(exc, TooManyRequestsError):
+        seconds = max(1, round(exc.retry_after + 0.5))
+        response = _json(429, {"ok": False, "error": "Too many requests", "error_description": str(exc)})
+        response.headers["Retry-After"] = str(seconds)
+        return response
     if isinstance(exc, PermissionDeniedError):
         return _json(403, {"ok": False, "error": "Permission Denied", "error_description": str(exc)})
     if isinstance(exc, InvalidInputError):

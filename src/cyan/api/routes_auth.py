@@ -61,7 +61,10 @@ async def create_token(request: Request) -> dict[str, Any]:
     if not isinstance(username, str) or not isinstance(password, str) or not username:
         raise ApiError(400, "invalid_request", "username and password are required")
     expires_in = _expires_in(params.get("expires_in", DEFAULT_TOKEN_LIFETIME))
-    issued = await app(request).accounts.login(username, password, _client_id(request, params), expires_in or None)
+    address = request.client.host if request.client else ""
+    issued = await app(request).accounts.login(
+        username, password, _client_id(request, params), expires_in or None, address=address
+    )
     response: dict[str, Any] = {"token_type": "bearer", "access_token": issued.token}
     if issued.record.expires_at is not None:
         response["expires_in"] = expires_in

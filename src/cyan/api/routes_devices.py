@@ -186,22 +186,19 @@ def _product_id(value: Any) -> int | None:
 async def provision_key(request: Request, actor: Caller, device_id: str) -> dict[str, Any]:
     """What `particle keys send` and `keys doctor` call (docs/keys.md "Who may do what")."""
     params = await body(request)
+    product_id = _product_id(params.get("product_id"))
     algorithm = str(params.get("algorithm", "rsa")).lower()
     if algorithm != "rsa":
-        raise ApiError(400, "invalid_request", f"algorithm {algorithm[:16]!r}: Gen 2 devices use RSA keys")
+        raise InvalidInputError(f"algorithm {algorithm[:16]!r}: Gen 2 devices use RSA keys", "algorithm")
     pem = params.get("publicKey")
     if not isinstance(pem, str) or not pem.strip():
-        raise ApiError(400, "invalid_request", "publicKey (PEM) is required")
+        raise InvalidInputError("publicKey (PEM) is required", "publicKey")
     try:
         der = public_key_der(load_public_key(pem.encode()))
     except KeyFormatError as exc:
-        raise ApiError(400, "invalid_request", f"the public key cannot be used: {exc}") from None
+        raise InvalidInputError(f"the public key cannot be used: {exc}", "publicKey") from None
     code = params.get("claim_code")
     done = await app(request).keys.provision(
-        actor,
-        device_id,
-        der,
-        product_id=_product_id(params.get("product_id")),
-        claim_code=code if isinstance(code, str) else None,
+        actor, device_id, der, product_id=product_id, claim_code=code if isinstance(code, str) else None
     )
     return {"ok": True, "id": done.record.id, "key_fingerprint": done.record.key_fingerprint, "created": done.created}

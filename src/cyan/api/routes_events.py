@@ -42,13 +42,17 @@ async def publish(request: Request, actor: Caller, product: str | None = None) -
 
 
 def _encode(event: CloudEvent) -> bytes:
+    """One event in Particle's stream format. The data is a JSON string (newlines in it are escaped); the name
+    was checked at every entry to have no control character, and is made safe here once more, so that nothing
+    can end the `event:` line early and forge an event into another subscriber's stream."""
     payload = {
         "data": event.data,
         "ttl": event.ttl,
         "published_at": iso(event.published_at),
         "coreid": event.device_id or "api",
     }
-    return f"event: {event.name}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+    name = event.name if event.name.isprintable() else "".join(c if c.isprintable() else "\ufffd" for c in event.name)
+    return f"event: {name}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
 
 def _stream(request: Request, prefix: str, accept: Callable[[CloudEvent], bool]) -> StreamingResponse:

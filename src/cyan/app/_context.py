@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +43,8 @@ class AppContext:
     sessions: Sessions
     alerts: AlertSink = field(default_factory=LoggingAlerts)
     clock: Callable[[], datetime] = _utc_now
+    #: For durations and rate limits: a clock that only moves forward.
+    ticks: Callable[[], float] = time.monotonic
 
     def alert(self, entry: AuditEntry, kind: str, summary: str) -> None:
         """Tell the owner and the operators (after the change committed)."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import secrets
+from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -19,6 +21,7 @@ from cyan.cloud.errors import (
     InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
+    TooManyRequestsError,
 )
 from cyan.cloud.models import AccessToken, AuditEntry, Role, User
 from cyan.cloud.ports import UserExistsError
@@ -38,6 +41,53 @@ _MAX_CLIENT_ID = 64
 
 class InvalidCredentialsError(ValueError):
     """Unknown user or wrong password (deliberately not saying which)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoginLimits:
+    """How many failed logins are let through (docs/security.md): per account and per source address, in a
+    sliding window; past them, a login is refused (429, Retry-After) before its password is checked."""
+
+    per_account: int = 5
+    per_address: int = 30
+    window: float = 900.0
+    #: Password checks running at once: scrypt is ~50 ms of CPU each on purpose, on worker threads; bounded so
+    #: that a burst of logins leaves a core to the event loop and the devices.
+    concurrent_checks: int = max(1, (os.cpu_count() or 2) - 1)
+
+
+class _Failures:
+    """Failure times per key (an account, an address), in a sliding window, bounded in keys and per key."""
+
+    def __init__(self, limit: int, window: float, max_keys: int = 100_000) -> None:
+        self._limit = limit
+        self._window = window
+        self._max_keys = max_keys
+        self._times: dict[str, deque[float]] = {}
+
+    def retry_after(self, key: str, now: float) -> float:
+        times = self._times.get(key)
+        if times is None:
+            return 0.0
+        while times and times[0] <= now - self._window:
+            times.popleft()
+        if not times:
+            del self._times[key]
+            return 0.0
+        return times[0] + self._window - now if len(times) >= self._limit else 0.0
+
+    def add(self, key: str, now: float) -> bool:
+        """Count a failure; True when this one reaches the limit."""
+        times = self._times.get(key)
+        if times is None:
+            if len(self._times) >= self._max_keys:
+                del self._times[next(iter(self._times))]
+            times = self._times[key] = deque(maxlen=self._limit)
+        times.append(now)
+        return len(times) == self._limit
+
+    def clear(self, key: str) -> None:
+        self._times.pop(key, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +119,12 @@ def _client(client_id: str) -> str:
 
 
 class AccountUseCases:
-    def __init__(self, ctx: AppContext) -> None:
+    def __init__(self, ctx: AppContext, limits: LoginLimits | None = None) -> None:
         self._ctx = ctx
+        self.limits = limits or LoginLimits()
+        self._checks = asyncio.Semaphore(self.limits.concurrent_checks)
+        self._by_account = _Failures(self.limits.per_account, self.limits.window)
+        self._by_address = _Failures(self.limits.per_address, self.limits.window)
 
     # -- users ------------------------------------------------------------------------------------
 
@@ -159,15 +213,55 @@ class AccountUseCases:
             raise InvalidCredentialsError("user credentials are invalid")
         user = await self._ctx.store.accounts.get_user(username) if len(username) <= 255 else None
         stored = user.password_hash if user is not None else _decoy()
-        if not await asyncio.to_thread(verify_password, password, stored) or user is None:
+        async with self._checks:
+            matches = await asyncio.to_thread(verify_password, password, stored)
+        if not matches or user is None:
             raise InvalidCredentialsError("user credentials are invalid")
         return user
 
-    async def login(self, username: str, password: str, client_id: str, expires_in: int | None) -> IssuedToken:
-        """A token for whoever knows the password (the OAuth password grant)."""
+    async def login(
+        self, username: str, password: str, client_id: str, expires_in: int | None, *, address: str = ""
+    ) -> IssuedToken:
+        """A token for whoever knows the password (the OAuth password grant). Failed logins are audited and
+        counted per account and per address: past `limits`, a login is refused before its password is
+        checked (`TooManyRequestsError`)."""
         lifetime = _lifetime(expires_in)
-        user = await self.authenticate(username, password)
+        account = str(username).lower()[:255]
+        now = self._ctx.ticks()
+        wait = max(self._by_account.retry_after(account, now), self._by_address.retry_after(address, now))
+        if wait > 0:
+            raise TooManyRequestsError(
+                "too many failed logins for this account or from this address; try again later", wait
+            )
+        try:
+            user = await self.authenticate(username, password)
+        except InvalidCredentialsError:
+            await self._failed(account, address, now)
+            raise
+        self._by_account.clear(account)
         return await self._issue(Actor.account(user.username, user.role), user, client_id, lifetime)
+
+    async def _failed(self, account: str, address: str, now: float) -> None:
+        """Audit a failed login, and the moment an account or an address reaches its limit."""
+        known = await self._ctx.store.accounts.get_user(account) is not None
+        subject = account if known else None  # an unknown name is not written: anyone could choose it
+        source = "".join(c for c in address if c.isprintable())[:64] or "an unknown address"
+        at = self._ctx.clock()
+        entries = [
+            AuditEntry(at, None, "login_failed", "anonymous", detail=f"from {source}", subject=subject)
+            if known
+            else AuditEntry(at, None, "login_failed", "anonymous", detail=f"from {source}; no such account")
+        ]
+        minutes = f"{self.limits.window / 60:g} min"
+        if self._by_account.add(account, now) and known:
+            why = f"{self.limits.per_account} failed logins within {minutes}"
+            entries.append(AuditEntry(at, None, "login_throttled", "policy", detail=why, subject=account))
+        if self._by_address.add(address, now):
+            why = f"{self.limits.per_address} failed logins from {source} within {minutes}"
+            entries.append(AuditEntry(at, None, "login_throttled", "policy", detail=why))
+        async with self._ctx.store.transaction() as tx:
+            for entry in entries:
+                await tx.audit.add(entry)
 
     async def create_token(
         self, actor: Actor, username: str, expires_in: int | None = DEFAULT_TOKEN_LIFETIME

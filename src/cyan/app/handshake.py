@@ -197,6 +197,8 @@ class DeviceGateway:
         #: Devices whose last key decision saw an armed re-key window: their proven session looks at it again.
         self._windows: set[str] = set()
         self._tasks = TaskSet(log, "cyan-gateway")
+        #: Events not carried because their names could break the event streams.
+        self.dropped_events = 0
 
     async def authorize(
         self, device_id: str, presented_der: bytes | None, peer_address: str = ""
@@ -229,6 +231,12 @@ class DeviceGateway:
         self.cloud.describe_received(link, document)
 
     def event_from_device(self, link: DeviceLink, name: str, data: bytes | None, ttl: int, private: bool) -> None:
+        if not name.isprintable():
+            # A control character (a newline, above all) in a name would end a server-sent event's field early
+            # in every subscriber's stream: such an event is not carried (no firmware names events so).
+            log.warning("device %s published an event whose name has a control character: dropped", link.device_id)
+            self.dropped_events += 1
+            return
         if self.cloud.device_link(link.device_id) is link:
             # Only a proven session's word counts (a quarantined one proved a key, not the device).
             if name == "spark/device/key/error":

@@ -6,6 +6,8 @@ their audit entries in one transaction before any is started.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from cyan.cloud.errors import InvalidInputError, NotFoundError
 from cyan.cloud.models import AuditEntry, DeviceRecord, FirmwareRecord, UpdateJob
 from cyan.cloud.ota import FirmwareLibrary, UpdateManager, UpdateNotFoundError
@@ -19,6 +21,14 @@ __all__ = ["UpdateUseCases"]
 MAX_NAMED_DEVICES = 1000
 
 
+def _as_seen_by(actor: Actor, record: FirmwareRecord, filename: str | None = None) -> FirmwareRecord:
+    """A binary is kept once for everyone who uploads the same bytes; who uploaded it first, and under what
+    name, is theirs and the admins' to see."""
+    if actor.is_admin or record.uploaded_by == actor.name:
+        return record
+    return replace(record, uploaded_by=None, filename=(filename or "")[-255:] or "(uploaded by another account)")
+
+
 class UpdateUseCases:
     def __init__(self, ctx: AppContext, manager: UpdateManager) -> None:
         self._ctx = ctx
@@ -30,13 +40,14 @@ class UpdateUseCases:
 
     async def upload(self, actor: Actor, data: bytes, filename: str) -> FirmwareRecord:
         """Keep a binary after checking it as a device would (`FirmwareRejectedError` otherwise)."""
-        return await self.library.add(data, filename, actor.name)
+        return _as_seen_by(actor, await self.library.add(data, filename, actor.name), filename)
 
     async def firmware(self, actor: Actor, sha256: str) -> FirmwareRecord:
+        """A kept binary by its SHA-256 (knowing it is having the bytes: the same bytes, the same record)."""
         if not isinstance(sha256, str) or len(sha256) != 64:
             raise InvalidInputError("firmware is the SHA-256 of an uploaded binary (64 hex digits)", "firmware")
         try:
-            return await self.library.get(sha256)
+            return _as_seen_by(actor, await self.library.get(sha256))
         except UpdateNotFoundError:
             raise NotFoundError(f"no firmware {sha256}") from None
 

@@ -17,6 +17,7 @@ __all__ = [
     "NotFoundError",
     "PendingKeyChangedError",
     "PermissionDeniedError",
+    "TooManyRequestsError",
     "UnknownFunctionError",
     "UnknownVariableError",
 ]
@@ -50,6 +51,14 @@ class DeviceNotFoundError(NotFoundError):
 
 class PermissionDeniedError(CloudError):
     """The caller may not do this at all (a role's act), whatever it is done to."""
+
+
+class TooManyRequestsError(CloudError):
+    """Too many tries in too short a time (failed logins): refused before any work; `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class InvalidInputError(CloudError):

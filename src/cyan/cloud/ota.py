@@ -39,6 +39,7 @@ from .ports import Repositories, UpdateRepository
 from .service import Cloud, DeviceLink
 
 __all__ = [
+    "MAX_FIRMWARE",
     "FirmwareLibrary",
     "FirmwareRejectedError",
     "UpdateConfig",
@@ -53,6 +54,8 @@ log = logging.getLogger("cyan.ota")
 
 #: The OTA area of a Photon or P1 (§10); devices that report their own limit are held to theirs.
 _OTA_AREA = {6: 262144, 8: 262144}
+#: The largest binary any Gen 2 device takes: what an upload may be at most.
+MAX_FIRMWARE = max(_OTA_AREA.values())
 MODES = {"auto": None, "fast": True, "non_fast": False}
 
 

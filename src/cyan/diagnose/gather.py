@@ -25,7 +25,7 @@ DEFAULT_PERIOD = timedelta(days=7)
 #: Bounds on what one report reads: a device in a loop at the backoff ceiling makes ~700 attempts a day.
 _DEVICE_LIMIT = 5000
 _ALL_LIMIT = 20000
-_DEVICE_ID = re.compile(r"^[0-9a-fA-F]{24}$")
+_DEVICE_ID = re.compile(r"[0-9a-fA-F]{24}")
 
 
 def _within(attempts: list[ConnectionAttempt], until: datetime | None) -> list[ConnectionAttempt]:
@@ -50,7 +50,7 @@ async def doctor_from_store(
     as `unknown_device`); the API passes False, since such records belong to nobody.
     """
     record = await store.devices.find(id_or_name)
-    if record is None and not (include_unregistered and _DEVICE_ID.match(id_or_name)):
+    if record is None and not (include_unregistered and _DEVICE_ID.fullmatch(id_or_name)):
         return None
     device_id = record.id if record is not None else id_or_name.lower()
     since = since or now - DEFAULT_PERIOD

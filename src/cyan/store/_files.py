@@ -11,7 +11,7 @@ from cyan.cloud.ports import StoreUnavailableError
 
 __all__ = ["FirmwareFiles"]
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class FirmwareFiles:
@@ -21,7 +21,7 @@ class FirmwareFiles:
         self.root = Path(root)
 
     def path(self, sha256: str) -> Path:
-        if not _SHA256.match(sha256):
+        if not _SHA256.fullmatch(sha256):
             raise ValueError(f"{sha256!r} is not a SHA-256 in lowercase hex")
         return self.root / sha256[:2] / f"{sha256}.bin"
 
