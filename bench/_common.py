@@ -109,7 +109,14 @@ def cyan_serve(*extra: str) -> Iterator[Server]:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            # The whole simulated fleet connects from loopback: lift the per-address connection limit, which
+            # is for real networks (docs/security.md).
+            env={
+                **os.environ,
+                "PYTHONUNBUFFERED": "1",
+                "CYAN_ADDRESS_BURST": "1000000",
+                "CYAN_ADDRESS_RATE": "1000000",
+            },
         )
         try:
             deadline = time.monotonic() + 30

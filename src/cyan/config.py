@@ -66,12 +66,25 @@ class Settings:
     #: as many devices as its open-file limit allows; 0 serves them in this process (the embedded
     #: default). Each child does its own handshakes' RSA work. Env: CYAN_DEVICE_PROCESSES.
     device_processes: int = 0
+    #: New connections one address may open at once, then per second, before being closed unserved (a flood
+    #: costs no RSA work; a busy NAT's devices get through on their backoff). Env: CYAN_ADDRESS_BURST,
+    #: CYAN_ADDRESS_RATE.
+    address_burst: int = 200
+    address_rate: int = 50
+    #: Connection-attempt records older than this many days, or beyond this many, are deleted.
+    #: Env: CYAN_ATTEMPTS_MAX_AGE_DAYS, CYAN_ATTEMPTS_MAX_COUNT.
+    attempts_max_age_days: int = 30
+    attempts_max_count: int = 1_000_000
 
     def __post_init__(self) -> None:
         if self.workers < 0:
             raise ValueError(f"workers must be 0 or more, not {self.workers}")
         if self.device_processes < 0:
             raise ValueError(f"device processes must be 0 or more, not {self.device_processes}")
+        for name in ("address_burst", "address_rate", "attempts_max_age_days", "attempts_max_count"):
+            value = getattr(self, name)
+            if not 1 <= value <= 10**9:
+                raise ValueError(f"{name} must be from 1 to 1000000000, not {value}")
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -85,6 +98,10 @@ class Settings:
             "public_address": os.environ.get("CYAN_PUBLIC_ADDRESS") or default_public_address(),
             "workers": _int_env("WORKERS", all_cores()),
             "device_processes": _int_env("DEVICE_PROCESSES", 0),
+            "address_burst": _int_env("ADDRESS_BURST", 200),
+            "address_rate": _int_env("ADDRESS_RATE", 50),
+            "attempts_max_age_days": _int_env("ATTEMPTS_MAX_AGE_DAYS", 30),
+            "attempts_max_count": _int_env("ATTEMPTS_MAX_COUNT", 1_000_000),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import uvicorn
@@ -27,6 +27,7 @@ from cyan.bus import InProcessBus
 from cyan.cloud.alerts import WebhookAlerts
 from cyan.cloud.ota import FirmwareLibrary, UpdateManager
 from cyan.cloud.service import Cloud
+from cyan.cloud.writer import RecordLimits
 from cyan.config import Settings
 from cyan.keys import (
     KeyFormatError,
@@ -41,6 +42,7 @@ from cyan.keys import (
 )
 from cyan.protocol import ServerConfig
 from cyan.server import DeviceProcesses, DeviceServer
+from cyan.server.device_server import AddressLimits
 from cyan.store import FirmwareFiles, SqliteStore
 
 __all__ = [
@@ -173,7 +175,13 @@ class Service:
         self.bus = InProcessBus()
         protocol = protocol or ServerConfig()
         alerts = WebhookAlerts(settings.alert_webhook) if settings.alert_webhook else None
-        self.cloud = Cloud(self.store, self.bus, request_timeout=protocol.request_timeout, alerts=alerts)
+        records = RecordLimits(
+            max_age=timedelta(days=settings.attempts_max_age_days), max_count=settings.attempts_max_count
+        )
+        self.cloud = Cloud(
+            self.store, self.bus, request_timeout=protocol.request_timeout, alerts=alerts, records=records
+        )
+        address_limits = AddressLimits(settings.address_burst, float(settings.address_rate))
         library = FirmwareLibrary(self.store.updates, FirmwareFiles(settings.firmware_dir))
         self.updates = UpdateManager(self.cloud, self.store.updates, library)
         self.app = Application(self.store, cloud=self.cloud, updates=self.updates)
@@ -189,6 +197,7 @@ class Service:
                 host=settings.device_host,
                 port=settings.device_port,
                 config=protocol,
+                address_limits=address_limits,
             )
         else:
             self.device_server = DeviceServer(
@@ -198,6 +207,7 @@ class Service:
                 port=settings.device_port,
                 config=protocol,
                 key_workers=settings.workers,
+                address_limits=address_limits,
             )
         self.server_key_file: Path | None = None
         self.api = create_app(ApiContext(self.app))

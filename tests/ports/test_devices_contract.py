@@ -7,10 +7,10 @@ import dataclasses
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from store_support import DEVICE_ID, OTHER_ID, T0, StoreFactory, attempt, full_device, run
 
 from cyan.cloud.models import AttemptOutcome, ConnectionAttempt, DeviceRecord, Variable
 from cyan.cloud.ports import DeviceExistsError, Store
+from store_support import DEVICE_ID, OTHER_ID, T0, StoreFactory, attempt, full_device, run
 
 
 def test_the_store_under_test_implements_the_store_interface(make: StoreFactory) -> None:
@@ -413,3 +413,23 @@ def test_update_device_state_leaves_name_owner_and_key_alone(make: StoreFactory)
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_prune_keeps_the_newest_within_their_age(make: StoreFactory) -> None:
+    async def scenario() -> None:
+        async with make() as store:
+            times = [T0 + timedelta(minutes=m) for m in (0, 10, 20, 20, 30, 40)]
+            for t in times:
+                await store.attempts.add([attempt(t)])
+            # Older than 15 minutes after T0: two go.
+            assert await store.attempts.prune(before=T0 + timedelta(minutes=15), keep=100) == 2
+            assert [a.started_at for a in await store.attempts.recent()] == sorted(times[2:], reverse=True)
+            # At most three: the oldest of the tie at 20 minutes goes first (the lower id).
+            assert await store.attempts.prune(before=T0, keep=3) == 1
+            left = await store.attempts.recent()
+            assert [a.started_at for a in left] == [times[5], times[4], times[3]]
+            assert await store.attempts.prune(before=T0, keep=3) == 0
+            assert await store.attempts.prune(before=T0 + timedelta(days=1), keep=3) == 3
+            assert await store.attempts.recent() == []
+
+    run(scenario())

@@ -206,6 +206,10 @@ class AttemptRepository(Protocol):
     ) -> list[ConnectionAttempt]:
         """Newest first. `device_id` None means all attempts, identified or not."""
 
+    async def prune(self, *, before: datetime, keep: int) -> int:
+        """Delete the attempts that started before `before`, then the oldest beyond the newest `keep`; how
+        many were deleted."""
+
 
 class UpdateRepository(Protocol):
     """Firmware metadata, update jobs and device groups (protocol.md §7). The binaries themselves are

@@ -9,6 +9,8 @@ memory at once, in the order the device sent it; what is kept of it is written b
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -21,9 +23,9 @@ from cyan.protocol import Hello, OtaOutcome, SubscriptionScope, VariableType
 from .alerts import AlertSink, LoggingAlerts
 from .errors import DeviceOfflineError, DeviceQuarantinedError, UnknownFunctionError, UnknownVariableError
 from .models import CloudEvent, ConnectionAttempt, DeviceRecord, Variable
-from .ports import Bus, Store
+from .ports import Bus, Store, StoreUnavailableError
 from .watch import AttemptWatch
-from .writer import RecordWriter
+from .writer import AttemptSampler, RecordLimits, RecordWriter
 
 __all__ = ["Cloud", "DeviceLink"]
 
@@ -99,6 +101,8 @@ class Cloud:
         alerts: AlertSink | None = None,
         loop_threshold: int = 5,
         loop_window: float = 300.0,
+        records: RecordLimits | None = None,
+        housekeeping_interval: float = 60.0,
     ) -> None:
         self.store = store
         self.bus = bus
@@ -112,6 +116,10 @@ class Cloud:
         self._subscribers: dict[str | None, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
         self._firehose: dict[str, set[str]] = defaultdict(set)
         self.writer = RecordWriter(store, limit=pending_writes_limit)
+        self.records = records or RecordLimits()
+        self.sampler = AttemptSampler(self.records)
+        self._housekeeping_interval = housekeeping_interval
+        self._housekeeping: asyncio.Task[None] | None = None
         self.alerts: AlertSink = alerts or LoggingAlerts()
         self.watch = AttemptWatch(
             self.alerts,
@@ -133,6 +141,7 @@ class Cloud:
         if owns_devices:
             await self.store.devices.mark_all_offline()
         self.writer.start()
+        self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep(), name="cyan-housekeeping")
 
     async def stop(self) -> None:
         """Close every session, then write what is still queued."""
@@ -140,7 +149,40 @@ class Cloud:
             session.link.close()
         for link, _, _ in list(self._quarantined.values()):
             link.close()
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+            self._housekeeping = None
+        for summary in self.sampler.flush(self._clock() + self.records.window):
+            self.writer.attempt(summary)
         await self.writer.stop()
+
+    async def _housekeep(self) -> None:
+        rounds = 0
+        while True:
+            try:
+                await self.housekeep(prune=rounds % 10 == 0)
+            except StoreUnavailableError as exc:
+                log.warning("housekeeping of the attempt records postponed: %s", exc)
+            except Exception:
+                log.exception("housekeeping of the attempt records failed")
+            rounds += 1
+            await asyncio.sleep(self._housekeeping_interval)
+
+    async def housekeep(self, *, prune: bool = True) -> int:
+        """Record the summaries of ended runs of identical failures and, with `prune`, delete the records past
+        their age or count (`RecordLimits`); how many were deleted. Runs every `housekeeping_interval`, pruning
+        every tenth time."""
+        for summary in self.sampler.flush(self._clock()):
+            self.writer.attempt(summary)
+        if not prune:
+            return 0
+        before = self._clock() - self.records.max_age
+        pruned = await self.store.attempts.prune(before=before, keep=self.records.max_count)
+        if pruned:
+            log.info("deleted %d connection attempt record(s) past their age or count", pruned)
+        return pruned
 
     async def flush(self) -> None:
         """Wait until every queued record has reached the store (tests, shutdown)."""
@@ -149,7 +191,8 @@ class Cloud:
     # -- what the device server reports ---------------------------------------------------------
 
     def record_attempt(self, attempt: ConnectionAttempt) -> None:
-        self.writer.attempt(attempt)
+        for kept in self.sampler.keep(attempt):
+            self.writer.attempt(kept)
         self.watch.observe(attempt)
 
     def session_started(

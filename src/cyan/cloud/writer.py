@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 
-from .models import ConnectionAttempt, DeviceRecord
+from .models import AttemptOutcome, ConnectionAttempt, DeviceRecord
 from .ports import Store, StoreUnavailableError
 
-__all__ = ["RecordWriter"]
+__all__ = ["AttemptSampler", "RecordLimits", "RecordWriter"]
 
 log = logging.getLogger("cyan.cloud.writer")
 
@@ -107,3 +108,77 @@ class RecordWriter:
             except StoreUnavailableError:
                 self._attempts[:0] = attempts
                 raise
+
+
+@dataclass(frozen=True, slots=True)
+class RecordLimits:
+    """How much of the device port's history is kept (docs/security.md "Connection attempts")."""
+
+    #: Attempts older than this are deleted.
+    max_age: timedelta = timedelta(days=30)
+    #: At most this many attempts are kept, the newest.
+    max_count: int = 1_000_000
+    #: Of identical failures from one address (same device id, step and reason) within `window`, the first
+    #: `identical` are kept one by one; the rest are counted into one record at the window's end.
+    identical: int = 20
+    window: timedelta = timedelta(minutes=10)
+
+
+@dataclass(slots=True)
+class _Run:
+    first: datetime
+    kept: int
+    skipped: int
+    last: ConnectionAttempt
+
+
+class AttemptSampler:
+    """Keeps a hostile or broken client from writing a row per connection: past `identical` failures of one
+    kind from one address in a window, the rest are summed into one record (`detail` says how many, and
+    `duration` spans them). Enough single records stay for the diagnostics to see a loop (5 make one)."""
+
+    def __init__(self, limits: RecordLimits, *, max_tracked: int = 100_000) -> None:
+        self._limits = limits
+        self._max_tracked = max_tracked
+        self._runs: dict[tuple[str, str | None, str, str | None], _Run] = {}
+
+    def keep(self, attempt: ConnectionAttempt) -> list[ConnectionAttempt]:
+        """What to record for this attempt: itself, nothing (counted), or an ended run's summary and itself."""
+        if attempt.outcome is not AttemptOutcome.FAILED:
+            return [attempt]
+        key = (attempt.peer_address.rsplit(":", 1)[0], attempt.device_id, attempt.step, attempt.reason)
+        run = self._runs.get(key)
+        out: list[ConnectionAttempt] = []
+        if run is not None and attempt.started_at - run.first >= self._limits.window:
+            out += self._summary(self._runs.pop(key))
+            run = None
+        if run is None:
+            if len(self._runs) >= self._max_tracked:
+                out += self._summary(self._runs.pop(next(iter(self._runs))))
+            self._runs[key] = _Run(attempt.started_at, 1, 0, attempt)
+            return [*out, attempt]
+        run.last = attempt
+        if run.kept < self._limits.identical:
+            run.kept += 1
+            return [*out, attempt]
+        run.skipped += 1
+        return out
+
+    def flush(self, now: datetime) -> list[ConnectionAttempt]:
+        """The summaries of the runs whose window has ended."""
+        ended = [key for key, run in self._runs.items() if now - run.first >= self._limits.window]
+        return [summary for key in ended for summary in self._summary(self._runs.pop(key))]
+
+    def _summary(self, run: _Run) -> list[ConnectionAttempt]:
+        if not run.skipped:
+            return []
+        last = run.last
+        span = (last.started_at - run.first).total_seconds()
+        return [
+            replace(
+                last,
+                id=None,
+                detail=f"{run.skipped} more attempt(s) like this one from this address within {span:.0f} s were "
+                f"counted, not recorded one by one; last detail: {last.detail or 'none'}",
+            )
+        ]

@@ -91,6 +91,16 @@ _REASONS = (
         "Give the device a sound key pair (`particle keys doctor` over DFU) and register it.",
     ),
     ReasonInfo(
+        "rate_limited",
+        "The server closed the connection before the handshake: its address opened more new connections than the "
+        "limit per address. A device retries on its backoff and gets through; a client that keeps at it is "
+        "flooding the device port (its repeats are counted, not recorded one by one).",
+        None,
+        None,
+        "Many devices behind one address reconnecting at once get through within their backoff; if they do not, "
+        "raise CYAN_ADDRESS_BURST / CYAN_ADDRESS_RATE (docs/security.md). Otherwise block the address.",
+    ),
+    ReasonInfo(
         "nonce_timeout",
         "A client connected and never answered the nonce: a stalled network path, something that is not a "
         "Particle device (a port scanner, a health check), or a device that gave up during the handshake.",

@@ -14,6 +14,8 @@ from typing import Any
 from cyan.cloud.models import ConnectionAttempt, DeviceRecord
 from cyan.protocol import Hello, OtaConfig, Reason, ServerConfig, SubscriptionScope
 
+from .device_server import AddressLimits
+
 __all__ = [
     "VERSION",
     "AttemptRecorded",
@@ -40,7 +42,7 @@ __all__ = [
 ]
 
 #: Bumped whenever a message changes shape.
-VERSION = 2
+VERSION = 3
 
 
 # -- parent -> device process ------------------------------------------------------------------------
@@ -55,6 +57,7 @@ class Configure:
     ota_config: OtaConfig
     key_workers: int
     log_level: int
+    address_limits: AddressLimits
 
 
 @dataclass(frozen=True, slots=True)

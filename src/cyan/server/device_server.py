@@ -19,6 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
@@ -63,7 +64,7 @@ from cyan.protocol.handshake import private_decrypt, private_sign
 from cyan.protocol.messages import decode_describe
 from cyan.tasks import TaskSet
 
-__all__ = ["CloudPort", "DeviceProtocol", "DeviceServer"]
+__all__ = ["AddressLimits", "CloudPort", "DeviceProtocol", "DeviceServer"]
 
 log = logging.getLogger("cyan.server")
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
@@ -74,6 +75,47 @@ _TIMER_SLACK = 1.0
 #: expires every session at once nor postpones a timeout. Wall time is read only for records and for the
 #: answer to a device's time request.
 _now = time.monotonic
+
+
+#: The reason recorded for a connection refused by the limit on new connections from one address.
+RATE_LIMITED = "rate_limited"
+
+
+@dataclass(frozen=True, slots=True)
+class AddressLimits:
+    """New connections one address may open (a token bucket): `burst` at once, then `per_second`. Past it, a
+    connection is closed before the handshake; the firmware retries on its backoff (1 s x5, 2 s x5, ...,
+    protocol.md §8.3), so devices behind one busy NAT all get through, spread out, while a flood from one
+    address costs no RSA work and no more than one record in `RecordLimits.identical`."""
+
+    burst: int = 200
+    per_second: float = 50.0
+
+
+class _AddressGate:
+    __slots__ = ("_buckets", "_limits", "_max_tracked")
+
+    def __init__(self, limits: AddressLimits, max_tracked: int = 100_000) -> None:
+        self._limits = limits
+        self._max_tracked = max_tracked
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def admit(self, host: str, now: float) -> bool:
+        limits = self._limits
+        tokens, last = self._buckets.get(host, (float(limits.burst), now))
+        tokens = min(float(limits.burst), tokens + (now - last) * limits.per_second)
+        if tokens < 1.0:
+            self._buckets[host] = (tokens, now)
+            return False
+        if host not in self._buckets and len(self._buckets) >= self._max_tracked:
+            # Forget full buckets first: they are the addresses that have been quiet.
+            for known, (held, when) in list(self._buckets.items()):
+                if held + (now - when) * limits.per_second >= limits.burst:
+                    del self._buckets[known]
+            if len(self._buckets) >= self._max_tracked:
+                del self._buckets[next(iter(self._buckets))]
+        self._buckets[host] = (tokens - 1.0, now)
+        return True
 
 
 class CloudPort(Protocol):
@@ -194,6 +236,23 @@ class DeviceProtocol(asyncio.Protocol):
         self.peer_address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._started = _now()
         self._started_at = time.time()
+        host = peer[0] if isinstance(peer, tuple) else self.peer_address
+        if not self._server.admit(host, self._started):
+            self._transport.close()
+            self._cloud.record_attempt(
+                ConnectionAttempt(
+                    datetime.fromtimestamp(self._started_at, UTC),
+                    self.peer_address,
+                    AttemptOutcome.FAILED,
+                    Step.NONCE.value,
+                    RATE_LIMITED,
+                    f"more new connections from {host} than the limit "
+                    f"({self._server.address_limits.burst} at once, {self._server.address_limits.per_second:g}/s)",
+                    duration=0.0,
+                )
+            )
+            self._attempt_recorded = True
+            return
         self._server._connections[self._id] = self
         # With key workers the core asks for its two RSA private-key operations instead of doing them here.
         server_key = None if self._server.key_workers else self._server.server_key
@@ -676,6 +735,7 @@ class DeviceServer:
         ota_config: OtaConfig | None = None,
         key_workers: int = 0,
         reuse_port: bool = False,
+        address_limits: AddressLimits | None = None,
     ) -> None:
         if key_workers < 0:
             raise ValueError(f"key_workers is 0 or more, not {key_workers}")
@@ -692,6 +752,9 @@ class DeviceServer:
         self.ota_config = ota_config or OtaConfig()
         self._server: asyncio.Server | None = None
         self._connections: dict[int, DeviceProtocol] = {}
+        #: New connections per address (`AddressLimits`).
+        self.address_limits = address_limits or AddressLimits()
+        self._gate = _AddressGate(self.address_limits)
         self._tasks = TaskSet(log, "cyan-server")
 
     async def start(self) -> None:
@@ -716,6 +779,8 @@ class DeviceServer:
             server.close()
         for connection in list(self._connections.values()):
             connection.close()
+        # Key decisions still running would read a store that closes next: they belong to closed connections.
+        await self._tasks.cancel()
         if server is not None:
             await server.wait_closed()
         pool, self._key_pool = self._key_pool, None
@@ -730,6 +795,10 @@ class DeviceServer:
             callback(RuntimeError("the device server is stopping"))
             return
         pool.submit(callback, needed.operation, needed.data)
+
+    def admit(self, host: str, now: float) -> bool:
+        """Whether a new connection from `host` is within its address's limit."""
+        return self._gate.admit(host, now)
 
     def connection(self, connection_id: int) -> DeviceProtocol | None:
         return self._connections.get(connection_id)

@@ -27,6 +27,7 @@ from cyan.tasks import TaskSet
 
 from . import _messages as msg
 from ._ipc import Channel
+from .device_server import AddressLimits
 
 __all__ = ["DeviceProcesses", "ParentCloud", "RemoteLink"]
 
@@ -149,6 +150,7 @@ class _DeviceProcess:
                 owner.ota_config,
                 owner.key_workers,
                 logging.getLogger().getEffectiveLevel(),
+                owner.address_limits,
             )
         )
         try:
@@ -289,6 +291,7 @@ class DeviceProcesses:
         config: ServerConfig | None = None,
         ota_config: OtaConfig | None = None,
         key_workers: int = 0,
+        address_limits: AddressLimits | None = None,
     ) -> None:
         if count < 1:
             raise ValueError(f"device processes: at least 1, not {count}")
@@ -299,6 +302,10 @@ class DeviceProcesses:
         self.config = config or ServerConfig()
         self.ota_config = ota_config or OtaConfig()
         self.key_workers = key_workers
+        # Each process keeps its own buckets: an address's connections spread over the processes by the
+        # kernel, so each takes its share of the limit.
+        limits = address_limits or AddressLimits()
+        self.address_limits = AddressLimits(max(1, limits.burst // count), max(limits.per_second / count, 1e-3))
         self._processes = [_DeviceProcess(self, index) for index in range(count)]
         self._stopping = False
         self._restarts = TaskSet(log, "cyan-device-processes")

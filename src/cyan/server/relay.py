@@ -217,6 +217,7 @@ async def _serve(fd: int) -> None:
         ota_config=setup.ota_config,
         key_workers=setup.key_workers,
         reuse_port=True,
+        address_limits=setup.address_limits,
     )
     relay.server = server
     await server.start()

@@ -429,6 +429,21 @@ class _Attempts(_Part):
 
         return await self._g.read(work)
 
+    async def prune(self, *, before: datetime, keep: int) -> int:
+        _aware(before, "before")
+        _limit(keep)
+
+        def work() -> int:
+            state = self._g.state
+            kept = [a for a in state.attempts if a.started_at >= before]
+            kept.sort(key=lambda a: (a.started_at, a.id or 0), reverse=True)
+            kept = kept[:keep]
+            deleted = len(state.attempts) - len(kept)
+            state.attempts = sorted(kept, key=lambda a: a.id or 0)
+            return deleted
+
+        return await self._g.write(work)
+
 
 class _Updates(_Part):
     async def save_firmware(self, firmware: FirmwareRecord) -> None:

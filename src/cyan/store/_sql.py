@@ -680,6 +680,27 @@ class SqlAttempts(_Repository):
         rows = await self._rows(query, "list connection attempts")
         return [_attempt_from_row(row) for row in rows]
 
+    async def prune(self, *, before: datetime, keep: int) -> int:
+        table = connection_attempts
+        _limit(keep)
+        async with self._db.writing("prune connection attempts", statements="several") as conn:
+            old = await conn.execute(delete(table).where(table.c.started_at < _aware(before, "before")))
+            # The newest `keep` by start time (ties by id); everything older than the last of them goes.
+            boundary = (
+                await conn.execute(
+                    select(table.c.started_at, table.c.id)
+                    .order_by(table.c.started_at.desc(), table.c.id.desc())
+                    .offset(keep)
+                    .limit(1)
+                )
+            ).first()
+            extra = 0
+            if boundary is not None:
+                started, ident = boundary
+                condition = (table.c.started_at < started) | ((table.c.started_at == started) & (table.c.id <= ident))
+                extra = (await conn.execute(delete(table).where(condition))).rowcount
+        return int(old.rowcount) + int(extra)
+
 
 class SqlUpdates(_Repository):
     __slots__ = ()
