@@ -75,13 +75,27 @@ class Settings:
     #: Env: CYAN_ATTEMPTS_MAX_AGE_DAYS, CYAN_ATTEMPTS_MAX_COUNT.
     attempts_max_age_days: int = 30
     attempts_max_count: int = 1_000_000
+    #: Failed logins let through per account and per source address within the window, before a login is
+    #: refused (429) without its password being checked. Env: CYAN_LOGIN_FAILURES_PER_ACCOUNT,
+    #: CYAN_LOGIN_FAILURES_PER_ADDRESS, CYAN_LOGIN_WINDOW_MINUTES.
+    login_failures_per_account: int = 5
+    login_failures_per_address: int = 30
+    login_window_minutes: int = 15
 
     def __post_init__(self) -> None:
         if self.workers < 0:
             raise ValueError(f"workers must be 0 or more, not {self.workers}")
         if self.device_processes < 0:
             raise ValueError(f"device processes must be 0 or more, not {self.device_processes}")
-        for name in ("address_burst", "address_rate", "attempts_max_age_days", "attempts_max_count"):
+        for name in (
+            "address_burst",
+            "address_rate",
+            "attempts_max_age_days",
+            "attempts_max_count",
+            "login_failures_per_account",
+            "login_failures_per_address",
+            "login_window_minutes",
+        ):
             value = getattr(self, name)
             if not 1 <= value <= 10**9:
                 raise ValueError(f"{name} must be from 1 to 1000000000, not {value}")
@@ -102,6 +116,9 @@ class Settings:
             "address_rate": _int_env("ADDRESS_RATE", 50),
             "attempts_max_age_days": _int_env("ATTEMPTS_MAX_AGE_DAYS", 30),
             "attempts_max_count": _int_env("ATTEMPTS_MAX_COUNT", 1_000_000),
+            "login_failures_per_account": _int_env("LOGIN_FAILURES_PER_ACCOUNT", 5),
+            "login_failures_per_address": _int_env("LOGIN_FAILURES_PER_ADDRESS", 30),
+            "login_window_minutes": _int_env("LOGIN_WINDOW_MINUTES", 15),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -22,7 +22,7 @@ import uvicorn
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cyan.api import ApiContext, create_app
-from cyan.app import Actor, Application
+from cyan.app import Actor, Application, LoginLimits
 from cyan.bus import InProcessBus
 from cyan.cloud.alerts import WebhookAlerts
 from cyan.cloud.ota import FirmwareLibrary, UpdateManager
@@ -184,7 +184,12 @@ class Service:
         address_limits = AddressLimits(settings.address_burst, float(settings.address_rate))
         library = FirmwareLibrary(self.store.updates, FirmwareFiles(settings.firmware_dir))
         self.updates = UpdateManager(self.cloud, self.store.updates, library)
-        self.app = Application(self.store, cloud=self.cloud, updates=self.updates)
+        logins = LoginLimits(
+            per_account=settings.login_failures_per_account,
+            per_address=settings.login_failures_per_address,
+            window=settings.login_window_minutes * 60.0,
+        )
+        self.app = Application(self.store, cloud=self.cloud, updates=self.updates, login_limits=logins)
         gateway = self.app.gateway
         assert gateway is not None
         self.gateway = gateway

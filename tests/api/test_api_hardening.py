@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,11 @@ import pytest
 
 from cyan.app import Actor, NewDevice
 from cyan.cloud.models import Role
+from cyan.config import Settings
 from cyan.keys import public_key_der
 from cyan.protocol.binary import build_module
-from cyan.service import Service
+from cyan.server.device_server import AddressLimits
+from cyan.service import Service, ensure_server_keys
 from cyan.testing import fixed_device_key
 from serve_support import loopback_service
 
@@ -268,3 +271,27 @@ def test_update_inputs_out_of_range(tmp_path: Path) -> None:
         assert admin.json()["uploaded_by"] == ALICE
 
     _run(tmp_path, scenario)
+
+
+def test_the_limits_are_read_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each limit in docs/security.md is changed by its variable, and a nonsense value is refused at start."""
+    for name, value in {
+        "LOGIN_FAILURES_PER_ACCOUNT": "2",
+        "LOGIN_FAILURES_PER_ADDRESS": "3",
+        "LOGIN_WINDOW_MINUTES": "1",
+        "ADDRESS_BURST": "7",
+        "ADDRESS_RATE": "8",
+        "ATTEMPTS_MAX_AGE_DAYS": "9",
+        "ATTEMPTS_MAX_COUNT": "10",
+    }.items():
+        monkeypatch.setenv(f"CYAN_{name}", value)
+    settings = Settings.from_env(data_dir=tmp_path / "data", public_address="127.0.0.1")
+    service = Service(settings, ensure_server_keys(settings))
+    limits = service.app.accounts.limits
+    assert (limits.per_account, limits.per_address, limits.window) == (2, 3, 60.0)
+    assert service.cloud.records.max_age == timedelta(days=9)
+    assert service.cloud.records.max_count == 10
+    assert service.device_server.address_limits == AddressLimits(7, 8.0)
+    monkeypatch.setenv("CYAN_LOGIN_FAILURES_PER_ACCOUNT", "0")
+    with pytest.raises(ValueError, match="login_failures_per_account must be from 1"):
+        Settings.from_env(data_dir=tmp_path / "data")

@@ -389,6 +389,7 @@ def test_subscribe(
     assert any(event["coreid"] in fleet.ids.values() for event in events), events
 
 
+@pytest.mark.slow
 def test_an_idle_stream_stays_open(owner: ParticleCli, fleet: SimFleet, bg: list[BackgroundCommand]) -> None:
     """particle-api-js gives up on a stream that sends nothing for 13 s (EventStream.js: `timeout = 13000`),
     aborts it and reconnects 2 s later: what is published in between is lost. So the server must write
@@ -441,6 +442,7 @@ def test_second_user_cannot_call_or_read_the_first_users_device(
     assert ok(owner.run("get", "sim-0", "lastArg")).lines == ["owner-was-here"]
 
 
+@pytest.mark.slow
 def test_second_user_cannot_subscribe_to_the_first_users_devices(
     owner: ParticleCli, other: ParticleCli, fleet: SimFleet, bg: list[BackgroundCommand]
 ) -> None:

@@ -18,7 +18,7 @@ from cyan.cloud.ports import Sessions, Store
 from cyan.cloud.service import Cloud
 
 from ._context import AppContext, _utc_now
-from .accounts import AccountUseCases, InvalidCredentialsError, IssuedToken
+from .accounts import AccountUseCases, InvalidCredentialsError, IssuedToken, LoginLimits
 from .actors import Actor, ActorKind
 from .calls import DeviceCalls
 from .devices import ClaimCodeIssued, DeviceUseCases, DeviceView, NewDevice
@@ -44,6 +44,7 @@ __all__ = [
     "IssuedToken",
     "KeyStatus",
     "KeyUseCases",
+    "LoginLimits",
     "NewDevice",
     "Provisioned",
     "ServerKeyChangedError",
@@ -98,6 +99,7 @@ class Application:
         updates: UpdateManager | None = None,
         alerts: AlertSink | None = None,
         clock: Callable[[], datetime] = _utc_now,
+        login_limits: LoginLimits | None = None,
     ) -> None:
         sessions: Sessions = cloud if cloud is not None else StoredSessions(store)
         alerts = alerts or (cloud.alerts if cloud is not None else LoggingAlerts())
@@ -105,7 +107,7 @@ class Application:
         self.store = store
         self.devices = DeviceUseCases(self.context)
         self.keys = KeyUseCases(self.context)
-        self.accounts = AccountUseCases(self.context)
+        self.accounts = AccountUseCases(self.context, login_limits)
         self.diagnostics = Diagnostics(self.context)
         self.server_key = ServerKeyUseCases(self.context)
         self.cloud = cloud
