@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cyan.app import Actor, Application, Handshakes, NewDevice
+from cyan.app import Actor, Application, Handshakes, InvalidCredentialsError, NewDevice
 from cyan.app.keys import match_fingerprint
 from cyan.cloud.errors import (
     AlreadyExistsError,
@@ -20,6 +20,7 @@ from cyan.cloud.errors import (
     NotFoundError,
     PendingKeyChangedError,
     PermissionDeniedError,
+    TooManyRequestsError,
 )
 from cyan.cloud.models import DeviceRecord, KeyPolicyMode, PendingKey, RekeyWindow, Role
 from cyan.keys import fingerprint, public_key_der
@@ -383,6 +384,30 @@ def test_accounts_and_roles() -> None:
         assert sessions.told[-1] == ("owner_changed", DEVICE, "None")
         trail = [(e.action, e.subject) for e in await store.audit.recent(subject=ALICE)]
         assert trail[:2] == [("user_removed", ALICE), ("role_changed", ALICE)]
+
+    run(scenario)
+
+
+def test_logins_sent_at_once_get_no_more_checks_than_the_limit() -> None:
+    """A hundred wrong passwords sent together: each is counted before its (slow) check, so only as many as the
+    limit are checked and the rest are refused at once; a right password taken back from the count."""
+
+    async def scenario(app: Application, store: MemoryStore, sessions: RecordedSessions) -> None:
+        async def attempt(password: str, address: str) -> str:
+            try:
+                await app.accounts.login(ALICE, password, "CLI2", 60, address=address)
+            except TooManyRequestsError:
+                return "throttled"
+            except InvalidCredentialsError:
+                return "checked"
+            return "ok"
+
+        # A good login first: it takes its count back, so it does not use up the limit.
+        assert await attempt("a good password", "192.0.2.1") == "ok"
+        outcomes = await asyncio.gather(*(attempt(f"guess {n}", f"192.0.2.{n}") for n in range(100)))
+        assert outcomes.count("checked") == app.accounts.limits.per_account
+        assert outcomes.count("throttled") == 100 - app.accounts.limits.per_account
+        assert (await actions(store)).count("login_failed") == app.accounts.limits.per_account
 
     run(scenario)
 

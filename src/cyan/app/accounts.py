@@ -8,6 +8,7 @@ devices and requests served by the same event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import secrets
@@ -85,6 +86,15 @@ class _Failures:
             times = self._times[key] = deque(maxlen=self._limit)
         times.append(now)
         return len(times) == self._limit
+
+    def discard(self, key: str, when: float) -> None:
+        """Take back the failure counted at `when` (the login it stood for succeeded)."""
+        times = self._times.get(key)
+        if times is not None:
+            with contextlib.suppress(ValueError):  # already pushed out by newer failures
+                times.remove(when)
+            if not times:
+                del self._times[key]
 
     def clear(self, key: str) -> None:
         self._times.pop(key, None)
@@ -233,16 +243,25 @@ class AccountUseCases:
             raise TooManyRequestsError(
                 "too many failed logins for this account or from this address; try again later", wait
             )
+        # Counted as a failure before the check and taken back if it succeeds: logins sent at once all wait for
+        # the check, and would otherwise all pass the limit before the first had failed.
+        account_limit = self._by_account.add(account, now)
+        address_limit = self._by_address.add(address, now)
         try:
             user = await self.authenticate(username, password)
         except InvalidCredentialsError:
-            await self._failed(account, address, now)
+            await self._failed(account, address, account_limit=account_limit, address_limit=address_limit)
+            raise
+        except BaseException:
+            self._by_account.discard(account, now)
+            self._by_address.discard(address, now)
             raise
         self._by_account.clear(account)
+        self._by_address.discard(address, now)
         return await self._issue(Actor.account(user.username, user.role), user, client_id, lifetime)
 
-    async def _failed(self, account: str, address: str, now: float) -> None:
-        """Audit a failed login, and the moment an account or an address reaches its limit."""
+    async def _failed(self, account: str, address: str, *, account_limit: bool, address_limit: bool) -> None:
+        """Audit a failed login, and the moment an account or an address reached its limit."""
         known = await self._ctx.store.accounts.get_user(account) is not None
         subject = account if known else None  # an unknown name is not written: anyone could choose it
         source = "".join(c for c in address if c.isprintable())[:64] or "an unknown address"
@@ -253,10 +272,10 @@ class AccountUseCases:
             else AuditEntry(at, None, "login_failed", "anonymous", detail=f"from {source}; no such account")
         ]
         minutes = f"{self.limits.window / 60:g} min"
-        if self._by_account.add(account, now) and known:
+        if account_limit and known:
             why = f"{self.limits.per_account} failed logins within {minutes}"
             entries.append(AuditEntry(at, None, "login_throttled", "policy", detail=why, subject=account))
-        if self._by_address.add(address, now):
+        if address_limit:
             why = f"{self.limits.per_address} failed logins from {source} within {minutes}"
             entries.append(AuditEntry(at, None, "login_throttled", "policy", detail=why))
         async with self._ctx.store.transaction() as tx:
