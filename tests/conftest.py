@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,13 @@ settings.register_profile("cyan", deadline=None, suppress_health_check=[HealthCh
 settings.load_profile("cyan")
 
 Session = dict[str, Any]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_default_data_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The per-user default data directory (platformdirs honours XDG_DATA_HOME) is a temporary one, for these
+    tests and the commands they start: a test that forgets --data-dir never touches the user's own cloud."""
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("xdg-data"))
 
 
 @pytest.fixture

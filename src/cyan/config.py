@@ -7,7 +7,15 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Settings", "all_cores", "default_public_address"]
+import platformdirs
+
+__all__ = ["Settings", "all_cores", "default_data_dir", "default_public_address"]
+
+
+def default_data_dir() -> Path:
+    """One place per user whatever the current directory (~/.local/share/cyan on Linux): a `cyan serve` or
+    `cyan devices` started from another folder finds the same cloud, not an empty one with a new server key."""
+    return platformdirs.user_data_path("cyan", appauthor=False)
 
 
 def default_public_address() -> str:
@@ -103,7 +111,7 @@ class Settings:
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
         values: dict[str, object] = {
-            "data_dir": Path(_env("DATA_DIR", "cyan-data")),
+            "data_dir": Path(os.environ.get("CYAN_DATA_DIR") or default_data_dir()),
             "device_host": _env("DEVICE_HOST", "0.0.0.0"),
             "device_port": _int_env("DEVICE_PORT", 5683),
             "api_host": _env("API_HOST", "0.0.0.0"),

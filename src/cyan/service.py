@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import signal
@@ -46,6 +47,7 @@ from cyan.server.device_server import AddressLimits
 from cyan.store import FirmwareFiles, SqliteStore
 
 __all__ = [
+    "PortUnavailableError",
     "ServerKeys",
     "Service",
     "ensure_server_keys",
@@ -148,6 +150,37 @@ def write_server_key_file(settings: Settings, public: rsa.RSAPublicKey, port: in
     return path
 
 
+class PortUnavailableError(OSError):
+    """A port this server was to listen on is taken, or not this user's to take."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@contextlib.contextmanager
+def _naming_the_port(what: str, host: str, port: int, flag: str) -> Iterator[None]:
+    """An address in use says which port, for what, and how to choose another."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise PortUnavailableError(
+                f"port {port} on {host or '*'} (for {what}) is in use by another program",
+                f"stop the other program (ss -ltnp 'sport = :{port}' names it), or choose another port with "
+                f"{flag} (or CYAN_{flag[2:].upper().replace('-', '_')})",
+            ) from exc
+        if exc.errno == errno.EACCES:
+            raise PortUnavailableError(
+                f"port {port} on {host or '*'} (for {what}) is not this user's to listen on",
+                f"ports below 1024 need privileges: choose one from 1024 up with {flag}, or forward to it",
+            ) from exc
+        raise
+
+
 class _ApiServer(uvicorn.Server):
     """uvicorn on our loop; the service, not uvicorn, owns SIGINT and SIGTERM."""
 
@@ -227,7 +260,8 @@ class Service:
             await self.store.open()
             await settle_server_key(self.settings, self.keys, self.app)
             await self.cloud.start()
-            await self.device_server.start()
+            with _naming_the_port("devices", self.settings.device_host, self.settings.device_port, "--device-port"):
+                await self.device_server.start()
             await self.updates.start()
             self.server_key_file = write_server_key_file(
                 self.settings, self.keys.private_key.public_key(), self.device_server.port
@@ -245,7 +279,8 @@ class Service:
         sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((self.settings.api_host, self.settings.api_port))
+            with _naming_the_port("the Cloud API", self.settings.api_host, self.settings.api_port, "--api-port"):
+                sock.bind((self.settings.api_host, self.settings.api_port))
         except OSError:
             sock.close()
             raise

@@ -122,8 +122,28 @@ def test_led_details() -> None:
     assert [r.pattern.key for r in ambiguous] == ["cyan_orange", "cyan_3_orange"]
     assert ambiguous[0].note is not None
     assert "count" in ambiguous[0].note
-    assert explain_led("it is dead") == []
-    assert explain_led("") == []
+    assert [r.pattern.key for r in explain_led("3 yellow blinks")] == ["cyan_3_orange"]
+    for unread in ("it is dead", "", "purple unicorn", "orange unicorn"):
+        (reading,) = explain_led(unread)
+        assert reading.pattern.key == "unknown", unread
+        assert reading.pattern.entries == ()
+    assert "'unicorn' not understood" in (explain_led("purple unicorn")[0].note or "")
+    # The unknown pattern lists the ones there are.
+    assert "Breathing magenta (safe mode)" in explain_led("zzz")[0].pattern.meaning
+    # A colour alone: how it lights decides, and the description is asked for.
+    both = explain_led("purple")
+    assert [r.pattern.key for r in both] == ["blinking_magenta", "breathing_magenta"]
+    assert "blinks, blinks fast or breathes" in (both[0].note or "")
+
+
+def test_an_led_description_not_understood_diagnoses_nothing() -> None:
+    """Unknown input gets no finding at all, not a confident one from the one word recognised."""
+    result = diagnose(None, leds=["purple unicorn"])
+    assert result.findings == []
+    assert [r.pattern.key for r in result.leds] == ["unknown"]
+    ambiguous = diagnose(None, leds=["purple"])
+    assert ambiguous.findings
+    assert all(f.confidence != "high" for f in ambiguous.findings), [(f.entry.id, f.score) for f in ambiguous.findings]
 
 
 def test_leds_and_codes_alone_give_findings() -> None:

@@ -210,7 +210,9 @@ class DeviceUseCases:
             except DeviceExistsError:
                 # Whose name it is stays unsaid: names can be probed otherwise.
                 raise AlreadyExistsError(f"the name {name!r} is already in use") from None
-            await tx.audit.add(AuditEntry(now, record.id, "renamed", actor.name, detail=f"{old} -> {name}"))
+            await tx.audit.add(
+                AuditEntry(now, record.id, "renamed", actor.name, detail=f"{old or '(no name)'} -> {name}")
+            )
         live = self._ctx.sessions.live(record.id)
         if live is not None:
             live.name = name

@@ -5,6 +5,20 @@ from typing import Annotated
 
 import typer
 
+from cyan.config import default_data_dir
+
+
+def _shown(path: Path) -> str:
+    """A path as a user writes it: under the home directory as ~/..."""
+    try:
+        return f"~/{path.relative_to(Path.home())}"
+    except ValueError:
+        return str(path)
+
+
 DataDirOption = Annotated[
-    Path | None, typer.Option("--data-dir", help="Data directory [env CYAN_DATA_DIR; ./cyan-data].")
+    Path | None,
+    typer.Option(
+        "--data-dir", help=f"Data directory (env CYAN_DATA_DIR; {_shown(default_data_dir())}).", show_default=False
+    ),
 ]

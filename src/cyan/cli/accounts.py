@@ -21,7 +21,7 @@ tokens = typer.Typer(help="API access tokens.", no_args_is_help=True)
 @users.command("add")
 def add_user(
     username: Annotated[str, typer.Argument(help="An e-mail address, as the Particle CLI logs in with.")],
-    password: Annotated[str | None, typer.Option("--password", help="The password [asked for when not given].")] = None,
+    password: Annotated[str | None, typer.Option("--password", help="The password (asked for when not given).")] = None,
     admin: Annotated[bool, typer.Option("--admin", help="An admin: operates the whole fleet (docs/keys.md).")] = False,
     actor: ActorOption = "operator",
     data_dir: DataDirOption = None,
@@ -70,7 +70,7 @@ def set_role(
 def create_token(
     username: Annotated[str, typer.Argument(help="Whose token.")],
     expires_in: Annotated[
-        int, typer.Option("--expires-in", min=1, help="Lifetime in seconds [90 days].")
+        int, typer.Option("--expires-in", min=1, help="Lifetime in seconds (90 days).")
     ] = DEFAULT_TOKEN_LIFETIME,
     never_expires: Annotated[bool, typer.Option("--never-expires", help="A token that never expires.")] = False,
     actor: ActorOption = "operator",

@@ -36,7 +36,7 @@ def add(
     device_id: Annotated[str, typer.Argument(help="The 24-hex-digit device id.")],
     key: Annotated[Path, typer.Option("--key", help="The device key: DER or PEM, private or public.")],
     name: Annotated[str | None, typer.Option("--name", help="A name to use instead of the id.")] = None,
-    owner: Annotated[str | None, typer.Option("--owner", help="The user it belongs to [nobody yet].")] = None,
+    owner: Annotated[str | None, typer.Option("--owner", help="The user it belongs to (nobody yet).")] = None,
     actor: ActorOption = "operator",
     data_dir: DataDirOption = None,
 ) -> None:

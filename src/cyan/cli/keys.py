@@ -77,11 +77,11 @@ INSPECT_PROBLEMS_EXIT = 3
 ApiOption = Annotated[
     str | None,
     typer.Option(
-        "--api", envvar="CYAN_API_URL", help="Cloud API of a Cyan cloud, e.g. http://HOST:8080 [env CYAN_API_URL]."
+        "--api", envvar="CYAN_API_URL", help="Cloud API of a Cyan cloud, e.g. http://HOST:8080 (env CYAN_API_URL)."
     ),
 ]
 TokenOption = Annotated[
-    str | None, typer.Option("--token", envvar="CYAN_TOKEN", help="Access token for --api [env CYAN_TOKEN].")
+    str | None, typer.Option("--token", envvar="CYAN_TOKEN", help="Access token for --api (env CYAN_TOKEN).")
 ]
 DeviceOption = Annotated[
     str | None,
@@ -96,14 +96,14 @@ ServerKeyOption = Annotated[
     typer.Option(
         "--server-key",
         help="This cloud's server public key, or a server-key file with its address "
-        "[the data dir's server_public_key.der].",
+        "(the data dir's server_public_key.der).",
     ),
 ]
 PassphraseFileOption = Annotated[
     Path | None,
     typer.Option(
         "--passphrase-file",
-        help="File holding the escrow passphrase [env CYAN_ESCROW_PASSPHRASE; asked for when neither is given].",
+        help="File holding the escrow passphrase (env CYAN_ESCROW_PASSPHRASE; asked for when neither is given).",
     ),
 ]
 
@@ -289,7 +289,7 @@ def server(
     core: Annotated[bool, typer.Option("--core", help="The Spark Core's 2048-byte layout.")] = False,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write the file.")] = None,
     key: Annotated[
-        Path | None, typer.Option("--key", help="Server public key (DER/PEM) [the data dir's server_public_key.der].")
+        Path | None, typer.Option("--key", help="Server public key (DER/PEM) (the data dir's server_public_key.der).")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a different existing output file.")] = False,
     data_dir: DataDirOption = None,
@@ -319,7 +319,7 @@ def server(
 
 @app.command("address")
 def address(
-    file: Annotated[Path | None, typer.Argument(help="A server-key file or DCT dump [the device in DFU mode].")] = None,
+    file: Annotated[Path | None, typer.Argument(help="A server-key file or DCT dump (the device in DFU mode).")] = None,
     device: DeviceOption = None,
     platform: PlatformOption = None,
 ) -> None:
@@ -373,7 +373,7 @@ def load(
     device: DeviceOption = None,
     leave: Annotated[bool, typer.Option("--leave", help="Leave DFU mode afterwards (the device restarts).")] = False,
     backup_dir: Annotated[
-        Path | None, typer.Option("--backup-dir", help="Where the device's current key is saved first [FILE's folder].")
+        Path | None, typer.Option("--backup-dir", help="Where the device's current key is saved first (FILE's folder).")
     ] = None,
 ) -> None:
     """Write a device private key (DCT 34 / Core 0x2000) or a server-key file (DCT 2082 / Core 0x1000) over DFU.
@@ -509,8 +509,8 @@ def doctor(
     token: TokenOption = None,
     data_dir: DataDirOption = None,
     server_key: ServerKeyOption = None,
-    host: Annotated[str | None, typer.Option("--host", help="Address devices connect to [the published one].")] = None,
-    port: Annotated[int | None, typer.Option("--port", help="Device port [the published one, else 5683].")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Address devices connect to (the published one).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Device port (the published one, else 5683).")] = None,
     keys_dir: Annotated[Path, typer.Option("--keys-dir", help="Where the new key and the backup go.")] = Path(),
     escrow: Annotated[Path | None, typer.Option("--escrow", help="Also escrow the new key in this file.")] = None,
     passphrase_file: PassphraseFileOption = None,
@@ -679,7 +679,7 @@ def _print_inspection(result: KeyInspection, source: str) -> None:
 @app.command("inspect")
 def inspect(
     file: Annotated[
-        Path | None, typer.Argument(help="A DCT dump, server-key file or key file [the device in DFU mode].")
+        Path | None, typer.Argument(help="A DCT dump, server-key file or key file (the device in DFU mode).")
     ] = None,
     device: DeviceOption = None,
     platform: PlatformOption = None,
@@ -888,7 +888,7 @@ def restore(
     escrow: Annotated[Path, typer.Option("--escrow", help="The escrow file.")],
     passphrase_file: PassphraseFileOption = None,
     key_fingerprint: Annotated[
-        str | None, typer.Option("--fingerprint", help="Which escrowed key [the newest].")
+        str | None, typer.Option("--fingerprint", help="Which escrowed key (the newest).")
     ] = None,
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Write the key to this file instead of a device.")

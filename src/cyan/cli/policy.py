@@ -104,9 +104,9 @@ def _print_pending(pending: list[PendingKey], console: Console) -> None:
 
 @app.command("set")
 def set_policy(
-    mode: Annotated[KeyPolicyMode | None, typer.Argument(help="strict or quarantine [unchanged].")] = None,
+    mode: Annotated[KeyPolicyMode | None, typer.Argument(help="strict or quarantine (unchanged).")] = None,
     device: Annotated[
-        str | None, typer.Option("--device", help="Only this device (id or name) [the whole fleet].")
+        str | None, typer.Option("--device", help="Only this device (id or name) (the whole fleet).")
     ] = None,
     tofu: Annotated[
         bool | None,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -19,22 +21,22 @@ from ._options import DataDirOption
 def serve(
     data_dir: DataDirOption = None,
     device_host: Annotated[
-        str | None, typer.Option("--device-host", help="Listen address for devices [env CYAN_DEVICE_HOST; 0.0.0.0].")
+        str | None, typer.Option("--device-host", help="Listen address for devices (env CYAN_DEVICE_HOST; 0.0.0.0).")
     ] = None,
     device_port: Annotated[
-        int | None, typer.Option("--device-port", help="Port for devices [env CYAN_DEVICE_PORT; 5683].")
+        int | None, typer.Option("--device-port", help="Port for devices (env CYAN_DEVICE_PORT; 5683).")
     ] = None,
     api_host: Annotated[
-        str | None, typer.Option("--api-host", help="Listen address of the HTTP API [env CYAN_API_HOST; 0.0.0.0].")
+        str | None, typer.Option("--api-host", help="Listen address of the HTTP API (env CYAN_API_HOST; 0.0.0.0).")
     ] = None,
     api_port: Annotated[
-        int | None, typer.Option("--api-port", help="Port of the HTTP API [env CYAN_API_PORT; 8080].")
+        int | None, typer.Option("--api-port", help="Port of the HTTP API (env CYAN_API_PORT; 8080).")
     ] = None,
     public_address: Annotated[
         str | None,
         typer.Option(
             "--public-address",
-            help="The IPv4 address or domain devices use to reach this server [env CYAN_PUBLIC_ADDRESS].",
+            help="The IPv4 address or domain devices use to reach this server (env CYAN_PUBLIC_ADDRESS).",
         ),
     ] = None,
     device_processes: Annotated[
@@ -43,7 +45,7 @@ def serve(
             "--device-processes",
             min=0,
             help="Serve the devices from this many processes sharing the device port, each holding as many as "
-            "its open-file limit allows; 0: from this process [env CYAN_DEVICE_PROCESSES; 0].",
+            "its open-file limit allows; 0: from this process (env CYAN_DEVICE_PROCESSES; 0).",
         ),
     ] = None,
     workers: Annotated[
@@ -52,7 +54,7 @@ def serve(
             "--workers",
             min=0,
             help="Threads for the handshakes' RSA work, beside the event loop; 0: on the event loop "
-            "[env CYAN_WORKERS; all cores].",
+            "(env CYAN_WORKERS; all cores).",
         ),
     ] = None,
     new_server_key: Annotated[
@@ -75,11 +77,29 @@ def serve(
         workers=workers,
         device_processes=device_processes,
     )
+    if data_dir is None and not os.environ.get("CYAN_DATA_DIR"):
+        _note_earlier_data_directory(settings.data_dir)
     keys = ensure_server_keys(settings, new_key=new_server_key)
     # One open file per connected device: take all the system allows (often 1,024 soft, far more hard).
     file_limit = ensure_file_limit()
     service = Service(settings, keys)
     asyncio.run(service.run(functools.partial(_print_banner, file_limit=file_limit)))
+
+
+#: Where a cloud's data was kept by default before the per-user directory: relative to where it was started.
+_EARLIER_DEFAULT = Path("cyan-data")
+
+
+def _note_earlier_data_directory(data: Path) -> None:
+    """A cloud started here before the default moved must not be replaced unnoticed by an empty one."""
+    earlier = _EARLIER_DEFAULT.resolve()
+    if (earlier / "cyan.db").exists() and earlier != data.resolve():
+        typer.echo(
+            f"Note: {earlier} holds a cloud (devices, keys, users) that this server does not use: it serves "
+            f"{data.resolve()}. To serve that cloud, start it with --data-dir {earlier} (or CYAN_DATA_DIR), or "
+            f"move the folder to {data.resolve()}.",
+            err=True,
+        )
 
 
 #: Open files a server needs besides its device connections: database, logs, listening sockets, API clients.

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ipaddress
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +18,16 @@ from cyan.config import Settings
 from cyan.keys import public_key_der
 from cyan.protocol import DEVICE_OS_0_6_1, DEVICE_OS_3_1_0, Firmware
 from cyan.service import open_application
-from cyan.sim import Fault, Fleet, SimConfig, ensure_file_limit, firmware_for, read_server_key, registered_public_key
+from cyan.sim import (
+    Fault,
+    Fleet,
+    FleetStats,
+    SimConfig,
+    ensure_file_limit,
+    firmware_for,
+    read_server_key,
+    registered_public_key,
+)
 
 from ._local import operator
 from ._options import DataDirOption
@@ -34,7 +44,7 @@ def sim(
     server: Annotated[str, typer.Option("--server", help="HOST:PORT of the device server.")] = "127.0.0.1:5683",
     server_key: Annotated[
         Path | None,
-        typer.Option("--server-key", help="The server's public key or key file [the data directory's]."),
+        typer.Option("--server-key", help="The server's public key or key file (the data directory's)."),
     ] = None,
     firmware: Annotated[
         str, typer.Option("--firmware", help="Device OS version: 3.1.0 (new stack), 0.6.1 (legacy) or mixed.")
@@ -43,12 +53,15 @@ def sim(
         str | None,
         typer.Option("--fault", help="Inject a fault: " + ", ".join(f.value for f in Fault) + "."),
     ] = None,
-    keys_dir: Annotated[Path, typer.Option("--keys-dir", help="Where the devices' keys are kept between runs.")] = Path(
-        "sim-keys"
-    ),
-    ramp: Annotated[float | None, typer.Option("--ramp", help="Connections per second [all at once].")] = None,
+    keys_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--keys-dir", help="Where the devices' keys are kept between runs (the data directory's sim-keys)."
+        ),
+    ] = None,
+    ramp: Annotated[float | None, typer.Option("--ramp", help="Connections per second (all at once).")] = None,
     duration: Annotated[
-        float | None, typer.Option("--duration", help="Stop after this many seconds [run until Ctrl-C].")
+        float | None, typer.Option("--duration", help="Stop after this many seconds (run until Ctrl-C).")
     ] = None,
     register: Annotated[
         bool, typer.Option("--register/--no-register", help="Register the devices in the data directory.")
@@ -61,7 +74,7 @@ def sim(
         typer.Option(
             "--id-prefix",
             help="Device ids are this hex prefix followed by the index (c0ffee00000000000000002a); give each "
-            "simulator of one server its own [ids derived from a hash].",
+            "simulator of one server its own (ids derived from a hash).",
         ),
     ] = "",
     source_address: Annotated[
@@ -72,6 +85,14 @@ def sim(
             "connections to one server port, e.g. 127.0.0.2, 127.0.0.3, ... on loopback).",
         ),
     ] = None,
+    replace_keys: Annotated[
+        bool,
+        typer.Option(
+            "--replace-keys",
+            help="Where a device of this fleet is registered with another key, register this fleet's key instead "
+            "(as an operator, audited).",
+        ),
+    ] = False,
     data_dir: DataDirOption = None,
 ) -> None:
     """Run virtual Photons/P1s that behave like the real firmware, optionally with a fault."""
@@ -89,7 +110,7 @@ def sim(
         except ValueError:
             raise typer.BadParameter(f"{address!r} is not an IP address", param_hint="--source-address") from None
     fleet = Fleet.load_or_create(
-        keys_dir,
+        keys_dir or settings.data_dir / "sim-keys",
         count,
         public,
         firmware=_firmware(firmware),
@@ -98,8 +119,18 @@ def sim(
         prefix=id_prefix,
     )
     if register:
-        added = asyncio.run(_register(settings, fleet, owner))
-        typer.echo(f"Registered {added} new device(s) in {settings.database_path}")
+        done = asyncio.run(_register(settings, fleet, owner, replace_keys=replace_keys))
+        typer.echo(f"Registered {done.added} new device(s) in {settings.database_path}")
+        if done.replaced:
+            typer.echo(f"Replaced the registered key of {len(done.replaced)} device(s) with this fleet's (audited).")
+        if done.other_key:
+            typer.echo(
+                f"warning: {len(done.other_key)} device(s) of this fleet (e.g. {done.other_key[0]}) are registered "
+                "with another key (made in another --keys-dir, or approved after an earlier fault run): the server "
+                "will refuse them (key_mismatch). Run with --replace-keys to register this fleet's keys (audited), "
+                "or give the fleet its own ids with --id-prefix.",
+                err=True,
+            )
     room = ensure_file_limit(count + 100) - 100
     if room < count:
         typer.echo(
@@ -109,29 +140,49 @@ def sim(
             err=True,
         )
     asyncio.run(_run(fleet, host, int(port_text), ramp, duration))
+    for line in _explain(fleet.stats(), chosen_fault):
+        typer.echo(line)
 
 
-async def _register(settings: Settings, fleet: Fleet, owner: str | None) -> int:
+@dataclass(frozen=True, slots=True)
+class _Registration:
+    added: int
+    #: Devices of this fleet registered with another key, left as they are: the server will refuse them.
+    other_key: list[str]
+    #: Devices whose registered key was replaced by this fleet's (--replace-keys).
+    replaced: list[str]
+
+
+async def _register(settings: Settings, fleet: Fleet, owner: str | None, *, replace_keys: bool) -> _Registration:
     """Register the devices this server has not seen (with their owner, if given), as the operator; a device
     registered before keeps its registration (an `amnesia` device keeps its old key on purpose), and gets the
     owner if it has none."""
     async with open_application(settings) as app:
-        return await _register_with(app, fleet, owner)
+        return await _register_with(app, fleet, owner, replace_keys=replace_keys)
 
 
-async def _register_with(app: Application, fleet: Fleet, owner: str | None) -> int:
+async def _register_with(app: Application, fleet: Fleet, owner: str | None, *, replace_keys: bool) -> _Registration:
     actor = operator("cyan sim")
     if owner is not None and await app.store.accounts.get_user(owner) is None:
         raise typer.BadParameter(f"no user {owner!r}; create it with cyan users add", param_hint="--owner")
     new: list[NewDevice] = []
+    other_key: list[str] = []
+    replaced: list[str] = []
     for device in fleet.devices:
         spec = device.spec
         existing = await app.store.devices.get(spec.device_id)
+        der = public_key_der(registered_public_key(spec))
         if existing is not None and existing.public_key_der is not None:
             if owner is not None and existing.owner is None:
                 await app.devices.claim(actor, existing.id, owner=owner)
+            if existing.public_key_der != der:
+                # The same ids from another keys directory, or a key approved from an earlier fault run.
+                if replace_keys:
+                    await app.keys.provision(actor, spec.device_id, der)
+                    replaced.append(spec.device_id)
+                else:
+                    other_key.append(spec.device_id)
             continue
-        der = public_key_der(registered_public_key(spec))
         if existing is not None:  # registered without a key: give it the one it will present
             await app.keys.provision(actor, spec.device_id, der)
             continue
@@ -145,7 +196,35 @@ async def _register_with(app: Application, fleet: Fleet, owner: str | None) -> i
                 await app.devices.register(actor, [entry])
             except AlreadyExistsError:
                 await app.devices.register(actor, [NewDevice(entry.device_id, entry.public_key_der, owner=owner)])
-    return len(new)
+    return _Registration(len(new), other_key, replaced)
+
+
+def _explain(stats: FleetStats, fault: Fault | None) -> list[str]:
+    """What the devices' failures mean: a device only sees the server close the connection, which says
+    little; the server's records say why."""
+    refused = stats.failures.get("closed_by_peer", 0)
+    if not refused:
+        return []
+    if fault is Fault.AMNESIA:
+        return [
+            "As the amnesia fault means: each device made a new key the server does not hold, so the server closed "
+            "the connection after the device sent its identity (key_mismatch in its records, with both "
+            "fingerprints: cyan devices attempts DEVICE_ID). The devices keep their registered keys on disk: a "
+            "run without --fault connects again; to let the new keys in instead, see cyan policy rekey "
+            "(docs/self-healing.md)."
+        ]
+    if fault is Fault.CORRUPT_KEY:
+        return [
+            "As the corrupt_key fault means: the server encrypts the session key to the damaged key the device "
+            "presents, which the device cannot decrypt (session_key_rejected in the server's records: "
+            "cyan devices attempts DEVICE_ID). A run without --fault connects again."
+        ]
+    return [
+        f"{refused} attempt(s) ended with the server closing the connection. The device cannot tell why; the "
+        "server's records can: cyan devices attempts DEVICE_ID (or cyan devices doctor DEVICE_ID). A key_mismatch "
+        "there means the server holds another key for that id: run with --replace-keys to register this fleet's "
+        "keys, or give the fleet its own ids with --id-prefix."
+    ]
 
 
 async def _run(fleet: Fleet, host: str, port: int, ramp: float | None, duration: float | None) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .codes import decimal, sos_meaning
 
-__all__ = ["LED_PATTERNS", "LedPattern", "LedReading", "explain_led"]
+__all__ = ["LED_PATTERNS", "UNKNOWN", "LedPattern", "LedReading", "explain_led"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +188,19 @@ _PATTERNS = (
     ),
 )
 
-LED_PATTERNS: dict[str, LedPattern] = {p.key: p for p in _PATTERNS}
+#: A description read as none of the patterns: it points at nothing, and says which patterns there are.
+UNKNOWN = LedPattern(
+    "unknown",
+    "Not a pattern this tool knows",
+    "Describe the colour and how it lights: blinking, fast blinking or breathing, and any burst of another colour "
+    'with its count ("fast cyan, 1 red blink", "breathing magenta", "SOS then 8 blinks"). The patterns: '
+    + "; ".join(p.title for p in _PATTERNS)
+    + ".",
+    (),
+    None,
+)
+
+LED_PATTERNS: dict[str, LedPattern] = {p.key: p for p in (*_PATTERNS, UNKNOWN)}
 
 _SYNONYMS: tuple[tuple[str, str], ...] = (
     (r"\byellow\b|\bamber\b", "orange"),
@@ -205,6 +217,80 @@ _SYNONYMS: tuple[tuple[str, str], ...] = (
     (r"\bfive\b", "5"),
 )
 _COLORS = ("cyan", "red", "orange", "magenta", "green", "blue", "white")
+#: Words that say how the LED lights (after the synonyms above).
+_HOW = frozenset(
+    {"blink", "breathing", "fast", "slow", "solid", "steady", "sos", "dim", "d7", "listening", "safe", "off"}
+)
+#: Words a description may hold that say nothing of the pattern.
+_FILLER = frozenset(
+    [
+        "then",
+        "with",
+        "and",
+        "after",
+        "before",
+        "times",
+        "time",
+        "at",
+        "boot",
+        "led",
+        "leds",
+        "status",
+        "light",
+        "lights",
+        "the",
+        "of",
+        "between",
+        "tries",
+        "try",
+        "short",
+        "long",
+        "on",
+        "in",
+        "it",
+        "its",
+        "is",
+        "was",
+        "stays",
+        "stay",
+        "keeps",
+        "kept",
+        "followed",
+        "by",
+        "x",
+        "every",
+        "few",
+        "seconds",
+        "second",
+        "again",
+        "mode",
+        "very",
+        "slowly",
+        "bright",
+        "briefly",
+        "some",
+        "while",
+        "when",
+        "during",
+        "update",
+        "goes",
+        "go",
+        "dark",
+        "and",
+        "or",
+        "but",
+        "not",
+        "no",
+        "mostly",
+        "always",
+        "sometimes",
+        "lit",
+        "color",
+        "colour",
+        "rgb",
+        "main",
+    ]
+)
 
 
 def _normalize(text: str) -> str:
@@ -231,7 +317,8 @@ def _count_before(words: list[str], index: int) -> int | None:
 
 
 def explain_led(description: str) -> list[LedReading]:
-    """The patterns a description can mean, the likeliest first; empty when nothing is recognised."""
+    """The patterns a description can mean, the likeliest first. A description this tool cannot read is one
+    reading of `UNKNOWN` (which points at nothing), never a guess from one recognised word."""
     text = _normalize(description)
     words = text.replace(",", " ").split()
     colors = [(i, w) for i, w in enumerate(words) if w in _COLORS]
@@ -242,6 +329,23 @@ def explain_led(description: str) -> list[LedReading]:
     def reading(key: str, count: int | None = None, note: str | None = None) -> LedReading:
         return LedReading(description, LED_PATTERNS[key], count, note)
 
+    unknown = [w for w in words if w not in _COLORS and w not in _HOW and w not in _FILLER and _number(w) is None]
+    says_how = any(w in _HOW for w in words)
+    if (not color_set and not says_how) or (unknown and not says_how):
+        words_unknown = f": {', '.join(repr(w) for w in unknown[:5])} not understood" if unknown else ""
+        return [reading("unknown", note=f"Read no LED pattern from {description!r}{words_unknown}.")]
+    if color_set and not says_how and len(color_set) == 1:
+        # One colour alone ("purple"): how it lights decides what it means.
+        (color,) = color_set
+        both = {
+            "cyan": ("blinking_cyan", "breathing_cyan"),
+            "magenta": ("blinking_magenta", "breathing_magenta"),
+            "green": ("blinking_green", "breathing_green"),
+            "white": ("blinking_white", "breathing_white"),
+        }.get(color)
+        if both is not None:
+            ask = "Say whether it blinks, blinks fast or breathes: each means something else."
+            return [reading(both[0], note=ask), reading(both[1], note=ask)]
     if "sos" in words:
         numbers = [n for w in words if (n := _number(w)) is not None]
         count = numbers[0] if numbers else None
@@ -250,6 +354,15 @@ def explain_led(description: str) -> list[LedReading]:
             meaning = sos_meaning(count)
             note = f"SOS code {count}: {meaning}" if meaning else f"SOS code {count} is not a known panic code"
         return [reading("sos", count, note)]
+    if color_set == {"orange"}:
+        # Orange shows only as bursts between cyan (the firmware has no orange pattern of its own).
+        index = next(i for i, w in colors if w == "orange")
+        count = _count_before(words, index)
+        after_cyan = "Orange shows only after cyan; read as blinking cyan, then the orange blinks."
+        if count in (2, 3):
+            return [reading(f"cyan_{count}_orange", count, after_cyan)]
+        if count == 1:
+            return [reading("cyan_orange", 1, after_cyan)]
     if "d7" in words or ("dim" in words and "blue" in color_set):
         return [reading("dim_blue_d7")]
     if "cyan" in color_set:
@@ -288,4 +401,4 @@ def explain_led(description: str) -> list[LedReading]:
         return [reading("breathing_white" if breathing else "blinking_white")]
     if "red" in color_set:
         return [reading("blinking_red")]
-    return []
+    return [reading("unknown", note=f"Read no LED pattern from {description!r}.")]

@@ -64,8 +64,12 @@ def render_diagnosis(diagnosis: Diagnosis, console: Console) -> None:
     _line(console)
     for reading in diagnosis.leds:
         _line(console, f"LED {reading.description!r}: {reading.pattern.title}", "bold")
-        _para(console, reading.pattern.meaning + (f" {reading.note}" if reading.note else ""), indent=2)
-        _line(console, "points at: " + (", ".join(reading.pattern.entries) or "no failure"), indent=2)
+        if reading.pattern.key == "unknown":
+            _para(console, f"{reading.note or ''} {reading.pattern.meaning}".strip(), indent=2)
+            _line(console, "points at: nothing", indent=2)
+        else:
+            _para(console, reading.pattern.meaning + (f" {reading.note}" if reading.note else ""), indent=2)
+            _line(console, "points at: " + (", ".join(reading.pattern.entries) or "no failure"), indent=2)
         _line(console)
     for text, readings in diagnosis.codes:
         if not readings:

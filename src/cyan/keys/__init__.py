@@ -36,7 +36,7 @@ from ._device import (
     generate_server_key,
     is_firmware_parsable,
 )
-from ._errors import DEVICE_KEY_BITS, PUBLIC_EXPONENT, SERVER_KEY_BITS, KeyFormatError
+from ._errors import DEVICE_KEY_BITS, PUBLIC_EXPONENT, SERVER_KEY_BITS, KeyFormatError, ServerAddressError
 from ._escrow import ESCROW_FORMAT, ESCROW_VERSION, EscrowEntry, EscrowError, KeyEscrow, WrongPassphraseError
 from ._inspect import (
     CloudFacts,
@@ -92,6 +92,7 @@ __all__ = [
     "Platform",
     "PrivateKeyReport",
     "ServerAddress",
+    "ServerAddressError",
     "ServerKeyFile",
     "ServerKeyReport",
     "WrongPassphraseError",

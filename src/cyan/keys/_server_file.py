@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ._codec import check_server_public_key, fingerprint, public_key_der
 from ._der import outer_sequence
-from ._errors import PUBLIC_EXPONENT, SERVER_KEY_BITS, KeyFormatError
+from ._errors import PUBLIC_EXPONENT, SERVER_KEY_BITS, KeyFormatError, ServerAddressError
 
 __all__ = [
     "DEFAULT_PORT",
@@ -185,28 +185,30 @@ class ServerKeyFile:
 
 def _encode_address(host: str) -> bytes:
     if not host:
-        raise KeyFormatError("server host is empty; give an IPv4 address or a domain name")
+        raise ServerAddressError("server host is empty; give an IPv4 address or a domain name")
     if _CLI_IP_RULE.fullmatch(host):
         parts = host.split(".")
         if len(parts) != 4 or any(not part or len(part) > 3 or int(part) > 255 for part in parts):
-            raise KeyFormatError(
+            raise ServerAddressError(
                 f"server host {host!r} has only digits and dots, so it is stored as an IPv4 address "
                 "(protocol.md §11), but it is not a dotted quad a.b.c.d with each part 0..255"
             )
         return bytes([_TYPE_IPV4, 4, *(int(part) for part in parts)])
     if ":" in host:
-        raise KeyFormatError(
+        raise ServerAddressError(
             f"server host {host!r} looks like an IPv6 address or has a port; the firmware stores only an IPv4 "
             "address or a domain name, and the port is given separately (protocol.md §11)"
         )
     try:
         raw = host.encode("ascii")
     except UnicodeEncodeError:
-        raise KeyFormatError(f"server host {host!r} is not ASCII; store the IDNA (xn--) form of the domain") from None
+        raise ServerAddressError(
+            f"server host {host!r} is not ASCII; store the IDNA (xn--) form of the domain"
+        ) from None
     if any(byte < 0x21 or byte > 0x7E for byte in raw):
-        raise KeyFormatError(f"server host {host!r} contains spaces or control characters")
+        raise ServerAddressError(f"server host {host!r} contains spaces or control characters")
     if len(raw) > _MAX_DOMAIN_BYTES:
-        raise KeyFormatError(
+        raise ServerAddressError(
             f"server domain is {len(raw)} bytes; at most {_MAX_DOMAIN_BYTES} fit in the address block before "
             "the port (protocol.md §11)"
         )

@@ -468,7 +468,10 @@ class SqlDevices(_Repository):
     async def _conflict(self, values: Mapping[Any, Any]) -> str:
         """Which of id and name is taken, for the message of `DeviceExistsError`."""
         taken = await self._taken(values)
-        return taken or f"device {values['id']} or the name {values['name']!r} was registered concurrently"
+        if taken:
+            return taken
+        named = f" or the name {values['name']!r}" if values["name"] is not None else ""
+        return f"device {values['id']}{named} was registered concurrently"
 
     async def _taken(self, values: Mapping[Any, Any]) -> str | None:
         """What is already registered of this device's id and name, in words; None: neither."""
