@@ -184,3 +184,30 @@ def test_a_rename_from_no_name_says_so() -> None:
         assert entry.detail == "(no name) -> kitchen"
 
     asyncio.run(scenario())
+
+
+def test_an_operator_claims_by_name_releases_and_hands_over(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    settings = Settings(data_dir=data)
+    prepare_data_directory(settings)
+    key = tmp_path / "k.der"
+    key.write_bytes(public_key_der(fixed_device_key(1).public_key()))
+    d = ["--data-dir", str(data)]
+    for user in ("alice@example.com", "bob@example.com"):
+        assert cyan(["users", "add", user, "--password", "a good password", *d]) == 0
+    assert cyan(["devices", "add", "ab" * 12, "--key", str(key), "--name", "kitchen", *d]) == 0
+    assert cyan(["devices", "claim", "kitchen", "--owner", "alice@example.com", *d]) == 0
+    # Someone's device is not handed to another without being released first.
+    assert cyan(["devices", "claim", "kitchen", "--owner", "bob@example.com", *d]) == 1
+    assert "release it first" in capsys.readouterr().err
+    assert cyan(["devices", "release", "kitchen", *d]) == 0
+    assert cyan(["devices", "claim", "kitchen", "--owner", "bob@example.com", *d]) == 0
+    assert f"Device {'ab' * 12} now belongs to bob@example.com" in capsys.readouterr().out
+    assert cyan(["devices", "list", "--ids", *d]) == 0
+    assert capsys.readouterr().out == f"{'ab' * 12}\n"
+
+    async def trail() -> list[str]:
+        async with open_application(settings) as app:
+            return [e.action for e in await app.store.audit.recent("ab" * 12)]
+
+    assert asyncio.run(trail())[:3] == ["claimed", "released", "claimed"]

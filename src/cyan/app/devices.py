@@ -148,7 +148,8 @@ class DeviceUseCases:
     ) -> DeviceRecord:
         """Make a device the actor's (or, for an admin, `owner`'s). An ownerless device may be claimed by an
         admin, or with a claim code issued for it; a device of someone else's is not found."""
-        device_id = check_device_id(device_id)
+        # An admin sees every device, so may name it; anyone else claims by the id printed on it.
+        device_id = str(device_id)[:255] if actor.is_admin else check_device_id(device_id)
         if owner is not None and not actor.is_admin:
             raise PermissionDeniedError("only admins claim devices for another account")
         new_owner = (owner or actor.username or "").lower()
@@ -156,7 +157,7 @@ class DeviceUseCases:
             raise InvalidInputError("say whose the device becomes", "owner")
         now = self._ctx.clock()
         async with self._ctx.store.transaction() as tx:
-            record = await tx.devices.get(device_id)
+            record = await (tx.devices.find(device_id) if actor.is_admin else tx.devices.get(device_id))
             if record is None:
                 raise DeviceNotFoundError(device_id)
             if record.owner == new_owner:
@@ -166,8 +167,8 @@ class DeviceUseCases:
                 raise InvalidInputError(f"no user {new_owner!r}", "owner")
             record.owner = new_owner
             await tx.devices.save(record)
-            await tx.audit.add(AuditEntry(now, device_id, "claimed", actor.name, detail=how, subject=new_owner))
-        await self._ctx.sessions.owner_changed(device_id, new_owner)
+            await tx.audit.add(AuditEntry(now, record.id, "claimed", actor.name, detail=how, subject=new_owner))
+        await self._ctx.sessions.owner_changed(record.id, new_owner)
         return record
 
     async def _may_take(self, tx: Repositories, actor: Actor, record: DeviceRecord, claim_code: str | None) -> str:

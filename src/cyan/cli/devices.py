@@ -50,9 +50,18 @@ def add(
 
 
 @app.command("list")
-def list_devices(data_dir: DataDirOption = None) -> None:
+def list_devices(
+    ids: Annotated[
+        bool, typer.Option("--ids", help="Only the device ids, one per line (for other commands: $(...)).")
+    ] = False,
+    data_dir: DataDirOption = None,
+) -> None:
     """List registered devices."""
     views = run_local(data_dir, lambda app: app.devices.mine(operator(), everyone=True))
+    if ids:
+        for view in views:
+            typer.echo(view.record.id)
+        return
     table = Table("Name", "Owner", "Platform", "Online", "Last heard", "Last address", "Key")
     table.add_column("ID", no_wrap=True, min_width=24)
     for view in views:
@@ -95,14 +104,25 @@ def remove(
 
 @app.command("claim")
 def claim(
-    device: Annotated[str, typer.Argument(help="The ownerless device's id.")],
+    device: Annotated[str, typer.Argument(help="The device id or name.")],
     owner: Annotated[str, typer.Option("--owner", help="The user it becomes the device of.")],
     actor: ActorOption = "operator",
     data_dir: DataDirOption = None,
 ) -> None:
-    """Give an ownerless device to a user (a device that belongs to someone is released first)."""
+    """Give an ownerless device to a user (one that belongs to someone is released first: cyan devices release)."""
     record = run_local(data_dir, lambda app: app.devices.claim(operator(actor), device, owner=owner))
     typer.echo(f"Device {record.id} now belongs to {record.owner}")
+
+
+@app.command("release")
+def release(
+    device: Annotated[str, typer.Argument(help="The device id or name.")],
+    actor: ActorOption = "operator",
+    data_dir: DataDirOption = None,
+) -> None:
+    """The device is no longer its owner's (it stays registered, with its key), as `particle device remove`."""
+    record = run_local(data_dir, lambda app: app.devices.release(operator(actor), device))
+    typer.echo(f"Device {record.id} has no owner now")
 
 
 @app.command("claim-code")
