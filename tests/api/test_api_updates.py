@@ -146,10 +146,22 @@ def test_flash_with_chunked_multipart_as_the_particle_cli_sends_it(tmp_path: Pat
     _run(tmp_path, scenario)
 
 
-def test_an_offline_device_is_queued(tmp_path: Path) -> None:
+def test_an_offline_device_is_refused_as_particle_does_unless_the_update_is_queued(tmp_path: Path) -> None:
+    """The Particle CLI prints "Flash success!" for any answer with a status: an offline device gets an error it
+    shows instead, and nothing is started; `queue=true` asks for the update at its next connection."""
+
     async def scenario(w: World) -> None:
-        response = await _flash_chunked(w, OFFLINE, "app.bin", _image())
-        body = response.json()
+        refused = await _flash_chunked(w, OFFLINE, "app.bin", _image())
+        assert refused.status_code == 404, refused.text
+        assert refused.json()["error"] == "Device is not connected"
+        assert "nothing was sent" in refused.json()["error_description"]
+        assert "queue=true" in refused.json()["error_description"]
+        assert (await w.client.get(f"/v1/devices/{OFFLINE}/updates", headers=w.headers[ALICE])).json() == []
+        files = {"file": ("app.bin", _image(), "application/octet-stream")}
+        queued = await w.client.put(
+            f"/v1/devices/{OFFLINE}", files=files, data={"queue": "true"}, headers=w.headers[ALICE]
+        )
+        body = queued.json()
         assert body["status"].startswith("Update queued")
         assert (await w.job(body["job"]))["state"] == "queued"
 

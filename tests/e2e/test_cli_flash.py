@@ -145,3 +145,36 @@ def test_flash_a_group_and_a_refusal(tmp_path: Path) -> None:
         assert code == 0
 
     _run(tmp_path, scenario)
+
+
+def test_flash_all_does_not_wait_for_an_offline_device(tmp_path: Path) -> None:
+    """A rollout reports the devices that are away as queued and finishes; their updates start when they
+    connect, which the server does without this command."""
+
+    async def scenario(service: Service, fleet: Fleet, token: str) -> None:
+        away = fleet[f"{2:024x}"]
+        await away.stop()
+        while service.cloud.device_link(away.device_id) is not None:
+            await asyncio.sleep(0.02)
+        path = tmp_path / "app-v7.bin"
+        path.write_bytes(_image(version=7))
+        url = f"http://127.0.0.1:{service.api_port}"
+        started = asyncio.get_running_loop().time()
+        code, out, err = await _cyan("devices", "flash", "--all", str(path), "--server", url, token=token)
+        assert code == 0, out + err
+        assert "1 queued: device offline, 2 succeeded" in out
+        assert "1 device(s) offline: their updates start when they connect" in out
+        # Well before the hour it used to follow an offline device for.
+        assert asyncio.get_running_loop().time() - started < 60
+        (job,) = await service.updates.list(device_id=away.device_id)
+        assert job.state.value == "queued"
+        away.start("127.0.0.1", service.device_server.port)
+
+        async def done() -> None:
+            while (await service.updates.get(job.id)).state.value != "succeeded":
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(done(), 60)
+        assert away.image == _image(version=7)
+
+    _run(tmp_path, scenario)

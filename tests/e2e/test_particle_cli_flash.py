@@ -13,8 +13,10 @@ import pytest
 from particle_cli_support import CyanServer, ParticleCli, SimFleet, read_store, require_particle_cli, run_cyan
 
 from cyan.cloud.models import JobState, UpdateJob
+from cyan.keys import public_key_der
 from cyan.protocol import parse_module
 from cyan.protocol.binary import build_module
+from cyan.testing import fixed_device_key
 
 OWNER, PASSWORD = "flash@example.com", "flash the fleet"
 
@@ -88,3 +90,34 @@ def test_particle_flash_of_another_platforms_binary_is_refused(
     assert done.returncode != 0, str(done)
     assert "wrong platform: the binary is built for P1 (platform 8), the device is a Photon (platform 6)" in done.output
     assert len(_jobs(server, device_id)) == before
+
+
+def test_particle_flash_to_an_offline_device_says_so_and_sends_nothing(
+    world: tuple[CyanServer, SimFleet, ParticleCli], tmp_path: Path
+) -> None:
+    """Particle's cloud refuses a flash to an offline device; the CLI would print "Flash success!" for any
+    answer with a status, so the refusal is an error it shows (queueing is Cyan's choice: cyan devices flash)."""
+    server, _fleet, cli = world
+    key = tmp_path / "away.der"
+    key.write_bytes(public_key_der(fixed_device_key(5).public_key()))
+    away = "0a" * 12
+    added = run_cyan(
+        "devices",
+        "add",
+        away,
+        "--key",
+        str(key),
+        "--name",
+        "away",
+        "--owner",
+        OWNER,
+        "--data-dir",
+        str(server.data_dir),
+    )
+    assert added.returncode == 0, str(added)
+    (tmp_path / "app.bin").write_bytes(_user_part(6, 11))
+    done = cli.run("flash", "away", str(tmp_path / "app.bin"), timeout=60)
+    assert done.returncode != 0, str(done)
+    assert "Flash success!" not in done.output
+    assert "is not connected" in done.output, str(done)
+    assert _jobs(server, away) == []

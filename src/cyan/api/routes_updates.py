@@ -75,7 +75,7 @@ def firmware_json(record: FirmwareRecord) -> dict[str, Any]:
 
 async def _upload(request: Request, actor: Actor) -> FirmwareRecord:
     """The binary of a multipart request's `file` part, checked and kept."""
-    await body(request)
+    await body(request)  # reads the multipart parts into request.state
     files: dict[str, tuple[str, bytes]] = getattr(request.state, "files", {})
     if "file" not in files:
         raise ApiError(400, "invalid_request", "give the firmware binary as the multipart part `file`")
@@ -86,9 +86,11 @@ async def _upload(request: Request, actor: Actor) -> FirmwareRecord:
 async def flash(request: Request, actor: Actor, view: DeviceView) -> dict[str, Any]:
     """`particle flash DEVICE app.bin`: PUT /v1/devices/:id, multipart `file` (plus `latest` or
     `build_target_version`, which do not apply to a binary). Answers as Particle does, with `status`, which
-    the CLI requires; the update runs as a job (GET /v1/updates/:job)."""
+    the CLI requires; the update runs as a job (GET /v1/updates/:job). An offline device is refused, as
+    Particle's cloud refuses it, unless the form says `queue=true`: then its update waits for its connection."""
     firmware = await _upload(request, actor)
-    (job,) = await _updates(request).flash(actor, [view.record], firmware)
+    queue = _flag(await body(request), "queue")
+    (job,) = await _updates(request).flash(actor, [view.record], firmware, queue_if_offline=queue)
     online = await app(request).context.sessions.connected(view.record.id)
     return {
         "ok": True,
@@ -97,6 +99,18 @@ async def flash(request: Request, actor: Actor, view: DeviceView) -> dict[str, A
         "job": job.id,
         "firmware": firmware.sha256,
     }
+
+
+def _flag(params: dict[str, Any], name: str) -> bool:
+    value = params.get(name, False)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", ""):
+        return False
+    raise InvalidInputError(f"{name} is true or false", name)
 
 
 @router.post("/v1/firmware", summary="Upload a firmware binary (checked as a device would check it)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from cyan.cloud.errors import InvalidInputError, NotFoundError
+from cyan.cloud.errors import DeviceOfflineError, InvalidInputError, NotFoundError
 from cyan.cloud.models import AuditEntry, DeviceRecord, FirmwareRecord, UpdateJob
 from cyan.cloud.ota import FirmwareLibrary, UpdateManager, UpdateNotFoundError
 
@@ -78,10 +78,21 @@ class UpdateUseCases:
         mode: str = "auto",
         concurrency: int | None = None,
         max_attempts: int | None = None,
+        queue_if_offline: bool = True,
     ) -> list[UpdateJob]:
-        """Start updating the devices (each one checked as visible to the actor by `targets`)."""
+        """Start updating the devices (each one checked as visible to the actor by `targets`). An offline device's
+        job waits for its next connection; without `queue_if_offline`, an offline device is refused instead
+        (`DeviceOfflineError`) and nothing is started, as Particle's cloud answers a flash to an offline device."""
         if not records:
             raise InvalidInputError("no device of yours to update", "devices")
+        if not queue_if_offline:
+            for record in records:
+                if not await self._ctx.sessions.connected(record.id):
+                    raise DeviceOfflineError(
+                        record.id,
+                        "nothing was sent. Flash it when it is online, or queue the update for its next connection "
+                        "(queue=true with this request, or cyan devices flash)",
+                    )
         try:
             plan = await self.manager.plan(
                 [r.id for r in records],

@@ -25,6 +25,11 @@ __all__ = ["flash", "list_updates"]
 
 _DEFAULT_SERVER = "http://127.0.0.1:8080"
 _FINISHED = ("succeeded", "failed")
+#: How a job is shown that waits for its offline device: the server sends it at the device's next connection,
+#: so following it is not waiting for anything this command can see happen.
+_WAITING_FOR_DEVICE = "queued: device offline"
+#: Seconds between looks at which devices are online.
+_ONLINE_EVERY = 5.0
 
 ServerOption = Annotated[
     str | None,
@@ -103,7 +108,8 @@ def flash(
     token: TokenOption = None,
 ) -> None:
     """Update devices over the air: upload the binary to the server, start an update per device, and
-    follow them with a progress bar each. Exits 1 if any device fails."""
+    follow them with a progress bar each, until each is done or waits for its offline device. Exits 1 if any
+    device fails."""
     if (all_devices or group_name) and len(targets) != 1:
         raise typer.BadParameter("with --all or --group give only the binary", param_hint="TARGETS")
     if not (all_devices or group_name) and len(targets) < 2:
@@ -143,7 +149,7 @@ def flash(
     finally:
         api.close()
     _summary(final, names, console)
-    if any(job["state"] != "succeeded" for job in final):
+    if any(job["state"] not in ("succeeded", _WAITING_FOR_DEVICE) for job in final):
         raise typer.Exit(1)
 
 
@@ -155,7 +161,8 @@ def _follow(
     console: Console,
     timeout: float,
 ) -> list[dict[str, Any]]:
-    """Poll the jobs, a progress bar each, until every one has finished (or `timeout`)."""
+    """Poll the jobs, a progress bar each, until every one has finished or waits for its offline device (or
+    `timeout`): a rollout does not wait an hour on devices that are away."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -166,6 +173,8 @@ def _follow(
     )
     deadline = time.monotonic() + timeout
     current = {job["id"]: job for job in jobs}
+    online: dict[str, bool] = {}
+    looked = float("-inf")
     with Progress(*columns, console=console, transient=False) as progress:
         bars = {
             job["id"]: progress.add_task(
@@ -183,8 +192,21 @@ def _follow(
                     current[job["id"]] = job
                     state = job["state"] if job["attempts"] <= 1 else f"{job['state']} (attempt {job['attempts']})"
                     progress.update(bars[job["id"]], completed=job["bytes_sent"], state=state)
-            if all(job["state"] in _FINISHED for job in current.values()) or time.monotonic() > deadline:
-                return list(current.values())
+            if time.monotonic() - looked >= _ONLINE_EVERY:
+                online = {d["id"]: bool(d.get("connected")) for d in api.call("GET", "/v1/devices")}
+                looked = time.monotonic()
+            away = {
+                job_id
+                for job_id, job in current.items()
+                if job["state"] == "queued" and not online.get(job["device_id"], False)
+            }
+            for job_id in away:
+                progress.update(bars[job_id], state=_WAITING_FOR_DEVICE)
+            settled = all(job["state"] in _FINISHED or job_id in away for job_id, job in current.items())
+            if settled or time.monotonic() > deadline:
+                return [
+                    {**job, "state": _WAITING_FOR_DEVICE} if job_id in away else job for job_id, job in current.items()
+                ]
             time.sleep(0.5)
 
 
@@ -207,6 +229,11 @@ def _summary(jobs: list[dict[str, Any]], names: dict[str, str], console: Console
     for job in jobs:
         counts[job["state"]] = counts.get(job["state"], 0) + 1
     console.print(", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+    if _WAITING_FOR_DEVICE in counts:
+        console.print(
+            f"{counts[_WAITING_FOR_DEVICE]} device(s) offline: their updates start when they connect "
+            "(cyan devices updates DEVICE follows them)."
+        )
 
 
 def list_updates(

@@ -93,8 +93,8 @@ class PendingKeyChangedError(ConflictError):
 
 
 class DeviceOfflineError(CloudError):
-    def __init__(self, device_id: str) -> None:
-        super().__init__(f"device {device_id} is not connected")
+    def __init__(self, device_id: str, consequence: str | None = None) -> None:
+        super().__init__(f"device {device_id} is not connected" + (f": {consequence}" if consequence else ""))
         self.device_id = device_id
 
 
