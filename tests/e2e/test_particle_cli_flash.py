@@ -10,7 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from particle_cli_support import CyanServer, ParticleCli, SimFleet, read_store, require_particle_cli, run_cyan
+from particle_cli_support import (
+    PARTICLE_BIN,
+    CyanServer,
+    ParticleCli,
+    SimFleet,
+    read_store,
+    require_particle_cli,
+    run_cyan,
+)
 
 from cyan.cloud.models import JobState, UpdateJob
 from cyan.keys import public_key_der
@@ -19,6 +27,10 @@ from cyan.protocol.binary import build_module
 from cyan.testing import fixed_device_key
 
 OWNER, PASSWORD = "flash@example.com", "flash the fleet"
+#: The binary `particle flash DEVICE tinker` sends for a Photon: the CLI's own copy.
+TINKER = (
+    PARTICLE_BIN.parents[1] / "particle-cli" / "assets" / "knownApps" / "photon" / "tinker" / "tinker-0.4.5-photon.bin"
+)
 
 
 def _user_part(platform: int, version: int) -> bytes:
@@ -77,6 +89,28 @@ def test_particle_flash_updates_a_simulated_photon(
     assert record is not None
     assert (record.product_id, record.product_version) == (4242, 7)  # the new application's Hello (§5)
     assert parse_module(image).product_version == 7
+
+
+def test_particle_flash_of_a_known_app_to_a_product_device(
+    world: tuple[CyanServer, SimFleet, ParticleCli], tmp_path: Path
+) -> None:
+    """After the test above, the device runs product 4242's firmware, so `particle flash sim-0 tinker` first
+    marks it a development device (PUT /v1/products/4242/devices/ID {"development": true}), then sends the
+    Tinker binary the CLI carries for the Photon."""
+    server, fleet, cli = world
+    device_id = fleet.ids["sim-0"]
+    before = len(_jobs(server, device_id))
+    done = cli.run("flash", "sim-0", "tinker", timeout=60)
+    assert done.returncode == 0, str(done)
+    assert f"Marking device {device_id} as a development device" in done.stdout
+    assert f"Flashing firmware to your device {device_id}" in done.stdout
+    jobs = _jobs(server, device_id)
+    assert len(jobs) == before + 1
+    assert jobs[0].firmware == hashlib.sha256(TINKER.read_bytes()).hexdigest()
+    deadline = time.monotonic() + 60
+    while not (job := _jobs(server, device_id)[0]).state.finished and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert job.state is JobState.SUCCEEDED, (job, server.describe(), fleet.proc.describe())
 
 
 def test_particle_flash_of_another_platforms_binary_is_refused(

@@ -92,7 +92,16 @@ async def update_device(request: Request, actor: Caller, device: str, product: s
         on = _truthy(params["signal"])
         device_id = await calls.signal(actor, view.record.id, on)
         return {"id": device_id, "connected": True, "signaling": on}
-    raise ApiError(400, "invalid_request", "nothing to change: give name or signal")
+    if "development" in params:
+        # `particle flash` marks a product's device as a development device first, so that the product's
+        # automatic firmware does not replace what it flashes. Cyan pushes no product firmware on its own: every
+        # device already is one, whatever was asked.
+        return {"ok": True, "id": view.record.id, "development": True}
+    raise ApiError(
+        400,
+        "invalid_request",
+        "nothing to change: give name, signal, development, or a binary to flash (multipart file)",
+    )
 
 
 @router.post("/v1/devices", summary="Claim a device (admins, or with a claim code issued for it)")
