@@ -170,6 +170,15 @@ def test_devices_functions_variables_and_errors(tmp_path: Path) -> None:
             21.5,
             DEV1,
         )
+        # ?format=raw: the value alone, as Particle answers it.
+        raw = await c.get("/v1/devices/kitchen/temp", params={"format": "raw"}, headers=a)
+        assert (raw.status_code, raw.headers["content-type"], raw.text) == (200, "text/plain; charset=utf-8", "21.5")
+        assert (await c.get("/v1/devices/kitchen/counter", params={"format": "raw"}, headers=a)).text.isdigit()
+        await c.post("/v1/devices/kitchen/setArg", json={"args": "plain text"}, headers=a)
+        text = await c.get("/v1/devices/kitchen/lastArg", params={"format": "raw"}, headers=a)
+        assert text.text == "plain text"
+        odd = await c.get("/v1/devices/kitchen/temp", params={"format": "xml"}, headers=a)
+        assert (odd.status_code, odd.json()["field"]) == (400, "format")
         errors = {
             "unknown function": (
                 await c.post("/v1/devices/kitchen/nosuch", json={}, headers=a),

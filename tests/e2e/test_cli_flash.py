@@ -168,10 +168,12 @@ def test_flash_all_does_not_wait_for_an_offline_device(tmp_path: Path) -> None:
         assert asyncio.get_running_loop().time() - started < 60
         (job,) = await service.updates.list(device_id=away.device_id)
         assert job.state.value == "queued"
+        assert job.id is not None
+        job_id = job.id
         away.start("127.0.0.1", service.device_server.port)
 
         async def done() -> None:
-            while (await service.updates.get(job.id)).state.value != "succeeded":
+            while (await service.updates.get(job_id)).state.value != "succeeded":
                 await asyncio.sleep(0.05)
 
         await asyncio.wait_for(done(), 60)

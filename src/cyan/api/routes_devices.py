@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from cyan.app import Actor, DeviceView
 from cyan.cloud.errors import InvalidInputError
@@ -153,15 +153,31 @@ async def call_function(
     return {"id": device_id, "name": view.record.name, "connected": True, "return_value": value}
 
 
-@router.get("/v1/devices/{device}/{variable}", summary="Read a variable")
-@router.get("/v1/products/{product}/devices/{device}/{variable}", summary="Read a variable of a product device")
+@router.get("/v1/devices/{device}/{variable}", summary="Read a variable", response_model=None)
+@router.get(
+    "/v1/products/{product}/devices/{device}/{variable}",
+    summary="Read a variable of a product device",
+    response_model=None,
+)
 async def read_variable(
-    request: Request, actor: Caller, device: str, variable: str, product: str | None = None
-) -> dict[str, Any]:
+    request: Request,
+    actor: Caller,
+    device: str,
+    variable: str,
+    *,
+    product: str | None = None,
+    format: Annotated[str | None, Query(description="raw: the value alone, as text")] = None,
+) -> dict[str, Any] | Response:
+    if format not in (None, "raw", "json"):
+        raise InvalidInputError("format is raw (the value alone, as text) or json", "format")
     view = await _view(request, actor, device, product)
     calls = app(request).calls
     assert calls is not None
     device_id, raw, value = await calls.read_variable(actor, view.record.id, variable)
+    if format == "raw":
+        # As Particle answers ?format=raw: a number as its digits, a string as the device sent its bytes.
+        content = raw if value is None or isinstance(value, str) else _number_text(value).encode()
+        return Response(content, media_type="text/plain; charset=utf-8")
     result: Any = value if value is not None else raw.decode("utf-8", "replace")
     record = view.record
     return {
@@ -177,6 +193,12 @@ async def read_variable(
             "product_id": record.product_id,
         },
     }
+
+
+def _number_text(value: object) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return repr(value)  # 21.0, not 21: still a double
+    return str(value)
 
 
 # -- keys ---------------------------------------------------------------------------------------
