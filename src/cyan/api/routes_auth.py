@@ -89,6 +89,34 @@ async def current_user(request: Request, actor: Caller) -> dict[str, Any]:
     }
 
 
+@router.put("/v1/user", tags=["user"], summary="Change your password (the current one is needed)")
+async def change_password(request: Request, actor: Caller) -> dict[str, Any]:
+    """As Particle's API: `password` (the new one) and `current_password`. The other tokens of the account are
+    revoked; the one in use stays."""
+    params = await body(request)
+    new, current = params.get("password"), params.get("current_password")
+    if not isinstance(new, str) or not isinstance(current, str):
+        raise ApiError(400, "invalid_request", "give password (the new one) and current_password")
+    address = request.client.host if request.client else ""
+    revoked = await app(request).accounts.change_password(
+        actor, current, new, keep_token=request.state.token, address=address
+    )
+    return {"ok": True, "message": "Password changed", "tokens_revoked": revoked}
+
+
+@router.delete("/v1/user", tags=["user"], summary="Remove your own account (the password is needed)")
+async def remove_own_account(request: Request, actor: Caller) -> dict[str, Any]:
+    """As Particle's API: `password`. The account's tokens go with it and its devices are released (they stay
+    registered, with their keys)."""
+    params = await body(request)
+    password = params.get("password")
+    if not isinstance(password, str):
+        raise ApiError(400, "invalid_request", "give your password to remove your account", field="password")
+    address = request.client.host if request.client else ""
+    await app(request).accounts.remove_own_account(actor, password, address=address)
+    return {"ok": True}
+
+
 @router.delete("/v1/access_tokens/current", tags=["authentication"], summary="Revoke the token in use")
 async def revoke_current(request: Request, actor: Caller) -> dict[str, Any]:
     await app(request).accounts.revoke(request.state.token, actor=actor)

@@ -178,6 +178,81 @@ class AccountUseCases:
         for device_id in owned:
             await self._ctx.sessions.owner_changed(device_id, None)
 
+    async def change_password(
+        self,
+        actor: Actor,
+        current_password: str,
+        new_password: str,
+        *,
+        keep_token: str | None = None,
+        address: str = "",
+    ) -> int:
+        """An account changes its own password, proving the current one (counted like a login: a wrong one is a
+        failed login, and the limits apply). Every other token of the account is revoked, so that whoever
+        learnt the old password loses what they made with it; how many."""
+        if actor.username is None:
+            raise PermissionDeniedError("only an account has a password")
+        new_digest = await asyncio.to_thread(hash_password, _password(new_password))
+        await self._check_password(actor.username, current_password, address)
+        now = self._ctx.clock()
+        kept = hash_token(keep_token) if keep_token else None
+        async with self._ctx.store.transaction() as tx:
+            user = await tx.accounts.get_user(actor.username)
+            if user is None:
+                raise NotFoundError(f"no user {actor.username!r}")
+            user.password_hash = new_digest
+            await tx.accounts.save_user(user)
+            revoked = 0
+            for token in await tx.accounts.list_tokens(user.username):
+                if token.token_hash != kept:
+                    revoked += await tx.accounts.remove_token(token.token_hash)
+            await tx.audit.add(
+                AuditEntry(
+                    now,
+                    None,
+                    "password_changed",
+                    actor.name,
+                    detail=f"{revoked} other token(s) revoked",
+                    subject=user.username,
+                )
+            )
+        return revoked
+
+    async def remove_own_account(self, actor: Actor, password: str, *, address: str = "") -> None:
+        """An account removes itself, proving its password (`DELETE /v1/user`)."""
+        if actor.username is None:
+            raise PermissionDeniedError("only an account removes itself")
+        await self._check_password(actor.username, password, address)
+        await self.remove_user(actor, actor.username)
+
+    async def _check_password(self, username: str, password: str, address: str) -> User:
+        """The account if `password` is its own; `InvalidCredentialsError` otherwise. Failures are audited and
+        counted per account and per address: past `limits`, the password is not checked at all
+        (`TooManyRequestsError`)."""
+        account = username.lower()[:255]
+        now = self._ctx.ticks()
+        wait = max(self._by_account.retry_after(account, now), self._by_address.retry_after(address, now))
+        if wait > 0:
+            raise TooManyRequestsError(
+                "too many failed logins for this account or from this address; try again later", wait
+            )
+        # Counted as a failure before the check and taken back if it succeeds: checks sent at once all wait for
+        # the (slow) hash, and would otherwise all pass the limit before the first had failed.
+        account_limit = self._by_account.add(account, now)
+        address_limit = self._by_address.add(address, now)
+        try:
+            user = await self.authenticate(username, password)
+        except InvalidCredentialsError:
+            await self._failed(account, address, account_limit=account_limit, address_limit=address_limit)
+            raise
+        except BaseException:
+            self._by_account.discard(account, now)
+            self._by_address.discard(address, now)
+            raise
+        self._by_account.clear(account)
+        self._by_address.discard(address, now)
+        return user
+
     async def set_role(self, actor: Actor, username: str, role: Role) -> User:
         if not actor.is_admin:
             raise PermissionDeniedError("roles are an admin's to give")
@@ -236,28 +311,7 @@ class AccountUseCases:
         counted per account and per address: past `limits`, a login is refused before its password is
         checked (`TooManyRequestsError`)."""
         lifetime = _lifetime(expires_in)
-        account = str(username).lower()[:255]
-        now = self._ctx.ticks()
-        wait = max(self._by_account.retry_after(account, now), self._by_address.retry_after(address, now))
-        if wait > 0:
-            raise TooManyRequestsError(
-                "too many failed logins for this account or from this address; try again later", wait
-            )
-        # Counted as a failure before the check and taken back if it succeeds: logins sent at once all wait for
-        # the check, and would otherwise all pass the limit before the first had failed.
-        account_limit = self._by_account.add(account, now)
-        address_limit = self._by_address.add(address, now)
-        try:
-            user = await self.authenticate(username, password)
-        except InvalidCredentialsError:
-            await self._failed(account, address, account_limit=account_limit, address_limit=address_limit)
-            raise
-        except BaseException:
-            self._by_account.discard(account, now)
-            self._by_address.discard(address, now)
-            raise
-        self._by_account.clear(account)
-        self._by_address.discard(address, now)
+        user = await self._check_password(str(username), password, address)
         return await self._issue(Actor.account(user.username, user.role), user, client_id, lifetime)
 
     async def _failed(self, account: str, address: str, *, account_limit: bool, address_limit: bool) -> None:

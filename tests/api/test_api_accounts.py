@@ -1,0 +1,63 @@
+"""An account's own password and its removal, through the API as Particle's shapes them: the current password
+proves it is the account's owner, every other token goes, and what went is in the audit trail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+from test_api_hardening import ALICE, BOB, DEVICE, PASSWORD, _run
+
+from cyan.service import Service
+
+
+async def _login(client: httpx.AsyncClient, user: str, password: str) -> httpx.Response:
+    return await client.post("/oauth/token", data={"grant_type": "password", "username": user, "password": password})
+
+
+def test_a_password_change_needs_the_current_one_and_revokes_the_other_tokens(tmp_path: Path) -> None:
+    async def scenario(service: Service, client: httpx.AsyncClient, auth: dict[str, dict[str, str]]) -> None:
+        other = (await _login(client, ALICE, PASSWORD)).json()["access_token"]
+        wrong = await client.put(
+            "/v1/user", json={"password": "a new password", "current_password": "not it"}, headers=auth[ALICE]
+        )
+        assert (wrong.status_code, wrong.json()["error"]) == (400, "invalid_grant")
+        short = await client.put(
+            "/v1/user", json={"password": "short", "current_password": PASSWORD}, headers=auth[ALICE]
+        )
+        assert (short.status_code, short.json()["field"]) == (400, "password")
+        changed = await client.put(
+            "/v1/user", json={"password": "a new password", "current_password": PASSWORD}, headers=auth[ALICE]
+        )
+        assert changed.status_code == 200, changed.text
+        assert changed.json()["tokens_revoked"] == 1
+        # The token in use stays; the other one, and the old password, are gone.
+        assert (await client.get("/v1/user", headers=auth[ALICE])).status_code == 200
+        assert (await client.get("/v1/user", headers={"Authorization": f"Bearer {other}"})).status_code == 401
+        assert (await _login(client, ALICE, PASSWORD)).status_code == 400
+        assert (await _login(client, ALICE, "a new password")).status_code == 200
+        trail = [e.action for e in await service.store.audit.recent(subject=ALICE)]
+        assert "password_changed" in trail
+        assert trail.count("login_failed") == 2  # the wrong current password and the old one after the change
+
+    _run(tmp_path, scenario)
+
+
+def test_an_account_removes_itself_with_its_password(tmp_path: Path) -> None:
+    async def scenario(service: Service, client: httpx.AsyncClient, auth: dict[str, dict[str, str]]) -> None:
+        missing = await client.request("DELETE", "/v1/user", json={}, headers=auth[ALICE])
+        assert (missing.status_code, missing.json()["field"]) == (400, "password")
+        wrong = await client.request("DELETE", "/v1/user", json={"password": "not it"}, headers=auth[ALICE])
+        assert wrong.status_code == 400
+        assert (await client.get("/v1/user", headers=auth[ALICE])).status_code == 200
+        gone = await client.request("DELETE", "/v1/user", json={"password": PASSWORD}, headers=auth[ALICE])
+        assert gone.status_code == 200, gone.text
+        assert (await client.get("/v1/user", headers=auth[ALICE])).status_code == 401
+        record = await service.store.devices.get(DEVICE)
+        assert record is not None
+        assert record.owner is None  # released, still registered with its key
+        assert record.public_key_der is not None
+        # Another account is untouched.
+        assert (await client.get("/v1/user", headers=auth[BOB])).status_code == 200
+
+    _run(tmp_path, scenario)
