@@ -41,8 +41,8 @@ export async function render(root, { arg }) {
     heading,
     h("div", { class: "grid" }, vitals.element, calls.element),
     h("div", { class: "grid" }, keys.element, events.element),
-    attempts.element,
     doctor.element,
+    attempts.element,
     h("div", { class: "grid" }, updates.element, audit.element),
   );
 
@@ -150,24 +150,36 @@ export async function render(root, { arg }) {
   }
 
   async function loadAttempts() {
-    const body = await get(path(id, "/attempts"), { limit: 50 });
-    return h("ol", { class: "timeline", id: "attempt-list" }, body.attempts.map((a) =>
-      h("li", { class: a.outcome },
-        h("div", { class: "when" }, time(a.started_at), " ", badge(a.outcome === "connected" ? "connected" : "failed")),
-        a.outcome === "failed"
-          ? h("div", {},
-              dl([
-                ["Step", h("code", { class: "step" }, a.step)],
-                ["Reason", h("code", { class: "reason" }, a.reason || "")],
-                ["Cause", a.entry || a.cause ? h("span", { class: "cause" }, [a.entry, a.cause].filter(Boolean).join(" · ")) : "unknown"],
-                a.fix ? ["Fix", h("span", { class: "fix" }, a.fix)] : null,
-                a.presented_fingerprint && a.presented_fingerprint !== a.stored_fingerprint
-                  ? ["Presented key", h("code", { class: "fingerprint" }, a.presented_fingerprint)] : null,
-              ]),
-              h("p", { class: "said" }, a.said))
-          : h("p", { class: "said" }, a.said, a.duration !== null ? ` (${a.duration.toFixed(2)} s)` : ""),
-        h("small", { class: "muted" }, a.peer_address)),
-    ).concat(body.attempts.length ? [] : [h("li", { class: "muted" }, "No attempt recorded.")]));
+    const body = await get(path(id, "/attempts"), { limit: 100 });
+    // A device in a loop fails the same way again and again: one entry per run of alike attempts, counted.
+    const runs = [];
+    for (const a of body.attempts) {
+      const last = runs[runs.length - 1];
+      const same = last && last.a.outcome === a.outcome && last.a.step === a.step && last.a.reason === a.reason
+        && last.a.presented_fingerprint === a.presented_fingerprint && a.outcome === "failed";
+      if (same) { last.count += 1; last.first = a.started_at; } else runs.push({ a, count: 1, first: a.started_at });
+    }
+    if (!runs.length) return h("p", { class: "muted" }, "No attempt recorded.");
+    return [
+      h("p", { class: "muted" }, `The last ${body.attempts.length} attempt(s), newest first.`),
+      h("ol", { class: "timeline", id: "attempt-list" }, runs.map(({ a, count, first }) =>
+        h("li", { class: a.outcome },
+          h("div", { class: "when" }, time(a.started_at), " ", badge(a.outcome === "connected" ? "connected" : "failed"),
+            count > 1 ? h("span", { class: "muted" }, ` ×${count} since `, time(first)) : null),
+          a.outcome === "failed"
+            ? h("div", {},
+                dl([
+                  ["Step", h("code", { class: "step" }, a.step)],
+                  ["Reason", h("code", { class: "reason" }, a.reason || "")],
+                  ["Cause", a.entry || a.cause ? h("span", { class: "cause" }, [a.entry, a.cause].filter(Boolean).join(" · ")) : "unknown"],
+                  a.fix ? ["Fix", h("span", { class: "fix" }, a.fix)] : null,
+                  a.presented_fingerprint && a.presented_fingerprint !== a.stored_fingerprint
+                    ? ["Presented key", h("code", { class: "fingerprint" }, a.presented_fingerprint)] : null,
+                ]),
+                h("p", { class: "said" }, a.said))
+            : h("p", { class: "said" }, a.said, a.duration !== null ? ` (${a.duration.toFixed(2)} s)` : ""),
+          h("small", { class: "muted" }, a.peer_address)))),
+    ];
   }
 
   async function loadDoctor() {
