@@ -116,7 +116,8 @@ class FleetUseCases:
             if live is not None:
                 shown = replace(live, name=record.name, owner=record.owner, key_fingerprint=record.key_fingerprint)
             attempt = latest.get(record.id)
-            if live is not None:
+            # Without live sessions here (the command line), the stored state says whether it is connected.
+            if live is not None or (record.online and await sessions.connected(record.id)):
                 status = "online"
             elif sessions.quarantined(record.id):
                 status = "quarantined"
@@ -143,8 +144,9 @@ class FleetUseCases:
         failing_page = await store.devices.search(
             self._scope(actor, DeviceQuery(status=DeviceStatus.FAILING, failing_since=since, limit=_FAILING_SHOWN))
         )
-        visible = await self._visible_ids(actor, [k.device_id for k in await store.keys.list_pending_keys()])
-        pending = [k for k in await store.keys.list_pending_keys() if k.device_id in visible]
+        every_pending = await store.keys.list_pending_keys()
+        visible = await self._visible_ids(actor, [k.device_id for k in every_pending])
+        pending = [k for k in every_pending if k.device_id in visible]
         pending_devices = {k.device_id for k in pending}
         windows = await store.keys.list_rekeys()
         open_windows = await self._visible_ids(actor, [w.device_id for w in windows if w.open_at(now)])
