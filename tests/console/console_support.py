@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 
 from cyan.app import Actor
-from cyan.cloud.models import DeviceRecord, Role
+from cyan.cloud.models import AttemptOutcome, DeviceRecord, Role
 from cyan.cloud.ota import UpdateConfig
 from cyan.config import Settings
 from cyan.keys import fingerprint, public_key_der
@@ -136,6 +136,19 @@ class LiveService:
         device = self.run(start())
         self.devices[spec.device_id] = device
         return device
+
+    def wait_failed_attempt(self, device_id: str, timeout: float = 15.0) -> None:
+        """Until the server has recorded a failed attempt of the device (so a page opened now shows it)."""
+
+        async def recorded() -> None:
+            while True:
+                await self.service.cloud.flush()
+                found = await self.service.store.attempts.recent(device_id, limit=1)
+                if found and found[0].outcome is AttemptOutcome.FAILED:
+                    return
+                await asyncio.sleep(0.05)
+
+        self.run(asyncio.wait_for(recorded(), timeout), timeout + 5)
 
     def wait_connected(self, device_id: str, timeout: float = 15.0) -> None:
         device = self.devices[device_id]

@@ -135,6 +135,7 @@ def test_a_failing_device_shows_each_attempt_step_and_diagnosis(
     spec = VirtualDeviceSpec(BROKEN, fixed_device_key(3), fault=Fault.CORRUPT_KEY)
     live.register(spec, name="porch")
     live.connect(spec)
+    live.wait_failed_attempt(BROKEN)
     page = _open(browser_context, live, ADMIN)
     expect(page.locator("#count-failing")).not_to_have_text("0")
     expect(page.locator("section", has=page.locator("#failing-title"))).to_contain_text("porch")
@@ -155,6 +156,7 @@ def test_a_changed_key_is_approved_by_the_fingerprint_shown_and_the_device_conne
     spec = VirtualDeviceSpec(AMNESIAC, fixed_device_key(2), fault=Fault.AMNESIA)
     live.register(spec, name="garage")
     live.connect(spec)
+    live.wait_failed_attempt(AMNESIAC)  # refused: its new key is pending from the first attempt on
     page = _open(browser_context, live, ADMIN)
     expect(page.locator("#count-pending")).not_to_have_text("0")
     _nav(page, "Keys")
