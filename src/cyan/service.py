@@ -248,7 +248,7 @@ class Service:
                 address_limits=address_limits,
             )
         self.server_key_file: Path | None = None
-        self.api = create_app(ApiContext(self.app))
+        self.api = create_app(ApiContext(self.app, server_key_file=lambda: self.server_key_file))
         self.api_port = settings.api_port
         self._api: _ApiServer | None = None
         self._api_task: asyncio.Task[None] | None = None

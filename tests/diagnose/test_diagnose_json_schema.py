@@ -108,6 +108,7 @@ RECORD = {
     "said",
     "entry",
     "cause",
+    "fix",
 }
 GROUP = {"host", "first", "last", "count", "reasons", "entry", "cause", "said", "loop", "candidates"}
 CANDIDATE = {"device_id", "name", "last_address", "last_heard", "online", "relation", "likelihood"}

@@ -6,10 +6,11 @@ from fastapi import FastAPI
 
 from cyan import __version__
 
-from . import routes_auth, routes_devices, routes_diagnostics, routes_events, routes_keys, routes_updates
+from . import routes_auth, routes_devices, routes_diagnostics, routes_events, routes_fleet, routes_keys, routes_updates
 from ._context import ApiContext
 from ._limits import RequestLimits
 from .errors import install_error_handlers
+from .routes_console import install_console
 
 __all__ = ["create_app"]
 
@@ -23,7 +24,7 @@ def create_app(context: ApiContext) -> FastAPI:
             "access_token query parameter, or an access_token form field), except POST /oauth/token and the "
             "revocation of a token by itself. See docs/api.md for what is supported."
         ),
-        docs_url="/docs",
+        docs_url=None,  # served from the package's own copy of Swagger UI (routes_console.py)
         redoc_url=None,
         openapi_url="/openapi.json",
     )
@@ -35,10 +36,12 @@ def create_app(context: ApiContext) -> FastAPI:
 
     app.add_middleware(RequestLimits, token_is_valid=token_is_valid)
     app.include_router(routes_auth.router)
+    app.include_router(routes_fleet.router)  # before events and devices: /v1/fleet/events, /v1/access_tokens
     # Stream and publish routes first: /v1/devices/events must not be taken for a device named "events".
     app.include_router(routes_events.router)
     app.include_router(routes_keys.router)
     app.include_router(routes_diagnostics.router)  # before devices: /attempts and /doctor are not variables
     app.include_router(routes_updates.router)  # before devices: /updates is not a variable either
     app.include_router(routes_devices.router)
+    install_console(app)
     return app

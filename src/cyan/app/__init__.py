@@ -23,6 +23,7 @@ from .actors import Actor, ActorKind
 from .calls import DeviceCalls
 from .devices import ClaimCodeIssued, DeviceUseCases, DeviceView, NewDevice
 from .diagnostics import Diagnostics
+from .fleet import DeviceRow, FleetPage, FleetSummary, FleetUseCases
 from .handshake import DeviceGateway, Handshakes
 from .keys import KeyStatus, KeyUseCases, Provisioned, UnprovenSummary
 from .server_key import ServerKeyChangedError, ServerKeyMissingError, ServerKeyUseCases
@@ -36,9 +37,13 @@ __all__ = [
     "ClaimCodeIssued",
     "DeviceCalls",
     "DeviceGateway",
+    "DeviceRow",
     "DeviceUseCases",
     "DeviceView",
     "Diagnostics",
+    "FleetPage",
+    "FleetSummary",
+    "FleetUseCases",
     "Handshakes",
     "InvalidCredentialsError",
     "IssuedToken",
@@ -114,3 +119,4 @@ class Application:
         self.calls = DeviceCalls(self.context, cloud) if cloud is not None else None
         self.gateway = DeviceGateway(self.context, cloud) if cloud is not None else None
         self.updates = UpdateUseCases(self.context, updates) if updates is not None else None
+        self.fleet = FleetUseCases(self.context, settle=cloud.flush if cloud is not None else None)

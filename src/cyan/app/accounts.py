@@ -398,6 +398,23 @@ class AccountUseCases:
             )
         return True
 
+    async def revoke_by_hash(self, actor: Actor, username: str, token_hash: str) -> None:
+        """Revoke one of an account's tokens by its hash (as `tokens` lists them): the account's own, or any
+        account's for an admin. The token itself is never shown again after it is issued."""
+        name = str(username).lower()
+        if not (actor.is_admin or actor.username == name):
+            raise NotFoundError(f"no user {username!r}")
+        digest = str(token_hash).lower()
+        now = self._ctx.clock()
+        async with self._ctx.store.transaction() as tx:
+            record = await tx.accounts.get_token(digest) if len(digest) == 64 else None
+            if record is None or record.username != name:
+                raise NotFoundError("no such access token")
+            await tx.accounts.remove_token(digest)
+            await tx.audit.add(
+                AuditEntry(now, None, "token_revoked", actor.name, detail=f"token {digest[:12]}", subject=name)
+            )
+
     async def tokens(self, actor: Actor, username: str | None = None) -> list[AccessToken]:
         """An account's tokens (hashes, never the tokens): its own, or any account's for an admin."""
         name = str(username or actor.username or "").lower()

@@ -6,16 +6,35 @@ their audit entries in one transaction before any is started.
 
 from __future__ import annotations
 
-from dataclasses import replace
+import contextlib
+from dataclasses import dataclass, field, replace
 
-from cyan.cloud.errors import DeviceOfflineError, InvalidInputError, NotFoundError
-from cyan.cloud.models import AuditEntry, DeviceRecord, FirmwareRecord, UpdateJob
-from cyan.cloud.ota import FirmwareLibrary, UpdateManager, UpdateNotFoundError
+from cyan.cloud.errors import ConflictError, DeviceOfflineError, InvalidInputError, NotFoundError
+from cyan.cloud.models import AuditEntry, DeviceRecord, FirmwareRecord, JobState, UpdateJob
+from cyan.cloud.ota import FirmwareLibrary, UpdateConflictError, UpdateManager, UpdateNotFoundError
 
 from ._context import AppContext, visible_device, visible_records
 from .actors import Actor
 
-__all__ = ["UpdateUseCases"]
+__all__ = ["JOB_ACTIONS", "JobsControlled", "UpdateUseCases"]
+
+#: What may be done to an unfinished job, and the states it may be done from. A job being sent is left to
+#: finish its transfer (`UpdateManager.halt`).
+JOB_ACTIONS: dict[str, tuple[JobState, ...]] = {
+    "pause": (JobState.QUEUED,),
+    "resume": (JobState.PAUSED,),
+    "cancel": (JobState.QUEUED, JobState.PAUSED, JobState.WAITING),
+}
+_AUDIT_ACTIONS = {"pause": "flash_paused", "resume": "flash_resumed", "cancel": "flash_cancelled"}
+
+
+@dataclass(frozen=True, slots=True)
+class JobsControlled:
+    """The jobs an action changed, and those it left as they were (with why)."""
+
+    changed: list[UpdateJob] = field(default_factory=list)
+    skipped: dict[int, str] = field(default_factory=dict)
+
 
 #: The most devices one request may name (a rollout to more goes by group or `all`).
 MAX_NAMED_DEVICES = 1000
@@ -142,3 +161,74 @@ class UpdateUseCases:
             return jobs
         owned = {r.id for r in await self._ctx.store.devices.all(owner=actor.username)}
         return [job for job in jobs if job.device_id in owned]
+
+    # -- holding and stopping jobs ---------------------------------------------------------------
+
+    async def control(
+        self, actor: Actor, action: str, *, job: int | None = None, rollout: str | None = None
+    ) -> JobsControlled:
+        """Pause, resume or cancel one job or every unfinished job of a rollout: whoever may flash the devices
+        (their owner, or an admin), each change audited in one transaction. One job in the wrong state is a
+        409; a rollout's jobs in the wrong state are left alone and listed."""
+        if action not in JOB_ACTIONS:
+            raise InvalidInputError(f"action is one of {', '.join(JOB_ACTIONS)}", "action")
+        if job is not None:
+            jobs = [await self.job(actor, job)]
+        elif isinstance(rollout, str) and 0 < len(rollout) <= 64:
+            jobs = [j for j in await self.jobs(actor, rollout=rollout, limit=100_000) if not j.state.finished]
+            if not jobs and not await self.jobs(actor, rollout=rollout, limit=1):
+                raise NotFoundError(f"no rollout {rollout!r} of yours")
+        else:
+            raise InvalidInputError("name a job or a rollout", "rollout")
+        wanted = JOB_ACTIONS[action]
+        result = JobsControlled()
+        halted = []
+        for found in jobs:
+            assert found.id is not None
+            if found.state not in wanted:
+                result.skipped[found.id] = f"it is {found.state.value}"
+                continue
+            if action != "resume":
+                try:
+                    await self.manager.halt(found.id)
+                except UpdateConflictError as exc:
+                    result.skipped[found.id] = str(exc)
+                    continue
+            halted.append(found.id)
+        if job is not None and result.skipped:
+            raise ConflictError(f"update {job} cannot be {action}d: {result.skipped[job]}")
+        now = self._ctx.clock()
+        try:
+            async with self._ctx.store.transaction() as tx:
+                for job_id in halted:
+                    stored = await tx.updates.get_job(job_id)
+                    if stored is None or stored.state not in wanted:
+                        result.skipped[job_id] = "it changed meanwhile"
+                        continue
+                    if action == "pause":
+                        stored.state, stored.detail = JobState.PAUSED, f"paused by {actor.name}"
+                    elif action == "resume":
+                        stored.state, stored.detail = JobState.QUEUED, f"resumed by {actor.name}"
+                    else:
+                        sent = stored.state is JobState.WAITING
+                        stored.state, stored.reason, stored.finished_at = JobState.FAILED, "cancelled", now
+                        stored.detail = f"cancelled by {actor.name}" + (
+                            " after the image was sent: the device may still apply it" if sent else ""
+                        )
+                    stored.updated_at = now
+                    await tx.updates.save_job(stored)
+                    await tx.audit.add(
+                        AuditEntry(now, stored.device_id, _AUDIT_ACTIONS[action], actor.name, detail=f"job {job_id}")
+                    )
+                    result.changed.append(stored)
+        except BaseException:
+            for job_id in halted:  # nothing was stored: the halted jobs go on as they were
+                with contextlib.suppress(UpdateNotFoundError):
+                    self.manager.resume(await self.manager.get(job_id))
+            raise
+        changed = {j.id for j in result.changed}
+        for job_id in halted:
+            stored_job = await self.manager.get(job_id)
+            if job_id not in changed or stored_job.state is JobState.QUEUED:
+                self.manager.resume(stored_job)  # resumed, or halted for nothing
+        return result

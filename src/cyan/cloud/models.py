@@ -265,6 +265,8 @@ class JobState(enum.StrEnum):
     SENDING = "sending"
     #: Sent; waiting for the device to reset, reconnect and report what it runs.
     WAITING = "waiting_for_reconnect"
+    #: Held by someone before its transfer started; nothing is sent until it is resumed (queued again).
+    PAUSED = "paused"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
 

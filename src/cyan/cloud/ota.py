@@ -248,6 +248,8 @@ class UpdateManager:
         """Resume the jobs a previous run left unfinished: a transfer cut off by the restart is queued again."""
         self._started = True
         for job in reversed(await self.store.list_jobs(unfinished=True, limit=1_000_000)):
+            if job.state is JobState.PAUSED:
+                continue  # stays held until someone resumes it
             if job.state is JobState.SENDING:
                 job.state = JobState.QUEUED
                 job.detail = "the server restarted during the transfer"
@@ -358,6 +360,26 @@ class UpdateManager:
         jobs = await self.store.list_jobs(device_id=device_id, rollout=rollout, limit=limit)
         return [self._active.get(job.id or 0, job) for job in jobs]
 
+    async def halt(self, job_id: int) -> None:
+        """Stop working on a job that is not being sent (`UpdateConflictError` if it is): its task ends where
+        it waits (for the device, a transfer slot, or the device's return), and what is stored stays as it
+        was, for the caller to store the job's new state (paused, cancelled). A transfer is never cut off
+        part way: the device would hold half an image until its own update timer gave up."""
+        live = self._active.get(job_id)
+        if live is not None and live.state is JobState.SENDING:
+            raise UpdateConflictError(f"update {job_id} is being sent right now; try again when the transfer ends")
+        # No await between the check above and the cancellation: the job cannot start sending in between.
+        task = self._tasks.pop(job_id, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def resume(self, job: UpdateJob) -> None:
+        """Work on a stored job again (after `halt`), from the state it is stored in."""
+        if job.id is not None and job.id not in self._tasks and not job.state.finished:
+            self._spawn(job, None)
+
     # -- presence (the device server reports sessions on the bus as spark/status) ---------------
 
     def _on_bus_event(self, event: CloudEvent) -> None:
@@ -383,7 +405,10 @@ class UpdateManager:
         self._active[job.id] = job
         task = asyncio.get_running_loop().create_task(self._run(job, firmware), name=f"cyan-update-{job.id}")
         self._tasks[job.id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(job.id or 0, None))
+        # Only this task's own entry: a job halted and resumed has a newer task under the same id.
+        task.add_done_callback(
+            lambda done: self._tasks.pop(job.id or 0) if self._tasks.get(job.id or 0) is done else None
+        )
 
     def _cancel(self, job_id: int | None) -> None:
         task = self._tasks.pop(job_id or 0, None)

@@ -35,6 +35,7 @@ from .models import (
     UpdateJob,
     User,
 )
+from .queries import DevicePage, DeviceQuery
 
 __all__ = [
     "AccountRepository",
@@ -116,6 +117,10 @@ class DeviceRepository(Protocol):
 
     async def mark_all_offline(self) -> None:
         """At start-up: no device is connected to a process that just started."""
+
+    async def search(self, query: DeviceQuery) -> DevicePage:
+        """The devices that match `query`, sorted as it says (ties by id), from its offset: filtered, sorted and
+        paged by the database (docs/console.md). `total` counts every match."""
 
 
 class KeyRepository(Protocol):
@@ -209,6 +214,9 @@ class AttemptRepository(Protocol):
     async def prune(self, *, before: datetime, keep: int) -> int:
         """Delete the attempts that started before `before`, then the oldest beyond the newest `keep`; how
         many were deleted."""
+
+    async def latest(self, device_ids: list[str], *, since: datetime | None = None) -> dict[str, ConnectionAttempt]:
+        """The newest attempt (by start, then id) of each of these devices that has one since `since`."""
 
 
 class UpdateRepository(Protocol):

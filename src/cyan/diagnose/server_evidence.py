@@ -263,6 +263,7 @@ def explain_attempt(attempt: ConnectionAttempt) -> dict[str, Any]:
         "said": _said(attempt),
         "entry": info.entry if info else None,
         "cause": info.cause if info else None,
+        "fix": info.fix if info else None,
     }
 
 

@@ -32,6 +32,7 @@ from cyan.cloud.models import (
     User,
 )
 from cyan.cloud.ports import DeviceExistsError, Repositories, StoreUnavailableError, UserExistsError
+from cyan.cloud.queries import DevicePage, DeviceQuery, DeviceStatus
 
 __all__ = ["MemoryStore"]
 
@@ -211,6 +212,30 @@ class _Devices(_Part):
 
         return await self._g.write(work)
 
+    async def search(self, query: DeviceQuery) -> DevicePage:
+        if query.offset < 0 or query.limit < 0:
+            raise ValueError("offset and limit must not be negative")
+        if query.status is DeviceStatus.FAILING and query.failing_since is None:
+            raise ValueError("a search for failing devices needs failing_since")
+        for name in ("failing_since", "seen_after", "seen_before"):
+            moment = getattr(query, name)
+            if moment is not None:
+                _aware(moment, name)
+
+        def work() -> DevicePage:
+            state = self._g.state
+            found = [d for d in state.devices.values() if _matches(state, d, query)]
+            key = query.sort.value
+            # As the SQL store orders: records without the field last, then by the field, ties by id.
+            present = [d for d in found if getattr(d, key) is not None]
+            absent = sorted((d for d in found if getattr(d, key) is None), key=lambda d: d.id, reverse=query.descending)
+            present.sort(key=lambda d: (getattr(d, key), d.id), reverse=query.descending)
+            ordered = present + absent
+            page = ordered[query.offset : query.offset + query.limit] if query.limit else []
+            return DevicePage(len(found), copy.deepcopy(page))
+
+        return await self._g.read(work)
+
     async def mark_all_offline(self) -> None:
         def work() -> None:
             for key, device in self._g.state.devices.items():
@@ -218,6 +243,47 @@ class _Devices(_Part):
                     self._g.state.devices[key] = replace(device, online=False)
 
         await self._g.write(work)
+
+
+def _newest(attempts: list[ConnectionAttempt], since: datetime | None) -> dict[str, ConnectionAttempt]:
+    newest: dict[str, ConnectionAttempt] = {}
+    for attempt in attempts:
+        if attempt.device_id is None or (since is not None and attempt.started_at < since):
+            continue
+        held = newest.get(attempt.device_id)
+        if held is None or (attempt.started_at, attempt.id or 0) > (held.started_at, held.id or 0):
+            newest[attempt.device_id] = attempt
+    return newest
+
+
+def _matches(state: _State, device: DeviceRecord, query: DeviceQuery) -> bool:
+    if query.owner is not None and device.owner != query.owner:
+        return False
+    if query.text:
+        text = query.text.lower()
+        if text not in device.id and text not in (device.name or "").lower():
+            return False
+    status = query.status
+    if status is DeviceStatus.ONLINE and not device.online:
+        return False
+    if status is DeviceStatus.OFFLINE and device.online:
+        return False
+    if status is DeviceStatus.PENDING and not any(key[0] == device.id for key in state.pending):
+        return False
+    if status is DeviceStatus.FAILING:
+        newest = _newest([a for a in state.attempts if a.device_id == device.id], query.failing_since)
+        if device.online or device.id not in newest or newest[device.id].outcome != "failed":
+            return False
+    if query.group is not None and device.id not in state.groups.get(query.group, set()):
+        return False
+    for name in ("platform_id", "product_version", "system_version"):
+        wanted = getattr(query, name)
+        if wanted is not None and getattr(device, name) != wanted:
+            return False
+    heard = device.last_heard
+    if query.seen_after is not None and (heard is None or heard < query.seen_after):
+        return False
+    return query.seen_before is None or (heard is not None and heard < query.seen_before)
 
 
 class _Keys(_Part):
@@ -443,6 +509,17 @@ class _Attempts(_Part):
             return deleted
 
         return await self._g.write(work)
+
+    async def latest(self, device_ids: list[str], *, since: datetime | None = None) -> dict[str, ConnectionAttempt]:
+        if since is not None:
+            _aware(since, "since")
+        wanted = {d.lower() for d in device_ids}
+
+        def work() -> dict[str, ConnectionAttempt]:
+            chosen = [a for a in self._g.state.attempts if a.device_id in wanted]
+            return copy.deepcopy(_newest(chosen, since))
+
+        return await self._g.read(work)
 
 
 class _Updates(_Part):

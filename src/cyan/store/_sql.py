@@ -14,7 +14,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-from sqlalchemy import RowMapping, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import RowMapping, and_, bindparam, delete, false, func, insert, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -37,6 +37,7 @@ from cyan.cloud.models import (
     Variable,
 )
 from cyan.cloud.ports import DeviceExistsError, UserExistsError
+from cyan.cloud.queries import DevicePage, DeviceQuery, DeviceSort, DeviceStatus
 
 from ._schema import (
     access_tokens,
@@ -465,6 +466,21 @@ class SqlDevices(_Repository):
         async with self._db.writing("mark devices offline") as conn:
             await conn.execute(update(devices).where(devices.c.online.is_(True)).values(online=False))
 
+    async def search(self, query: DeviceQuery) -> DevicePage:
+        conditions = _device_conditions(query)
+        async with self._db.reading("search devices") as conn:
+            total = (await conn.execute(select(func.count()).select_from(devices).where(*conditions))).scalar_one()
+            if query.limit <= 0 or total <= query.offset:
+                return DevicePage(int(total))
+            column = devices.c[query.sort.value]
+            # Devices never heard from (or without the field) last either way: they say least.
+            order = [column.is_(None), column.desc() if query.descending else column.asc()]
+            if query.sort is not DeviceSort.ID:
+                order.append(devices.c.id.desc() if query.descending else devices.c.id.asc())
+            page = select(devices).where(*conditions).order_by(*order).offset(query.offset).limit(query.limit)
+            rows = (await conn.execute(page)).mappings().all()
+        return DevicePage(int(total), [device_from_row(row) for row in rows])
+
     async def _conflict(self, values: Mapping[Any, Any]) -> str:
         """Which of id and name is taken, for the message of `DeviceExistsError`."""
         taken = await self._taken(values)
@@ -485,6 +501,59 @@ class SqlDevices(_Repository):
         if any(row.id == device_id for row in rows):
             return f"device {device_id} is already registered"
         return None
+
+
+def _failing_ids(since: datetime) -> Any:
+    """The ids of the devices whose newest attempt since `since` failed."""
+    table = connection_attempts
+    newest = (
+        select(
+            table.c.device_id,
+            table.c.outcome,
+            func.row_number()
+            .over(partition_by=table.c.device_id, order_by=(table.c.started_at.desc(), table.c.id.desc()))
+            .label("n"),
+        )
+        .where(table.c.device_id.is_not(None), table.c.started_at >= _aware(since, "failing_since"))
+        .subquery()
+    )
+    return select(newest.c.device_id).where(newest.c.n == 1, newest.c.outcome == AttemptOutcome.FAILED.value)
+
+
+def _device_conditions(query: DeviceQuery) -> list[Any]:
+    if query.offset < 0 or query.limit < 0:
+        raise ValueError("offset and limit must not be negative")
+    found: list[Any] = []
+    if query.owner is not None:
+        found.append(devices.c.owner == query.owner)
+    if query.text:
+        # LIKE with its wildcards escaped: the text is looked for as written.
+        pattern = "%" + query.text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        found.append(
+            or_(devices.c.id.like(pattern, escape="\\"), func.lower(devices.c.name).like(pattern, escape="\\"))
+        )
+    if query.status is DeviceStatus.ONLINE:
+        found.append(devices.c.online.is_(true()))
+    elif query.status is DeviceStatus.OFFLINE:
+        found.append(devices.c.online.is_(false()))
+    elif query.status is DeviceStatus.PENDING:
+        found.append(devices.c.id.in_(select(pending_keys.c.device_id)))
+    elif query.status is DeviceStatus.FAILING:
+        if query.failing_since is None:
+            raise ValueError("a search for failing devices needs failing_since")
+        found.append(and_(devices.c.online.is_(false()), devices.c.id.in_(_failing_ids(query.failing_since))))
+    if query.group is not None:
+        members = select(device_groups.c.device_id).where(device_groups.c.group_name == query.group)
+        found.append(devices.c.id.in_(members))
+    for name in ("platform_id", "product_version", "system_version"):
+        value = getattr(query, name)
+        if value is not None:
+            found.append(devices.c[name] == value)
+    if query.seen_after is not None:
+        found.append(devices.c.last_heard >= _aware(query.seen_after, "seen_after"))
+    if query.seen_before is not None:
+        found.append(devices.c.last_heard < _aware(query.seen_before, "seen_before"))
+    return found
 
 
 class SqlKeys(_Repository):
@@ -703,6 +772,24 @@ class SqlAttempts(_Repository):
                 condition = (table.c.started_at < started) | ((table.c.started_at == started) & (table.c.id <= ident))
                 extra = (await conn.execute(delete(table).where(condition))).rowcount
         return int(old.rowcount) + int(extra)
+
+    async def latest(self, device_ids: list[str], *, since: datetime | None = None) -> dict[str, ConnectionAttempt]:
+        wanted = sorted({d.lower() for d in device_ids})
+        if not wanted:
+            return {}
+        table = connection_attempts
+        newest = select(
+            table,
+            func.row_number()
+            .over(partition_by=table.c.device_id, order_by=(table.c.started_at.desc(), table.c.id.desc()))
+            .label("n"),
+        ).where(table.c.device_id.in_(wanted))
+        if since is not None:
+            newest = newest.where(table.c.started_at >= _aware(since, "since"))
+        ranked = newest.subquery()
+        query = select(*[ranked.c[c.name] for c in table.columns]).where(ranked.c.n == 1)
+        rows = await self._rows(query, "read the latest connection attempts")
+        return {row["device_id"]: _attempt_from_row(row) for row in rows}
 
 
 class SqlUpdates(_Repository):
