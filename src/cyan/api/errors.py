@@ -40,13 +40,10 @@ log = logging.getLogger("cyan.api")
 class ApiError(Exception):
     """An error response: status and body exactly as the client should see them."""
 
-    def __init__(self, status: int, error: str, description: str | None = None, **extra: Any) -> None:
-        super().__init__(description or error)
+    def __init__(self, status: int, error: str, description: str, **extra: Any) -> None:
+        super().__init__(description)
         self.status = status
-        self.body: dict[str, Any] = {"ok": False, "error": error}
-        if description:
-            self.body["error_description"] = description
-        self.body.update(extra)
+        self.body: dict[str, Any] = {"ok": False, "error": error, "error_description": description, **extra}
 
 
 def not_found(id_or_name: str) -> ApiError:
@@ -182,4 +179,4 @@ def _cloud_error(exc: CloudError) -> JSONResponse:
         return _json(404, {"ok": False, "error": f"Unknown Variable: {exc.name}", "error_description": str(exc)})
     if isinstance(exc, FunctionRefusedError):
         return _json(400, {"ok": False, "error": "Function call refused", "error_description": str(exc)})
-    return _json(400, {"ok": False, "error": str(exc)})
+    return _json(400, {"ok": False, "error": str(exc), "error_description": str(exc)})

@@ -11,10 +11,11 @@ from cyan.app import Actor, DeviceView
 from cyan.cloud.errors import InvalidInputError
 from cyan.keys import KeyFormatError, load_public_key, public_key_der
 
-from . import routes_updates
+from . import routes_updates, schemas
 from ._requests import app, body, require_actor
-from ._serialize import device_json, iso
+from ._serialize import iso, render_device, render_device_detail
 from .errors import ApiError, not_found
+from .schemas import BODY_ERRORS, errors, request_body
 
 router = APIRouter(tags=["devices"])
 Caller = Annotated[Actor, Depends(require_actor)]
@@ -47,25 +48,39 @@ def _text(params: dict[str, Any], *names: str) -> str:
 # -- listing and reading ------------------------------------------------------------------------
 
 
-@router.get("/v1/devices", summary="List your devices (admins: `?all=true` for the whole fleet)")
-@router.get("/v1/products/{product}/devices", summary="List your devices of a product")
-async def list_devices(request: Request, actor: Caller, product: str | None = None, all: bool = False) -> Any:
+async def _listed(request: Request, actor: Actor, product: str | None, everyone: bool) -> list[schemas.Device]:
     wanted = _product(product)
-    views = await app(request).devices.mine(actor, everyone=all)
-    found = [
-        device_json(v, detail=False)
-        for v in views
-        if wanted is None or wanted in (v.record.product_id, v.record.platform_id)
-    ]
-    if product is not None:
-        return {"devices": found, "meta": {"total_pages": 1}}
-    return found
+    views = await app(request).devices.mine(actor, everyone=everyone)
+    return [render_device(v) for v in views if wanted is None or wanted in (v.record.product_id, v.record.platform_id)]
 
 
-@router.get("/v1/devices/{device}", summary="Get a device, with its functions and variables")
-@router.get("/v1/products/{product}/devices/{device}", summary="Get a product device")
-async def get_device(request: Request, actor: Caller, device: str, product: str | None = None) -> dict[str, Any]:
-    return device_json(await _view(request, actor, device, product), detail=True)
+@router.get(
+    "/v1/devices",
+    summary="List your devices (admins: `?all=true` for the whole fleet)",
+    responses=errors(400, 401, 403),
+)
+async def list_devices(request: Request, actor: Caller, all: bool = False) -> list[schemas.Device]:
+    return await _listed(request, actor, None, all)
+
+
+@router.get(
+    "/v1/products/{product}/devices",
+    summary="List your devices of a product",
+    responses=errors(400, 401, 403, 404),
+)
+async def list_product_devices(
+    request: Request, actor: Caller, product: str, all: bool = False
+) -> schemas.ProductDevices:
+    found = await _listed(request, actor, product, all)
+    return schemas.ProductDevices(devices=found, meta=schemas.ProductMeta(total_pages=1))
+
+
+@router.get(
+    "/v1/devices/{device}", summary="Get a device, with its functions and variables", responses=errors(401, 404)
+)
+@router.get("/v1/products/{product}/devices/{device}", summary="Get a product device", responses=errors(401, 404))
+async def get_device(request: Request, actor: Caller, device: str, product: str | None = None) -> schemas.DeviceDetail:
+    return render_device_detail(await _view(request, actor, device, product))
 
 
 # -- changing -------------------------------------------------------------------------------------
@@ -75,9 +90,19 @@ def _truthy(value: Any) -> bool:
     return str(value).strip().lower() in ("1", "true", "on", "yes")
 
 
-@router.put("/v1/devices/{device}", summary="Rename a device, signal it (rainbow LED), or flash it (multipart)")
-@router.put("/v1/products/{product}/devices/{device}", summary="Rename, signal or flash a product device")
-async def update_device(request: Request, actor: Caller, device: str, product: str | None = None) -> dict[str, Any]:
+_CHANGE: dict[str, Any] = {
+    "responses": errors(401, 403, 404, 408, 409, *BODY_ERRORS),
+    "openapi_extra": request_body(schemas.DeviceChange, multipart=schemas.FlashRequest, required=True),
+}
+
+
+@router.put(
+    "/v1/devices/{device}", summary="Rename a device, signal it (rainbow LED), or flash it (multipart)", **_CHANGE
+)
+@router.put("/v1/products/{product}/devices/{device}", summary="Rename, signal or flash a product device", **_CHANGE)
+async def update_device(
+    request: Request, actor: Caller, device: str, product: str | None = None
+) -> schemas.Renamed | schemas.Signaled | schemas.Flashed:
     params = await body(request)
     view = await _view(request, actor, device, product)
     if params.get("__multipart__"):
@@ -85,18 +110,23 @@ async def update_device(request: Request, actor: Caller, device: str, product: s
         return await routes_updates.flash(request, actor, view)
     if "name" in params:
         record = await app(request).devices.rename(actor, view.record.id, str(params["name"]))
-        return {"id": record.id, "name": record.name, "updated_at": iso(datetime.now(UTC))}
+        return schemas.Renamed(id=record.id, name=record.name, updated_at=iso(datetime.now(UTC)))
     if "signal" in params:
         calls = app(request).calls
         assert calls is not None
         on = _truthy(params["signal"])
         device_id = await calls.signal(actor, view.record.id, on)
-        return {"id": device_id, "connected": True, "signaling": on}
+        return schemas.Signaled(id=device_id, connected=True, signaling=on)
     raise ApiError(400, "invalid_request", "nothing to change: give name or signal")
 
 
-@router.post("/v1/devices", summary="Claim a device (admins, or with a claim code issued for it)")
-async def claim_device(request: Request, actor: Caller) -> dict[str, Any]:
+@router.post(
+    "/v1/devices",
+    summary="Claim a device (admins, or with a claim code issued for it)",
+    responses=errors(401, 403, 404, 409, *BODY_ERRORS),
+    openapi_extra=request_body(schemas.ClaimRequest, required=True),
+)
+async def claim_device(request: Request, actor: Caller) -> schemas.Claimed:
     params = await body(request)
     device_id = _text(params, "id", "deviceID")
     code = params.get("claim_code")
@@ -108,66 +138,84 @@ async def claim_device(request: Request, actor: Caller) -> dict[str, Any]:
         owner=owner if isinstance(owner, str) else None,
     )
     online = await app(request).context.sessions.connected(record.id)
-    return {"ok": True, "user_id": record.owner, "id": record.id, "connected": online}
+    return schemas.Claimed(ok=True, user_id=record.owner, id=record.id, connected=online)
 
 
-@router.delete("/v1/devices/{device}", summary="Release a device from your account")
-@router.delete("/v1/products/{product}/devices/{device}", summary="Release a product device")
-async def release_device(request: Request, actor: Caller, device: str, product: str | None = None) -> dict[str, Any]:
+_RELEASE: dict[str, Any] = {"responses": errors(401, 404, *BODY_ERRORS)}
+
+
+@router.delete("/v1/devices/{device}", summary="Release a device from your account", **_RELEASE)
+@router.delete("/v1/products/{product}/devices/{device}", summary="Release a product device", **_RELEASE)
+async def release_device(request: Request, actor: Caller, device: str, product: str | None = None) -> schemas.Ok:
     view = await _view(request, actor, device, product)
     await app(request).devices.release(actor, view.record.id)
-    return {"ok": True}
+    return schemas.Ok(ok=True)
 
 
-@router.post("/v1/device_claims", summary="Create a claim code (admins: for one device, with device_id)")
-async def create_claim_code(request: Request, actor: Caller) -> dict[str, Any]:
+@router.post(
+    "/v1/device_claims",
+    summary="Create a claim code (admins: for one device, with device_id)",
+    responses=errors(401, 403, 404, 409, *BODY_ERRORS),
+    openapi_extra=request_body(schemas.ClaimCodeRequest),
+)
+async def create_claim_code(request: Request, actor: Caller) -> schemas.ClaimCodeIssued:
     params = await body(request)
     device = params.get("device_id")
     issued = await app(request).devices.issue_claim_code(actor, device if isinstance(device, str) else None)
-    return {"claim_code": issued.code, "device_ids": issued.device_ids, "expires_in": issued.expires_in}
+    return schemas.ClaimCodeIssued(claim_code=issued.code, device_ids=issued.device_ids, expires_in=issued.expires_in)
 
 
 # -- functions and variables ----------------------------------------------------------------------
 
+_CALL: dict[str, Any] = {
+    "responses": errors(401, 403, 404, 408, *BODY_ERRORS),
+    "openapi_extra": request_body(schemas.FunctionCall),
+}
 
-@router.post("/v1/devices/{device}/{function}", summary="Call a function")
-@router.post("/v1/products/{product}/devices/{device}/{function}", summary="Call a function of a product device")
+
+@router.post("/v1/devices/{device}/{function}", summary="Call a function", **_CALL)
+@router.post(
+    "/v1/products/{product}/devices/{device}/{function}", summary="Call a function of a product device", **_CALL
+)
 async def call_function(
     request: Request, actor: Caller, device: str, function: str, product: str | None = None
-) -> dict[str, Any]:
+) -> schemas.FunctionResult:
     params = await body(request)
     argument = _text(params, "arg", "args")
     view = await _view(request, actor, device, product)
     calls = app(request).calls
     assert calls is not None
     device_id, value = await calls.call_function(actor, view.record.id, function, argument)
-    return {"id": device_id, "name": view.record.name, "connected": True, "return_value": value}
+    return schemas.FunctionResult(id=device_id, name=view.record.name, connected=True, return_value=value)
 
 
-@router.get("/v1/devices/{device}/{variable}", summary="Read a variable")
-@router.get("/v1/products/{product}/devices/{device}/{variable}", summary="Read a variable of a product device")
+@router.get("/v1/devices/{device}/{variable}", summary="Read a variable", responses=errors(401, 403, 404, 408))
+@router.get(
+    "/v1/products/{product}/devices/{device}/{variable}",
+    summary="Read a variable of a product device",
+    responses=errors(401, 403, 404, 408),
+)
 async def read_variable(
     request: Request, actor: Caller, device: str, variable: str, product: str | None = None
-) -> dict[str, Any]:
+) -> schemas.VariableValue:
     view = await _view(request, actor, device, product)
     calls = app(request).calls
     assert calls is not None
     device_id, raw, value = await calls.read_variable(actor, view.record.id, variable)
-    result: Any = value if value is not None else raw.decode("utf-8", "replace")
     record = view.record
-    return {
-        "cmd": "VarReturn",
-        "name": variable,
-        "result": result,
-        "coreInfo": {
-            "last_app": "",
-            "last_heard": iso(record.last_heard),
-            "connected": True,
-            "last_handshake_at": iso(record.last_heard),
-            "deviceID": device_id,
-            "product_id": record.product_id,
-        },
-    }
+    return schemas.VariableValue(
+        cmd="VarReturn",
+        name=variable,
+        result=value if value is not None else raw.decode("utf-8", "replace"),
+        coreInfo=schemas.CoreInfo(
+            last_app="",
+            last_heard=iso(record.last_heard),
+            connected=True,
+            last_handshake_at=iso(record.last_heard),
+            deviceID=device_id,
+            product_id=record.product_id,
+        ),
+    )
 
 
 # -- keys ---------------------------------------------------------------------------------------
@@ -182,8 +230,14 @@ def _product_id(value: Any) -> int | None:
     return int(text)
 
 
-@router.post("/v1/provisioning/{device_id}", tags=["keys"], summary="Register a device's public key")
-async def provision_key(request: Request, actor: Caller, device_id: str) -> dict[str, Any]:
+@router.post(
+    "/v1/provisioning/{device_id}",
+    tags=["keys"],
+    summary="Register a device's public key",
+    responses=errors(401, 403, 404, 409, *BODY_ERRORS),
+    openapi_extra=request_body(schemas.KeyProvision, required=True),
+)
+async def provision_key(request: Request, actor: Caller, device_id: str) -> schemas.Provisioned:
     """What `particle keys send` and `keys doctor` call (docs/keys.md "Who may do what")."""
     params = await body(request)
     product_id = _product_id(params.get("product_id"))
@@ -201,4 +255,6 @@ async def provision_key(request: Request, actor: Caller, device_id: str) -> dict
     done = await app(request).keys.provision(
         actor, device_id, der, product_id=product_id, claim_code=code if isinstance(code, str) else None
     )
-    return {"ok": True, "id": done.record.id, "key_fingerprint": done.record.key_fingerprint, "created": done.created}
+    return schemas.Provisioned(
+        ok=True, id=done.record.id, key_fingerprint=done.record.key_fingerprint, created=done.created
+    )
