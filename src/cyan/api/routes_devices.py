@@ -75,11 +75,19 @@ async def list_product_devices(
     return schemas.ProductDevices(devices=found, meta=schemas.ProductMeta(total_pages=1))
 
 
+# A route of a product device is a route of its own rather than a second path of the device's: a shared function
+# would take `product` from the query string on the device's path, where the document says nothing of it.
+
+
 @router.get(
     "/v1/devices/{device}", summary="Get a device, with its functions and variables", responses=errors(401, 404)
 )
+async def get_device(request: Request, actor: Caller, device: str) -> schemas.DeviceDetail:
+    return render_device_detail(await _view(request, actor, device))
+
+
 @router.get("/v1/products/{product}/devices/{device}", summary="Get a product device", responses=errors(401, 404))
-async def get_device(request: Request, actor: Caller, device: str, product: str | None = None) -> schemas.DeviceDetail:
+async def get_product_device(request: Request, actor: Caller, product: str, device: str) -> schemas.DeviceDetail:
     return render_device_detail(await _view(request, actor, device, product))
 
 
@@ -99,9 +107,21 @@ _CHANGE: dict[str, Any] = {
 @router.put(
     "/v1/devices/{device}", summary="Rename a device, signal it (rainbow LED), or flash it (multipart)", **_CHANGE
 )
-@router.put("/v1/products/{product}/devices/{device}", summary="Rename, signal or flash a product device", **_CHANGE)
 async def update_device(
-    request: Request, actor: Caller, device: str, product: str | None = None
+    request: Request, actor: Caller, device: str
+) -> schemas.Renamed | schemas.Signaled | schemas.Flashed:
+    return await _update(request, actor, device, None)
+
+
+@router.put("/v1/products/{product}/devices/{device}", summary="Rename, signal or flash a product device", **_CHANGE)
+async def update_product_device(
+    request: Request, actor: Caller, product: str, device: str
+) -> schemas.Renamed | schemas.Signaled | schemas.Flashed:
+    return await _update(request, actor, device, product)
+
+
+async def _update(
+    request: Request, actor: Actor, device: str, product: str | None
 ) -> schemas.Renamed | schemas.Signaled | schemas.Flashed:
     params = await body(request)
     view = await _view(request, actor, device, product)
@@ -145,8 +165,16 @@ _RELEASE: dict[str, Any] = {"responses": errors(401, 404, *BODY_ERRORS)}
 
 
 @router.delete("/v1/devices/{device}", summary="Release a device from your account", **_RELEASE)
+async def release_device(request: Request, actor: Caller, device: str) -> schemas.Ok:
+    return await _release(request, actor, device, None)
+
+
 @router.delete("/v1/products/{product}/devices/{device}", summary="Release a product device", **_RELEASE)
-async def release_device(request: Request, actor: Caller, device: str, product: str | None = None) -> schemas.Ok:
+async def release_product_device(request: Request, actor: Caller, product: str, device: str) -> schemas.Ok:
+    return await _release(request, actor, device, product)
+
+
+async def _release(request: Request, actor: Actor, device: str, product: str | None) -> schemas.Ok:
     view = await _view(request, actor, device, product)
     await app(request).devices.release(actor, view.record.id)
     return schemas.Ok(ok=True)
@@ -174,11 +202,21 @@ _CALL: dict[str, Any] = {
 
 
 @router.post("/v1/devices/{device}/{function}", summary="Call a function", **_CALL)
+async def call_function(request: Request, actor: Caller, device: str, function: str) -> schemas.FunctionResult:
+    return await _call(request, actor, device, function, None)
+
+
 @router.post(
     "/v1/products/{product}/devices/{device}/{function}", summary="Call a function of a product device", **_CALL
 )
-async def call_function(
-    request: Request, actor: Caller, device: str, function: str, product: str | None = None
+async def call_product_function(
+    request: Request, actor: Caller, product: str, device: str, function: str
+) -> schemas.FunctionResult:
+    return await _call(request, actor, device, function, product)
+
+
+async def _call(
+    request: Request, actor: Actor, device: str, function: str, product: str | None
 ) -> schemas.FunctionResult:
     params = await body(request)
     argument = _text(params, "arg", "args")
@@ -190,13 +228,23 @@ async def call_function(
 
 
 @router.get("/v1/devices/{device}/{variable}", summary="Read a variable", responses=errors(401, 403, 404, 408))
+async def read_variable(request: Request, actor: Caller, device: str, variable: str) -> schemas.VariableValue:
+    return await _read(request, actor, device, variable, None)
+
+
 @router.get(
     "/v1/products/{product}/devices/{device}/{variable}",
     summary="Read a variable of a product device",
     responses=errors(401, 403, 404, 408),
 )
-async def read_variable(
-    request: Request, actor: Caller, device: str, variable: str, product: str | None = None
+async def read_product_variable(
+    request: Request, actor: Caller, product: str, device: str, variable: str
+) -> schemas.VariableValue:
+    return await _read(request, actor, device, variable, product)
+
+
+async def _read(
+    request: Request, actor: Actor, device: str, variable: str, product: str | None
 ) -> schemas.VariableValue:
     view = await _view(request, actor, device, product)
     calls = app(request).calls

@@ -32,14 +32,22 @@ _PUBLISH = request_body(schemas.EventPublish, required=True)
     responses=errors(401, *BODY_ERRORS),
     openapi_extra=_PUBLISH,
 )
+async def publish(request: Request, actor: Caller) -> schemas.Ok:
+    return await _publish(request, actor)
+
+
 @router.post(
     "/v1/products/{product}/events",
     summary="Publish an event to a product's devices",
     responses=errors(401, 404, *BODY_ERRORS),
     openapi_extra=_PUBLISH,
 )
-async def publish(request: Request, actor: Caller, product: str | None = None) -> schemas.Ok:
+async def publish_to_product(request: Request, actor: Caller, product: str) -> schemas.Ok:
     _product(product)
+    return await _publish(request, actor)
+
+
+async def _publish(request: Request, actor: Actor) -> schemas.Ok:
     params = await body(request)
     private = str(params.get("private", "true")).lower() not in ("false", "0", "no")
     raw_ttl = params.get("ttl", 60)
