@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,32 @@ from serve_support import run_with_service
 
 def _app() -> Any:
     return create_app(ApiContext(Application(MemoryStore())))
+
+
+def test_a_method_a_route_does_not_take_is_answered_405_with_allow() -> None:
+    """A 405 had no Allow header, which RFC 9110 requires (found by schemathesis's unsupported_method check:
+    TRACE on every route); Starlette's names the methods of the first route of the path only."""
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=_app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://cyan") as client:
+            for method, path, allowed in (
+                ("TRACE", "/v1/user", {"GET"}),
+                ("PATCH", "/v1/devices", {"GET", "POST"}),
+                ("DELETE", "/v1/devices/events/temp", {"GET", "POST"}),
+                ("DELETE", "/openapi.json", {"GET", "HEAD"}),
+                ("PUT", "/oauth/token", {"POST"}),
+            ):
+                response = await client.request(method, path)
+                assert response.status_code == 405, (method, path)
+                assert {m.strip() for m in response.headers["allow"].split(",")} == allowed, (method, path)
+                assert response.json() == {
+                    "ok": False,
+                    "error": "Method Not Allowed",
+                    "error_description": "Method Not Allowed",
+                }
+
+    asyncio.run(scenario())
 
 
 def test_a_route_of_a_device_takes_no_product_from_the_query(tmp_path: Path) -> None:
