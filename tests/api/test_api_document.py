@@ -1,4 +1,5 @@
-"""The API as its OpenAPI document describes it: what fuzzing the API against the document found, each fixed."""
+"""The OpenAPI document says what every route answers (its 200 and its errors, in Particle's error shape) and
+what it reads; and what fuzzing the API against it found, each fixed (tests/api/test_api_schema.py)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,78 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from fastapi.routing import APIRoute, iter_route_contexts
 
 from cyan.api import ApiContext, create_app
+from cyan.api._requests import require_actor
 from cyan.app import Actor, Application
 from cyan.service import Service
 from cyan.store import MemoryStore
 from serve_support import run_with_service
 
+ERROR = {"$ref": "#/components/schemas/Error"}
+#: The routes that take no token: logging in, and revoking a token by knowing it.
+OPEN = {("POST", "/oauth/token"), ("DELETE", "/v1/access_tokens/{token}")}
+
 
 def _app() -> Any:
     return create_app(ApiContext(Application(MemoryStore())))
+
+
+def _refs(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [ref for key, item in value.items() for ref in ([item] if key == "$ref" else _refs(item))]
+    if isinstance(value, list):
+        return [ref for item in value for ref in _refs(item)]
+    return []
+
+
+def test_the_document_describes_every_route() -> None:
+    app = _app()
+    document = app.openapi()
+    # Included routers are walked as FastAPI walks them to write the document.
+    routes = [route for route in iter_route_contexts(app.routes) if isinstance(route.original_route, APIRoute)]
+    assert len(routes) >= 50
+    for route in routes:
+        takes_token = any(dependency.call is require_actor for dependency in route.dependant.dependencies)
+        for method in route.methods or ():
+            where = f"{method} {route.path_format}"
+            operation = document["paths"][route.path_format][method.lower()]
+            responses = operation["responses"]
+            answer = responses.get("200") or responses.get("201")
+            assert answer is not None, where
+            assert answer["content"], where
+            for media in answer["content"].values():
+                assert media["schema"] not in ({}, None), where
+            errors = {status for status in responses if status[0] in "45"}
+            assert "422" not in responses, f"{where}: invalid parameters are answered 400, not 422"
+            assert "503" in errors, where
+            assert ("401" in errors) == takes_token == ((method, route.path_format) not in OPEN), where
+            if (method in ("POST", "PUT", "DELETE") and takes_token) or "requestBody" in operation:
+                # The body is read for the token when the header has none: it may be unreadable or too large.
+                assert {"400", "413", "415"} <= errors, where
+            if method in ("POST", "PUT"):
+                assert operation["requestBody"]["content"], f"{where}: the body it reads is documented"
+            for status in errors:
+                assert responses[status]["content"] == {"application/json": {"schema": ERROR}}, (where, status)
+    assert "Retry-After" in document["paths"]["/oauth/token"]["post"]["responses"]["429"]["headers"]
+    schemas = document["components"]["schemas"]
+    for ref in _refs(document):
+        assert ref.removeprefix("#/components/schemas/") in schemas, ref
+
+
+def test_the_error_shape_is_particles() -> None:
+    error = _app().openapi()["components"]["schemas"]["Error"]
+    assert error["required"] == ["ok", "error", "error_description"]
+    assert error["properties"]["ok"]["const"] is False
+    # The others are there or not, never null.
+    assert {name: prop.get("type") for name, prop in error["properties"].items() if name not in error["required"]} == {
+        "field": "string",
+        "info": "string",
+        "reason": "string",
+        "fingerprint": "string",
+        "pending_fingerprints": "array",
+    }
 
 
 def test_a_method_a_route_does_not_take_is_answered_405_with_allow() -> None:

@@ -54,6 +54,7 @@ __all__ = [
     "Renamed",
     "Rollout",
     "Signaled",
+    "StreamedEvent",
     "Token",
     "UnidentifiedList",
     "UserProfile",
@@ -693,15 +694,38 @@ class EventStream(StreamingResponse):
     media_type = "text/event-stream"
 
 
+class StreamedEvent(Shape):
+    """The data of one event of a stream."""
+
+    data: str | None
+    ttl: int
+    published_at: Time
+    coreid: str = Field(description='The device that published it, or "api" for an event published through the API')
+
+
+#: One event of a stream, as Open API 3.2 describes server-sent events (and schemathesis reads a 3.1 `schema`).
+_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "description": "The event's name"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": StreamedEvent.model_json_schema(),
+        },
+    },
+}
+
+
 def stream_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The `responses` of an event stream route: the stream, and its errors, which are JSON (FastAPI would give
     a `model` the stream's media type)."""
     documented: dict[int | str, dict[str, Any]] = {
         200: {
-            "description": "A stream of server-sent events, endless: `:ok` first, then `event: NAME` and `data: "
-            '{"data": ..., "ttl": ..., "published_at": ..., "coreid": ...}` for each event, and a `:` comment '
-            "every few seconds",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "Server-sent events, endlessly: a `:ok` comment first, then each event (its `data` a "
+            "JSON object), and a `:` comment every few seconds to keep the connection alive",
+            "content": {"text/event-stream": {"schema": _EVENT}},
         }
     }
     for status, response in errors(*statuses).items():
