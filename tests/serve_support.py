@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cyan.cloud.models import ConnectionAttempt, DeviceRecord
 from cyan.config import Settings, all_cores
@@ -19,7 +20,12 @@ SIM = SimConfig(backoff_scale=0.05)
 
 
 def loopback_service(
-    data: Path, *, workers: int | None = None, device_processes: int = 0, protocol: ServerConfig = FAST
+    data: Path,
+    *,
+    workers: int | None = None,
+    device_processes: int = 0,
+    protocol: ServerConfig = FAST,
+    **settings_overrides: Any,
 ) -> Service:
     """`cyan serve`'s service on 127.0.0.1 with ephemeral device and API ports (not started)."""
     settings = Settings(
@@ -30,6 +36,7 @@ def loopback_service(
         api_port=0,
         workers=all_cores() if workers is None else workers,
         device_processes=device_processes,
+        **settings_overrides,
     )
     return Service(settings, ensure_server_keys(settings), protocol=protocol)
 

@@ -295,3 +295,28 @@ def test_the_limits_are_read_from_the_environment(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("CYAN_LOGIN_FAILURES_PER_ACCOUNT", "0")
     with pytest.raises(ValueError, match="login_failures_per_account must be from 1"):
         Settings.from_env(data_dir=tmp_path / "data")
+
+
+def test_half_a_surrogate_pair_in_a_json_string_is_a_400(tmp_path: Path) -> None:
+    """JSON may escape half of a surrogate pair ("\\ud800"), which is no character: such a string reached code
+    that encodes it (an event's name and data, a function's argument, a username, a key) and the API answered
+    500. The body is refused as not being text; a whole pair (an emoji) is a character like any other."""
+
+    async def scenario(service: Service, client: httpx.AsyncClient, auth: dict[str, dict[str, str]]) -> None:
+        json_body = {**auth[ALICE], "Content-Type": "application/json"}
+        for path, body in (
+            ("/v1/devices/events", b'{"name": "\\ud800"}'),
+            ("/v1/devices/events", b'{"name": "temp", "data": "x\\udfff"}'),
+            ("/v1/devices/kitchen/setArg", b'{"arg": "\\ud800"}'),
+            ("/oauth/token", b'{"grant_type": "password", "username": "\\ud800", "password": "x"}'),
+            (f"/v1/provisioning/{DEVICE}", b'{"publicKey": "\\ud800"}'),
+            ("/v1/devices/events", b'{"name": "temp", "\\ud800": 1}'),
+        ):
+            refused = await client.post(path, content=body, headers=json_body)
+            assert (refused.status_code, refused.json()["error"]) == (400, "invalid_request"), (path, body)
+        pair = await client.post(
+            "/v1/devices/events", content=b'{"name": "temp", "data": "\\ud83d\\ude00"}', headers=json_body
+        )
+        assert (pair.status_code, pair.json()) == (200, {"ok": True})
+
+    _run(tmp_path, scenario)

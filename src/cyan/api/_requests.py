@@ -51,6 +51,8 @@ async def body(request: Request) -> dict[str, Any]:
                 raise ApiError(400, "invalid_request", f"the body is not valid JSON: {exc}") from None
             if not isinstance(value, dict):
                 raise ApiError(400, "invalid_request", "the JSON body must be an object")
+            if not _is_text(value):
+                raise ApiError(400, "invalid_request", "the body is not valid JSON: a string has half a surrogate pair")
             parsed = value
         elif content_type in ("application/x-www-form-urlencoded", ""):
             parsed = dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
@@ -58,6 +60,16 @@ async def body(request: Request) -> dict[str, Any]:
             raise ApiError(415, "invalid_request", f"unsupported content type {content_type!r}")
     request.state.body = parsed
     return parsed
+
+
+def _is_text(value: object) -> bool:
+    """Whether every string of a parsed JSON value is text: JSON may escape half of a surrogate pair ("\\ud800"),
+    which is no character, and code that encodes the string would fail on it (RFC 8259 §8.2)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 #: The largest file part taken: the largest binary a Gen 2 device takes (its OTA area, protocol.md §10).

@@ -9,7 +9,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from cyan.app import InvalidCredentialsError
 from cyan.cloud.errors import (
@@ -40,13 +42,10 @@ log = logging.getLogger("cyan.api")
 class ApiError(Exception):
     """An error response: status and body exactly as the client should see them."""
 
-    def __init__(self, status: int, error: str, description: str | None = None, **extra: Any) -> None:
-        super().__init__(description or error)
+    def __init__(self, status: int, error: str, description: str, **extra: Any) -> None:
+        super().__init__(description)
         self.status = status
-        self.body: dict[str, Any] = {"ok": False, "error": error}
-        if description:
-            self.body["error_description"] = description
-        self.body.update(extra)
+        self.body: dict[str, Any] = {"ok": False, "error": error, "error_description": description, **extra}
 
 
 def not_found(id_or_name: str) -> ApiError:
@@ -96,7 +95,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         error = "Not Found" if exc.status_code == 404 else str(exc.detail)
-        return _json(exc.status_code, {"ok": False, "error": error, "error_description": str(exc.detail)})
+        response = _json(exc.status_code, {"ok": False, "error": error, "error_description": str(exc.detail)})
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:
+            # RFC 9110 §15.5.6: the methods the path takes. Starlette names those of the first route that matches
+            # the path only, and a path may have several (GET and POST /v1/devices).
+            response.headers["Allow"] = _allowed(request)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -106,6 +111,15 @@ def install_error_handlers(app: FastAPI) -> None:
         if fields:
             body["field"] = fields[0]
         return _json(400, body)
+
+
+def _allowed(request: Request) -> str:
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= route.methods or set()
+    return ", ".join(sorted(methods))
 
 
 def describe_invalid(errors: Sequence[Any]) -> tuple[list[str], str]:
@@ -182,4 +196,4 @@ def _cloud_error(exc: CloudError) -> JSONResponse:
         return _json(404, {"ok": False, "error": f"Unknown Variable: {exc.name}", "error_description": str(exc)})
     if isinstance(exc, FunctionRefusedError):
         return _json(400, {"ok": False, "error": "Function call refused", "error_description": str(exc)})
-    return _json(400, {"ok": False, "error": str(exc)})
+    return _json(400, {"ok": False, "error": str(exc), "error_description": str(exc)})

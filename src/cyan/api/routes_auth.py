@@ -13,11 +13,13 @@ from fastapi import APIRouter, Depends, Request
 from cyan.app import Actor
 from cyan.cloud.auth import DEFAULT_TOKEN_LIFETIME
 from cyan.cloud.errors import InvalidInputError
-from cyan.cloud.models import Role, User
+from cyan.cloud.models import Role
 
+from . import schemas
 from ._requests import app, body, require_actor
-from ._serialize import iso
+from ._serialize import iso, render_account
 from .errors import ApiError
+from .schemas import BODY_ERRORS, errors, request_body
 
 router = APIRouter()
 Caller = Annotated[Actor, Depends(require_actor)]
@@ -49,8 +51,16 @@ def _expires_in(raw: Any) -> int:
     return int(text)
 
 
-@router.post("/oauth/token", tags=["authentication"], summary="Create an access token (password grant)")
-async def create_token(request: Request) -> dict[str, Any]:
+@router.post(
+    "/oauth/token",
+    tags=["authentication"],
+    summary="Create an access token (password grant)",
+    # The only shape with keys left out rather than null: expires_in and expires_at of a token that never expires.
+    response_model_exclude_none=True,
+    responses=errors(429, *BODY_ERRORS),
+    openapi_extra=request_body(schemas.TokenRequest, required=True),
+)
+async def create_token(request: Request) -> schemas.Token:
     """Any OAuth client id is accepted: `CLI2` (particle login), `user` (particle token create),
     `particle` (particle-api-js). Client secrets are not checked; the user's password is."""
     params = await body(request)
@@ -65,32 +75,41 @@ async def create_token(request: Request) -> dict[str, Any]:
     issued = await app(request).accounts.login(
         username, password, _client_id(request, params), expires_in or None, address=address
     )
-    response: dict[str, Any] = {"token_type": "bearer", "access_token": issued.token}
-    if issued.record.expires_at is not None:
-        response["expires_in"] = expires_in
-        response["expires_at"] = iso(issued.record.expires_at)
-    return response
+    if issued.record.expires_at is None:
+        return schemas.Token(token_type="bearer", access_token=issued.token)
+    return schemas.Token(
+        token_type="bearer",
+        access_token=issued.token,
+        expires_in=expires_in,
+        expires_at=iso(issued.record.expires_at),
+    )
 
 
-@router.get("/v1/user", tags=["user"], summary="The current user")
-async def current_user(request: Request, actor: Caller) -> dict[str, Any]:
+@router.get("/v1/user", tags=["user"], summary="The current user", responses=errors(401))
+async def current_user(request: Request, actor: Caller) -> schemas.UserProfile:
     devices = await app(request).devices.mine(actor)
-    return {
-        "username": actor.name,
-        "role": actor.role.value if actor.role else None,
-        "subscription_ids": [],
-        "account_info": {"first_name": "", "last_name": "", "company_name": "", "business_account": False},
-        "team_invites": [],
-        "wifi_device_count": len(devices),
-        "cellular_device_count": 0,
-        "scim_provisioned": False,
-        "no_password": False,
-        "mfa": {"enabled": False},
-    }
+    return schemas.UserProfile(
+        username=actor.name,
+        role=actor.role,
+        subscription_ids=[],
+        account_info=schemas.AccountInfo(first_name="", last_name="", company_name="", business_account=False),
+        team_invites=[],
+        wifi_device_count=len(devices),
+        cellular_device_count=0,
+        scim_provisioned=False,
+        no_password=False,
+        mfa=schemas.Mfa(enabled=False),
+    )
 
 
-@router.put("/v1/user", tags=["user"], summary="Change your password (the current one is needed)")
-async def change_password(request: Request, actor: Caller) -> dict[str, Any]:
+@router.put(
+    "/v1/user",
+    tags=["user"],
+    summary="Change your password (the current one is needed)",
+    responses=errors(401, 429, *BODY_ERRORS),
+    openapi_extra=request_body(schemas.PasswordChange, required=True),
+)
+async def change_password(request: Request, actor: Caller) -> schemas.PasswordChanged:
     """As Particle's API: `password` (the new one) and `current_password`. The other tokens of the account are
     revoked; the one in use stays."""
     params = await body(request)
@@ -101,11 +120,17 @@ async def change_password(request: Request, actor: Caller) -> dict[str, Any]:
     revoked = await app(request).accounts.change_password(
         actor, current, new, keep_token=request.state.token, address=address
     )
-    return {"ok": True, "message": "Password changed", "tokens_revoked": revoked}
+    return schemas.PasswordChanged(ok=True, message="Password changed", tokens_revoked=revoked)
 
 
-@router.delete("/v1/user", tags=["user"], summary="Remove your own account (the password is needed)")
-async def remove_own_account(request: Request, actor: Caller) -> dict[str, Any]:
+@router.delete(
+    "/v1/user",
+    tags=["user"],
+    summary="Remove your own account (the password is needed)",
+    responses=errors(401, 429, *BODY_ERRORS),
+    openapi_extra=request_body(schemas.AccountRemoval, required=True),
+)
+async def remove_own_account(request: Request, actor: Caller) -> schemas.Ok:
     """As Particle's API: `password`. The account's tokens go with it and its devices are released (they stay
     registered, with their keys)."""
     params = await body(request)
@@ -114,26 +139,27 @@ async def remove_own_account(request: Request, actor: Caller) -> dict[str, Any]:
         raise ApiError(400, "invalid_request", "give your password to remove your account", field="password")
     address = request.client.host if request.client else ""
     await app(request).accounts.remove_own_account(actor, password, address=address)
-    return {"ok": True}
+    return schemas.Ok(ok=True)
 
 
-@router.delete("/v1/access_tokens/current", tags=["authentication"], summary="Revoke the token in use")
-async def revoke_current(request: Request, actor: Caller) -> dict[str, Any]:
+@router.delete(
+    "/v1/access_tokens/current",
+    tags=["authentication"],
+    summary="Revoke the token in use",
+    responses=errors(401, *BODY_ERRORS),
+)
+async def revoke_current(request: Request, actor: Caller) -> schemas.Ok:
     await app(request).accounts.revoke(request.state.token, actor=actor)
-    return {"ok": True}
+    return schemas.Ok(ok=True)
 
 
-@router.delete("/v1/access_tokens/{token}", tags=["authentication"], summary="Revoke a token")
-async def revoke_token(request: Request, token: str) -> dict[str, Any]:
+@router.delete("/v1/access_tokens/{token}", tags=["authentication"], summary="Revoke a token", responses=errors(404))
+async def revoke_token(request: Request, token: str) -> schemas.Ok:
     """Knowing the token is what authorises revoking it (`particle token revoke` sends no other
     credentials); nothing else can be done without a valid token."""
     if not await app(request).accounts.revoke(token):
         raise ApiError(404, "Not Found", "no such access token")
-    return {"ok": True}
-
-
-def _user_json(user: User) -> dict[str, Any]:
-    return {"username": user.username, "role": user.role.value, "created_at": iso(user.created_at)}
+    return schemas.Ok(ok=True)
 
 
 def _role(value: Any) -> Role:
@@ -143,29 +169,46 @@ def _role(value: Any) -> Role:
         raise InvalidInputError("role is admin or user", "role") from None
 
 
-@router.get("/v1/users", tags=["user"], summary="Every account (admins)")
-async def list_users(request: Request, actor: Caller) -> list[dict[str, Any]]:
-    return [_user_json(u) for u in await app(request).accounts.users(actor)]
+@router.get("/v1/users", tags=["user"], summary="Every account (admins)", responses=errors(401, 403))
+async def list_users(request: Request, actor: Caller) -> list[schemas.Account]:
+    return [render_account(u) for u in await app(request).accounts.users(actor)]
 
 
-@router.post("/v1/users", tags=["user"], summary="Create an account (admins)")
-async def create_user(request: Request, actor: Caller) -> dict[str, Any]:
+@router.post(
+    "/v1/users",
+    tags=["user"],
+    summary="Create an account (admins)",
+    responses=errors(401, 403, 409, *BODY_ERRORS),
+    openapi_extra=request_body(schemas.NewAccount, required=True),
+)
+async def create_user(request: Request, actor: Caller) -> schemas.AccountChanged:
     params = await body(request)
     username, password = params.get("username"), params.get("password")
     if not isinstance(username, str) or not isinstance(password, str):
         raise InvalidInputError("username and password are required", "username")
     user = await app(request).accounts.create_user(actor, username, password, role=_role(params.get("role", "user")))
-    return {"ok": True, **_user_json(user)}
+    return schemas.AccountChanged(ok=True, **dict(render_account(user)))
 
 
-@router.put("/v1/users/{username}", tags=["user"], summary="Change an account's role (admins)")
-async def set_role(request: Request, actor: Caller, username: str) -> dict[str, Any]:
+@router.put(
+    "/v1/users/{username}",
+    tags=["user"],
+    summary="Change an account's role (admins)",
+    responses=errors(401, 403, 404, *BODY_ERRORS),
+    openapi_extra=request_body(schemas.RoleChange, required=True),
+)
+async def set_role(request: Request, actor: Caller, username: str) -> schemas.AccountChanged:
     params = await body(request)
     user = await app(request).accounts.set_role(actor, username, _role(params.get("role")))
-    return {"ok": True, **_user_json(user)}
+    return schemas.AccountChanged(ok=True, **dict(render_account(user)))
 
 
-@router.delete("/v1/users/{username}", tags=["user"], summary="Remove an account (itself, or an admin)")
-async def remove_user(request: Request, actor: Caller, username: str) -> dict[str, Any]:
+@router.delete(
+    "/v1/users/{username}",
+    tags=["user"],
+    summary="Remove an account (itself, or an admin)",
+    responses=errors(401, 404, *BODY_ERRORS),
+)
+async def remove_user(request: Request, actor: Caller, username: str) -> schemas.Ok:
     await app(request).accounts.remove_user(actor, username)
-    return {"ok": True}
+    return schemas.Ok(ok=True)

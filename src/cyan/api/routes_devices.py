@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
@@ -11,10 +11,11 @@ from cyan.app import Actor, DeviceView
 from cyan.cloud.errors import InvalidInputError
 from cyan.keys import KeyFormatError, load_public_key, public_key_der
 
-from . import routes_updates
+from . import routes_updates, schemas
 from ._requests import app, body, require_actor
-from ._serialize import device_json, iso
+from ._serialize import iso, render_device, render_device_detail
 from .errors import ApiError, not_found
+from .schemas import BODY_ERRORS, errors, request_body
 
 router = APIRouter(tags=["devices"])
 Caller = Annotated[Actor, Depends(require_actor)]
@@ -47,25 +48,47 @@ def _text(params: dict[str, Any], *names: str) -> str:
 # -- listing and reading ------------------------------------------------------------------------
 
 
-@router.get("/v1/devices", summary="List your devices (admins: `?all=true` for the whole fleet)")
-@router.get("/v1/products/{product}/devices", summary="List your devices of a product")
-async def list_devices(request: Request, actor: Caller, product: str | None = None, all: bool = False) -> Any:
+async def _listed(request: Request, actor: Actor, product: str | None, everyone: bool) -> list[schemas.Device]:
     wanted = _product(product)
-    views = await app(request).devices.mine(actor, everyone=all)
-    found = [
-        device_json(v, detail=False)
-        for v in views
-        if wanted is None or wanted in (v.record.product_id, v.record.platform_id)
-    ]
-    if product is not None:
-        return {"devices": found, "meta": {"total_pages": 1}}
-    return found
+    views = await app(request).devices.mine(actor, everyone=everyone)
+    return [render_device(v) for v in views if wanted is None or wanted in (v.record.product_id, v.record.platform_id)]
 
 
-@router.get("/v1/devices/{device}", summary="Get a device, with its functions and variables")
-@router.get("/v1/products/{product}/devices/{device}", summary="Get a product device")
-async def get_device(request: Request, actor: Caller, device: str, product: str | None = None) -> dict[str, Any]:
-    return device_json(await _view(request, actor, device, product), detail=True)
+@router.get(
+    "/v1/devices",
+    summary="List your devices (admins: `?all=true` for the whole fleet)",
+    responses=errors(400, 401, 403),
+)
+async def list_devices(request: Request, actor: Caller, all: bool = False) -> list[schemas.Device]:
+    return await _listed(request, actor, None, all)
+
+
+@router.get(
+    "/v1/products/{product}/devices",
+    summary="List your devices of a product",
+    responses=errors(400, 401, 403, 404),
+)
+async def list_product_devices(
+    request: Request, actor: Caller, product: str, all: bool = False
+) -> schemas.ProductDevices:
+    found = await _listed(request, actor, product, all)
+    return schemas.ProductDevices(devices=found, meta=schemas.ProductMeta(total_pages=1))
+
+
+# A route of a product device is a route of its own rather than a second path of the device's: a shared function
+# would take `product` from the query string on the device's path, where the document says nothing of it.
+
+
+@router.get(
+    "/v1/devices/{device}", summary="Get a device, with its functions and variables", responses=errors(401, 404)
+)
+async def get_device(request: Request, actor: Caller, device: str) -> schemas.DeviceDetail:
+    return render_device_detail(await _view(request, actor, device))
+
+
+@router.get("/v1/products/{product}/devices/{device}", summary="Get a product device", responses=errors(401, 404))
+async def get_product_device(request: Request, actor: Caller, product: str, device: str) -> schemas.DeviceDetail:
+    return render_device_detail(await _view(request, actor, device, product))
 
 
 # -- changing -------------------------------------------------------------------------------------
@@ -75,9 +98,31 @@ def _truthy(value: Any) -> bool:
     return str(value).strip().lower() in ("1", "true", "on", "yes")
 
 
-@router.put("/v1/devices/{device}", summary="Rename a device, signal it (rainbow LED), or flash it (multipart)")
-@router.put("/v1/products/{product}/devices/{device}", summary="Rename, signal or flash a product device")
-async def update_device(request: Request, actor: Caller, device: str, product: str | None = None) -> dict[str, Any]:
+_CHANGE: dict[str, Any] = {
+    "responses": errors(401, 403, 404, 408, 409, *BODY_ERRORS),
+    "openapi_extra": request_body(schemas.DeviceChange, multipart=schemas.FlashRequest, required=True),
+}
+
+
+@router.put(
+    "/v1/devices/{device}", summary="Rename a device, signal it (rainbow LED), or flash it (multipart)", **_CHANGE
+)
+async def update_device(
+    request: Request, actor: Caller, device: str
+) -> schemas.Renamed | schemas.Signaled | schemas.DevelopmentMarked | schemas.Flashed:
+    return await _update(request, actor, device, None)
+
+
+@router.put("/v1/products/{product}/devices/{device}", summary="Rename, signal or flash a product device", **_CHANGE)
+async def update_product_device(
+    request: Request, actor: Caller, product: str, device: str
+) -> schemas.Renamed | schemas.Signaled | schemas.DevelopmentMarked | schemas.Flashed:
+    return await _update(request, actor, device, product)
+
+
+async def _update(
+    request: Request, actor: Actor, device: str, product: str | None
+) -> schemas.Renamed | schemas.Signaled | schemas.DevelopmentMarked | schemas.Flashed:
     params = await body(request)
     view = await _view(request, actor, device, product)
     if params.get("__multipart__"):
@@ -85,18 +130,18 @@ async def update_device(request: Request, actor: Caller, device: str, product: s
         return await routes_updates.flash(request, actor, view)
     if "name" in params:
         record = await app(request).devices.rename(actor, view.record.id, str(params["name"]))
-        return {"id": record.id, "name": record.name, "updated_at": iso(datetime.now(UTC))}
+        return schemas.Renamed(id=record.id, name=record.name, updated_at=iso(datetime.now(UTC)))
     if "signal" in params:
         calls = app(request).calls
         assert calls is not None
         on = _truthy(params["signal"])
         device_id = await calls.signal(actor, view.record.id, on)
-        return {"id": device_id, "connected": True, "signaling": on}
+        return schemas.Signaled(id=device_id, connected=True, signaling=on)
     if "development" in params:
         # `particle flash` marks a product's device as a development device first, so that the product's
         # automatic firmware does not replace what it flashes. Cyan pushes no product firmware on its own: every
         # device already is one, whatever was asked.
-        return {"ok": True, "id": view.record.id, "development": True}
+        return schemas.DevelopmentMarked(ok=True, id=view.record.id, development=True)
     raise ApiError(
         400,
         "invalid_request",
@@ -104,8 +149,13 @@ async def update_device(request: Request, actor: Caller, device: str, product: s
     )
 
 
-@router.post("/v1/devices", summary="Claim a device (admins, or with a claim code issued for it)")
-async def claim_device(request: Request, actor: Caller) -> dict[str, Any]:
+@router.post(
+    "/v1/devices",
+    summary="Claim a device (admins, or with a claim code issued for it)",
+    responses=errors(401, 403, 404, 409, *BODY_ERRORS),
+    openapi_extra=request_body(schemas.ClaimRequest, required=True),
+)
+async def claim_device(request: Request, actor: Caller) -> schemas.Claimed:
     params = await body(request)
     device_id = _text(params, "id", "deviceID")
     code = params.get("claim_code")
@@ -117,82 +167,141 @@ async def claim_device(request: Request, actor: Caller) -> dict[str, Any]:
         owner=owner if isinstance(owner, str) else None,
     )
     online = await app(request).context.sessions.connected(record.id)
-    return {"ok": True, "user_id": record.owner, "id": record.id, "connected": online}
+    return schemas.Claimed(ok=True, user_id=record.owner, id=record.id, connected=online)
 
 
-@router.delete("/v1/devices/{device}", summary="Release a device from your account")
-@router.delete("/v1/products/{product}/devices/{device}", summary="Release a product device")
-async def release_device(request: Request, actor: Caller, device: str, product: str | None = None) -> dict[str, Any]:
+_RELEASE: dict[str, Any] = {"responses": errors(401, 404, *BODY_ERRORS)}
+
+
+@router.delete("/v1/devices/{device}", summary="Release a device from your account", **_RELEASE)
+async def release_device(request: Request, actor: Caller, device: str) -> schemas.Ok:
+    return await _release(request, actor, device, None)
+
+
+@router.delete("/v1/products/{product}/devices/{device}", summary="Release a product device", **_RELEASE)
+async def release_product_device(request: Request, actor: Caller, product: str, device: str) -> schemas.Ok:
+    return await _release(request, actor, device, product)
+
+
+async def _release(request: Request, actor: Actor, device: str, product: str | None) -> schemas.Ok:
     view = await _view(request, actor, device, product)
     await app(request).devices.release(actor, view.record.id)
-    return {"ok": True}
+    return schemas.Ok(ok=True)
 
 
-@router.post("/v1/device_claims", summary="Create a claim code (admins: for one device, with device_id)")
-async def create_claim_code(request: Request, actor: Caller) -> dict[str, Any]:
+@router.post(
+    "/v1/device_claims",
+    summary="Create a claim code (admins: for one device, with device_id)",
+    responses=errors(401, 403, 404, 409, *BODY_ERRORS),
+    openapi_extra=request_body(schemas.ClaimCodeRequest),
+)
+async def create_claim_code(request: Request, actor: Caller) -> schemas.ClaimCodeIssued:
     params = await body(request)
     device = params.get("device_id")
     issued = await app(request).devices.issue_claim_code(actor, device if isinstance(device, str) else None)
-    return {"claim_code": issued.code, "device_ids": issued.device_ids, "expires_in": issued.expires_in}
+    return schemas.ClaimCodeIssued(claim_code=issued.code, device_ids=issued.device_ids, expires_in=issued.expires_in)
 
 
 # -- functions and variables ----------------------------------------------------------------------
 
+_CALL: dict[str, Any] = {
+    "responses": errors(401, 403, 404, 408, *BODY_ERRORS),
+    "openapi_extra": request_body(schemas.FunctionCall),
+}
 
-@router.post("/v1/devices/{device}/{function}", summary="Call a function")
-@router.post("/v1/products/{product}/devices/{device}/{function}", summary="Call a function of a product device")
-async def call_function(
-    request: Request, actor: Caller, device: str, function: str, product: str | None = None
-) -> dict[str, Any]:
+
+@router.post("/v1/devices/{device}/{function}", summary="Call a function", **_CALL)
+async def call_function(request: Request, actor: Caller, device: str, function: str) -> schemas.FunctionResult:
+    return await _call(request, actor, device, function, None)
+
+
+@router.post(
+    "/v1/products/{product}/devices/{device}/{function}", summary="Call a function of a product device", **_CALL
+)
+async def call_product_function(
+    request: Request, actor: Caller, product: str, device: str, function: str
+) -> schemas.FunctionResult:
+    return await _call(request, actor, device, function, product)
+
+
+async def _call(
+    request: Request, actor: Actor, device: str, function: str, product: str | None
+) -> schemas.FunctionResult:
     params = await body(request)
     argument = _text(params, "arg", "args")
     view = await _view(request, actor, device, product)
     calls = app(request).calls
     assert calls is not None
     device_id, value = await calls.call_function(actor, view.record.id, function, argument)
-    return {"id": device_id, "name": view.record.name, "connected": True, "return_value": value}
+    return schemas.FunctionResult(id=device_id, name=view.record.name, connected=True, return_value=value)
 
 
-@router.get("/v1/devices/{device}/{variable}", summary="Read a variable", response_model=None)
+_RAW_VALUE = {
+    "description": "With ?format=raw: the value alone (a number as its digits, a string as the device sent it)",
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+}
+_FORMAT = Query(description="raw: the value alone, as text/plain")
+
+
 @router.get(
-    "/v1/products/{product}/devices/{device}/{variable}",
-    summary="Read a variable of a product device",
-    response_model=None,
+    "/v1/devices/{device}/{variable}",
+    summary="Read a variable",
+    response_model=schemas.VariableValue,
+    responses={**errors(400, 401, 403, 404, 408), 200: _RAW_VALUE},
 )
 async def read_variable(
     request: Request,
     actor: Caller,
     device: str,
     variable: str,
+    format: Annotated[Literal["json", "raw"] | None, _FORMAT] = None,
+) -> schemas.VariableValue | Response:
+    return await _read(request, actor, device, variable, None, raw=format == "raw")
+
+
+@router.get(
+    "/v1/products/{product}/devices/{device}/{variable}",
+    summary="Read a variable of a product device",
+    response_model=schemas.VariableValue,
+    responses={**errors(400, 401, 403, 404, 408), 200: _RAW_VALUE},
+)
+async def read_product_variable(
+    request: Request,
+    actor: Caller,
+    product: str,
+    device: str,
+    variable: str,
     *,
-    product: str | None = None,
-    format: Annotated[str | None, Query(description="raw: the value alone, as text")] = None,
-) -> dict[str, Any] | Response:
-    if format not in (None, "raw", "json"):
-        raise InvalidInputError("format is raw (the value alone, as text) or json", "format")
+    format: Annotated[Literal["json", "raw"] | None, _FORMAT] = None,
+) -> schemas.VariableValue | Response:
+    return await _read(request, actor, device, variable, product, raw=format == "raw")
+
+
+async def _read(
+    request: Request, actor: Actor, device: str, variable: str, product: str | None, *, raw: bool
+) -> schemas.VariableValue | Response:
     view = await _view(request, actor, device, product)
     calls = app(request).calls
     assert calls is not None
-    device_id, raw, value = await calls.read_variable(actor, view.record.id, variable)
-    if format == "raw":
+    device_id, data, value = await calls.read_variable(actor, view.record.id, variable)
+    if raw:
         # As Particle answers ?format=raw: a number as its digits, a string as the device sent its bytes.
-        content = raw if value is None or isinstance(value, str) else _number_text(value).encode()
+        content = data if value is None or isinstance(value, str) else _number_text(value).encode()
         return Response(content, media_type="text/plain; charset=utf-8")
-    result: Any = value if value is not None else raw.decode("utf-8", "replace")
     record = view.record
-    return {
-        "cmd": "VarReturn",
-        "name": variable,
-        "result": result,
-        "coreInfo": {
-            "last_app": "",
-            "last_heard": iso(record.last_heard),
-            "connected": True,
-            "last_handshake_at": iso(record.last_heard),
-            "deviceID": device_id,
-            "product_id": record.product_id,
-        },
-    }
+    return schemas.VariableValue(
+        cmd="VarReturn",
+        name=variable,
+        result=value if value is not None else data.decode("utf-8", "replace"),
+        coreInfo=schemas.CoreInfo(
+            last_app="",
+            last_heard=iso(record.last_heard),
+            connected=True,
+            last_handshake_at=iso(record.last_heard),
+            deviceID=device_id,
+            product_id=record.product_id,
+        ),
+    )
 
 
 def _number_text(value: object) -> str:
@@ -213,8 +322,14 @@ def _product_id(value: Any) -> int | None:
     return int(text)
 
 
-@router.post("/v1/provisioning/{device_id}", tags=["keys"], summary="Register a device's public key")
-async def provision_key(request: Request, actor: Caller, device_id: str) -> dict[str, Any]:
+@router.post(
+    "/v1/provisioning/{device_id}",
+    tags=["keys"],
+    summary="Register a device's public key",
+    responses=errors(401, 403, 404, 409, *BODY_ERRORS),
+    openapi_extra=request_body(schemas.KeyProvision, required=True),
+)
+async def provision_key(request: Request, actor: Caller, device_id: str) -> schemas.Provisioned:
     """What `particle keys send` and `keys doctor` call (docs/keys.md "Who may do what")."""
     params = await body(request)
     product_id = _product_id(params.get("product_id"))
@@ -232,4 +347,6 @@ async def provision_key(request: Request, actor: Caller, device_id: str) -> dict
     done = await app(request).keys.provision(
         actor, device_id, der, product_id=product_id, claim_code=code if isinstance(code, str) else None
     )
-    return {"ok": True, "id": done.record.id, "key_fingerprint": done.record.key_fingerprint, "created": done.created}
+    return schemas.Provisioned(
+        ok=True, id=done.record.id, key_fingerprint=done.record.key_fingerprint, created=done.created
+    )

@@ -8,24 +8,46 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import StreamingResponse
 
 from cyan.app import Actor
 from cyan.cloud.errors import InvalidInputError
 from cyan.cloud.models import CloudEvent
 
+from . import schemas
 from ._requests import app, body, context, require_actor
 from ._serialize import iso
 from .routes_devices import _product, _view
+from .schemas import BODY_ERRORS, EventStream, errors, request_body, stream_responses
 
 router = APIRouter(tags=["events"])
 Caller = Annotated[Actor, Depends(require_actor)]
 
 
-@router.post("/v1/devices/events", summary="Publish an event")
-@router.post("/v1/products/{product}/events", summary="Publish an event to a product's devices")
-async def publish(request: Request, actor: Caller, product: str | None = None) -> dict[str, Any]:
+_PUBLISH = request_body(schemas.EventPublish, required=True)
+
+
+@router.post(
+    "/v1/devices/events",
+    summary="Publish an event",
+    responses=errors(401, *BODY_ERRORS),
+    openapi_extra=_PUBLISH,
+)
+async def publish(request: Request, actor: Caller) -> schemas.Ok:
+    return await _publish(request, actor)
+
+
+@router.post(
+    "/v1/products/{product}/events",
+    summary="Publish an event to a product's devices",
+    responses=errors(401, 404, *BODY_ERRORS),
+    openapi_extra=_PUBLISH,
+)
+async def publish_to_product(request: Request, actor: Caller, product: str) -> schemas.Ok:
     _product(product)
+    return await _publish(request, actor)
+
+
+async def _publish(request: Request, actor: Actor) -> schemas.Ok:
     params = await body(request)
     private = str(params.get("private", "true")).lower() not in ("false", "0", "no")
     raw_ttl = params.get("ttl", 60)
@@ -38,7 +60,7 @@ async def publish(request: Request, actor: Caller, product: str | None = None) -
     calls = app(request).calls
     assert calls is not None
     calls.publish(actor, params.get("name"), params.get("data"), private=private, ttl=max(0, ttl))
-    return {"ok": True}
+    return schemas.Ok(ok=True)
 
 
 def _encode(event: CloudEvent) -> bytes:
@@ -55,7 +77,7 @@ def _encode(event: CloudEvent) -> bytes:
     return f"event: {name}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
 
-def _stream(request: Request, prefix: str, accept: Callable[[CloudEvent], bool]) -> StreamingResponse:
+def _stream(request: Request, prefix: str, accept: Callable[[CloudEvent], bool]) -> EventStream:
     ctx = context(request)
     cloud = ctx.app.cloud
     assert cloud is not None
@@ -76,39 +98,43 @@ def _stream(request: Request, prefix: str, accept: Callable[[CloudEvent], bool])
         finally:
             subscription.close()
 
-    return StreamingResponse(
-        events(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return EventStream(events(), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@router.get("/v1/events", summary="Stream public events and your own")
-@router.get("/v1/events/{prefix:path}", summary="Stream public events and your own, by name prefix")
-async def all_events(request: Request, actor: Caller, prefix: str = "") -> StreamingResponse:
+_STREAM: dict[str, Any] = {"response_class": EventStream, "responses": stream_responses(401)}
+_ONE_STREAM: dict[str, Any] = {"response_class": EventStream, "responses": stream_responses(401, 404)}
+
+
+@router.get("/v1/events", summary="Stream public events and your own", **_STREAM)
+@router.get("/v1/events/{prefix:path}", summary="Stream public events and your own, by name prefix", **_STREAM)
+async def all_events(request: Request, actor: Caller, prefix: str = "") -> EventStream:
     user = actor.username
     return _stream(request, prefix, lambda e: not e.private or e.owner == user)
 
 
-@router.get("/v1/devices/events", summary="Stream your devices' events")
-@router.get("/v1/devices/events/{prefix:path}", summary="Stream your devices' events, by name prefix")
-async def my_events(request: Request, actor: Caller, prefix: str = "") -> StreamingResponse:
+@router.get("/v1/devices/events", summary="Stream your devices' events", **_STREAM)
+@router.get("/v1/devices/events/{prefix:path}", summary="Stream your devices' events, by name prefix", **_STREAM)
+async def my_events(request: Request, actor: Caller, prefix: str = "") -> EventStream:
     user = actor.username
     return _stream(request, prefix, lambda e: e.owner == user)
 
 
-@router.get("/v1/devices/{device}/events", summary="Stream one device's events")
-@router.get("/v1/devices/{device}/events/{prefix:path}", summary="Stream one device's events, by name prefix")
-async def device_events(request: Request, actor: Caller, device: str, prefix: str = "") -> StreamingResponse:
+@router.get("/v1/devices/{device}/events", summary="Stream one device's events", **_ONE_STREAM)
+@router.get(
+    "/v1/devices/{device}/events/{prefix:path}", summary="Stream one device's events, by name prefix", **_ONE_STREAM
+)
+async def device_events(request: Request, actor: Caller, device: str, prefix: str = "") -> EventStream:
     view = await _view(request, actor, device)
     device_id, user, admin = view.record.id, actor.username, actor.is_admin
     # The owner at each event, not at the start: a device released and claimed by another stops showing here.
     return _stream(request, prefix, lambda e: e.device_id == device_id and (admin or e.owner == user))
 
 
-@router.get("/v1/products/{product}/events", summary="Stream a product's events")
-@router.get("/v1/products/{product}/events/{prefix:path}", summary="Stream a product's events, by name prefix")
-async def product_events(request: Request, actor: Caller, product: str, prefix: str = "") -> StreamingResponse:
+@router.get("/v1/products/{product}/events", summary="Stream a product's events", **_ONE_STREAM)
+@router.get(
+    "/v1/products/{product}/events/{prefix:path}", summary="Stream a product's events, by name prefix", **_ONE_STREAM
+)
+async def product_events(request: Request, actor: Caller, product: str, prefix: str = "") -> EventStream:
     _product(product)
     user = actor.username
     return _stream(request, prefix, lambda e: e.owner == user)

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from cyan.app import Actor, DeviceRow, UpdateUseCases
 from cyan.app.fleet import FAILING_WINDOW
@@ -17,66 +17,72 @@ from cyan.cloud.models import AccessToken, ConnectionAttempt
 from cyan.cloud.queries import DeviceQuery, DeviceSort, DeviceStatus
 from cyan.diagnose.server_evidence import parse_time
 
+from . import schemas
 from ._requests import app, body, context, require_actor
-from ._serialize import iso
+from ._serialize import iso, render_job
 from .errors import ApiError
 from .routes_events import _stream
-from .routes_updates import job_json
+from .schemas import BODY_ERRORS, EventStream, errors, request_body, stream_responses
 
 router = APIRouter()
 Caller = Annotated[Actor, Depends(require_actor)]
 
 
-def _attempt_json(attempt: ConnectionAttempt | None) -> dict[str, Any] | None:
+def _attempt(attempt: ConnectionAttempt | None) -> schemas.AttemptBrief | None:
     if attempt is None:
         return None
-    return {
-        "started_at": iso(attempt.started_at),
-        "outcome": attempt.outcome.value,
-        "step": attempt.step,
-        "reason": attempt.reason,
-        "peer_address": attempt.peer_address,
-    }
+    return schemas.AttemptBrief(
+        started_at=iso(attempt.started_at),
+        outcome=attempt.outcome.value,
+        step=attempt.step,
+        reason=attempt.reason,
+        peer_address=attempt.peer_address,
+    )
 
 
-def _row_json(row: DeviceRow) -> dict[str, Any]:
+def _row(row: DeviceRow) -> schemas.FleetDevice:
     record = row.record
-    return {
-        "id": record.id,
-        "name": record.name,
-        "owner": record.owner,
-        "status": row.status,
-        "online": row.status == "online",
-        "platform_id": record.platform_id,
-        "product_id": record.product_id,
-        "product_version": record.product_version,
-        "system_version": record.system_version,
-        "last_heard": iso(record.last_heard),
-        "last_ip_address": (record.last_address or "").rsplit(":", 1)[0] or None,
-        "key_fingerprint": record.key_fingerprint,
-        "pending_keys": row.pending_keys,
-        "last_attempt": _attempt_json(row.last_attempt),
-    }
+    return schemas.FleetDevice(
+        id=record.id,
+        name=record.name,
+        owner=record.owner,
+        status=row.status,
+        online=row.status == "online",
+        platform_id=record.platform_id,
+        product_id=record.product_id,
+        product_version=record.product_version,
+        system_version=record.system_version,
+        last_heard=iso(record.last_heard),
+        last_ip_address=(record.last_address or "").rsplit(":", 1)[0] or None,
+        key_fingerprint=record.key_fingerprint,
+        pending_keys=row.pending_keys,
+        last_attempt=_attempt(row.last_attempt),
+    )
 
 
-@router.get("/v1/fleet", tags=["fleet"], summary="The fleet at a glance: counts, devices failing now, alerts")
-async def fleet(request: Request, actor: Caller) -> dict[str, Any]:
+@router.get(
+    "/v1/fleet",
+    tags=["fleet"],
+    summary="The fleet at a glance: counts, devices failing now, alerts",
+    responses=errors(401),
+)
+async def fleet(request: Request, actor: Caller) -> schemas.FleetSummary:
     summary = await app(request).fleet.summary(actor)
-    return {
-        "at": iso(summary.at),
-        "devices": summary.total,
-        "online": summary.online,
-        "offline": summary.offline,
-        "failing": summary.failing,
-        "failing_window_minutes": int(FAILING_WINDOW.total_seconds() // 60),
-        "pending_devices": summary.pending_devices,
-        "pending_keys": summary.pending_keys,
-        "quarantined": summary.quarantined,
-        "rekey_windows": summary.rekey_windows,
-        "unidentified_failures": summary.unidentified_failures,
-        "failing_devices": [_row_json(r) for r in summary.failing_devices],
-        "alerts": [{**a.to_json(), "at": iso(a.at)} for a in summary.alerts],
-    }
+    return schemas.FleetSummary(
+        at=iso(summary.at),
+        devices=summary.total,
+        online=summary.online,
+        offline=summary.offline,
+        failing=summary.failing,
+        failing_window_minutes=int(FAILING_WINDOW.total_seconds() // 60),
+        pending_devices=summary.pending_devices,
+        pending_keys=summary.pending_keys,
+        quarantined=summary.quarantined,
+        rekey_windows=summary.rekey_windows,
+        unidentified_failures=summary.unidentified_failures,
+        failing_devices=[_row(r) for r in summary.failing_devices],
+        alerts=[schemas.FleetAlert(**{**a.to_json(), "at": iso(a.at)}) for a in summary.alerts],
+    )
 
 
 def _enum(kind: Any, value: str | None, name: str) -> Any:
@@ -98,7 +104,12 @@ def _time(value: str | None, name: str) -> datetime | None:
         raise InvalidInputError(f"{name} must be an ISO 8601 time", name) from None
 
 
-@router.get("/v1/fleet/devices", tags=["fleet"], summary="Search your devices (admins: the fleet), sorted and paged")
+@router.get(
+    "/v1/fleet/devices",
+    tags=["fleet"],
+    summary="Search your devices (admins: the fleet), sorted and paged",
+    responses=errors(400, 401),
+)
 async def fleet_devices(
     request: Request,
     actor: Caller,
@@ -116,7 +127,7 @@ async def fleet_devices(
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "asc",
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
     limit: Annotated[int, Query(ge=0, le=500)] = 50,
-) -> dict[str, Any]:
+) -> schemas.FleetPage:
     query = DeviceQuery(
         owner=owner.lower() if owner else None,
         text=q or None,
@@ -133,22 +144,29 @@ async def fleet_devices(
         limit=limit,
     )
     page = await app(request).fleet.devices(actor, query)
-    return {
-        "total": page.total,
-        "offset": page.offset,
-        "limit": page.limit,
-        "devices": [_row_json(r) for r in page.rows],
-    }
+    return schemas.FleetPage(
+        total=page.total, offset=page.offset, limit=page.limit, devices=[_row(r) for r in page.rows]
+    )
 
 
-@router.get("/v1/fleet/groups", tags=["fleet"], summary="Device groups and how many of your devices each holds")
+@router.get(
+    "/v1/fleet/groups",
+    tags=["fleet"],
+    summary="Device groups and how many of your devices each holds",
+    responses=errors(401),
+)
 async def fleet_groups(request: Request, actor: Caller) -> dict[str, int]:
     return await app(request).fleet.groups(actor)
 
 
-@router.get("/v1/fleet/events", tags=["events"], summary="Stream the events of every device you see (admins: all)")
-@router.get("/v1/fleet/events/{prefix:path}", tags=["events"], summary="The same, by event name prefix")
-async def fleet_events(request: Request, actor: Caller, prefix: str = "") -> StreamingResponse:
+_STREAM: dict[str, Any] = {"response_class": EventStream, "responses": stream_responses(401)}
+
+
+@router.get(
+    "/v1/fleet/events", tags=["events"], summary="Stream the events of every device you see (admins: all)", **_STREAM
+)
+@router.get("/v1/fleet/events/{prefix:path}", tags=["events"], summary="The same, by event name prefix", **_STREAM)
+async def fleet_events(request: Request, actor: Caller, prefix: str = "") -> EventStream:
     return _stream(request, prefix, app(request).fleet.event_filter(actor))
 
 
@@ -168,67 +186,104 @@ def _action(action: str) -> str:
     return action
 
 
-@router.post("/v1/updates/{job_id}/{action}", tags=["updates"], summary="Pause, resume or cancel an update job")
-async def control_job(request: Request, actor: Caller, job_id: int, action: str) -> dict[str, Any]:
+@router.post(
+    "/v1/updates/{job_id}/{action}",
+    tags=["updates"],
+    summary="Pause, resume or cancel an update job",
+    responses=errors(401, 404, 409, *BODY_ERRORS),
+    openapi_extra=request_body(schemas.NoParameters),
+)
+async def control_job(
+    request: Request, actor: Caller, job_id: int, action: str
+) -> schemas.JobControlled | schemas.NothingChanged:
     done = await _updates(request).control(actor, _action(action), job=job_id)
-    return {"ok": True, **job_json(done.changed[0])} if done.changed else {"ok": False}
+    if not done.changed:
+        return schemas.NothingChanged(ok=False)
+    return schemas.JobControlled(ok=True, **dict(render_job(done.changed[0])))
 
 
-@router.post("/v1/rollouts/{rollout}/{action}", tags=["updates"], summary="Pause, resume or cancel a rollout's jobs")
-async def control_rollout(request: Request, actor: Caller, rollout: str, action: str) -> dict[str, Any]:
+@router.post(
+    "/v1/rollouts/{rollout}/{action}",
+    tags=["updates"],
+    summary="Pause, resume or cancel a rollout's jobs",
+    responses=errors(401, 404, 409, *BODY_ERRORS),
+    openapi_extra=request_body(schemas.NoParameters),
+)
+async def control_rollout(request: Request, actor: Caller, rollout: str, action: str) -> schemas.RolloutControlled:
     done = await _updates(request).control(actor, _action(action), rollout=rollout)
-    return {
-        "ok": True,
-        "changed": [job_json(j) for j in done.changed],
-        "skipped": [{"id": job_id, "why": why} for job_id, why in sorted(done.skipped.items())],
-    }
+    return schemas.RolloutControlled(
+        ok=True,
+        changed=[render_job(j) for j in done.changed],
+        skipped=[schemas.SkippedJob(id=job_id, why=why) for job_id, why in sorted(done.skipped.items())],
+    )
 
 
 # -- access tokens --------------------------------------------------------------------------------
 
 
-def _token_json(token: AccessToken) -> dict[str, Any]:
-    return {
-        "hash": token.token_hash,
-        "username": token.username,
-        "client": token.client_id,
-        "created_at": iso(token.created_at),
-        "expires_at": iso(token.expires_at),
-    }
+def _token(token: AccessToken) -> schemas.TokenInfo:
+    return schemas.TokenInfo(
+        hash=token.token_hash,
+        username=token.username,
+        client=token.client_id,
+        created_at=iso(token.created_at),
+        expires_at=iso(token.expires_at),
+    )
 
 
-@router.get("/v1/access_tokens", tags=["authentication"], summary="Your tokens (admins: ?username=), by hash")
-async def list_tokens(request: Request, actor: Caller, username: str | None = None) -> list[dict[str, Any]]:
-    return [_token_json(t) for t in await app(request).accounts.tokens(actor, username)]
+@router.get(
+    "/v1/access_tokens",
+    tags=["authentication"],
+    summary="Your tokens (admins: ?username=), by hash",
+    responses=errors(401, 404),
+)
+async def list_tokens(request: Request, actor: Caller, username: str | None = None) -> list[schemas.TokenInfo]:
+    return [_token(t) for t in await app(request).accounts.tokens(actor, username)]
 
 
-@router.post("/v1/users/{username}/tokens", tags=["authentication"], summary="A token for an account (admins)")
-async def create_token(request: Request, actor: Caller, username: str) -> dict[str, Any]:
+@router.post(
+    "/v1/users/{username}/tokens",
+    tags=["authentication"],
+    summary="A token for an account (admins)",
+    responses=errors(401, 404, *BODY_ERRORS),
+    openapi_extra=request_body(schemas.TokenGrant),
+)
+async def create_token(request: Request, actor: Caller, username: str) -> schemas.TokenCreated:
     params = await body(request)
     raw = params.get("expires_in", 90 * 24 * 3600)
-    if isinstance(raw, bool) or not isinstance(raw, int | str) or not str(raw).isdigit():
+    if isinstance(raw, bool) or not isinstance(raw, int | str) or not str(raw).isdigit() or len(str(raw)) > 12:
         raise InvalidInputError("expires_in is a whole number of seconds (0: never)", "expires_in")
     issued = await app(request).accounts.create_token(actor, username, int(raw) or None)
-    return {"ok": True, "access_token": issued.token, **_token_json(issued.record)}
+    return schemas.TokenCreated(ok=True, access_token=issued.token, **dict(_token(issued.record)))
 
 
-@router.delete("/v1/users/{username}/tokens/{token_hash}", tags=["authentication"], summary="Revoke a token by hash")
-async def revoke_token(request: Request, actor: Caller, username: str, token_hash: str) -> dict[str, Any]:
+@router.delete(
+    "/v1/users/{username}/tokens/{token_hash}",
+    tags=["authentication"],
+    summary="Revoke a token by hash",
+    responses=errors(401, 404, *BODY_ERRORS),
+)
+async def revoke_token(request: Request, actor: Caller, username: str, token_hash: str) -> schemas.Ok:
     await app(request).accounts.revoke_by_hash(actor, username, token_hash)
-    return {"ok": True}
+    return schemas.Ok(ok=True)
 
 
-@router.get("/v1/keys/rekey", tags=["keys"], summary="Re-key windows of your devices (admins: all), with their expiry")
-async def rekey_windows(request: Request, actor: Caller) -> list[dict[str, Any]]:
+@router.get(
+    "/v1/keys/rekey",
+    tags=["keys"],
+    summary="Re-key windows of your devices (admins: all), with their expiry",
+    responses=errors(401),
+)
+async def rekey_windows(request: Request, actor: Caller) -> list[schemas.RekeyWindowOf]:
     return [
-        {
-            "device_id": w.device_id,
-            "until": iso(w.until),
-            "armed_by": w.armed_by,
-            "armed_at": iso(w.armed_at),
-            "accepted_fingerprint": w.accepted_fingerprint,
-            "accepted_at": iso(w.accepted_at),
-        }
+        schemas.RekeyWindowOf(
+            device_id=w.device_id,
+            until=iso(w.until),
+            armed_by=w.armed_by,
+            armed_at=iso(w.armed_at),
+            accepted_fingerprint=w.accepted_fingerprint,
+            accepted_at=iso(w.accepted_at),
+        )
         for w in await app(request).keys.windows(actor)
     ]
 
@@ -236,17 +291,34 @@ async def rekey_windows(request: Request, actor: Caller) -> list[dict[str, Any]]
 # -- the server key ------------------------------------------------------------------------------
 
 
-@router.get("/v1/server/key", tags=["keys"], summary="The server key devices must hold: fingerprint and key file")
-async def server_key(request: Request, actor: Caller) -> dict[str, Any]:
+@router.get(
+    "/v1/server/key",
+    tags=["keys"],
+    summary="The server key devices must hold: fingerprint and key file",
+    responses=errors(401),
+)
+async def server_key(request: Request, actor: Caller) -> schemas.ServerKey:
     path = context(request).server_key_file()
-    return {
-        "fingerprint": await app(request).server_key.expected(),
-        "key_file": path.name if path is not None else None,
-        "key_file_url": "/v1/server/key/file" if path is not None else None,
-    }
+    return schemas.ServerKey(
+        fingerprint=await app(request).server_key.expected(),
+        key_file=path.name if path is not None else None,
+        key_file_url="/v1/server/key/file" if path is not None else None,
+    )
 
 
-@router.get("/v1/server/key/file", tags=["keys"], summary="The 512-byte key file (server key and address) for DFU")
+@router.get(
+    "/v1/server/key/file",
+    tags=["keys"],
+    summary="The 512-byte key file (server key and address) for DFU",
+    response_class=Response,
+    responses={
+        **errors(401, 404),
+        200: {
+            "description": "The key file, as particle keys server writes it",
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        },
+    },
+)
 async def server_key_file(request: Request, actor: Caller) -> Response:
     path = context(request).server_key_file()
     if path is None or not path.is_file():

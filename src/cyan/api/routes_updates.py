@@ -9,12 +9,13 @@ from fastapi import APIRouter, Depends, Request
 
 from cyan.app import Actor, DeviceView, UpdateUseCases
 from cyan.cloud.errors import InvalidInputError
-from cyan.cloud.models import FirmwareRecord, UpdateJob
-from cyan.protocol.binary import ModuleFunction, platform_name
+from cyan.cloud.models import FirmwareRecord
 
+from . import schemas
 from ._requests import app, body, require_actor
-from ._serialize import iso
+from ._serialize import render_firmware, render_job
 from .errors import ApiError
+from .schemas import BODY_ERRORS, errors, request_body
 
 __all__ = ["flash", "router"]
 
@@ -29,50 +30,6 @@ def _updates(request: Request) -> UpdateUseCases:
     return updates
 
 
-def job_json(job: UpdateJob) -> dict[str, Any]:
-    total = job.total_bytes or 0
-    return {
-        "id": job.id,
-        "device_id": job.device_id,
-        "firmware": job.firmware,
-        "rollout": job.rollout,
-        "state": job.state.value,
-        "mode": job.mode,
-        "attempts": job.attempts,
-        "max_attempts": job.max_attempts,
-        "bytes_sent": job.bytes_sent,
-        "total_bytes": total,
-        "progress": round(job.bytes_sent / total, 4) if total else 0.0,
-        "reason": job.reason,
-        "detail": job.detail,
-        "verification": job.verification,
-        "transfer_seconds": job.transfer_seconds,
-        "created_by": job.created_by,
-        "created_at": iso(job.created_at),
-        "started_at": iso(job.started_at),
-        "finished_at": iso(job.finished_at),
-        "updated_at": iso(job.updated_at),
-    }
-
-
-def firmware_json(record: FirmwareRecord) -> dict[str, Any]:
-    return {
-        "sha256": record.sha256,
-        "size": record.size,
-        "platform_id": record.platform_id,
-        "platform": platform_name(record.platform_id),
-        "module_function": ModuleFunction(record.module_function).name.lower(),
-        "module_index": record.module_index,
-        "module_version": record.module_version,
-        "product_id": record.product_id,
-        "product_version": record.product_version,
-        "module_sha256": record.module_sha256,
-        "filename": record.filename,
-        "uploaded_by": record.uploaded_by,
-        "uploaded_at": iso(record.uploaded_at),
-    }
-
-
 async def _upload(request: Request, actor: Actor) -> FirmwareRecord:
     """The binary of a multipart request's `file` part, checked and kept."""
     await body(request)  # reads the multipart parts into request.state
@@ -83,7 +40,7 @@ async def _upload(request: Request, actor: Actor) -> FirmwareRecord:
     return await _updates(request).upload(actor, data, filename)
 
 
-async def flash(request: Request, actor: Actor, view: DeviceView) -> dict[str, Any]:
+async def flash(request: Request, actor: Actor, view: DeviceView) -> schemas.Flashed:
     """`particle flash DEVICE app.bin`: PUT /v1/devices/:id, multipart `file` (plus `latest` or
     `build_target_version`, which do not apply to a binary). Answers as Particle does, with `status`, which
     the CLI requires; the update runs as a job (GET /v1/updates/:job). An offline device is refused, as
@@ -92,13 +49,14 @@ async def flash(request: Request, actor: Actor, view: DeviceView) -> dict[str, A
     queue = _flag(await body(request), "queue")
     (job,) = await _updates(request).flash(actor, [view.record], firmware, queue_if_offline=queue)
     online = await app(request).context.sessions.connected(view.record.id)
-    return {
-        "ok": True,
-        "id": view.record.id,
-        "status": "Update started" if online else "Update queued: the device is offline and updates when it connects",
-        "job": job.id,
-        "firmware": firmware.sha256,
-    }
+    assert job.id is not None, "jobs are stored before they start"
+    return schemas.Flashed(
+        ok=True,
+        id=view.record.id,
+        status="Update started" if online else "Update queued: the device is offline and updates when it connects",
+        job=job.id,
+        firmware=firmware.sha256,
+    )
 
 
 def _flag(params: dict[str, Any], name: str) -> bool:
@@ -113,9 +71,14 @@ def _flag(params: dict[str, Any], name: str) -> bool:
     raise InvalidInputError(f"{name} is true or false", name)
 
 
-@router.post("/v1/firmware", summary="Upload a firmware binary (checked as a device would check it)")
-async def upload_firmware(request: Request, actor: Caller) -> dict[str, Any]:
-    return {"ok": True, **firmware_json(await _upload(request, actor))}
+@router.post(
+    "/v1/firmware",
+    summary="Upload a firmware binary (checked as a device would check it)",
+    responses=errors(401, *BODY_ERRORS),
+    openapi_extra=request_body(multipart=schemas.FirmwareFile, required=True),
+)
+async def upload_firmware(request: Request, actor: Caller) -> schemas.FirmwareUploaded:
+    return schemas.FirmwareUploaded(ok=True, **dict(render_firmware(await _upload(request, actor))))
 
 
 def _whole(params: dict[str, Any], name: str) -> int | None:
@@ -127,8 +90,14 @@ def _whole(params: dict[str, Any], name: str) -> int | None:
     return value
 
 
-@router.post("/v1/updates", summary="Update devices: a list, all of yours, or a group")
-async def create_updates(request: Request, actor: Caller) -> dict[str, Any]:
+@router.post(
+    "/v1/updates",
+    summary="Update devices: a list, all of yours, or a group",
+    responses=errors(401, 404, 409, *BODY_ERRORS),
+    # JSON only: a list of devices and `all: true` have no form encoding.
+    openapi_extra=request_body(schemas.UpdateRequest, forms=False, required=True),
+)
+async def create_updates(request: Request, actor: Caller) -> schemas.Rollout:
     params = await body(request)
     updates = _updates(request)
     sha = params.get("firmware")
@@ -153,20 +122,28 @@ async def create_updates(request: Request, actor: Caller) -> dict[str, Any]:
         concurrency=_whole(params, "concurrency"),
         max_attempts=_whole(params, "max_attempts"),
     )
-    return {"ok": True, "rollout": jobs[0].rollout, "jobs": [job_json(j) for j in jobs], "skipped": []}
+    return schemas.Rollout(ok=True, rollout=jobs[0].rollout, jobs=[render_job(j) for j in jobs], skipped=[])
 
 
-@router.get("/v1/updates", summary="Update jobs: of a rollout, or your latest")
-async def list_updates(request: Request, actor: Caller, rollout: str | None = None, limit: int = 100) -> Any:
+@router.get("/v1/updates", summary="Update jobs: of a rollout, or your latest", responses=errors(400, 401))
+async def list_updates(
+    request: Request, actor: Caller, rollout: str | None = None, limit: int = 100
+) -> list[schemas.Job]:
     jobs = await _updates(request).jobs(actor, rollout=rollout, limit=max(1, min(limit, 10_000)))
-    return [job_json(job) for job in jobs]
+    return [render_job(job) for job in jobs]
 
 
-@router.get("/v1/updates/{job_id}", summary="One update job: its state, progress and outcome")
-async def get_update(request: Request, actor: Caller, job_id: int) -> dict[str, Any]:
-    return job_json(await _updates(request).job(actor, job_id))
+@router.get(
+    "/v1/updates/{job_id}",
+    summary="One update job: its state, progress and outcome",
+    responses=errors(400, 401, 404),
+)
+async def get_update(request: Request, actor: Caller, job_id: int) -> schemas.Job:
+    return render_job(await _updates(request).job(actor, job_id))
 
 
-@router.get("/v1/devices/{device}/updates", summary="A device's update jobs, newest first")
-async def device_updates(request: Request, actor: Caller, device: str) -> list[dict[str, Any]]:
-    return [job_json(job) for job in await _updates(request).jobs(actor, device=device)]
+@router.get(
+    "/v1/devices/{device}/updates", summary="A device's update jobs, newest first", responses=errors(400, 401, 404)
+)
+async def device_updates(request: Request, actor: Caller, device: str) -> list[schemas.Job]:
+    return [render_job(job) for job in await _updates(request).jobs(actor, device=device)]
