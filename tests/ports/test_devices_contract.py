@@ -7,10 +7,10 @@ import dataclasses
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from store_support import DEVICE_ID, OTHER_ID, T0, StoreFactory, attempt, full_device, run
 
 from cyan.cloud.models import AttemptOutcome, ConnectionAttempt, DeviceRecord, Variable
 from cyan.cloud.ports import DeviceExistsError, Store
+from store_support import DEVICE_ID, OTHER_ID, T0, StoreFactory, attempt, full_device, run
 
 
 def test_the_store_under_test_implements_the_store_interface(make: StoreFactory) -> None:
