@@ -1,8 +1,9 @@
 """Persistent state of the cloud behind `cyan.cloud.ports.Store`.
 
-SQLite (one file, WAL mode) is the embedded default. The schema is migrated by the Alembic scripts shipped
-in ``migrations/`` whenever a store opens, so a newer cyan upgrades an older database in place.
-`MemoryStore` keeps everything in memory, for tests and for trying things out.
+SQLite (one file, WAL mode) is the embedded default; PostgreSQL is the store several nodes share
+(`PostgresStore`). The schema is migrated by the Alembic scripts shipped in ``migrations/`` whenever a store
+opens, so a newer cyan upgrades an older database in place. `MemoryStore` keeps everything in memory, for
+tests and for trying things out.
 """
 
 from __future__ import annotations
@@ -16,18 +17,20 @@ from cyan.cloud.ports import Store
 
 from ._files import FirmwareFiles
 from ._memory import MemoryStore
+from ._postgres import POSTGRES_SCHEMES, PostgresOptions, PostgresStore
 from ._sqlite import SqliteStore
 
-__all__ = ["FirmwareFiles", "MemoryStore", "SqliteStore", "open_store"]
+__all__ = ["FirmwareFiles", "MemoryStore", "PostgresOptions", "PostgresStore", "SqliteStore", "open_store"]
 
 _SQLITE_DRIVERS = {"sqlite", "sqlite+aiosqlite"}
 
 
 def open_store(url_or_path: str | os.PathLike[str]) -> Store:
-    """The store for a database URL (``sqlite+aiosqlite:///relative.db``, ``sqlite:////abs/cyan.db``) or a
-    path to a SQLite file. The store is not opened yet: call ``await store.open()``.
+    """The store for a database URL (``sqlite+aiosqlite:///relative.db``, ``sqlite:////abs/cyan.db``,
+    ``postgresql://user:password@host/cyan``, ``postgresql+asyncpg://...``) or a path to a SQLite file. The
+    store is not opened yet: call ``await store.open()``.
 
-    Raises ValueError for an empty location, a URL of another database, or a URL without a file.
+    Raises ValueError for an empty location, a URL of another database, or a URL without a file or database.
     """
     if isinstance(url_or_path, os.PathLike):
         return SqliteStore(url_or_path)
@@ -39,11 +42,14 @@ def open_store(url_or_path: str | os.PathLike[str]) -> Store:
         url = make_url(url_or_path)
     except ArgumentError as exc:
         raise ValueError(f"not a database URL: {url_or_path!r}") from exc
+    if url.drivername in POSTGRES_SCHEMES:
+        return PostgresStore(url)
     if url.drivername not in _SQLITE_DRIVERS:
         # Only the scheme is echoed: the rest of a URL may hold a password.
         raise ValueError(
-            f"unsupported database URL scheme {url.drivername!r}: cyan stores its data in SQLite, "
-            "given as a file path or a sqlite+aiosqlite:///path/to/cyan.db URL"
+            f"unsupported database URL scheme {url.drivername!r}: cyan stores its data in SQLite, given as a "
+            "file path or a sqlite+aiosqlite:///path/to/cyan.db URL, or in PostgreSQL, given as a "
+            "postgresql://user:password@host/database URL"
         )
     if not url.database or url.database == ":memory:" or url.database.startswith("file:"):
         raise ValueError(f"{url_or_path!r} names no database file: use sqlite+aiosqlite:///path/to/cyan.db")
