@@ -25,7 +25,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from cyan.cloud.ports import Repositories, StoreUnavailableError
 
-from ._migrate import upgrade_to_head
+from ._migrate import current_revisions, upgrade_to_head
 from ._sql import SqlRepositories, Statements, TransactionAccess
 
 __all__ = ["PostgresOptions", "PostgresStore", "postgres_url"]
@@ -234,6 +234,16 @@ class PostgresStore(SqlRepositories):
         self._exclusive = asyncio.Lock()
         self._writers = asyncio.Semaphore(max(1, self.options.pool_size // 2))
         self._was_opened = True
+
+    async def schema_revisions(self) -> frozenset[str]:
+        """The revisions the database's schema is at (none for a new one), without migrating or opening."""
+        engine = self._create_engine(migrating=True)
+        try:
+            with self._translate("read the schema"):
+                async with engine.connect() as conn:
+                    return frozenset(await conn.run_sync(current_revisions))
+        finally:
+            await engine.dispose()
 
     async def close(self) -> None:
         engine, self._engine = self._engine, None
