@@ -8,8 +8,6 @@ told how many, and never slows a device down.
 
 from __future__ import annotations
 
-from cyan.cloud.ports import Bus
-
 from ._events import CloudEvent
 from ._local import BusSubscription
 from .inprocess import InProcessBus, InProcessHub
@@ -27,7 +25,7 @@ __all__ = [
 ]
 
 
-def open_bus(url: str, *, node_id: str) -> Bus:
+def open_bus(url: str, *, node_id: str) -> InProcessBus | RedisBus:
     """The bus for a URL: none (an empty string) is the in-process bus of a cloud of one node; a
     ``redis://[user:password@]host[:port][/db]`` (``rediss://`` for TLS, ``unix://``) URL joins the cloud whose
     nodes share that Redis. Not connected yet: `RedisBus` connects on first use (``await bus.start()`` to wait
