@@ -61,11 +61,13 @@ def postgres_url(request: pytest.FixtureRequest) -> Iterator[Any]:
         yield url
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Say plainly whether the PostgreSQL and Redis suites ran, and why not when they did not."""
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter: Any) -> Iterator[None]:
+    """Say plainly, after the short summary, whether the PostgreSQL and Redis suites ran, and why not."""
+    yield
     for server in (servers.POSTGRES, servers.REDIS):
         if server.problem is None:
-            continue
+            continue  # no test needed it
         if server.skipped:
             verb = "FAILED" if servers.IN_CI else "SKIPPED"
             terminalreporter.write_line(
@@ -81,3 +83,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # Under CI, a run that collected nothing is a failure: it proves nothing.
     if servers.IN_CI and exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("CI=1: no test ran, which proves nothing: failing the run", red=True, bold=True)

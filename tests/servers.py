@@ -25,6 +25,8 @@ from sqlalchemy import URL, make_url, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from cyan.bus.redis import redis_url
+
 POSTGRES_URL = os.environ.get("CYAN_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("CYAN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = bool(os.environ.get("CI"))
@@ -83,7 +85,7 @@ async def _probe_redis() -> str:
     try:
         await client.ping()
     except (RedisError, OSError) as exc:
-        return f"Redis at {REDIS_URL} does not answer: {type(exc).__name__}: {exc}"
+        return f"{redis_url(REDIS_URL)[2]} does not answer: {type(exc).__name__}: {exc}"
     finally:
         await client.aclose()
     return ""
