@@ -436,10 +436,7 @@ class RedisBus:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(BusUnavailableError(f"the bus of node {self.node_id} closed"))
-        tasks = [*self._tasks, *self._handling]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _cancel([*self._tasks, *self._handling])
         if was_running and release and self._client is not None:
             try:
                 await self._release_all()
@@ -482,7 +479,7 @@ class RedisBus:
         """Keep the subscription and the lease up; after any failure, reconnect with a growing pause."""
         pause = 0.05
         first = True
-        while True:
+        while self._state == "running":
             pubsub: PubSub | None = None
             try:
                 pubsub = await self._connect(first)
@@ -523,7 +520,7 @@ class RedisBus:
     async def _listen(self, pubsub: PubSub) -> None:
         interval = self.options.lease / 3
         renew_at = time.monotonic() + interval
-        while True:
+        while self._state == "running":
             message = await pubsub.get_message(
                 ignore_subscribe_messages=True, timeout=max(0.0, renew_at - time.monotonic())
             )
@@ -609,7 +606,7 @@ class RedisBus:
 
     async def _send(self) -> None:
         """Send queued events in batches, one batch at a time: the order of `publish` is kept."""
-        while True:
+        while self._state == "running":
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
             while self._outbox:
@@ -742,7 +739,7 @@ class RedisBus:
         assert self._blocking is not None
         slots = asyncio.Semaphore(self.options.concurrent_requests)
         pause = 0.05
-        while True:
+        while self._state == "running":
             await slots.acquire()
             try:
                 popped = await self._blocking.blpop([self._requests_key], timeout=1)
@@ -793,6 +790,21 @@ class RedisBus:
             await self._require_client().publish(reply_to, _frame(reply, result))
         except (RedisError, OSError) as exc:
             log.warning("node %s could not reply to node %s: %s", self.node_id, header.get("from"), exc)
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the tasks and wait for them to end. A cancellation that arrives as a read's own timeout expires
+    can be taken for that timeout (asyncio.timeout in Python 3.11, under redis-py's reads): so cancel again
+    until each has ended, rather than wait forever on one that went on."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+    for task in tasks:
+        if not task.cancelled():
+            with contextlib.suppress(Exception):
+                task.result()
 
 
 def _outcome(node_id: str, reply: dict[str, Any], body: bytes) -> Any:
