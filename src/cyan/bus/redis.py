@@ -520,12 +520,17 @@ class RedisBus:
     async def _listen(self, pubsub: PubSub) -> None:
         interval = self.options.lease / 3
         renew_at = time.monotonic() + interval
+        in_a_row = 0
         while self._state == "running":
             message = await pubsub.get_message(
                 ignore_subscribe_messages=True, timeout=max(0.0, renew_at - time.monotonic())
             )
             if message is not None and message.get("type") == "message":
                 self._dispatch(message["channel"], message["data"])
+                in_a_row += 1
+                if in_a_row % 64 == 0:
+                    # Buffered messages are read without suspending: let the devices' tasks run during a burst.
+                    await asyncio.sleep(0)
             if time.monotonic() >= renew_at:
                 if await self._renew() != 1:
                     await self._reclaim()
