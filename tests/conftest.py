@@ -2,14 +2,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-from cyan.store import MemoryStore, SqliteStore
+import servers
+from cyan.store import MemoryStore, PostgresStore, SqliteStore
 from store_support import StoreFactory
 
 VECTORS = Path(__file__).parent / "vectors"
@@ -43,14 +44,53 @@ def load_session() -> Callable[[str], Session]:
 
 
 #: Every implementation of the storage port runs the same contract (tests/ports).
-STORE_IMPLEMENTATIONS = ["memory", "sqlite"]
+STORE_IMPLEMENTATIONS = ["memory", "sqlite", "postgresql"]
 
 
 @pytest.fixture(params=STORE_IMPLEMENTATIONS)
-def make(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
-    """Opens the store under test: the same data each time it is called, as a database file is."""
+def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Opens the store under test: the same data each time it is called, as a database file is. On PostgreSQL,
+    a database of its own for each test."""
     if request.param == "memory":
         memory = MemoryStore()
-        return lambda: memory
-    path = tmp_path / "cyan.db"
-    return lambda: SqliteStore(path)
+        yield lambda: memory
+    elif request.param == "sqlite":
+        path = tmp_path / "cyan.db"
+        yield lambda: SqliteStore(path)
+    else:
+        with servers.fresh_database(request.node.nodeid) as url:
+            yield lambda: PostgresStore(url)
+
+
+@pytest.fixture
+def postgres_url(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A fresh, empty PostgreSQL database (its URL), dropped after the test."""
+    with servers.fresh_database(request.node.nodeid) as url:
+        yield url
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter: Any) -> Iterator[None]:
+    """Say plainly, after the short summary, whether the PostgreSQL and Redis suites ran, and why not."""
+    yield
+    for server in (servers.POSTGRES, servers.REDIS):
+        if server.problem is None:
+            continue  # no test needed it
+        if server.skipped:
+            verb = "FAILED" if servers.IN_CI else "SKIPPED"
+            terminalreporter.write_line(
+                f"{server.name} suites {verb} ({len(server.skipped)} tests): {server.problem}; {server.hint}",
+                red=True,
+                bold=True,
+            )
+        else:
+            terminalreporter.write_line(f"{server.name} suites ran ({len(server.used_by)} tests)", green=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # Under CI, a run that collected nothing is a failure: it proves nothing.
+    if servers.IN_CI and exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("CI=1: no test ran, which proves nothing: failing the run", red=True, bold=True)

@@ -10,11 +10,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from cyan.cloud.models import AttemptOutcome, ConnectionAttempt, DeviceRecord, Variable
-from cyan.store import MemoryStore, SqliteStore
+from cyan.store import MemoryStore, PostgresStore, SqliteStore
 
 T = TypeVar("T")
 #: Opens the store under test: the same data each time it is called, as a database file is (tests/ports).
-StoreFactory = Callable[[], MemoryStore | SqliteStore]
+StoreFactory = Callable[[], MemoryStore | SqliteStore | PostgresStore]
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 DEVICE_ID = "0123456789abcdef01234567"

@@ -89,6 +89,16 @@ class Settings:
     login_failures_per_account: int = 5
     login_failures_per_address: int = 30
     login_window_minutes: int = 15
+    #: The database. Empty: the SQLite file in the data directory (the embedded default). The nodes of a cloud
+    #: of several share a PostgreSQL database: ``postgresql://user:password@host/cyan``, with pool options in
+    #: the query string (docs/scale-out.md). Env: CYAN_DATABASE_URL.
+    database_url: str = ""
+    #: The bus between the nodes of a cloud. Empty: this process is the whole cloud (in-process bus). The nodes
+    #: of a cloud of several share a Redis: ``redis://[:password@]host:6379/0``. Env: CYAN_BUS_URL.
+    bus_url: str = ""
+    #: This node's name among the nodes of the cloud (presences, requests between nodes); unique per node.
+    #: Empty: the host name and the API port, ``host:8080``. Env: CYAN_NODE_ID.
+    node_id: str = ""
 
     def __post_init__(self) -> None:
         if self.workers < 0:
@@ -107,6 +117,11 @@ class Settings:
             value = getattr(self, name)
             if not 1 <= value <= 10**9:
                 raise ValueError(f"{name} must be from 1 to 1000000000, not {value}")
+        if not self.node_id.strip():
+            # Frozen: the default depends on another field, so it is filled in here.
+            object.__setattr__(self, "node_id", f"{socket.gethostname()}:{self.api_port}")
+        if any(c.isspace() for c in self.node_id):
+            raise ValueError(f"the node id must have no spaces, not {self.node_id!r}")
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -127,13 +142,22 @@ class Settings:
             "login_failures_per_account": _int_env("LOGIN_FAILURES_PER_ACCOUNT", 5),
             "login_failures_per_address": _int_env("LOGIN_FAILURES_PER_ADDRESS", 30),
             "login_window_minutes": _int_env("LOGIN_WINDOW_MINUTES", 15),
+            "database_url": _env("DATABASE_URL", ""),
+            "bus_url": _env("BUS_URL", ""),
+            "node_id": _env("NODE_ID", ""),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 
     @property
     def database_path(self) -> Path:
+        """The embedded database, used when no `database_url` is set."""
         return self.data_dir / "cyan.db"
+
+    @property
+    def database_location(self) -> str | Path:
+        """The database this process uses: `database_url`, or else the SQLite file in the data directory."""
+        return self.database_url.strip() or self.database_path
 
     @property
     def firmware_dir(self) -> Path:

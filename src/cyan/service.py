@@ -1,7 +1,8 @@
 """Assembling Cyan: the store, the bus, the cloud, the use cases, the device server and the API.
 
 The composition root: the one module that knows every adapter. `Service` is one `cyan serve` process;
-`open_application` gives the command line the use cases over a data directory.
+`open_application` gives the command line the use cases over the configured database, and
+`database_status`/`upgrade_database` tell where its schema stands and migrate it (`cyan db`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cyan.api import ApiContext, create_app
 from cyan.app import Actor, Application, LoginLimits
-from cyan.bus import InProcessBus
+from cyan.bus import open_bus
 from cyan.cloud.alerts import WebhookAlerts
 from cyan.cloud.ota import FirmwareLibrary, UpdateManager
 from cyan.cloud.service import Cloud
@@ -44,16 +45,19 @@ from cyan.keys import (
 from cyan.protocol import ServerConfig
 from cyan.server import DeviceProcesses, DeviceServer
 from cyan.server.device_server import AddressLimits
-from cyan.store import FirmwareFiles, SqliteStore
+from cyan.store import FirmwareFiles, SchemaStatus, open_store, schema_status, upgrade_schema
 
 __all__ = [
     "PortUnavailableError",
+    "SchemaStatus",
     "ServerKeys",
     "Service",
+    "database_status",
     "ensure_server_keys",
     "open_application",
     "prepare_data_directory",
     "settle_server_key",
+    "upgrade_database",
     "write_server_key_file",
 ]
 
@@ -120,8 +124,12 @@ def prepare_data_directory(settings: Settings) -> ServerKeys:
     keys = ensure_server_keys(settings)
 
     async def settle() -> None:
-        async with SqliteStore(settings.database_path) as store:
+        store = open_store(settings.database_location)
+        await store.open()
+        try:
             await settle_server_key(settings, keys, Application(store))
+        finally:
+            await store.close()
 
     asyncio.run(settle())
     return dataclasses.replace(keys, created=False, replacing=False)
@@ -129,18 +137,29 @@ def prepare_data_directory(settings: Settings) -> ServerKeys:
 
 @contextlib.asynccontextmanager
 async def open_application(settings: Settings) -> AsyncIterator[Application]:
-    """The use cases over the data directory's database, as the command line uses them (no device is served
-    here; a server running beside it sees the changes at each device's next connection)."""
-    if not settings.database_path.exists():
-        raise FileNotFoundError(
-            f"no Cyan database at {settings.database_path}; run `cyan serve` once, or pass --data-dir"
-        )
-    store = SqliteStore(settings.database_path)
+    """The use cases over the configured database (`Settings.database_url`, or else the data directory's), as
+    the command line uses them (no device is served here; a server running beside it sees the changes at each
+    device's next connection)."""
+    location = settings.database_location
+    if isinstance(location, Path) and not location.exists():
+        raise FileNotFoundError(f"no Cyan database at {location}; run `cyan serve` once, or pass --data-dir")
+    store = open_store(location)
     await store.open()
     try:
         yield Application(store)
     finally:
         await store.close()
+
+
+async def database_status(settings: Settings) -> SchemaStatus:
+    """Where the configured database's schema stands against this version's migrations; changes nothing."""
+    return await schema_status(settings.database_location)
+
+
+async def upgrade_database(settings: Settings) -> tuple[SchemaStatus, SchemaStatus]:
+    """Migrate the configured database to this version's schema (as `cyan serve` does when it starts); where
+    it was and where it is now."""
+    return await upgrade_schema(settings.database_location)
 
 
 def write_server_key_file(settings: Settings, public: rsa.RSAPublicKey, port: int) -> Path:
@@ -204,8 +223,8 @@ class Service:
     def __init__(self, settings: Settings, keys: ServerKeys, *, protocol: ServerConfig | None = None) -> None:
         self.settings = settings
         self.keys = keys
-        self.store = SqliteStore(settings.database_path)
-        self.bus = InProcessBus()
+        self.store = open_store(settings.database_location)
+        self.bus = open_bus(settings.bus_url, node_id=settings.node_id)
         protocol = protocol or ServerConfig()
         alerts = WebhookAlerts(settings.alert_webhook) if settings.alert_webhook else None
         records = RecordLimits(
@@ -312,6 +331,8 @@ class Service:
         await self.device_server.stop()
         await self.gateway.drain()
         await self.cloud.stop()
+        if self.settings.bus_url:
+            await self.bus.close()  # leaves the cloud: its presences go (the in-process bus has no one to tell)
         await self.store.close()
 
     async def run(self, on_ready: Callable[[Service], None] | None = None) -> None:

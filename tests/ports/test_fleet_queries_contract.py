@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 
 from cyan.cloud.models import AttemptOutcome, DeviceRecord, PendingKey
+from cyan.cloud.ports import Store
 from cyan.cloud.queries import DevicePage, DeviceQuery, DeviceSort, DeviceStatus
-from cyan.store import MemoryStore, SqliteStore
 from store_support import T0, StoreFactory, attempt, run
 
 
@@ -34,7 +34,7 @@ def _fleet() -> list[DeviceRecord]:
     ]
 
 
-async def _seeded(store: MemoryStore | SqliteStore) -> None:
+async def _seeded(store: Store) -> None:
     await store.devices.add_many(_fleet())
     await store.updates.add_to_group("porch", [_id(1), _id(2), _id(5)])
     await store.keys.save_pending_key(PendingKey(_id(6), b"k", "SHA256:new", "SHA256:old", T0, T0))

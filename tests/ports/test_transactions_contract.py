@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from cyan.cloud.models import AuditEntry, DeviceRecord
-from cyan.cloud.ports import DeviceExistsError, StoreUnavailableError
+from cyan.cloud.ports import DeviceExistsError, Store, StoreUnavailableError
 from store_support import DEVICE_ID, OTHER_ID, StoreFactory, run
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -66,16 +66,19 @@ def test_a_conflict_inside_a_transaction_leaves_it_usable(make: StoreFactory) ->
     run(scenario())
 
 
-def test_transactions_are_serializable(make: StoreFactory) -> None:
-    """Two read-modify-write transactions of one counter: neither loses the other's increment."""
+async def increment(store: Store, label: str) -> None:
+    """A read-modify-write of one counter."""
+    async with store.transaction() as tx:
+        device = await tx.devices.get(DEVICE_ID)
+        assert device is not None
+        await asyncio.sleep(0.01)  # the other transactions run meanwhile, if they can
+        device.hello_flags = (device.hello_flags or 0) + 1
+        await tx.devices.save(device)
+        await tx.audit.add(AuditEntry(T0, DEVICE_ID, "incremented", label))
 
-    async def increment(store: object, label: str) -> None:
-        async with store.transaction() as tx:  # type: ignore[attr-defined]
-            device = await tx.devices.get(DEVICE_ID)
-            await asyncio.sleep(0.01)  # the other transaction runs meanwhile, if it can
-            device.hello_flags = (device.hello_flags or 0) + 1
-            await tx.devices.save(device)
-            await tx.audit.add(AuditEntry(T0, DEVICE_ID, "incremented", label))
+
+def test_transactions_are_serializable(make: StoreFactory) -> None:
+    """Read-modify-write transactions of one counter: none loses another's increment."""
 
     async def scenario() -> None:
         async with make() as store:
@@ -85,6 +88,41 @@ def test_transactions_are_serializable(make: StoreFactory) -> None:
             assert device is not None
             assert device.hello_flags == 5
             assert len(await store.audit.recent()) == 5
+
+    run(scenario())
+
+
+def test_transactions_of_two_stores_on_one_database_are_serializable(make: StoreFactory) -> None:
+    """As above, across two stores on one database (two processes, or two nodes of a cloud)."""
+
+    async def scenario() -> None:
+        async with make() as first, make() as second:
+            await first.devices.add(DeviceRecord(id=DEVICE_ID))
+            await asyncio.gather(*(increment((first, second)[n % 2], f"t{n}") for n in range(6)))
+            device = await second.devices.get(DEVICE_ID)
+            assert device is not None
+            assert device.hello_flags == 6
+            assert len(await first.audit.recent()) == 6
+
+    run(scenario())
+
+
+def test_writes_of_another_store_wait_for_a_transaction(make: StoreFactory) -> None:
+    async def scenario() -> None:
+        async with make() as first, make() as second:
+            order: list[str] = []
+
+            async def outside() -> None:
+                await second.devices.add(DeviceRecord(id=OTHER_ID))
+                order.append("outside")
+
+            async with first.transaction() as tx:
+                await tx.devices.add(DeviceRecord(id=DEVICE_ID))
+                waiting = asyncio.get_running_loop().create_task(outside())
+                await asyncio.sleep(0.02)  # the other write would be done by now, if it could run
+                order.append("transaction")
+            await waiting
+            assert order == ["transaction", "outside"]
 
     run(scenario())
 

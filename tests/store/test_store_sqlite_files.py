@@ -364,7 +364,8 @@ def test_open_store_takes_a_path_object(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("location", "message"),
     [
-        ("postgresql+asyncpg://cyan:s3cret@db/cyan", "unsupported database URL scheme 'postgresql\\+asyncpg'"),
+        ("mysql+aiomysql://cyan:s3cret@db/cyan", "unsupported database URL scheme 'mysql\\+aiomysql'"),
+        ("postgresql+psycopg://cyan:s3cret@db/cyan", "unsupported database URL scheme 'postgresql\\+psycopg'"),
         ("redis://localhost", "unsupported database URL scheme 'redis'"),
         ("", "no database given"),
         ("sqlite+aiosqlite://", "names no database file"),

@@ -8,7 +8,7 @@ import typer
 
 from cyan import __version__
 
-from . import _errors, accounts, devices, policy, serve, sim
+from . import _errors, accounts, db, devices, policy, serve, sim
 from . import diagnose as diagnose_cli
 from . import keys as keys_cli
 
@@ -27,6 +27,7 @@ app.add_typer(keys_cli.app, name="keys")
 app.add_typer(accounts.users, name="users")
 app.add_typer(accounts.tokens, name="tokens")
 app.add_typer(policy.app, name="policy")
+app.add_typer(db.app, name="db")
 
 
 def _version(value: bool) -> None:

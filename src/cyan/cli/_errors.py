@@ -13,7 +13,11 @@ from cyan.keys import KeyFormatError
 DEBUG = False
 
 _HINTS: list[tuple[type[BaseException], str]] = [
-    (StoreUnavailableError, "check that the data directory exists, is writable, and holds a Cyan database"),
+    (
+        StoreUnavailableError,
+        "check that the data directory exists, is writable, and holds a Cyan database (or, with --database or "
+        "CYAN_DATABASE_URL, that the database answers)",
+    ),
     (KeyFormatError, "keys must be RSA, in DER or PEM; device keys RSA-1024, server keys RSA-2048"),
     (DeviceExistsError, "`cyan devices list` shows what is registered"),
     (FileNotFoundError, "check the path"),

@@ -22,3 +22,11 @@ DataDirOption = Annotated[
         "--data-dir", help=f"Data directory (env CYAN_DATA_DIR; {_shown(default_data_dir())}).", show_default=False
     ),
 ]
+DatabaseOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database",
+        help="The database URL (postgresql://user:password@host/cyan, sqlite+aiosqlite:///path) instead of the "
+        "data directory's SQLite file (env CYAN_DATABASE_URL).",
+    ),
+]

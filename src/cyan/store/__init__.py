@@ -1,52 +1,28 @@
 """Persistent state of the cloud behind `cyan.cloud.ports.Store`.
 
-SQLite (one file, WAL mode) is the embedded default. The schema is migrated by the Alembic scripts shipped
-in ``migrations/`` whenever a store opens, so a newer cyan upgrades an older database in place.
-`MemoryStore` keeps everything in memory, for tests and for trying things out.
+SQLite (one file, WAL mode) is the embedded default; PostgreSQL is the store several nodes share
+(`PostgresStore`). The schema is migrated by the Alembic scripts shipped in ``migrations/`` whenever a store
+opens, so a newer cyan upgrades an older database in place. `MemoryStore` keeps everything in memory, for
+tests and for trying things out.
 """
 
 from __future__ import annotations
 
-import os
-
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
-from cyan.cloud.ports import Store
-
 from ._files import FirmwareFiles
 from ._memory import MemoryStore
+from ._open import open_store
+from ._postgres import PostgresOptions, PostgresStore
 from ._sqlite import SqliteStore
+from ._status import SchemaStatus, schema_status, upgrade_schema
 
-__all__ = ["FirmwareFiles", "MemoryStore", "SqliteStore", "open_store"]
-
-_SQLITE_DRIVERS = {"sqlite", "sqlite+aiosqlite"}
-
-
-def open_store(url_or_path: str | os.PathLike[str]) -> Store:
-    """The store for a database URL (``sqlite+aiosqlite:///relative.db``, ``sqlite:////abs/cyan.db``) or a
-    path to a SQLite file. The store is not opened yet: call ``await store.open()``.
-
-    Raises ValueError for an empty location, a URL of another database, or a URL without a file.
-    """
-    if isinstance(url_or_path, os.PathLike):
-        return SqliteStore(url_or_path)
-    if not url_or_path.strip():
-        raise ValueError("no database given: pass a SQLite file path or a sqlite+aiosqlite:/// URL")
-    if "://" not in url_or_path:
-        return SqliteStore(url_or_path)
-    try:
-        url = make_url(url_or_path)
-    except ArgumentError as exc:
-        raise ValueError(f"not a database URL: {url_or_path!r}") from exc
-    if url.drivername not in _SQLITE_DRIVERS:
-        # Only the scheme is echoed: the rest of a URL may hold a password.
-        raise ValueError(
-            f"unsupported database URL scheme {url.drivername!r}: cyan stores its data in SQLite, "
-            "given as a file path or a sqlite+aiosqlite:///path/to/cyan.db URL"
-        )
-    if not url.database or url.database == ":memory:" or url.database.startswith("file:"):
-        raise ValueError(f"{url_or_path!r} names no database file: use sqlite+aiosqlite:///path/to/cyan.db")
-    if url.query or url.host:
-        raise ValueError(f"{url_or_path!r}: SQLite URLs take a file path only, without host or options")
-    return SqliteStore(url.database)
+__all__ = [
+    "FirmwareFiles",
+    "MemoryStore",
+    "PostgresOptions",
+    "PostgresStore",
+    "SchemaStatus",
+    "SqliteStore",
+    "open_store",
+    "schema_status",
+    "upgrade_schema",
+]

@@ -38,8 +38,9 @@ def current_revisions(connection: Connection) -> set[str]:
     return set(connection.execute(text("SELECT version_num FROM alembic_version")).scalars())
 
 
-def upgrade_to_head(connection: Connection, database: str) -> None:
-    """Bring the schema to the newest revision, on a connection the caller holds in a transaction.
+def upgrade_to_head(connection: Connection, database: str) -> set[str]:
+    """Bring the schema to the newest revision, on a connection the caller holds in a transaction; the
+    revisions it was at before (none for a new database).
 
     `database` names the database in error messages.
     """
@@ -48,7 +49,7 @@ def upgrade_to_head(connection: Connection, database: str) -> None:
     current = current_revisions(connection)
     # Checking first keeps the common open (already at head) from loading Alembic's environment at all.
     if current == set(script.get_heads()):
-        return
+        return current
     unknown = current - {rev.revision for rev in script.walk_revisions()}
     if unknown:
         raise StoreUnavailableError(
@@ -57,3 +58,4 @@ def upgrade_to_head(connection: Connection, database: str) -> None:
             "a newer cyan migrated it: upgrade cyan"
         )
     command.upgrade(config, "head")
+    return current

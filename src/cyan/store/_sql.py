@@ -450,6 +450,9 @@ class SqlDevices(_Repository):
         for device in states:
             values = _device_values(device)
             rows.append({"match_id": values["id"], **{name: values[name] for name in _STATE_COLUMNS}})
+        # In id order (stable, so a device listed twice keeps its last state): two nodes writing batches that
+        # share devices then lock their rows in the same order, and PostgreSQL cannot find them deadlocked.
+        rows.sort(key=lambda row: row["match_id"])
         async with self._db.writing("update devices' state") as conn:
             await conn.execute(_UPDATE_DEVICE_STATE, rows)
 
@@ -463,7 +466,9 @@ class SqlDevices(_Repository):
         return bool(result.rowcount)
 
     async def mark_all_offline(self) -> None:
-        async with self._db.writing("mark devices offline") as conn:
+        # One statement, but over many rows in the table's order rather than by id: it runs alone among the
+        # writers ("several"), so that it cannot deadlock against a batch of state updates on PostgreSQL.
+        async with self._db.writing("mark devices offline", statements="several") as conn:
             await conn.execute(update(devices).where(devices.c.online.is_(True)).values(online=False))
 
     async def search(self, query: DeviceQuery) -> DevicePage:

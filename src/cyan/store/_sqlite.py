@@ -49,7 +49,16 @@ class SqliteStore(SqlRepositories):
     read stays true until it commits (serializable).
     """
 
-    __slots__ = ("__weakref__", "_engine", "_reader", "_was_opened", "_write_lock", "busy_timeout", "path")
+    __slots__ = (
+        "__weakref__",
+        "_engine",
+        "_reader",
+        "_was_opened",
+        "_write_lock",
+        "busy_timeout",
+        "path",
+        "schema_found",
+    )
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
         super().__init__(self)
@@ -59,6 +68,8 @@ class SqliteStore(SqlRepositories):
         self._reader: sqlite3.Connection | None = None
         self._write_lock = asyncio.Lock()
         self._was_opened = False
+        #: The schema revisions the file was at when the store opened, before migrating (none: a new file).
+        self.schema_found: frozenset[str] | None = None
 
     def __repr__(self) -> str:
         state = "open" if self._engine is not None else "closed"
@@ -95,11 +106,12 @@ class SqliteStore(SqlRepositories):
                     # IMMEDIATE: two processes opening a new file at once must not both create the tables.
                     await conn.execution_options(**{_BEGIN_OPTION: "BEGIN IMMEDIATE"})
                     async with conn.begin():
-                        await conn.run_sync(upgrade_to_head, f"SQLite database {self.path}")
+                        found = await conn.run_sync(upgrade_to_head, f"SQLite database {self.path}")
         except BaseException:
             await engine.dispose()
             raise
         self._engine = engine
+        self.schema_found = frozenset(found)
         with self._translate("open the store"):
             self._reader = self._open_reader()
         self._write_lock = asyncio.Lock()

@@ -1,0 +1,104 @@
+"""The settings that choose the database and the bus, and the composition root (`cyan.service`) building a
+`cyan serve` node and the command line's use cases on PostgreSQL and Redis from them."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import URL
+
+import servers
+from cyan.bus import InProcessBus, RedisBus, RedisOptions
+from cyan.cli import main
+from cyan.cloud.models import CloudEvent
+from cyan.cloud.ports import BusUnavailableError
+from cyan.config import Settings
+from cyan.service import Service, ensure_server_keys
+from cyan.store import PostgresStore, SqliteStore
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> Iterator[str]:
+    with servers.fresh_prefix(request.node.nodeid) as prefix:
+        yield prefix
+
+
+def test_database_bus_and_node_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CYAN_DATABASE_URL", "postgresql://cyan@db/cyan")
+    monkeypatch.setenv("CYAN_BUS_URL", "redis://cache:6379/0")
+    monkeypatch.setenv("CYAN_NODE_ID", "node-7")
+    settings = Settings.from_env(data_dir=tmp_path)
+    assert (settings.database_url, settings.bus_url, settings.node_id) == (
+        "postgresql://cyan@db/cyan",
+        "redis://cache:6379/0",
+        "node-7",
+    )
+    assert settings.database_location == "postgresql://cyan@db/cyan"
+
+
+def test_by_default_one_node_on_the_data_directorys_sqlite_file(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, api_port=8081)
+    assert settings.database_location == tmp_path / "cyan.db"
+    assert settings.bus_url == ""
+    assert settings.node_id == f"{socket.gethostname()}:8081"
+    with pytest.raises(ValueError, match="node id must have no spaces"):
+        Settings(data_dir=tmp_path, node_id="node 7")
+
+
+def test_a_node_of_the_default_kind(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, device_port=0, api_port=0)
+    service = Service(settings, ensure_server_keys(settings))
+    assert isinstance(service.store, SqliteStore)
+    assert isinstance(service.bus, InProcessBus)
+
+
+def test_a_node_on_postgresql_and_redis_shares_them_with_the_command_line_and_other_nodes(
+    postgres_url: URL, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = postgres_url.render_as_string(hide_password=False)
+    monkeypatch.setenv("CYAN_DATABASE_URL", database)
+    assert main(["users", "add", "alice@example.com", "--password", "correct horse", "--data-dir", str(tmp_path)]) == 0
+    settings = Settings(
+        data_dir=tmp_path / "node-1",
+        device_host="127.0.0.1",
+        device_port=0,
+        api_host="127.0.0.1",
+        api_port=0,
+        workers=0,
+        database_url=database,
+        bus_url=f"{servers.REDIS_URL}?prefix={prefix}",
+        node_id="node-1",
+    )
+    service = Service(settings, ensure_server_keys(settings))
+    assert isinstance(service.store, PostgresStore)
+    assert isinstance(service.bus, RedisBus)
+    assert (service.bus.node_id, service.bus.options.prefix) == ("node-1", prefix)
+
+    async def scenario() -> None:
+        other = RedisBus(servers.REDIS_URL, node_id="node-2", options=RedisOptions(prefix=prefix))
+        await other.start()
+        heard = other.subscribe("hello")
+        await service.start()
+        try:
+            assert [u.username for u in await service.store.accounts.list_users()] == ["alice@example.com"]
+            bus = service.bus
+            assert isinstance(bus, RedisBus)
+            await bus.start()  # it connects on first use; here, wait for it
+            service.cloud.publish("hello", "from node-1", owner="alice@example.com")
+            got = await asyncio.wait_for(heard.get(), 10)
+            assert isinstance(got, CloudEvent)
+            assert (got.name, got.data) == ("hello", "from node-1")
+            assert got.published_at <= datetime.now(UTC)
+        finally:
+            await service.stop()
+            await other.close()
+        # The node left the cloud when it stopped.
+        with pytest.raises(BusUnavailableError, match="closed"):
+            await service.bus.claim("ab" * 12, "s1")
+
+    asyncio.run(scenario())
