@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from serve_support import FAST, SIM, register, run_with_service
 
 from cyan.app import Actor
 from cyan.cloud.errors import DeviceTimeoutError, UnknownVariableError
@@ -25,6 +24,7 @@ from cyan.server import DeviceProcesses
 from cyan.service import Service
 from cyan.sim import AppSpec, Fleet, VirtualDeviceSpec
 from cyan.testing import fixed_device_key
+from serve_support import FAST, SIM, register, run_with_service
 
 SPECS = [
     VirtualDeviceSpec(f"{n:024x}", fixed_device_key(n), firmware=DEVICE_OS_3_1_0 if n % 2 else DEVICE_OS_0_6_1)

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from serve_support import run_with_service
 
 from cyan.app import Actor
 from cyan.cloud.errors import InvalidInputError
@@ -33,6 +32,7 @@ from cyan.protocol.binary import ModuleFunction, build_module
 from cyan.service import Service
 from cyan.sim import Fault, Fleet, SimConfig, VirtualDeviceSpec, registered_public_key
 from cyan.testing import fixed_device_key
+from serve_support import run_with_service
 
 FAST = ServerConfig(identity_timeout=2.0, hello_timeout=2.0, describe_delay=0.2, request_timeout=2.0)
 SIM = SimConfig(backoff_scale=0.05)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import padding
-from serve_support import attempts_once_connected, loopback_service, register
 
 from cyan.cli import main as cyan_cli
 from cyan.cli.serve import _print_banner
@@ -28,6 +27,7 @@ from cyan.server import device_server
 from cyan.service import Service, prepare_data_directory
 from cyan.sim import Fleet, SimConfig, VirtualDeviceSpec
 from cyan.testing import fixed_device_key, fixed_server_key
+from serve_support import attempts_once_connected, loopback_service, register
 
 FAST = ServerConfig(identity_timeout=1.0, hello_timeout=1.0, describe_delay=0.2, request_timeout=2.0)
 SIM = SimConfig(backoff_scale=0.05)

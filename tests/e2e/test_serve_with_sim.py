@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from serve_support import run_with_service
 
 from cyan.app import Actor
 from cyan.bus import CloudEvent
@@ -19,6 +18,7 @@ from cyan.protocol import DEVICE_OS_0_6_1, DEVICE_OS_3_1_0, ServerConfig
 from cyan.service import Service
 from cyan.sim import Fault, Fleet, SimConfig, VirtualDevice, VirtualDeviceSpec, registered_public_key
 from cyan.testing import fixed_device_key
+from serve_support import run_with_service
 
 FAST = ServerConfig(identity_timeout=1.0, hello_timeout=1.0, describe_delay=0.2, request_timeout=2.0)
 SIM = SimConfig(backoff_scale=0.05)

@@ -7,10 +7,10 @@ import dataclasses
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from store_support import DEVICE_ID, OTHER_ID, T0, StoreFactory, run
 
 from cyan.cloud.models import AccessToken, DeviceRecord, User
 from cyan.cloud.ports import UserExistsError
+from store_support import DEVICE_ID, OTHER_ID, T0, StoreFactory, run
 
 ALICE = "alice@example.com"
 BOB = "bob@example.com"

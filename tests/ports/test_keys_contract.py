@@ -7,9 +7,9 @@ import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from store_support import StoreFactory, run
 
 from cyan.cloud.models import AuditEntry, ClaimCode, DeviceRecord, KeyPolicy, KeyPolicyMode, PendingKey, RekeyWindow
+from store_support import StoreFactory, run
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 DEVICE = "ab" * 12

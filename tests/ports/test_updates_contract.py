@@ -6,9 +6,9 @@ import dataclasses
 from datetime import timedelta
 
 import pytest
-from store_support import DEVICE_ID, OTHER_ID, T0, StoreFactory, run
 
 from cyan.cloud.models import FirmwareRecord, JobState, UpdateJob
+from store_support import DEVICE_ID, OTHER_ID, T0, StoreFactory, run
 
 FIRMWARE = FirmwareRecord(
     sha256="ab" * 32,

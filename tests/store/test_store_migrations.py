@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from alembic import command
 from sqlalchemy import create_engine
-from store_support import DEVICE_ID, T0, attempt, run
 
 from cyan.cloud.models import AccessToken, AttemptOutcome, DeviceRecord, KeyPolicyMode, Role, User, Variable
 from cyan.cloud.ports import StoreUnavailableError
 from cyan.store import SqliteStore
 from cyan.store._migrate import alembic_config, head_revision
+from store_support import DEVICE_ID, T0, attempt, run
 
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
