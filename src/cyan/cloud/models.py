@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 __all__ = [
     "FLEET",
@@ -16,6 +17,8 @@ __all__ = [
     "ConnectionAttempt",
     "DeviceRecord",
     "FirmwareRecord",
+    "HookDelivery",
+    "Integration",
     "JobState",
     "KeyPolicy",
     "KeyPolicyMode",
@@ -25,6 +28,7 @@ __all__ = [
     "UpdateJob",
     "User",
     "Variable",
+    "VitalsRecord",
 ]
 
 
@@ -318,3 +322,66 @@ class CloudEvent:
     #: Whose devices may see it (MY_DEVICES scope); None for devices without an owner.
     owner: str | None
     private: bool = True
+
+
+@dataclass(slots=True)
+class Integration:
+    """A webhook: which of its owner's events trigger it, and the request it makes (Particle's integration of
+    type Webhook; docs/api.md "Webhooks"). The templates are kept as their owner gave them and rendered per
+    event (`cyan.cloud.templates`)."""
+
+    id: str  # 24 lowercase hex digits, as Particle's
+    owner: str
+    #: The prefix of the event names that trigger it.
+    event: str
+    #: A template: the event's variables may appear in it; only http and https are sent.
+    url: str
+    created_at: datetime
+    #: GET, POST, PUT, PATCH or DELETE.
+    request_type: str = "POST"
+    #: Only this device's events trigger it (None: any of the owner's).
+    device_id: str | None = None
+    name: str | None = None
+    disabled: bool = False
+    #: Leave out the default fields (event, data, published_at, coreid).
+    no_defaults: bool = False
+    #: Verify the receiver's TLS certificate.
+    reject_unauthorized: bool = True
+    #: Particle's legacy switch; kept and shown, but only the owner's events ever trigger a hook here.
+    my_devices: bool = True
+    #: The request templates, each as given: "json" (object, array or string), "form", "query", "headers"
+    #: (objects), "body" (string), "auth" ({"username", "password"}), and for the answer "responseTemplate",
+    #: "responseTopic" and "errorResponseTopic" (strings).
+    templates: dict[str, Any] = field(default_factory=dict)
+    updated_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class HookDelivery:
+    """One attempt to deliver an event to an integration, or an event that was not attempted (dropped)."""
+
+    integration_id: str
+    #: When the attempt started (or the event was dropped).
+    at: datetime
+    event_name: str
+    device_id: str | None
+    #: 1 for the first attempt, 2 for the first retry, ...
+    attempt: int
+    #: "success", "failure" (retried or not), "dropped" (never sent: a full queue, the server stopping).
+    outcome: str
+    #: The receiver's HTTP status, None when there was no answer.
+    status: int | None = None
+    #: Seconds from the request to its answer or failure.
+    duration: float | None = None
+    error: str | None = None
+    id: int | None = None
+
+
+@dataclass(slots=True)
+class VitalsRecord:
+    """A device's vitals at one moment, in Particle's payload shape (`cyan.cloud.vitals`)."""
+
+    device_id: str
+    updated_at: datetime
+    payload: dict[str, Any]
+    id: int | None = None
