@@ -22,6 +22,7 @@ __all__ = [
     "JobState",
     "KeyPolicy",
     "KeyPolicyMode",
+    "LinkDiagnostics",
     "PendingKey",
     "RekeyWindow",
     "Role",
@@ -385,3 +386,14 @@ class VitalsRecord:
     updated_at: datetime
     payload: dict[str, Any]
     id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDiagnostics:
+    """What a live session measured when asked (`DeviceLink.diagnose`): the round trip of a server ping, and
+    the diagnostics the device reported (Device OS source id -> value); None for what did not come."""
+
+    round_trip: float | None
+    metrics: dict[int, int] | None
+    #: Why something did not come (the device did not answer, or reports no diagnostics).
+    error: str | None = None
