@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from dataclasses import dataclass, field
@@ -81,6 +82,10 @@ class Settings:
     login_failures_per_account: int = 5
     login_failures_per_address: int = 30
     login_window_minutes: int = 15
+    #: Networks webhooks may reach besides public addresses, comma-separated (10.0.0.0/8, 127.0.0.1, ::1):
+    #: by default a hook's URL may not lead to loopback, private or link-local addresses (docs/security.md).
+    #: Env: CYAN_HOOK_ALLOWED_NETWORKS.
+    hook_allowed_networks: str = ""
 
     def __post_init__(self) -> None:
         if self.workers < 0:
@@ -99,6 +104,14 @@ class Settings:
             value = getattr(self, name)
             if not 1 <= value <= 10**9:
                 raise ValueError(f"{name} must be from 1 to 1000000000, not {value}")
+        for entry in self.hook_allowed_networks.split(","):
+            try:
+                if entry.strip():
+                    ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"hook_allowed_networks: {entry.strip()!r} is not a network (like 10.0.0.0/8) nor an address"
+                ) from None
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -119,6 +132,7 @@ class Settings:
             "login_failures_per_account": _int_env("LOGIN_FAILURES_PER_ACCOUNT", 5),
             "login_failures_per_address": _int_env("LOGIN_FAILURES_PER_ADDRESS", 30),
             "login_window_minutes": _int_env("LOGIN_WINDOW_MINUTES", 15),
+            "hook_allowed_networks": _env("HOOK_ALLOWED_NETWORKS", ""),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
