@@ -6,7 +6,15 @@ from fastapi import FastAPI
 
 from cyan import __version__
 
-from . import routes_auth, routes_devices, routes_diagnostics, routes_events, routes_keys, routes_updates
+from . import (
+    routes_auth,
+    routes_devices,
+    routes_diagnostics,
+    routes_events,
+    routes_integrations,
+    routes_keys,
+    routes_updates,
+)
 from ._context import ApiContext
 from ._limits import RequestLimits
 from .errors import install_error_handlers
@@ -40,5 +48,6 @@ def create_app(context: ApiContext) -> FastAPI:
     app.include_router(routes_keys.router)
     app.include_router(routes_diagnostics.router)  # before devices: /attempts and /doctor are not variables
     app.include_router(routes_updates.router)  # before devices: /updates is not a variable either
+    app.include_router(routes_integrations.router)
     app.include_router(routes_devices.router)
     return app
