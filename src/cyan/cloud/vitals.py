@@ -14,8 +14,10 @@ times the device connected in the last 24 hours (from the connection-attempt rec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -63,6 +65,10 @@ DIAGNOSTICS = {
     "net:sigstrv": 37,
 }
 _ID = DIAGNOSTICS
+
+#: A device's posted vitals are recorded at most this often (seconds); `_POSTED_TRACKED` devices remembered.
+_POSTED_INTERVAL = 1.0
+_POSTED_TRACKED = 10_000
 
 _NETWORK_STATUS = [
     "turned_off",
@@ -221,6 +227,7 @@ class VitalsCollector:
         keep: int = 1000,
         max_age: timedelta = timedelta(days=30),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        ticks: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cloud = cloud
         self.store = store
@@ -231,6 +238,10 @@ class VitalsCollector:
         self._clock = clock
         self._tasks = TaskSet(log, "cyan-vitals")
         self._refreshing: set[str] = set()
+        self._pruning: asyncio.Task[None] | None = None
+        self._ticks = ticks
+        #: When each device's posted vitals were last recorded (`ticks`).
+        self._posted_at: dict[str, float] = {}
         cloud.metrics_listeners.append(self.metrics_posted)
 
     def refresh(self, device_id: str) -> None:
@@ -265,9 +276,18 @@ class VitalsCollector:
         return await self._record(facts, measured)
 
     def metrics_posted(self, device_id: str, values: dict[int, int]) -> None:
+        """A device posted its vitals (`Particle.publishVitals()`): recorded, at most once a second per device
+        (a firmware posting in a loop must not write the database in one)."""
         facts = self.cloud.session_facts(device_id)
-        if facts is not None:
-            self._tasks.spawn(self._posted(facts, values), f"record the vitals device {device_id} posted")
+        if facts is None:
+            return
+        now = self._ticks()
+        if now - self._posted_at.get(device_id, float("-inf")) < _POSTED_INTERVAL:
+            return
+        if len(self._posted_at) >= _POSTED_TRACKED:
+            self._posted_at = {d: t for d, t in self._posted_at.items() if now - t < _POSTED_INTERVAL}
+        self._posted_at[device_id] = now
+        self._tasks.spawn(self._posted(facts, values), f"record the vitals device {device_id} posted")
 
     async def _posted(self, facts: SessionFacts, values: dict[int, int]) -> None:
         await self._record(facts, LinkDiagnostics(None, values))
@@ -303,7 +323,9 @@ class VitalsCollector:
 
     def start(self, prune_interval: float = 3600.0) -> None:
         """Prune the records past their age now and every `prune_interval` seconds."""
-        self._tasks.spawn(self._prune_now_and_then(prune_interval), "prune device vitals")
+        self._pruning = asyncio.get_running_loop().create_task(
+            self._prune_now_and_then(prune_interval), name="cyan-vitals-prune"
+        )
 
     async def _prune_now_and_then(self, interval: float) -> None:
         while True:
@@ -316,8 +338,12 @@ class VitalsCollector:
 
     async def drain(self) -> None:
         """Wait for the requests and records under way."""
-        while self._refreshing:
-            await asyncio.sleep(0.001)
+        await self._tasks.drain()
 
     async def stop(self) -> None:
+        if self._pruning is not None:
+            self._pruning.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruning
+            self._pruning = None
         await self._tasks.cancel()
