@@ -67,21 +67,24 @@ def _view_json(view: IntegrationView) -> dict[str, Any]:
     }
 
 
-# -- /v1/integrations -----------------------------------------------------------------------------------
+# -- /v1/integrations, and /v1/webhooks (what particle webhook create/list/delete use): the same hooks ------
 
 
 @router.get("/v1/integrations", summary="Your integrations (webhooks)")
+@router.get("/v1/webhooks", summary="Your webhooks (the CLI's list)")
 async def list_integrations(request: Request, actor: Caller) -> list[dict[str, Any]]:
     return [integration_json(i) for i in await app(request).integrations.mine(actor)]
 
 
 @router.post("/v1/integrations", summary="Create a webhook")
+@router.post("/v1/webhooks", summary="Create a webhook (the CLI's create)")
 async def create_integration(request: Request, actor: Caller) -> dict[str, Any]:
     created = await app(request).integrations.create(actor, await body(request))
     return {"ok": True, **integration_json(created)}
 
 
 @router.get("/v1/integrations/{integration_id}", summary="An integration, its recent deliveries and counters")
+@router.get("/v1/webhooks/{integration_id}", summary="A webhook, its recent deliveries and counters")
 async def get_integration(request: Request, actor: Caller, integration_id: str) -> dict[str, Any]:
     return _view_json(await app(request).integrations.get(actor, integration_id))
 
@@ -93,6 +96,7 @@ async def edit_integration(request: Request, actor: Caller, integration_id: str)
 
 
 @router.delete("/v1/integrations/{integration_id}", summary="Delete an integration")
+@router.delete("/v1/webhooks/{integration_id}", summary="Delete a webhook (the CLI's delete)")
 async def delete_integration(request: Request, actor: Caller, integration_id: str) -> dict[str, Any]:
     await app(request).integrations.delete(actor, integration_id)
     return {"ok": True}
@@ -112,28 +116,3 @@ async def test_integration(request: Request, actor: Caller, integration_id: str)
     if result.error:
         answer["error"] = result.error
     return answer
-
-
-# -- /v1/webhooks (what particle webhook create/list/delete use) -------------------------------------------
-
-
-@router.get("/v1/webhooks", summary="Your webhooks (the CLI's list)")
-async def list_webhooks(request: Request, actor: Caller) -> list[dict[str, Any]]:
-    return [integration_json(i) for i in await app(request).integrations.mine(actor)]
-
-
-@router.post("/v1/webhooks", summary="Create a webhook (the CLI's create)")
-async def create_webhook(request: Request, actor: Caller) -> dict[str, Any]:
-    created = await app(request).integrations.create(actor, await body(request))
-    return {"ok": True, **integration_json(created)}
-
-
-@router.get("/v1/webhooks/{integration_id}", summary="A webhook, its recent deliveries and counters")
-async def get_webhook(request: Request, actor: Caller, integration_id: str) -> dict[str, Any]:
-    return _view_json(await app(request).integrations.get(actor, integration_id))
-
-
-@router.delete("/v1/webhooks/{integration_id}", summary="Delete a webhook (the CLI's delete)")
-async def delete_webhook(request: Request, actor: Caller, integration_id: str) -> dict[str, Any]:
-    await app(request).integrations.delete(actor, integration_id)
-    return {"ok": True}

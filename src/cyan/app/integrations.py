@@ -14,7 +14,7 @@ import json
 import math
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -121,10 +121,13 @@ class IntegrationUseCases:
             stored = await tx.integrations.get(current.id)
             if stored is None:
                 raise NotFoundError(f"no integration {integration_id[:64]!r} of yours")
-            changed = replace(
-                Integration(id=stored.id, owner=stored.owner, created_at=stored.created_at, **settings),
+            changed = Integration(
+                id=stored.id,
+                owner=stored.owner,
+                created_at=stored.created_at,
                 device_id=device_id,
                 updated_at=now,
+                **settings,
             )
             await tx.integrations.save(changed)
             await tx.audit.add(self._audit(now, "integration_changed", actor, changed))

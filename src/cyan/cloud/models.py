@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "User",
     "Variable",
     "VitalsRecord",
+    "iso_time",
 ]
 
 
@@ -308,6 +309,11 @@ class UpdateJob:
     finished_at: datetime | None = None
     updated_at: datetime | None = None
     id: int | None = None
+
+
+def iso_time(moment: datetime) -> str:
+    """Particle's time format, as events and their payloads carry it: UTC, milliseconds, Z."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)

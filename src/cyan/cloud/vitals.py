@@ -26,7 +26,7 @@ from typing import Any
 from cyan.tasks import TaskSet
 
 from .errors import DeviceOfflineError, DeviceQuarantinedError
-from .models import AttemptOutcome, CloudEvent, LinkDiagnostics, VitalsRecord
+from .models import AttemptOutcome, CloudEvent, LinkDiagnostics, VitalsRecord, iso_time
 from .ports import Store, StoreUnavailableError
 from .service import Cloud, SessionFacts
 
@@ -108,10 +108,6 @@ class ServerObservations:
     round_trip: float | None = None
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
@@ -131,7 +127,7 @@ def vitals_payload(metrics: Mapping[int, int] | None, server: ServerObservations
         cloud["publish"] = {"sent": server.published}
     connection: dict[str, Any] = {"reconnects_24h": max(0, server.connections_24h - 1)}
     if server.handshake_at is not None:
-        connection["handshake_at"] = _iso(server.handshake_at)
+        connection["handshake_at"] = iso_time(server.handshake_at)
     if server.handshake_duration is not None:
         connection["handshake_duration"] = _ms(server.handshake_duration)
     cloud["connection"] = connection

@@ -39,7 +39,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from cyan.tasks import TaskSet
 
-from .models import CloudEvent, DeviceRecord, HookDelivery, Integration
+from .models import CloudEvent, DeviceRecord, HookDelivery, Integration, iso_time
 from .ports import Bus, Store, StoreUnavailableError
 from .templates import TemplateError, compile_template
 
@@ -61,7 +61,6 @@ __all__ = [
     "chunk_text",
     "error_events",
     "event_variables",
-    "iso_time",
     "response_events",
     "retry_delay",
 ]
@@ -215,11 +214,6 @@ class HookLimits:
 
 
 # -- rendering ------------------------------------------------------------------------------------------------
-
-
-def iso_time(moment: datetime) -> str:
-    """Particle's time format: UTC, milliseconds, Z."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def event_variables(event: CloudEvent, device: DeviceRecord | None, event_id: str) -> dict[str, Any]:
@@ -783,20 +777,7 @@ class WebhookDispatcher:
         result = await self._send(integration, job.variables)
         if result.duration is not None:
             hook.sent += 1
-        outcome = "success" if result.ok else "failure"
-        self._record(
-            HookDelivery(
-                integration.id,
-                self._clock(),
-                event.name,
-                event.device_id,
-                job.attempt,
-                outcome,
-                result.status,
-                result.duration,
-                result.error,
-            )
-        )
+        self._record_attempt(integration, event, job.attempt, result)
         if result.ok:
             hook.succeeded += 1
             self._answer(integration, job.variables, result.body)
@@ -854,6 +835,14 @@ class WebhookDispatcher:
         device = self._device(event.device_id) if event.device_id else None
         variables = event_variables(event, device, secrets.token_hex(12))
         result = await self._send(integration, variables)
+        self._record_attempt(integration, event, 1, result)
+        return result
+
+    # -- the record of deliveries ----------------------------------------------------------------------
+
+    def _record_attempt(
+        self, integration: Integration, event: CloudEvent, attempt: int, result: DeliveryResult
+    ) -> None:
         outcome = "success" if result.ok else "failure"
         self._record(
             HookDelivery(
@@ -861,16 +850,13 @@ class WebhookDispatcher:
                 self._clock(),
                 event.name,
                 event.device_id,
-                1,
+                attempt,
                 outcome,
                 result.status,
                 result.duration,
                 result.error,
             )
         )
-        return result
-
-    # -- the record of deliveries ----------------------------------------------------------------------
 
     def _record(self, delivery: HookDelivery) -> None:
         if len(self._records) >= _MAX_UNWRITTEN:
