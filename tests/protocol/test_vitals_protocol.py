@@ -6,47 +6,23 @@ from __future__ import annotations
 import struct
 
 import pytest
+from ota_support import NOW, connect
 
 from cyan.protocol import (
     DEVICE_OS_0_6_1,
     DEVICE_OS_3_1_0,
     Application,
     DescribeReceived,
-    DeviceConnection,
-    DeviceIdentified,
     Firmware,
     LocalProtocolError,
     PingAnswered,
-    ServerConnection,
-    State,
 )
 from cyan.protocol import messages as m
-from cyan.testing import ConnectionPair, ScriptedRandom, drain, fixed_device_key, fixed_server_key
-
-DEVICE_ID = bytes.fromhex("0123456789abcdef01234567")
-NOW = 1_000.0
+from cyan.testing import ConnectionPair, drain
 
 
 def _connect(firmware: Firmware, application: Application | None = None) -> ConnectionPair:
-    key = fixed_server_key()
-    server = ServerConnection(key, NOW, rng=ScriptedRandom(seed=3))
-    device = DeviceConnection(
-        DEVICE_ID,
-        fixed_device_key(),
-        key.public_key(),
-        NOW,
-        firmware=firmware,
-        application=application or Application(),
-        rng=ScriptedRandom(seed=4),
-    )
-    pair = ConnectionPair(server, device)
-    pair.pump(NOW)
-    (identified,) = pair.take_server_events()
-    assert isinstance(identified, DeviceIdentified)
-    assert identified.public_key is not None
-    server.accept(identified.public_key, NOW)
-    pair.pump(NOW)
-    assert server.state is State.CONNECTED
+    pair = connect(firmware, application=application)
     pair.take_server_events()
     pair.take_device_events()
     return pair
