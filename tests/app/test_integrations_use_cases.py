@@ -235,6 +235,13 @@ def test_an_account_has_at_most_a_hundred_integrations() -> None:
         with pytest.raises(InvalidInputError, match="at most 100"):
             await app.integrations.create(bob, HOOK)
         await app.integrations.create(alice, HOOK)  # another account's count is its own
+        # Two racing for the last place: the count is read in the transaction that adds, so one wins.
+        await app.integrations.delete(bob, (await app.integrations.mine(bob))[0].id)
+        racing = await asyncio.gather(
+            app.integrations.create(bob, HOOK), app.integrations.create(bob, HOOK), return_exceptions=True
+        )
+        assert sorted(type(outcome).__name__ for outcome in racing) == ["Integration", "InvalidInputError"]
+        assert len(await app.integrations.mine(bob)) == 100
 
     run(scenario)
 
