@@ -4,6 +4,7 @@ publish and subscribe, and a real HTTP receiver (tests/hook_support.py)."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from cyan.app import Actor, NewDevice
 from cyan.cloud.models import Role
@@ -430,3 +432,18 @@ def test_device_vitals_of_new_and_legacy_firmware(tmp_path: Path) -> None:
         await vitals.close()
 
     _run(tmp_path, scenario)
+
+
+def test_the_address_policy_is_the_operators_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CYAN_HOOK_ALLOWED_NETWORKS", "10.1.0.0/16, ::1")
+    settings = Settings.from_env(data_dir=tmp_path / "data", public_address="127.0.0.1")
+    policy = Service(settings, ensure_server_keys(settings)).hook_sender.policy
+    assert [policy.allows(ipaddress.ip_address(a)) for a in ("10.1.2.3", "::1", "10.2.0.1", "127.0.0.1")] == [
+        True,
+        True,
+        False,
+        False,
+    ]
+    monkeypatch.setenv("CYAN_HOOK_ALLOWED_NETWORKS", "10.1.0.0/16, intranet")
+    with pytest.raises(ValueError, match="'intranet' is not a network"):
+        Settings.from_env(data_dir=tmp_path / "data")

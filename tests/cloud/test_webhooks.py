@@ -266,13 +266,15 @@ def test_by_default_no_private_loopback_link_local_or_disguised_address_is_reach
 def test_public_addresses_are_reached_and_an_operator_adds_networks() -> None:
     for public in ("93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"):
         assert AddressPolicy().allows(ipaddress.ip_address(public))
-    policy = AddressPolicy.parse(" 127.0.0.0/8 ; 10.1.2.3,::1")
+    policy = AddressPolicy.parse(" 127.0.0.0/8 , 10.1.2.3,::1,")
     for allowed in ("127.0.0.1", "127.9.9.9", "10.1.2.3", "::1", "::ffff:127.0.0.1"):
         assert policy.allows(ipaddress.ip_address(allowed))
     for refused in ("10.1.2.4", "169.254.169.254", "192.168.0.1"):
         assert not policy.allows(ipaddress.ip_address(refused))
     with pytest.raises(ValueError, match="not a network"):
         AddressPolicy.parse("127.0.0.0/8, localhost")
+    with pytest.raises(ValueError, match="not a network"):
+        AddressPolicy.parse("127.0.0.0/8; ::1")  # as the setting refuses it (cyan.config)
 
 
 # -- the dispatcher ---------------------------------------------------------------------------------------

@@ -99,6 +99,8 @@ class HttpSender:
 
     def __init__(self, policy: AddressPolicy, *, user_agent: str, max_connections: int = 256) -> None:
         backend = _GuardedBackend(policy)
+        #: Where requests may go.
+        self.policy = policy
         self._user_agent = user_agent
         self._pools = {
             verify: httpcore.AsyncConnectionPool(

@@ -119,7 +119,7 @@ class AddressPolicy:
     def parse(cls, text: str) -> AddressPolicy:
         """From a comma-separated list of networks or addresses ("127.0.0.0/8, ::1, 10.1.2.3")."""
         networks = []
-        for part in text.replace(";", ",").split(","):
+        for part in text.split(","):
             entry = part.strip()
             if not entry:
                 continue
