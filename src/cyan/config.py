@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from dataclasses import dataclass, field
@@ -99,6 +100,10 @@ class Settings:
     #: This node's name among the nodes of the cloud (presences, requests between nodes); unique per node.
     #: Empty: the host name and the API port, ``host:8080``. Env: CYAN_NODE_ID.
     node_id: str = ""
+    #: Networks webhooks may reach besides public addresses, comma-separated (10.0.0.0/8, 127.0.0.1, ::1):
+    #: by default a hook's URL may not lead to loopback, private or link-local addresses (docs/security.md).
+    #: Env: CYAN_HOOK_ALLOWED_NETWORKS.
+    hook_allowed_networks: str = ""
 
     def __post_init__(self) -> None:
         if self.workers < 0:
@@ -122,6 +127,14 @@ class Settings:
             object.__setattr__(self, "node_id", f"{socket.gethostname()}:{self.api_port}")
         if any(c.isspace() for c in self.node_id):
             raise ValueError(f"the node id must have no spaces, not {self.node_id!r}")
+        for entry in self.hook_allowed_networks.split(","):
+            try:
+                if entry.strip():
+                    ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"hook_allowed_networks: {entry.strip()!r} is not a network (like 10.0.0.0/8) nor an address"
+                ) from None
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -145,6 +158,7 @@ class Settings:
             "database_url": _env("DATABASE_URL", ""),
             "bus_url": _env("BUS_URL", ""),
             "node_id": _env("NODE_ID", ""),
+            "hook_allowed_networks": _env("HOOK_ALLOWED_NETWORKS", ""),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -23,12 +23,16 @@ from pathlib import Path
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from cyan import __version__
 from cyan.api import ApiContext, create_app
 from cyan.app import Actor, Application, LoginLimits
 from cyan.bus import open_bus
 from cyan.cloud.alerts import WebhookAlerts
 from cyan.cloud.ota import FirmwareLibrary, UpdateManager
 from cyan.cloud.service import Cloud
+from cyan.cloud.vitals import VitalsCollector
+from cyan.cloud.webhook_http import HttpSender
+from cyan.cloud.webhooks import AddressPolicy, WebhookDispatcher
 from cyan.cloud.writer import RecordLimits
 from cyan.config import Settings
 from cyan.keys import (
@@ -241,7 +245,22 @@ class Service:
             per_address=settings.login_failures_per_address,
             window=settings.login_window_minutes * 60.0,
         )
-        self.app = Application(self.store, cloud=self.cloud, updates=self.updates, login_limits=logins)
+        # Webhooks act on the events this process's devices and API callers publish; their HTTP goes only where
+        # the address policy lets it (docs/security.md).
+        self.hook_sender = HttpSender(
+            AddressPolicy.parse(settings.hook_allowed_networks), user_agent=f"Cyan/{__version__} (webhooks)"
+        )
+        self.hooks = WebhookDispatcher(self.store, self.bus, self.hook_sender, device=self.cloud.live)
+        self.cloud.origin_listeners.append(self.hooks.offer)
+        self.vitals = VitalsCollector(self.cloud, self.store, timeout=protocol.request_timeout)
+        self.app = Application(
+            self.store,
+            cloud=self.cloud,
+            updates=self.updates,
+            login_limits=logins,
+            hooks=self.hooks,
+            vitals=self.vitals,
+        )
         gateway = self.app.gateway
         assert gateway is not None
         self.gateway = gateway
@@ -279,6 +298,8 @@ class Service:
             await self.store.open()
             await settle_server_key(self.settings, self.keys, self.app)
             await self.cloud.start()
+            await self.hooks.start()
+            self.vitals.start()
             with _naming_the_port("devices", self.settings.device_host, self.settings.device_port, "--device-port"):
                 await self.device_server.start()
             await self.updates.start()
@@ -330,6 +351,9 @@ class Service:
         await self.updates.stop()
         await self.device_server.stop()
         await self.gateway.drain()
+        await self.vitals.stop()
+        await self.hooks.stop()
+        await self.hook_sender.aclose()
         await self.cloud.stop()
         if self.settings.bus_url:
             await self.bus.close()  # leaves the cloud: its presences go (the in-process bus has no one to tell)

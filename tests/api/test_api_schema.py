@@ -79,6 +79,7 @@ class Live:
         self.service = loopback_service(data, login_failures_per_account=10**9, login_failures_per_address=10**9)
         self.job = 0
         self.firmware = ""
+        self.integration = ""
         self.pending: list[str] = []
         self._changed = False
         self.run(self._start())
@@ -131,7 +132,20 @@ class Live:
             pending = PendingKey(GARAGE, der, fingerprint(der), record.key_fingerprint, now, now, 2, "127.0.0.1:4000")
             await service.store.keys.save_pending_key(pending)
             self.pending.append(pending.fingerprint)
+        # A webhook of Alice's (its receiver an address hooks may not reach: a test of it answers at once), and
+        # her kitchen's vitals, asked for once, so that the routes that show them have something to show.
+        self.integration = await self._new_integration()
+        await service.app.vitals.refresh(alice, KITCHEN)
         await self._restore()
+
+    async def _new_integration(self) -> str:
+        alice = Actor.account(ALICE, Role.USER)
+        hook = await self.service.app.integrations.create(alice, {"event": "temp", "url": "http://192.0.2.1/hook"})
+        return hook.id
+
+    def fresh_integration(self) -> str:
+        """A webhook of Alice's that nothing else uses: one to delete."""
+        return self.run(self._new_integration())
 
     def fresh_rollout(self) -> tuple[int, str]:
         """A rollout of Alice's offline garage (its job queued), to hold and let go: (job id, rollout id)."""
@@ -214,6 +228,17 @@ class Live:
             token = self.tokens.get(user)
             if token is None or await app.accounts.resolve(token) is None:
                 self.tokens[user] = (await app.accounts.create_token(OPS, user, None)).token
+        # Alice's webhook goes with her account when a request removed it.
+        if self.integration and not any(
+            hook.id == self.integration for hook in await app.integrations.mine(Actor.account(ALICE, Role.USER))
+        ):
+            self.integration = await self._new_integration()
+
+    def settle(self) -> None:
+        """Put back what the last request may have changed, before a test reads the fixtures' ids."""
+        if self._changed:
+            self.run(self._restore())
+            self._changed = False
 
 
 @pytest.fixture(scope="module")
@@ -329,6 +354,8 @@ def _good(live: Live, operation: tuple[str, str]) -> dict[tuple[str, str], list[
     product = {"product": "6", "device": KITCHEN}
     image = build_module(hashlib.sha256(b"other image").digest() * 200, platform_id=6)
     job, rollout = live.fresh_rollout() if operation in _HOLDS else (0, "")
+    doomed = live.fresh_integration() if operation[0] == "DELETE" and "integration_id" in operation[1] else ""
+    hook = {"integration_id": live.integration}
     return {
         ("POST", "/oauth/token"): [
             Good(body={"grant_type": "password", "username": ALICE, "password": PASSWORD}, media_type=form),
@@ -409,12 +436,28 @@ def _good(live: Live, operation: tuple[str, str]) -> dict[tuple[str, str], list[
         ("GET", "/v1/keys/rekey"): [Good(), Good(user=ADMIN)],
         ("GET", "/v1/server/key"): [Good()],
         ("GET", "/v1/server/key/file"): [Good()],
+        ("GET", "/v1/integrations"): [Good()],
+        ("GET", "/v1/webhooks"): [Good()],
+        ("POST", "/v1/integrations"): [Good(body={"event": "temp", "url": "http://192.0.2.1/new"})],
+        ("POST", "/v1/webhooks"): [Good(body={"event": "temp", "url": "http://192.0.2.1/cli"}, media_type=form)],
+        ("GET", "/v1/integrations/{integration_id}"): [Good(hook)],
+        ("GET", "/v1/webhooks/{integration_id}"): [Good(hook)],
+        ("PUT", "/v1/integrations/{integration_id}"): [
+            Good(hook, body={"event": "temp", "url": "http://192.0.2.1/hook", "requestType": "PUT"})
+        ],
+        ("DELETE", "/v1/integrations/{integration_id}"): [Good({"integration_id": doomed})],
+        ("DELETE", "/v1/webhooks/{integration_id}"): [Good({"integration_id": doomed})],
+        ("POST", "/v1/integrations/{integration_id}/test"): [Good(hook, body={"data": "21.5"})],
+        ("GET", "/v1/diagnostics/{device}"): [Good(device)],
+        ("GET", "/v1/diagnostics/{device}/last"): [Good(device)],
+        ("POST", "/v1/diagnostics/{device}/update"): [Good(device)],
     }
 
 
 @pytest.mark.parametrize(("method", "path"), FUZZED, ids=[f"{method} {path}" for method, path in FUZZED])
 def test_every_answer_is_documented(api_schema: schemathesis.BaseSchema, live: Live, method: str, path: str) -> None:
     operation = api_schema[path][method]
+    live.settle()
     for request in _good(live, (method, path))[method, path]:
         body = {} if request.body is None else {"body": request.body, "media_type": request.media_type}
         case = operation.Case(path_parameters=request.path_parameters, query=request.query, **body)

@@ -14,7 +14,7 @@ import pytest
 from cyan.bus import CloudEvent, InProcessBus
 from cyan.cloud.alerts import LoggingAlerts
 from cyan.cloud.errors import DeviceOfflineError, DeviceQuarantinedError, UnknownFunctionError, UnknownVariableError
-from cyan.cloud.models import AttemptOutcome, ConnectionAttempt, DeviceRecord
+from cyan.cloud.models import AttemptOutcome, ConnectionAttempt, DeviceRecord, LinkDiagnostics
 from cyan.cloud.service import Cloud
 from cyan.keys import fingerprint, public_key_der
 from cyan.protocol import Hello, HelloFlag, OtaOutcome, SubscriptionScope
@@ -67,6 +67,12 @@ class FakeLink:
         self, image: bytes, *, fast: bool | None, progress: Callable[[int, int], None] | None = None
     ) -> OtaOutcome:
         raise ConnectionError("no updates here")
+
+    # Vitals: what a test sets is what the link measured.
+    diagnostics: LinkDiagnostics = field(default_factory=lambda: LinkDiagnostics(None, None, "not measured"))
+
+    async def diagnose(self, timeout: float) -> LinkDiagnostics:
+        return self.diagnostics
 
 
 HELLO = Hello(6, 0xFFFF, HelloFlag(0x36), 6, 3103, 960, 262144, 512)

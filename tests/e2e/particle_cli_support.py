@@ -165,9 +165,13 @@ class ParticleCli:
         return Completed(("particle", *args), done.returncode, clean(done.stdout), clean(done.stderr))
 
     def run_with_password(self, args: Sequence[str], password: str, *, timeout: float = 30.0) -> Completed:
-        """Run a command that prompts for the account password (`token create`): inquirer needs a terminal,
-        so the command runs on a pseudo-terminal (python `os.openpty`) and the password is typed at the
-        prompt. stdout and stderr are both the terminal: everything is in `stdout`."""
+        """Run a command that prompts for the account password (`token create`)."""
+        return self.run_answering(args, {"Please enter your password:": password}, timeout=timeout)
+
+    def run_answering(self, args: Sequence[str], answers: Mapping[str, str], *, timeout: float = 30.0) -> Completed:
+        """Run a command that asks questions (inquirer needs a terminal): it runs on a pseudo-terminal (python
+        `os.openpty`) and each answer is typed, with Enter, once its prompt appears. stdout and stderr are both
+        the terminal: everything is in `stdout`."""
         master, slave = os.openpty()
         try:
             proc = subprocess.Popen(
@@ -185,7 +189,7 @@ class ParticleCli:
             raise
         os.close(slave)
         received = bytearray()
-        typed = False
+        pending = dict(answers)
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -206,9 +210,9 @@ class ParticleCli:
                     if not chunk:
                         break
                     received += chunk
-                    if not typed and "Please enter your password:" in clean(received.decode(errors="replace")):
-                        os.write(master, password.encode() + b"\r")
-                        typed = True
+                    shown = clean(received.decode(errors="replace"))
+                    for prompt in [p for p in pending if p in shown]:
+                        os.write(master, pending.pop(prompt).encode() + b"\r")
                 elif proc.poll() is not None:
                     break
             returncode = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
@@ -333,7 +337,7 @@ class _Logged:
     stderr_path: Path
 
     @classmethod
-    def start(cls, name: str, args: Sequence[str], log_dir: Path) -> _Logged:
+    def start(cls, name: str, args: Sequence[str], log_dir: Path, env: Mapping[str, str] | None = None) -> _Logged:
         log_dir.mkdir(parents=True, exist_ok=True)
         out_path = log_dir / f"{name}.out"
         err_path = log_dir / f"{name}.err"
@@ -343,7 +347,7 @@ class _Logged:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
-                env=_base_env(PYTHONUNBUFFERED="1"),
+                env=_base_env(PYTHONUNBUFFERED="1", **(env or {})),
             )
         return cls(name, proc, out_path, err_path)
 
@@ -385,7 +389,16 @@ class CyanServer:
     proc: _Logged
 
     @classmethod
-    def start(cls, data_dir: Path, log_dir: Path, *, timeout: float = 30.0, extra: Sequence[str] = ()) -> CyanServer:
+    def start(
+        cls,
+        data_dir: Path,
+        log_dir: Path,
+        *,
+        timeout: float = 30.0,
+        extra: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> CyanServer:
+        """`env`: CYAN_* settings given as the environment (those that have no flag)."""
         args = [
             "serve",
             "--data-dir",
@@ -402,7 +415,7 @@ class CyanServer:
             "127.0.0.1",
             *extra,
         ]
-        proc = _Logged.start("serve", args, log_dir)
+        proc = _Logged.start("serve", args, log_dir, env)
         deadline = time.monotonic() + timeout
         try:
             while True:

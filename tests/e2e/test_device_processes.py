@@ -87,6 +87,24 @@ def test_devices_in_child_processes_are_served_like_local_ones(tmp_path: Path) -
             record = (await service.app.devices.get(Actor.operator(), SPECS[0].device_id)).record
             assert record.online
             assert record.functions == ["setArg"]
+            # Vitals across the processes: asked of a 3.1.0 and a 0.6.1 device, and posted by one unasked.
+            new, legacy = SPECS[0].device_id, SPECS[1].device_id
+            for device in (new, legacy):
+                measured = await service.vitals.collect(device)
+                assert measured is not None
+                assert measured.payload["service"]["coap"]["round_trip"] >= 0
+            new_record, legacy_record = await service.store.vitals.last(new), await service.store.vitals.last(legacy)
+            assert new_record is not None
+            assert legacy_record is not None
+            assert new_record.payload["device"]["cloud"]["connection"]["status"] == "connected"
+            assert "device" not in legacy_record.payload
+            assert fleet[new].publish_vitals()
+            deadline = asyncio.get_running_loop().time() + 10
+            while len(history := await service.store.vitals.history(new)) < 2:
+                assert asyncio.get_running_loop().time() < deadline, "the posted vitals were not recorded"
+                await asyncio.sleep(0.05)
+            assert history[-1].payload["device"]["system"]["uptime"] >= 0
+            assert "coap" not in history[-1].payload["service"]  # posted: nothing was measured
         finally:
             await fleet.stop()
 

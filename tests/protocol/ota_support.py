@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from cyan.protocol import (
     DEVICE_OS_3_1_0,
+    Application,
     DeviceConfig,
     DeviceConnection,
     DeviceIdentified,
@@ -36,6 +37,7 @@ def connect(
     check_update: Callable[[bytes], UpdateCheck] | None = None,
     damage_chunk: Callable[[int], bool] | None = None,
     server_config: ServerConfig | None = None,
+    application: Application | None = None,
 ) -> ConnectionPair:
     key = fixed_server_key()
     server = ServerConnection(key, NOW, config=server_config, rng=ScriptedRandom(seed=1))
@@ -45,6 +47,7 @@ def connect(
         key.public_key(),
         NOW,
         firmware=firmware,
+        application=application,
         config=device_config,
         rng=ScriptedRandom(seed=2),
         check_update=check_update,

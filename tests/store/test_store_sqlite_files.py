@@ -81,7 +81,7 @@ def test_open_creates_directories_and_the_schema_at_head(tmp_path: Path) -> None
             pass
 
     run(scenario())
-    assert head_revision() == "0005"
+    assert head_revision() == "0006"
     assert _version(db) == [head_revision()]
     assert _tables(db) == {
         "alembic_version": [],
@@ -101,6 +101,9 @@ def test_open_creates_directories_and_the_schema_at_head(tmp_path: Path) -> None
         "firmware": [],
         "update_jobs": ["ix_update_jobs_device_id_id", "ix_update_jobs_rollout", "ix_update_jobs_state"],
         "device_groups": ["ix_device_groups_device_id"],
+        "integrations": ["ix_integrations_owner"],
+        "hook_deliveries": ["ix_hook_deliveries_integration_id_id"],
+        "device_vitals": ["ix_device_vitals_device_id_updated_at", "ix_device_vitals_updated_at"],
     }
     assert stat.S_IMODE(db.parent.stat().st_mode) == 0o700
 

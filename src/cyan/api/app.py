@@ -10,7 +10,16 @@ from fastapi.responses import JSONResponse
 
 from cyan import __version__
 
-from . import routes_auth, routes_devices, routes_diagnostics, routes_events, routes_fleet, routes_keys, routes_updates
+from . import (
+    routes_auth,
+    routes_devices,
+    routes_diagnostics,
+    routes_events,
+    routes_fleet,
+    routes_integrations,
+    routes_keys,
+    routes_updates,
+)
 from ._context import ApiContext
 from ._limits import RequestLimits
 from .errors import install_error_handlers
@@ -49,6 +58,7 @@ def create_app(context: ApiContext) -> FastAPI:
     app.include_router(routes_keys.router)
     app.include_router(routes_diagnostics.router)  # before devices: /attempts and /doctor are not variables
     app.include_router(routes_updates.router)  # before devices: /updates is not a variable either
+    app.include_router(routes_integrations.router)
     app.include_router(routes_devices.router)
     install_console(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

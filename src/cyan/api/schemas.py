@@ -38,6 +38,7 @@ __all__ = [
     "ClaimRequest",
     "Claimed",
     "CoreInfo",
+    "Delivery",
     "DevelopmentMarked",
     "Device",
     "DeviceChange",
@@ -64,12 +65,19 @@ __all__ = [
     "FleetSummary",
     "FunctionCall",
     "FunctionResult",
+    "Integration",
+    "IntegrationChanged",
+    "IntegrationDetail",
+    "IntegrationRequest",
+    "IntegrationTestRequest",
+    "IntegrationTested",
     "Job",
     "JobControlled",
     "KeyApproved",
     "KeyProvision",
     "KeyRejected",
     "KeyStatus",
+    "LastVitals",
     "Mfa",
     "NewAccount",
     "NoParameters",
@@ -98,6 +106,7 @@ __all__ = [
     "Signaled",
     "SkippedJob",
     "StreamedEvent",
+    "TestAnswer",
     "TimeWindow",
     "Token",
     "TokenCreated",
@@ -110,6 +119,8 @@ __all__ = [
     "UpdateRequest",
     "UserProfile",
     "VariableValue",
+    "VitalsHistory",
+    "VitalsRecord",
     "errors",
     "request_body",
     "stream_responses",
@@ -882,6 +893,119 @@ class ServerKey(Shape):
     fingerprint: str | None
     key_file: str | None
     key_file_url: str | None
+
+
+# -- webhooks and vitals (Particle's) -------------------------------------------------------------------
+
+
+class IntegrationRequest(BaseModel):
+    """A webhook as Particle's API and `particle webhook create` describe it; templates may use the event's
+    variables ({{{PARTICLE_EVENT_NAME}}}, {{{PARTICLE_EVENT_VALUE}}}, ... docs/api.md "Webhooks")."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    event: str = Field(description="The prefix of the event names that trigger it")
+    url: str = Field(description="http or https; a template")
+    requestType: Omittable[str] = Field(default=None, description="GET, POST, PUT, PATCH or DELETE (default POST)")
+    name: Omittable[str] = None
+    deviceID: Omittable[str] = Field(default=None, description="Only this device's events trigger it")
+    json_body: Omittable[Any] = Field(default=None, alias="json", description="A JSON body template")
+    form: Omittable[dict[str, Any]] = None
+    query: Omittable[dict[str, Any]] = None
+    body: Omittable[str] = None
+    headers: Omittable[dict[str, Any]] = None
+    auth: Omittable[dict[str, Any]] = Field(default=None, description="Basic authentication: username, password")
+    noDefaults: Omittable[bool] = None
+    rejectUnauthorized: Omittable[bool] = None
+    mydevices: Omittable[bool] = None
+    disabled: Omittable[bool] = None
+    responseTemplate: Omittable[str] = None
+    responseTopic: Omittable[str] = None
+    errorResponseTopic: Omittable[str] = None
+
+
+class IntegrationTestRequest(BaseModel):
+    data: Omittable[str] = Field(default=None, description="The test event's data (default test-event)")
+    device_id: Omittable[str] = Field(default=None, description="As if this device of yours published it")
+    deviceID: Omittable[str] = Field(default=None, description="The same, as Particle names it")
+
+
+class Integration(Shape):
+    """A webhook as the API shows it; the keys it was not given are left out."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    id: str
+    integration_type: Literal["Webhook"]
+    event: str
+    url: str
+    requestType: str
+    created_at: Time
+    updated_at: Time | None
+    noDefaults: bool
+    rejectUnauthorized: bool
+    mydevices: bool
+    disabled: bool
+    name: Omittable[str] = None
+    deviceID: Omittable[str] = None
+    json_body: Omittable[Any] = Field(default=None, alias="json")
+    form: Omittable[Any] = None
+    query: Omittable[Any] = None
+    body: Omittable[Any] = None
+    headers: Omittable[Any] = None
+    auth: Omittable[Any] = None
+    responseTemplate: Omittable[Any] = None
+    responseTopic: Omittable[Any] = None
+    errorResponseTopic: Omittable[Any] = None
+
+
+class IntegrationChanged(Integration, Ok):
+    pass
+
+
+class Delivery(Shape):
+    time: Time
+    event: str
+    deviceID: str | None
+    attempt: int
+    outcome: str
+    status: int | None
+    duration_ms: float | None
+    error: str | None
+
+
+class IntegrationDetail(Integration):
+    logs: list[Delivery] = Field(description="Its recent deliveries, newest first")
+    errors: list[Delivery] = Field(description="Those of them that did not succeed")
+    counters: dict[str, int] = Field(description="What this server counted since it started")
+
+
+class TestAnswer(Shape):
+    statusCode: int | None
+    body: str
+    duration_ms: float | None
+
+
+class IntegrationTested(Ok):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    passed: bool = Field(alias="pass")
+    data: TestAnswer
+    error: Omittable[str] = None
+
+
+class VitalsRecord(Shape):
+    updated_at: Time
+    deviceID: str
+    payload: dict[str, Any]
+
+
+class LastVitals(Shape):
+    diagnostics: VitalsRecord
+
+
+class VitalsHistory(Shape):
+    diagnostics: list[VitalsRecord]
 
 
 class EventStream(StreamingResponse):

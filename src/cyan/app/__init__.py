@@ -16,6 +16,8 @@ from cyan.cloud.models import DeviceRecord
 from cyan.cloud.ota import UpdateManager
 from cyan.cloud.ports import Sessions, Store
 from cyan.cloud.service import Cloud
+from cyan.cloud.vitals import VitalsCollector
+from cyan.cloud.webhooks import WebhookDispatcher
 
 from ._context import AppContext, _utc_now
 from .accounts import AccountUseCases, InvalidCredentialsError, IssuedToken, LoginLimits
@@ -25,9 +27,11 @@ from .devices import ClaimCodeIssued, DeviceUseCases, DeviceView, NewDevice
 from .diagnostics import Diagnostics
 from .fleet import DeviceRow, FleetPage, FleetSummary, FleetUseCases
 from .handshake import DeviceGateway, Handshakes
+from .integrations import IntegrationUseCases, IntegrationView
 from .keys import KeyStatus, KeyUseCases, Provisioned, UnprovenSummary
 from .server_key import ServerKeyChangedError, ServerKeyMissingError, ServerKeyUseCases
 from .updates import UpdateUseCases
+from .vitals import VitalsUseCases
 
 __all__ = [
     "AccountUseCases",
@@ -45,6 +49,8 @@ __all__ = [
     "FleetSummary",
     "FleetUseCases",
     "Handshakes",
+    "IntegrationUseCases",
+    "IntegrationView",
     "InvalidCredentialsError",
     "IssuedToken",
     "KeyStatus",
@@ -58,6 +64,7 @@ __all__ = [
     "StoredSessions",
     "UnprovenSummary",
     "UpdateUseCases",
+    "VitalsUseCases",
 ]
 
 
@@ -94,7 +101,8 @@ class StoredSessions:
 
 class Application:
     """Every use case over one store. With a `Cloud` (a server), also the device-facing ones: calls,
-    updates, and the gateway the device server talks to."""
+    updates, and the gateway the device server talks to; with a `WebhookDispatcher` and a `VitalsCollector`,
+    webhooks are delivered and devices asked for their vitals."""
 
     def __init__(
         self,
@@ -105,6 +113,8 @@ class Application:
         alerts: AlertSink | None = None,
         clock: Callable[[], datetime] = _utc_now,
         login_limits: LoginLimits | None = None,
+        hooks: WebhookDispatcher | None = None,
+        vitals: VitalsCollector | None = None,
     ) -> None:
         sessions: Sessions = cloud if cloud is not None else StoredSessions(store)
         alerts = alerts or (cloud.alerts if cloud is not None else LoggingAlerts())
@@ -120,3 +130,5 @@ class Application:
         self.gateway = DeviceGateway(self.context, cloud) if cloud is not None else None
         self.updates = UpdateUseCases(self.context, updates) if updates is not None else None
         self.fleet = FleetUseCases(self.context, settle=cloud.flush if cloud is not None else None)
+        self.integrations = IntegrationUseCases(self.context, hooks)
+        self.vitals = VitalsUseCases(self.context, vitals)

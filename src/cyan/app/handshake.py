@@ -230,6 +230,9 @@ class DeviceGateway:
     def describe_received(self, link: DeviceLink, document: dict[str, Any]) -> None:
         self.cloud.describe_received(link, document)
 
+    def metrics_received(self, link: DeviceLink, values: dict[int, int]) -> None:
+        self.cloud.metrics_received(link, values)
+
     def event_from_device(self, link: DeviceLink, name: str, data: bytes | None, ttl: int, private: bool) -> None:
         if not name.isprintable():
             # A control character (a newline, above all) in a name would end a server-sent event's field early

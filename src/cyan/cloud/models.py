@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
 __all__ = [
     "FLEET",
@@ -16,15 +17,20 @@ __all__ = [
     "ConnectionAttempt",
     "DeviceRecord",
     "FirmwareRecord",
+    "HookDelivery",
+    "Integration",
     "JobState",
     "KeyPolicy",
     "KeyPolicyMode",
+    "LinkDiagnostics",
     "PendingKey",
     "RekeyWindow",
     "Role",
     "UpdateJob",
     "User",
     "Variable",
+    "VitalsRecord",
+    "iso_time",
 ]
 
 
@@ -307,6 +313,11 @@ class UpdateJob:
     id: int | None = None
 
 
+def iso_time(moment: datetime) -> str:
+    """Particle's time format, as events and their payloads carry it: UTC, milliseconds, Z."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 @dataclass(frozen=True, slots=True)
 class CloudEvent:
     """An event as the cloud carries it: from a device, from the API, or from the cloud itself."""
@@ -320,3 +331,77 @@ class CloudEvent:
     #: Whose devices may see it (MY_DEVICES scope); None for devices without an owner.
     owner: str | None
     private: bool = True
+
+
+@dataclass(slots=True)
+class Integration:
+    """A webhook: which of its owner's events trigger it, and the request it makes (Particle's integration of
+    type Webhook; docs/api.md "Webhooks"). The templates are kept as their owner gave them and rendered per
+    event (`cyan.cloud.templates`)."""
+
+    id: str  # 24 lowercase hex digits, as Particle's
+    owner: str
+    #: The prefix of the event names that trigger it.
+    event: str
+    #: A template: the event's variables may appear in it; only http and https are sent.
+    url: str
+    created_at: datetime
+    #: GET, POST, PUT, PATCH or DELETE.
+    request_type: str = "POST"
+    #: Only this device's events trigger it (None: any of the owner's).
+    device_id: str | None = None
+    name: str | None = None
+    disabled: bool = False
+    #: Leave out the default fields (event, data, published_at, coreid).
+    no_defaults: bool = False
+    #: Verify the receiver's TLS certificate.
+    reject_unauthorized: bool = True
+    #: Particle's legacy switch; kept and shown, but only the owner's events ever trigger a hook here.
+    my_devices: bool = True
+    #: The request templates, each as given: "json" (object, array or string), "form", "query", "headers"
+    #: (objects), "body" (string), "auth" ({"username", "password"}), and for the answer "responseTemplate",
+    #: "responseTopic" and "errorResponseTopic" (strings).
+    templates: dict[str, Any] = field(default_factory=dict)
+    updated_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class HookDelivery:
+    """One attempt to deliver an event to an integration, or an event that was not attempted (dropped)."""
+
+    integration_id: str
+    #: When the attempt started (or the event was dropped).
+    at: datetime
+    event_name: str
+    device_id: str | None
+    #: 1 for the first attempt, 2 for the first retry, ...
+    attempt: int
+    #: "success", "failure" (retried or not), "dropped" (never sent: a full queue, the server stopping).
+    outcome: str
+    #: The receiver's HTTP status, None when there was no answer.
+    status: int | None = None
+    #: Seconds from the request to its answer or failure.
+    duration: float | None = None
+    error: str | None = None
+    id: int | None = None
+
+
+@dataclass(slots=True)
+class VitalsRecord:
+    """A device's vitals at one moment, in Particle's payload shape (`cyan.cloud.vitals`)."""
+
+    device_id: str
+    updated_at: datetime
+    payload: dict[str, Any]
+    id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDiagnostics:
+    """What a live session measured when asked (`DeviceLink.diagnose`): the round trip of a server ping, and
+    the diagnostics the device reported (Device OS source id -> value); None for what did not come."""
+
+    round_trip: float | None
+    metrics: dict[int, int] | None
+    #: Why something did not come (the device did not answer, or reports no diagnostics).
+    error: str | None = None

@@ -1,10 +1,10 @@
 """The interfaces the cloud needs from storage and from the event bus (design.md §1).
 
 Storage is cut by role, one repository each: devices, keys (policies, re-key windows, pending keys, claim
-codes), accounts, connection attempts, firmware and updates, audit. `Repositories` is all of them over one
-transaction; a `Store` hands out transactions and also offers each repository on its own, where every call
-commits by itself. The use cases (`cyan.app`) change state only inside `Store.transaction()`, so that a
-change and its audit entry are written together or not at all.
+codes), accounts, connection attempts, firmware and updates, audit, integrations (webhooks), vitals.
+`Repositories` is all of them over one transaction; a `Store` hands out transactions and also offers each
+repository on its own, where every call commits by itself. The use cases (`cyan.app`) change state only
+inside `Store.transaction()`, so that a change and its audit entry are written together or not at all.
 
 `Bus` carries events between devices, event streams and nodes, knows which node holds which device
 (presence) and routes a request to that node.
@@ -29,11 +29,14 @@ from .models import (
     ConnectionAttempt,
     DeviceRecord,
     FirmwareRecord,
+    HookDelivery,
+    Integration,
     KeyPolicy,
     PendingKey,
     RekeyWindow,
     UpdateJob,
     User,
+    VitalsRecord,
 )
 from .queries import DevicePage, DeviceQuery
 
@@ -47,6 +50,7 @@ __all__ = [
     "DeviceExistsError",
     "DeviceRepository",
     "EventFilter",
+    "IntegrationRepository",
     "KeyRepository",
     "NodeUnreachableError",
     "Presence",
@@ -57,6 +61,7 @@ __all__ = [
     "StoreUnavailableError",
     "UpdateRepository",
     "UserExistsError",
+    "VitalsRepository",
 ]
 
 
@@ -113,7 +118,7 @@ class DeviceRepository(Protocol):
 
     async def remove(self, device_id: str) -> bool:
         """Remove the device and what is kept about it (its pending keys, policy, re-key window, group
-        memberships and claim codes); True if it existed."""
+        memberships, claim codes and vitals); True if it existed."""
 
     async def mark_all_offline(self) -> None:
         """At start-up: no device is connected to a process that just started."""
@@ -179,7 +184,8 @@ class AccountRepository(Protocol):
         """Ordered by username."""
 
     async def remove_user(self, username: str) -> bool:
-        """Remove the user and all their tokens, and release their devices (owner becomes None)."""
+        """Remove the user and all their tokens and integrations, and release their devices (owner becomes
+        None)."""
 
     async def add_token(self, token: AccessToken) -> None: ...
 
@@ -271,6 +277,52 @@ class AuditRepository(Protocol):
         """Newest first: all entries, one device's, or those about one subject (a username)."""
 
 
+class IntegrationRepository(Protocol):
+    """Webhooks (their configuration, as their owners gave it) and the record of their recent deliveries."""
+
+    async def add(self, integration: Integration) -> None: ...
+
+    async def get(self, integration_id: str) -> Integration | None: ...
+
+    async def all(self, owner: str | None = None) -> list[Integration]:
+        """Every integration, or one owner's, oldest first."""
+
+    async def save(self, integration: Integration) -> bool:
+        """Write every field of an existing integration; False when there is none by its id."""
+
+    async def remove(self, integration_id: str) -> bool:
+        """Remove it and its deliveries; True if it existed."""
+
+    async def add_deliveries(self, deliveries: list[HookDelivery], *, keep: int) -> None:
+        """Record the deliveries (those of integrations that no longer exist are dropped), then keep only
+        the newest `keep` of each integration concerned."""
+
+    async def deliveries(self, integration_id: str, *, limit: int = 100) -> list[HookDelivery]:
+        """Newest first."""
+
+
+class VitalsRepository(Protocol):
+    """Device vitals: what devices reported of themselves and what the server measured, over time."""
+
+    async def add(self, record: VitalsRecord, *, keep: int) -> int:
+        """Store the record and return its id; keep only the device's newest `keep`."""
+
+    async def history(
+        self,
+        device_id: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+    ) -> list[VitalsRecord]:
+        """The newest `limit` records within [since, until], oldest first."""
+
+    async def last(self, device_id: str) -> VitalsRecord | None: ...
+
+    async def prune(self, *, before: datetime) -> int:
+        """Delete the records from before `before`; how many."""
+
+
 class Repositories(Protocol):
     """Every repository, over one connection: a transaction, or the store's own per-call access."""
 
@@ -291,6 +343,12 @@ class Repositories(Protocol):
 
     @property
     def audit(self) -> AuditRepository: ...
+
+    @property
+    def integrations(self) -> IntegrationRepository: ...
+
+    @property
+    def vitals(self) -> VitalsRepository: ...
 
 
 class Store(Repositories, Protocol):

@@ -19,15 +19,16 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from cyan.protocol import Hello, OtaOutcome, SubscriptionScope, VariableType
+from cyan.protocol.messages import MAX_EVENT_NAME
 
 from .alerts import AlertSink, LoggingAlerts
 from .errors import DeviceOfflineError, DeviceQuarantinedError, UnknownFunctionError, UnknownVariableError
-from .models import CloudEvent, ConnectionAttempt, DeviceRecord, Variable
+from .models import CloudEvent, ConnectionAttempt, DeviceRecord, LinkDiagnostics, Variable
 from .ports import Bus, Store, StoreUnavailableError
 from .watch import AttemptWatch
 from .writer import AttemptSampler, RecordLimits, RecordWriter
 
-__all__ = ["Cloud", "DeviceLink"]
+__all__ = ["Cloud", "DeviceLink", "SessionFacts"]
 
 log = logging.getLogger("cyan.cloud")
 
@@ -72,6 +73,23 @@ class DeviceLink(Protocol):
     ) -> Awaitable[OtaOutcome]:
         """Send an update (the protocol core's `OtaSender`); `progress(delivered, total)` as it goes."""
 
+    # -- vitals (cyan.cloud.vitals) ------------------------------------------------------------
+
+    def diagnose(self, timeout: float) -> Awaitable[LinkDiagnostics]:
+        """Ping the device for the round trip and, if it reports diagnostics (Hello flag 0x02), ask for them
+        (a metrics Describe, protocol.md §6.7); what did not come within `timeout` is None."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFacts:
+    """What the cloud knows of a device's live session (for its vitals)."""
+
+    record: DeviceRecord
+    link: DeviceLink
+    started_at: datetime
+    #: Events the device published during this session.
+    published: int
+
 
 @dataclass(slots=True)
 class _Subscription:
@@ -85,6 +103,8 @@ class _Session:
     link: DeviceLink
     record: DeviceRecord
     subscriptions: list[_Subscription] = field(default_factory=list)
+    started_at: datetime | None = None
+    published: int = 0
 
 
 class Cloud:
@@ -132,6 +152,11 @@ class Cloud:
         self._quarantined: dict[str, tuple[DeviceLink, DeviceRecord, Hello]] = {}
         #: Subscriptions a quarantined device asked for: they take effect if its key is approved.
         self._held_subscriptions: dict[str, list[_Subscription]] = {}
+        #: Called with every event this node's devices and API callers publish (not those of other nodes, nor
+        #: the cloud's own): what acts once per event, such as webhooks, listens here. Must not block.
+        self.origin_listeners: list[Callable[[CloudEvent], None]] = []
+        #: Called with the diagnostics a device posts unasked (`Particle.publishVitals()`): device id, values.
+        self.metrics_listeners: list[Callable[[str, dict[int, int]], None]] = []
         bus.add_listener(self._fan_out)
 
     # -- life cycle -----------------------------------------------------------------------------
@@ -230,7 +255,7 @@ class Cloud:
         record.hello_flags = int(hello.flags)
         if hello.system_version is not None:
             record.system_version = hello.system_version
-        session = _Session(link, record)
+        session = _Session(link, record, started_at=now)
         self._sessions[link.device_id] = session
         self._by_owner[record.owner].add(link.device_id)
         self.writer.state(record)
@@ -293,8 +318,28 @@ class Cloud:
             return  # a quarantined session's events go nowhere
         record = session.record
         record.last_heard = self._clock()
+        session.published += 1
         text = data.decode("utf-8", "replace") if data is not None else None
-        self.bus.publish(CloudEvent(name, text, ttl, self._clock(), record.id, record.owner, private))
+        self._originate(CloudEvent(name, text, ttl, self._clock(), record.id, record.owner, private))
+
+    def metrics_received(self, link: DeviceLink, values: dict[int, int]) -> None:
+        """The device posted its diagnostics unasked (protocol.md §6.7)."""
+        session = self._sessions.get(link.device_id)
+        if session is None or session.link is not link:
+            return
+        for listener in self.metrics_listeners:
+            try:
+                listener(link.device_id, values)
+            except Exception:
+                log.exception("a listener failed on the diagnostics of device %s", link.device_id)
+
+    def _originate(self, event: CloudEvent) -> None:
+        self.bus.publish(event)
+        for listener in self.origin_listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("a listener failed on event %s", event.name)
 
     def subscription_from_device(
         self, link: DeviceLink, prefix: str, scope: SubscriptionScope, device_id: str | None
@@ -336,6 +381,8 @@ class Cloud:
             # them (its system handlers act only on events from the cloud, protocol.md §6.4).
             return
         name = event.name
+        if len(name) > MAX_EVENT_NAME // 4 and len(name.encode()) > MAX_EVENT_NAME:
+            return  # devices take names of at most 64 bytes (§6.4); a longer one (a hook's topic) is for streams
         prefixes = [name[:i] for i in range(len(name) + 1)]
         targets: set[str] = set()
         owned = self._subscribers.get(event.owner)
@@ -391,6 +438,13 @@ class Cloud:
     def _owner_of(self, device_id: str) -> str | None:
         session = self._sessions.get(device_id)
         return session.record.owner if session is not None else None
+
+    def session_facts(self, device_id: str) -> SessionFacts | None:
+        """The device's live session with full access, if it has one here."""
+        session = self._sessions.get(device_id)
+        if session is None or session.started_at is None:
+            return None
+        return SessionFacts(session.record, session.link, session.started_at, session.published)
 
     def device_link(self, device_id: str) -> DeviceLink | None:
         """The link of a connected device with full access (not a quarantined one)."""
@@ -475,4 +529,4 @@ class Cloud:
 
     def publish(self, name: str, data: str | None, *, owner: str | None, private: bool = True, ttl: int = 60) -> None:
         """An event from the API: to the owner's devices and every stream that matches."""
-        self.bus.publish(CloudEvent(name, data, ttl, self._clock(), None, owner, private))
+        self._originate(CloudEvent(name, data, ttl, self._clock(), None, owner, private))

@@ -59,6 +59,8 @@ MAX_CHUNKS = 0xFFFF
 LEGACY_MISSED_REPEAT = 3.0
 #: 0.6.x waits this long after publishing spark/device/ota_result before it resets (OTA README D2).
 LEGACY_RESULT_DELAY = 1.0
+#: The diagnostic source of the system's uptime in seconds (Device OS `diagnostics.h` DIAG_ID_SYSTEM_UPTIME).
+_UPTIME = 6
 #: The new stack asks for n + max(n/5, 2) missed chunks, n the chunks of the last flight (`chunked_transfer.cpp`).
 _MINIMUM_CHUNK_INCREASE = 2
 
@@ -83,6 +85,11 @@ class Application:
     #: None: not a product build, the platform id stands in.
     product_id: int | None = None
     product_version: int = 0xFFFF
+    #: The diagnostics the system reports to a metrics Describe (§6.7): source id -> int32 value (Device OS
+    #: `diagnostics.h` ids, e.g. 25 total RAM, 26 used RAM).
+    metrics: dict[int, int] = field(default_factory=dict)
+    #: The `now` at which the device booted: when set, the metrics report the uptime (source 6, seconds).
+    booted_at: float | None = None
 
     def describe(self, flags: int, platform: int) -> dict[str, object]:
         document: dict[str, object] = {}
@@ -504,17 +511,20 @@ class DeviceConnection(BaseConnection):
         if flags > (3 if self.firmware.legacy else 7) or flags == 0:
             flags = 3
         token = raw[4 : 4 + tkl] if tkl else b""
-        payload = self._describe_payload(flags)
+        payload = self._describe_payload(flags, now)
         if self.firmware.separate_describe_reply:
             self._send(m.empty_ack(message.message_id))
             self._send(m.content_response(self._next_message_id(), token, Code.CONTENT, payload, confirmable=True))
         else:
             self._send(m.piggybacked_response(message.message_id, token, Code.CONTENT, payload))
 
-    def _describe_payload(self, flags: int) -> bytes:
+    def _describe_payload(self, flags: int, now: float) -> bytes:
         if flags == m.DescribeFlags.METRICS:
-            # Binary diagnostics: a header, id size 2 and value size 4, no entries (§6.7).
-            return b"\x00\x04\x00\x02\x00\x04\x00"
+            # Binary diagnostics: a header, id size 2 and value size 4, then one entry per source (§6.7).
+            metrics = dict(self.application.metrics)
+            if self.application.booted_at is not None:
+                metrics[_UPTIME] = int(max(0.0, now - self.application.booted_at))
+            return m.encode_metrics(metrics)
         document = self.application.describe(flags & 3, self.firmware.platform)
         return json.dumps(document, separators=(",", ":")).encode()
 
@@ -735,7 +745,7 @@ class DeviceConnection(BaseConnection):
     def _after_hello(self, now: float) -> None:
         fw = self.firmware
         if fw.posts_system_describe:
-            self._send(m.describe_post(self._next_message_id(), 1, self._describe_payload(1)))
+            self._send(m.describe_post(self._next_message_id(), 1, self._describe_payload(1, now)))
         if fw.publishes_hardware_events:
             self._publish_system("spark/hardware/max_binary", str(fw.max_binary_size))
             self._publish_system("spark/hardware/ota_chunk_size", str(fw.ota_chunk_size))
@@ -750,7 +760,7 @@ class DeviceConnection(BaseConnection):
             return
         self.sync_time()
         if fw.posts_application_describe:
-            self._send(m.describe_post(self._next_message_id(), 2, self._describe_payload(2)))
+            self._send(m.describe_post(self._next_message_id(), 2, self._describe_payload(2, now)))
         self._send_subscriptions(self._all_subscriptions())
 
     def _publish_system(self, name: str, data: str) -> None:
@@ -805,6 +815,14 @@ class DeviceConnection(BaseConnection):
         if not self._time_pending:
             self._time_pending = True
             self._send(m.time_request(self._next_message_id(), self._next_token()))
+
+    def publish_vitals(self, now: float) -> None:
+        """`Particle.publishVitals()`: post the metrics Describe unasked (§6.7; 1.2+, the diagnostics flag)."""
+        self._require_connected()
+        if not self.firmware.hello_flags & m.HelloFlag.DIAGNOSTICS:
+            raise LocalProtocolError("this firmware reports no diagnostics (1.2+)")
+        flags = m.DescribeFlags.METRICS
+        self._send(m.describe_post(self._next_message_id(), flags, self._describe_payload(flags, now)))
 
     def set_variable(self, name: str, value: bool | int | float | str) -> None:
         kind, _ = self.application.variables[name]

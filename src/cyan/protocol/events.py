@@ -32,6 +32,7 @@ __all__ = [
     "GoodbyeReceived",
     "HelloReceived",
     "MessageIgnored",
+    "PingAnswered",
     "PingReceived",
     "PrivateKeyOperationNeeded",
     "PublishAcknowledged",
@@ -167,6 +168,13 @@ class TimeRequested(Event):
 @dataclass(frozen=True, slots=True)
 class PingReceived(Event):
     """Server: a device keep-alive ping, already acknowledged (§8.1)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PingAnswered(Event):
+    """Server: the device acknowledged the server's ping (§8.1): the round trip, in the caller's `now` units."""
+
+    round_trip: float
 
 
 @dataclass(frozen=True, slots=True)

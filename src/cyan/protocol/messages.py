@@ -43,6 +43,7 @@ __all__ = [
     "content_response",
     "decode_describe",
     "decode_goodbye",
+    "decode_metrics",
     "decode_variable",
     "describe_post",
     "describe_request",
@@ -51,6 +52,7 @@ __all__ = [
     "device_update_done",
     "empty_ack",
     "encode_goodbye",
+    "encode_metrics",
     "encode_variable",
     "event",
     "function_ack",
@@ -253,6 +255,45 @@ def decode_describe(payload: bytes) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise ValueError(f"describe payload is JSON {type(document).__name__}, not an object")
     return document
+
+
+#: The metrics Describe's header (§6.7, §16 #16): a 0 byte (binary, not JSON), the flags (4) as uint16, then the
+#: size of an id (2) and of a value (4), each a uint16; little-endian like everything after it.
+_METRICS_HEADER = struct.pack("<BHHH", 0, DescribeFlags.METRICS, 2, 4)
+_METRIC = struct.Struct("<Hi")
+#: A device registers a few dozen diagnostic sources; more than this in one reply is not a device.
+MAX_METRICS = 256
+
+
+def encode_metrics(values: dict[int, int]) -> bytes:
+    """The device's answer to a metrics Describe: the header, then (uint16 id, int32 value) per source."""
+    if len(values) > MAX_METRICS:
+        raise ValueError(f"{len(values)} diagnostic sources; a device reports at most {MAX_METRICS}")
+    out = bytearray(_METRICS_HEADER)
+    for source, value in values.items():
+        _check_range("diagnostic source id", source, 16)
+        if not -(1 << 31) <= value < 1 << 31:
+            raise ValueError(f"diagnostic value {value} does not fit its int32 field")
+        out += _METRIC.pack(source, value)
+    return bytes(out)
+
+
+def decode_metrics(payload: bytes) -> dict[int, int]:
+    """A metrics Describe (§6.7) into source id -> int32 value; `ValueError` with the reason for anything
+    else (peer input: the header, the sizes and the length are all checked)."""
+    if len(payload) < len(_METRICS_HEADER):
+        raise ValueError(f"a metrics describe is at least {len(_METRICS_HEADER)} bytes, got {len(payload)}")
+    marker, flags, id_size, value_size = struct.unpack_from("<BHHH", payload)
+    if marker != 0 or flags != DescribeFlags.METRICS:
+        raise ValueError(f"not a metrics describe: header {payload[:3].hex()}")
+    if (id_size, value_size) != (2, 4):
+        raise ValueError(f"metrics with {id_size}-byte ids and {value_size}-byte values are not understood")
+    body = payload[len(_METRICS_HEADER) :]
+    if len(body) % _METRIC.size:
+        raise ValueError(f"metrics body of {len(body)} bytes is not a whole number of {_METRIC.size}-byte entries")
+    if len(body) // _METRIC.size > MAX_METRICS:
+        raise ValueError(f"more than {MAX_METRICS} diagnostic sources")
+    return dict(_METRIC.iter_unpack(body))
 
 
 def json_object_or_none(payload: bytes | None) -> dict[str, Any] | None:

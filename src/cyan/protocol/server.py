@@ -45,6 +45,7 @@ from .events import (
     GoodbyeReceived,
     HelloReceived,
     MessageIgnored,
+    PingAnswered,
     PingReceived,
     PrivateKeyOperationNeeded,
     RequestTimedOut,
@@ -144,6 +145,7 @@ class ServerConnection(BaseConnection):
         "_idle_suspended",
         "_last_received",
         "_nonce",
+        "_ping_sent_at",
         "_private_operation",
         "_request_ids",
         "_requests",
@@ -175,6 +177,8 @@ class ServerConnection(BaseConnection):
         self._credentials = b""
         self._encrypted_credentials = b""
         self._nonce = rng(NONCE_SIZE)
+        #: When our outstanding ping was sent, if its round trip is being measured.
+        self._ping_sent_at: float | None = None
         self._deadline: float | None = now + self.config.identity_timeout
         self._accepted_at = now
         self._describe_at: float | None = None
@@ -421,7 +425,7 @@ class ServerConnection(BaseConnection):
     def _dispatch(self, message: Message, now: float) -> None:
         kind = message.type
         if kind in (MessageType.ACK, MessageType.RST):
-            self._on_acknowledgement(message)
+            self._on_acknowledgement(message, now)
         elif message.code >= 0x40:
             self._on_response(message)
         else:
@@ -575,12 +579,16 @@ class ServerConnection(BaseConnection):
                 return self._requests.get(token)
         return None
 
-    def _on_acknowledgement(self, message: Message) -> None:
+    def _on_acknowledgement(self, message: Message, now: float) -> None:
         request = self._find_request(message)
         if request is None:
-            # A fresh-id ACK to our ping (new stack quirk, §6.1) lands here too: it is proof of life only.
+            # A fresh-id ACK to our ping (new stack quirk, §6.1) lands here too: it is proof of life, and with
+            # a ping outstanding it is that ping's answer (an empty ACK of no request answers nothing else).
             if not message.is_empty:
                 self._ignore("acknowledgement matching no outstanding request", message)
+            elif self._ping_sent_at is not None and message.type is MessageType.ACK:
+                sent, self._ping_sent_at = self._ping_sent_at, None
+                self._events.append(PingAnswered(max(0.0, now - sent)))
             return
         code = message.code
         if message.type is MessageType.RST:
@@ -753,10 +761,15 @@ class ServerConnection(BaseConnection):
         self._require_session()
         self._send(m.event(self._next_message_id(), name, data, ttl=ttl, private=private))
 
-    def ping(self) -> None:
-        """An optional server ping; any frame received afterwards proves the device alive (§8.1)."""
+    def ping(self, now: float | None = None) -> None:
+        """An optional server ping; any frame received afterwards proves the device alive (§8.1). With `now`,
+        its acknowledgement is reported as `PingAnswered` with the round trip (the legacy stack echoes the
+        ping's message id, the new one sends a fresh one, §6.1: either way it is the empty ACK that matches no
+        request)."""
         self._require_session()
         self._send(m.ping(self._next_message_id()))
+        if now is not None:
+            self._ping_sent_at = now
 
     def begin_update(
         self,

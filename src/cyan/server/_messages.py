@@ -26,10 +26,12 @@ __all__ = [
     "CommandResult",
     "Configure",
     "DescribeReceived",
+    "Diagnose",
     "EventPublished",
     "Heard",
     "KeyDecision",
     "Message",
+    "MetricsReceived",
     "ReadVariable",
     "Ready",
     "SendEvent",
@@ -42,7 +44,7 @@ __all__ = [
 ]
 
 #: Bumped whenever a message changes shape.
-VERSION = 3
+VERSION = 4
 
 
 # -- parent -> device process ------------------------------------------------------------------------
@@ -123,6 +125,13 @@ class SystemDescribe:
 
 
 @dataclass(frozen=True, slots=True)
+class Diagnose:
+    request: int
+    connection_id: int
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
 class UpdateFirmware:
     request: int
     connection_id: int
@@ -180,6 +189,12 @@ class DescribeReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsReceived:
+    connection_id: int
+    values: dict[int, int]
+
+
+@dataclass(frozen=True, slots=True)
 class EventPublished:
     connection_id: int
     name: str
@@ -220,6 +235,7 @@ Message = (
     | ReadVariable
     | Signal
     | SystemDescribe
+    | Diagnose
     | UpdateFirmware
     | Ready
     | Authorize
@@ -228,6 +244,7 @@ Message = (
     | SessionEnded
     | Heard
     | DescribeReceived
+    | MetricsReceived
     | EventPublished
     | SubscriptionRequested
     | CommandResult

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cyan.cloud.errors import DeviceTimeoutError, FunctionRefusedError, UnknownVariableError
 from cyan.cloud.keypolicy import Decision
-from cyan.cloud.models import AttemptOutcome, ConnectionAttempt, DeviceRecord
+from cyan.cloud.models import AttemptOutcome, ConnectionAttempt, DeviceRecord, LinkDiagnostics
 from cyan.cloud.service import VariableValue
 from cyan.protocol import (
     ConnectionClosed,
@@ -41,12 +41,14 @@ from cyan.protocol import (
     FunctionReturned,
     GoodbyeReceived,
     Hello,
+    HelloFlag,
     HelloReceived,
     LocalProtocolError,
     MessageIgnored,
     OtaConfig,
     OtaOutcome,
     OtaSender,
+    PingAnswered,
     PrivateKeyOperationNeeded,
     Reason,
     RemoteProtocolError,
@@ -61,7 +63,7 @@ from cyan.protocol import (
     VariableReadFailed,
 )
 from cyan.protocol.handshake import private_decrypt, private_sign
-from cyan.protocol.messages import decode_describe
+from cyan.protocol.messages import DescribeFlags, decode_describe, decode_metrics
 from cyan.tasks import TaskSet
 
 __all__ = ["AddressLimits", "CloudPort", "DeviceProtocol", "DeviceServer"]
@@ -138,6 +140,9 @@ class CloudPort(Protocol):
 
     def describe_received(self, link: DeviceProtocol, document: dict[str, Any]) -> None: ...
 
+    def metrics_received(self, link: DeviceProtocol, values: dict[int, int]) -> None:
+        """The device posted its diagnostics unasked (a metrics Describe, protocol.md §6.7)."""
+
     def event_from_device(
         self, link: DeviceProtocol, name: str, data: bytes | None, ttl: int, private: bool
     ) -> None: ...
@@ -161,6 +166,7 @@ class DeviceProtocol(asyncio.Protocol):
         "_ota_done",
         "_ota_progress",
         "_pending",
+        "_ping_waiters",
         "_presented",
         "_quarantined",
         "_record",
@@ -208,6 +214,8 @@ class DeviceProtocol(asyncio.Protocol):
         # parsed when asked for: a parsed module list costs ~1.5 KB per connected device, the text a third.
         self._system_describe: bytes | None = None
         self._describe_waiters: list[asyncio.Future[None]] = []
+        #: Callers waiting for the answer to our timed ping (its round trip in seconds).
+        self._ping_waiters: list[asyncio.Future[float]] = []
         self.device_id = ""
         self.peer_address = ""
         self.hello: Hello | None = None
@@ -382,6 +390,21 @@ class DeviceProtocol(asyncio.Protocol):
             if event.name == "spark/hardware/max_binary" and event.data and event.data.isdigit():
                 self.max_binary_size = int(event.data)  # 2.x and older report it so (§5.1)
             self._cloud.event_from_device(self, event.name, event.data, event.ttl, event.private)
+        elif isinstance(event, DescribeReceived) and event.flags == DescribeFlags.METRICS:
+            if event.request_id is not None:
+                self._resolve(event.request_id, event.raw)
+            else:
+                try:
+                    values = decode_metrics(event.raw)
+                except ValueError as exc:
+                    log.warning("device %s posted diagnostics that cannot be read: %s", self.device_id, exc)
+                else:
+                    self._cloud.metrics_received(self, values)
+        elif isinstance(event, PingAnswered):
+            waiters, self._ping_waiters = self._ping_waiters, []
+            for ping in waiters:
+                if not ping.done():
+                    ping.set_result(event.round_trip)
         elif isinstance(event, DescribeReceived):
             if event.document is not None and "m" in event.document:
                 self._system_describe = event.raw
@@ -621,6 +644,46 @@ class DeviceProtocol(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_result(None)
         self._describe_waiters.clear()
+        for ping in self._ping_waiters:
+            if not ping.done():
+                ping.set_exception(ConnectionError(f"device {self.device_id} disconnected"))
+        self._ping_waiters.clear()
+
+    async def diagnose(self, timeout: float) -> LinkDiagnostics:
+        """A timed ping (§8.1) and, for firmware that reports diagnostics (1.2+, Hello flag 0x02; 0.6.x would
+        answer a metrics Describe with its application Describe, §6.7), a metrics Describe, at once."""
+        conn = self._conn
+        if conn is None or conn.closed or not self._session_started:
+            raise ConnectionError(f"device {self.device_id} disconnected")
+        loop = asyncio.get_running_loop()
+        ping: asyncio.Future[float] = loop.create_future()
+        if not self._ping_waiters:
+            conn.ping(_now())
+        self._ping_waiters.append(ping)
+        metrics: asyncio.Future[bytes] | None = None
+        if self.hello is not None and self.hello.flags & HelloFlag.DIAGNOSTICS:
+            metrics = self._request(lambda c: c.request_describe(_now(), flags=DescribeFlags.METRICS, timeout=timeout))
+        self._flush()
+        problems = []
+        round_trip: float | None = None
+        values: dict[int, int] | None = None
+        try:
+            round_trip = await asyncio.wait_for(ping, timeout)
+        except TimeoutError:
+            problems.append(f"no answer to a ping within {timeout:g} s")
+        finally:
+            if ping in self._ping_waiters:
+                self._ping_waiters.remove(ping)
+        if metrics is None:
+            problems.append("the firmware reports no diagnostics (Device OS 1.2 and later do)")
+        else:
+            try:
+                values = decode_metrics(await metrics)
+            except ValueError as exc:
+                problems.append(f"the diagnostics cannot be read: {exc}")
+            except DeviceTimeoutError:
+                problems.append(f"no diagnostics within {timeout:g} s")
+        return LinkDiagnostics(round_trip, values, "; ".join(problems) or None)
 
     async def system_describe(self, timeout: float) -> dict[str, Any] | None:
         """The latest system Describe; if none came within half of `timeout` (2.2+ posts one at once, the

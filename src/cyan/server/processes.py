@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cyan.cloud.keypolicy import Decision
-from cyan.cloud.models import ConnectionAttempt, DeviceRecord
+from cyan.cloud.models import ConnectionAttempt, DeviceRecord, LinkDiagnostics
 from cyan.cloud.service import DeviceLink, VariableValue
 from cyan.protocol import Hello, OtaConfig, OtaOutcome, ServerConfig, SubscriptionScope
 from cyan.tasks import TaskSet
@@ -60,6 +60,8 @@ class ParentCloud(Protocol):
 
     def describe_received(self, link: DeviceLink, document: dict[str, Any]) -> None: ...
 
+    def metrics_received(self, link: DeviceLink, values: dict[int, int]) -> None: ...
+
     def event_from_device(self, link: DeviceLink, name: str, data: bytes | None, ttl: int, private: bool) -> None: ...
 
     def subscription_from_device(
@@ -96,6 +98,9 @@ class RemoteLink:
 
     def system_describe(self, timeout: float) -> asyncio.Future[dict[str, Any] | None]:
         return self._process.request(lambda r: msg.SystemDescribe(r, self.connection_id, timeout))
+
+    def diagnose(self, timeout: float) -> asyncio.Future[LinkDiagnostics]:
+        return self._process.request(lambda r: msg.Diagnose(r, self.connection_id, timeout))
 
     def update_firmware(
         self, image: bytes, *, fast: bool | None, progress: Callable[[int, int], None] | None = None
@@ -217,6 +222,9 @@ class _DeviceProcess:
         elif isinstance(message, msg.DescribeReceived):
             if (known := self.links.get(message.connection_id)) is not None:
                 cloud.describe_received(known, message.document)
+        elif isinstance(message, msg.MetricsReceived):
+            if (known := self.links.get(message.connection_id)) is not None:
+                cloud.metrics_received(known, message.values)
         elif isinstance(message, msg.EventPublished):
             if (known := self.links.get(message.connection_id)) is not None:
                 known.max_binary_size = message.max_binary_size

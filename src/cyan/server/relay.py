@@ -112,6 +112,9 @@ class RelayCloud:
     def describe_received(self, link: DeviceProtocol, document: dict[str, Any]) -> None:
         self._send(msg.DescribeReceived(link.connection_id, document))
 
+    def metrics_received(self, link: DeviceProtocol, values: dict[int, int]) -> None:
+        self._send(msg.MetricsReceived(link.connection_id, values))
+
     def event_from_device(self, link: DeviceProtocol, name: str, data: bytes | None, ttl: int, private: bool) -> None:
         self._send(msg.EventPublished(link.connection_id, name, data, ttl, private, link.max_binary_size))
 
@@ -146,7 +149,8 @@ class RelayCloud:
                 link.close()
             return
         if not isinstance(
-            message, msg.CallFunction | msg.ReadVariable | msg.Signal | msg.SystemDescribe | msg.UpdateFirmware
+            message,
+            msg.CallFunction | msg.ReadVariable | msg.Signal | msg.SystemDescribe | msg.Diagnose | msg.UpdateFirmware,
         ):
             log.error("the parent process sent an unexpected %s", type(message).__name__)
             return
@@ -159,7 +163,12 @@ class RelayCloud:
     def _command(
         self,
         link: DeviceProtocol,
-        message: msg.CallFunction | msg.ReadVariable | msg.Signal | msg.SystemDescribe | msg.UpdateFirmware,
+        message: msg.CallFunction
+        | msg.ReadVariable
+        | msg.Signal
+        | msg.SystemDescribe
+        | msg.Diagnose
+        | msg.UpdateFirmware,
     ) -> Awaitable[Any]:
         if isinstance(message, msg.CallFunction):
             return link.call_function(message.name, message.argument, message.timeout)
@@ -169,6 +178,8 @@ class RelayCloud:
             return link.signal(message.on, message.timeout)
         if isinstance(message, msg.SystemDescribe):
             return link.system_describe(message.timeout)
+        if isinstance(message, msg.Diagnose):
+            return link.diagnose(message.timeout)
         return link.update_firmware(message.image, fast=message.fast, progress=self._progress(message.request))
 
     def _progress(self, request: int) -> Callable[[int, int], None]:

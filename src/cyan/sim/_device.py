@@ -361,6 +361,16 @@ class VirtualDevice:
         link.flush_and_arm()
         return sent
 
+    def publish_vitals(self) -> bool:
+        """`Particle.publishVitals()`: post the diagnostics unasked (Device OS 1.2+). False when not connected
+        or the firmware has no diagnostics."""
+        link = self._link
+        if link is None or self._state is not DeviceState.CONNECTED:
+            return False
+        sent = link.publish_vitals()
+        link.flush_and_arm()
+        return sent
+
     def set_variable(self, name: str, value: bool | int | float | str) -> None:
         kind, _ = self._application.variables[name]
         self._application.variables[name] = (kind, value)
@@ -483,6 +493,9 @@ class VirtualDevice:
         self._failures = 0  # the counter is reset when the device connects (§8.3)
         self.connect_count += 1
         self.connected._set(True)
+        if self._application.metrics:
+            self._application.metrics[_CLOUD_ATTEMPTS] = self.attempt_count + 1
+            self._application.metrics[_CLOUD_DISCONNECTS] = self.connect_count - 1
 
     def _link_closed(self, link: _Link, attempt: SimAttempt) -> None:
         if self._link is link:
@@ -548,6 +561,8 @@ class VirtualDevice:
         else:
             self.update_failures[reason] = self.update_failures.get(reason, 0) + 1
             log.info("device %s reset without applying an update: %s", self.spec.label, reason)
+        if self._application.booted_at is not None:
+            self._application.booted_at = _now()
 
     def _record_event(self, event: ReceivedEvent) -> None:
         if self._received is None:
@@ -562,12 +577,48 @@ class VirtualDevice:
         return self._counter
 
 
+#: What a Photon on Wi-Fi reports to a metrics Describe (Device OS `diagnostics.h` ids; the values as a Photon
+#: reported them, signal in 8.8 and 16.16 fixed point): total and used RAM, network and cloud connected, one
+#: attempt each, no errors or disconnects, -73 dBm (54 %), 19 dB SNR (32 %), Wi-Fi. The uptime and the cloud
+#: connection counters are the device's own.
+PHOTON_DIAGNOSTICS = {
+    25: 83200,
+    26: 32992,
+    8: 4,
+    9: 0,
+    12: 0,
+    27: 1,
+    28: 0,
+    10: 2,
+    13: 0,
+    30: 0,
+    19: -18688,
+    33: 13823,
+    34: 8257,
+    35: 1245184,
+    36: 1,
+    37: -4784128,
+    20: 0,
+    21: 0,
+    22: 0,
+}
+_CLOUD_ATTEMPTS = 29
+_CLOUD_DISCONNECTS = 14
+
+
 def _build_application(spec: VirtualDeviceSpec) -> Application:
     app = spec.app
     variables: dict[str, tuple[VariableType, bool | int | float | str]] = {
         name: (kind, value) for name, kind, value in app.variables
     }
-    return Application(functions=list(app.functions), variables=variables, subscriptions=list(app.subscriptions))
+    reports = bool(spec.firmware.hello_flags & HelloFlag.DIAGNOSTICS)
+    return Application(
+        functions=list(app.functions),
+        variables=variables,
+        subscriptions=list(app.subscriptions),
+        metrics=dict(PHOTON_DIAGNOSTICS) if reports else {},
+        booted_at=_now() if reports else None,
+    )
 
 
 class _Link(asyncio.Protocol):
@@ -745,6 +796,16 @@ class _Link(asyncio.Protocol):
             self._periodic_due = [now + p.interval for p in spec.app.periodic]
         if spec.fault is Fault.DROP_MID_SESSION:
             self._drop_at = now + spec.drop_after
+
+    def publish_vitals(self) -> bool:
+        conn = self._conn
+        if conn is None or conn.closed:
+            return False
+        try:
+            conn.publish_vitals(_now())
+        except LocalProtocolError:
+            return False
+        return True
 
     def publish(self, name: str, data: str | bytes | None, *, private: bool = True, ttl: int = 60) -> bool:
         conn = self._conn

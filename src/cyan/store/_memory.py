@@ -25,11 +25,14 @@ from cyan.cloud.models import (
     ConnectionAttempt,
     DeviceRecord,
     FirmwareRecord,
+    HookDelivery,
+    Integration,
     KeyPolicy,
     PendingKey,
     RekeyWindow,
     UpdateJob,
     User,
+    VitalsRecord,
 )
 from cyan.cloud.ports import DeviceExistsError, Repositories, StoreUnavailableError, UserExistsError
 from cyan.cloud.queries import DevicePage, DeviceQuery, DeviceStatus
@@ -75,6 +78,9 @@ class _State:
     jobs: dict[int, UpdateJob] = field(default_factory=dict)
     groups: dict[str, set[str]] = field(default_factory=dict)
     audit: list[AuditEntry] = field(default_factory=list)
+    integrations: dict[str, Integration] = field(default_factory=dict)
+    deliveries: list[HookDelivery] = field(default_factory=list)
+    vitals: list[VitalsRecord] = field(default_factory=list)
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
 
@@ -208,6 +214,7 @@ class _Devices(_Part):
             state.groups = {name: members for name, members in state.groups.items() if members}
             for code_hash in [h for h, c in state.claim_codes.items() if c.device_id == key]:
                 del state.claim_codes[code_hash]
+            state.vitals = [v for v in state.vitals if v.device_id != key]
             return state.devices.pop(key, None) is not None
 
         return await self._g.write(work)
@@ -416,6 +423,9 @@ class _Accounts(_Part):
                 if device.owner == name:
                     state.devices[key] = replace(device, owner=None)
             state.claim_codes = {h: c for h, c in state.claim_codes.items() if c.claimant != name}
+            owned = {i for i, hook in state.integrations.items() if hook.owner == name}
+            state.integrations = {i: hook for i, hook in state.integrations.items() if i not in owned}
+            state.deliveries = [d for d in state.deliveries if d.integration_id not in owned]
             return state.users.pop(name, None) is not None
 
         return await self._g.write(work)
@@ -638,6 +648,139 @@ class _Audit(_Part):
         return await self._g.read(work)
 
 
+class _Integrations(_Part):
+    async def add(self, integration: Integration) -> None:
+        def work() -> None:
+            stored = _in_utc(copy.deepcopy(integration))
+            stored.owner = integration.owner.lower()
+            if stored.id in self._g.state.integrations:
+                raise StoreUnavailableError(f"cannot add an integration: its id {stored.id} is taken")
+            self._g.state.integrations[stored.id] = stored
+
+        await self._g.write(work)
+
+    async def get(self, integration_id: str) -> Integration | None:
+        return await self._g.read(lambda: copy.deepcopy(self._g.state.integrations.get(integration_id)))
+
+    async def all(self, owner: str | None = None) -> list[Integration]:
+        def work() -> list[Integration]:
+            found = [i for i in self._g.state.integrations.values() if owner is None or i.owner == owner.lower()]
+            return copy.deepcopy(sorted(found, key=lambda i: (i.created_at, i.id)))
+
+        return await self._g.read(work)
+
+    async def save(self, integration: Integration) -> bool:
+        def work() -> bool:
+            if integration.id not in self._g.state.integrations:
+                return False
+            stored = _in_utc(copy.deepcopy(integration))
+            stored.owner = integration.owner.lower()
+            self._g.state.integrations[stored.id] = stored
+            return True
+
+        return await self._g.write(work)
+
+    async def remove(self, integration_id: str) -> bool:
+        def work() -> bool:
+            state = self._g.state
+            state.deliveries = [d for d in state.deliveries if d.integration_id != integration_id]
+            return state.integrations.pop(integration_id, None) is not None
+
+        return await self._g.write(work)
+
+    async def add_deliveries(self, deliveries: list[HookDelivery], *, keep: int) -> None:
+        _limit(keep)
+
+        def work() -> None:
+            state = self._g.state
+            touched = set()
+            for delivery in deliveries:
+                if delivery.integration_id not in state.integrations:
+                    continue
+                stored = _in_utc(copy.deepcopy(delivery))
+                stored.id = next(state.ids)
+                state.deliveries.append(stored)
+                touched.add(delivery.integration_id)
+            for integration_id in touched:
+                mine = [d for d in state.deliveries if d.integration_id == integration_id]
+                doomed = {id(d) for d in mine[: max(0, len(mine) - keep)]}
+                state.deliveries = [d for d in state.deliveries if id(d) not in doomed]
+
+        await self._g.write(work)
+
+    async def deliveries(self, integration_id: str, *, limit: int = 100) -> list[HookDelivery]:
+        _limit(limit)
+
+        def work() -> list[HookDelivery]:
+            found = [d for d in self._g.state.deliveries if d.integration_id == integration_id]
+            return copy.deepcopy(found[::-1][:limit])
+
+        return await self._g.read(work)
+
+
+class _Vitals(_Part):
+    async def add(self, record: VitalsRecord, *, keep: int) -> int:
+        _limit(keep)
+
+        def work() -> int:
+            state = self._g.state
+            stored = _in_utc(copy.deepcopy(record))
+            stored.device_id = record.device_id.lower()
+            stored.id = record.id = next(state.ids)
+            state.vitals.append(stored)
+            mine = sorted(
+                (v for v in state.vitals if v.device_id == stored.device_id),
+                key=lambda v: (v.updated_at, v.id or 0),
+            )
+            doomed = {id(v) for v in mine[: max(0, len(mine) - keep)]}
+            state.vitals = [v for v in state.vitals if id(v) not in doomed]
+            return stored.id
+
+        return await self._g.write(work)
+
+    async def history(
+        self,
+        device_id: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+    ) -> list[VitalsRecord]:
+        _limit(limit)
+        for moment, name in ((since, "since"), (until, "until")):
+            if moment is not None:
+                _aware(moment, name)
+
+        def work() -> list[VitalsRecord]:
+            found = [
+                v
+                for v in self._g.state.vitals
+                if v.device_id == device_id.lower()
+                and (since is None or v.updated_at >= since)
+                and (until is None or v.updated_at <= until)
+            ]
+            found.sort(key=lambda v: (v.updated_at, v.id or 0))
+            return copy.deepcopy(found[len(found) - limit :] if limit else [])
+
+        return await self._g.read(work)
+
+    async def last(self, device_id: str) -> VitalsRecord | None:
+        found = await self.history(device_id, limit=1)
+        return found[0] if found else None
+
+    async def prune(self, *, before: datetime) -> int:
+        _aware(before, "before")
+
+        def work() -> int:
+            state = self._g.state
+            kept = [v for v in state.vitals if v.updated_at >= before]
+            deleted = len(state.vitals) - len(kept)
+            state.vitals = kept
+            return deleted
+
+        return await self._g.write(work)
+
+
 class _Repositories:
     def __init__(self, guard: _Guard) -> None:
         self.devices = _Devices(guard)
@@ -646,6 +789,8 @@ class _Repositories:
         self.attempts = _Attempts(guard)
         self.updates = _Updates(guard)
         self.audit = _Audit(guard)
+        self.integrations = _Integrations(guard)
+        self.vitals = _Vitals(guard)
 
 
 class MemoryStore(_Repositories):

@@ -35,8 +35,11 @@ __all__ = [
     "claim_codes",
     "connection_attempts",
     "device_groups",
+    "device_vitals",
     "devices",
     "firmware",
+    "hook_deliveries",
+    "integrations",
     "key_policies",
     "metadata",
     "pending_keys",
@@ -286,4 +289,53 @@ device_groups = Table(
     Column("group_name", String(64), primary_key=True),
     Column("device_id", String(64), primary_key=True),
     Index(None, "device_id"),
+)
+
+integrations = Table(
+    "integrations",
+    metadata,
+    Column("id", String(24), primary_key=True),
+    Column("owner", String(255), nullable=False),
+    Column("event", String(255), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("request_type", String(16), nullable=False),
+    Column("device_id", String(64)),
+    Column("name", String(255)),
+    Column("disabled", Boolean, nullable=False),
+    Column("no_defaults", Boolean, nullable=False),
+    Column("reject_unauthorized", Boolean, nullable=False),
+    Column("my_devices", Boolean, nullable=False),
+    # json, form, query, headers, body, auth and the answer's templates, as the owner gave them.
+    Column("templates", JSON, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime),
+    Index(None, "owner"),
+)
+
+hook_deliveries = Table(
+    "hook_deliveries",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    # No foreign key: removing an integration removes its deliveries itself (IntegrationRepository.remove).
+    Column("integration_id", String(24), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("event_name", String(255), nullable=False),
+    Column("device_id", String(64)),
+    Column("attempt", Integer, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("status", Integer),
+    Column("duration", Float),
+    Column("error", Text),
+    Index(None, "integration_id", "id"),
+)
+
+device_vitals = Table(
+    "device_vitals",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("device_id", String(64), nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("payload", JSON, nullable=False),
+    Index(None, "device_id", "updated_at"),
+    Index(None, "updated_at"),
 )

@@ -26,6 +26,8 @@ from cyan.cloud.models import (
     ConnectionAttempt,
     DeviceRecord,
     FirmwareRecord,
+    HookDelivery,
+    Integration,
     JobState,
     KeyPolicy,
     KeyPolicyMode,
@@ -35,6 +37,7 @@ from cyan.cloud.models import (
     UpdateJob,
     User,
     Variable,
+    VitalsRecord,
 )
 from cyan.cloud.ports import DeviceExistsError, UserExistsError
 from cyan.cloud.queries import DevicePage, DeviceQuery, DeviceSort, DeviceStatus
@@ -45,8 +48,11 @@ from ._schema import (
     claim_codes,
     connection_attempts,
     device_groups,
+    device_vitals,
     devices,
     firmware,
+    hook_deliveries,
+    integrations,
     key_policies,
     pending_keys,
     rekey_windows,
@@ -459,7 +465,7 @@ class SqlDevices(_Repository):
     async def remove(self, device_id: str) -> bool:
         device_id = device_id.lower()
         async with self._db.writing("remove a device", statements="several") as conn:
-            for table in (pending_keys, rekey_windows, device_groups, claim_codes):
+            for table in (pending_keys, rekey_windows, device_groups, claim_codes, device_vitals):
                 await conn.execute(delete(table).where(table.c.device_id == device_id))
             await conn.execute(delete(key_policies).where(key_policies.c.scope == device_id))
             result = await conn.execute(delete(devices).where(devices.c.id == device_id))
@@ -690,6 +696,10 @@ class SqlAccounts(_Repository):
             # Owners are compared exactly, as `list` does: the domain writes the stored username.
             await conn.execute(update(devices).where(devices.c.owner == username).values(owner=None))
             await conn.execute(delete(claim_codes).where(claim_codes.c.claimant == username))
+            # A username given again later must not inherit the hooks of the account that had it.
+            owned = select(integrations.c.id).where(integrations.c.owner == username)
+            await conn.execute(delete(hook_deliveries).where(hook_deliveries.c.integration_id.in_(owned)))
+            await conn.execute(delete(integrations).where(integrations.c.owner == username))
             result = await conn.execute(delete(users).where(users.c.username == username))
         return bool(result.rowcount)
 
@@ -903,10 +913,152 @@ class SqlAudit(_Repository):
         return [AuditEntry(**dict(row)) for row in rows]
 
 
+def _integration_values(integration: Integration) -> dict[str, Any]:
+    values = {name: getattr(integration, name) for name in Integration.__dataclass_fields__}
+    values["owner"] = integration.owner.lower()
+    values["created_at"] = _aware(integration.created_at, "created_at")
+    values["updated_at"] = _optional_aware(integration.updated_at, "updated_at")
+    values["templates"] = dict(integration.templates)
+    return values
+
+
+def _delivery_values(delivery: HookDelivery) -> dict[str, Any]:
+    # The id is the database's to assign.
+    values = {name: getattr(delivery, name) for name in HookDelivery.__dataclass_fields__ if name != "id"}
+    values["at"] = _aware(delivery.at, "at")
+    return values
+
+
+class SqlIntegrations(_Repository):
+    __slots__ = ()
+
+    async def add(self, integration: Integration) -> None:
+        async with self._db.writing("add an integration") as conn:
+            await conn.execute(insert(integrations).values(_integration_values(integration)))
+
+    async def get(self, integration_id: str) -> Integration | None:
+        row = await self._first(select(integrations).where(integrations.c.id == integration_id), "read an integration")
+        return None if row is None else Integration(**dict(row))
+
+    async def all(self, owner: str | None = None) -> list[Integration]:
+        query = select(integrations).order_by(integrations.c.created_at, integrations.c.id)
+        if owner is not None:
+            query = query.where(integrations.c.owner == owner.lower())
+        return [Integration(**dict(row)) for row in await self._rows(query, "list integrations")]
+
+    async def save(self, integration: Integration) -> bool:
+        values = _integration_values(integration)
+        query = update(integrations).where(integrations.c.id == values["id"]).values(values)
+        async with self._db.writing("save an integration") as conn:
+            result = await conn.execute(query)
+        return bool(result.rowcount)
+
+    async def remove(self, integration_id: str) -> bool:
+        async with self._db.writing("remove an integration", statements="several") as conn:
+            await conn.execute(delete(hook_deliveries).where(hook_deliveries.c.integration_id == integration_id))
+            result = await conn.execute(delete(integrations).where(integrations.c.id == integration_id))
+        return bool(result.rowcount)
+
+    async def add_deliveries(self, deliveries: list[HookDelivery], *, keep: int) -> None:
+        _limit(keep)
+        if not deliveries:
+            return
+        table = hook_deliveries
+        async with self._db.writing("record hook deliveries", statements="several") as conn:
+            wanted = {d.integration_id for d in deliveries}
+            query = select(integrations.c.id).where(integrations.c.id.in_(wanted))
+            present = set((await conn.execute(query)).scalars())
+            rows = [_delivery_values(d) for d in deliveries if d.integration_id in present]
+            if rows:
+                await conn.execute(insert(table), rows)
+            for integration_id in sorted(present):
+                boundary = (
+                    await conn.execute(
+                        select(table.c.id)
+                        .where(table.c.integration_id == integration_id)
+                        .order_by(table.c.id.desc())
+                        .offset(keep)
+                        .limit(1)
+                    )
+                ).scalar()
+                if boundary is not None:
+                    await conn.execute(
+                        delete(table).where((table.c.integration_id == integration_id) & (table.c.id <= boundary))
+                    )
+
+    async def deliveries(self, integration_id: str, *, limit: int = 100) -> list[HookDelivery]:
+        table = hook_deliveries
+        query = select(table).where(table.c.integration_id == integration_id)
+        query = query.order_by(table.c.id.desc()).limit(_limit(limit))
+        return [HookDelivery(**dict(row)) for row in await self._rows(query, "list hook deliveries")]
+
+
+class SqlVitals(_Repository):
+    __slots__ = ()
+
+    async def add(self, record: VitalsRecord, *, keep: int) -> int:
+        _limit(keep)
+        table = device_vitals
+        device_id = record.device_id.lower()
+        values = {
+            "device_id": device_id,
+            "updated_at": _aware(record.updated_at, "updated_at"),
+            "payload": record.payload,
+        }
+        async with self._db.writing("record device vitals", statements="several") as conn:
+            result = await conn.execute(insert(table).values(values))
+            boundary = (
+                await conn.execute(
+                    select(table.c.updated_at, table.c.id)
+                    .where(table.c.device_id == device_id)
+                    .order_by(table.c.updated_at.desc(), table.c.id.desc())
+                    .offset(keep)
+                    .limit(1)
+                )
+            ).first()
+            if boundary is not None:
+                at, ident = boundary
+                older = (table.c.updated_at < at) | ((table.c.updated_at == at) & (table.c.id <= ident))
+                await conn.execute(delete(table).where((table.c.device_id == device_id) & older))
+        key = result.inserted_primary_key
+        record.id = int(key[0]) if key else 0
+        return record.id
+
+    async def history(
+        self,
+        device_id: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+    ) -> list[VitalsRecord]:
+        table = device_vitals
+        query = (
+            select(table)
+            .where(table.c.device_id == device_id.lower())
+            .order_by(table.c.updated_at.desc(), table.c.id.desc())
+            .limit(_limit(limit))
+        )
+        if since is not None:
+            query = query.where(table.c.updated_at >= _aware(since, "since"))
+        if until is not None:
+            query = query.where(table.c.updated_at <= _aware(until, "until"))
+        rows = await self._rows(query, "list device vitals")
+        return [VitalsRecord(**dict(row)) for row in reversed(rows)]
+
+    async def last(self, device_id: str) -> VitalsRecord | None:
+        found = await self.history(device_id, limit=1)
+        return found[0] if found else None
+
+    async def prune(self, *, before: datetime) -> int:
+        condition = device_vitals.c.updated_at < _aware(before, "before")
+        return await self._delete(device_vitals, condition, "prune device vitals")
+
+
 class SqlRepositories:
     """Every repository over one `Access`: a store's per-call access, or one transaction."""
 
-    __slots__ = ("accounts", "attempts", "audit", "devices", "keys", "updates")
+    __slots__ = ("accounts", "attempts", "audit", "devices", "integrations", "keys", "updates", "vitals")
 
     def __init__(self, db: Access) -> None:
         self.devices = SqlDevices(db)
@@ -915,6 +1067,8 @@ class SqlRepositories:
         self.attempts = SqlAttempts(db)
         self.updates = SqlUpdates(db)
         self.audit = SqlAudit(db)
+        self.integrations = SqlIntegrations(db)
+        self.vitals = SqlVitals(db)
 
 
 class TransactionAccess:
