@@ -61,3 +61,38 @@ def test_an_account_removes_itself_with_its_password(tmp_path: Path) -> None:
         assert (await client.get("/v1/user", headers=auth[BOB])).status_code == 200
 
     _run(tmp_path, scenario)
+
+
+def test_a_login_hands_out_a_refresh_token_that_is_spent_by_its_use(tmp_path: Path) -> None:
+    async def scenario(service: Service, client: httpx.AsyncClient, auth: dict[str, dict[str, str]]) -> None:
+        login = await client.post(
+            "/oauth/token",
+            data={"grant_type": "password", "username": ALICE, "password": PASSWORD, "expires_in": 60},
+            auth=("particle", "particle"),
+        )
+        assert login.status_code == 200, login.text
+        first = login.json()
+        assert set(first) == {"token_type", "access_token", "expires_in", "expires_at", "refresh_token"}
+        renewed = await client.post(
+            "/oauth/token", data={"grant_type": "refresh_token", "refresh_token": first["refresh_token"]}
+        )
+        assert renewed.status_code == 200, renewed.text
+        second = renewed.json()
+        assert second["refresh_token"] != first["refresh_token"]
+        assert second["expires_in"] == 90 * 24 * 3600  # the default, as for a login
+        me = await client.get("/v1/user", headers={"Authorization": f"Bearer {second['access_token']}"})
+        assert me.json()["username"] == ALICE
+        listed = (await client.get("/v1/access_tokens", headers=auth[ALICE])).json()
+        assert {t["client"] for t in listed} >= {"particle"}  # the refreshed token keeps its client
+        replay = await client.post(
+            "/oauth/token", data={"grant_type": "refresh_token", "refresh_token": first["refresh_token"]}
+        )
+        assert (replay.status_code, replay.json()["error"]) == (400, "invalid_grant")
+        assert "refresh token" in replay.json()["error_description"]
+        for bad in ({}, {"refresh_token": ""}, {"refresh_token": ["x"]}):
+            missing = await client.post("/oauth/token", json={"grant_type": "refresh_token", **bad})
+            assert missing.status_code == 400, missing.text
+        unknown = await client.post("/oauth/token", data={"grant_type": "client_credentials"})
+        assert "use password or refresh_token" in unknown.json()["error_description"]
+
+    _run(tmp_path, scenario)

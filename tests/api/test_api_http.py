@@ -363,3 +363,54 @@ def test_openapi_is_served(tmp_path: Path) -> None:
             assert path in spec["paths"], path
 
     _run(tmp_path, scenario)
+
+
+def test_device_details_notes_and_names_unique_per_owner(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        c, a, b, admin = w.client, w.auth(ALICE), w.auth(BOB), w.auth(ADMIN)
+        kitchen = (await c.get("/v1/devices/kitchen", headers=a)).json()
+        # What the device said in its Hello (3.1.0's system module version 3103), and when it said it.
+        assert (kitchen["online"], kitchen["system_firmware_version"], kitchen["notes"]) == (True, "3.1.0", None)
+        handshake = datetime.fromisoformat(kitchen["last_handshake_at"])
+        assert datetime.now(UTC) - timedelta(minutes=1) < handshake <= datetime.fromisoformat(kitchen["last_heard"])
+        garage = (await c.get("/v1/devices/garage", headers=a)).json()  # never connected
+        assert (garage["last_handshake_at"], garage["system_firmware_version"]) == (None, None)
+
+        # Bob may name his device as Alice named hers: each account sees its own.
+        renamed = await c.put("/v1/devices/shed", json={"name": "kitchen"}, headers=b)
+        assert renamed.status_code == 200, renamed.text
+        assert (await c.get("/v1/devices/kitchen", headers=b)).json()["id"] == DEV3
+        assert (await c.get("/v1/devices/kitchen", headers=a)).json()["id"] == DEV1
+        called = await c.post("/v1/devices/kitchen/setArg", json={"args": "bob"}, headers=b)
+        assert called.json()["id"] == DEV3
+        # An admin sees both: the name alone is not enough, and the answer says what is.
+        ambiguous = await c.get("/v1/devices/kitchen", headers=admin)
+        assert ambiguous.status_code == 409
+        assert "name the device by its id" in ambiguous.json()["error_description"]
+        assert (await c.get(f"/v1/devices/{DEV3}", headers=admin)).json()["name"] == "kitchen"
+        taken = await c.put("/v1/devices/garage", json={"name": "kitchen"}, headers=a)
+        assert taken.status_code == 409
+
+        # Notes: the owner's, shown with the device, and nobody else's to write.
+        noted = await c.put("/v1/devices/kitchen", json={"notes": "Behind the fridge.\nFuse 3."}, headers=a)
+        assert noted.status_code == 200, noted.text
+        assert {k: v for k, v in noted.json().items() if k != "updated_at"} == {
+            "id": DEV1,
+            "name": "kitchen",
+            "notes": "Behind the fridge.\nFuse 3.",
+        }
+        assert (await c.get("/v1/devices/kitchen", headers=a)).json()["notes"] == "Behind the fridge.\nFuse 3."
+        listed = {d["id"]: d["notes"] for d in (await c.get("/v1/devices", headers=a)).json()}
+        assert listed == {DEV1: "Behind the fridge.\nFuse 3.", DEV2: None}
+        assert (await c.put(f"/v1/devices/{DEV1}", json={"notes": "mine"}, headers=b)).status_code == 404
+        for bad in ("x" * 1001, 5, ["a"], "\x1b[2J"):
+            refused = await c.put("/v1/devices/kitchen", json={"notes": bad}, headers=a)
+            assert (refused.status_code, refused.json().get("field")) == (400, "notes"), refused.text
+        both = await c.put("/v1/devices/garage", json={"name": "cellar", "notes": "damp"}, headers=a)
+        assert (both.json()["name"], both.json()["notes"]) == ("cellar", "damp")
+        cleared = await c.put("/v1/devices/cellar", json={"notes": ""}, headers=a)
+        assert cleared.json()["notes"] is None
+        trail = [e.action for e in await w.service.store.audit.recent(DEV2)]
+        assert trail[:3] == ["notes_changed", "notes_changed", "renamed"]
+
+    _run(tmp_path, scenario)

@@ -163,6 +163,12 @@ class Live:
 
         return self.run(flash())
 
+    def fresh_refresh_token(self) -> str:
+        """A refresh token of Bob's that nothing else uses: one to spend."""
+        issued = self.run(self.service.app.accounts.login(BOB, PASSWORD, "CLI2", 60))
+        assert issued.refresh_token is not None
+        return issued.refresh_token
+
     def spare_token_hash(self, user: str) -> str:
         """The hash of a new token of `user`'s that nothing else uses: one to revoke."""
         issued = self.run(self.service.app.accounts.create_token(OPS, user, None))
@@ -356,10 +362,12 @@ def _good(live: Live, operation: tuple[str, str]) -> dict[tuple[str, str], list[
     job, rollout = live.fresh_rollout() if operation in _HOLDS else (0, "")
     doomed = live.fresh_integration() if operation[0] == "DELETE" and "integration_id" in operation[1] else ""
     hook = {"integration_id": live.integration}
+    refresh_token = live.fresh_refresh_token() if operation == ("POST", "/oauth/token") else ""
     return {
         ("POST", "/oauth/token"): [
             Good(body={"grant_type": "password", "username": ALICE, "password": PASSWORD}, media_type=form),
             Good(body={"grant_type": "password", "username": BOB, "password": PASSWORD, "expires_in": 0}),
+            Good(body={"grant_type": "refresh_token", "refresh_token": refresh_token}, media_type=form),
         ],
         ("GET", "/v1/user"): [Good()],
         ("PUT", "/v1/user"): [Good(body={"password": PASSWORD, "current_password": PASSWORD})],
@@ -378,6 +386,7 @@ def _good(live: Live, operation: tuple[str, str]) -> dict[tuple[str, str], list[
         ("PUT", "/v1/devices/{device}"): [
             Good(device, body={"signal": "1"}, media_type=form),
             Good({"device": GARAGE}, body={"name": "garage"}),
+            Good({"device": GARAGE}, body={"notes": "in the garage, left of the door"}),
             Good({"device": GARAGE}, body={"file": image, "queue": "true"}, media_type="multipart/form-data"),
         ],
         ("PUT", "/v1/products/{product}/devices/{device}"): [Good(product, body={"signal": "0"})],

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cyan.app import Actor, Application, Handshakes, InvalidCredentialsError, NewDevice
+from cyan.app import Actor, Application, Handshakes, InvalidCredentialsError, InvalidRefreshTokenError, NewDevice
 from cyan.app.keys import match_fingerprint
 from cyan.cloud.errors import (
     AlreadyExistsError,
@@ -104,7 +104,9 @@ def test_registering_devices_is_an_admins_act_all_or_nothing() -> None:
         with pytest.raises(PermissionDeniedError):
             await app.devices.register(alice, [NewDevice(NEW, der(3))])
         with pytest.raises(AlreadyExistsError, match="kitchen"):
-            await app.devices.register(admin, [NewDevice(NEW, der(3)), NewDevice("12" * 12, der(4), name="kitchen")])
+            await app.devices.register(
+                admin, [NewDevice(NEW, der(3)), NewDevice("12" * 12, der(4), name="kitchen", owner=ALICE)]
+            )
         assert await store.devices.get(NEW) is None
         with pytest.raises(InvalidInputError, match="no user"):
             await app.devices.register(admin, [NewDevice(NEW, der(3), owner="nobody@example.com")])
@@ -207,9 +209,17 @@ def test_a_device_presenting_its_accounts_claim_code_is_claimed_once() -> None:
 def test_renaming_and_removing() -> None:
     async def scenario(app: Application, store: MemoryStore, sessions: RecordedSessions) -> None:
         assert (await app.devices.rename(alice, "kitchen", "pantry")).name == "pantry"
-        with pytest.raises(AlreadyExistsError) as taken:
-            await app.devices.rename(alice, "pantry", "shed")
-        assert OTHER not in str(taken.value)  # whose name it is stays unsaid
+        # Names are unique within an owner's devices: the ownerless "shed" does not stop Alice naming hers so.
+        assert (await app.devices.rename(alice, "pantry", "shed")).name == "shed"
+        with pytest.raises(ConflictError, match="several owners are named 'shed'"):
+            await app.devices.get(admin, "shed")  # an admin sees both: the name alone is not enough
+        assert (await app.devices.get(alice, "shed")).record.id == DEVICE
+        with pytest.raises(AlreadyExistsError, match=f"{ALICE} already has a device named 'shed'"):
+            await app.devices.claim(admin, OTHER, owner=ALICE)
+        await app.devices.register(admin, [NewDevice(NEW, der(3), name="attic", owner=ALICE)])
+        with pytest.raises(AlreadyExistsError, match="another device of its owner's is already named 'attic'"):
+            await app.devices.rename(alice, "shed", "attic")
+        assert (await app.devices.rename(alice, "shed", "pantry")).name == "pantry"
         for bad in ("", "x" * 64, "new\nline", "a b"):
             with pytest.raises(InvalidInputError):
                 await app.devices.rename(alice, "pantry", bad)
@@ -218,7 +228,7 @@ def test_renaming_and_removing() -> None:
         await app.devices.remove(admin, DEVICE)
         assert await store.devices.get(DEVICE) is None
         assert sessions.told[-1] == ("close_sessions", DEVICE, "None")
-        assert await actions(store, DEVICE) == ["removed", "renamed", "registered"]
+        assert await actions(store, DEVICE) == ["removed", "renamed", "renamed", "renamed", "registered"]
 
     run(scenario)
 
@@ -438,5 +448,78 @@ def test_tokens() -> None:
         # the wrong password is on the record under the account it was tried against
         assert trail[:4] == ["token_revoked", "login_failed", "token_created", "token_created"]
         assert issued.token not in str(await store.audit.recent())  # never the token itself
+
+    run(scenario)
+
+
+def test_refresh_tokens_are_spent_by_their_use_and_die_with_the_password() -> None:
+    async def scenario(app: Application, store: MemoryStore, sessions: RecordedSessions) -> None:
+        first = await app.accounts.login(ALICE, "a good password", "CLI2", 60)
+        assert first.refresh_token is not None
+        assert first.refresh_token != first.token
+        again = await app.accounts.refresh(first.refresh_token, 3600)
+        assert await app.accounts.resolve(again.token) == alice
+        assert again.record.client_id == "CLI2"  # the client it was first given to
+        assert again.refresh_token not in (None, first.refresh_token)  # rotated
+        # Spent: a second use (a replay, or a thief racing the client) gets nothing, as unknown ones do.
+        for spent in (first.refresh_token, "0" * 40, "", "x" * 600):
+            with pytest.raises(InvalidRefreshTokenError):
+                await app.accounts.refresh(spent, 60)
+        assert again.refresh_token is not None
+        # Two uses at once: exactly one gets new tokens.
+        outcomes = await asyncio.gather(
+            app.accounts.refresh(again.refresh_token, 60),
+            app.accounts.refresh(again.refresh_token, 60),
+            return_exceptions=True,
+        )
+        won = [o for o in outcomes if not isinstance(o, BaseException)]
+        assert len(won) == 1
+        assert sum(isinstance(o, InvalidRefreshTokenError) for o in outcomes) == 1
+        latest = won[0].refresh_token
+        assert latest is not None
+        # A password change revokes the refresh tokens too: whoever learnt the old password keeps nothing.
+        await app.accounts.change_password(alice, "a good password", "a better password")
+        with pytest.raises(InvalidRefreshTokenError):
+            await app.accounts.refresh(latest, 60)
+        # And they expire.
+        late = await app.accounts.login(ALICE, "a better password", "CLI2", 60)
+        assert late.refresh_token is not None
+        app.context.clock = lambda: NOW + timedelta(days=31)
+        with pytest.raises(InvalidRefreshTokenError):
+            await app.accounts.refresh(late.refresh_token, 60)
+        trail = str(await store.audit.recent(subject=ALICE))
+        assert "with a refresh token" in trail
+        assert late.refresh_token not in trail
+
+    run(scenario)
+
+
+def test_notes_are_the_owners_to_write_and_audited_without_their_text() -> None:
+    async def scenario(app: Application, store: MemoryStore, sessions: RecordedSessions) -> None:
+        record = await app.devices.set_notes(alice, "kitchen", "Under the sink.\nReplace in May.")
+        assert record.notes == "Under the sink.\nReplace in May."
+        assert (await store.devices.get(DEVICE)).notes == record.notes  # type: ignore[union-attr]
+        with pytest.raises(DeviceNotFoundError):
+            await app.devices.set_notes(bob, DEVICE, "mine now")
+        for bad in ("x" * 1001, "bell\x07", "esc\x1b[2J", "\ud800"):
+            with pytest.raises(InvalidInputError, match="notes"):
+                await app.devices.set_notes(alice, DEVICE, bad)
+        assert (await app.devices.set_notes(admin, DEVICE, "")).notes is None
+        entries = [e for e in await store.audit.recent(DEVICE) if e.action == "notes_changed"]
+        assert [(e.actor, e.detail) for e in entries] == [(ADMIN, "cleared"), (ALICE, "31 characters")]
+        assert "sink" not in str(entries)
+
+    run(scenario)
+
+
+def test_a_device_claimed_by_its_own_code_loses_a_name_its_new_owner_already_uses() -> None:
+    async def scenario(app: Application, store: MemoryStore, sessions: RecordedSessions) -> None:
+        await app.devices.rename(alice, "kitchen", "shed")  # OTHER, ownerless, is "shed" too
+        issued = await app.devices.issue_claim_code(alice)
+        record = await app.devices.claimed_by_device(OTHER, issued.code)
+        assert record is not None
+        assert (record.owner, record.name) == (ALICE, None)
+        (entry,) = [e for e in await store.audit.recent(OTHER) if e.action == "claimed"]
+        assert "its name 'shed' was another of the account's devices'" in (entry.detail or "")
 
     run(scenario)

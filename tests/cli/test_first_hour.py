@@ -205,9 +205,16 @@ def test_an_operator_claims_by_name_releases_and_hands_over(tmp_path: Path, caps
     assert f"Device {'ab' * 12} now belongs to bob@example.com" in capsys.readouterr().out
     assert cyan(["devices", "list", "--ids", *d]) == 0
     assert capsys.readouterr().out == f"{'ab' * 12}\n"
+    assert cyan(["devices", "notes", "kitchen", "Behind the fridge", *d]) == 0
+    assert capsys.readouterr().out == f"Device {'ab' * 12}: notes saved\n"
+    assert cyan(["devices", "notes", "kitchen", "x" * 1001, *d]) == 1
+    assert "at most 1000 characters" in capsys.readouterr().err
 
     async def trail() -> list[str]:
         async with open_application(settings) as app:
+            record = await app.store.devices.get("ab" * 12)
+            assert record is not None
+            assert record.notes == "Behind the fridge"
             return [e.action for e in await app.store.audit.recent("ab" * 12)]
 
-    assert asyncio.run(trail())[:3] == ["claimed", "released", "claimed"]
+    assert asyncio.run(trail())[:4] == ["notes_changed", "claimed", "released", "claimed"]

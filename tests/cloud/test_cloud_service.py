@@ -326,3 +326,42 @@ def test_bus_drops_oldest_for_a_slow_reader() -> None:
         assert bus.subscriber_count == 0
 
     asyncio.run(check())
+
+
+LEGACY_HELLO = Hello(6, 0xFFFF, HelloFlag(0), 6)  # 0.6.x and 0.7.x say nothing of their system version
+#: A Photon on 0.6.1 in its system Describe (protocol.md §6.7): two system parts of one version.
+PHOTON_MODULES = [
+    {"s": 16384, "l": "m", "vc": 30, "vv": 30, "f": "b", "n": "0", "v": 11, "d": []},
+    {"s": 262144, "l": "m", "vc": 30, "vv": 30, "f": "s", "n": "1", "v": 105, "d": []},
+    {"s": 262144, "l": "m", "vc": 30, "vv": 30, "f": "s", "n": "2", "v": 105, "d": [{"f": "s", "n": "1", "v": 105}]},
+    {"s": 131072, "l": "m", "vc": 30, "vv": 30, "u": "ab" * 32, "f": "u", "n": "1", "v": 4, "d": []},
+]
+
+
+def test_the_handshake_time_and_the_system_version_a_legacy_device_describes() -> None:
+    async def check(cloud: Cloud, store: MemoryStore, bus: InProcessBus) -> None:
+        now = [NOW]
+        cloud._clock = lambda: now[0]
+        await store.devices.add(_record("bb" * 12))
+        link = FakeLink("bb" * 12)
+        cloud.session_started(link, _record("bb" * 12), LEGACY_HELLO)
+        now[0] = NOW + timedelta(minutes=5)
+        cloud.heard_from(link)
+        # Nonsense in a module list changes nothing: only a system part's whole version counts.
+        for modules in ("x", [{"f": "s", "v": "105"}], [{"f": "s", "v": True}], [{"f": "s", "v": 2**40}], [7]):
+            cloud.describe_received(link, {"p": 6, "m": modules})
+        await cloud.flush()
+        saved = await store.devices.get("bb" * 12)
+        assert saved is not None
+        assert (saved.last_handshake_at, saved.last_heard, saved.system_version) == (
+            NOW,
+            NOW + timedelta(minutes=5),
+            None,
+        )
+        cloud.describe_received(link, {"f": [], "v": {}, "p": 6, "m": PHOTON_MODULES})
+        await cloud.flush()
+        saved = await store.devices.get("bb" * 12)
+        assert saved is not None
+        assert saved.system_version == 105
+
+    _run(check)

@@ -150,6 +150,15 @@ class LiveService:
 
         self.run(asyncio.wait_for(recorded(), timeout), timeout + 5)
 
+    def device_notes(self, device_id: str) -> str | None:
+        """The notes stored for the device, as the store has them."""
+
+        async def read() -> str | None:
+            record = await self.service.store.devices.get(device_id)
+            return None if record is None else record.notes
+
+        return self.run(read())
+
     def wait_connected(self, device_id: str, timeout: float = 15.0) -> None:
         device = self.devices[device_id]
         self.run(asyncio.wait_for(device.connected.wait(), timeout), timeout + 5)

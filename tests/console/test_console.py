@@ -125,6 +125,11 @@ def test_device_page_reads_a_variable_calls_a_function_and_shows_live_events(
     expect(page.locator("#device-events")).to_contain_text("from the device")
     page.locator("[data-variable=counter]").click()
     expect(page.locator("[data-variable=counter] + output")).to_have_text(re.compile(r"^\d+$"))
+    expect(page.locator("#vitals")).to_contain_text("3.1.0")  # the Device OS release it reported
+    page.get_by_label("Notes about this device").fill("Behind the fridge")
+    page.locator("[data-save=notes]").click()
+    expect(page.locator("[data-save=notes] + output")).to_have_text("saved")
+    assert live.device_notes(KITCHEN) == "Behind the fridge"
     _shot(page, artifacts, "device")
     page.close()
 

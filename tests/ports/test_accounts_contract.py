@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from cyan.cloud.models import AccessToken, DeviceRecord, User
+from cyan.cloud.models import AccessToken, DeviceRecord, RefreshToken, User
 from cyan.cloud.ports import UserExistsError
 from store_support import DEVICE_ID, OTHER_ID, T0, StoreFactory, run
 
@@ -286,5 +286,59 @@ def test_naive_datetimes_are_refused_before_anything_is_written(make: StoreFacto
                 await store.accounts.remove_expired_tokens(naive)
             assert await store.accounts.list_users() == []
             assert await store.accounts.list_tokens(ALICE) == [token(2, expires_at=T0)]
+
+    run(scenario())
+
+
+# -- refresh tokens -------------------------------------------------------------------------------
+
+
+def refresh(number: int, username: str = ALICE, *, expires_at: datetime = T0 + timedelta(days=30)) -> RefreshToken:
+    return RefreshToken(f"{number:064X}", username, "CLI2", T0, expires_at)
+
+
+def test_a_refresh_token_is_taken_once_in_any_case_and_survives_a_reopen(make: StoreFactory) -> None:
+    async def scenario() -> None:
+        async with make() as store:
+            await store.accounts.add_refresh_token(refresh(1, "Alice@Example.com"))
+            with pytest.raises(ValueError, match="already stored"):
+                await store.accounts.add_refresh_token(refresh(1, BOB))
+        async with make() as store:  # from the file, not from any cache
+            taken = await store.accounts.take_refresh_token(f"{1:064x}")
+            assert taken == RefreshToken(f"{1:064x}", ALICE, "CLI2", T0, T0 + timedelta(days=30))
+            assert await store.accounts.take_refresh_token(f"{1:064x}") is None
+
+    run(scenario())
+
+
+def test_of_two_concurrent_takes_of_one_refresh_token_exactly_one_gets_it(make: StoreFactory) -> None:
+    async def scenario() -> None:
+        async with make() as first, make() as second:
+            await first.accounts.add_refresh_token(refresh(2))
+            results = await asyncio.gather(
+                first.accounts.take_refresh_token(refresh(2).token_hash.lower()),
+                second.accounts.take_refresh_token(refresh(2).token_hash.lower()),
+            )
+            assert sorted(r is None for r in results) == [False, True]
+
+    run(scenario())
+
+
+def test_refresh_tokens_go_with_their_user_their_expiry_or_on_request(make: StoreFactory) -> None:
+    async def scenario() -> None:
+        async with make() as store:
+            await store.accounts.add_user(user())
+            await store.accounts.add_refresh_token(refresh(1))
+            await store.accounts.add_refresh_token(refresh(2, expires_at=T0 + timedelta(hours=1)))
+            await store.accounts.add_refresh_token(refresh(3, BOB))
+            await store.accounts.add_refresh_token(refresh(4, BOB))
+            await store.accounts.add_token(token(9, expires_at=T0 + timedelta(hours=1)))
+            # Access and refresh tokens whose time is up, both counted.
+            assert await store.accounts.remove_expired_tokens(T0 + timedelta(hours=1)) == 2
+            assert await store.accounts.take_refresh_token(refresh(2).token_hash) is None
+            assert await store.accounts.remove_refresh_tokens(BOB.upper()) == 2
+            assert await store.accounts.take_refresh_token(refresh(3).token_hash) is None
+            assert await store.accounts.remove_user(ALICE)
+            assert await store.accounts.take_refresh_token(refresh(1).token_hash) is None
 
     run(scenario())

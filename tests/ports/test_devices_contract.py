@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from cyan.cloud.errors import DeviceNameAmbiguousError
 from cyan.cloud.models import AttemptOutcome, ConnectionAttempt, DeviceRecord, Variable
 from cyan.cloud.ports import DeviceExistsError, Store
 from store_support import DEVICE_ID, OTHER_ID, T0, StoreFactory, attempt, full_device, run
@@ -118,7 +120,7 @@ def test_add_device_refuses_a_taken_id_in_any_case(make: StoreFactory) -> None:
 
 
 def test_add_devices_registers_a_fleet_in_one_transaction_or_nothing(make: StoreFactory) -> None:
-    fleet = [DeviceRecord(id=f"{n:024x}", name=f"unit-{n}") for n in range(1, 501)]
+    fleet = [DeviceRecord(id=f"{n:024x}", name=f"unit-{n}", owner="ops@example.com") for n in range(1, 501)]
 
     async def scenario() -> None:
         async with make() as store:
@@ -129,12 +131,18 @@ def test_add_devices_registers_a_fleet_in_one_transaction_or_nothing(make: Store
             assert len(await store.devices.all()) == 300
             with pytest.raises(DeviceExistsError, match="is listed twice"):
                 await store.devices.add_many([fleet[400], fleet[400]])
-            with pytest.raises(DeviceExistsError, match="'unit-1' is given to two devices"):
+            ops = "ops@example.com"
+            with pytest.raises(DeviceExistsError, match="'unit-1' is given to two devices of one owner"):
                 await store.devices.add_many(
-                    [DeviceRecord(id="aa" * 12, name="unit-1"), DeviceRecord(id="bb" * 12, name="unit-1")]
+                    [
+                        DeviceRecord(id="aa" * 12, name="unit-1", owner=ops),
+                        DeviceRecord(id="bb" * 12, name="unit-1", owner=ops),
+                    ]
                 )
-            with pytest.raises(DeviceExistsError, match="'unit-1' is already taken"):
-                await store.devices.add_many([DeviceRecord(id="cc" * 12, name="unit-1")])
+            with pytest.raises(
+                DeviceExistsError, match=re.escape("'unit-1' is already given to another device of ops@example.com's")
+            ):
+                await store.devices.add_many([DeviceRecord(id="cc" * 12, name="unit-1", owner=ops)])
             await store.devices.add_many(fleet[300:])
             await store.devices.add_many([])
             assert [d.id for d in await store.devices.all()] == [d.id for d in fleet]
@@ -143,16 +151,45 @@ def test_add_devices_registers_a_fleet_in_one_transaction_or_nothing(make: Store
     run(scenario())
 
 
-def test_add_device_refuses_a_taken_name_but_allows_many_unnamed(make: StoreFactory) -> None:
+def test_names_are_unique_per_owner(make: StoreFactory) -> None:
+    """Another account's device may have the same name: what others call theirs is none of an account's
+    business. Ownerless and unnamed devices may share a name (or none)."""
+
     async def scenario() -> None:
         async with make() as store:
-            await store.devices.add(DeviceRecord(id=DEVICE_ID, name="kitchen"))
-            with pytest.raises(DeviceExistsError, match=f"'kitchen' is already taken by device {DEVICE_ID}"):
-                await store.devices.add(DeviceRecord(id=OTHER_ID, name="kitchen"))
+            await store.devices.add(DeviceRecord(id=DEVICE_ID, name="kitchen", owner="alice@example.com"))
+            with pytest.raises(
+                DeviceExistsError,
+                match=re.escape(f"'kitchen' is already given to another device of alice@example.com's ({DEVICE_ID})"),
+            ):
+                await store.devices.add(DeviceRecord(id=OTHER_ID, name="kitchen", owner="alice@example.com"))
             assert await store.devices.get(OTHER_ID) is None
+            await store.devices.add(DeviceRecord(id=OTHER_ID, name="kitchen", owner="bob@example.com"))
             await store.devices.add(DeviceRecord(id="aa" * 12))
             await store.devices.add(DeviceRecord(id="bb" * 12))
-            assert len(await store.devices.all()) == 3
+            await store.devices.add(DeviceRecord(id="cc" * 12, name="spare"))
+            await store.devices.add(DeviceRecord(id="dd" * 12, name="spare"))
+            assert len(await store.devices.all()) == 6
+            # A name is looked up among one owner's devices; across owners, a name two have is ambiguous.
+            alice = await store.devices.find("kitchen", owner="alice@example.com")
+            assert alice is not None
+            assert alice.id == DEVICE_ID
+            bob = await store.devices.find("kitchen", owner="bob@example.com")
+            assert bob is not None
+            assert bob.id == OTHER_ID
+            assert await store.devices.find("kitchen", owner="carol@example.com") is None
+            with pytest.raises(DeviceNameAmbiguousError, match="name the device by its id"):
+                await store.devices.find("kitchen")
+            # An id is an id whoever asks.
+            found = await store.devices.find(OTHER_ID.upper(), owner="alice@example.com")
+            assert found is not None
+            assert found.id == OTHER_ID
+            # Moving a device to an owner who already has the name is refused.
+            moved = await store.devices.get(OTHER_ID)
+            assert moved is not None
+            moved.owner = "alice@example.com"
+            with pytest.raises(DeviceExistsError):
+                await store.devices.save(moved)
 
     run(scenario())
 
@@ -177,16 +214,19 @@ def test_save_device_inserts_then_replaces_every_field(make: StoreFactory) -> No
 def test_save_device_refuses_another_devices_name_and_changes_nothing(make: StoreFactory) -> None:
     async def scenario() -> None:
         async with make() as store:
-            await store.devices.add(DeviceRecord(id=DEVICE_ID, name="kitchen"))
+            await store.devices.add(DeviceRecord(id=DEVICE_ID, name="kitchen", owner="bob"))
             await store.devices.add(DeviceRecord(id=OTHER_ID, name="garage", owner="alice"))
-            with pytest.raises(DeviceExistsError, match=f"'kitchen' is already taken by device {DEVICE_ID}"):
+            with pytest.raises(
+                DeviceExistsError,
+                match=re.escape(f"'kitchen' is already given to another device of bob's ({DEVICE_ID})"),
+            ):
                 await store.devices.save(DeviceRecord(id=OTHER_ID, name="kitchen", owner="bob"))
             with pytest.raises(DeviceExistsError, match="'kitchen'"):
-                await store.devices.save(DeviceRecord(id="aa" * 12, name="kitchen"))
+                await store.devices.save(DeviceRecord(id="aa" * 12, name="kitchen", owner="bob"))
             assert await store.devices.get(OTHER_ID) == DeviceRecord(id=OTHER_ID, name="garage", owner="alice")
             assert await store.devices.get("aa" * 12) is None
             # Keeping its own name is no conflict.
-            await store.devices.save(DeviceRecord(id=DEVICE_ID, name="kitchen", online=True))
+            await store.devices.save(DeviceRecord(id=DEVICE_ID, name="kitchen", owner="bob", online=True))
 
     run(scenario())
 
@@ -372,13 +412,13 @@ def test_two_stores_on_one_file_see_each_others_writes(make: StoreFactory) -> No
     run(scenario())
 
 
-def test_update_device_state_leaves_name_owner_and_key_alone(make: StoreFactory) -> None:
+def test_update_device_state_leaves_name_owner_notes_and_key_alone(make: StoreFactory) -> None:
     async def scenario() -> None:
         store = make()
         await store.open()
         try:
             original = DeviceRecord(
-                id="ab" * 12, name="kitchen", owner="alice", public_key_der=b"key", key_fingerprint="fp"
+                id="ab" * 12, name="kitchen", owner="alice", public_key_der=b"key", key_fingerprint="fp", notes="hi"
             )
             await store.devices.add(original)
             stale = DeviceRecord(
@@ -391,22 +431,27 @@ def test_update_device_state_leaves_name_owner_and_key_alone(make: StoreFactory)
                 functions=["setArg"],
                 online=True,
                 last_address="127.0.0.1:1",
+                last_handshake_at=datetime(2026, 12, 1, 8, 30, tzinfo=UTC),
+                system_version=105,
             )
             await store.devices.update_states([stale])
             stored = await store.devices.get("ab" * 12)
             assert stored is not None
-            assert (stored.name, stored.owner, stored.public_key_der, stored.key_fingerprint) == (
+            assert (stored.name, stored.owner, stored.public_key_der, stored.key_fingerprint, stored.notes) == (
                 "kitchen",
                 "alice",
                 b"key",
                 "fp",
+                "hi",
             )
-            assert (stored.platform_id, stored.functions, stored.online, stored.last_address) == (
-                6,
-                ["setArg"],
-                True,
-                "127.0.0.1:1",
-            )
+            assert (
+                stored.platform_id,
+                stored.functions,
+                stored.online,
+                stored.last_address,
+                stored.last_handshake_at,
+                stored.system_version,
+            ) == (6, ["setArg"], True, "127.0.0.1:1", datetime(2026, 12, 1, 8, 30, tzinfo=UTC), 105)
             await store.devices.update_states([DeviceRecord(id="cd" * 12)])  # unregistered: skipped
             assert await store.devices.get("cd" * 12) is None
         finally:

@@ -56,11 +56,11 @@ def test_a_transaction_that_raises_leaves_nothing(make: StoreFactory) -> None:
 def test_a_conflict_inside_a_transaction_leaves_it_usable(make: StoreFactory) -> None:
     async def scenario() -> None:
         async with make() as store:
-            await store.devices.add(DeviceRecord(id=OTHER_ID, name="kitchen"))
+            await store.devices.add(DeviceRecord(id=OTHER_ID, name="kitchen", owner="alice"))
             async with store.transaction() as tx:
-                with pytest.raises(DeviceExistsError, match="'kitchen' is already taken"):
-                    await tx.devices.add(DeviceRecord(id=DEVICE_ID, name="kitchen"))
-                await tx.devices.add(DeviceRecord(id=DEVICE_ID, name="garage"))
+                with pytest.raises(DeviceExistsError, match="'kitchen' is already given to another device"):
+                    await tx.devices.add(DeviceRecord(id=DEVICE_ID, name="kitchen", owner="alice"))
+                await tx.devices.add(DeviceRecord(id=DEVICE_ID, name="garage", owner="alice"))
             assert [d.name for d in await store.devices.all()] == ["garage", "kitchen"]
 
     run(scenario())

@@ -213,7 +213,7 @@ def test_writes_fail_as_unavailable_while_another_process_holds_the_lock(db: Pat
                 "remove a user": lambda: store.accounts.remove_user(ALICE),
                 "add an access token": lambda: store.accounts.add_token(token(2)),
                 "remove an access token": lambda: store.accounts.remove_token(token(1).token_hash),
-                "remove expired access tokens": lambda: store.accounts.remove_expired_tokens(T0),
+                "remove expired tokens": lambda: store.accounts.remove_expired_tokens(T0),
             }
             for action, write in writes.items():
                 with pytest.raises(StoreUnavailableError, match=f"cannot {action}: .*database is locked"):

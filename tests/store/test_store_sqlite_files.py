@@ -81,7 +81,7 @@ def test_open_creates_directories_and_the_schema_at_head(tmp_path: Path) -> None
             pass
 
     run(scenario())
-    assert head_revision() == "0006"
+    assert head_revision() == "0007"
     assert _version(db) == [head_revision()]
     assert _tables(db) == {
         "alembic_version": [],
@@ -93,6 +93,7 @@ def test_open_creates_directories_and_the_schema_at_head(tmp_path: Path) -> None
         ],
         "users": [],
         "access_tokens": ["ix_access_tokens_username"],
+        "refresh_tokens": ["ix_refresh_tokens_username"],
         "key_policies": [],
         "rekey_windows": [],
         "pending_keys": [],

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any, overload
 
 from cyan.app import DeviceView
+from cyan.cloud.device_os import release_name
 from cyan.cloud.models import AuditEntry, FirmwareRecord, KeyPolicy, PendingKey, UpdateJob, User
 from cyan.protocol.binary import ModuleFunction, platform_name
 
@@ -60,16 +61,16 @@ def _device_fields(view: DeviceView) -> dict[str, Any]:
         "last_app": None,
         "last_ip_address": address,
         "last_heard": iso(record.last_heard),
-        "last_handshake_at": iso(record.last_heard) if online else None,
+        "last_handshake_at": iso(record.last_handshake_at),
         "product_id": record.product_id if record.product_id is not None else record.platform_id,
         "online": online,
         "connected": online,
         "platform_id": record.platform_id,
         "cellular": False,
-        "notes": None,
+        "notes": record.notes,
         "status": "quarantined" if view.quarantined else "normal",
         "serial_number": None,
-        "system_firmware_version": None,
+        "system_firmware_version": release_name(record.system_version),
         "current_build_target": None,
         "pinned_build_target": None,
         "default_build_target": None,

@@ -13,7 +13,7 @@ from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from cyan.app import InvalidCredentialsError
+from cyan.app import InvalidCredentialsError, InvalidRefreshTokenError
 from cyan.cloud.errors import (
     AlreadyExistsError,
     CloudError,
@@ -74,7 +74,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(InvalidCredentialsError)
     async def bad_credentials(request: Request, exc: InvalidCredentialsError) -> JSONResponse:
-        return _json(400, {"ok": False, "error": "invalid_grant", "error_description": "User credentials are invalid"})
+        description = (
+            "The refresh token is invalid, used, revoked or expired: log in again"
+            if isinstance(exc, InvalidRefreshTokenError)
+            else "User credentials are invalid"
+        )
+        return _json(400, {"ok": False, "error": "invalid_grant", "error_description": description})
 
     @app.exception_handler(NodeUnreachableError)
     async def node_gone(request: Request, exc: NodeUnreachableError) -> JSONResponse:

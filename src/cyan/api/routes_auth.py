@@ -54,7 +54,7 @@ def _expires_in(raw: Any) -> int:
 @router.post(
     "/oauth/token",
     tags=["authentication"],
-    summary="Create an access token (password grant)",
+    summary="Create an access token (password or refresh grant)",
     # The only shape with keys left out rather than null: expires_in and expires_at of a token that never expires.
     response_model_exclude_none=True,
     responses=errors(429, *BODY_ERRORS),
@@ -65,23 +65,39 @@ async def create_token(request: Request) -> schemas.Token:
     `particle` (particle-api-js). Client secrets are not checked; the user's password is."""
     params = await body(request)
     grant = params.get("grant_type")
-    if grant != "password":
-        raise ApiError(400, "unsupported_grant_type", f"grant_type {str(grant)[:32]!r} is not supported; use password")
-    username, password = params.get("username"), params.get("password")
-    if not isinstance(username, str) or not isinstance(password, str) or not username:
-        raise ApiError(400, "invalid_request", "username and password are required")
     expires_in = _expires_in(params.get("expires_in", DEFAULT_TOKEN_LIFETIME))
-    address = request.client.host if request.client else ""
-    issued = await app(request).accounts.login(
-        username, password, _client_id(request, params), expires_in or None, address=address
-    )
+    accounts = app(request).accounts
+    if grant == "password":
+        username, password = params.get("username"), params.get("password")
+        if not isinstance(username, str) or not isinstance(password, str) or not username:
+            raise ApiError(400, "invalid_request", "username and password are required")
+        address = request.client.host if request.client else ""
+        issued = await accounts.login(
+            username, password, _client_id(request, params), expires_in or None, address=address
+        )
+    elif grant == "refresh_token":
+        refresh_token = params.get("refresh_token")
+        if not isinstance(refresh_token, str) or not refresh_token:
+            raise ApiError(400, "invalid_request", "refresh_token is required")
+        # The new tokens keep the client they were first issued to unless the request names one.
+        named = _client_id(request, params)
+        issued = await accounts.refresh(
+            refresh_token, expires_in or None, client_id=None if named == "unknown" else named
+        )
+    else:
+        raise ApiError(
+            400,
+            "unsupported_grant_type",
+            f"grant_type {str(grant)[:32]!r} is not supported; use password or refresh_token",
+        )
     if issued.record.expires_at is None:
-        return schemas.Token(token_type="bearer", access_token=issued.token)
+        return schemas.Token(token_type="bearer", access_token=issued.token, refresh_token=issued.refresh_token)
     return schemas.Token(
         token_type="bearer",
         access_token=issued.token,
         expires_in=expires_in,
         expires_at=iso(issued.record.expires_at),
+        refresh_token=issued.refresh_token,
     )
 
 

@@ -45,6 +45,14 @@ def _text(params: dict[str, Any], *names: str) -> str:
     return ""
 
 
+def _string(params: dict[str, Any], name: str) -> str:
+    """A field that must be text: a number or a list in its place is refused, not turned into text."""
+    value = params.get(name)
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{name} is text", name)
+    return value
+
+
 # -- listing and reading ------------------------------------------------------------------------
 
 
@@ -105,31 +113,43 @@ _CHANGE: dict[str, Any] = {
 
 
 @router.put(
-    "/v1/devices/{device}", summary="Rename a device, signal it (rainbow LED), or flash it (multipart)", **_CHANGE
+    "/v1/devices/{device}",
+    summary="Rename a device, set its notes, signal it (rainbow LED), or flash it (multipart)",
+    **_CHANGE,
 )
 async def update_device(
     request: Request, actor: Caller, device: str
-) -> schemas.Renamed | schemas.Signaled | schemas.DevelopmentMarked | schemas.Flashed:
+) -> schemas.Renamed | schemas.NotesChanged | schemas.Signaled | schemas.DevelopmentMarked | schemas.Flashed:
     return await _update(request, actor, device, None)
 
 
-@router.put("/v1/products/{product}/devices/{device}", summary="Rename, signal or flash a product device", **_CHANGE)
+@router.put(
+    "/v1/products/{product}/devices/{device}", summary="Rename, set notes, signal or flash a product device", **_CHANGE
+)
 async def update_product_device(
     request: Request, actor: Caller, product: str, device: str
-) -> schemas.Renamed | schemas.Signaled | schemas.DevelopmentMarked | schemas.Flashed:
+) -> schemas.Renamed | schemas.NotesChanged | schemas.Signaled | schemas.DevelopmentMarked | schemas.Flashed:
     return await _update(request, actor, device, product)
 
 
 async def _update(
     request: Request, actor: Actor, device: str, product: str | None
-) -> schemas.Renamed | schemas.Signaled | schemas.DevelopmentMarked | schemas.Flashed:
+) -> schemas.Renamed | schemas.NotesChanged | schemas.Signaled | schemas.DevelopmentMarked | schemas.Flashed:
     params = await body(request)
     view = await _view(request, actor, device, product)
     if params.get("__multipart__"):
         # `particle flash DEVICE app.bin` (protocol.md §7; routes_updates.py).
         return await routes_updates.flash(request, actor, view)
+    if "notes" in params:
+        devices = app(request).devices
+        if "name" in params:
+            await devices.rename(actor, view.record.id, _string(params, "name"))
+        record = await devices.set_notes(actor, view.record.id, _string(params, "notes"))
+        return schemas.NotesChanged(
+            id=record.id, name=record.name, notes=record.notes, updated_at=iso(datetime.now(UTC))
+        )
     if "name" in params:
-        record = await app(request).devices.rename(actor, view.record.id, str(params["name"]))
+        record = await app(request).devices.rename(actor, view.record.id, _string(params, "name"))
         return schemas.Renamed(id=record.id, name=record.name, updated_at=iso(datetime.now(UTC)))
     if "signal" in params:
         calls = app(request).calls
@@ -145,7 +165,7 @@ async def _update(
     raise ApiError(
         400,
         "invalid_request",
-        "nothing to change: give name, signal, development, or a binary to flash (multipart file)",
+        "nothing to change: give name, notes, signal, development, or a binary to flash (multipart file)",
     )
 
 

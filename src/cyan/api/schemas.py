@@ -225,9 +225,12 @@ def request_body(
 
 
 class TokenRequest(BaseModel):
-    grant_type: Literal["password"]
-    username: str
-    password: str
+    grant_type: Literal["password", "refresh_token"]
+    username: Omittable[str] = Field(default=None, description="The password grant's account")
+    password: Omittable[str] = Field(default=None, description="The password grant's password")
+    refresh_token: Omittable[str] = Field(
+        default=None, description="The refresh grant's token, from an earlier answer; it is spent by its use"
+    )
     client_id: Omittable[str] = Field(
         default=None, description="Any: CLI2 (particle login), user (particle token create)"
     )
@@ -257,7 +260,10 @@ class RoleChange(BaseModel):
 
 class DeviceChange(BaseModel):
     name: Omittable[str] = Field(
-        default=None, description="A new name: 1 to 63 of A-Z a-z 0-9 _ -, unique on this server"
+        default=None, description="A new name: 1 to 63 of A-Z a-z 0-9 _ -, unique among its owner's devices"
+    )
+    notes: Omittable[str] = Field(
+        default=None, description='Notes about the device, up to 1,000 characters; "" clears them'
     )
     signal: Omittable[str] = Field(default=None, description='"1": the device shows a rainbow LED; "0": it stops')
     development: Omittable[bool] = Field(
@@ -355,6 +361,11 @@ class Token(Shape):
     access_token: str
     expires_in: Omittable[int] = Field(default=None, description="Left out for a token that never expires")
     expires_at: Omittable[Time] = Field(default=None, description="Left out for a token that never expires")
+    refresh_token: Omittable[str] = Field(
+        default=None,
+        description="Exchanged once (grant_type=refresh_token) for new tokens within 30 days; revoked with a "
+        "password change",
+    )
 
 
 class PasswordChanged(Ok):
@@ -405,16 +416,19 @@ class Device(Shape):
     last_app: str | None = Field(description="Not tracked here: always null")
     last_ip_address: str | None
     last_heard: Time | None
-    last_handshake_at: Time | None
+    last_handshake_at: Time | None = Field(description="When its current or last session's handshake completed")
     product_id: int | None
     online: bool
     connected: bool
     platform_id: int | None
     cellular: bool
-    notes: str | None = Field(description="Not tracked here: always null")
+    notes: str | None = Field(description="The owner's notes about the device (PUT with notes)")
     status: Literal["normal", "quarantined"]
     serial_number: str | None = Field(description="Not tracked here: always null")
-    system_firmware_version: str | None = Field(description="Not tracked here: always null")
+    system_firmware_version: str | None = Field(
+        description="The Device OS release it reported (Hello, or its system Describe on 0.6 and 0.7); null until "
+        "it reports one, or for a system module version without a release name"
+    )
     current_build_target: str | None = Field(description="Not tracked here: always null")
     pinned_build_target: str | None = Field(description="Not tracked here: always null")
     default_build_target: str | None = Field(description="Not tracked here: always null")
@@ -441,6 +455,13 @@ class ProductDevices(Shape):
 class Renamed(Shape):
     id: str
     name: str | None
+    updated_at: Time
+
+
+class NotesChanged(Shape):
+    id: str
+    name: str | None
+    notes: str | None
     updated_at: Time
 
 

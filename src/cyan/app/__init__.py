@@ -20,7 +20,7 @@ from cyan.cloud.vitals import VitalsCollector
 from cyan.cloud.webhooks import WebhookDispatcher
 
 from ._context import AppContext, _utc_now
-from .accounts import AccountUseCases, InvalidCredentialsError, IssuedToken, LoginLimits
+from .accounts import AccountUseCases, InvalidCredentialsError, InvalidRefreshTokenError, IssuedToken, LoginLimits
 from .actors import Actor, ActorKind
 from .calls import DeviceCalls
 from .devices import ClaimCodeIssued, DeviceUseCases, DeviceView, NewDevice
@@ -52,6 +52,7 @@ __all__ = [
     "IntegrationUseCases",
     "IntegrationView",
     "InvalidCredentialsError",
+    "InvalidRefreshTokenError",
     "IssuedToken",
     "KeyStatus",
     "KeyUseCases",

@@ -78,12 +78,30 @@ def check_device_name(text: str, field: str = "name") -> str:
     return text
 
 
+#: What a device's notes may hold: a page of text, not a document store.
+NOTES_LIMIT = 1000
+
+
+def check_notes(text: str, field: str = "notes") -> str:
+    if not isinstance(text, str):
+        raise InvalidInputError("notes are text", field)
+    if len(text) > NOTES_LIMIT:
+        raise InvalidInputError(f"notes are at most {NOTES_LIMIT} characters (got {len(text)})", field)
+    # Line breaks and tabs are text; other control characters would corrupt a terminal or a log.
+    if any((ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) < 0xA0 for c in text):
+        raise InvalidInputError("notes hold no control characters but line breaks and tabs", field)
+    if any(0xD800 <= ord(c) < 0xE000 for c in text):
+        raise InvalidInputError("notes must be valid Unicode text", field)
+    return text
+
+
 async def visible_device(repos: Repositories, actor: Actor, id_or_name: str) -> DeviceRecord:
     """The device by id or name if the actor may see it; otherwise the same `DeviceNotFoundError` as for a
     device that does not exist."""
     if not isinstance(id_or_name, str) or not id_or_name or len(id_or_name) > 255:
         raise DeviceNotFoundError(str(id_or_name)[:64])
-    record = await repos.devices.find(id_or_name)
+    # An account names only its own devices: another account's names are not looked at, let alone told.
+    record = await repos.devices.find(id_or_name, owner=None if actor.is_admin else actor.username or "")
     if record is None or not actor.sees(record):
         raise DeviceNotFoundError(id_or_name)
     return record

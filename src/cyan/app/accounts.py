@@ -24,16 +24,25 @@ from cyan.cloud.errors import (
     PermissionDeniedError,
     TooManyRequestsError,
 )
-from cyan.cloud.models import AccessToken, AuditEntry, Role, User
+from cyan.cloud.models import AccessToken, AuditEntry, RefreshToken, Role, User
 from cyan.cloud.ports import UserExistsError
 
 from ._context import AppContext
 from .actors import Actor
 
-__all__ = ["MAX_TOKEN_LIFETIME", "AccountUseCases", "InvalidCredentialsError", "IssuedToken"]
+__all__ = [
+    "MAX_TOKEN_LIFETIME",
+    "REFRESH_TOKEN_LIFETIME",
+    "AccountUseCases",
+    "InvalidCredentialsError",
+    "InvalidRefreshTokenError",
+    "IssuedToken",
+]
 
 #: The longest lifetime a token may be given in seconds (ten years); 0 or None asks for one that never expires.
 MAX_TOKEN_LIFETIME = 10 * 365 * 24 * 3600
+#: How long a refresh token can be exchanged for new tokens: a client unused for longer logs in again.
+REFRESH_TOKEN_LIFETIME = 30 * 24 * 3600
 _MIN_PASSWORD = 8
 _MAX_PASSWORD = 1024
 #: A client id is shown in listings and the audit trail: short, printable.
@@ -42,6 +51,10 @@ _MAX_CLIENT_ID = 64
 
 class InvalidCredentialsError(ValueError):
     """Unknown user or wrong password (deliberately not saying which)."""
+
+
+class InvalidRefreshTokenError(InvalidCredentialsError):
+    """A refresh token that is unknown, already used, revoked or expired (deliberately not saying which)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +117,8 @@ class _Failures:
 class IssuedToken:
     token: str
     record: AccessToken
+    #: Issued with a login (and with each refresh): exchanged once for new tokens (the OAuth refresh grant).
+    refresh_token: str | None = None
 
 
 def _lifetime(expires_in: int | None) -> int | None:
@@ -206,6 +221,8 @@ class AccountUseCases:
             for token in await tx.accounts.list_tokens(user.username):
                 if token.token_hash != kept:
                     revoked += await tx.accounts.remove_token(token.token_hash)
+            # A refresh token mints new access tokens: whoever held one would keep the account.
+            await tx.accounts.remove_refresh_tokens(user.username)
             await tx.audit.add(
                 AuditEntry(
                     now,
@@ -312,7 +329,26 @@ class AccountUseCases:
         checked (`TooManyRequestsError`)."""
         lifetime = _lifetime(expires_in)
         user = await self._check_password(str(username), password, address)
-        return await self._issue(Actor.account(user.username, user.role), user, client_id, lifetime)
+        return await self._issue(Actor.account(user.username, user.role), user, client_id, lifetime, refresh=True)
+
+    async def refresh(self, refresh_token: str, expires_in: int | None, *, client_id: str | None = None) -> IssuedToken:
+        """New tokens for a refresh token (the OAuth refresh grant), which is spent: the answer carries a new
+        refresh token. An unknown, spent, revoked or expired one is `InvalidRefreshTokenError`, alike."""
+        lifetime = _lifetime(expires_in)
+        if not isinstance(refresh_token, str) or not 0 < len(refresh_token) <= 512:
+            raise InvalidRefreshTokenError("the refresh token is invalid")
+        now = self._ctx.clock()
+        # Taken in its own transaction, before anything else: of two requests with the same token, only one
+        # gets new tokens, even across nodes.
+        async with self._ctx.store.transaction() as tx:
+            spent = await tx.accounts.take_refresh_token(hash_token(refresh_token))
+        if spent is None or spent.expires_at <= now:
+            raise InvalidRefreshTokenError("the refresh token is invalid")
+        user = await self._ctx.store.accounts.get_user(spent.username)
+        if user is None:
+            raise InvalidRefreshTokenError("the refresh token is invalid")
+        client = spent.client_id if client_id is None else client_id
+        return await self._issue(Actor.account(user.username, user.role), user, client, lifetime, refresh=True)
 
     async def _failed(self, account: str, address: str, *, account_limit: bool, address_limit: bool) -> None:
         """Audit a failed login, and the moment an account or an address reached its limit."""
@@ -348,24 +384,38 @@ class AccountUseCases:
             raise NotFoundError(f"no user {username!r}")
         return await self._issue(actor, user, "cyan-cli", lifetime)
 
-    async def _issue(self, actor: Actor, user: User, client_id: str, lifetime: int | None) -> IssuedToken:
+    async def _issue(
+        self, actor: Actor, user: User, client_id: str, lifetime: int | None, *, refresh: bool = False
+    ) -> IssuedToken:
         token = secrets.token_hex(20)
         now = self._ctx.clock()
         expires = now + timedelta(seconds=lifetime) if lifetime else None
         record = AccessToken(hash_token(token), user.username, _client(client_id), now, expires)
+        refresh_token = secrets.token_hex(20) if refresh else None
         async with self._ctx.store.transaction() as tx:
             await tx.accounts.add_token(record)
+            if refresh_token is not None:
+                await tx.accounts.add_refresh_token(
+                    RefreshToken(
+                        hash_token(refresh_token),
+                        user.username,
+                        record.client_id,
+                        now,
+                        now + timedelta(seconds=REFRESH_TOKEN_LIFETIME),
+                    )
+                )
             await tx.audit.add(
                 AuditEntry(
                     now,
                     None,
                     "token_created",
                     actor.name,
-                    detail=f"client {record.client_id}; token {record.token_hash[:12]}",
+                    detail=f"client {record.client_id}; token {record.token_hash[:12]}"
+                    + ("; with a refresh token" if refresh else ""),
                     subject=user.username,
                 )
             )
-        return IssuedToken(token, record)
+        return IssuedToken(token, record, refresh_token)
 
     async def resolve(self, token: str) -> Actor | None:
         """The account a token acts for, if the token is valid now."""

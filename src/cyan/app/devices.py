@@ -24,6 +24,7 @@ from ._context import (
     AppContext,
     check_device_id,
     check_device_name,
+    check_notes,
     hash_secret,
     use_claim_code,
     visible_device,
@@ -166,7 +167,12 @@ class DeviceUseCases:
             if owner is not None and await tx.accounts.get_user(new_owner) is None:
                 raise InvalidInputError(f"no user {new_owner!r}", "owner")
             record.owner = new_owner
-            await tx.devices.save(record)
+            try:
+                await tx.devices.save(record)
+            except DeviceExistsError:
+                raise AlreadyExistsError(
+                    f"{new_owner} already has a device named {record.name!r}: rename one of them first"
+                ) from None
             await tx.audit.add(AuditEntry(now, record.id, "claimed", actor.name, detail=how, subject=new_owner))
         await self._ctx.sessions.owner_changed(record.id, new_owner)
         return record
@@ -209,14 +215,40 @@ class DeviceUseCases:
             try:
                 await tx.devices.save(record)
             except DeviceExistsError:
-                # Whose name it is stays unsaid: names can be probed otherwise.
-                raise AlreadyExistsError(f"the name {name!r} is already in use") from None
+                # Names are unique within an owner's devices: the other one is theirs too.
+                raise AlreadyExistsError(f"another device of its owner's is already named {name!r}") from None
             await tx.audit.add(
                 AuditEntry(now, record.id, "renamed", actor.name, detail=f"{old or '(no name)'} -> {name}")
             )
         live = self._ctx.sessions.live(record.id)
         if live is not None:
             live.name = name
+        return record
+
+    async def set_notes(self, actor: Actor, id_or_name: str, notes: str) -> DeviceRecord:
+        """The owner's (or an admin's) notes about a device; "" clears them. The audit entry records that
+        they changed and their length, not their text (it may hold what the owner keeps to themselves)."""
+        notes = check_notes(notes)
+        now = self._ctx.clock()
+        async with self._ctx.store.transaction() as tx:
+            record = await visible_device(tx, actor, id_or_name)
+            new = notes or None
+            if record.notes == new:
+                return record
+            record.notes = new
+            await tx.devices.save(record)
+            await tx.audit.add(
+                AuditEntry(
+                    now,
+                    record.id,
+                    "notes_changed",
+                    actor.name,
+                    detail=f"{len(notes)} characters" if notes else "cleared",
+                )
+            )
+        live = self._ctx.sessions.live(record.id)
+        if live is not None:
+            live.notes = new
         return record
 
     async def remove(self, actor: Actor, id_or_name: str) -> DeviceRecord:
@@ -281,18 +313,16 @@ class DeviceUseCases:
                     raise _NoClaim  # rolls the use of the code back
                 if await tx.accounts.get_user(found.claimant) is None:
                     raise _NoClaim
+                detail = "with a claim code it presented"
+                if record.name is not None:
+                    namesake = await tx.devices.find(record.name, owner=found.claimant)
+                    if namesake is not None and namesake.id != record.id:
+                        # Nobody is there to choose another name: the device comes unnamed rather than not at all.
+                        detail += f"; its name {record.name!r} was another of the account's devices', so it has none"
+                        record.name = None
                 record.owner = found.claimant
                 await tx.devices.save(record)
-                await tx.audit.add(
-                    AuditEntry(
-                        now,
-                        device_id,
-                        "claimed",
-                        "device",
-                        detail="with a claim code it presented",
-                        subject=record.owner,
-                    )
-                )
+                await tx.audit.add(AuditEntry(now, device_id, "claimed", "device", detail=detail, subject=record.owner))
         except _NoClaim:
             return None
         await self._ctx.sessions.owner_changed(device_id, record.owner)

@@ -1,4 +1,4 @@
-"""`cyan devices add|list|attempts|doctor|unidentified|rename|remove|claim-code|group`: the device registry and
+"""`cyan devices add|list|attempts|doctor|unidentified|rename|notes|remove|claim-code|group`: the device registry and
 what the server saw of each device, on the server's data (`--data-dir`). A device is named by its id or its
 name everywhere; one that does not exist is an error.
 """
@@ -89,6 +89,18 @@ def rename(
     """Rename a device."""
     record = run_local(data_dir, lambda app: app.devices.rename(operator(actor), device, name))
     typer.echo(f"Device {record.id} is now named {record.name}")
+
+
+@app.command("notes")
+def notes(
+    device: Annotated[str, typer.Argument(help="The device id or name.")],
+    text: Annotated[str, typer.Argument(help='Its notes (up to 1,000 characters; "" clears them).')],
+    actor: ActorOption = "operator",
+    data_dir: DataDirOption = None,
+) -> None:
+    """Set a device's notes (shown in the console and the API's device details)."""
+    record = run_local(data_dir, lambda app: app.devices.set_notes(operator(actor), device, text))
+    typer.echo(f"Device {record.id}: " + ("notes saved" if record.notes else "notes cleared"))
 
 
 @app.command("remove")

@@ -8,6 +8,7 @@ __all__ = [
     "AlreadyExistsError",
     "CloudError",
     "ConflictError",
+    "DeviceNameAmbiguousError",
     "DeviceNotFoundError",
     "DeviceOfflineError",
     "DeviceQuarantinedError",
@@ -71,6 +72,15 @@ class InvalidInputError(CloudError):
 
 class ConflictError(CloudError):
     """The request does not fit the current state (something changed meanwhile, or already exists)."""
+
+
+class DeviceNameAmbiguousError(ConflictError):
+    """A device name asked for across owners (an admin's view) that devices of several owners have: names are
+    unique per owner only."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"devices of several owners are named {name!r}: name the device by its id")
+        self.name = name
 
 
 class AlreadyExistsError(ConflictError):

@@ -65,6 +65,10 @@ class DeviceRecord:
     last_heard: datetime | None = None
     last_address: str | None = None
     created_at: datetime | None = None
+    #: The owner's notes about the device (`PUT /v1/devices/:id` with `notes`).
+    notes: str | None = None
+    #: When its last session started (a handshake completed), as Particle's `last_handshake_at`.
+    last_handshake_at: datetime | None = None
 
 
 class AttemptOutcome(enum.StrEnum):
@@ -120,6 +124,18 @@ class User:
     password_hash: str
     created_at: datetime
     role: Role = Role.USER
+
+
+@dataclass(slots=True)
+class RefreshToken:
+    """An OAuth refresh token: exchanged once for a new access token (and a new refresh token). Only its
+    SHA-256 is stored."""
+
+    token_hash: str
+    username: str
+    client_id: str
+    created_at: datetime
+    expires_at: datetime
 
 
 @dataclass(slots=True)

@@ -33,6 +33,7 @@ from .models import (
     Integration,
     KeyPolicy,
     PendingKey,
+    RefreshToken,
     RekeyWindow,
     UpdateJob,
     User,
@@ -96,8 +97,10 @@ class DeviceRepository(Protocol):
     async def get(self, device_id: str) -> DeviceRecord | None:
         """By id, compared without regard to case."""
 
-    async def find(self, id_or_name: str) -> DeviceRecord | None:
-        """By id (case-insensitive) or, failing that, by exact name."""
+    async def find(self, id_or_name: str, *, owner: str | None = None) -> DeviceRecord | None:
+        """By id (case-insensitive) or, failing that, by exact name: among `owner`'s devices, or among all
+        when `owner` is None, where a name given to devices of several owners is `DeviceNameAmbiguousError`
+        (names are unique per owner)."""
 
     async def all(self, owner: str | None = None) -> list[DeviceRecord]:
         """All devices, or one owner's, ordered by id."""
@@ -184,8 +187,8 @@ class AccountRepository(Protocol):
         """Ordered by username."""
 
     async def remove_user(self, username: str) -> bool:
-        """Remove the user and all their tokens and integrations, and release their devices (owner becomes
-        None)."""
+        """Remove the user and all their tokens (access and refresh) and integrations, and release their devices
+        (owner becomes None)."""
 
     async def add_token(self, token: AccessToken) -> None: ...
 
@@ -198,7 +201,16 @@ class AccountRepository(Protocol):
         """True if it existed."""
 
     async def remove_expired_tokens(self, now: datetime) -> int:
-        """Delete tokens whose `expires_at` is at or before `now`; how many."""
+        """Delete access and refresh tokens whose `expires_at` is at or before `now`; how many."""
+
+    async def add_refresh_token(self, token: RefreshToken) -> None: ...
+
+    async def take_refresh_token(self, token_hash: str) -> RefreshToken | None:
+        """Remove the refresh token and return it, expired or not: each is used once, and of two callers taking
+        the same one at once only one gets it."""
+
+    async def remove_refresh_tokens(self, username: str) -> int:
+        """Delete the account's refresh tokens; how many."""
 
 
 class AttemptRepository(Protocol):

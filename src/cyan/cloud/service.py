@@ -248,6 +248,7 @@ class Cloud:
         now = self._clock()
         record.online = True
         record.last_heard = now
+        record.last_handshake_at = now
         record.last_address = link.peer_address
         record.platform_id = hello.platform_id
         record.product_id = hello.product_id
@@ -308,6 +309,11 @@ class Cloud:
         platform = document.get("p")
         if isinstance(platform, int):
             record.platform_id = platform
+            changed = True
+        system = _system_module_version(document.get("m"))
+        if system is not None and system != record.system_version:
+            # 0.6.x and 0.7.x Hellos carry no system version: the Describe's system part is where it is.
+            record.system_version = system
             changed = True
         if changed:
             self.writer.state(record)
@@ -530,3 +536,22 @@ class Cloud:
     def publish(self, name: str, data: str | None, *, owner: str | None, private: bool = True, ttl: int = 60) -> None:
         """An event from the API: to the owner's devices and every stream that matches."""
         self._originate(CloudEvent(name, data, ttl, self._clock(), None, owner, private))
+
+
+def _system_module_version(modules: object) -> int | None:
+    """The version of the system part(s) in a system Describe's module list (protocol.md §6.7), if any.
+
+    A Photon's system is two parts of one version; the highest is taken should they ever differ (one part
+    updated, the device not yet reset)."""
+    if not isinstance(modules, list):
+        return None
+    versions = [
+        module["v"]
+        for module in modules
+        if isinstance(module, dict)
+        and module.get("f") == "s"
+        and isinstance(module.get("v"), int)
+        and not isinstance(module.get("v"), bool)
+        and 0 <= module["v"] < 2**16
+    ]
+    return max(versions) if versions else None

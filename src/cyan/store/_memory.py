@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from cyan.cloud.errors import DeviceNameAmbiguousError
 from cyan.cloud.models import (
     AccessToken,
     AuditEntry,
@@ -29,6 +30,7 @@ from cyan.cloud.models import (
     Integration,
     KeyPolicy,
     PendingKey,
+    RefreshToken,
     RekeyWindow,
     UpdateJob,
     User,
@@ -73,6 +75,7 @@ class _State:
     claim_codes: dict[str, ClaimCode] = field(default_factory=dict)
     users: dict[str, User] = field(default_factory=dict)
     tokens: dict[str, AccessToken] = field(default_factory=dict)
+    refresh_tokens: dict[str, RefreshToken] = field(default_factory=dict)
     attempts: list[ConnectionAttempt] = field(default_factory=list)
     firmware: dict[str, FirmwareRecord] = field(default_factory=dict)
     jobs: dict[int, UpdateJob] = field(default_factory=dict)
@@ -117,12 +120,17 @@ class _Devices(_Part):
     async def get(self, device_id: str) -> DeviceRecord | None:
         return await self._g.read(lambda: copy.deepcopy(self._g.state.devices.get(device_id.lower())))
 
-    async def find(self, id_or_name: str) -> DeviceRecord | None:
+    async def find(self, id_or_name: str, *, owner: str | None = None) -> DeviceRecord | None:
         def work() -> DeviceRecord | None:
             state = self._g.state
             found = state.devices.get(id_or_name.lower())
             if found is None:
-                found = next((d for d in state.devices.values() if d.name == id_or_name), None)
+                named = [
+                    d for d in state.devices.values() if d.name == id_or_name and (owner is None or d.owner == owner)
+                ]
+                if len(named) > 1:
+                    raise DeviceNameAmbiguousError(id_or_name)
+                found = named[0] if named else None
             return copy.deepcopy(found)
 
         return await self._g.read(work)
@@ -140,10 +148,13 @@ class _Devices(_Part):
         stored.id = device.id.lower()
         if not replacing and stored.id in state.devices:
             raise DeviceExistsError(f"device {stored.id} is already registered")
-        if stored.name is not None:
+        if stored.name is not None and stored.owner is not None:
+            # Unique per owner, as the SQL stores' constraint (which lets ownerless devices share a name).
             for other in state.devices.values():
-                if other.name == stored.name and other.id != stored.id:
-                    raise DeviceExistsError(f"the name {stored.name!r} is already taken by device {other.id}")
+                if other.name == stored.name and other.owner == stored.owner and other.id != stored.id:
+                    raise DeviceExistsError(
+                        f"the name {stored.name!r} is already given to another device of {stored.owner}'s ({other.id})"
+                    )
         return stored
 
     async def add(self, device: DeviceRecord) -> None:
@@ -156,15 +167,15 @@ class _Devices(_Part):
     async def add_many(self, devices: list[DeviceRecord]) -> None:
         def work() -> None:
             ids: set[str] = set()
-            names: set[str] = set()
+            names: set[tuple[str | None, str | None]] = set()
             for device in devices:
                 if device.id.lower() in ids:
                     raise DeviceExistsError(f"device {device.id.lower()} is listed twice")
-                if device.name is not None and device.name in names:
-                    raise DeviceExistsError(f"the name {device.name!r} is given to two devices")
+                owned_name = (device.owner, device.name)
+                if device.name is not None and device.owner is not None and owned_name in names:
+                    raise DeviceExistsError(f"the name {device.name!r} is given to two devices of one owner")
                 ids.add(device.id.lower())
-                if device.name is not None:
-                    names.add(device.name)
+                names.add(owned_name)
             checked = [self._check(device, replacing=False) for device in devices]
             for stored in checked:
                 self._g.state.devices[stored.id] = stored
@@ -185,6 +196,9 @@ class _Devices(_Part):
                 if stored is None:
                     continue
                 heard = None if device.last_heard is None else _aware(device.last_heard, "last_heard").astimezone(UTC)
+                handshake = device.last_handshake_at
+                if handshake is not None:
+                    handshake = _aware(handshake, "last_handshake_at").astimezone(UTC)
                 self._g.state.devices[stored.id] = replace(
                     stored,
                     platform_id=device.platform_id,
@@ -196,6 +210,7 @@ class _Devices(_Part):
                     variables=list(device.variables),
                     online=device.online,
                     last_heard=heard,
+                    last_handshake_at=handshake,
                     last_address=device.last_address,
                 )
 
@@ -419,6 +434,7 @@ class _Accounts(_Part):
             state = self._g.state
             name = username.lower()
             state.tokens = {h: t for h, t in state.tokens.items() if t.username != name}
+            state.refresh_tokens = {h: t for h, t in state.refresh_tokens.items() if t.username != name}
             for key, device in state.devices.items():
                 if device.owner == name:
                     state.devices[key] = replace(device, owner=None)
@@ -463,6 +479,33 @@ class _Accounts(_Part):
             doomed = [h for h, t in tokens.items() if t.expires_at is not None and t.expires_at <= now]
             for token_hash in doomed:
                 del tokens[token_hash]
+            refresh = self._g.state.refresh_tokens
+            spent = [h for h, t in refresh.items() if t.expires_at <= now]
+            for token_hash in spent:
+                del refresh[token_hash]
+            return len(doomed) + len(spent)
+
+        return await self._g.write(work)
+
+    async def add_refresh_token(self, token: RefreshToken) -> None:
+        def work() -> None:
+            stored = _in_utc(copy.deepcopy(token))
+            stored.token_hash, stored.username = token.token_hash.lower(), token.username.lower()
+            if stored.token_hash in self._g.state.refresh_tokens:
+                raise ValueError(f"a refresh token with the hash {stored.token_hash} is already stored")
+            self._g.state.refresh_tokens[stored.token_hash] = stored
+
+        await self._g.write(work)
+
+    async def take_refresh_token(self, token_hash: str) -> RefreshToken | None:
+        return await self._g.write(lambda: self._g.state.refresh_tokens.pop(token_hash.lower(), None))
+
+    async def remove_refresh_tokens(self, username: str) -> int:
+        def work() -> int:
+            refresh = self._g.state.refresh_tokens
+            doomed = [h for h, t in refresh.items() if t.username == username.lower()]
+            for token_hash in doomed:
+                del refresh[token_hash]
             return len(doomed)
 
         return await self._g.write(work)

@@ -43,6 +43,7 @@ __all__ = [
     "key_policies",
     "metadata",
     "pending_keys",
+    "refresh_tokens",
     "rekey_windows",
     "update_jobs",
     "users",
@@ -108,8 +109,11 @@ devices = Table(
     Column("last_heard", UTCDateTime),
     Column("last_address", String(255)),
     Column("created_at", UTCDateTime),
-    # Both SQLite and PostgreSQL let any number of rows have a NULL name under a unique constraint.
-    UniqueConstraint("name"),
+    Column("notes", Text),
+    Column("last_handshake_at", UTCDateTime),
+    # A name is unique among its owner's devices: what other accounts call theirs is not told. Both SQLite and
+    # PostgreSQL let any number of rows with a NULL in the constraint through (ownerless or unnamed devices).
+    UniqueConstraint("owner", "name"),
     Index(None, "owner"),
 )
 
@@ -158,6 +162,18 @@ access_tokens = Table(
     Column("client_id", String(255), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime),
+    Index(None, "username"),
+)
+
+refresh_tokens = Table(
+    "refresh_tokens",
+    metadata,
+    # Only the SHA-256, as for access tokens. Used once: a refresh hands out a new one and this one goes.
+    Column("token_hash", String(64), primary_key=True),
+    Column("username", String(255), nullable=False),
+    Column("client_id", String(255), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
     Index(None, "username"),
 )
 

@@ -18,6 +18,7 @@ from sqlalchemy import RowMapping, and_, bindparam, delete, false, func, insert,
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cyan.cloud.errors import DeviceNameAmbiguousError
 from cyan.cloud.models import (
     AccessToken,
     AttemptOutcome,
@@ -32,6 +33,7 @@ from cyan.cloud.models import (
     KeyPolicy,
     KeyPolicyMode,
     PendingKey,
+    RefreshToken,
     RekeyWindow,
     Role,
     UpdateJob,
@@ -55,6 +57,7 @@ from ._schema import (
     integrations,
     key_policies,
     pending_keys,
+    refresh_tokens,
     rekey_windows,
     update_jobs,
     users,
@@ -116,6 +119,8 @@ def _device_values(device: DeviceRecord) -> dict[str, Any]:
         "last_heard": _optional_aware(device.last_heard, "last_heard"),
         "last_address": device.last_address,
         "created_at": _optional_aware(device.created_at, "created_at"),
+        "notes": device.notes,
+        "last_handshake_at": _optional_aware(device.last_handshake_at, "last_handshake_at"),
     }
 
 
@@ -141,10 +146,10 @@ def _raw_time(value: str | None) -> datetime | None:
 def device_from_row(row: Mapping[Any, Any], *, raw: bool = False) -> DeviceRecord:
     """A device from a row; `raw`: the row comes straight from sqlite3, so JSON and times are still text."""
     functions, variables = row["functions"], row["variables"]
-    last_heard, created_at = row["last_heard"], row["created_at"]
+    last_heard, created_at, handshake = row["last_heard"], row["created_at"], row["last_handshake_at"]
     if raw:
         functions, variables = json.loads(functions), json.loads(variables)
-        last_heard, created_at = _raw_time(last_heard), _raw_time(created_at)
+        last_heard, created_at, handshake = _raw_time(last_heard), _raw_time(created_at), _raw_time(handshake)
     return DeviceRecord(
         id=row["id"],
         name=row["name"],
@@ -162,6 +167,8 @@ def device_from_row(row: Mapping[Any, Any], *, raw: bool = False) -> DeviceRecor
         last_heard=last_heard,
         last_address=row["last_address"],
         created_at=created_at,
+        notes=row["notes"],
+        last_handshake_at=handshake,
     )
 
 
@@ -236,6 +243,26 @@ def _token_values(token: AccessToken) -> dict[str, Any]:
         "created_at": _aware(token.created_at, "created_at"),
         "expires_at": _optional_aware(token.expires_at, "expires_at"),
     }
+
+
+def _refresh_values(token: RefreshToken) -> dict[str, Any]:
+    return {
+        "token_hash": token.token_hash.lower(),
+        "username": token.username.lower(),
+        "client_id": token.client_id,
+        "created_at": _aware(token.created_at, "created_at"),
+        "expires_at": _aware(token.expires_at, "expires_at"),
+    }
+
+
+def _refresh_from_row(row: Mapping[Any, Any]) -> RefreshToken:
+    return RefreshToken(
+        token_hash=row["token_hash"],
+        username=row["username"],
+        client_id=row["client_id"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+    )
 
 
 def _token_from_row(row: Mapping[Any, Any]) -> AccessToken:
@@ -343,6 +370,7 @@ _STATE_COLUMNS = (
     "online",
     "last_heard",
     "last_address",
+    "last_handshake_at",
 )
 _UPDATE_DEVICE_STATE = (
     update(devices)
@@ -392,12 +420,19 @@ class SqlDevices(_Repository):
         found = await self._first(select(devices).where(devices.c.id == device_id.lower()), "read a device")
         return None if found is None else device_from_row(found)
 
-    async def find(self, id_or_name: str) -> DeviceRecord | None:
+    async def find(self, id_or_name: str, *, owner: str | None = None) -> DeviceRecord | None:
         device_id = id_or_name.lower()
-        query = select(devices).where(or_(devices.c.id == device_id, devices.c.name == id_or_name))
+        named = devices.c.name == id_or_name
+        if owner is not None:
+            named = and_(named, devices.c.owner == owner)
+        query = select(devices).where(or_(devices.c.id == device_id, named)).limit(3)
         rows = await self._rows(query, "find a device")
-        # An id wins over another device's name that happens to look like it.
-        rows = sorted(rows, key=lambda row: row["id"] != device_id)
+        # An id wins over a name that happens to look like it.
+        by_id = [row for row in rows if row["id"] == device_id]
+        if by_id:
+            return device_from_row(by_id[0])
+        if len(rows) > 1:
+            raise DeviceNameAmbiguousError(id_or_name)
         return device_from_row(rows[0]) if rows else None
 
     async def all(self, owner: str | None = None) -> list[DeviceRecord]:
@@ -420,15 +455,15 @@ class SqlDevices(_Repository):
             return
         rows = [_device_values(device) for device in new_devices]
         ids: set[str] = set()
-        names: set[str] = set()
+        names: set[tuple[str, str]] = set()
         for values in rows:
             if values["id"] in ids:
                 raise DeviceExistsError(f"device {values['id']} is listed twice")
-            if values["name"] is not None and values["name"] in names:
-                raise DeviceExistsError(f"the name {values['name']!r} is given to two devices")
+            owned_name = (values["owner"], values["name"])
+            if values["name"] is not None and values["owner"] is not None and owned_name in names:
+                raise DeviceExistsError(f"the name {values['name']!r} is given to two devices of one owner")
             ids.add(values["id"])
-            if values["name"] is not None:
-                names.add(values["name"])
+            names.add(owned_name)
         try:
             async with self._db.writing("add devices", conflicts=True, statements="several") as conn:
                 await conn.execute(_INSERT_DEVICE, rows)
@@ -502,13 +537,14 @@ class SqlDevices(_Repository):
 
     async def _taken(self, values: Mapping[Any, Any]) -> str | None:
         """What is already registered of this device's id and name, in words; None: neither."""
-        device_id, name = values["id"], values["name"]
-        query = select(devices.c.id, devices.c.name).where(or_(devices.c.id == device_id, devices.c.name == name))
+        device_id, name, owner = values["id"], values["name"], values["owner"]
+        same_name = and_(devices.c.name == name, devices.c.owner == owner)
+        query = select(devices.c.id, devices.c.name).where(or_(devices.c.id == device_id, same_name))
         async with self._db.reading("check a device's id and name") as conn:
             rows = (await conn.execute(query)).all()
         for row in rows:
-            if row.name == name and row.id != device_id:
-                return f"the name {name!r} is already taken by device {row.id}"
+            if row.name == name and row.id != device_id and owner is not None:
+                return f"the name {name!r} is already given to another device of {owner}'s ({row.id})"
         if any(row.id == device_id for row in rows):
             return f"device {device_id} is already registered"
         return None
@@ -693,6 +729,7 @@ class SqlAccounts(_Repository):
             # Tokens and owners are cleared even when no such user exists: nothing stops a caller from adding a
             # token or an owner for a username that has no user, and removing that username should leave none.
             await conn.execute(delete(access_tokens).where(access_tokens.c.username == username))
+            await conn.execute(delete(refresh_tokens).where(refresh_tokens.c.username == username))
             # Owners are compared exactly, as `list` does: the domain writes the stored username.
             await conn.execute(update(devices).where(devices.c.owner == username).values(owner=None))
             await conn.execute(delete(claim_codes).where(claim_codes.c.claimant == username))
@@ -733,9 +770,34 @@ class SqlAccounts(_Repository):
         return bool(await self._delete(access_tokens, condition, "remove an access token"))
 
     async def remove_expired_tokens(self, now: datetime) -> int:
-        # A NULL expires_at never compares true, so tokens that never expire stay.
-        condition = access_tokens.c.expires_at <= _aware(now, "now")
-        return await self._delete(access_tokens, condition, "remove expired access tokens")
+        moment = _aware(now, "now")
+        async with self._db.writing("remove expired tokens", statements="several") as conn:
+            # A NULL expires_at never compares true, so access tokens that never expire stay.
+            access = await conn.execute(delete(access_tokens).where(access_tokens.c.expires_at <= moment))
+            refresh = await conn.execute(delete(refresh_tokens).where(refresh_tokens.c.expires_at <= moment))
+        return int(access.rowcount) + int(refresh.rowcount)
+
+    async def add_refresh_token(self, token: RefreshToken) -> None:
+        values = _refresh_values(token)
+        try:
+            async with self._db.writing("add a refresh token", conflicts=True) as conn:
+                await conn.execute(insert(refresh_tokens).values(values))
+        except IntegrityError as exc:
+            raise ValueError(f"a refresh token with the hash {values['token_hash']} is already stored") from exc
+
+    async def take_refresh_token(self, token_hash: str) -> RefreshToken | None:
+        condition = refresh_tokens.c.token_hash == token_hash.lower()
+        async with self._db.writing("use a refresh token", statements="several") as conn:
+            row = (await conn.execute(select(refresh_tokens).where(condition))).mappings().first()
+            if row is None:
+                return None
+            # Whoever deletes the row took the token: a second caller that read it too deletes nothing.
+            taken = await conn.execute(delete(refresh_tokens).where(condition))
+        return _refresh_from_row(row) if taken.rowcount == 1 else None
+
+    async def remove_refresh_tokens(self, username: str) -> int:
+        condition = refresh_tokens.c.username == username.lower()
+        return await self._delete(refresh_tokens, condition, "remove refresh tokens")
 
 
 class SqlAttempts(_Repository):

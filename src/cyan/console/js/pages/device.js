@@ -55,11 +55,23 @@ export async function render(root, { arg }) {
       ["Name", d.name || h("span", { class: "muted" }, "none")],
       ["Owner", d.owner || h("span", { class: "muted" }, "nobody")],
       ["Platform", platform(d.platform_id)],
+      ["Device OS", d.system_firmware_version || h("span", { class: "muted" }, "not reported")],
       ["Product", `${d.product_id ?? ""}`],
+      ["Last handshake", time(d.last_handshake_at)],
       ["Last heard", time(d.last_heard)],
       ["Last address", d.last_ip_address || ""],
       ["Key fingerprint", h("code", { class: "fingerprint" }, d.key_fingerprint || "none")],
+      ["Notes", notesEditor(d)],
     ]);
+  }
+
+  function notesEditor(d) {
+    const text = h("textarea", { name: "notes", rows: 3, maxlength: 1000 }, d.notes || "");
+    return h("div", {}, field("Notes about this device", text),
+      action("Save notes", async () => {
+        const saved = await call("PUT", path(id), { json: { notes: text.value } });
+        return saved.notes ? "saved" : "cleared";
+      }, { "data-save": "notes" }));
   }
 
   async function loadCalls() {
