@@ -84,13 +84,16 @@ class Server:
 
 
 @contextmanager
-def cyan_serve(*extra: str) -> Iterator[Server]:
-    """`cyan serve` on loopback with a fresh data directory, stopped with SIGINT at the end."""
+def cyan_serve(*extra: str, wrap: tuple[str, ...] = (), start_timeout: float = 30.0) -> Iterator[Server]:
+    """`cyan serve` on loopback with a fresh data directory, stopped with SIGINT at the end. `wrap` runs it
+    under another program (valgrind), which then must `exec` it, keeping the pid."""
     with tempfile.TemporaryDirectory(prefix="cyan-bench-") as tmp:
         data = Path(tmp) / "data"
         log = open(Path(tmp) / "serve.log", "w+b")  # noqa: SIM115 - closed below
         process = subprocess.Popen(
             [
+                *wrap,
+                *((sys.executable,) if wrap else ()),
                 str(CYAN),
                 "serve",
                 "--data-dir",
@@ -119,7 +122,7 @@ def cyan_serve(*extra: str) -> Iterator[Server]:
             },
         )
         try:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + start_timeout
             text = ""
             while time.monotonic() < deadline:
                 log.seek(0)
@@ -138,7 +141,7 @@ def cyan_serve(*extra: str) -> Iterator[Server]:
         finally:
             process.send_signal(signal.SIGINT)
             try:
-                process.wait(30)
+                process.wait(start_timeout)
             except subprocess.TimeoutExpired:
                 process.kill()
             log.close()
