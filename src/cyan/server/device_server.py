@@ -81,6 +81,15 @@ _now = time.monotonic
 
 #: The reason recorded for a connection refused by the limit on new connections from one address.
 RATE_LIMITED = "rate_limited"
+#: The reason recorded for a connection refused because the server had `max_handshakes` under way.
+OVERLOADED = "overloaded"
+#: Handshakes one device server runs at once (`DeviceServer.max_handshakes`). A fleet reconnecting at once (a
+#: server restart) would otherwise start tens of thousands together: each waits for its RSA work behind all the
+#: others, past the firmware's own timeouts, and the ones that time out come back as new handshakes. At ~700
+#: handshakes a second on 2 cores, 256 under way finish in about 0.4 s each (docs/capacity.md).
+DEFAULT_MAX_HANDSHAKES = 256
+#: The most often the server logs that it is refusing connections for the handshake bound.
+_OVERLOAD_LOG_INTERVAL = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +171,7 @@ class DeviceProtocol(asyncio.Protocol):
         "_conn",
         "_describe_waiters",
         "_id",
+        "_in_handshake",
         "_ota",
         "_ota_done",
         "_ota_progress",
@@ -201,6 +211,7 @@ class DeviceProtocol(asyncio.Protocol):
         self._presented: str | None = None
         self._stored: str | None = None
         self._attempt_recorded = False
+        self._in_handshake = False  # counted in the server's handshakes under way
         self._session_started = False
         self._quarantined = False
         self._pending: dict[int, asyncio.Future[Any]] = {}
@@ -245,27 +256,48 @@ class DeviceProtocol(asyncio.Protocol):
         self._started = _now()
         self._started_at = time.time()
         host = peer[0] if isinstance(peer, tuple) else self.peer_address
-        if not self._server.admit(host, self._started):
-            self._transport.close()
-            self._cloud.record_attempt(
-                ConnectionAttempt(
-                    datetime.fromtimestamp(self._started_at, UTC),
-                    self.peer_address,
-                    AttemptOutcome.FAILED,
-                    Step.NONCE.value,
-                    RATE_LIMITED,
-                    f"more new connections from {host} than the limit "
-                    f"({self._server.address_limits.burst} at once, {self._server.address_limits.per_second:g}/s)",
-                    duration=0.0,
-                )
+        server = self._server
+        if not server.admit(host, self._started):
+            limits = server.address_limits
+            self._refuse(
+                RATE_LIMITED,
+                f"more new connections from {host} than the limit ({limits.burst} at once, {limits.per_second:g}/s)",
             )
-            self._attempt_recorded = True
             return
-        self._server._connections[self._id] = self
+        if not server.begin_handshake(self._started):
+            # Closed before the nonce: it costs no RSA work, and the firmware counts it as a failed attempt and
+            # tries again on its backoff (1 s after each of the first five failures, then 2 s, ...), by which
+            # time some of the handshakes under way have ended.
+            self._refuse(OVERLOADED, f"{server.max_handshakes} handshakes under way, the most this server runs at once")
+            return
+        self._in_handshake = True
+        server._connections[self._id] = self
         # With key workers the core asks for its two RSA private-key operations instead of doing them here.
         server_key = None if self._server.key_workers else self._server.server_key
         self._conn = ServerConnection(server_key, self._started, config=self._server.config)
         self._flush()
+
+    def _refuse(self, reason: str, detail: str) -> None:
+        """Close a new connection before the handshake, recorded as failed at its first step."""
+        assert self._transport is not None
+        self._transport.close()
+        self._cloud.record_attempt(
+            ConnectionAttempt(
+                datetime.fromtimestamp(self._started_at, UTC),
+                self.peer_address,
+                AttemptOutcome.FAILED,
+                Step.NONCE.value,
+                reason,
+                detail,
+                duration=0.0,
+            )
+        )
+        self._attempt_recorded = True
+
+    def _handshake_over(self) -> None:
+        if self._in_handshake:
+            self._in_handshake = False
+            self._server.end_handshake()
 
     def data_received(self, data: bytes) -> None:
         if _QUICKACK is not None and self._socket is not None:
@@ -309,6 +341,7 @@ class DeviceProtocol(asyncio.Protocol):
             # The socket went away without a FIN we saw as EOF (a reset, or our own close).
             conn.receive_eof(_now())
             self._handle_events()
+        self._handshake_over()
         self._end_session()
         self._ota_lost()
         for future in self._pending.values():
@@ -378,6 +411,7 @@ class DeviceProtocol(asyncio.Protocol):
             self._server.spawn(self._decide(event), f"decide on device {event.device_id}")
         elif isinstance(event, HelloReceived):
             assert self._record is not None
+            self._handshake_over()
             self._record_attempt(AttemptOutcome.CONNECTED, Step.SESSION, None, None)
             self._session_started = True
             self.hello = event.hello
@@ -799,9 +833,12 @@ class DeviceServer:
         key_workers: int = 0,
         reuse_port: bool = False,
         address_limits: AddressLimits | None = None,
+        max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
     ) -> None:
         if key_workers < 0:
             raise ValueError(f"key_workers is 0 or more, not {key_workers}")
+        if max_handshakes < 1:
+            raise ValueError(f"max_handshakes is 1 or more, not {max_handshakes}")
         self.cloud = cloud
         self.server_key = server_key
         self.key_workers = key_workers
@@ -818,6 +855,15 @@ class DeviceServer:
         #: New connections per address (`AddressLimits`).
         self.address_limits = address_limits or AddressLimits()
         self._gate = _AddressGate(self.address_limits)
+        #: Admission control: connections past this many handshakes under way are closed before the nonce.
+        #: Each handshake holds a socket, the core's state and up to two queued RSA jobs until its Hello, so
+        #: this also bounds what a reconnecting fleet can make the server hold at once: asyncio accepts at
+        #: most `backlog` sockets per pass of the loop, and each one past the bound is closed in that pass.
+        self.max_handshakes = max_handshakes
+        self.handshakes = 0
+        #: Connections refused for the bound since the server started.
+        self.overloaded = 0
+        self._overload_logged = -_OVERLOAD_LOG_INTERVAL
         self._tasks = TaskSet(log, "cyan-server")
 
     async def start(self) -> None:
@@ -862,6 +908,25 @@ class DeviceServer:
     def admit(self, host: str, now: float) -> bool:
         """Whether a new connection from `host` is within its address's limit."""
         return self._gate.admit(host, now)
+
+    def begin_handshake(self, now: float) -> bool:
+        """Count a new handshake in, unless `max_handshakes` are under way already."""
+        if self.handshakes >= self.max_handshakes:
+            self.overloaded += 1
+            if now - self._overload_logged >= _OVERLOAD_LOG_INTERVAL:
+                self._overload_logged = now
+                log.warning(
+                    "%d handshakes under way: closing new connections before the handshake (%d so far); "
+                    "the devices retry on their backoff",
+                    self.handshakes,
+                    self.overloaded,
+                )
+            return False
+        self.handshakes += 1
+        return True
+
+    def end_handshake(self) -> None:
+        self.handshakes -= 1
 
     def connection(self, connection_id: int) -> DeviceProtocol | None:
         return self._connections.get(connection_id)
