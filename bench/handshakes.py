@@ -23,14 +23,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from _common import cyan_serve, keys, register, server_cpu_seconds, table, thread_cpu_seconds
+from _common import Callgrind, cyan_serve, keys, register, server_cpu_seconds, table, thread_cpu_seconds
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import NoDigestInfo
 
@@ -120,36 +118,21 @@ async def sequential(
     return done
 
 
-def _inclusive(annotated: str, function: str) -> int:
-    match = re.search(rf"^\s*([\d,]+) .*\b{function} ", annotated, re.MULTILINE)
-    return int(match.group(1).replace(",", "")) if match else 0
-
-
 def callgrind(handshakes: int, device_keys: list[rsa.RSAPrivateKey]) -> None:
     with tempfile.TemporaryDirectory(prefix="cyan-callgrind-") as tmp:
-        out = Path(tmp) / "callgrind.out"
-        wrap = ("valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}")
-        with cyan_serve("--workers", "0", wrap=wrap, start_timeout=300) as server:
+        counter = Callgrind(Path(tmp))
+        with cyan_serve("--workers", "0", wrap=counter.wrap, start_timeout=300) as server:
+            counter.pid = server.pid
             ids = register(server.data_dir, device_keys)
             # Warm up uncounted (imports, caches), then count only the measured handshakes.
             asyncio.run(sequential(server.device_port, ids, device_keys, server.public_key, 20))
-            control = ["callgrind_control", str(server.pid)]
-            subprocess.run([*control[:1], "--instr=on", *control[1:]], check=True, capture_output=True)
-            done = asyncio.run(sequential(server.device_port, ids, device_keys, server.public_key, handshakes))
-            subprocess.run([*control[:1], "--dump=measured", *control[1:]], check=True, capture_output=True)
-            subprocess.run([*control[:1], "--instr=off", *control[1:]], check=True, capture_output=True)
-        dump = next(Path(tmp).glob("callgrind.out*.1"), None) or next(Path(tmp).glob("callgrind.out.1"))
-        annotated = subprocess.run(
-            ["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(dump)],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-    total_match = re.search(r"^\s*([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS", annotated, re.MULTILINE)
-    total = int(total_match.group(1).replace(",", "")) if total_match else 0
-    rsa_ops = _inclusive(annotated, "EVP_PKEY_decrypt") + _inclusive(annotated, "EVP_PKEY_sign")
-    if not total or not rsa_ops:
-        raise RuntimeError("callgrind's output has no totals or no RSA private operations")
+            with counter.counting():
+                done = asyncio.run(sequential(server.device_port, ids, device_keys, server.public_key, handshakes))
+        annotated = counter.annotated(1)
+    total = counter.total(annotated)
+    rsa_ops = counter.inclusive(annotated, "EVP_PKEY_decrypt") + counter.inclusive(annotated, "EVP_PKEY_sign")
+    if not rsa_ops:
+        raise RuntimeError("callgrind's output has no RSA private operations")
     print(
         table(
             f"Handshakes counted by callgrind: {done}, cyan serve --workers 0 (user-space instructions)",
