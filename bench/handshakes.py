@@ -154,6 +154,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="cyan serve --workers (default: its own)")
     parser.add_argument("--device-processes", type=int, default=0, help="cyan serve --device-processes")
     parser.add_argument(
+        "--server-cores", default="", help="run cyan serve on these cores only (taskset -c), e.g. 0 or 0,1"
+    )
+    parser.add_argument(
         "--callgrind", type=int, default=0, metavar="N", help="count N handshakes' instructions instead (valgrind)"
     )
     args = parser.parse_args()
@@ -166,7 +169,8 @@ def main() -> None:
     extra: tuple[str, ...] = () if args.workers is None else ("--workers", str(args.workers))
     if args.device_processes:
         extra += ("--device-processes", str(args.device_processes))
-    with cyan_serve(*extra) as server:
+    wrap = ("taskset", "-c", args.server_cores) if args.server_cores else ()
+    with cyan_serve(*extra, wrap=wrap) as server:
         ids = register(server.data_dir, device_keys)
         # Warm up (imports, caches, the database), then measure.
         asyncio.run(load(server.device_port, ids, device_keys, server.public_key, seconds=1.0, concurrency=8))
@@ -199,7 +203,8 @@ def main() -> None:
     print(
         table(
             f"Handshakes: {done} in {wall:.1f} s, {failed} failed, concurrency {args.concurrency}, "
-            f"cyan serve --workers {workers} --device-processes {args.device_processes}, "
+            f"cyan serve --workers {workers} --device-processes {args.device_processes}"
+            f"{' on cores ' + args.server_cores if args.server_cores else ''}, "
             f"{cores} cores shared with this load generator",
             [
                 (

@@ -85,9 +85,11 @@ RATE_LIMITED = "rate_limited"
 OVERLOADED = "overloaded"
 #: Handshakes one device server runs at once (`DeviceServer.max_handshakes`). A fleet reconnecting at once (a
 #: server restart) would otherwise start tens of thousands together: each waits for its RSA work behind all the
-#: others, past the firmware's own timeouts, and the ones that time out come back as new handshakes. At ~700
-#: handshakes a second on 2 cores, 256 under way finish in about 0.4 s each (docs/capacity.md).
-DEFAULT_MAX_HANDSHAKES = 256
+#: others, past the firmware's own timeouts, and the ones that time out come back as new handshakes. Not much
+#: lower either: the server would idle while the devices it refused wait out their backoff (measured in
+#: bench/storm.py: 1,000 devices back in 1.7x the ideal time with 256, 1.05x with 1,024). At ~700 handshakes a
+#: second, 1,024 under way take about 1.5 s each, well inside the firmware's 20 s (docs/capacity.md).
+DEFAULT_MAX_HANDSHAKES = 1024
 #: The most often the server logs that it is refusing connections for the handshake bound.
 _OVERLOAD_LOG_INTERVAL = 10.0
 
