@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import itertools
 import logging
+import os
 import queue
 import socket
 import threading
@@ -92,6 +93,13 @@ OVERLOADED = "overloaded"
 DEFAULT_MAX_HANDSHAKES = 1024
 #: The most often the server logs that it is refusing connections for the handshake bound.
 _OVERLOAD_LOG_INTERVAL = 10.0
+#: Connections the kernel holds for the server until it accepts them (the listen backlog).
+LISTEN_BACKLOG = 4096
+#: Connections accepted in one pass of the event loop. asyncio accepts as many as the backlog it was given in
+#: one go: after a restart that was thousands at once, each with a task and a transport and then a nonce or a
+#: refusal, and the devices already connected and the API waited that long (seconds, in bench/storm.py). The
+#: rest stay queued in the kernel, which costs nothing, until the next pass.
+ACCEPTS_PER_PASS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -878,9 +886,14 @@ class DeviceServer:
             self.port,
             reuse_address=True,
             reuse_port=self.reuse_port or None,
-            backlog=4096,
+            backlog=ACCEPTS_PER_PASS,
         )
         sockets = self._server.sockets
+        for listening in sockets:
+            # asyncio listened with ACCEPTS_PER_PASS, which is also how many it accepts per pass: listening again
+            # on the same socket (through a duplicate of its descriptor) makes the kernel's queue the larger one.
+            with socket.socket(fileno=os.dup(listening.fileno())) as duplicate:
+                duplicate.listen(LISTEN_BACKLOG)
         if sockets:
             self.port = sockets[0].getsockname()[1]
 
