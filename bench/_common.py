@@ -38,6 +38,12 @@ def _stat_cpu_seconds(stat: Path) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def user_system_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
 def server_pids(pid: int) -> list[int]:
     """The server process and its children (its device processes, with --device-processes)."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()

@@ -182,6 +182,7 @@ async def run(args: argparse.Namespace) -> None:
                 baseline=baseline,
                 connected_rss=connected_rss,
                 killed=killed,
+                list_devices=not args.no_lists,
             )
             rows += storm_rows
         finally:
@@ -207,8 +208,13 @@ async def run(args: argparse.Namespace) -> None:
     )
 
 
+async def _none() -> int:
+    return 0
+
+
 async def storm(
     *,
+    list_devices: bool,
     data: Path,
     port: int,
     work: Path,
@@ -226,7 +232,7 @@ async def storm(
         back = asyncio.Event()
         bearer = await token(second.api_port)
         stop_lists = asyncio.Event()
-        lister = asyncio.create_task(lists(second.api_port, bearer, stop_lists))
+        lister = asyncio.create_task(lists(second.api_port, bearer, stop_lists) if list_devices else _none())
         during = asyncio.create_task(calls(second.api_port, bearer, honest, count=0, until=back))
         peak = 0
         while True:
@@ -292,6 +298,7 @@ def main() -> None:
     parser.add_argument("--sim-processes", type=int, default=2)
     parser.add_argument("--calls", type=int, default=300, help="baseline calls")
     parser.add_argument("--rate-seconds", type=float, default=5.0)
+    parser.add_argument("--no-lists", action="store_true", help="no client listing GET /v1/devices in the storm")
     args = parser.parse_args()
     ensure_file_limit(args.devices + 1000)
     asyncio.run(run(args))
