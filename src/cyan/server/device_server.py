@@ -190,7 +190,6 @@ class DeviceProtocol(asyncio.Protocol):
         "_presented",
         "_quarantined",
         "_record",
-        "_request_names",
         "_server",
         "_session_started",
         "_socket",
@@ -225,7 +224,6 @@ class DeviceProtocol(asyncio.Protocol):
         self._session_started = False
         self._quarantined = False
         self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._request_names: dict[int, str] = {}
         self._socket: socket.socket | None = None
         # Firmware updates (protocol.md §7): the sender of the running one, what it reports to.
         self._ota: OtaSender | None = None
