@@ -865,8 +865,8 @@ class DeviceServer:
         self._gate = _AddressGate(self.address_limits)
         #: Admission control: connections past this many handshakes under way are closed before the nonce.
         #: Each handshake holds a socket, the core's state and up to two queued RSA jobs until its Hello, so
-        #: this also bounds what a reconnecting fleet can make the server hold at once: asyncio accepts at
-        #: most `backlog` sockets per pass of the loop, and each one past the bound is closed in that pass.
+        #: this also bounds what a reconnecting fleet can make the server hold at once: the server accepts at
+        #: most ACCEPTS_PER_PASS sockets per pass of the loop, and each one past the bound is closed in that pass.
         self.max_handshakes = max_handshakes
         self.handshakes = 0
         #: Connections refused for the bound since the server started.
