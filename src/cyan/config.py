@@ -90,10 +90,10 @@ class Settings:
     #: CYAN_ADDRESS_RATE.
     address_burst: int = 200
     address_rate: int = 50
-    #: Handshakes a device server runs at once; a connection past them is closed before the handshake and the
-    #: device retries on its backoff (admission control for a fleet reconnecting at once, docs/capacity.md).
+    #: Handshakes a device server runs at once; past them it stops accepting, and new connections wait in the
+    #: kernel's queue (admission control for a fleet reconnecting at once, docs/capacity.md).
     #: With --device-processes, each process has this bound. Env: CYAN_MAX_HANDSHAKES.
-    max_handshakes: int = 1024
+    max_handshakes: int = 128
     #: Connection-attempt records older than this many days, or beyond this many, are deleted.
     #: Env: CYAN_ATTEMPTS_MAX_AGE_DAYS, CYAN_ATTEMPTS_MAX_COUNT.
     attempts_max_age_days: int = 30
@@ -165,7 +165,7 @@ class Settings:
             "device_processes": _int_env("DEVICE_PROCESSES", 0),
             "address_burst": _int_env("ADDRESS_BURST", 200),
             "address_rate": _int_env("ADDRESS_RATE", 50),
-            "max_handshakes": _int_env("MAX_HANDSHAKES", 1024),
+            "max_handshakes": _int_env("MAX_HANDSHAKES", 128),
             "attempts_max_age_days": _int_env("ATTEMPTS_MAX_AGE_DAYS", 30),
             "attempts_max_count": _int_env("ATTEMPTS_MAX_COUNT", 1_000_000),
             "login_failures_per_account": _int_env("LOGIN_FAILURES_PER_ACCOUNT", 5),

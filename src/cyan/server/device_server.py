@@ -84,21 +84,23 @@ _now = time.monotonic
 RATE_LIMITED = "rate_limited"
 #: The reason recorded for a connection refused because the server had `max_handshakes` under way.
 OVERLOADED = "overloaded"
-#: Handshakes one device server runs at once (`DeviceServer.max_handshakes`). A fleet reconnecting at once (a
-#: server restart) would otherwise start tens of thousands together: each waits for its RSA work behind all the
-#: others, past the firmware's own timeouts, and the ones that time out come back as new handshakes. Not much
-#: lower either: the server would idle while the devices it refused wait out their backoff (measured in
-#: bench/storm.py: 1,000 devices back in 1.7x the ideal time with 256, 1.05x with 1,024). At ~700 handshakes a
-#: second, 1,024 under way take about 1.5 s each, well inside the firmware's 20 s (docs/capacity.md).
-DEFAULT_MAX_HANDSHAKES = 1024
+#: Handshakes one device server runs at once (`DeviceServer.max_handshakes`); past them it stops accepting and
+#: the connections wait in the kernel's queue. A fleet reconnecting at once (a server restart) would otherwise
+#: start thousands together: each would wait for its RSA work behind all the others, past the firmware's 20 s,
+#: and every pass of the event loop would handle what they all have ready while the connected devices and the
+#: API wait for it. A few dozen keep the RSA work fed (bench/handshakes.py reaches its rate at 64); measured in
+#: bench/storm.py with 5,000 devices: 64 and 128 had every device back in 13.8-17.6 s with calls to the
+#: connected ones at p99 185-216 ms, where 1,024 (refusing past them, before the server queued them) took 25 s
+#: and p99 1.7 s (docs/benchmarks.md).
+DEFAULT_MAX_HANDSHAKES = 128
 #: The most often the server logs that it is refusing connections for the handshake bound.
 _OVERLOAD_LOG_INTERVAL = 10.0
 #: Connections the kernel holds for the server until it accepts them (the listen backlog).
 LISTEN_BACKLOG = 4096
-#: Connections accepted in one pass of the event loop. asyncio accepts as many as the backlog it was given in
-#: one go: after a restart that was thousands at once, each with a task and a transport and then a nonce or a
-#: refusal, and the devices already connected and the API waited that long (seconds, in bench/storm.py). The
-#: rest stay queued in the kernel, which costs nothing, until the next pass.
+#: Connections accepted in one pass of the event loop. asyncio's own server accepts as many as its backlog in one
+#: go: after a restart that was thousands at once, each with a task, a transport and then a nonce or a refusal,
+#: and the devices already connected and the API waited that long (seconds, in bench/storm.py). The rest stay
+#: queued in the kernel, which costs nothing, until the next pass.
 ACCEPTS_PER_PASS = 64
 
 
@@ -863,15 +865,20 @@ class DeviceServer:
         #: New connections per address (`AddressLimits`).
         self.address_limits = address_limits or AddressLimits()
         self._gate = _AddressGate(self.address_limits)
-        #: Admission control: connections past this many handshakes under way are closed before the nonce.
-        #: Each handshake holds a socket, the core's state and up to two queued RSA jobs until its Hello, so
-        #: this also bounds what a reconnecting fleet can make the server hold at once: the server accepts at
-        #: most ACCEPTS_PER_PASS sockets per pass of the loop, and each one past the bound is closed in that pass.
+        #: Admission control: at this many handshakes under way the server stops accepting; one accepted past
+        #: it anyway (accepted in the same pass as the last places were taken) is closed before the nonce. Each
+        #: handshake holds a socket, the core's state and up to two queued RSA jobs until its Hello, so this
+        #: bounds what a reconnecting fleet can make the server hold: the rest wait in the kernel's queue.
         self.max_handshakes = max_handshakes
         self.handshakes = 0
         #: Connections refused for the bound since the server started.
         self.overloaded = 0
         self._overload_logged = -_OVERLOAD_LOG_INTERVAL
+        #: Whether the server is accepting new connections (it stops at `max_handshakes`).
+        self.accepting = False
+        self._listeners: list[socket.socket] = []
+        #: Connections accepted whose protocol has not started yet.
+        self._opening = 0
         self._tasks = TaskSet(log, "cyan-server")
 
     async def start(self) -> None:
@@ -888,14 +895,69 @@ class DeviceServer:
         )
         sockets = self._server.sockets
         for listening in sockets:
-            # asyncio listened with ACCEPTS_PER_PASS, which is also how many it accepts per pass: listening again
-            # on the same socket (through a duplicate of its descriptor) makes the kernel's queue the larger one.
-            with socket.socket(fileno=os.dup(listening.fileno())) as duplicate:
-                duplicate.listen(LISTEN_BACKLOG)
+            # asyncio bound the sockets (every address of the host, its errors); this server accepts on them itself,
+            # so that it can stop accepting while `max_handshakes` are under way and leave the connections queued
+            # in the kernel (which costs nothing) instead of taking them in only to close them.
+            loop.remove_reader(listening.fileno())
+            listener = socket.socket(fileno=os.dup(listening.fileno()))
+            listener.listen(LISTEN_BACKLOG)
+            listener.setblocking(False)
+            self._listeners.append(listener)
         if sockets:
             self.port = sockets[0].getsockname()[1]
+        self._resume_accepting()
+
+    def _resume_accepting(self) -> None:
+        if self.accepting or not self._listeners or self.handshakes + self._opening >= self.max_handshakes:
+            return
+        loop = asyncio.get_running_loop()
+        for listener in self._listeners:
+            loop.add_reader(listener.fileno(), self._accept, listener)
+        self.accepting = True
+
+    def _pause_accepting(self) -> None:
+        if not self.accepting:
+            return
+        loop = asyncio.get_running_loop()
+        for listener in self._listeners:
+            loop.remove_reader(listener.fileno())
+        self.accepting = False
+
+    def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(ACCEPTS_PER_PASS):
+            if self.handshakes + self._opening >= self.max_handshakes:
+                self._pause_accepting()
+                return
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # Out of descriptors or buffers (EMFILE, ENFILE, ENOBUFS): leave the connections queued a second.
+                log.warning("cannot accept a device connection, trying again in a second: %s", exc)
+                self._pause_accepting()
+                loop.call_later(1.0, self._resume_accepting)
+                return
+            conn.setblocking(False)
+            self._opening += 1
+            self._tasks.spawn(self._open(conn), "open a device connection")
+
+    async def _open(self, conn: socket.socket) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: DeviceProtocol(self), conn)
+        except BaseException:
+            conn.close()
+            raise
+        finally:
+            self._opening -= 1  # connection_made has counted it in, or refused it
+            self._resume_accepting()
 
     async def stop(self) -> None:
+        self._pause_accepting()
+        listeners, self._listeners = self._listeners, []
+        for listener in listeners:
+            listener.close()
         server, self._server = self._server, None
         if server is not None:
             server.close()
@@ -940,6 +1002,7 @@ class DeviceServer:
 
     def end_handshake(self) -> None:
         self.handshakes -= 1
+        self._resume_accepting()
 
     def connection(self, connection_id: int) -> DeviceProtocol | None:
         return self._connections.get(connection_id)
