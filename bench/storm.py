@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -207,6 +208,8 @@ async def run(args: argparse.Namespace) -> None:
             rows,
         )
     )
+    # Kept when the run fails part-way: its two servers' logs are there.
+    shutil.rmtree(work, ignore_errors=True)
 
 
 async def _none() -> int:
