@@ -38,6 +38,12 @@ def _stat_cpu_seconds(stat: Path) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def user_system_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
 def server_pids(pid: int) -> list[int]:
     """The server process and its children (its device processes, with --device-processes)."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
@@ -84,13 +90,24 @@ class Server:
 
 
 @contextmanager
-def cyan_serve(*extra: str) -> Iterator[Server]:
-    """`cyan serve` on loopback with a fresh data directory, stopped with SIGINT at the end."""
+def cyan_serve(
+    *extra: str,
+    wrap: tuple[str, ...] = (),
+    start_timeout: float = 30.0,
+    data_dir: Path | None = None,
+    device_port: int = 0,
+    log_path: Path | None = None,
+) -> Iterator[Server]:
+    """`cyan serve` on loopback with a fresh data directory (or `data_dir`), stopped with SIGINT at the end
+    unless it has ended already. `wrap` runs it under another program (valgrind), which then must `exec` it,
+    keeping the pid. Its output goes to `log_path` when given, kept after the server ends."""
     with tempfile.TemporaryDirectory(prefix="cyan-bench-") as tmp:
-        data = Path(tmp) / "data"
-        log = open(Path(tmp) / "serve.log", "w+b")  # noqa: SIM115 - closed below
+        data = data_dir or Path(tmp) / "data"
+        log = open(log_path or Path(tmp) / "serve.log", "w+b")  # noqa: SIM115 - closed below
         process = subprocess.Popen(
             [
+                *wrap,
+                *((sys.executable,) if wrap else ()),
                 str(CYAN),
                 "serve",
                 "--data-dir",
@@ -98,7 +115,7 @@ def cyan_serve(*extra: str) -> Iterator[Server]:
                 "--device-host",
                 "127.0.0.1",
                 "--device-port",
-                "0",
+                str(device_port),
                 "--api-host",
                 "127.0.0.1",
                 "--api-port",
@@ -119,7 +136,7 @@ def cyan_serve(*extra: str) -> Iterator[Server]:
             },
         )
         try:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + start_timeout
             text = ""
             while time.monotonic() < deadline:
                 log.seek(0)
@@ -136,9 +153,10 @@ def cyan_serve(*extra: str) -> Iterator[Server]:
             public = load_public_key((data / "server_public_key.der").read_bytes())
             yield Server(process, data, int(device.group(1)), int(api.group(1)), public)
         finally:
-            process.send_signal(signal.SIGINT)
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
             try:
-                process.wait(30)
+                process.wait(start_timeout)
             except subprocess.TimeoutExpired:
                 process.kill()
             log.close()
@@ -224,3 +242,60 @@ class RawHttp:
     async def close(self) -> None:
         self._writer.close()
         await self._writer.wait_closed()
+
+
+class Callgrind:
+    """`cyan serve` under `valgrind --tool=callgrind`, counting instructions only inside `counting()` blocks.
+
+    A count does not move with the other work on a shared machine, as CPU time does. It leaves out the
+    kernel (system calls) and weighs every instruction alike."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.wrap = (
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={directory / 'callgrind.out'}",
+        )
+        self._on = False
+        self.pid = 0
+
+    @contextmanager
+    def counting(self) -> Iterator[None]:
+        """Count what the block makes the server do: a dump of its own (instrumentation stays on from the first
+        block: switching it off and on between blocks left some dumps with wrapped-around totals)."""
+        if not self._on:
+            self._control("--instr=on")
+            self._on = True
+        self._control("--zero")
+        try:
+            yield
+        finally:
+            self._control("--dump")
+
+    def _control(self, command: str) -> None:
+        subprocess.run(["callgrind_control", command, str(self.pid)], check=True, capture_output=True)
+
+    def annotated(self, index: int) -> str:
+        """callgrind_annotate's inclusive listing of the `index`-th counted block (from 1)."""
+        dump = self.directory / f"callgrind.out.{index}"
+        return subprocess.run(
+            ["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(dump)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+
+    @staticmethod
+    def total(annotated: str) -> int:
+        match = re.search(r"^\s*([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS", annotated, re.MULTILINE)
+        if match is None:
+            raise RuntimeError("callgrind's output has no totals")
+        return int(match.group(1).replace(",", ""))
+
+    @staticmethod
+    def inclusive(annotated: str, function: str) -> int:
+        """The instructions in `function` and what it called; 0 if it did not run."""
+        match = re.search(rf"^\s*([\d,]+) .*\b{function} ", annotated, re.MULTILINE)
+        return int(match.group(1).replace(",", "")) if match else 0

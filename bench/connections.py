@@ -235,7 +235,11 @@ def measure(
                 f"{server_idle / pings * 1e6:.0f} µs",
                 f"protocol core alone {core_ping * 1e6:.0f} µs",
             ),
-            (f"server CPU for {size:,} idle devices", f"{server_idle / idle * 100:.1f}% of a core", ""),
+            (
+                f"server CPU for {size:,} idle devices",
+                f"{server_idle / idle * 100:.1f}% of a core",
+                f"{server_idle / idle * 100 * 10_000 / size:.1f}% of a core per 10,000 devices",
+            ),
             (f"time to connect the devices up to {size:,}", f"{took:.1f} s", ""),
             (f"simulator memory per device at {size:,}", f"{sim_per_device / 1024:.1f} KB", ""),
             (f"simulator CPU per connection (last {added:,})", f"{sim_cpu / added * 1000:.2f} ms", ""),

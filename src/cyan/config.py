@@ -10,7 +10,7 @@ from pathlib import Path
 
 import platformdirs
 
-__all__ = ["Settings", "all_cores", "default_data_dir", "default_public_address"]
+__all__ = ["Settings", "all_cores", "default_data_dir", "default_public_address", "default_workers"]
 
 
 def default_data_dir() -> Path:
@@ -35,6 +35,15 @@ def all_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """Key worker threads by default: none on one core, one otherwise (docs/benchmarks.md "--workers").
+
+    One event loop spends more of a handshake's CPU in Python (~0.8 ms) than in the RSA work one worker does
+    for it (~0.5 ms), so a second worker only waits for the loop, and on one core a worker only adds the
+    hand-off (measured on one core: 1.5 ms of server CPU per handshake with none, 1.8-2.0 ms with one or two)."""
+    return 0 if all_cores() == 1 else 1
 
 
 def _env(name: str, default: str) -> str:
@@ -69,8 +78,9 @@ class Settings:
     #: server-key file devices hold (protocol.md §11). Env: CYAN_PUBLIC_ADDRESS.
     public_address: str = "127.0.0.1"
     #: Threads that run the handshakes' RSA private-key operations beside the event loop, so that a fleet
-    #: reconnecting at once uses every core (design §6); 0 runs them on the event loop. Env: CYAN_WORKERS.
-    workers: int = field(default_factory=all_cores)
+    #: reconnecting at once uses a second core (design §6); 0 runs them on the event loop. Default: 1, or 0 on
+    #: one core (`default_workers`). Env: CYAN_WORKERS.
+    workers: int = field(default_factory=default_workers)
     #: Serve the device connections in this many child processes sharing the device port, each holding
     #: as many devices as its open-file limit allows; 0 serves them in this process (the embedded
     #: default). Each child does its own handshakes' RSA work. Env: CYAN_DEVICE_PROCESSES.
@@ -80,6 +90,10 @@ class Settings:
     #: CYAN_ADDRESS_RATE.
     address_burst: int = 200
     address_rate: int = 50
+    #: Handshakes a device server runs at once; past them it stops accepting, and new connections wait in the
+    #: kernel's queue (admission control for a fleet reconnecting at once, docs/capacity.md).
+    #: With --device-processes, each process has this bound. Env: CYAN_MAX_HANDSHAKES.
+    max_handshakes: int = 128
     #: Connection-attempt records older than this many days, or beyond this many, are deleted.
     #: Env: CYAN_ATTEMPTS_MAX_AGE_DAYS, CYAN_ATTEMPTS_MAX_COUNT.
     attempts_max_age_days: int = 30
@@ -113,6 +127,7 @@ class Settings:
         for name in (
             "address_burst",
             "address_rate",
+            "max_handshakes",
             "attempts_max_age_days",
             "attempts_max_count",
             "login_failures_per_account",
@@ -146,10 +161,11 @@ class Settings:
             "api_port": _int_env("API_PORT", 8080),
             "alert_webhook": _env("ALERT_WEBHOOK", ""),
             "public_address": os.environ.get("CYAN_PUBLIC_ADDRESS") or default_public_address(),
-            "workers": _int_env("WORKERS", all_cores()),
+            "workers": _int_env("WORKERS", default_workers()),
             "device_processes": _int_env("DEVICE_PROCESSES", 0),
             "address_burst": _int_env("ADDRESS_BURST", 200),
             "address_rate": _int_env("ADDRESS_RATE", 50),
+            "max_handshakes": _int_env("MAX_HANDSHAKES", 128),
             "attempts_max_age_days": _int_env("ATTEMPTS_MAX_AGE_DAYS", 30),
             "attempts_max_count": _int_env("ATTEMPTS_MAX_COUNT", 1_000_000),
             "login_failures_per_account": _int_env("LOGIN_FAILURES_PER_ACCOUNT", 5),

@@ -284,6 +284,7 @@ class Service:
                 config=protocol,
                 key_workers=settings.workers,
                 address_limits=address_limits,
+                max_handshakes=settings.max_handshakes,
             )
         self.server_key_file: Path | None = None
         self.api = create_app(ApiContext(self.app, server_key_file=lambda: self.server_key_file))

@@ -312,6 +312,28 @@ def test_unproven_attempts_raise_one_signal_not_the_devices_health_alerts() -> N
     asyncio.run(check())
 
 
+def test_connections_refused_for_the_handshake_bound_raise_no_alert() -> None:
+    alerts = LoggingAlerts()
+
+    async def check() -> None:
+        store = MemoryStore()
+        await store.open()
+        cloud = Cloud(store, InProcessBus(), clock=lambda: NOW, alerts=alerts, loop_threshold=3)
+        await cloud.start()
+        try:
+            for n in range(10):  # a fleet behind one address, refused while the server was at its bound
+                cloud.record_attempt(
+                    ConnectionAttempt(
+                        NOW + timedelta(seconds=n), f"198.51.100.7:{n}", AttemptOutcome.FAILED, "nonce", "overloaded"
+                    )
+                )
+            assert list(alerts.recent) == []
+        finally:
+            await cloud.stop()
+
+    asyncio.run(check())
+
+
 def test_bus_drops_oldest_for_a_slow_reader() -> None:
     async def check() -> None:
         bus = InProcessBus(capacity=3)

@@ -54,7 +54,7 @@ def serve(
             "--workers",
             min=0,
             help="Threads for the handshakes' RSA work, beside the event loop; 0: on the event loop "
-            "(env CYAN_WORKERS; all cores).",
+            "(env CYAN_WORKERS; 1, or 0 on one core).",
         ),
     ] = None,
     new_server_key: Annotated[

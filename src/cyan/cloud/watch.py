@@ -57,6 +57,10 @@ class AttemptWatch:
         self._unproven: dict[str, _Unproven] = {}
 
     def observe(self, attempt: ConnectionAttempt) -> None:
+        if attempt.reason == "overloaded":
+            # The server's own admission control refused it before the handshake: nothing the device did, and a
+            # fleet reconnecting at once would otherwise raise a handshake-loop alert per address.
+            return
         device_id = attempt.device_id
         if device_id is not None and attempt.proven is False and self._not_the_device(attempt, device_id):
             self._unproven_attempt(attempt, device_id)

@@ -46,8 +46,12 @@ class RecordWriter:
             self._task = None
 
     def state(self, record: DeviceRecord) -> None:
-        """Queue the device's state as it is now (a later call for the same device replaces it)."""
-        self._states[record.id] = replace(record, functions=list(record.functions), variables=list(record.variables))
+        """Queue the device's state to be written (a later call for the same device replaces it).
+
+        The record is copied when the batch is written, not here: a session start queues the same record up to
+        four times (online, two Describes, offline) within a batch, and what is written is the latest state
+        either way."""
+        self._states[record.id] = record
         self._signal.set()
 
     def attempt(self, attempt: ConnectionAttempt) -> None:
@@ -93,7 +97,11 @@ class RecordWriter:
 
     async def _write_once(self) -> None:
         if self._states:
-            states = list(self._states.values())
+            # A snapshot: the records go on changing in memory while the write awaits the database.
+            states = [
+                replace(record, functions=list(record.functions), variables=list(record.variables))
+                for record in self._states.values()
+            ]
             self._states.clear()
             try:
                 await self._store.devices.update_states(states)

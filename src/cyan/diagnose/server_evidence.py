@@ -101,6 +101,16 @@ _REASONS = (
         "raise CYAN_ADDRESS_BURST / CYAN_ADDRESS_RATE (docs/security.md). Otherwise block the address.",
     ),
     ReasonInfo(
+        "overloaded",
+        "The server closed the connection before the handshake: it had as many handshakes under way as it runs at "
+        "once (a fleet reconnecting together, after a restart or an outage). The device retries on its backoff and "
+        "gets in as the handshakes under way end.",
+        None,
+        None,
+        "Nothing, if devices get in within their backoff; a server that refuses for minutes on end needs more "
+        "handshakes per second (--device-processes) or a larger CYAN_MAX_HANDSHAKES (docs/capacity.md).",
+    ),
+    ReasonInfo(
         "nonce_timeout",
         "A client connected and never answered the nonce: a stalled network path, something that is not a "
         "Particle device (a port scanner, a health check), or a device that gave up during the handshake.",

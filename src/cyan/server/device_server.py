@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import itertools
 import logging
+import os
 import queue
 import socket
 import threading
@@ -81,6 +82,26 @@ _now = time.monotonic
 
 #: The reason recorded for a connection refused by the limit on new connections from one address.
 RATE_LIMITED = "rate_limited"
+#: The reason recorded for a connection refused because the server had `max_handshakes` under way.
+OVERLOADED = "overloaded"
+#: Handshakes one device server runs at once (`DeviceServer.max_handshakes`); past them it stops accepting and
+#: the connections wait in the kernel's queue. A fleet reconnecting at once (a server restart) would otherwise
+#: start thousands together: each would wait for its RSA work behind all the others, past the firmware's 20 s,
+#: and every pass of the event loop would handle what they all have ready while the connected devices and the
+#: API wait for it. A few dozen keep the RSA work fed (bench/handshakes.py reaches its rate at 64); measured in
+#: bench/storm.py with 5,000 devices: 64 and 128 had every device back in 13.8-17.6 s with calls to the
+#: connected ones at p99 185-216 ms, where 1,024 (refusing past them, before the server queued them) took 25 s
+#: and p99 1.7 s (docs/benchmarks.md).
+DEFAULT_MAX_HANDSHAKES = 128
+#: The most often the server logs that it is refusing connections for the handshake bound.
+_OVERLOAD_LOG_INTERVAL = 10.0
+#: Connections the kernel holds for the server until it accepts them (the listen backlog).
+LISTEN_BACKLOG = 4096
+#: Connections accepted in one pass of the event loop. asyncio's own server accepts as many as its backlog in one
+#: go: after a restart that was thousands at once, each with a task, a transport and then a nonce or a refusal,
+#: and the devices already connected and the API waited that long (seconds, in bench/storm.py). The rest stay
+#: queued in the kernel, which costs nothing, until the next pass.
+ACCEPTS_PER_PASS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +183,7 @@ class DeviceProtocol(asyncio.Protocol):
         "_conn",
         "_describe_waiters",
         "_id",
+        "_in_handshake",
         "_ota",
         "_ota_done",
         "_ota_progress",
@@ -170,7 +192,6 @@ class DeviceProtocol(asyncio.Protocol):
         "_presented",
         "_quarantined",
         "_record",
-        "_request_names",
         "_server",
         "_session_started",
         "_socket",
@@ -201,10 +222,10 @@ class DeviceProtocol(asyncio.Protocol):
         self._presented: str | None = None
         self._stored: str | None = None
         self._attempt_recorded = False
+        self._in_handshake = False  # counted in the server's handshakes under way
         self._session_started = False
         self._quarantined = False
         self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._request_names: dict[int, str] = {}
         self._socket: socket.socket | None = None
         # Firmware updates (protocol.md §7): the sender of the running one, what it reports to.
         self._ota: OtaSender | None = None
@@ -245,27 +266,48 @@ class DeviceProtocol(asyncio.Protocol):
         self._started = _now()
         self._started_at = time.time()
         host = peer[0] if isinstance(peer, tuple) else self.peer_address
-        if not self._server.admit(host, self._started):
-            self._transport.close()
-            self._cloud.record_attempt(
-                ConnectionAttempt(
-                    datetime.fromtimestamp(self._started_at, UTC),
-                    self.peer_address,
-                    AttemptOutcome.FAILED,
-                    Step.NONCE.value,
-                    RATE_LIMITED,
-                    f"more new connections from {host} than the limit "
-                    f"({self._server.address_limits.burst} at once, {self._server.address_limits.per_second:g}/s)",
-                    duration=0.0,
-                )
+        server = self._server
+        if not server.admit(host, self._started):
+            limits = server.address_limits
+            self._refuse(
+                RATE_LIMITED,
+                f"more new connections from {host} than the limit ({limits.burst} at once, {limits.per_second:g}/s)",
             )
-            self._attempt_recorded = True
             return
-        self._server._connections[self._id] = self
+        if not server.begin_handshake(self._started):
+            # Closed before the nonce: it costs no RSA work, and the firmware counts it as a failed attempt and
+            # tries again on its backoff (1 s after each of the first five failures, then 2 s, ...), by which
+            # time some of the handshakes under way have ended.
+            self._refuse(OVERLOADED, f"{server.max_handshakes} handshakes under way, the most this server runs at once")
+            return
+        self._in_handshake = True
+        server._connections[self._id] = self
         # With key workers the core asks for its two RSA private-key operations instead of doing them here.
         server_key = None if self._server.key_workers else self._server.server_key
         self._conn = ServerConnection(server_key, self._started, config=self._server.config)
         self._flush()
+
+    def _refuse(self, reason: str, detail: str) -> None:
+        """Close a new connection before the handshake, recorded as failed at its first step."""
+        assert self._transport is not None
+        self._transport.close()
+        self._cloud.record_attempt(
+            ConnectionAttempt(
+                datetime.fromtimestamp(self._started_at, UTC),
+                self.peer_address,
+                AttemptOutcome.FAILED,
+                Step.NONCE.value,
+                reason,
+                detail,
+                duration=0.0,
+            )
+        )
+        self._attempt_recorded = True
+
+    def _handshake_over(self) -> None:
+        if self._in_handshake:
+            self._in_handshake = False
+            self._server.end_handshake()
 
     def data_received(self, data: bytes) -> None:
         if _QUICKACK is not None and self._socket is not None:
@@ -309,6 +351,7 @@ class DeviceProtocol(asyncio.Protocol):
             # The socket went away without a FIN we saw as EOF (a reset, or our own close).
             conn.receive_eof(_now())
             self._handle_events()
+        self._handshake_over()
         self._end_session()
         self._ota_lost()
         for future in self._pending.values():
@@ -378,6 +421,7 @@ class DeviceProtocol(asyncio.Protocol):
             self._server.spawn(self._decide(event), f"decide on device {event.device_id}")
         elif isinstance(event, HelloReceived):
             assert self._record is not None
+            self._handshake_over()
             self._record_attempt(AttemptOutcome.CONNECTED, Step.SESSION, None, None)
             self._session_started = True
             self.hello = event.hello
@@ -799,9 +843,12 @@ class DeviceServer:
         key_workers: int = 0,
         reuse_port: bool = False,
         address_limits: AddressLimits | None = None,
+        max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
     ) -> None:
         if key_workers < 0:
             raise ValueError(f"key_workers is 0 or more, not {key_workers}")
+        if max_handshakes < 1:
+            raise ValueError(f"max_handshakes is 1 or more, not {max_handshakes}")
         self.cloud = cloud
         self.server_key = server_key
         self.key_workers = key_workers
@@ -818,6 +865,20 @@ class DeviceServer:
         #: New connections per address (`AddressLimits`).
         self.address_limits = address_limits or AddressLimits()
         self._gate = _AddressGate(self.address_limits)
+        #: Admission control: at this many handshakes under way the server stops accepting; one accepted past
+        #: it anyway (accepted in the same pass as the last places were taken) is closed before the nonce. Each
+        #: handshake holds a socket, the core's state and up to two queued RSA jobs until its Hello, so this
+        #: bounds what a reconnecting fleet can make the server hold: the rest wait in the kernel's queue.
+        self.max_handshakes = max_handshakes
+        self.handshakes = 0
+        #: Connections refused for the bound since the server started.
+        self.overloaded = 0
+        self._overload_logged = -_OVERLOAD_LOG_INTERVAL
+        #: Whether the server is accepting new connections (it stops at `max_handshakes`).
+        self.accepting = False
+        self._listeners: list[socket.socket] = []
+        #: Connections accepted whose protocol has not started yet.
+        self._opening = 0
         self._tasks = TaskSet(log, "cyan-server")
 
     async def start(self) -> None:
@@ -830,13 +891,73 @@ class DeviceServer:
             self.port,
             reuse_address=True,
             reuse_port=self.reuse_port or None,
-            backlog=4096,
+            backlog=ACCEPTS_PER_PASS,
         )
         sockets = self._server.sockets
+        for listening in sockets:
+            # asyncio bound the sockets (every address of the host, its errors); this server accepts on them itself,
+            # so that it can stop accepting while `max_handshakes` are under way and leave the connections queued
+            # in the kernel (which costs nothing) instead of taking them in only to close them.
+            loop.remove_reader(listening.fileno())
+            listener = socket.socket(fileno=os.dup(listening.fileno()))
+            listener.listen(LISTEN_BACKLOG)
+            listener.setblocking(False)
+            self._listeners.append(listener)
         if sockets:
             self.port = sockets[0].getsockname()[1]
+        self._resume_accepting()
+
+    def _resume_accepting(self) -> None:
+        if self.accepting or not self._listeners or self.handshakes + self._opening >= self.max_handshakes:
+            return
+        loop = asyncio.get_running_loop()
+        for listener in self._listeners:
+            loop.add_reader(listener.fileno(), self._accept, listener)
+        self.accepting = True
+
+    def _pause_accepting(self) -> None:
+        if not self.accepting:
+            return
+        loop = asyncio.get_running_loop()
+        for listener in self._listeners:
+            loop.remove_reader(listener.fileno())
+        self.accepting = False
+
+    def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(ACCEPTS_PER_PASS):
+            if self.handshakes + self._opening >= self.max_handshakes:
+                self._pause_accepting()
+                return
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # Out of descriptors or buffers (EMFILE, ENFILE, ENOBUFS): leave the connections queued a second.
+                log.warning("cannot accept a device connection, trying again in a second: %s", exc)
+                self._pause_accepting()
+                loop.call_later(1.0, self._resume_accepting)
+                return
+            conn.setblocking(False)
+            self._opening += 1
+            self._tasks.spawn(self._open(conn), "open a device connection")
+
+    async def _open(self, conn: socket.socket) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: DeviceProtocol(self), conn)
+        except BaseException:
+            conn.close()
+            raise
+        finally:
+            self._opening -= 1  # connection_made has counted it in, or refused it
+            self._resume_accepting()
 
     async def stop(self) -> None:
+        self._pause_accepting()
+        listeners, self._listeners = self._listeners, []
+        for listener in listeners:
+            listener.close()
         server, self._server = self._server, None
         if server is not None:
             server.close()
@@ -862,6 +983,26 @@ class DeviceServer:
     def admit(self, host: str, now: float) -> bool:
         """Whether a new connection from `host` is within its address's limit."""
         return self._gate.admit(host, now)
+
+    def begin_handshake(self, now: float) -> bool:
+        """Count a new handshake in, unless `max_handshakes` are under way already."""
+        if self.handshakes >= self.max_handshakes:
+            self.overloaded += 1
+            if now - self._overload_logged >= _OVERLOAD_LOG_INTERVAL:
+                self._overload_logged = now
+                log.warning(
+                    "%d handshakes under way: closing new connections before the handshake (%d so far); "
+                    "the devices retry on their backoff",
+                    self.handshakes,
+                    self.overloaded,
+                )
+            return False
+        self.handshakes += 1
+        return True
+
+    def end_handshake(self) -> None:
+        self.handshakes -= 1
+        self._resume_accepting()
 
     def connection(self, connection_id: int) -> DeviceProtocol | None:
         return self._connections.get(connection_id)

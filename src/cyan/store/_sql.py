@@ -133,6 +133,12 @@ def raw_device_columns() -> tuple[str, ...]:
 
 
 _SELECT_DEVICE = f"SELECT {', '.join(_DEVICE_COLUMNS)} FROM devices WHERE id = ?"
+_SELECT_DEVICE_BY_OWNER_NAME = f"SELECT {', '.join(_DEVICE_COLUMNS)} FROM devices WHERE owner = ? AND name = ?"
+# Every API request resolves its token and the token's user: point reads too (measured in bench/latency.py).
+_TOKEN_COLUMNS = tuple(column.name for column in access_tokens.columns)
+_SELECT_TOKEN = f"SELECT {', '.join(_TOKEN_COLUMNS)} FROM access_tokens WHERE token_hash = ?"
+_USER_COLUMNS = tuple(column.name for column in users.columns)
+_SELECT_USER = f"SELECT {', '.join(_USER_COLUMNS)} FROM users WHERE username = ?"
 _REKEY_COLUMNS = tuple(column.name for column in rekey_windows.columns)
 _SELECT_REKEY = f"SELECT {', '.join(_REKEY_COLUMNS)} FROM rekey_windows WHERE device_id = ?"
 _REKEY_TIMES = ("until", "armed_at", "accepted_at")
@@ -422,6 +428,13 @@ class SqlDevices(_Repository):
 
     async def find(self, id_or_name: str, *, owner: str | None = None) -> DeviceRecord | None:
         device_id = id_or_name.lower()
+        # An id wins over a name that happens to look like it: by id first, then by name.
+        row = self._db.point_read(_SELECT_DEVICE, (device_id,), "find a device")
+        if row is None and owner is not None:
+            row = self._db.point_read(_SELECT_DEVICE_BY_OWNER_NAME, (owner, id_or_name), "find a device")
+        if row is not False and (row is not None or owner is not None):
+            return None if row is None else device_from_row(dict(zip(_DEVICE_COLUMNS, row, strict=True)), raw=True)
+        # Across owners (an admin's view), or where the store has no fast path: a name may be several devices'.
         named = devices.c.name == id_or_name
         if owner is not None:
             named = and_(named, devices.c.owner == owner)
@@ -704,6 +717,12 @@ class SqlAccounts(_Repository):
             raise UserExistsError(f"the username {values['username']!r} is already taken") from exc
 
     async def get_user(self, username: str) -> User | None:
+        raw = self._db.point_read(_SELECT_USER, (username.lower(),), "read a user")
+        if raw is not False:
+            if raw is None:
+                return None
+            fields = dict(zip(_USER_COLUMNS, raw, strict=True))
+            return _user_from_row({**fields, "created_at": _raw_time(fields["created_at"])})
         query = select(users).where(users.c.username == username.lower())
         row = await self._first(query, "read a user")
         return None if row is None else _user_from_row(row)
@@ -750,6 +769,18 @@ class SqlAccounts(_Repository):
             raise ValueError(f"an access token with the hash {values['token_hash']} is already stored") from exc
 
     async def get_token(self, token_hash: str) -> AccessToken | None:
+        raw = self._db.point_read(_SELECT_TOKEN, (token_hash.lower(),), "read an access token")
+        if raw is not False:
+            if raw is None:
+                return None
+            fields = dict(zip(_TOKEN_COLUMNS, raw, strict=True))
+            return _token_from_row(
+                {
+                    **fields,
+                    "created_at": _raw_time(fields["created_at"]),
+                    "expires_at": _raw_time(fields["expires_at"]),
+                }
+            )
         query = select(access_tokens).where(access_tokens.c.token_hash == token_hash.lower())
         row = await self._first(query, "read an access token")
         return None if row is None else _token_from_row(row)
