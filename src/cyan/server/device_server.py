@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import enum
 import itertools
 import logging
 import queue
@@ -66,7 +67,7 @@ from cyan.protocol.handshake import private_decrypt, private_sign
 from cyan.protocol.messages import DescribeFlags, decode_describe, decode_metrics
 from cyan.tasks import TaskSet
 
-__all__ = ["AddressLimits", "CloudPort", "DeviceProtocol", "DeviceServer"]
+__all__ = ["AddressLimits", "CloudPort", "DeviceProtocol", "DeviceServer", "LinkHost"]
 
 log = logging.getLogger("cyan.server")
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
@@ -152,6 +153,27 @@ class CloudPort(Protocol):
     ) -> None: ...
 
 
+class LinkHost(Protocol):
+    """What a device link asks of the server that holds it: the TCP `DeviceServer`, or the UDP
+    `cyan.server.datagram_server.DatagramServer`, whose links share all of `DeviceProtocol` but its stream."""
+
+    @property
+    def cloud(self) -> CloudPort: ...
+
+    @property
+    def config(self) -> ServerConfig: ...
+
+    @property
+    def ota_config(self) -> OtaConfig: ...
+
+    def spawn(self, work: Awaitable[None], what: str) -> None: ...
+
+    def forget(self, link: DeviceProtocol) -> None:
+        """The link has ended: drop it from the server's connections."""
+
+    def run_private_key_operation(self, needed: PrivateKeyOperationNeeded, callback: _KeyCallback) -> None: ...
+
+
 class DeviceProtocol(asyncio.Protocol):
     """One device socket: the protocol core's connection, and the `DeviceLink` the cloud drives."""
 
@@ -187,7 +209,7 @@ class DeviceProtocol(asyncio.Protocol):
         "peer_address",
     )
 
-    def __init__(self, server: DeviceServer) -> None:
+    def __init__(self, server: LinkHost) -> None:
         self._server = server
         self._cloud = server.cloud
         self._id = next(_connection_ids)
@@ -245,7 +267,10 @@ class DeviceProtocol(asyncio.Protocol):
         self._started = _now()
         self._started_at = time.time()
         host = peer[0] if isinstance(peer, tuple) else self.peer_address
-        if not self._server.admit(host, self._started):
+        server = self._server
+        # A stream connection is made by the TCP server only; a UDP link never gets here.
+        assert isinstance(server, DeviceServer)
+        if not server.admit(host, self._started):
             self._transport.close()
             self._cloud.record_attempt(
                 ConnectionAttempt(
@@ -255,16 +280,16 @@ class DeviceProtocol(asyncio.Protocol):
                     Step.NONCE.value,
                     RATE_LIMITED,
                     f"more new connections from {host} than the limit "
-                    f"({self._server.address_limits.burst} at once, {self._server.address_limits.per_second:g}/s)",
+                    f"({server.address_limits.burst} at once, {server.address_limits.per_second:g}/s)",
                     duration=0.0,
                 )
             )
             self._attempt_recorded = True
             return
-        self._server._connections[self._id] = self
+        server._connections[self._id] = self
         # With key workers the core asks for its two RSA private-key operations instead of doing them here.
-        server_key = None if self._server.key_workers else self._server.server_key
-        self._conn = ServerConnection(server_key, self._started, config=self._server.config)
+        server_key = None if server.key_workers else server.server_key
+        self._conn = ServerConnection(server_key, self._started, config=server.config)
         self._flush()
 
     def data_received(self, data: bytes) -> None:
@@ -315,7 +340,7 @@ class DeviceProtocol(asyncio.Protocol):
             if not future.done():
                 future.set_exception(ConnectionError(f"device {self.device_id} disconnected"))
         self._pending.clear()
-        self._server._connections.pop(self._id, None)
+        self._server.forget(self)
 
     # -- core plumbing --------------------------------------------------------------------------
 
@@ -484,7 +509,9 @@ class DeviceProtocol(asyncio.Protocol):
 
     # -- ending ---------------------------------------------------------------------------------
 
-    def _record_attempt(self, outcome: AttemptOutcome, step: Step, reason: Reason | None, detail: str | None) -> None:
+    def _record_attempt(
+        self, outcome: AttemptOutcome, step: enum.StrEnum, reason: enum.StrEnum | None, detail: str | None
+    ) -> None:
         if self._attempt_recorded:
             return
         self._attempt_recorded = True
@@ -858,6 +885,9 @@ class DeviceServer:
             callback(RuntimeError("the device server is stopping"))
             return
         pool.submit(callback, needed.operation, needed.data)
+
+    def forget(self, link: DeviceProtocol) -> None:
+        self._connections.pop(link.connection_id, None)
 
     def admit(self, host: str, now: float) -> bool:
         """Whether a new connection from `host` is within its address's limit."""
