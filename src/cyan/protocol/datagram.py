@@ -27,22 +27,28 @@ code path, unchanged.
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass, replace
 
 from . import messages as m
 from ._errors import LocalProtocolError, Reason
 from ._state import Role, State, StateMachine, Trigger
-from .coap import CoapDecodeError, Code, Message, MessageType, decode
-from .events import DeviceIdentified, HelloReceived
+from .coap import CoapDecodeError, Code, Message, MessageType, Option, decode
+from .device import Application, DeviceConfig, DeviceConnection
+from .events import DeviceIdentified, HelloReceived, ServerHelloReceived, SessionStarted
+from .firmware import Firmware
 from .handshake import Rng
 from .server import ServerConfig, ServerConnection
 
 __all__ = [
+    "ARGON_4_0_2",
     "CELLULAR_PLATFORMS",
     "DatagramConfig",
+    "DatagramDeviceConnection",
     "DatagramServerConnection",
     "hello_device_id",
     "keepalive_interval",
+    "udp_hello_payload",
 ]
 
 #: Platforms whose keep-alive is the cellular one, 23 min (Electron 10, Boron 13, B SoM 23, Tracker 26,
@@ -386,3 +392,161 @@ class DatagramServerConnection(ServerConnection):
 def _describe(message: Message) -> str:
     path = "/".join(s.decode("utf-8", "replace") for s in message.uri_path)
     return f"{message.type.name} {message.code:#04x} {path or '(no path)'}"
+
+
+#: Device OS 4.0.2 on an Argon (Gen 3, Wi-Fi): module version 4006, 1152-byte records from 3.0 on Gen 3
+#: (udp-dtls.md §1.1). The UDP personality of the simulator.
+ARGON_4_0_2 = Firmware(
+    version=(4, 0, 2), platform=12, module_version=4006, max_message_size=1152, max_binary_size=1048576
+)
+
+
+def udp_hello_payload(hello: m.Hello, device_id: bytes) -> bytes:
+    """A UDP Hello's payload as DO `Messages::hello` writes it: the TCP fields with the device id in."""
+    payload = struct.pack(
+        ">HHHHBB", hello.product_id, hello.product_version, int(hello.flags), hello.platform_id, 0, len(device_id)
+    )
+    payload += device_id
+    if hello.system_version is not None:
+        payload += struct.pack(
+            ">HHIH",
+            hello.system_version,
+            hello.max_message_size or 0,
+            hello.max_binary_size or 0,
+            hello.ota_chunk_size or 0,
+        )
+    return payload
+
+
+class DatagramDeviceConnection(DeviceConnection):
+    """The device role over DTLS, as Device OS 3.1+ behaves on UDP: the simulator's Argon.
+
+    After the caller's DTLS handshake, `start(now)` sends the confirmable Hello with the device id; its ACK
+    completes the session (no server Hello on UDP). Events and function returns are confirmable, every
+    confirmable message is retransmitted on the firmware's timers until acknowledged, and the server's
+    confirmable messages are deduplicated by message id, their ACK sent again. One CoAP message per DTLS
+    record: `receive_message(plaintext, now)` in, `messages_to_send(now)` out."""
+
+    __slots__ = ("_hello_id", "_out", "_seen", "_unacked_device", "dconfig")
+
+    def __init__(
+        self,
+        device_id: bytes,
+        now: float,
+        *,
+        firmware: Firmware = ARGON_4_0_2,
+        application: Application | None = None,
+        config: DeviceConfig | None = None,
+        datagram_config: DatagramConfig | None = None,
+        rng: Rng = os.urandom,
+    ) -> None:
+        super().__init__(
+            device_id,
+            None,
+            None,
+            now,
+            firmware=firmware,
+            application=application,
+            config=config or DeviceConfig(ping_interval=keepalive_interval(firmware.platform), ping_timeout=30.0),
+            rng=rng,
+        )
+        self.dconfig = datagram_config or DatagramConfig()
+        self._out: list[bytes] = []
+        self._unacked_device: dict[int, _Outgoing] = {}
+        self._seen: dict[int, _Seen] = {}
+        self._hello_id: int | None = None
+        self._deadline = None
+
+    def start(self, now: float) -> None:
+        """The DTLS session is up: send the Hello (DO `protocol.cpp` `hello()`)."""
+        # The RSA steps do not exist over DTLS: pass through them to the wait for the Hello's answer.
+        self._machine.advance(Trigger.NONCE_RECEIVED)
+        self._machine.advance(Trigger.SESSION_KEY_RECEIVED)
+        self._message_id = int.from_bytes(self._rng(2), "big")
+        self._token = self._rng(1)[0]
+        self._events.append(SessionStarted())
+        hello_id = self._next_message_id()
+        self._hello_id = hello_id
+        payload = udp_hello_payload(self._hello(), self.device_id)
+        self._send(Message(MessageType.CON, Code.POST, hello_id, options=((Option.URI_PATH, b"h"),), payload=payload))
+        self._deadline = now + self.firmware.hello_wait + 60.0
+
+    def messages_to_send(self, now: float) -> list[bytes]:
+        for pending in self._unacked_device.values():
+            if pending.due is None:
+                pending.due = now + pending.wait
+        out, self._out = self._out, []
+        return out
+
+    def data_to_send(self) -> bytes:
+        raise LocalProtocolError("a datagram session sends messages: use messages_to_send()")
+
+    def _send(self, message: Message) -> None:
+        # What Device OS makes confirmable on an unreliable channel (udp-dtls.md §1.5): events, function
+        # returns and the OTA answers; NON everywhere else.
+        if message.type is MessageType.NON and (
+            (message.code == Code.POST and message.uri_path[:1] in ((b"e",), (b"E",)))
+            or (message.code == Code.CHANGED and message.token)
+        ):
+            message = replace(message, type=MessageType.CON)
+        data = message.encode()
+        self._out.append(data)
+        if message.type is MessageType.CON:
+            wait = self.dconfig.ack_timeout * (1.0 + (self.dconfig.ack_random_factor - 1.0) * self._rng(1)[0] / 256)
+            self._unacked_device[message.message_id] = _Outgoing(message.message_id, data, None, wait)
+        elif message.type is MessageType.ACK:
+            seen = self._seen.get(message.message_id)
+            if seen is not None:
+                seen.replies.append(data)
+
+    def get_timer(self) -> float | None:
+        due = super().get_timer()
+        for pending in self._unacked_device.values():
+            if pending.due is not None and (due is None or pending.due < due):
+                due = pending.due
+        return due
+
+    def handle_timer(self, now: float) -> None:
+        if self.closed:
+            return
+        for pending in list(self._unacked_device.values()):
+            if pending.due is None or now < pending.due:
+                continue
+            if pending.transmissions > self.dconfig.max_retransmit:
+                del self._unacked_device[pending.message_id]
+                continue
+            pending.transmissions += 1
+            pending.wait *= 2
+            pending.due = now + pending.wait
+            self._out.append(pending.data)
+        super().handle_timer(now)
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        raise LocalProtocolError("a datagram session takes messages: use receive_message()")
+
+    def receive_message(self, plaintext: bytes, now: float) -> None:
+        self._require_open()
+        self._last_received = now
+        self._ping_sent_at = None
+        try:
+            message = decode(plaintext)
+        except CoapDecodeError as exc:
+            raise self._remote_failure(f"undecodable message: {exc}", Reason.MALFORMED_MESSAGE) from None
+        if message.type in (MessageType.ACK, MessageType.RST):
+            self._unacked_device.pop(message.message_id, None)
+            if self.state is State.AWAIT_HELLO and message.message_id == self._hello_id:
+                self._machine.advance(Trigger.HELLO_RECEIVED)
+                self._deadline = None
+                self._events.append(ServerHelloReceived())
+                self._after_hello(now)
+                return
+        else:
+            seen = self._seen.get(message.message_id)
+            if seen is not None and now < seen.expires:
+                if message.type is MessageType.CON:
+                    self._out.extend(seen.replies)
+                return
+            if len(self._seen) >= self.dconfig.max_remembered:
+                del self._seen[next(iter(self._seen))]
+            self._seen[message.message_id] = _Seen(now + self.dconfig.exchange_lifetime, [])
+        self._on_message(plaintext, message, now)

@@ -60,13 +60,15 @@ from cyan.tasks import TaskSet
 
 from .device_server import AddressLimits, CloudPort, DeviceProtocol, _AddressGate, _KeyCallback
 
-__all__ = ["DatagramLink", "DatagramServer", "StoredSession"]
+__all__ = ["DatagramLink", "DatagramServer", "Recorder", "StoredSession"]
 
 log = logging.getLogger("cyan.server.udp")
 #: The clock of every deadline (see device_server): only moves forward.
 _now = time.monotonic
 
 _Address = tuple[Any, ...]
+#: Takes one entry of a session recording (see `DatagramServer`'s `recorder`).
+Recorder = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +130,7 @@ class DatagramLink(DeviceProtocol):
             key_der,
             now,
             config=self._udp.config,
+            rng=self._udp.random_bytes,
             resumed_device_id=None if stored is None else stored.device_id,
             resumed_hello=None if stored is None else stored.hello,
         )
@@ -167,8 +170,9 @@ class DatagramLink(DeviceProtocol):
                 if conn is None or conn.closed:
                     continue
                 assert isinstance(conn, DatagramServerConnection)
+                unix_time = self._udp.unix_time()
                 try:
-                    conn.receive_message(event.data, now, unix_time=time.time())
+                    conn.receive_message(event.data, now, unix_time=unix_time)
                 except RemoteProtocolError as exc:
                     self._handle_events()
                     self._fail(exc.step, exc.reason, str(exc))
@@ -233,6 +237,7 @@ class DatagramLink(DeviceProtocol):
         if self._ended:
             return
         now = _now()
+        self._udp.record({"t": now, "op": "timer", "port": self._address[1]})
         self._endpoint.handle_timer(now)
         self._dtls_events(self._address, now)
         conn = self._conn
@@ -274,20 +279,23 @@ class DatagramLink(DeviceProtocol):
         if conn.closed or self._ended:
             return
         self._presented, self._stored = decision.presented_fingerprint, decision.stored_fingerprint
-        if decision.trusted_key_der is None:
-            assert decision.reason is not None
-            conn.reject(decision.reason, decision.detail)
-            self._handle_events()
-            return
-        if decision.trusted_key_der != event.public_key_der:
-            # On TCP the server encrypts to the trusted key and a device without it fails; over DTLS the
-            # device has proved it holds the key it presented, so trusting another is refusing this one.
-            conn.reject(Reason.KEY_MISMATCH, "the device proved a key other than the one the key policy trusts")
+        if decision.trusted_key_der is None or decision.trusted_key_der != event.public_key_der:
+            # A refused device's session is forgotten, so that its next records resume nothing (and ask for
+            # no decision each). On TCP the server encrypts to the trusted key and a device without it fails;
+            # over DTLS the device has proved the key it presented, so trusting another is refusing this one.
+            self._udp.drop_session(self._endpoint.connection_id)
+            if decision.trusted_key_der is None:
+                assert decision.reason is not None
+                conn.reject(decision.reason, decision.detail)
+            else:
+                conn.reject(Reason.KEY_MISMATCH, "the device proved a key other than the one the key policy trusts")
             self._handle_events()
             return
         self._record = record
         self._quarantined = decision.quarantined
-        self._drive(lambda: conn.accept_device(_now()))
+        now = _now()
+        self._udp.record({"t": now, "op": "accept_device", "port": self._address[1]})
+        self._drive(lambda: conn.accept_device(now))
 
     # -- ending ---------------------------------------------------------------------------------
 
@@ -312,6 +320,16 @@ class DatagramLink(DeviceProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._close()
 
+    async def call_function(self, name: str, argument: str, timeout: float) -> int:
+        self._udp.record(
+            {"t": _now(), "op": "call", "port": self._address[1], "name": name, "arg": argument, "timeout": timeout}
+        )
+        return await super().call_function(name, argument, timeout)
+
+    async def read_variable(self, name: str, timeout: float) -> tuple[bytes, Any]:
+        self._udp.record({"t": _now(), "op": "read", "port": self._address[1], "name": name, "timeout": timeout})
+        return await super().read_variable(name, timeout)
+
     def update_firmware(
         self, image: bytes, *, fast: bool | None, progress: Callable[[int, int], None] | None = None
     ) -> asyncio.Future[OtaOutcome]:
@@ -322,8 +340,13 @@ class DatagramLink(DeviceProtocol):
 class DatagramServer(asyncio.DatagramProtocol):
     """Listens for UDP devices and serves each with a `DatagramLink`.
 
-    `random_bytes` (connection ids, cookies, handshakes) and the session map are the server's; sessions live
-    in memory, so a restart of this process makes every device do a full handshake again."""
+    `random_bytes` (connection ids, cookies, handshakes, message ids) and the session map are the server's;
+    sessions live in memory, so a restart of this process makes every device do a full handshake again.
+
+    `recorder`, when given, is handed every input of every session (datagrams in with the time and wall
+    time they were read at, timers, key decisions, API requests), every datagram out and every random draw:
+    enough to replay a session byte for byte without the device (tests/vectors/udp-*). It holds the
+    session keys' secrets: a debugging and testing aid, never for a production fleet."""
 
     def __init__(
         self,
@@ -338,6 +361,8 @@ class DatagramServer(asyncio.DatagramProtocol):
         address_limits: AddressLimits | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
         max_sessions: int = 200_000,
+        recorder: Recorder | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.cloud = cloud
         self.server_key = server_key
@@ -348,8 +373,10 @@ class DatagramServer(asyncio.DatagramProtocol):
         self.ota_config = ota_config or OtaConfig()
         self.address_limits = address_limits or AddressLimits()
         self._gate = _AddressGate(self.address_limits)
+        self._recorder = recorder
+        self._wall_clock = wall_clock
         self._random = random_bytes
-        self._cookies = CookieVerifier(random_bytes(32))
+        self._cookies = CookieVerifier(self.random_bytes(32))
         self._transport: asyncio.DatagramTransport | None = None
         self._by_address: dict[_Address, DatagramLink] = {}
         self._by_cid: dict[bytes, DatagramLink] = {}
@@ -358,6 +385,21 @@ class DatagramServer(asyncio.DatagramProtocol):
         self._tasks = TaskSet(log, "cyan-udp")
         self.datagrams_in = 0
         self.datagrams_out = 0
+
+    def random_bytes(self, count: int) -> bytes:
+        data = self._random(count)
+        if self._recorder is not None:
+            self._recorder({"t": _now(), "op": "random", "hex": data.hex()})
+        return data
+
+    def unix_time(self) -> float:
+        value = self._wall_clock()
+        self.record({"t": _now(), "op": "unix_time", "value": value})
+        return value
+
+    def record(self, entry: dict[str, Any]) -> None:
+        if self._recorder is not None:
+            self._recorder(entry)
 
     # -- LinkHost ---------------------------------------------------------------------------------
 
@@ -410,6 +452,7 @@ class DatagramServer(asyncio.DatagramProtocol):
         self._sessions.pop(cid, None)
 
     def send(self, datagram: bytes, address: _Address) -> None:
+        self.record({"t": _now(), "op": "out", "port": address[1], "hex": datagram.hex()})
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.sendto(datagram, address)
@@ -424,6 +467,7 @@ class DatagramServer(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: _Address) -> None:
         self.datagrams_in += 1
         now = _now()
+        self.record({"t": now, "op": "in", "port": addr[1], "hex": data.hex()})
         cid = connection_id_of(data)
         link = self._by_cid.get(cid) if cid is not None else None
         if link is None:
@@ -466,7 +510,7 @@ class DatagramServer(asyncio.DatagramProtocol):
         endpoint = ServerEndpoint(
             self.server_key,
             now=now,
-            random_bytes=self._random,
+            random_bytes=self.random_bytes,
             config=self.dtls_config,
             connection_id=self._new_cid(),
         )
@@ -476,7 +520,7 @@ class DatagramServer(asyncio.DatagramProtocol):
 
     def _new_cid(self) -> bytes:
         while True:
-            cid = self._random(self.dtls_config.connection_id_size)
+            cid = self.random_bytes(self.dtls_config.connection_id_size)
             if cid not in self._by_cid and cid not in self._sessions:
                 return cid
 
@@ -486,7 +530,7 @@ class DatagramServer(asyncio.DatagramProtocol):
         if stored is None or cid is None:
             return None
         endpoint = ServerEndpoint.from_session(
-            stored.session, self.server_key, now=now, random_bytes=self._random, config=self.dtls_config
+            stored.session, self.server_key, now=now, random_bytes=self.random_bytes, config=self.dtls_config
         )
         link = DatagramLink(self, endpoint, addr, now, resumed_from=stored)
         self._by_cid[cid] = link
