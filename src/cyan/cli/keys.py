@@ -21,7 +21,7 @@ from typing import Annotated, NoReturn
 
 import typer
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from cyan.config import Settings
 from cyan.dfu import DfuDevice, DfuError, DfuUtil
@@ -45,6 +45,7 @@ from cyan.keys import (
     inspect_file,
     inspect_key_areas,
     inspect_private_key,
+    is_ec_key,
     is_firmware_parsable,
     key_layout,
     load_ec_public_key,
@@ -510,10 +511,16 @@ def send(
     token: TokenOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Register a device's public key with a Cyan cloud (what `particle keys send` does)."""
+    """Register a device's public key with a Cyan cloud (what `particle keys send` does): RSA-1024 for Gen 2,
+    EC P-256 for the Electron and Gen 3."""
     device_id = _device_id(device_id)
-    public = load_public_key(file.read_bytes())
-    check_device_public_key(public)
+    data = file.read_bytes()
+    public: rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+    if is_ec_key(data):
+        public = load_ec_public_key(data)
+    else:
+        public = load_public_key(data)
+        check_device_public_key(public)
     registry = _registry(api, token, data_dir)
     try:
         held = registry.register(device_id, public, product_id=product_id)
