@@ -328,6 +328,7 @@ class Service:
                 port=settings.device_udp_port,
                 config=DatagramConfig(request_timeout=protocol.request_timeout),
                 address_limits=address_limits,
+                sessions=gateway,
             )
         self.server_key_file: Path | None = None
         self.udp_server_key_file: Path | None = None

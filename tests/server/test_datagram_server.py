@@ -29,14 +29,18 @@ OTHER_KEY = ec.derive_private_key(0x53, ec.SECP256R1())
 TIMEOUT = 20.0
 
 
-async def _with_server(work: Callable[[DatagramServer, Application, Cloud], Awaitable[None]]) -> None:
+async def _with_server(
+    work: Callable[[DatagramServer, Application, Cloud], Awaitable[None]], *, persist: bool = False
+) -> None:
     store = MemoryStore()
     await store.open()
     cloud = Cloud(store, InProcessBus())
     app = Application(store, cloud=cloud)
     assert app.gateway is not None
     await cloud.start()
-    server = DatagramServer(app.gateway, SERVER_KEY, host="127.0.0.1", port=0)
+    server = DatagramServer(
+        app.gateway, SERVER_KEY, host="127.0.0.1", port=0, sessions=app.gateway if persist else None
+    )
     await server.start()
     await app.devices.register(OPS, [NewDevice(DEVICE.hex(), udp_public_key_der(DEVICE_KEY))])
     try:
@@ -173,3 +177,46 @@ def test_loss_duplication_and_reordering_deliver_each_call_and_event_once() -> N
 
 def test_a_client_hello_is_recognised() -> None:
     assert not is_client_hello(b"\x17\xfe\xfd" + bytes(30))
+
+
+def test_a_restarted_server_resumes_the_stored_session_with_no_handshake() -> None:
+    async def work(server: DatagramServer, app: Application, cloud: Cloud) -> None:
+        assert app.gateway is not None
+        device = _device()
+        await device.start("127.0.0.1", server.port)
+        try:
+            await asyncio.wait_for(device.connected.wait(), TIMEOUT)
+            port = server.port
+            await server.stop()  # saves the session with its counters
+            assert len(await app.store.udp_sessions.all()) == 1
+            restarted = DatagramServer(app.gateway, SERVER_KEY, host="127.0.0.1", port=port, sessions=app.gateway)
+            await restarted.start()
+            try:
+                sent = device.datagrams_sent
+                device.publish("after/restart", "1")  # the device knows of no restart: it carries on
+                assert device.session is not None
+                cid = device.session.connection_id
+
+                async def resumed() -> None:
+                    while (link := restarted.link(cid)) is None or link.hello is None:
+                        await asyncio.sleep(0.01)
+
+                await asyncio.wait_for(resumed(), TIMEOUT)
+                _, returned = await asyncio.wait_for(
+                    _calls(app).call_function(OPS, DEVICE.hex(), "setArg", "again"), TIMEOUT
+                )
+                assert returned == 5
+                assert device.datagrams_sent > sent
+                link = restarted.link(cid)
+                assert link is not None
+                assert link.endpoint.established
+                # One handshake in all: the device never sent a ClientHello again.
+                await cloud.flush()
+                attempts = await app.store.attempts.recent(DEVICE.hex())
+                assert [a.outcome for a in attempts] == [AttemptOutcome.CONNECTED] * 2
+            finally:
+                await restarted.stop()
+        finally:
+            await device.stop()
+
+    asyncio.run(_with_server(work, persist=True))

@@ -26,6 +26,7 @@ __all__ = [
     "PendingKey",
     "RekeyWindow",
     "Role",
+    "UdpSession",
     "UpdateJob",
     "User",
     "Variable",
@@ -394,6 +395,21 @@ class VitalsRecord:
     updated_at: datetime
     payload: dict[str, Any]
     id: int | None = None
+
+
+@dataclass(slots=True)
+class UdpSession:
+    """A UDP device's DTLS session, kept so that the device resumes it with no handshake, after a restart of
+    the server too (docs/dtls.md): Device OS may resume with no Hello, so who it was is kept with it."""
+
+    #: The 8-byte connection id the server assigned: the key.
+    connection_id: bytes
+    #: `cyan.dtls.Session.encode()`: keys, counters, the replay window, the device's public key.
+    session: bytes
+    updated_at: datetime
+    device_id: str | None = None
+    #: The payload of the Hello the device last said (`cyan.protocol.messages.Hello.encode()`).
+    hello: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

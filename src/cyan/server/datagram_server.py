@@ -21,11 +21,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from cyan.cloud.models import AttemptOutcome, ConnectionAttempt
+from cyan.cloud.models import AttemptOutcome, ConnectionAttempt, UdpSession
 from cyan.dtls import (
     AlertReceived,
     ApplicationDataReceived,
@@ -56,11 +56,12 @@ from cyan.protocol import (
     RemoteProtocolError,
 )
 from cyan.protocol.datagram import DatagramConfig, DatagramServerConnection
+from cyan.protocol.messages import parse_hello
 from cyan.tasks import TaskSet
 
 from .device_server import AddressLimits, CloudPort, DeviceProtocol, _AddressGate, _KeyCallback
 
-__all__ = ["DatagramLink", "DatagramServer", "Recorder", "StoredSession"]
+__all__ = ["DatagramLink", "DatagramServer", "Recorder", "StoredSession", "UdpSessionPort"]
 
 log = logging.getLogger("cyan.server.udp")
 #: The clock of every deadline (see device_server): only moves forward.
@@ -79,6 +80,16 @@ class StoredSession:
     session: Session
     device_id: str | None = None
     hello: Hello | None = None
+
+
+class UdpSessionPort(Protocol):
+    """Where the sessions are kept across restarts: `cyan.app.DeviceGateway`, over the store."""
+
+    async def save_udp_session(self, session: UdpSession) -> None: ...
+
+    async def udp_sessions(self) -> list[UdpSession]: ...
+
+    async def drop_udp_session(self, connection_id: bytes) -> None: ...
 
 
 def _address_text(address: _Address) -> str:
@@ -340,8 +351,11 @@ class DatagramLink(DeviceProtocol):
 class DatagramServer(asyncio.DatagramProtocol):
     """Listens for UDP devices and serves each with a `DatagramLink`.
 
-    `random_bytes` (connection ids, cookies, handshakes, message ids) and the session map are the server's;
-    sessions live in memory, so a restart of this process makes every device do a full handshake again.
+    `random_bytes` (connection ids, cookies, handshakes, message ids) and the session map are the server's.
+    With `sessions`, each session is also saved there when it starts, when its device says its Hello and when
+    its link ends, and every one is loaded at `start()`: a restarted server resumes them. Its write counters
+    jump ahead on import (`cyan.dtls.DEFAULT_SEQUENCE_GAP`), so records it sent after its last save never
+    reuse a nonce.
 
     `recorder`, when given, is handed every input of every session (datagrams in with the time and wall
     time they were read at, timers, key decisions, API requests), every datagram out and every random draw:
@@ -363,6 +377,7 @@ class DatagramServer(asyncio.DatagramProtocol):
         max_sessions: int = 200_000,
         recorder: Recorder | None = None,
         wall_clock: Callable[[], float] = time.time,
+        sessions: UdpSessionPort | None = None,
     ) -> None:
         self.cloud = cloud
         self.server_key = server_key
@@ -383,6 +398,9 @@ class DatagramServer(asyncio.DatagramProtocol):
         self._sessions: dict[bytes, StoredSession] = {}
         self._max_sessions = max_sessions
         self._tasks = TaskSet(log, "cyan-udp")
+        self._store = sessions
+        #: Saves of sessions: drained at `stop()` (the decisions under way are cancelled instead).
+        self._writes = TaskSet(log, "cyan-udp-sessions")
         self.datagrams_in = 0
         self.datagrams_out = 0
 
@@ -420,6 +438,7 @@ class DatagramServer(asyncio.DatagramProtocol):
             if endpoint.established and cid in self._sessions:
                 # The counters as they are now: the device resumes from here (udp-dtls.md §1.4).
                 self._sessions[cid] = replace(self._sessions[cid], session=endpoint.export_session())
+                self._save(cid)
 
     # -- what links tell the server ----------------------------------------------------------------
 
@@ -431,14 +450,16 @@ class DatagramServer(asyncio.DatagramProtocol):
                 old.close()
             self._by_cid[cid] = link
             if len(self._sessions) >= self._max_sessions:
-                del self._sessions[next(iter(self._sessions))]  # the oldest first
+                self.drop_session(next(iter(self._sessions)))  # the oldest first
             self._sessions[cid] = StoredSession(session)
+            self._save(cid)
 
     def remember_hello(self, link: DatagramLink, hello: Hello) -> None:
         cid = link.endpoint.connection_id
         stored = self._sessions.get(cid)
         if stored is not None:
             self._sessions[cid] = replace(stored, device_id=link.device_id, hello=hello)
+            self._save(cid)
 
     def moved(self, link: DatagramLink, address: _Address) -> None:
         if self._by_address.get(link.address) is link:
@@ -449,7 +470,21 @@ class DatagramServer(asyncio.DatagramProtocol):
         self._by_address[address] = link
 
     def drop_session(self, cid: bytes) -> None:
-        self._sessions.pop(cid, None)
+        if self._sessions.pop(cid, None) is not None and self._store is not None:
+            self._writes.spawn(self._store.drop_udp_session(cid), "forget a UDP session")
+
+    def _save(self, cid: bytes) -> None:
+        stored = self._sessions.get(cid)
+        if stored is None or self._store is None:
+            return
+        record = UdpSession(
+            connection_id=cid,
+            session=stored.session.encode(),
+            updated_at=datetime.now(UTC),
+            device_id=stored.device_id,
+            hello=None if stored.hello is None else stored.hello.encode(),
+        )
+        self._writes.spawn(self._store.save_udp_session(record), "save a UDP session")
 
     def send(self, datagram: bytes, address: _Address) -> None:
         self.record({"t": _now(), "op": "out", "port": address[1], "hex": datagram.hex()})
@@ -465,6 +500,8 @@ class DatagramServer(asyncio.DatagramProtocol):
         self._transport = cast("asyncio.DatagramTransport", transport)
 
     def datagram_received(self, data: bytes, addr: _Address) -> None:
+        if self._transport is None:
+            return  # stopping
         self.datagrams_in += 1
         now = _now()
         self.record({"t": now, "op": "in", "port": addr[1], "hex": data.hex()})
@@ -543,6 +580,15 @@ class DatagramServer(asyncio.DatagramProtocol):
     # -- life -------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self._store is not None:
+            for record in await self._store.udp_sessions():
+                try:
+                    session = Session.decode(record.session)
+                    hello = None if record.hello is None else parse_hello(record.hello)
+                except ValueError as exc:
+                    log.warning("a stored UDP session cannot be read, and is left out: %s", exc)
+                    continue
+                self._sessions[record.connection_id] = StoredSession(session, record.device_id, hello)
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, self.port))
         sock = transport.get_extra_info("socket")
@@ -550,12 +596,15 @@ class DatagramServer(asyncio.DatagramProtocol):
             self.port = sock.getsockname()[1]
 
     async def stop(self) -> None:
-        for link in list(self._by_address.values()) + list(self._by_cid.values()):
-            link.close()
-        await self._tasks.cancel()
+        # No datagram in from here on: one arriving while the sessions are saved would resume a session here.
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.close()
+        # Each link's session is saved as it ends (`forget`), with its counters as they are now.
+        for link in list(self._by_address.values()) + list(self._by_cid.values()):
+            link.close()
+        await self._tasks.cancel()
+        await self._writes.drain()
         await asyncio.sleep(0)
 
     @property

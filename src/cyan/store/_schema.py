@@ -44,6 +44,7 @@ __all__ = [
     "metadata",
     "pending_keys",
     "rekey_windows",
+    "udp_sessions",
     "update_jobs",
     "users",
 ]
@@ -327,6 +328,17 @@ hook_deliveries = Table(
     Column("duration", Float),
     Column("error", Text),
     Index(None, "integration_id", "id"),
+)
+
+udp_sessions = Table(
+    "udp_sessions",
+    metadata,
+    Column("connection_id", LargeBinary(255), primary_key=True),
+    Column("session", LargeBinary, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("device_id", String(64)),
+    Column("hello", LargeBinary),
+    Index(None, "updated_at"),
 )
 
 device_vitals = Table(
