@@ -46,12 +46,12 @@ def good(request: pytest.FixtureRequest) -> Good:
 
 
 def test_the_server_reproduces_every_datagram_the_device_accepted(good: Good) -> None:
-    recording, replayed, version = good
+    recording, replayed, _version = good
     assert replayed.sent == recording.sent()
 
 
 def test_the_device_did_a_full_handshake_with_a_cookie_and_a_connection_id(good: Good) -> None:
-    recording, replayed, version = good
+    recording, replayed, _version = good
     received = [bytes.fromhex(h) for h in recording.received()]
     hellos = [d for d in received if is_client_hello(d)]
     assert len(hellos) == 2  # without a cookie, then with the one our HelloVerifyRequest gave
@@ -117,6 +117,6 @@ def test_a_cloud_reconnect_resumes_on_the_connection_id_with_no_handshake(good: 
 
 
 def test_each_event_is_published_once_although_the_firmware_may_resend(good: Good) -> None:
-    _, replayed, version = good
+    _, replayed, _version = good
     heartbeats = [e.data for e in replayed.events if isinstance(e, EventPublished) and e.name == "vdev/heartbeat"]
     assert len(heartbeats) == len(set(heartbeats))
