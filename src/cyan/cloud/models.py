@@ -49,7 +49,8 @@ class DeviceRecord:
     id: str  # 24 lowercase hex characters (protocol.md §2.1)
     name: str | None = None
     owner: str | None = None
-    #: SubjectPublicKeyInfo DER of the device's RSA-1024 public key; None until provisioned.
+    #: SubjectPublicKeyInfo DER of the device's public key (RSA-1024, or EC P-256 for a UDP device); None until
+    #: provisioned.
     public_key_der: bytes | None = None
     #: `cyan.keys.fingerprint` of that key.
     key_fingerprint: str | None = None
