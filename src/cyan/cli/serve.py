@@ -73,8 +73,7 @@ def serve(
         ),
     ] = False,
 ) -> None:
-    """Run the device servers (TCP 5683; UDP 5684 for Electron and Gen 3) and the Cloud API (HTTP 8080); every
-    connection attempt is recorded."""
+    """Run the device servers (TCP 5683, UDP 5684) and the Cloud API (HTTP 8080), recording every attempt."""
     settings = Settings.from_env(
         data_dir=data_dir,
         device_host=device_host,
