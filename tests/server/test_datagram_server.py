@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cyan.app import Actor, Application, NewDevice
 from cyan.app.calls import DeviceCalls
 from cyan.bus import InProcessBus
-from cyan.cloud.models import AttemptOutcome
+from cyan.cloud.models import AttemptOutcome, UdpSession
 from cyan.cloud.service import Cloud
-from cyan.dtls import is_client_hello
+from cyan.dtls import Session, is_client_hello
 from cyan.keys import udp_public_key_der
 from cyan.server.datagram_server import DatagramServer
 from cyan.sim import UdpFaults, UdpVirtualDevice
@@ -220,3 +221,25 @@ def test_a_restarted_server_resumes_the_stored_session_with_no_handshake() -> No
             await device.stop()
 
     asyncio.run(_with_server(work, persist=True))
+
+
+def test_sessions_unsaved_for_too_long_are_deleted_and_not_resumed() -> None:
+    async def work(server: DatagramServer, app: Application, cloud: Cloud) -> None:
+        assert app.gateway is not None
+        now = datetime.now(UTC)
+        old, recent = b"\x01" * 8, b"\x02" * 8
+        for cid, age in ((old, timedelta(days=31)), (recent, timedelta(days=1))):
+            blob = Session(
+                "server", b"", bytes(48), bytes(32), bytes(32), cid, 1, 5, 3, 0, udp_public_key_der(DEVICE_KEY)
+            ).encode()
+            await app.store.udp_sessions.save(UdpSession(cid, blob, now - age, DEVICE.hex()))
+        restarted = DatagramServer(app.gateway, SERVER_KEY, host="127.0.0.1", port=0, sessions=app.gateway)
+        await restarted.start()
+        try:
+            assert restarted.stored_session(old) is None
+            assert restarted.stored_session(recent) is not None
+            assert [s.connection_id for s in await app.store.udp_sessions.all()] == [recent]
+        finally:
+            await restarted.stop()
+
+    asyncio.run(_with_server(work))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable
+from datetime import datetime
 from typing import Any
 
 from cyan.cloud.keypolicy import Decision, KeySituation, decide
@@ -217,7 +218,9 @@ class DeviceGateway:
     async def save_udp_session(self, session: UdpSession) -> None:
         await self._ctx.store.udp_sessions.save(session)
 
-    async def udp_sessions(self) -> list[UdpSession]:
+    async def udp_sessions(self, *, not_before: datetime) -> list[UdpSession]:
+        """The sessions saved since `not_before`; the older ones are deleted (their devices handshake again)."""
+        await self._ctx.store.udp_sessions.prune(before=not_before)
         return await self._ctx.store.udp_sessions.all()
 
     async def drop_udp_session(self, connection_id: bytes) -> None:

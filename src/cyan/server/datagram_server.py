@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -87,7 +87,7 @@ class UdpSessionPort(Protocol):
 
     async def save_udp_session(self, session: UdpSession) -> None: ...
 
-    async def udp_sessions(self) -> list[UdpSession]: ...
+    async def udp_sessions(self, *, not_before: datetime) -> list[UdpSession]: ...
 
     async def drop_udp_session(self, connection_id: bytes) -> None: ...
 
@@ -375,6 +375,7 @@ class DatagramServer(asyncio.DatagramProtocol):
         address_limits: AddressLimits | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
         max_sessions: int = 200_000,
+        session_max_age: timedelta = timedelta(days=30),
         recorder: Recorder | None = None,
         wall_clock: Callable[[], float] = time.time,
         sessions: UdpSessionPort | None = None,
@@ -397,6 +398,9 @@ class DatagramServer(asyncio.DatagramProtocol):
         self._by_cid: dict[bytes, DatagramLink] = {}
         self._sessions: dict[bytes, StoredSession] = {}
         self._max_sessions = max_sessions
+        #: Sessions not saved for this long are not resumed (and are deleted at start): a device away that long
+        #: does a full handshake, and the store does not keep every device that ever spoke.
+        self._session_max_age = session_max_age
         self._tasks = TaskSet(log, "cyan-udp")
         self._store = sessions
         #: Saves of sessions: drained at `stop()` (the decisions under way are cancelled instead).
@@ -581,7 +585,8 @@ class DatagramServer(asyncio.DatagramProtocol):
 
     async def start(self) -> None:
         if self._store is not None:
-            for record in await self._store.udp_sessions():
+            not_before = datetime.now(UTC) - self._session_max_age
+            for record in await self._store.udp_sessions(not_before=not_before):
                 try:
                     session = Session.decode(record.session)
                     hello = None if record.hello is None else parse_hello(record.hello)
