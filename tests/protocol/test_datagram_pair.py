@@ -12,9 +12,11 @@ import pytest
 
 from cyan.protocol import (
     DeviceIdentified,
+    DeviceReset,
     EventPublished,
     FunctionCalled,
     FunctionReturned,
+    OtaSender,
     ServerHelloReceived,
     VariableRead,
 )
@@ -39,6 +41,8 @@ class Pair:
     to_device: list[bytes] = field(default_factory=list)
     server_events: list[Event] = field(default_factory=list)
     device_events: list[Event] = field(default_factory=list)
+    #: An update under way: the server's events go to it too, and its timer runs with the others'.
+    sender: OtaSender | None = None
 
     def __post_init__(self) -> None:
         self.chance = random.Random(self.seed)
@@ -62,6 +66,8 @@ class Pair:
     def _drain(self) -> None:
         while (event := self.server.next_event()) is not None:
             self.server_events.append(event)
+            if self.sender is not None:
+                self.sender.handle_event(event, self.now)
             if isinstance(event, DeviceIdentified):
                 self.server.accept_device(self.now)
         while (device_event := self.device.next_event()) is not None:
@@ -89,8 +95,9 @@ class Pair:
     def run_until(self, until: float) -> None:
         """Advance the clock from timer to timer, carrying everything in between."""
         self.step()
-        while True:
-            timers = [t for t in (self.server.get_timer(), self.device.get_timer()) if t is not None]
+        for _ in range(100_000):
+            sender_due = None if self.sender is None else self.sender.get_timer()
+            timers = [t for t in (self.server.get_timer(), self.device.get_timer(), sender_due) if t is not None]
             due = min(timers, default=None)
             if due is None or due > until:
                 self.now = until
@@ -98,8 +105,11 @@ class Pair:
             self.now = max(self.now, due)
             self.server.handle_timer(self.now)
             self.device.handle_timer(self.now)
+            if self.sender is not None:
+                self.sender.handle_timer(self.now)
             self._drain()
             self.step()
+        raise AssertionError(f"the timers keep firing at {self.now}: nothing moves on")
 
 
 def test_a_clean_wire_connects_and_serves() -> None:
@@ -131,3 +141,18 @@ def test_calls_and_events_arrive_once_through_loss_duplication_and_reordering(se
     assert sorted(called) == sorted(f"call {i}".encode() for i in range(20))
     readings = [e.data or b"" for e in pair.server_events if isinstance(e, EventPublished) and e.name == "reading"]
     assert sorted(readings) == sorted(str(i).encode() for i in range(20))
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.05])
+def test_an_update_over_udp_every_chunk_confirmable(loss: float) -> None:
+    pair = Pair(seed=11, loss=loss, duplicate=loss, reorder=loss)
+    pair.run_until(30.0)
+    image = bytes((i * 7 + i // 256) % 256 for i in range(20 * 512 + 100))
+    # Over UDP the chunks are confirmable and acknowledged one by one: never the fast mode (docs/dtls.md).
+    pair.sender = OtaSender(pair.server, image, pair.now, fast=False)
+    pair.run_until(pair.now + 600.0)
+    assert pair.sender.finished
+    assert pair.sender.outcome is not None
+    assert pair.sender.outcome.complete, pair.sender.outcome
+    (reset,) = [e for e in pair.device_events if isinstance(e, DeviceReset)]
+    assert reset.image == image

@@ -500,6 +500,8 @@ class DatagramDeviceConnection(DeviceConnection):
                 seen.replies.append(data)
 
     def get_timer(self) -> float | None:
+        if self.closed:
+            return None  # a reset device retransmits nothing
         due = super().get_timer()
         for pending in self._unacked_device.values():
             if pending.due is not None and (due is None or pending.due < due):
