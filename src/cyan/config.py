@@ -60,6 +60,13 @@ def _int_env(name: str, default: int) -> int:
         raise ValueError(f"CYAN_{name} must be a whole number, not {text!r}") from None
 
 
+def _udp_port_env() -> int:
+    # "off" reads better than -1 in a service file.
+    if os.environ.get("CYAN_DEVICE_UDP_PORT", "").strip().lower() == "off":
+        return -1
+    return _int_env("DEVICE_UDP_PORT", 5684)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     #: Where the database, the server key and the device key files live. Env: CYAN_DATA_DIR.
@@ -68,6 +75,9 @@ class Settings:
     device_host: str = "0.0.0.0"
     #: The device port; Gen 2 firmware defaults to 5683 (protocol.md §1). Env: CYAN_DEVICE_PORT.
     device_port: int = 5683
+    #: The UDP port of the Electron and Gen 3 devices (DTLS 1.2); Device OS uses 5684 (udp-dtls.md §1.1).
+    #: -1 serves no UDP devices. Env: CYAN_DEVICE_UDP_PORT.
+    device_udp_port: int = 5684
     #: Interface and port of the HTTP API (Particle Cloud API v1). Env: CYAN_API_HOST, CYAN_API_PORT.
     api_host: str = "0.0.0.0"
     api_port: int = 8080
@@ -120,6 +130,8 @@ class Settings:
     hook_allowed_networks: str = ""
 
     def __post_init__(self) -> None:
+        if not -1 <= self.device_udp_port <= 65535:
+            raise ValueError(f"device_udp_port is a port, 0 for any, or -1 for none; not {self.device_udp_port}")
         if self.workers < 0:
             raise ValueError(f"workers must be 0 or more, not {self.workers}")
         if self.device_processes < 0:
@@ -157,6 +169,7 @@ class Settings:
             "data_dir": Path(os.environ.get("CYAN_DATA_DIR") or default_data_dir()),
             "device_host": _env("DEVICE_HOST", "0.0.0.0"),
             "device_port": _int_env("DEVICE_PORT", 5683),
+            "device_udp_port": _udp_port_env(),
             "api_host": _env("API_HOST", "0.0.0.0"),
             "api_port": _int_env("API_PORT", 8080),
             "alert_webhook": _env("ALERT_WEBHOOK", ""),
@@ -202,6 +215,21 @@ class Settings:
     def server_public_key_path(self) -> Path:
         """The 294-byte public key DER, the input `particle keys server` takes."""
         return self.data_dir / "server_public_key.der"
+
+    @property
+    def udp_server_key_path(self) -> Path:
+        """The EC P-256 server key of the UDP devices (DTLS), beside the RSA one."""
+        return self.data_dir / "udp_server_key.pem"
+
+    @property
+    def udp_server_public_key_path(self) -> Path:
+        """Its 91-byte SubjectPublicKeyInfo DER, the input `particle keys server` takes for UDP devices."""
+        return self.data_dir / "udp_server_public_key.der"
+
+    def udp_server_key_file_path(self, port: int) -> Path:
+        """The 320-byte key file with this server's address, ready for DCT offset 3298 (udp-dtls.md §1.2)."""
+        safe = self.public_address.replace(":", "_")
+        return self.data_dir / f"udp_server_key_{safe}_{port}.der"
 
     def server_key_file_path(self, port: int) -> Path:
         """The 512-byte key file with this server's address, ready for DCT offset 2082 (protocol.md §11)."""

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import uvicorn
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from cyan import __version__
 from cyan.api import ApiContext, create_app
@@ -38,16 +38,23 @@ from cyan.config import Settings
 from cyan.keys import (
     KeyFormatError,
     build_server_key_file,
+    build_udp_server_key_file,
     check_server_public_key,
+    encode_ec_private_key_pem,
     encode_private_key_pem,
     fingerprint,
+    generate_ec_key,
     generate_server_key,
+    load_ec_private_key,
     load_private_key,
     public_key_der,
+    udp_public_key_der,
     write_private_key_file,
 )
 from cyan.protocol import ServerConfig
+from cyan.protocol.datagram import DatagramConfig
 from cyan.server import DeviceProcesses, DeviceServer
+from cyan.server.datagram_server import DatagramServer
 from cyan.server.device_server import AddressLimits
 from cyan.store import FirmwareFiles, SchemaStatus, open_store, schema_status, upgrade_schema
 
@@ -63,6 +70,7 @@ __all__ = [
     "settle_server_key",
     "upgrade_database",
     "write_server_key_file",
+    "write_udp_server_key_file",
 ]
 
 log = logging.getLogger("cyan")
@@ -76,6 +84,9 @@ class ServerKeys:
     fingerprint: str
     #: Made now on purpose (`--new-server-key`), to replace the key file's.
     replacing: bool = False
+    #: The EC P-256 key of the UDP devices (DTLS, udp-dtls.md §1.2), beside the RSA one; None where no UDP
+    #: device is served.
+    udp_private_key: ec.EllipticCurvePrivateKey | None = None
 
 
 def ensure_server_keys(settings: Settings, *, new_key: bool = False) -> ServerKeys:
@@ -83,6 +94,7 @@ def ensure_server_keys(settings: Settings, *, new_key: bool = False) -> ServerKe
     memory until `Service.start` has checked that no registered device expects another."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(settings.data_dir, 0o700)
+    udp_key = ensure_udp_server_key(settings)
     path = settings.server_key_path
     if path.exists() and not new_key:
         try:
@@ -90,9 +102,24 @@ def ensure_server_keys(settings: Settings, *, new_key: bool = False) -> ServerKe
         except (KeyFormatError, OSError) as exc:
             raise KeyFormatError(f"cannot use the server key {path}: {exc}") from exc
         check_server_public_key(key.public_key())
-        return ServerKeys(key, False, fingerprint(key.public_key()))
+        return ServerKeys(key, False, fingerprint(key.public_key()), udp_private_key=udp_key)
     key = generate_server_key()
-    return ServerKeys(key, True, fingerprint(key.public_key()), replacing=new_key)
+    return ServerKeys(key, True, fingerprint(key.public_key()), replacing=new_key, udp_private_key=udp_key)
+
+
+def ensure_udp_server_key(settings: Settings) -> ec.EllipticCurvePrivateKey:
+    """The UDP devices' P-256 server key from the data directory, made (owner-only) the first time. Never
+    replaced silently: every UDP device holds its public half (udp-dtls.md §1.2)."""
+    path = settings.udp_server_key_path
+    if path.exists():
+        try:
+            return load_ec_private_key(path.read_bytes())
+        except (KeyFormatError, OSError) as exc:
+            raise KeyFormatError(f"cannot use the UDP server key {path}: {exc}") from exc
+    key = generate_ec_key()
+    write_private_key_file(path, encode_ec_private_key_pem(key))
+    _write_public(settings.udp_server_public_key_path, udp_public_key_der(key))
+    return key
 
 
 async def settle_server_key(settings: Settings, keys: ServerKeys, app: Application) -> None:
@@ -170,6 +197,13 @@ def write_server_key_file(settings: Settings, public: rsa.RSAPublicKey, port: in
     """The 512-byte file for DCT offset 2082 with this server's address and port (protocol.md §11)."""
     path = settings.server_key_file_path(port)
     _write_public(path, build_server_key_file(public, settings.public_address, port))
+    return path
+
+
+def write_udp_server_key_file(settings: Settings, public: ec.EllipticCurvePublicKey, port: int) -> Path:
+    """The 320-byte file for DCT offset 3298 with this server's address and UDP port (udp-dtls.md §1.2)."""
+    path = settings.udp_server_key_file_path(port)
+    _write_public(path, build_udp_server_key_file(public, settings.public_address, port))
     return path
 
 
@@ -286,7 +320,19 @@ class Service:
                 address_limits=address_limits,
                 max_handshakes=settings.max_handshakes,
             )
+        self.udp_server: DatagramServer | None = None
+        if settings.device_udp_port >= 0 and keys.udp_private_key is not None:
+            self.udp_server = DatagramServer(
+                gateway,
+                keys.udp_private_key,
+                host=settings.device_host,
+                port=settings.device_udp_port,
+                config=DatagramConfig(request_timeout=protocol.request_timeout),
+                address_limits=address_limits,
+                sessions=gateway,
+            )
         self.server_key_file: Path | None = None
+        self.udp_server_key_file: Path | None = None
         self.api = create_app(ApiContext(self.app, server_key_file=lambda: self.server_key_file))
         self.api_port = settings.api_port
         self._api: _ApiServer | None = None
@@ -303,6 +349,15 @@ class Service:
             self.vitals.start()
             with _naming_the_port("devices", self.settings.device_host, self.settings.device_port, "--device-port"):
                 await self.device_server.start()
+            if self.udp_server is not None:
+                with _naming_the_port(
+                    "UDP devices", self.settings.device_host, self.settings.device_udp_port, "--device-udp-port"
+                ):
+                    await self.udp_server.start()
+                assert self.keys.udp_private_key is not None
+                self.udp_server_key_file = write_udp_server_key_file(
+                    self.settings, self.keys.udp_private_key.public_key(), self.udp_server.port
+                )
             await self.updates.start()
             self.server_key_file = write_server_key_file(
                 self.settings, self.keys.private_key.public_key(), self.device_server.port
@@ -351,6 +406,8 @@ class Service:
             self._api = self._api_task = None
         await self.updates.stop()
         await self.device_server.stop()
+        if self.udp_server is not None:
+            await self.udp_server.stop()
         await self.gateway.drain()
         await self.vitals.stop()
         await self.hooks.stop()

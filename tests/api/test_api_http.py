@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from cyan.app import Actor, NewDevice
 from cyan.cloud.auth import hash_token
@@ -346,6 +348,25 @@ def test_rename_signal_claim_release_and_provisioning(tmp_path: Path) -> None:
         wrong_size = await c.post(f"/v1/provisioning/{new_id}", data={"publicKey": server_key_pem}, headers=a)
         assert wrong_size.status_code == 400
         assert "RSA-1024" in wrong_size.json()["error_description"]
+        # An Argon's P-256 key, as `particle keys send` sends it for a UDP device (algorithm=ecc).
+        argon = "b" * 24
+        ec_pem = (
+            ec.derive_private_key(0x77, ec.SECP256R1())
+            .public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .decode()
+        )
+        ecc = {"deviceID": argon, "publicKey": ec_pem, "order": "manual_2", "filename": "cli", "algorithm": "ecc"}
+        sent = await c.post(f"/v1/provisioning/{argon}", data=ecc, headers=a)
+        assert sent.json() == {
+            "ok": True,
+            "id": argon,
+            "key_fingerprint": fingerprint(ec_pem.encode()),
+            "created": True,
+        }
+        mislabelled = await c.post(f"/v1/provisioning/{argon}", data={**ecc, "algorithm": "rsa"}, headers=a)
+        assert mislabelled.status_code == 400
+        assert "RSA" in mislabelled.json()["error_description"]
 
     _run(tmp_path, scenario)
 

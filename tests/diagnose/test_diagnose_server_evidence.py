@@ -10,6 +10,7 @@ from diagnose_support import DEVICE, OTHER, T0, attempt, backoff_times, connecte
 from cyan.cloud.models import AttemptOutcome
 from cyan.diagnose import REASONS, build_doctor, explain_attempt, find_loops, group_unidentified, host_of
 from cyan.diagnose.server_evidence import attempt_from_json, attempt_json, parse_time
+from cyan.dtls import Reason as DtlsReason
 from cyan.protocol import Reason
 
 #: The reasons a server records (docs/protocol.md "Failures: step and reason"); the others are the device role's.
@@ -41,6 +42,14 @@ def test_every_failure_reason_of_the_server_is_explained() -> None:
     for info in REASONS.values():
         assert info.said
         assert info.fix
+
+
+def test_every_dtls_failure_the_udp_server_records_is_explained() -> None:
+    # Record-layer reasons discard a record and end nothing, and a missing cookie is answered statelessly, so
+    # none of them is ever an attempt's reason.
+    discards = {"bad_record", "decrypt_failed", "replayed", "unknown_connection_id", "unexpected_epoch", "bad_cookie"}
+    recorded = {r.value for r in DtlsReason} - discards
+    assert set(REASONS) >= recorded
 
 
 def test_explain_attempt() -> None:

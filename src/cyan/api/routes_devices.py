@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from cyan.app import Actor, DeviceView
 from cyan.cloud.errors import InvalidInputError
-from cyan.keys import KeyFormatError, load_public_key, public_key_der
+from cyan.keys import KeyFormatError, device_public_key_der, is_ec_key
 
 from . import routes_updates, schemas
 from ._requests import app, body, require_actor
@@ -353,14 +353,18 @@ async def provision_key(request: Request, actor: Caller, device_id: str) -> sche
     """What `particle keys send` and `keys doctor` call (docs/keys.md "Who may do what")."""
     params = await body(request)
     product_id = _product_id(params.get("product_id"))
+    # `particle keys send` names the key's kind: "rsa" for Gen 2 (TCP), "ecc" for the Electron and Gen 3 (UDP).
     algorithm = str(params.get("algorithm", "rsa")).lower()
-    if algorithm != "rsa":
-        raise InvalidInputError(f"algorithm {algorithm[:16]!r}: Gen 2 devices use RSA keys", "algorithm")
+    if algorithm not in ("rsa", "ecc"):
+        raise InvalidInputError(f"algorithm {algorithm[:16]!r}: use rsa or ecc", "algorithm")
     pem = params.get("publicKey")
     if not isinstance(pem, str) or not pem.strip():
         raise InvalidInputError("publicKey (PEM) is required", "publicKey")
+    if is_ec_key(pem.encode()) != (algorithm == "ecc"):
+        kind = "an EC" if algorithm == "ecc" else "an RSA"
+        raise InvalidInputError(f"algorithm {algorithm} needs {kind} public key", "publicKey")
     try:
-        der = public_key_der(load_public_key(pem.encode()))
+        der = device_public_key_der(pem.encode())
     except KeyFormatError as exc:
         raise InvalidInputError(f"the public key cannot be used: {exc}", "publicKey") from None
     code = params.get("claim_code")

@@ -304,8 +304,8 @@ class FunctionCall(BaseModel):
 
 
 class KeyProvision(BaseModel):
-    publicKey: str = Field(description="The device's RSA public key, PEM")  # Particle's name
-    algorithm: Literal["rsa"] = "rsa"
+    publicKey: str = Field(description="The device's public key, PEM: RSA-1024 (algorithm rsa) or EC P-256 (ecc)")
+    algorithm: Literal["rsa", "ecc"] = "rsa"
     product_id: Omittable[int] = None
     claim_code: Omittable[str] = Field(
         default=None, description="A code issued for the device: provisions an ownerless one"

@@ -18,7 +18,7 @@ from cyan.cloud.errors import (
 )
 from cyan.cloud.models import AuditEntry, ClaimCode, DeviceRecord
 from cyan.cloud.ports import DeviceExistsError, Repositories
-from cyan.keys import KeyFormatError, check_device_public_key, fingerprint, load_public_key, public_key_der
+from cyan.keys import KeyFormatError, device_public_key_der, fingerprint
 
 from ._context import (
     AppContext,
@@ -67,14 +67,12 @@ class ClaimCodeIssued:
 
 
 def checked_device_key(der: bytes) -> tuple[bytes, str]:
-    """A device public key as stored (DER) and its fingerprint; `InvalidInputError` for a key no Gen 2
-    device can have."""
+    """A device public key as stored (DER) and its fingerprint; `InvalidInputError` for a key no device can
+    have. RSA-1024 (Gen 2 over TCP) and EC P-256 (the Electron and Gen 3 over UDP) are the two kinds."""
     try:
-        public = load_public_key(der)
-        check_device_public_key(public)
+        der = device_public_key_der(der)
     except KeyFormatError as exc:
         raise InvalidInputError(f"the public key cannot be used: {exc}", "publicKey") from None
-    der = public_key_der(public)
     return der, fingerprint(der)
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable
+from datetime import datetime
 from typing import Any
 
 from cyan.cloud.keypolicy import Decision, KeySituation, decide
-from cyan.cloud.models import AuditEntry, ConnectionAttempt, DeviceRecord, PendingKey
+from cyan.cloud.models import AuditEntry, ConnectionAttempt, DeviceRecord, PendingKey, UdpSession
 from cyan.cloud.ports import Repositories
 from cyan.cloud.service import Cloud, DeviceLink
 from cyan.protocol import Hello, SubscriptionScope
@@ -210,6 +211,20 @@ class DeviceGateway:
 
     def record_attempt(self, attempt: ConnectionAttempt) -> None:
         self.cloud.record_attempt(attempt)
+
+    # The UDP devices' DTLS sessions (`cyan.server.datagram_server.UdpSessionPort`): records of the server's
+    # own state, kept so that a restarted server resumes them; no one's decision, so no audit.
+
+    async def save_udp_session(self, session: UdpSession) -> None:
+        await self._ctx.store.udp_sessions.save(session)
+
+    async def udp_sessions(self, *, not_before: datetime) -> list[UdpSession]:
+        """The sessions saved since `not_before`; the older ones are deleted (their devices handshake again)."""
+        await self._ctx.store.udp_sessions.prune(before=not_before)
+        return await self._ctx.store.udp_sessions.all()
+
+    async def drop_udp_session(self, connection_id: bytes) -> None:
+        await self._ctx.store.udp_sessions.remove(connection_id)
 
     def session_started(
         self, link: DeviceLink, record: DeviceRecord, hello: Hello, *, quarantined: bool = False

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from cyan.app import Application, NewDevice
 from cyan.config import Settings
@@ -35,15 +36,18 @@ from cyan.keys import (
     addresses_of,
     build_server_key_file,
     check_server_public_key,
-    encode_public_key_pem,
     fingerprint,
     load_public_key,
     parse_server_key_file,
     public_key_der,
+    udp_public_key_der,
 )
 from cyan.service import open_application
 
 from ._local import operator
+
+#: A device's public key: RSA-1024 (Gen 2, TCP) or EC P-256 (Electron and Gen 3, UDP).
+DevicePublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
 __all__ = [
     "ApiRegistry",
@@ -101,7 +105,7 @@ class Registry(Protocol):
     def device_key(self, device_id: str) -> DeviceKey: ...
 
     def register(
-        self, device_id: str, public: rsa.RSAPublicKey, *, product_id: int | None = None, name: str | None = None
+        self, device_id: str, public: DevicePublicKey, *, product_id: int | None = None, name: str | None = None
     ) -> str:
         """Register (or replace) the device's public key; returns its fingerprint as the cloud stored it."""
         ...
@@ -168,15 +172,17 @@ class ApiRegistry:
         return DeviceKey(registered=bool(held), fingerprint=held or None)
 
     def register(
-        self, device_id: str, public: rsa.RSAPublicKey, *, product_id: int | None = None, name: str | None = None
+        self, device_id: str, public: DevicePublicKey, *, product_id: int | None = None, name: str | None = None
     ) -> str:
-        # The same form `particle keys send` posts (particle-cli.md §A.3).
+        # The same form `particle keys send` posts (particle-cli.md §A.3): "ecc" for a UDP device's P-256 key.
+        is_ec = isinstance(public, ec.EllipticCurvePublicKey)
+        pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         form = {
             "deviceID": device_id,
-            "publicKey": encode_public_key_pem(public).decode("ascii"),
+            "publicKey": pem.decode("ascii"),
             "order": f"manual_{int(time.time() * 1000)}",
             "filename": "cli",
-            "algorithm": "rsa",
+            "algorithm": "ecc" if is_ec else "rsa",
         }
         if product_id is not None:
             form["product_id"] = str(product_id)
@@ -245,10 +251,10 @@ class DataDirRegistry:
         return DeviceKey(registered=True, fingerprint=record.key_fingerprint)
 
     def register(
-        self, device_id: str, public: rsa.RSAPublicKey, *, product_id: int | None = None, name: str | None = None
+        self, device_id: str, public: DevicePublicKey, *, product_id: int | None = None, name: str | None = None
     ) -> str:
         runner, app = self._open()
-        der = public_key_der(public)
+        der = udp_public_key_der(public) if isinstance(public, ec.EllipticCurvePublicKey) else public_key_der(public)
         actor = operator()
         if runner.run(app.store.devices.get(device_id)) is None:
             new = NewDevice(device_id, der, name=name, product_id=product_id)

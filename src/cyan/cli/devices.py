@@ -18,7 +18,7 @@ from cyan.app import NewDevice
 from cyan.cloud.models import ConnectionAttempt, DeviceRecord
 from cyan.diagnose.gather import DEFAULT_PERIOD
 from cyan.diagnose.render import render_doctor, render_unidentified
-from cyan.keys import load_public_key, public_key_der
+from cyan.keys import device_public_key_der
 
 from . import updates
 from ._local import ActorOption, operator, run_local
@@ -34,14 +34,20 @@ app.command("updates")(updates.list_updates)
 @app.command("add")
 def add(
     device_id: Annotated[str, typer.Argument(help="The 24-hex-digit device id.")],
-    key: Annotated[Path, typer.Option("--key", help="The device key: DER or PEM, private or public.")],
+    key: Annotated[
+        Path,
+        typer.Option(
+            "--key",
+            help="The device key, DER or PEM, private or public: RSA-1024 (Gen 2) or EC P-256 (Electron, Gen 3).",
+        ),
+    ],
     name: Annotated[str | None, typer.Option("--name", help="A name to use instead of the id.")] = None,
     owner: Annotated[str | None, typer.Option("--owner", help="The user it belongs to (nobody yet).")] = None,
     actor: ActorOption = "operator",
     data_dir: DataDirOption = None,
 ) -> None:
     """Register a device with its public key, as `particle keys send` would (optionally straight to its owner)."""
-    der = public_key_der(load_public_key(key.read_bytes()))
+    der = device_public_key_der(key.read_bytes())
     new = NewDevice(device_id, der, name=name, owner=owner)
     (record,) = run_local(data_dir, lambda app: app.devices.register(operator(actor), [new]))
     named = f" ({record.name})" if record.name else ""

@@ -21,7 +21,7 @@ from typing import Annotated, NoReturn
 
 import typer
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from cyan.config import Settings
 from cyan.dfu import DfuDevice, DfuError, DfuUtil
@@ -36,6 +36,7 @@ from cyan.keys import (
     Layout,
     Platform,
     ServerAddress,
+    build_udp_server_key_file,
     check_device_public_key,
     encode_device_private_key,
     encode_public_key_pem,
@@ -44,8 +45,10 @@ from cyan.keys import (
     inspect_file,
     inspect_key_areas,
     inspect_private_key,
+    is_ec_key,
     is_firmware_parsable,
     key_layout,
+    load_ec_public_key,
     load_private_key,
     load_public_key,
     parse_server_key_file,
@@ -285,11 +288,24 @@ def _identity(data_dir: Path | None, server_key: Path | None) -> ServerIdentity:
 @app.command("server")
 def server(
     host: Annotated[str | None, typer.Option("--host", help="IPv4 address or domain devices connect to.")] = None,
-    port: Annotated[int | None, typer.Option("--port", help="Device port; without it the device uses 5683.")] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", help="Device port; without it the device uses 5683 (TCP) or 5684 (UDP).")
+    ] = None,
     core: Annotated[bool, typer.Option("--core", help="The Spark Core's 2048-byte layout.")] = False,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            "--protocol",
+            help="tcp: Photon/P1/Core (RSA, 512 bytes); udp: Electron and Gen 3 (EC P-256, 320 bytes).",
+        ),
+    ] = "tcp",
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write the file.")] = None,
     key: Annotated[
-        Path | None, typer.Option("--key", help="Server public key (DER/PEM) (the data dir's server_public_key.der).")
+        Path | None,
+        typer.Option(
+            "--key",
+            help="Server public key (DER/PEM) (the data dir's server_public_key.der, or udp_server_public_key.der).",
+        ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a different existing output file.")] = False,
     data_dir: DataDirOption = None,
@@ -297,8 +313,16 @@ def server(
     """Write the server-key file devices of this cloud need, byte for byte as `particle keys server` does.
 
     Photon/P1: 512 bytes for DCT 2082; Core (--core): 2048 bytes for external flash 0x1000 (protocol.md §11).
-    Without --host, the address this cloud publishes in its data directory is used.
+    Electron and Gen 3 (--protocol udp): 320 bytes for DCT 3298, the P-256 key with the address at 192 and the
+    port at 258. Without --host, the address this cloud publishes in its data directory is used.
     """
+    if protocol not in ("tcp", "udp"):
+        _fail(f"--protocol {protocol!r}: use tcp or udp")
+    if protocol == "udp":
+        if core:
+            _fail("--core is a TCP layout; the Spark Core has no UDP key file")
+        _udp_server_file(host, port, output, key, force, data_dir)
+        return
     identity = _identity(data_dir, key)
     layout = Layout.CORE if core else Layout.PHOTON
     try:
@@ -315,6 +339,34 @@ def server(
         f"Wrote {output} ({len(data)} bytes): server key {_short(identity.fingerprint)}, devices connect to {address}"
     )
     _echo(f"Write it to a device in DFU mode with: cyan keys load {output}   (goes to {target}, alt 1)")
+
+
+def _udp_server_file(
+    host: str | None, port: int | None, output: Path | None, key: Path | None, force: bool, data_dir: Path | None
+) -> None:
+    settings = Settings.from_env(data_dir=data_dir)
+    source = key or settings.udp_server_public_key_path
+    if not source.exists():
+        _fail(
+            f"no UDP server key: {source} does not exist",
+            "run `cyan serve` once to create it, pass --data-dir, or give the key with --key",
+        )
+    try:
+        public = load_ec_public_key(source.read_bytes())
+    except KeyFormatError as exc:
+        _fail(f"{source}: {exc}", "the UDP server key is an EC P-256 key (udp_server_public_key.der)")
+    if host is None:
+        host = settings.public_address
+    try:
+        data = build_udp_server_key_file(public, host, port)
+    except KeyFormatError as exc:
+        _fail(str(exc))
+    if output is None:
+        output = Path(f"{source.stem}-{host.replace('.', '_')}-ec.der")
+    _write_public(output, data, force=force)
+    where = f"{host}:{port}" if port is not None else f"{host} (port 5684)"
+    _echo(f"Wrote {output} ({len(data)} bytes): server key {_short(fingerprint(public))}, devices connect to {where}")
+    _echo("It goes to DCT offset 3298 (alt 1) of an Electron or Gen 3 device in DFU mode.")
 
 
 @app.command("address")
@@ -459,10 +511,16 @@ def send(
     token: TokenOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Register a device's public key with a Cyan cloud (what `particle keys send` does)."""
+    """Register a device's public key with a Cyan cloud (what `particle keys send` does): RSA-1024 for Gen 2,
+    EC P-256 for the Electron and Gen 3."""
     device_id = _device_id(device_id)
-    public = load_public_key(file.read_bytes())
-    check_device_public_key(public)
+    data = file.read_bytes()
+    public: rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+    if is_ec_key(data):
+        public = load_ec_public_key(data)
+    else:
+        public = load_public_key(data)
+        check_device_public_key(public)
     registry = _registry(api, token, data_dir)
     try:
         held = registry.register(device_id, public, product_id=product_id)

@@ -26,6 +26,13 @@ def serve(
     device_port: Annotated[
         int | None, typer.Option("--device-port", help="Port for devices (env CYAN_DEVICE_PORT; 5683).")
     ] = None,
+    device_udp_port: Annotated[
+        str | None,
+        typer.Option(
+            "--device-udp-port",
+            help="UDP port for Electron and Gen 3 devices (DTLS); -1 or off: none (env CYAN_DEVICE_UDP_PORT; 5684).",
+        ),
+    ] = None,
     api_host: Annotated[
         str | None, typer.Option("--api-host", help="Listen address of the HTTP API (env CYAN_API_HOST; 0.0.0.0).")
     ] = None,
@@ -66,11 +73,12 @@ def serve(
         ),
     ] = False,
 ) -> None:
-    """Run the device server (TCP 5683) and the Cloud API (HTTP 8080); every connection attempt is recorded."""
+    """Run the device servers (TCP 5683, UDP 5684) and the Cloud API (HTTP 8080), recording every attempt."""
     settings = Settings.from_env(
         data_dir=data_dir,
         device_host=device_host,
         device_port=device_port,
+        device_udp_port=_udp_port(device_udp_port),
         api_host=api_host,
         api_port=api_port,
         public_address=public_address,
@@ -84,6 +92,17 @@ def serve(
     file_limit = ensure_file_limit()
     service = Service(settings, keys)
     asyncio.run(service.run(functools.partial(_print_banner, file_limit=file_limit)))
+
+
+def _udp_port(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if value.strip().lower() == "off":
+        return -1
+    try:
+        return int(value)
+    except ValueError:
+        raise typer.BadParameter(f"a port number, -1 or off; not {value!r}", param_hint="--device-udp-port") from None
 
 
 #: Where a cloud's data was kept by default before the per-user directory: relative to where it was started.
@@ -129,6 +148,19 @@ def _print_banner(service: Service, *, file_limit: int) -> None:
         "  Register each device's public key before it connects:",
         f"    cyan devices add DEVICE_ID --key DEVICE_KEY_FILE [--owner EMAIL] --data-dir {data}",
         "",
+    ]
+    udp = service.udp_server
+    if udp is not None and service.udp_server_key_file is not None:
+        lines += [
+            f"UDP devices (Electron, Argon, Boron, ...; DTLS 1.2) connect to {s.public_address}:{udp.port} "
+            f"(listening on {s.device_host}:{udp.port}).",
+            "  Their 320-byte server key file, for DCT offset 3298:",
+            f"    {service.udp_server_key_file.resolve()}",
+            f"  or make one: cyan keys server --protocol udp --data-dir {data}",
+            "  Register each device's P-256 public key before it connects (as for TCP devices).",
+            "",
+        ]
+    lines += [
         "Every connection attempt is recorded: cyan devices attempts [DEVICE_ID]",
         _capacity_line(s, file_limit),
         "",

@@ -15,7 +15,14 @@ import typer
 from cyan.app import Application, NewDevice
 from cyan.cloud.errors import AlreadyExistsError
 from cyan.config import Settings
-from cyan.keys import public_key_der
+from cyan.keys import (
+    encode_ec_private_key_der,
+    generate_ec_key,
+    load_ec_private_key,
+    load_ec_public_key,
+    public_key_der,
+    udp_public_key_der,
+)
 from cyan.protocol import DEVICE_OS_0_6_1, DEVICE_OS_3_1_0, Firmware
 from cyan.service import open_application
 from cyan.sim import (
@@ -23,6 +30,9 @@ from cyan.sim import (
     Fleet,
     FleetStats,
     SimConfig,
+    UdpFaults,
+    UdpVirtualDevice,
+    derive_device_id,
     ensure_file_limit,
     firmware_for,
     read_server_key,
@@ -41,7 +51,21 @@ def _firmware(choice: str) -> Firmware | list[Firmware]:
 
 def sim(
     count: Annotated[int, typer.Option("--count", "-n", min=1, help="How many devices.")] = 10,
-    server: Annotated[str, typer.Option("--server", help="HOST:PORT of the device server.")] = "127.0.0.1:5683",
+    server: Annotated[
+        str | None,
+        typer.Option("--server", help="HOST:PORT of the device server (127.0.0.1:5683; UDP: 127.0.0.1:5684)."),
+    ] = None,
+    protocol: Annotated[
+        str,
+        typer.Option("--protocol", help="tcp: Photons on 3.1.0/0.6.1; udp: Argons on Device OS 4.0.2 (DTLS)."),
+    ] = "tcp",
+    loss: Annotated[float, typer.Option("--loss", help="UDP: the share of datagrams lost, each way.")] = 0.0,
+    duplicate: Annotated[float, typer.Option("--duplicate", help="UDP: the share of datagrams sent twice.")] = 0.0,
+    reorder: Annotated[float, typer.Option("--reorder", help="UDP: the share of datagrams overtaken.")] = 0.0,
+    move_after: Annotated[
+        float | None,
+        typer.Option("--move-after", help="UDP: change every device's address this many seconds in (NAT rebinding)."),
+    ] = None,
     server_key: Annotated[
         Path | None,
         typer.Option("--server-key", help="The server's public key or key file (the data directory's)."),
@@ -95,8 +119,17 @@ def sim(
     ] = False,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Run virtual Photons/P1s that behave like the real firmware, optionally with a fault."""
+    """Run virtual devices that behave like the real firmware, optionally with a fault: Photons/P1s over TCP,
+    or Argons over UDP (--protocol udp) with datagram loss, duplication, reordering and address changes."""
     settings = Settings.from_env(data_dir=data_dir)
+    if protocol not in ("tcp", "udp"):
+        raise typer.BadParameter(f"{protocol!r}: tcp or udp", param_hint="--protocol")
+    if protocol == "udp":
+        faults = UdpFaults(loss=loss, duplicate=duplicate, reorder=reorder)
+        target = server or "127.0.0.1:5684"
+        _sim_udp(settings, count, target, server_key, keys_dir, id_prefix, owner, faults, move_after, duration)
+        return
+    server = server or "127.0.0.1:5683"
     key_path = server_key or settings.server_public_key_path
     public, _address = read_server_key(key_path.read_bytes())
     host, _, port_text = server.rpartition(":")
@@ -142,6 +175,94 @@ def sim(
     asyncio.run(_run(fleet, host, int(port_text), ramp, duration))
     for line in _explain(fleet.stats(), chosen_fault):
         typer.echo(line)
+
+
+def _sim_udp(
+    settings: Settings,
+    count: int,
+    server: str,
+    server_key: Path | None,
+    keys_dir: Path | None,
+    id_prefix: str,
+    owner: str | None,
+    faults: UdpFaults,
+    move_after: float | None,
+    duration: float | None,
+) -> None:
+    host, _, port_text = server.rpartition(":")
+    if not host or not port_text.isdigit():
+        raise typer.BadParameter(f"{server!r} is not HOST:PORT", param_hint="--server")
+    public = load_ec_public_key((server_key or settings.udp_server_public_key_path).read_bytes())
+    directory = keys_dir or settings.data_dir / "sim-keys-udp"
+    directory.mkdir(parents=True, exist_ok=True)
+    devices = []
+    for index in range(count):
+        device_id = derive_device_id(index, seed="cyan-sim-udp", prefix=id_prefix)
+        path = directory / f"{device_id}.der"
+        if not path.exists():
+            path.write_bytes(encode_ec_private_key_der(generate_ec_key()))
+            path.chmod(0o600)
+        key = load_ec_private_key(path.read_bytes())
+        devices.append(UdpVirtualDevice(bytes.fromhex(device_id), key, public, faults=faults))
+    added = asyncio.run(_register_udp(settings, devices, owner))
+    typer.echo(f"Registered {added} new UDP device(s) in {settings.database_path}")
+    asyncio.run(_run_udp(devices, host, int(port_text), move_after, duration))
+
+
+async def _register_udp(settings: Settings, devices: list[UdpVirtualDevice], owner: str | None) -> int:
+    actor = operator("cyan sim")
+    async with open_application(settings) as app:
+        new = []
+        for device in devices:
+            der = udp_public_key_der(device.device_key)
+            existing = await app.store.devices.get(device.device_id.hex())
+            if existing is None:
+                new.append(NewDevice(device.device_id.hex(), der, owner=owner))
+            elif existing.public_key_der != der:
+                await app.keys.provision(actor, device.device_id.hex(), der)
+        await app.devices.register(actor, new)
+        return len(new)
+
+
+async def _run_udp(
+    devices: list[UdpVirtualDevice], host: str, port: int, move_after: float | None, duration: float | None
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    if duration is not None:
+        loop.call_later(duration, stop.set)
+    for device in devices:
+        await device.start(host, port)
+    typer.echo(f"Simulating {len(devices)} UDP device(s) against {host}:{port}; Ctrl-C stops.")
+
+    async def move_all() -> None:
+        assert move_after is not None
+        await asyncio.sleep(move_after)
+        for device in devices:
+            await device.move()
+        typer.echo(f"Moved {len(devices)} device(s) to new addresses")
+
+    mover = asyncio.create_task(move_all()) if move_after is not None else None
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=2.0)
+            up = sum(d.connected.is_set() for d in devices)
+            sent = sum(d.datagrams_sent for d in devices)
+            lost = sum(d.datagrams_dropped for d in devices)
+            typer.echo(f"{up}/{len(devices)} connected; {sent} datagrams sent, {lost} dropped by the fault")
+    finally:
+        if mover is not None:
+            mover.cancel()
+        for device in devices:
+            await device.stop()
+    failures = [d.failure for d in devices if d.failure]
+    typer.echo(f"Stopped. {sum(d.connected.is_set() for d in devices)}/{len(devices)} were connected.")
+    for failure in failures[:5]:
+        typer.echo(f"  failure: {failure}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ __all__ = [
     "PendingKey",
     "RekeyWindow",
     "Role",
+    "UdpSession",
     "UpdateJob",
     "User",
     "Variable",
@@ -48,7 +49,8 @@ class DeviceRecord:
     id: str  # 24 lowercase hex characters (protocol.md §2.1)
     name: str | None = None
     owner: str | None = None
-    #: SubjectPublicKeyInfo DER of the device's RSA-1024 public key; None until provisioned.
+    #: SubjectPublicKeyInfo DER of the device's public key (RSA-1024, or EC P-256 for a UDP device); None until
+    #: provisioned.
     public_key_der: bytes | None = None
     #: `cyan.keys.fingerprint` of that key.
     key_fingerprint: str | None = None
@@ -410,6 +412,21 @@ class VitalsRecord:
     updated_at: datetime
     payload: dict[str, Any]
     id: int | None = None
+
+
+@dataclass(slots=True)
+class UdpSession:
+    """A UDP device's DTLS session, kept so that the device resumes it with no handshake, after a restart of
+    the server too (docs/dtls.md): Device OS may resume with no Hello, so who it was is kept with it."""
+
+    #: The 8-byte connection id the server assigned: the key.
+    connection_id: bytes
+    #: `cyan.dtls.Session.encode()`: keys, counters, the replay window, the device's public key.
+    session: bytes
+    updated_at: datetime
+    device_id: str | None = None
+    #: The payload of the Hello the device last said (`cyan.protocol.messages.Hello.encode()`).
+    hello: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

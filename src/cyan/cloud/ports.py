@@ -35,6 +35,7 @@ from .models import (
     PendingKey,
     RefreshToken,
     RekeyWindow,
+    UdpSession,
     UpdateJob,
     User,
     VitalsRecord,
@@ -60,6 +61,7 @@ __all__ = [
     "Sessions",
     "Store",
     "StoreUnavailableError",
+    "UdpSessionRepository",
     "UpdateRepository",
     "UserExistsError",
     "VitalsRepository",
@@ -335,6 +337,23 @@ class VitalsRepository(Protocol):
         """Delete the records from before `before`; how many."""
 
 
+class UdpSessionRepository(Protocol):
+    """The UDP devices' DTLS sessions, by connection id, so that a restarted server resumes them."""
+
+    async def save(self, session: UdpSession) -> None:
+        """Add it, or replace the one with its connection id."""
+
+    async def get(self, connection_id: bytes) -> UdpSession | None: ...
+
+    async def all(self) -> list[UdpSession]:
+        """Every session (a server loads them when it starts)."""
+
+    async def remove(self, connection_id: bytes) -> bool: ...
+
+    async def prune(self, *, before: datetime) -> int:
+        """Delete the sessions not saved since `before`; how many."""
+
+
 class Repositories(Protocol):
     """Every repository, over one connection: a transaction, or the store's own per-call access."""
 
@@ -361,6 +380,9 @@ class Repositories(Protocol):
 
     @property
     def vitals(self) -> VitalsRepository: ...
+
+    @property
+    def udp_sessions(self) -> UdpSessionRepository: ...
 
 
 class Store(Repositories, Protocol):

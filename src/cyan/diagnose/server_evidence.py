@@ -229,7 +229,104 @@ _REASONS = (
         "Report it: legacy devices accept only empty ACKs and the replies they asked for.",
     ),
 )
-REASONS: dict[str, ReasonInfo] = {r.reason: r for r in _REASONS}
+#: The UDP device server's DTLS failures (`cyan.dtls.Reason`, docs/dtls.md); the others it shares with TCP.
+_DTLS_REASONS = (
+    ReasonInfo(
+        "alert_received",
+        "The device ended the DTLS handshake with an alert. Most often it holds another server key: the "
+        "ServerKeyExchange signature did not verify with the key it pins (Particle's, or another server's).",
+        "C5",
+        "wrong_server_key",
+        "Write this server's 320-byte UDP key file to the device over DFU (`cyan keys server --protocol udp`).",
+    ),
+    ReasonInfo(
+        "bad_signature",
+        "The device's CertificateVerify did not verify with the public key it presented: its key data is damaged.",
+        "C6",
+        "corrupt_private_key",
+        "Give the device a sound P-256 key pair (`particle keys doctor` over DFU) and register it.",
+    ),
+    ReasonInfo(
+        "bad_certificate",
+        "The device presented a key that is not an EC P-256 raw public key.",
+        "C6",
+        "corrupt_private_key",
+        "Give the device a sound P-256 key pair (`particle keys doctor` over DFU) and register it.",
+    ),
+    ReasonInfo(
+        "bad_finished",
+        "The DTLS handshake's Finished message did not verify: the two sides derived different keys.",
+        None,
+        None,
+        "If it repeats, capture the device log and the server log.",
+    ),
+    ReasonInfo(
+        "timeout",
+        "A DTLS handshake stopped half-way: the device's next flight never came after every retransmission "
+        "(datagrams lost, a NAT that dropped the mapping, or a device that gave up or restarted).",
+        "C4",
+        "stalled",
+        "If it is a device of yours, check the network path (UDP 5684 both ways) between it and the server.",
+    ),
+    ReasonInfo(
+        "decision_timeout",
+        "The server took too long to accept the device's DTLS key (it was overloaded).",
+        None,
+        None,
+        "Check the server's load and log; the device retries by itself.",
+    ),
+    ReasonInfo(
+        "unsupported_suite",
+        "The client does not offer TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8: not a Particle device (a scanner, another "
+        "DTLS client).",
+        None,
+        None,
+        "Nothing to do for a device of yours; block the address if it keeps at it.",
+    ),
+    ReasonInfo(
+        "unsupported_certificate_type",
+        "The client does not offer raw public keys (RFC 7250): not a Particle device.",
+        None,
+        None,
+        "Nothing to do for a device of yours; block the address if it keeps at it.",
+    ),
+    ReasonInfo(
+        "unsupported_curve",
+        "The client does not offer the P-256 curve: not a Particle device.",
+        None,
+        None,
+        "Nothing to do for a device of yours; block the address if it keeps at it.",
+    ),
+    ReasonInfo(
+        "unsupported_version",
+        "The client does not speak DTLS 1.2: not a Particle device.",
+        None,
+        None,
+        "Nothing to do for a device of yours; block the address if it keeps at it.",
+    ),
+    ReasonInfo(
+        "bad_key_exchange",
+        "The device's ECDHE point was not a point on P-256: its DTLS stack is broken, or it is not a device.",
+        None,
+        None,
+        "If it is a device of yours, capture the device log and the server log.",
+    ),
+    ReasonInfo(
+        "unsupported_extension",
+        "The client sent a DTLS extension Particle's profile refuses: not a Particle device.",
+        None,
+        None,
+        "Nothing to do for a device of yours; block the address if it keeps at it.",
+    ),
+    ReasonInfo(
+        "too_large",
+        "The client sent a DTLS message or record larger than any of Particle's profile.",
+        None,
+        None,
+        "If it is a device of yours, capture the device log and the server log.",
+    ),
+)
+REASONS: dict[str, ReasonInfo] = {r.reason: r for r in (*_REASONS, *_DTLS_REASONS)}
 
 
 def host_of(address: str | None) -> str:

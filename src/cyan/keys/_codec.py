@@ -15,14 +15,16 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ._der import outer_sequence, parse_pkcs1_private
+from ._ecc import is_ec_key, load_ec_public_key, udp_public_key_der
 from ._errors import DEVICE_KEY_BITS, PUBLIC_EXPONENT, SERVER_KEY_BITS, KeyFormatError
 
 __all__ = [
     "check_device_public_key",
     "check_server_public_key",
+    "device_public_key_der",
     "encode_private_key_pem",
     "encode_public_key_pem",
     "fingerprint",
@@ -228,15 +230,39 @@ def _as_public(key: rsa.RSAPublicKey | rsa.RSAPrivateKey) -> rsa.RSAPublicKey:
     return key.public_key() if isinstance(key, rsa.RSAPrivateKey) else key
 
 
-def fingerprint(key: rsa.RSAPublicKey | rsa.RSAPrivateKey | bytes) -> str:
+def fingerprint(
+    key: rsa.RSAPublicKey | rsa.RSAPrivateKey | ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey | bytes,
+) -> str:
     """Stable identifier of a public key: ``"SHA256:"`` + 64 lowercase hex digits.
 
     The digest is SHA-256 over the SubjectPublicKeyInfo DER of the public key (the same bytes
     :func:`public_key_der` returns), so a private key, its public key and every file form of either have
-    the same fingerprint. ``bytes`` are first loaded with :func:`load_public_key`.
+    the same fingerprint. ``bytes`` are first loaded with :func:`load_public_key`, or as an EC P-256 key
+    (the UDP fleet's, udp-dtls.md §1.2) when they hold one.
     """
-    public = load_public_key(key) if isinstance(key, bytes) else _as_public(key)
-    return "SHA256:" + hashlib.sha256(public_key_der(public)).hexdigest()
+    if isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey):
+        der = udp_public_key_der(key)
+    elif isinstance(key, bytes):
+        try:
+            der = public_key_der(load_public_key(key))
+        except KeyFormatError:
+            if not is_ec_key(key):
+                raise
+            der = udp_public_key_der(load_ec_public_key(key))
+    else:
+        der = public_key_der(_as_public(key))
+    return "SHA256:" + hashlib.sha256(der).hexdigest()
+
+
+def device_public_key_der(data: bytes) -> bytes:
+    """The SubjectPublicKeyInfo DER of a device key any Particle device can hold: RSA-1024 with e=65537
+    (Gen 2 over TCP, protocol.md §2.2) or EC P-256 (the Electron and Gen 3 over UDP, udp-dtls.md §1.2), from
+    any public or private key form the loaders read. Raises :class:`KeyFormatError` otherwise."""
+    if is_ec_key(data):
+        return udp_public_key_der(load_ec_public_key(data))
+    public = load_public_key(data)
+    check_device_public_key(public)
+    return public_key_der(public)
 
 
 def _check(key: rsa.RSAPublicKey | rsa.RSAPrivateKey, role: str, bits: int, section: str) -> None:

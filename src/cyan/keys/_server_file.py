@@ -14,10 +14,16 @@ from typing import Literal
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ._codec import check_server_public_key, fingerprint, public_key_der
 from ._der import outer_sequence
+from ._ecc import (
+    UDP_SERVER_KEY_ADDRESS_OFFSET,
+    UDP_SERVER_KEY_FILE_SIZE,
+    UDP_SERVER_KEY_PORT_OFFSET,
+    udp_public_key_der,
+)
 from ._errors import PUBLIC_EXPONENT, SERVER_KEY_BITS, KeyFormatError, ServerAddressError
 
 __all__ = [
@@ -30,6 +36,7 @@ __all__ = [
     "ServerAddress",
     "ServerKeyFile",
     "build_server_key_file",
+    "build_udp_server_key_file",
     "is_particle_cloud_server_key",
     "parse_server_key_file",
     "read_firmware_server_key",
@@ -252,6 +259,31 @@ def build_server_key_file(
                 "'not set' and replaced with 5683, protocol.md §1)"
             )
         buf[layout.port_offset : layout.port_offset + 2] = port.to_bytes(2, "big")
+    return bytes(buf)
+
+
+def build_udp_server_key_file(
+    key: ec.EllipticCurvePublicKey, host: str | None = None, port: int | None = None
+) -> bytes:
+    """The 320-byte UDP server-key file exactly as ``particle keys server`` writes it for a UDP device
+    (particle-cli ``_formatPublicKey`` with the ``udpServerKey`` spec, udp-dtls.md §1.2): the 91-byte P-256
+    SubjectPublicKeyInfo at 0, 0xFF fill, the address TLV at 192 and, when given, the big-endian port at 258.
+    The same address rules and checks as :func:`build_server_key_file`. (Device OS ignores the stored port
+    on UDP and uses 5684, or the app's ``spark_cloud_udp_port_set``; the CLI writes it all the same.)"""
+    der = udp_public_key_der(key)
+    buf = bytearray(der + b"\xff" * (UDP_SERVER_KEY_FILE_SIZE - len(der)))
+    if host is None:
+        if port is not None:
+            raise KeyFormatError(
+                "a port was given without a host; the Particle CLI stores a port only together with an address"
+            )
+        return bytes(buf)
+    block = _encode_address(host)
+    buf[UDP_SERVER_KEY_ADDRESS_OFFSET : UDP_SERVER_KEY_ADDRESS_OFFSET + len(block)] = block
+    if port is not None:
+        if isinstance(port, bool) or not 1 <= port <= _UNSET_PORT - 1:
+            raise KeyFormatError(f"port {port!r} cannot be stored: use 1..65534")
+        buf[UDP_SERVER_KEY_PORT_OFFSET : UDP_SERVER_KEY_PORT_OFFSET + 2] = port.to_bytes(2, "big")
     return bytes(buf)
 
 

@@ -16,6 +16,8 @@ __all__ = ["Role", "State", "StateMachine", "Trigger"]
 class Role(enum.Enum):
     SERVER = "server"
     DEVICE = "device"
+    #: The server of a UDP device: DTLS authenticated the key already, and the identity comes in the Hello.
+    DATAGRAM_SERVER = "datagram_server"
 
 
 class State(enum.Enum):
@@ -43,6 +45,13 @@ _TRANSITIONS: dict[Role, dict[tuple[State, Trigger], State]] = {
         (State.AWAIT_DECISION, Trigger.ACCEPTED): State.AWAIT_HELLO,
         (State.AWAIT_HELLO, Trigger.HELLO_RECEIVED): State.CONNECTED,
     },
+    # The same states as the TCP server's, reached by other means: AWAIT_IDENTITY waits for the Hello that
+    # names the device, AWAIT_HELLO is passed through once the key is accepted (datagram.py).
+    Role.DATAGRAM_SERVER: {
+        (State.AWAIT_IDENTITY, Trigger.IDENTITY_RECEIVED): State.AWAIT_DECISION,
+        (State.AWAIT_DECISION, Trigger.ACCEPTED): State.AWAIT_HELLO,
+        (State.AWAIT_HELLO, Trigger.HELLO_RECEIVED): State.CONNECTED,
+    },
     Role.DEVICE: {
         (State.AWAIT_NONCE, Trigger.NONCE_RECEIVED): State.AWAIT_SESSION_KEY,
         (State.AWAIT_SESSION_KEY, Trigger.SESSION_KEY_RECEIVED): State.AWAIT_HELLO,
@@ -53,6 +62,12 @@ _TRANSITIONS: dict[Role, dict[tuple[State, Trigger], State]] = {
 _STEPS: dict[Role, dict[State, Step]] = {
     Role.SERVER: {
         State.AWAIT_IDENTITY: Step.NONCE,
+        State.AWAIT_DECISION: Step.IDENTITY,
+        State.AWAIT_HELLO: Step.HELLO,
+        State.CONNECTED: Step.SESSION,
+    },
+    Role.DATAGRAM_SERVER: {
+        State.AWAIT_IDENTITY: Step.HELLO,
         State.AWAIT_DECISION: Step.IDENTITY,
         State.AWAIT_HELLO: Step.HELLO,
         State.CONNECTED: Step.SESSION,
@@ -71,7 +86,7 @@ class StateMachine:
 
     def __init__(self, role: Role) -> None:
         self.role = role
-        self.state = State.AWAIT_IDENTITY if role is Role.SERVER else State.AWAIT_NONCE
+        self.state = State.AWAIT_NONCE if role is Role.DEVICE else State.AWAIT_IDENTITY
         self._step = _STEPS[role][self.state]
 
     @property

@@ -182,8 +182,8 @@ class DeviceConnection(BaseConnection):
     def __init__(
         self,
         device_id: bytes,
-        device_key: rsa.RSAPrivateKey,
-        server_public_key: rsa.RSAPublicKey,
+        device_key: rsa.RSAPrivateKey | None,
+        server_public_key: rsa.RSAPublicKey | None,
         now: float,
         *,
         firmware: Firmware = DEVICE_OS_3_1_0,
@@ -324,6 +324,9 @@ class DeviceConnection(BaseConnection):
             self._machine.advance(Trigger.CLOSE)
 
     def _on_nonce(self, nonce: bytes, now: float) -> None:
+        # The RSA keys are None only in the UDP device role (datagram.py), which has no RSA handshake.
+        assert self._device_key is not None
+        assert self._server_public_key is not None
         public_der = None
         if self.config.send_public_key:
             public_der = self._device_key.public_key().public_bytes(
@@ -334,6 +337,8 @@ class DeviceConnection(BaseConnection):
         self._deadline = now + self.config.handshake_step_timeout
 
     def _on_session_key(self, answer: bytes, now: float) -> None:
+        assert self._device_key is not None
+        assert self._server_public_key is not None
         try:
             raw = open_session_key_message(self._device_key, self._server_public_key, answer)
         except HandshakeError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import enum
 import itertools
 import logging
 import os
@@ -67,7 +68,7 @@ from cyan.protocol.handshake import private_decrypt, private_sign
 from cyan.protocol.messages import DescribeFlags, decode_describe, decode_metrics
 from cyan.tasks import TaskSet
 
-__all__ = ["AddressLimits", "CloudPort", "DeviceProtocol", "DeviceServer"]
+__all__ = ["AddressLimits", "CloudPort", "DeviceProtocol", "DeviceServer", "LinkHost"]
 
 log = logging.getLogger("cyan.server")
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
@@ -173,6 +174,27 @@ class CloudPort(Protocol):
     ) -> None: ...
 
 
+class LinkHost(Protocol):
+    """What a device link asks of the server that holds it: the TCP `DeviceServer`, or the UDP
+    `cyan.server.datagram_server.DatagramServer`, whose links share all of `DeviceProtocol` but its stream."""
+
+    @property
+    def cloud(self) -> CloudPort: ...
+
+    @property
+    def config(self) -> ServerConfig: ...
+
+    @property
+    def ota_config(self) -> OtaConfig: ...
+
+    def spawn(self, work: Awaitable[None], what: str) -> None: ...
+
+    def forget(self, link: DeviceProtocol) -> None:
+        """The link has ended: drop it from the server's connections."""
+
+    def run_private_key_operation(self, needed: PrivateKeyOperationNeeded, callback: _KeyCallback) -> None: ...
+
+
 class DeviceProtocol(asyncio.Protocol):
     """One device socket: the protocol core's connection, and the `DeviceLink` the cloud drives."""
 
@@ -208,7 +230,7 @@ class DeviceProtocol(asyncio.Protocol):
         "peer_address",
     )
 
-    def __init__(self, server: DeviceServer) -> None:
+    def __init__(self, server: LinkHost) -> None:
         self._server = server
         self._cloud = server.cloud
         self._id = next(_connection_ids)
@@ -267,6 +289,8 @@ class DeviceProtocol(asyncio.Protocol):
         self._started_at = time.time()
         host = peer[0] if isinstance(peer, tuple) else self.peer_address
         server = self._server
+        # A stream connection is made by the TCP server only; a UDP link never gets here.
+        assert isinstance(server, DeviceServer)
         if not server.admit(host, self._started):
             limits = server.address_limits
             self._refuse(
@@ -283,8 +307,8 @@ class DeviceProtocol(asyncio.Protocol):
         self._in_handshake = True
         server._connections[self._id] = self
         # With key workers the core asks for its two RSA private-key operations instead of doing them here.
-        server_key = None if self._server.key_workers else self._server.server_key
-        self._conn = ServerConnection(server_key, self._started, config=self._server.config)
+        server_key = None if server.key_workers else server.server_key
+        self._conn = ServerConnection(server_key, self._started, config=server.config)
         self._flush()
 
     def _refuse(self, reason: str, detail: str) -> None:
@@ -307,7 +331,10 @@ class DeviceProtocol(asyncio.Protocol):
     def _handshake_over(self) -> None:
         if self._in_handshake:
             self._in_handshake = False
-            self._server.end_handshake()
+            server = self._server
+            # Only the TCP server bounds handshakes (`_in_handshake` is set there alone).
+            assert isinstance(server, DeviceServer)
+            server.end_handshake()
 
     def data_received(self, data: bytes) -> None:
         if _QUICKACK is not None and self._socket is not None:
@@ -358,7 +385,7 @@ class DeviceProtocol(asyncio.Protocol):
             if not future.done():
                 future.set_exception(ConnectionError(f"device {self.device_id} disconnected"))
         self._pending.clear()
-        self._server._connections.pop(self._id, None)
+        self._server.forget(self)
 
     # -- core plumbing --------------------------------------------------------------------------
 
@@ -528,7 +555,9 @@ class DeviceProtocol(asyncio.Protocol):
 
     # -- ending ---------------------------------------------------------------------------------
 
-    def _record_attempt(self, outcome: AttemptOutcome, step: Step, reason: Reason | None, detail: str | None) -> None:
+    def _record_attempt(
+        self, outcome: AttemptOutcome, step: enum.StrEnum, reason: enum.StrEnum | None, detail: str | None
+    ) -> None:
         if self._attempt_recorded:
             return
         self._attempt_recorded = True
@@ -979,6 +1008,9 @@ class DeviceServer:
             callback(RuntimeError("the device server is stopping"))
             return
         pool.submit(callback, needed.operation, needed.data)
+
+    def forget(self, link: DeviceProtocol) -> None:
+        self._connections.pop(link.connection_id, None)
 
     def admit(self, host: str, now: float) -> bool:
         """Whether a new connection from `host` is within its address's limit."""

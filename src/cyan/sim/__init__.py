@@ -42,6 +42,7 @@ from ._spec import (
     derive_device_id,
     firmware_for,
 )
+from ._udp import UdpFaults, UdpVirtualDevice, default_udp_application
 
 __all__ = [
     "FIRMWARES",
@@ -58,11 +59,14 @@ __all__ = [
     "ReceivedEvent",
     "SimAttempt",
     "SimConfig",
+    "UdpFaults",
+    "UdpVirtualDevice",
     "VirtualDevice",
     "VirtualDeviceSpec",
     "backoff_delay",
     "check_image",
     "corrupt_device_key",
+    "default_udp_application",
     "derive_device_id",
     "describe_modules",
     "ensure_file_limit",

@@ -32,6 +32,7 @@ from cyan.cloud.models import (
     PendingKey,
     RefreshToken,
     RekeyWindow,
+    UdpSession,
     UpdateJob,
     User,
     VitalsRecord,
@@ -84,6 +85,7 @@ class _State:
     integrations: dict[str, Integration] = field(default_factory=dict)
     deliveries: list[HookDelivery] = field(default_factory=list)
     vitals: list[VitalsRecord] = field(default_factory=list)
+    udp_sessions: dict[bytes, UdpSession] = field(default_factory=dict)
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
 
@@ -824,6 +826,46 @@ class _Vitals(_Part):
         return await self._g.write(work)
 
 
+class _UdpSessions:
+    def __init__(self, guard: _Guard) -> None:
+        self._g = guard
+
+    async def save(self, session: UdpSession) -> None:
+        _aware(session.updated_at, "updated_at")
+        stored = copy.deepcopy(session)
+        if stored.device_id:
+            stored.device_id = stored.device_id.lower()
+
+        def work() -> None:
+            self._g.state.udp_sessions[stored.connection_id] = stored
+
+        await self._g.write(work)
+
+    async def get(self, connection_id: bytes) -> UdpSession | None:
+        return await self._g.read(lambda: copy.deepcopy(self._g.state.udp_sessions.get(connection_id)))
+
+    async def all(self) -> list[UdpSession]:
+        def work() -> list[UdpSession]:
+            return copy.deepcopy(sorted(self._g.state.udp_sessions.values(), key=lambda s: s.updated_at))
+
+        return await self._g.read(work)
+
+    async def remove(self, connection_id: bytes) -> bool:
+        return await self._g.write(lambda: self._g.state.udp_sessions.pop(connection_id, None) is not None)
+
+    async def prune(self, *, before: datetime) -> int:
+        _aware(before, "before")
+
+        def work() -> int:
+            state = self._g.state
+            doomed = [k for k, v in state.udp_sessions.items() if v.updated_at < before]
+            for key in doomed:
+                del state.udp_sessions[key]
+            return len(doomed)
+
+        return await self._g.write(work)
+
+
 class _Repositories:
     def __init__(self, guard: _Guard) -> None:
         self.devices = _Devices(guard)
@@ -834,6 +876,7 @@ class _Repositories:
         self.audit = _Audit(guard)
         self.integrations = _Integrations(guard)
         self.vitals = _Vitals(guard)
+        self.udp_sessions = _UdpSessions(guard)
 
 
 class MemoryStore(_Repositories):

@@ -45,6 +45,7 @@ __all__ = [
     "pending_keys",
     "refresh_tokens",
     "rekey_windows",
+    "udp_sessions",
     "update_jobs",
     "users",
 ]
@@ -343,6 +344,17 @@ hook_deliveries = Table(
     Column("duration", Float),
     Column("error", Text),
     Index(None, "integration_id", "id"),
+)
+
+udp_sessions = Table(
+    "udp_sessions",
+    metadata,
+    Column("connection_id", LargeBinary(255), primary_key=True),
+    Column("session", LargeBinary, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("device_id", String(64)),
+    Column("hello", LargeBinary),
+    Index(None, "updated_at"),
 )
 
 device_vitals = Table(

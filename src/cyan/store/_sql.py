@@ -36,6 +36,7 @@ from cyan.cloud.models import (
     RefreshToken,
     RekeyWindow,
     Role,
+    UdpSession,
     UpdateJob,
     User,
     Variable,
@@ -59,6 +60,7 @@ from ._schema import (
     pending_keys,
     refresh_tokens,
     rekey_windows,
+    udp_sessions,
     update_jobs,
     users,
 )
@@ -1148,10 +1150,51 @@ class SqlVitals(_Repository):
         return await self._delete(device_vitals, condition, "prune device vitals")
 
 
+class SqlUdpSessions(_Repository):
+    __slots__ = ()
+
+    async def save(self, session: UdpSession) -> None:
+        values = {
+            "connection_id": session.connection_id,
+            "session": session.session,
+            "updated_at": _aware(session.updated_at, "updated_at"),
+            "device_id": session.device_id.lower() if session.device_id else None,
+            "hello": session.hello,
+        }
+        await self._upsert(udp_sessions, ("connection_id",), values, "save a UDP session")
+
+    async def get(self, connection_id: bytes) -> UdpSession | None:
+        query = select(udp_sessions).where(udp_sessions.c.connection_id == connection_id)
+        row = await self._first(query, "read a UDP session")
+        return None if row is None else UdpSession(**dict(row))
+
+    async def all(self) -> list[UdpSession]:
+        rows = await self._rows(select(udp_sessions).order_by(udp_sessions.c.updated_at), "list UDP sessions")
+        return [UdpSession(**dict(row)) for row in rows]
+
+    async def remove(self, connection_id: bytes) -> bool:
+        condition = udp_sessions.c.connection_id == connection_id
+        return bool(await self._delete(udp_sessions, condition, "remove a UDP session"))
+
+    async def prune(self, *, before: datetime) -> int:
+        condition = udp_sessions.c.updated_at < _aware(before, "before")
+        return await self._delete(udp_sessions, condition, "prune UDP sessions")
+
+
 class SqlRepositories:
     """Every repository over one `Access`: a store's per-call access, or one transaction."""
 
-    __slots__ = ("accounts", "attempts", "audit", "devices", "integrations", "keys", "updates", "vitals")
+    __slots__ = (
+        "accounts",
+        "attempts",
+        "audit",
+        "devices",
+        "integrations",
+        "keys",
+        "udp_sessions",
+        "updates",
+        "vitals",
+    )
 
     def __init__(self, db: Access) -> None:
         self.devices = SqlDevices(db)
@@ -1162,6 +1205,7 @@ class SqlRepositories:
         self.audit = SqlAudit(db)
         self.integrations = SqlIntegrations(db)
         self.vitals = SqlVitals(db)
+        self.udp_sessions = SqlUdpSessions(db)
 
 
 class TransactionAccess:

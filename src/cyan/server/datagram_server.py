@@ -1,0 +1,623 @@
+"""UDP device server (port 5684): DTLS 1.2 for the Electron and Gen 3, and the same cloud as TCP devices.
+
+One socket serves every UDP device. A datagram finds its session by the connection id it carries (so a device
+that changes address carries on), else by its source address; a ClientHello starts a handshake only once its
+address has echoed a cookie, and until then the answer is a HelloVerifyRequest no larger than the ClientHello
+(udp-dtls.md "Security"). Each session is a `DatagramLink`: a `DeviceProtocol` (the TCP link's events,
+requests, OTA, diagnostics, all of it) whose stream is a DTLS endpoint and whose core is
+`DatagramServerConnection`. Every attempt ends in one record: connected, or failed with the step and reason
+the DTLS or the message core reported.
+
+Sessions are kept after their link ends (an idle device, a cloud disconnect): Device OS resumes a saved session
+with no handshake at all (udp-dtls.md §1.4), so a record on a known connection id brings the link back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol, cast
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from cyan.cloud.models import AttemptOutcome, ConnectionAttempt, UdpSession
+from cyan.dtls import (
+    AlertReceived,
+    ApplicationDataReceived,
+    CookieVerifier,
+    DeviceKeyPresented,
+    HandshakeCompleted,
+    RecordDiscarded,
+    RemoteDtlsError,
+    ServerEndpoint,
+    Session,
+    connection_id_of,
+    is_client_hello,
+)
+from cyan.dtls import ConnectionClosed as DtlsClosed
+from cyan.dtls import ConnectionFailed as DtlsFailed
+from cyan.dtls import Reason as DtlsReason
+from cyan.dtls import ServerConfig as DtlsConfig
+from cyan.dtls import Step as DtlsStep
+from cyan.protocol import (
+    DeviceIdentified,
+    Event,
+    Hello,
+    HelloReceived,
+    OtaConfig,
+    OtaOutcome,
+    PrivateKeyOperationNeeded,
+    Reason,
+    RemoteProtocolError,
+)
+from cyan.protocol.datagram import DatagramConfig, DatagramServerConnection
+from cyan.protocol.messages import parse_hello
+from cyan.tasks import TaskSet
+
+from .device_server import AddressLimits, CloudPort, DeviceProtocol, _AddressGate, _KeyCallback
+
+__all__ = ["DatagramLink", "DatagramServer", "Recorder", "StoredSession", "UdpSessionPort"]
+
+log = logging.getLogger("cyan.server.udp")
+#: The clock of every deadline (see device_server): only moves forward.
+_now = time.monotonic
+
+_Address = tuple[Any, ...]
+#: Takes one entry of a session recording (see `DatagramServer`'s `recorder`).
+Recorder = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSession:
+    """A DTLS session a device may resume without a handshake, and who it was (udp-dtls.md §1.4): Device OS
+    may resume with no Hello at all, so the device id and the Hello it last said are kept with the keys."""
+
+    session: Session
+    device_id: str | None = None
+    hello: Hello | None = None
+
+
+class UdpSessionPort(Protocol):
+    """Where the sessions are kept across restarts: `cyan.app.DeviceGateway`, over the store."""
+
+    async def save_udp_session(self, session: UdpSession) -> None: ...
+
+    async def udp_sessions(self, *, not_before: datetime) -> list[UdpSession]: ...
+
+    async def drop_udp_session(self, connection_id: bytes) -> None: ...
+
+
+def _address_text(address: _Address) -> str:
+    return f"{address[0]}:{address[1]}"
+
+
+def _address_bytes(address: _Address) -> bytes:
+    return _address_text(address).encode()
+
+
+class DatagramLink(DeviceProtocol):
+    """One UDP device session: a DTLS endpoint for its stream, the datagram core for its messages, and
+    everything else of `DeviceProtocol`."""
+
+    __slots__ = ("_address", "_ended", "_endpoint", "_resumed_from", "_udp")
+
+    def __init__(
+        self,
+        server: DatagramServer,
+        endpoint: ServerEndpoint,
+        address: _Address,
+        now: float,
+        *,
+        resumed_from: StoredSession | None = None,
+    ) -> None:
+        super().__init__(server)
+        self._udp = server
+        self._endpoint = endpoint
+        self._address = address
+        self._ended = False
+        self._resumed_from = resumed_from
+        self._started = now
+        self._started_at = time.time()
+        self.peer_address = _address_text(address)
+        if resumed_from is not None:
+            self._conn = self._new_connection(endpoint.peer_public_key_der, now)
+
+    @property
+    def endpoint(self) -> ServerEndpoint:
+        return self._endpoint
+
+    @property
+    def address(self) -> _Address:
+        return self._address
+
+    def _new_connection(self, key_der: bytes, now: float) -> DatagramServerConnection:
+        stored = self._resumed_from
+        return DatagramServerConnection(
+            key_der,
+            now,
+            config=self._udp.config,
+            rng=self._udp.random_bytes,
+            resumed_device_id=None if stored is None else stored.device_id,
+            resumed_hello=None if stored is None else stored.hello,
+        )
+
+    # -- input ----------------------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, address: _Address, now: float) -> None:
+        if self._ended:
+            return
+        try:
+            self._endpoint.receive_datagram(data, now)
+        except RemoteDtlsError as exc:
+            self._dtls_events(address, now)
+            self._dtls_failed(exc.step, exc.reason, str(exc))
+            return
+        self._dtls_events(address, now)
+        if not self._ended:
+            self._flush()
+
+    def _dtls_events(self, address: _Address, now: float) -> None:
+        endpoint = self._endpoint
+        while (event := endpoint.next_event()) is not None and not self._ended:
+            if isinstance(event, DeviceKeyPresented):
+                # DTLS names no device: the key is checked against the id its Hello names, by the same key
+                # policy as TCP devices (`DeviceIdentified` -> `_decide`). Here it has only proved it holds it.
+                endpoint.accept(now)
+            elif isinstance(event, HandshakeCompleted):
+                self._conn = self._new_connection(event.peer_public_key_der, now)
+                self._udp.session_established(self, event.session)
+            elif isinstance(event, ApplicationDataReceived):
+                if address != self._address:
+                    # Only an authenticated record moves a session: a forged source address moves nothing.
+                    self._udp.moved(self, address)
+                    self._address = address
+                    self.peer_address = _address_text(address)
+                conn = self._conn
+                if conn is None or conn.closed:
+                    continue
+                assert isinstance(conn, DatagramServerConnection)
+                unix_time = self._udp.unix_time()
+                try:
+                    conn.receive_message(event.data, now, unix_time=unix_time)
+                except RemoteProtocolError as exc:
+                    self._handle_events()
+                    self._fail(exc.step, exc.reason, str(exc))
+                    return
+                self._handle_events()
+            elif isinstance(event, DtlsFailed):
+                self._dtls_failed(event.step, event.reason, event.detail)
+            elif isinstance(event, DtlsClosed):
+                # close_notify: the device ended the session on purpose; it will not resume it.
+                self._udp.drop_session(self._endpoint.connection_id)
+                self._close()
+            elif isinstance(event, AlertReceived):
+                log.debug("device %s sent alert %d/%d", self.device_id, event.level, event.description)
+            elif isinstance(event, RecordDiscarded):
+                log.debug("%s: record discarded (%s: %s)", self.peer_address, event.reason.value, event.detail)
+
+    def _dtls_failed(self, step: DtlsStep, reason: DtlsReason, detail: str) -> None:
+        self._send_datagrams()  # a fatal alert, if one was queued
+        if self._session_started:
+            log.info("device %s session ended: %s at %s: %s", self.device_id, reason.value, step.value, detail)
+        else:
+            self._record_attempt(AttemptOutcome.FAILED, step, reason, detail)
+        self._close()
+
+    # -- output and timers ----------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        conn = self._conn
+        endpoint = self._endpoint
+        now = _now()
+        if isinstance(conn, DatagramServerConnection) and endpoint.established:
+            for message in conn.messages_to_send(now):
+                endpoint.send_application_data(message, now)
+        self._send_datagrams()
+        self._arm_timer()
+
+    def _send_datagrams(self) -> None:
+        for datagram in self._endpoint.datagrams_to_send():
+            self._udp.send(datagram, self._address)
+
+    def _arm_timer(self) -> None:
+        if self._ended:
+            return
+        candidates = [self._endpoint.get_timer()]
+        if self._conn is not None:
+            candidates.append(self._conn.get_timer())
+        if self._ota is not None:
+            candidates.append(self._ota.get_timer())
+        due = min((t for t in candidates if t is not None), default=None)
+        if self._timer is not None:
+            if due is not None and self._timer_due <= due:
+                return  # fires early at worst, finds nothing due, and re-arms
+            self._timer.cancel()
+            self._timer = None
+        if due is not None:
+            loop = asyncio.get_running_loop()
+            self._timer_due = due
+            self._timer = loop.call_at(loop.time() + max(0.0, due - _now()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._ended:
+            return
+        now = _now()
+        self._udp.record({"t": now, "op": "timer", "port": self._address[1]})
+        self._endpoint.handle_timer(now)
+        self._dtls_events(self._address, now)
+        conn = self._conn
+        if not self._ended and conn is not None and not conn.closed:
+            conn.handle_timer(now)
+            self._handle_events()
+            if self._ota is not None:
+                self._ota.handle_timer(now, backlog=0)
+                self._ota_step()
+        if not self._ended:
+            self._flush()
+
+    # -- events the UDP link treats its own way --------------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, HelloReceived) and self._session_started:
+            # A Hello within a session (after a resumption whose app state changed): not a new session.
+            self.hello = event.hello
+            self._udp.remember_hello(self, event.hello)
+            self._cloud.heard_from(self)
+            return
+        if isinstance(event, PrivateKeyOperationNeeded):
+            return  # no RSA over UDP: the DTLS core does its own P-256 work
+        super()._on_event(event)
+        if isinstance(event, HelloReceived):
+            self._udp.remember_hello(self, event.hello)
+
+    async def _decide(self, event: DeviceIdentified) -> None:
+        conn = self._conn
+        assert isinstance(conn, DatagramServerConnection)
+        try:
+            decision, record = await self._cloud.authorize(event.device_id, event.public_key_der, self.peer_address)
+        except Exception as exc:
+            log.exception("could not decide on device %s", event.device_id)
+            if not conn.closed:
+                conn.reject(Reason.SERVER_ERROR, f"the server could not look the device up: {exc}")
+                self._handle_events()
+            return
+        if conn.closed or self._ended:
+            return
+        self._presented, self._stored = decision.presented_fingerprint, decision.stored_fingerprint
+        if decision.trusted_key_der is None or decision.trusted_key_der != event.public_key_der:
+            # A refused device's session is forgotten, so that its next records resume nothing (and ask for
+            # no decision each). On TCP the server encrypts to the trusted key and a device without it fails;
+            # over DTLS the device has proved the key it presented, so trusting another is refusing this one.
+            self._udp.drop_session(self._endpoint.connection_id)
+            if decision.trusted_key_der is None:
+                assert decision.reason is not None
+                conn.reject(decision.reason, decision.detail)
+            else:
+                conn.reject(Reason.KEY_MISMATCH, "the device proved a key other than the one the key policy trusts")
+            self._handle_events()
+            return
+        self._record = record
+        self._quarantined = decision.quarantined
+        now = _now()
+        self._udp.record({"t": now, "op": "accept_device", "port": self._address[1]})
+        self._drive(lambda: conn.accept_device(now))
+
+    # -- ending ---------------------------------------------------------------------------------
+
+    def _close(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            conn.close()
+        self._ota_lost()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._end_session()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ConnectionError(f"device {self.device_id} disconnected"))
+        self._pending.clear()
+        self._udp.forget(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._close()
+
+    async def call_function(self, name: str, argument: str, timeout: float) -> int:
+        self._udp.record(
+            {"t": _now(), "op": "call", "port": self._address[1], "name": name, "arg": argument, "timeout": timeout}
+        )
+        return await super().call_function(name, argument, timeout)
+
+    async def read_variable(self, name: str, timeout: float) -> tuple[bytes, Any]:
+        self._udp.record({"t": _now(), "op": "read", "port": self._address[1], "name": name, "timeout": timeout})
+        return await super().read_variable(name, timeout)
+
+    def update_firmware(
+        self, image: bytes, *, fast: bool | None, progress: Callable[[int, int], None] | None = None
+    ) -> asyncio.Future[OtaOutcome]:
+        # Over UDP every chunk is confirmable and acknowledged (udp-dtls.md §1.5): never the fast mode.
+        return super().update_firmware(image, fast=False, progress=progress)
+
+
+class DatagramServer(asyncio.DatagramProtocol):
+    """Listens for UDP devices and serves each with a `DatagramLink`.
+
+    `random_bytes` (connection ids, cookies, handshakes, message ids) and the session map are the server's.
+    With `sessions`, each session is also saved there when it starts, when its device says its Hello and when
+    its link ends, and every one is loaded at `start()`: a restarted server resumes them. Its write counters
+    jump ahead on import (`cyan.dtls.DEFAULT_SEQUENCE_GAP`), so records it sent after its last save never
+    reuse a nonce.
+
+    `recorder`, when given, is handed every input of every session (datagrams in with the time and wall
+    time they were read at, timers, key decisions, API requests), every datagram out and every random draw:
+    enough to replay a session byte for byte without the device (tests/vectors/udp-*). It holds the
+    session keys' secrets: a debugging and testing aid, never for a production fleet."""
+
+    def __init__(
+        self,
+        cloud: CloudPort,
+        server_key: ec.EllipticCurvePrivateKey,
+        *,
+        host: str = "0.0.0.0",
+        port: int = 5684,
+        config: DatagramConfig | None = None,
+        dtls_config: DtlsConfig | None = None,
+        ota_config: OtaConfig | None = None,
+        address_limits: AddressLimits | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        max_sessions: int = 200_000,
+        session_max_age: timedelta = timedelta(days=30),
+        recorder: Recorder | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        sessions: UdpSessionPort | None = None,
+    ) -> None:
+        self.cloud = cloud
+        self.server_key = server_key
+        self.host = host
+        self.port = port
+        self.config = config or DatagramConfig()
+        self.dtls_config = dtls_config or DtlsConfig()
+        self.ota_config = ota_config or OtaConfig()
+        self.address_limits = address_limits or AddressLimits()
+        self._gate = _AddressGate(self.address_limits)
+        self._recorder = recorder
+        self._wall_clock = wall_clock
+        self._random = random_bytes
+        self._cookies = CookieVerifier(self.random_bytes(32))
+        self._transport: asyncio.DatagramTransport | None = None
+        self._by_address: dict[_Address, DatagramLink] = {}
+        self._by_cid: dict[bytes, DatagramLink] = {}
+        self._sessions: dict[bytes, StoredSession] = {}
+        self._max_sessions = max_sessions
+        #: Sessions not saved for this long are not resumed (and are deleted at start): a device away that long
+        #: does a full handshake, and the store does not keep every device that ever spoke.
+        self._session_max_age = session_max_age
+        self._tasks = TaskSet(log, "cyan-udp")
+        self._store = sessions
+        #: Saves of sessions: drained at `stop()` (the decisions under way are cancelled instead).
+        self._writes = TaskSet(log, "cyan-udp-sessions")
+        self.datagrams_in = 0
+        self.datagrams_out = 0
+
+    def random_bytes(self, count: int) -> bytes:
+        data = self._random(count)
+        if self._recorder is not None:
+            self._recorder({"t": _now(), "op": "random", "hex": data.hex()})
+        return data
+
+    def unix_time(self) -> float:
+        value = self._wall_clock()
+        self.record({"t": _now(), "op": "unix_time", "value": value})
+        return value
+
+    def record(self, entry: dict[str, Any]) -> None:
+        if self._recorder is not None:
+            self._recorder(entry)
+
+    # -- LinkHost ---------------------------------------------------------------------------------
+
+    def spawn(self, work: Awaitable[None], what: str) -> None:
+        self._tasks.spawn(work, what)
+
+    def run_private_key_operation(self, needed: PrivateKeyOperationNeeded, callback: _KeyCallback) -> None:
+        callback(RuntimeError("no RSA private-key operation over UDP"))
+
+    def forget(self, link: DeviceProtocol) -> None:
+        assert isinstance(link, DatagramLink)
+        if self._by_address.get(link.address) is link:
+            del self._by_address[link.address]
+        endpoint = link.endpoint
+        cid = endpoint.connection_id
+        if self._by_cid.get(cid) is link:
+            del self._by_cid[cid]
+            if endpoint.established and cid in self._sessions:
+                # The counters as they are now: the device resumes from here (udp-dtls.md §1.4).
+                self._sessions[cid] = replace(self._sessions[cid], session=endpoint.export_session())
+                self._save(cid)
+
+    # -- what links tell the server ----------------------------------------------------------------
+
+    def session_established(self, link: DatagramLink, session: Session) -> None:
+        cid = session.connection_id
+        if cid:
+            old = self._by_cid.get(cid)
+            if old is not None and old is not link:
+                old.close()
+            self._by_cid[cid] = link
+            if len(self._sessions) >= self._max_sessions:
+                self.drop_session(next(iter(self._sessions)))  # the oldest first
+            self._sessions[cid] = StoredSession(session)
+            self._save(cid)
+
+    def remember_hello(self, link: DatagramLink, hello: Hello) -> None:
+        cid = link.endpoint.connection_id
+        stored = self._sessions.get(cid)
+        if stored is not None:
+            self._sessions[cid] = replace(stored, device_id=link.device_id, hello=hello)
+            self._save(cid)
+
+    def moved(self, link: DatagramLink, address: _Address) -> None:
+        if self._by_address.get(link.address) is link:
+            del self._by_address[link.address]
+        other = self._by_address.get(address)
+        if other is not None and other is not link:
+            other.close()
+        self._by_address[address] = link
+
+    def drop_session(self, cid: bytes) -> None:
+        if self._sessions.pop(cid, None) is not None and self._store is not None:
+            self._writes.spawn(self._store.drop_udp_session(cid), "forget a UDP session")
+
+    def _save(self, cid: bytes) -> None:
+        stored = self._sessions.get(cid)
+        if stored is None or self._store is None:
+            return
+        record = UdpSession(
+            connection_id=cid,
+            session=stored.session.encode(),
+            updated_at=datetime.now(UTC),
+            device_id=stored.device_id,
+            hello=None if stored.hello is None else stored.hello.encode(),
+        )
+        self._writes.spawn(self._store.save_udp_session(record), "save a UDP session")
+
+    def send(self, datagram: bytes, address: _Address) -> None:
+        self.record({"t": _now(), "op": "out", "port": address[1], "hex": datagram.hex()})
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.sendto(datagram, address)
+            self.datagrams_out += 1
+
+    # -- asyncio ----------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A datagram transport (not every loop's subclasses asyncio.DatagramTransport, so no isinstance check).
+        self._transport = cast("asyncio.DatagramTransport", transport)
+
+    def datagram_received(self, data: bytes, addr: _Address) -> None:
+        if self._transport is None:
+            return  # stopping
+        self.datagrams_in += 1
+        now = _now()
+        self.record({"t": now, "op": "in", "port": addr[1], "hex": data.hex()})
+        cid = connection_id_of(data)
+        link = self._by_cid.get(cid) if cid is not None else None
+        if link is None:
+            link = self._by_address.get(addr)
+        if is_client_hello(data):
+            self._client_hello(data, addr, link, now)
+            return
+        if link is None:
+            link = self._resume(cid, addr, now)
+            if link is None:
+                return
+        link.receive_datagram(data, addr, now)
+
+    def _client_hello(self, data: bytes, addr: _Address, link: DatagramLink | None, now: float) -> None:
+        check = self._cookies.check(data, _address_bytes(addr), now)
+        if check.reply is not None:
+            # An address that has not proved it receives what we send gets this and nothing larger.
+            self.send(check.reply, addr)
+            return
+        if not check.verified:
+            return
+        if link is not None and link.endpoint.client_random == check.client_random:
+            link.receive_datagram(data, addr, now)  # a retransmission of the handshake under way
+            return
+        if not self._gate.admit(str(addr[0]), now):
+            self.cloud.record_attempt(
+                ConnectionAttempt(
+                    datetime.now(UTC),
+                    _address_text(addr),
+                    AttemptOutcome.FAILED,
+                    DtlsStep.CLIENT_HELLO.value,
+                    "rate_limited",
+                    f"more new handshakes from {addr[0]} than the limit",
+                    duration=0.0,
+                )
+            )
+            return
+        if link is not None and self._by_address.get(addr) is link:
+            del self._by_address[addr]  # a new handshake from this address replaces what it had here
+        endpoint = ServerEndpoint(
+            self.server_key,
+            now=now,
+            random_bytes=self.random_bytes,
+            config=self.dtls_config,
+            connection_id=self._new_cid(),
+        )
+        fresh = DatagramLink(self, endpoint, addr, now)
+        self._by_address[addr] = fresh
+        fresh.receive_datagram(data, addr, now)
+
+    def _new_cid(self) -> bytes:
+        while True:
+            cid = self.random_bytes(self.dtls_config.connection_id_size)
+            if cid not in self._by_cid and cid not in self._sessions:
+                return cid
+
+    def _resume(self, cid: bytes | None, addr: _Address, now: float) -> DatagramLink | None:
+        """A record for no live link: a device resuming a session we keep (udp-dtls.md §1.4), or nothing."""
+        stored = self._sessions.get(cid) if cid is not None else None
+        if stored is None or cid is None:
+            return None
+        endpoint = ServerEndpoint.from_session(
+            stored.session, self.server_key, now=now, random_bytes=self.random_bytes, config=self.dtls_config
+        )
+        link = DatagramLink(self, endpoint, addr, now, resumed_from=stored)
+        self._by_cid[cid] = link
+        self._by_address[addr] = link
+        return link
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP socket error: %s", exc)
+
+    # -- life -------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._store is not None:
+            not_before = datetime.now(UTC) - self._session_max_age
+            for record in await self._store.udp_sessions(not_before=not_before):
+                try:
+                    session = Session.decode(record.session)
+                    hello = None if record.hello is None else parse_hello(record.hello)
+                except ValueError as exc:
+                    log.warning("a stored UDP session cannot be read, and is left out: %s", exc)
+                    continue
+                self._sessions[record.connection_id] = StoredSession(session, record.device_id, hello)
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, self.port))
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self.port = sock.getsockname()[1]
+
+    async def stop(self) -> None:
+        # No datagram in from here on: one arriving while the sessions are saved would resume a session here.
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close()
+        # Each link's session is saved as it ends (`forget`), with its counters as they are now.
+        for link in list(self._by_address.values()) + list(self._by_cid.values()):
+            link.close()
+        await self._tasks.cancel()
+        await self._writes.drain()
+        await asyncio.sleep(0)
+
+    @property
+    def connection_count(self) -> int:
+        return len({id(link) for link in [*self._by_address.values(), *self._by_cid.values()]})
+
+    def link(self, cid: bytes) -> DatagramLink | None:
+        return self._by_cid.get(cid)
+
+    def stored_session(self, cid: bytes) -> StoredSession | None:
+        return self._sessions.get(cid)
