@@ -27,7 +27,6 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cyan.app import Application, NewDevice
-from cyan.config import Settings
 from cyan.keys import (
     KeyFormatError,
     Layout,
@@ -44,6 +43,7 @@ from cyan.keys import (
 from cyan.service import open_application
 
 from ._local import operator
+from ._options import local_settings
 
 __all__ = [
     "ApiRegistry",
@@ -209,7 +209,7 @@ class DataDirRegistry:
     """A cloud's data directory, through the use cases, as the operator."""
 
     def __init__(self, data_dir: Path | None) -> None:
-        self.settings = Settings.from_env(data_dir=data_dir)
+        self.settings = local_settings(data_dir)
         self.where = str(self.settings.data_dir)
         self._runner: asyncio.Runner | None = None
         self._context: Any = None
@@ -318,7 +318,7 @@ def load_server_identity(data_dir: Path | None, server_key: Path | None) -> Serv
     if server_key is not None:
         key, addresses = _read_server_key(server_key)
         return ServerIdentity(key, str(server_key), addresses)
-    settings = Settings.from_env(data_dir=data_dir)
+    settings = local_settings(data_dir)
     path = settings.server_public_key_path
     if not path.exists():
         return None

@@ -61,7 +61,7 @@ from ._keys_cloud import (
     ServerIdentity,
     load_server_identity,
 )
-from ._options import DataDirOption
+from ._options import DatabaseOption, DataDirOption, local_settings
 
 app = typer.Typer(
     help="Device and server keys: key files, DFU read/write, registration, inspection, fleets, escrow.",
@@ -274,7 +274,7 @@ def _write_verified(dfu: DfuUtil, device: DfuDevice, which: str, data: bytes, *,
 def _identity(data_dir: Path | None, server_key: Path | None) -> ServerIdentity:
     identity = load_server_identity(data_dir, server_key)
     if identity is None:
-        where = Settings.from_env(data_dir=data_dir).server_public_key_path
+        where = local_settings(data_dir).server_public_key_path
         _fail(
             f"no server key: {where} does not exist",
             "run `cyan serve` once to create it, pass --data-dir, or give the key with --key/--server-key",
@@ -293,6 +293,7 @@ def server(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a different existing output file.")] = False,
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """Write the server-key file devices of this cloud need, byte for byte as `particle keys server` does.
 
@@ -458,6 +459,7 @@ def send(
     api: ApiOption = None,
     token: TokenOption = None,
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """Register a device's public key with a Cyan cloud (what `particle keys send` does)."""
     device_id = _device_id(device_id)
@@ -508,6 +510,7 @@ def doctor(
     api: ApiOption = None,
     token: TokenOption = None,
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
     server_key: ServerKeyOption = None,
     host: Annotated[str | None, typer.Option("--host", help="Address devices connect to (the published one).")] = None,
     port: Annotated[int | None, typer.Option("--port", help="Device port (the published one, else 5683).")] = None,
@@ -617,13 +620,17 @@ def doctor(
 # -- inspect -----------------------------------------------------------------------------------------------------
 
 
+def _has_database(settings: Settings) -> bool:
+    return bool(settings.database_url) or settings.database_path.exists()
+
+
 def _facts(
     device_id: str | None, api: str | None, token: str | None, data_dir: Path | None, server_key: Path | None
 ) -> CloudFacts:
     """What the cloud knows, as far as it can be asked; a cloud that cannot be reached is reported and skipped."""
     registered: bool | None = None
     held: str | None = None
-    if device_id is not None and (api or Settings.from_env(data_dir=data_dir).database_path.exists()):
+    if device_id is not None and (api or _has_database(local_settings(data_dir))):
         registry = _registry(api, token, data_dir)
         try:
             answer = registry.device_key(device_id)
@@ -686,6 +693,7 @@ def inspect(
     api: ApiOption = None,
     token: TokenOption = None,
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
     server_key: ServerKeyOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -806,6 +814,7 @@ def provision(
     api: ApiOption = None,
     token: TokenOption = None,
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """Make keys offline for many devices, register them, and write OUT/<id>.der (owner-only), <id>.pub.pem
     and manifest.csv. Safe to run again: existing keys are kept and only what is missing is done."""
@@ -897,6 +906,7 @@ def restore(
     api: ApiOption = None,
     token: TokenOption = None,
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """Put a device's escrowed key back over DFU, so it comes back with the same identity."""
     device_id = _device_id(device_id)

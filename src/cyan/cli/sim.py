@@ -30,7 +30,7 @@ from cyan.sim import (
 )
 
 from ._local import operator
-from ._options import DataDirOption
+from ._options import DatabaseOption, DataDirOption, local_settings
 
 
 def _firmware(choice: str) -> Firmware | list[Firmware]:
@@ -94,9 +94,10 @@ def sim(
         ),
     ] = False,
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """Run virtual Photons/P1s that behave like the real firmware, optionally with a fault."""
-    settings = Settings.from_env(data_dir=data_dir)
+    settings = local_settings(data_dir)
     key_path = server_key or settings.server_public_key_path
     public, _address = read_server_key(key_path.read_bytes())
     host, _, port_text = server.rpartition(":")
@@ -120,7 +121,7 @@ def sim(
     )
     if register:
         done = asyncio.run(_register(settings, fleet, owner, replace_keys=replace_keys))
-        typer.echo(f"Registered {done.added} new device(s) in {settings.database_path}")
+        typer.echo(f"Registered {done.added} new device(s) in {_where(settings)}")
         if done.replaced:
             typer.echo(f"Replaced the registered key of {len(done.replaced)} device(s) with this fleet's (audited).")
         if done.other_key:
@@ -255,3 +256,11 @@ async def _run(fleet: Fleet, host: str, port: int, ramp: float | None, duration:
         recovery.cancel()
         await fleet.stop()
     typer.echo(f"Stopped. {fleet.stats()}")
+
+
+def _where(settings: Settings) -> str:
+    """The database, as a person reads it: the file, or the URL without its password."""
+    if not settings.database_url:
+        return str(settings.database_path)
+    scheme, _, rest = settings.database_url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
