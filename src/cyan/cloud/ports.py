@@ -380,6 +380,8 @@ class BusSubscription(Protocol):
 
     prefix: str
     dropped: int
+    #: Times the events of other nodes could not reach this node (its bus lost the broker) while it was open.
+    interruptions: int
     closed: bool
 
     async def get(self) -> CloudEvent | None:
