@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -237,11 +238,8 @@ async def _scenario(
                 pending.rotate(-1)
                 await device.stop()
                 device.start("127.0.0.1", balancer.device_port)
-                await apoll(lambda device=device: device.connected.is_set(), "the device reconnected")
-                await apoll(
-                    lambda device=device: presences(servers.REDIS_URL, prefix).get(device.device_id) is not None,
-                    "its presence claimed",
-                )
+                await apoll(device.connected.is_set, "the device reconnected")
+                await apoll(functools.partial(_claimed, prefix, device.device_id), "its presence claimed")
             await apoll(lambda: fleet.wait_connected(timeout=0.2), "every device connected")
             back = _by_node(prefix, fleet)[one.node_id][0]
             answer = await _api(client, "POST", f"{three.api}/v1/devices/{back}/setArg", token, data={"arg": "again"})
@@ -258,6 +256,10 @@ async def _scenario(
         if sse is not None:
             await sse.stop()
         await fleet.stop()
+
+
+def _claimed(prefix: str, device_id: str) -> bool:
+    return presences(servers.REDIS_URL, prefix).get(device_id) is not None
 
 
 def _all_held_by(prefix: str, fleet: Fleet, nodes: set[str]) -> bool:
