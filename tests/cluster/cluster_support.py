@@ -110,6 +110,8 @@ class Node:
     device_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    #: The firmware directory the nodes share (an update stored by one is sent by another).
+    firmware_dir: Path | None = None
 
     @property
     def node_id(self) -> str:
@@ -132,6 +134,8 @@ class Node:
             "CYAN_WORKERS": "0",
             "CYAN_PUBLIC_ADDRESS": "127.0.0.1",
         }
+        if self.firmware_dir is not None:
+            env["CYAN_FIRMWARE_DIR"] = str(self.firmware_dir)
         argv = [
             *_cyan(),
             "serve",

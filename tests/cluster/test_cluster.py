@@ -11,6 +11,7 @@ import asyncio
 import collections
 import contextlib
 import functools
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from sqlalchemy import URL
 import servers
 from cyan.app import Actor, Application
 from cyan.cloud.models import Role
+from cyan.protocol.binary import ModuleFunction, build_module
 from cyan.sim import Fleet
 from cyan.store import open_store
 
@@ -66,7 +68,7 @@ def _cluster(tmp_path: Path, postgres_url: URL, prefix: str) -> tuple[list[Node]
     # A short lease: a killed node's devices are free within 3 s.
     bus = f"{servers.REDIS_URL}?prefix={prefix}&lease=3"
     dirs = prepare_data_dirs(tmp_path, 3)
-    nodes = [Node(i + 1, d, database, bus) for i, d in enumerate(dirs)]
+    nodes = [Node(i + 1, d, database, bus, firmware_dir=tmp_path / "firmware") for i, d in enumerate(dirs)]
     return nodes, Balancer(nodes, tmp_path), database
 
 
@@ -172,6 +174,37 @@ async def _scenario(
             assert answered == set(node_of)
             await pong.stop()
 
+            # -- an update stored through node2 reaches devices held by node1 and node3 ------------------
+            upload = await _api(
+                client,
+                "POST",
+                f"{two.api}/v1/firmware",
+                token,
+                files={"file": ("app.bin", _image(), "application/octet-stream")},
+            )
+            assert upload.status_code == 200, upload.text
+            targets = [held[one.node_id][1], held[three.node_id][1]]
+            rollout = await _api(
+                client,
+                "POST",
+                f"{two.api}/v1/updates",
+                token,
+                json={"firmware": upload.json()["sha256"], "devices": targets},
+            )
+            assert rollout.status_code == 200, rollout.text
+            job_ids = [job["id"] for job in rollout.json()["jobs"]]
+
+            async def updated() -> bool:
+                states = []
+                for job_id in job_ids:
+                    job = await _api(client, "GET", f"{three.api}/v1/updates/{job_id}", token)
+                    assert job.json()["state"] != "failed", job.text
+                    states.append(job.json()["state"])
+                return states == ["succeeded"] * len(job_ids)
+
+            await apoll(updated, "the update applied by devices of two other nodes", timeout=60)
+            await apoll(lambda: fleet.wait_connected(timeout=0.2), "the updated devices back")
+
             # -- acknowledged writes through the node about to die ------------------------------------
             renamed = held[one.node_id][0]
             answer = await _api(client, "PUT", f"{one.api}/v1/devices/{renamed}", token, json={"name": "survivor"})
@@ -184,9 +217,23 @@ async def _scenario(
             assert login.status_code == 200, login.text
             second_token = login.json()["access_token"]
 
+            # A rollout stored through node1 for a device offline now: it goes on after node1 dies.
+            offline = held[three.node_id][2]
+            await fleet[offline].stop()
+            later = await _api(
+                client,
+                "POST",
+                f"{one.api}/v1/updates",
+                token,
+                json={"firmware": upload.json()["sha256"], "devices": [offline]},
+            )
+            assert later.status_code == 200, later.text
+            later_job = later.json()["jobs"][0]["id"]
+
             # -- kill -9 of node1: its devices come back through the others within 30 s ---------------
             victims = set(held[one.node_id])
             one.kill()
+            fleet[offline].start("127.0.0.1", balancer.device_port)
 
             async def recovered() -> bool:
                 return await fleet.wait_connected(timeout=0.2) and _all_held_by(
@@ -219,6 +266,13 @@ async def _scenario(
             assert answer.json()["name"] == "survivor"
             assert answer.json()["connected"] is True
             assert (await _api(client, "GET", f"{three.api}/v1/devices", second_token)).status_code == 200
+
+            async def rollout_went_on() -> bool:
+                job = await _api(client, "GET", f"{two.api}/v1/updates/{later_job}", token)
+                assert job.json()["state"] != "failed", job.text
+                return bool(job.json()["state"] == "succeeded")
+
+            await apoll(rollout_went_on, "node1's rollout finished by the others", timeout=60)
             # A call to a device that moved, through the balancer.
             moved_device = next(iter(victims))
             answer = await _api(
@@ -256,6 +310,18 @@ async def _scenario(
         if sse is not None:
             await sse.stop()
         await fleet.stop()
+
+
+def _image() -> bytes:
+    """A user part for the simulated Photons (built against Device OS 0.6.1's system part, so 3.1.0 runs it)."""
+    body = hashlib.sha256(b"cluster app").digest() * 375
+    return build_module(
+        body,
+        platform_id=6,
+        product_id=4242,
+        product_version=2,
+        dependencies=((ModuleFunction.SYSTEM_PART, 1, 105),),
+    )
 
 
 def _claimed(prefix: str, device_id: str) -> bool:

@@ -73,6 +73,14 @@ def serve(
             help="This node's name among the cloud's nodes, unique per node (env CYAN_NODE_ID; host name:API port).",
         ),
     ] = None,
+    firmware_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--firmware-dir",
+            help="Where uploaded firmware is kept; the nodes of a cloud of several share one (env CYAN_FIRMWARE_DIR; "
+            "firmware in the data directory).",
+        ),
+    ] = None,
     new_server_key: Annotated[
         bool,
         typer.Option(
@@ -95,6 +103,7 @@ def serve(
         database_url=database,
         bus_url=bus,
         node_id=node_id,
+        firmware_directory=firmware_dir,
     )
     if data_dir is None and not os.environ.get("CYAN_DATA_DIR"):
         _note_earlier_data_directory(settings.data_dir)

@@ -10,7 +10,15 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["CallFunction", "CloseSession", "ReadVariable", "SessionChange", "SessionChangeKind", "Signal"]
+__all__ = [
+    "CallFunction",
+    "CloseSession",
+    "JobsQueued",
+    "ReadVariable",
+    "SessionChange",
+    "SessionChangeKind",
+    "Signal",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,3 +67,10 @@ class SessionChange:
     device_id: str
     owner: str | None = None
     fingerprint: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobsQueued:
+    """Update jobs of the device were stored by another node: the node holding it works on them."""
+
+    device_id: str

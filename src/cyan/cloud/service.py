@@ -178,6 +178,8 @@ class Cloud:
         self._reconciler: asyncio.Task[None] | None = None
         self._quarantine_ids: dict[str, str] = {}
         self._background: set[asyncio.Task[None]] = set()
+        #: What answers the other requests nodes send each other (`cyan.cloud.ota` registers its own).
+        self.request_handlers: dict[type, Callable[[Any], Awaitable[object]]] = {}
         bus.add_listener(self._fan_out)
         bus.serve(self._handle_request)
 
@@ -370,6 +372,9 @@ class Cloud:
             case SessionChange():
                 await self._apply_change(message)
                 return None
+        handler = self.request_handlers.get(type(message))
+        if handler is not None:
+            return await handler(message)
         raise ValueError(f"not a request this node answers: {type(message).__name__}")
 
     def _close_stale(self, device_id: str, session_id: str) -> None:
@@ -413,6 +418,17 @@ class Cloud:
             except NodeUnreachableError as exc:
                 # A node gone is a node whose sessions are gone: the device reconnects, and the store decides.
                 log.warning("node %s did not take the change of device %s: %s", node, change.device_id, exc)
+
+    def tell_holder(self, device_id: str, message: object) -> None:
+        """Send `message` to the node holding the device, when that is another node; in the background, as a
+        hint: what it is about is in the store, and the device's next connection anywhere finds it there."""
+
+        async def send() -> None:
+            presence = await self.bus.holder(device_id)
+            if presence is not None and presence.node_id != self.bus.node_id:
+                await self.bus.request(presence.node_id, message, _ROUTE_MARGIN * 2)
+
+        self._spawn(send(), f"tell the node of device {device_id}")
 
     async def _holder(self, device_id: str) -> Presence | None:
         return await self.bus.holder(device_id)
@@ -635,6 +651,10 @@ class Cloud:
         """The link of a connected device with full access (not a quarantined one)."""
         session = self._sessions.get(device_id)
         return session.link if session is not None else None
+
+    def local_device_ids(self) -> list[str]:
+        """The devices with a session (full access) on this node."""
+        return list(self._sessions)
 
     @property
     def connected_count(self) -> int:
