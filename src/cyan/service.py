@@ -67,6 +67,9 @@ __all__ = [
 
 log = logging.getLogger("cyan")
 
+#: Seconds between two readings of the webhooks from the store, on a node of several (docs/scale-out.md).
+_HOOKS_RELOAD_CLUSTERED = 5.0
+
 
 @dataclass(frozen=True, slots=True)
 class ServerKeys:
@@ -258,7 +261,15 @@ class Service:
         self.hook_sender = HttpSender(
             AddressPolicy.parse(settings.hook_allowed_networks), user_agent=f"Cyan/{__version__} (webhooks)"
         )
-        self.hooks = WebhookDispatcher(self.store, self.bus, self.hook_sender, device=self.cloud.live)
+        # One of several nodes: a webhook created or changed through another node is read from the store within
+        # seconds (each node keeps the hooks in memory, to offer every event without a query).
+        self.hooks = WebhookDispatcher(
+            self.store,
+            self.bus,
+            self.hook_sender,
+            device=self.cloud.live,
+            reload_interval=_HOOKS_RELOAD_CLUSTERED if self.cloud.clustered else 60.0,
+        )
         self.cloud.origin_listeners.append(self.hooks.offer)
         self.vitals = VitalsCollector(self.cloud, self.store, timeout=protocol.request_timeout)
         self.app = Application(

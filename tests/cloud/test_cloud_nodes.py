@@ -144,3 +144,27 @@ def test_reconcile_stores_offline_the_devices_no_node_holds() -> None:
         assert b.shown_online(held)
 
     _two_nodes(check)
+
+
+def test_a_key_approved_on_one_node_gives_the_quarantined_session_on_the_other_its_access() -> None:
+    async def check(a: Cloud, b: Cloud, store: MemoryStore) -> None:
+        await store.devices.add(_record(DEVICE))
+        held = FakeLink(DEVICE, fingerprint="new")
+        b.session_started(held, _record(DEVICE), HELLO, quarantined=True)
+        await _until(lambda: not b._background, "claimed in quarantine")
+        assert not await a.connected(DEVICE)  # quarantine is not a connection
+        await a.key_approved(DEVICE, "new")
+        assert b.online(DEVICE)
+        assert not held.closed
+        await _until(lambda: not b._background, "claimed")
+        assert await a.connected(DEVICE)
+        # Rejected elsewhere: a quarantined session on b is closed.
+        other = "ef" * 12
+        await store.devices.add(_record(other))
+        impostor = FakeLink(other, fingerprint="bad")
+        b.session_started(impostor, _record(other), HELLO, quarantined=True)
+        await _until(lambda: not b._background, "claimed in quarantine")
+        await a.key_rejected(other, "bad")
+        assert impostor.closed
+
+    _two_nodes(check)
