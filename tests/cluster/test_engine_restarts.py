@@ -21,6 +21,7 @@ from cluster_support import (
     Node,
     PrivatePostgres,
     PrivateRedis,
+    SseReader,
     apoll,
     fleet_specs,
     make_fleet,
@@ -138,6 +139,9 @@ async def _scenario(
             assert (await _call(client, two, on_one, token, "pg")).status_code == 200
 
             # -- Redis restarts (empty: it holds only what the nodes can rebuild) -----------------------
+            stream = SseReader(f"{two.api}/v1/devices/events", token)
+            stream.start()
+            await asyncio.wait_for(stream.opened.wait(), 10)
             redis_server.stop()
             await apoll(
                 lambda: _status_is(client, "POST", across, token, 503, data={"arg": "y"}),
@@ -153,6 +157,17 @@ async def _scenario(
                 timeout=30,
             )
             await apoll(lambda: _all_connected(fleets), "every device connected after the bus's restart")
+            # The stream on node2 is told that other nodes' events may have been lost meanwhile (at its next
+            # event or keep-alive): an event published through node2 brings it.
+            answer = await client.post(
+                f"{two.api}/v1/devices/events", data={"name": "after", "data": "x"}, headers=auth
+            )
+            assert answer.status_code == 200, answer.text
+            await apoll(lambda: bool(stream.named("after")), "the event after the restart on the stream")
+            names = [name for name, _ in stream.events]
+            assert "cyan/stream/gap" in names
+            assert names.index("cyan/stream/gap") < names.index("after")
+            await stream.stop()
             # Nothing acknowledged was lost.
             answer = await client.get(f"{two.api}/v1/devices/{renamed}", headers=auth)
             assert answer.json()["name"] == "after-pg"
