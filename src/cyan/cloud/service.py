@@ -354,7 +354,11 @@ class Cloud:
         if replaced is None or replaced.node_id == self.bus.node_id or replaced.session_id == session_id:
             return
         log.info("device %s moved here from node %s; asking it to close its old session", device_id, replaced.node_id)
-        await self.bus.request(replaced.node_id, CloseSession(device_id, replaced.session_id), _ROUTE_MARGIN * 2)
+        try:
+            await self.bus.request(replaced.node_id, CloseSession(device_id, replaced.session_id), _ROUTE_MARGIN * 2)
+        except NodeUnreachableError as exc:
+            # The usual case after a node died: its devices reconnect here, and it has no session to close.
+            log.info("node %s has no session of device %s to close: %s", replaced.node_id, device_id, exc)
 
     async def _handle_request(self, message: object) -> object:
         """What another node asks of a device held here, or of the sessions held here."""
@@ -732,20 +736,23 @@ class Cloud:
             raise DeviceOfflineError(device_id)
         return session
 
-    async def _elsewhere(self, device_id: str) -> str:
-        """The node that holds the device, when it is not this one; the device is offline otherwise."""
+    async def _elsewhere(self, device_id: str) -> str | None:
+        """The node that holds the device, when it is not this one; None when the session is here (it may have
+        started while the bus was asked). `DeviceOfflineError` (or quarantined) otherwise."""
         if device_id not in self._sessions and device_id not in self._quarantined:
             presence = await self.bus.holder(device_id)
             if presence is not None and presence.node_id != self.bus.node_id:
                 return presence.node_id
         self._session_for(device_id)  # quarantined here, or offline
-        raise AssertionError("unreachable: the session is here")
+        return None
 
     async def call_function(self, device_id: str, name: str, argument: str, *, timeout: float | None = None) -> int:
         timeout = timeout or self.request_timeout
         if device_id in self._sessions:
             return await self._local_call(device_id, name, argument, timeout)
         node = await self._elsewhere(device_id)
+        if node is None:
+            return await self._local_call(device_id, name, argument, timeout)
         result = await self.bus.request(node, CallFunction(device_id, name, argument, timeout), timeout + _ROUTE_MARGIN)
         return int(result)
 
@@ -763,6 +770,8 @@ class Cloud:
         if device_id in self._sessions:
             return await self._local_read(device_id, name, timeout)
         node = await self._elsewhere(device_id)
+        if node is None:
+            return await self._local_read(device_id, name, timeout)
         raw, value = await self.bus.request(node, ReadVariable(device_id, name, timeout), timeout + _ROUTE_MARGIN)
         return bytes(raw), value
 
@@ -778,6 +787,9 @@ class Cloud:
             await self._session_for(device_id).link.signal(on, self.request_timeout)
             return
         node = await self._elsewhere(device_id)
+        if node is None:
+            await self._session_for(device_id).link.signal(on, self.request_timeout)
+            return
         await self.bus.request(node, Signal(device_id, on), self.request_timeout + _ROUTE_MARGIN)
 
     def publish(self, name: str, data: str | None, *, owner: str | None, private: bool = True, ttl: int = 60) -> None:
