@@ -42,8 +42,8 @@ DatabaseOption = Annotated[
     str | None,
     typer.Option(
         "--database",
-        help="The database URL (postgresql://user:password@host/cyan, sqlite+aiosqlite:///path) instead of the "
-        "data directory's SQLite file (env CYAN_DATABASE_URL).",
+        help="The database, a URL such as postgresql://cyan@db/cyan, instead of the data directory's SQLite file "
+        "(env CYAN_DATABASE_URL).",
         callback=_remember_database,
     ),
 ]
