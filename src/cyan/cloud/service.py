@@ -117,6 +117,8 @@ class _Session:
 _QUARANTINE = "/quarantine"
 #: What a request to the node holding a device allows beyond the device's own timeout: the way there and back.
 _ROUTE_MARGIN = 2.0
+#: Claims, releases and messages to other nodes under way at once.
+_BUS_CONCURRENCY = 32
 
 
 class Cloud:
@@ -178,6 +180,9 @@ class Cloud:
         self._reconciler: asyncio.Task[None] | None = None
         self._quarantine_ids: dict[str, str] = {}
         self._background: set[asyncio.Task[None]] = set()
+        #: Bus work of sessions at once: a fleet connecting (or a node's devices moving here) must not open a
+        #: connection to the broker per device.
+        self._bus_slots = asyncio.Semaphore(_BUS_CONCURRENCY)
         #: What answers the other requests nodes send each other (`cyan.cloud.ota` registers its own).
         self.request_handlers: dict[type, Callable[[Any], Awaitable[object]]] = {}
         bus.add_listener(self._fan_out)
@@ -333,7 +338,8 @@ class Cloud:
 
         async def run() -> None:
             try:
-                await work
+                async with self._bus_slots:
+                    await work
             except (BusUnavailableError, NodeUnreachableError) as exc:
                 log.warning("could not %s on the bus: %s", what, exc)
             except Exception:
