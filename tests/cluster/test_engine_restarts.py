@@ -118,6 +118,9 @@ async def _scenario(
             )
 
             # -- PostgreSQL restarts ------------------------------------------------------------------
+            before = first.devices[1].device_id
+            answer = await client.put(f"{two.api}/v1/devices/{before}", json={"name": "before-pg"}, headers=auth)
+            assert answer.status_code == 200, answer.text
             postgres.stop("fast")
             devices_url = f"{two.api}/v1/devices"
             await apoll(
@@ -171,6 +174,8 @@ async def _scenario(
             # Nothing acknowledged was lost.
             answer = await client.get(f"{two.api}/v1/devices/{renamed}", headers=auth)
             assert answer.json()["name"] == "after-pg"
+            answer = await client.get(f"{one.api}/v1/devices/{before}", headers=auth)
+            assert answer.json()["name"] == "before-pg"
     finally:
         await first.stop()
         await second.stop()
