@@ -13,11 +13,13 @@ import pytest
 from sqlalchemy import URL
 
 import servers
+from cyan.app import ServerKeyChangedError, ServerKeyMissingError
 from cyan.bus import InProcessBus, RedisBus, RedisOptions
 from cyan.cli import main
 from cyan.cloud.models import CloudEvent
 from cyan.cloud.ports import BusUnavailableError
 from cyan.config import Settings
+from cyan.keys import encode_private_key_pem, generate_server_key, write_private_key_file
 from cyan.service import Service, ensure_server_keys
 from cyan.store import PostgresStore, SqliteStore
 
@@ -100,5 +102,48 @@ def test_a_node_on_postgresql_and_redis_shares_them_with_the_command_line_and_ot
         # The node left the cloud when it stopped.
         with pytest.raises(BusUnavailableError, match="closed"):
             await service.bus.claim("ab" * 12, "s1")
+
+    asyncio.run(scenario())
+
+
+def test_every_node_of_a_cloud_presents_its_server_key_or_refuses_to_start(postgres_url: URL, tmp_path: Path) -> None:
+    """The first node records the cloud's server key in the shared database; a node given another key, or none,
+    refuses to start and says which key the cloud uses and where to get it."""
+    database = postgres_url.render_as_string(hide_password=False)
+
+    def node(name: str) -> Service:
+        settings = Settings(
+            data_dir=tmp_path / name,
+            device_host="127.0.0.1",
+            device_port=0,
+            api_host="127.0.0.1",
+            api_port=0,
+            workers=0,
+            database_url=database,
+            node_id=name,
+        )
+        return Service(settings, ensure_server_keys(settings))
+
+    async def scenario() -> None:
+        first = node("node-1")
+        await first.start()
+        await first.stop()
+        other = node("node-2")  # a key of its own, made now
+        with pytest.raises(ServerKeyMissingError, match="the cloud this node joins") as missing:
+            await other.start()
+        assert first.keys.fingerprint in str(missing.value)
+        assert "copy server_key.pem from another node" in missing.value.hint
+        # Given the cloud's key file, it starts.
+        (tmp_path / "node-2" / "server_key.pem").write_bytes((tmp_path / "node-1" / "server_key.pem").read_bytes())
+        same = node("node-2")
+        await same.start()
+        await same.stop()
+        # A key file of its own, another key: refused too.
+        (tmp_path / "node-3").mkdir()
+        write_private_key_file(tmp_path / "node-3" / "server_key.pem", encode_private_key_pem(generate_server_key()))
+        wrong = node("node-3")
+        with pytest.raises(ServerKeyChangedError, match="other nodes") as changed:
+            await wrong.start()
+        assert first.keys.fingerprint in str(changed.value)
 
     asyncio.run(scenario())

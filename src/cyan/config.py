@@ -128,6 +128,10 @@ class Settings:
     #: by default a hook's URL may not lead to loopback, private or link-local addresses (docs/security.md).
     #: Env: CYAN_HOOK_ALLOWED_NETWORKS.
     hook_allowed_networks: str = ""
+    #: Where uploaded firmware binaries are kept. Empty: ``firmware`` in the data directory. The nodes of a cloud
+    #: of several share one (a shared volume), so that an update stored by one node can be sent by another.
+    #: Env: CYAN_FIRMWARE_DIR.
+    firmware_directory: str = ""
 
     def __post_init__(self) -> None:
         if not -1 <= self.device_udp_port <= 65535:
@@ -188,6 +192,7 @@ class Settings:
             "bus_url": _env("BUS_URL", ""),
             "node_id": _env("NODE_ID", ""),
             "hook_allowed_networks": _env("HOOK_ALLOWED_NETWORKS", ""),
+            "firmware_directory": _env("FIRMWARE_DIR", ""),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
@@ -205,7 +210,7 @@ class Settings:
     @property
     def firmware_dir(self) -> Path:
         """Uploaded firmware binaries, named by their SHA-256."""
-        return self.data_dir / "firmware"
+        return Path(self.firmware_directory) if self.firmware_directory.strip() else self.data_dir / "firmware"
 
     @property
     def server_key_path(self) -> Path:

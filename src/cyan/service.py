@@ -75,6 +75,9 @@ __all__ = [
 
 log = logging.getLogger("cyan")
 
+#: Seconds between two readings of the webhooks from the store, on a node of several (docs/scale-out.md).
+_HOOKS_RELOAD_CLUSTERED = 5.0
+
 
 @dataclass(frozen=True, slots=True)
 class ServerKeys:
@@ -126,6 +129,7 @@ async def settle_server_key(settings: Settings, keys: ServerKeys, app: Applicati
     """Check the key against what the devices were given, write a new one (owner-only, an old one kept
     aside), record it, and (re)write the public files devices need."""
     path = settings.server_key_path
+    shared = bool(settings.database_url.strip()) and not settings.database_url.startswith("sqlite")
     operator = Actor.operator()
     if keys.replacing:
         old = None
@@ -141,11 +145,13 @@ async def settle_server_key(settings: Settings, keys: ServerKeys, app: Applicati
         write_private_key_file(path, encode_private_key_pem(keys.private_key))
         await app.server_key.replaced(operator, old or await app.server_key.expected(), keys.fingerprint, kept)
     elif keys.created:
-        await app.server_key.check(str(path), None)
+        await app.server_key.check(str(path), None, shared=shared)
+        # Recorded before it is written: of nodes starting together on a new database, the one whose key is
+        # not recorded must not keep a key file no other node has.
+        await app.server_key.created(operator, keys.fingerprint, path=str(path), shared=shared)
         write_private_key_file(path, encode_private_key_pem(keys.private_key))
-        await app.server_key.created(operator, keys.fingerprint)
     else:
-        await app.server_key.check(str(path), keys.fingerprint)
+        await app.server_key.check(str(path), keys.fingerprint, shared=shared)
     _write_public(settings.server_public_key_path, public_key_der(keys.private_key.public_key()))
 
 
@@ -269,7 +275,12 @@ class Service:
             max_age=timedelta(days=settings.attempts_max_age_days), max_count=settings.attempts_max_count
         )
         self.cloud = Cloud(
-            self.store, self.bus, request_timeout=protocol.request_timeout, alerts=alerts, records=records
+            self.store,
+            self.bus,
+            request_timeout=protocol.request_timeout,
+            alerts=alerts,
+            records=records,
+            clustered=bool(settings.bus_url.strip()),
         )
         address_limits = AddressLimits(settings.address_burst, float(settings.address_rate))
         library = FirmwareLibrary(self.store.updates, FirmwareFiles(settings.firmware_dir))
@@ -284,7 +295,15 @@ class Service:
         self.hook_sender = HttpSender(
             AddressPolicy.parse(settings.hook_allowed_networks), user_agent=f"Cyan/{__version__} (webhooks)"
         )
-        self.hooks = WebhookDispatcher(self.store, self.bus, self.hook_sender, device=self.cloud.live)
+        # One of several nodes: a webhook created or changed through another node is read from the store within
+        # seconds (each node keeps the hooks in memory, to offer every event without a query).
+        self.hooks = WebhookDispatcher(
+            self.store,
+            self.bus,
+            self.hook_sender,
+            device=self.cloud.live,
+            reload_interval=_HOOKS_RELOAD_CLUSTERED if self.cloud.clustered else 60.0,
+        )
         self.cloud.origin_listeners.append(self.hooks.offer)
         self.vitals = VitalsCollector(self.cloud, self.store, timeout=protocol.request_timeout)
         self.app = Application(

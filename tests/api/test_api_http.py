@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cyan.app import Actor, NewDevice
+from cyan.bus import InProcessBus
 from cyan.cloud.auth import hash_token
 from cyan.cloud.models import Role
 from cyan.config import Settings
@@ -298,6 +299,31 @@ def test_event_streams_and_publish(tmp_path: Path) -> None:
         assert (bad.status_code, bad.json()["error"]) == (400, "invalid_request")
 
     _run(tmp_path, scenario)
+
+
+def test_a_stream_that_lost_events_says_so_before_the_next(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        c, a = w.client, w.auth(ALICE)
+        bus = w.service.bus
+        assert isinstance(bus, InProcessBus)
+        before = bus.subscriber_count
+        reading = asyncio.create_task(_collect(c, "/v1/devices/events/burst", a, 2))
+        async with asyncio.timeout(5):
+            while bus.subscriber_count == before:
+                await asyncio.sleep(0.01)
+        # More than the stream's queue holds (1,000), published before its reader runs again.
+        for n in range(1100):
+            w.service.cloud.publish(f"burst/{n}", None, owner=ALICE)
+        gap, first = await asyncio.wait_for(reading, 5)
+        assert gap["name"] == "cyan/stream/gap"
+        assert gap["data"].startswith("100 event(s) dropped")
+        assert first["name"] == "burst/100"  # the oldest went
+
+    _run(tmp_path, scenario)
+
+
+async def _collect(client: httpx.AsyncClient, path: str, headers: dict[str, str], count: int) -> list[dict[str, Any]]:
+    return [e async for e in _stream(client, path, headers, count)]
 
 
 def test_rename_signal_claim_release_and_provisioning(tmp_path: Path) -> None:

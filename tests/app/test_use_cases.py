@@ -58,6 +58,9 @@ class RecordedSessions:
     def live(self, device_id: str) -> DeviceRecord | None:
         return None
 
+    def shown_online(self, record: DeviceRecord) -> bool:
+        return False
+
     async def owner_changed(self, device_id: str, owner: str | None) -> None:
         self.told.append(("owner_changed", device_id, str(owner)))
 

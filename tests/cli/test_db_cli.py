@@ -132,3 +132,31 @@ def test_a_database_that_does_not_answer(capsys: pytest.CaptureFixture[str]) -> 
     assert status == 1
     assert "error: cannot read the schema: PostgreSQL database 'cyan' at 127.0.0.1:1 as cyan" in err
     assert "s3cret" not in err
+
+
+def test_the_commands_on_the_data_take_the_shared_database(
+    postgres_url: URL, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Users, tokens, devices, keys and policy through `--database`, on the database a cloud of nodes shares; the
+    data directory (empty here) holds nothing of it."""
+    database = postgres_url.render_as_string(hide_password=False)
+    data = str(tmp_path / "empty")
+    assert cyan(capsys, "db", "upgrade", "--database", database)[0] == 0
+    steps = [
+        ["users", "add", "ops@example.com", "--password", "correct horse battery", "--admin"],
+        ["users", "list"],
+        ["tokens", "create", "ops@example.com"],
+        ["policy", "set", "quarantine", "--tofu"],
+        ["policy", "show"],
+        ["policy", "audit"],
+        ["devices", "list"],
+    ]
+    outputs = []
+    for argv in steps:
+        status, out, err = cyan(capsys, *argv, "--data-dir", data, "--database", database)
+        assert status == 0, (argv, out, err)
+        outputs.append(out)
+    assert "ops@example.com" in outputs[1]
+    assert not (tmp_path / "empty" / "cyan.db").exists()
+    status, out, _ = cyan(capsys, "users", "list", "--data-dir", data, "--database", database)
+    assert "ops@example.com" in out

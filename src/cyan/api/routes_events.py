@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -77,6 +78,19 @@ def _encode(event: CloudEvent) -> bytes:
     return f"event: {name}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
 
+#: The event a stream carries where it lost events (its reader fell behind, or the node lost the other nodes).
+GAP_EVENT = "cyan/stream/gap"
+
+
+def _gap(dropped: int, interruptions: int) -> bytes:
+    parts = []
+    if dropped:
+        parts.append(f"{dropped} event(s) dropped: this stream was read more slowly than events came")
+    if interruptions:
+        parts.append("events of the cloud's other nodes were lost while this node could not reach the bus")
+    return _encode(CloudEvent(GAP_EVENT, "; ".join(parts), 0, datetime.now(UTC), None, None, False))
+
+
 def _stream(request: Request, prefix: str, accept: Callable[[CloudEvent], bool]) -> EventStream:
     ctx = context(request)
     cloud = ctx.app.cloud
@@ -84,16 +98,24 @@ def _stream(request: Request, prefix: str, accept: Callable[[CloudEvent], bool])
     subscription = cloud.bus.subscribe(prefix, accept)
 
     async def events() -> AsyncIterator[bytes]:
+        dropped = interruptions = 0
         try:
             yield b":ok\n\n"
             while True:
                 try:
                     event = await asyncio.wait_for(subscription.get(), ctx.keepalive)
                 except TimeoutError:
-                    yield b":\n\n"  # a comment: keeps proxies and the client's socket alive
-                    continue
+                    event = None
+                    if not subscription.closed:
+                        yield b":\n\n"  # a comment: keeps proxies and the client's socket alive
+                if subscription.dropped != dropped or subscription.interruptions != interruptions:
+                    # Events this stream will never show: the client is told, before the next one it sees.
+                    yield _gap(subscription.dropped - dropped, subscription.interruptions - interruptions)
+                    dropped, interruptions = subscription.dropped, subscription.interruptions
                 if event is None:
-                    return
+                    if subscription.closed:
+                        return
+                    continue
                 yield _encode(event)
         finally:
             subscription.close()

@@ -87,6 +87,9 @@ class StoredSessions:
     def live(self, device_id: str) -> DeviceRecord | None:
         return None
 
+    def shown_online(self, record: DeviceRecord) -> bool:
+        return False
+
     async def owner_changed(self, device_id: str, owner: str | None) -> None:
         return None
 

@@ -101,7 +101,7 @@ class DeviceUseCases:
         shown = record
         if live is not None:
             shown = replace(live, name=record.name, owner=record.owner, key_fingerprint=record.key_fingerprint)
-        return DeviceView(shown, live is not None, sessions.quarantined(record.id))
+        return DeviceView(shown, live is not None or sessions.shown_online(record), sessions.quarantined(record.id))
 
     # -- registering ------------------------------------------------------------------------------
 

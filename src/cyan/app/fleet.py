@@ -117,7 +117,11 @@ class FleetUseCases:
                 shown = replace(live, name=record.name, owner=record.owner, key_fingerprint=record.key_fingerprint)
             attempt = latest.get(record.id)
             # Without live sessions here (the command line), the stored state says whether it is connected.
-            if live is not None or (record.online and await sessions.connected(record.id)):
+            if (
+                live is not None
+                or sessions.shown_online(record)
+                or (record.online and await sessions.connected(record.id))
+            ):
                 status = "online"
             elif sessions.quarantined(record.id):
                 status = "quarantined"

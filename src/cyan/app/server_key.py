@@ -4,6 +4,9 @@ Every device holds the server's public key (protocol.md §11); a server that sta
 all of them out at once, with nothing on the device but a failed handshake. So the key in use is recorded in
 the audit trail, a server whose key file went missing does not quietly make a new one, and replacing the key
 is a deliberate, audited act (`cyan serve --new-server-key`).
+
+The nodes of a cloud of several share the database, so the first node's key is recorded for all of them: each
+node is given that key file, and a node started with another refuses to start and says which one it needs.
 """
 
 from __future__ import annotations
@@ -21,29 +24,36 @@ SERVER_KEY = "server_key"
 
 
 class ServerKeyMissingError(CloudError):
-    def __init__(self, path: str, expected: str | None, devices: int) -> None:
+    def __init__(self, path: str, expected: str | None, devices: int, *, shared: bool = False) -> None:
         known = f"the devices expect the server key {expected}" if expected else f"{devices} device(s) are registered"
+        if shared and expected:
+            known = f"the cloud this node joins (its shared database) uses the server key {expected}"
         super().__init__(
             f"the server key {path} is missing, and {known}: a new key would lock every device out (their "
             "handshakes would fail with nonce_mismatch)"
         )
         self.hint = (
-            f"restore {path} from a backup (its fingerprint must be {expected}); or, to give every device a new "
-            "key file over DFU, start once with --new-server-key"
+            f"copy server_key.pem from another node of this cloud to {path} (owner-only): every node presents "
+            "the same key"
+            if shared and expected
+            else f"restore {path} from a backup (its fingerprint must be {expected}); or, to give every device a "
+            "new key file over DFU, start once with --new-server-key"
             if expected
             else f"restore {path} from a backup, or start once with --new-server-key to make a new one"
         )
 
 
 class ServerKeyChangedError(CloudError):
-    def __init__(self, path: str, expected: str, found: str) -> None:
+    def __init__(self, path: str, expected: str, found: str, *, shared: bool = False) -> None:
+        given = "the cloud's other nodes (its shared database) use" if shared else "the devices were given"
         super().__init__(
-            f"the server key {path} is {found}, but the devices were given {expected}: with it, every device's "
-            "handshake would fail"
+            f"the server key {path} is {found}, but {given} {expected}: with it, every device's handshake would fail"
         )
         self.hint = (
-            f"put back the key with the fingerprint {expected}; or, if the change is deliberate, start once with "
-            "--new-server-key (the devices then need the new key file over DFU)"
+            f"copy server_key.pem from another node of this cloud to {path}: every node presents the same key"
+            if shared
+            else f"put back the key with the fingerprint {expected}; or, if the change is deliberate, start once "
+            "with --new-server-key (the devices then need the new key file over DFU)"
         )
 
 
@@ -56,28 +66,58 @@ class ServerKeyUseCases:
         entries = await self._ctx.store.audit.recent(subject=SERVER_KEY, limit=1)
         return entries[0].new_fingerprint if entries else None
 
-    async def check(self, path: str, found: str | None) -> None:
+    async def check(self, path: str, found: str | None, *, shared: bool = False) -> None:
         """Before a server starts with the key file it found (its fingerprint), or none: raise when that
-        would lock registered devices out; record the key in use the first time."""
+        would lock registered devices out; record the key in use the first time. `shared`: the database is a
+        cloud's of several nodes, which the messages say."""
         expected = await self.expected()
         if found is None:
             devices = len(await self._ctx.store.devices.all())
             if expected is not None or devices:
-                raise ServerKeyMissingError(path, expected, devices)
+                raise ServerKeyMissingError(path, expected, devices, shared=shared)
             return
         if expected is None:
-            await self._record("server_key_in_use", Actor.system("server"), None, found, "recorded at start-up")
+            await self._record(
+                "server_key_in_use",
+                Actor.system("server"),
+                None,
+                found,
+                "recorded at start-up",
+                path=path,
+                shared=shared,
+            )
         elif expected != found:
-            raise ServerKeyChangedError(path, expected, found)
+            raise ServerKeyChangedError(path, expected, found, shared=shared)
 
-    async def created(self, actor: Actor, fingerprint: str) -> None:
-        await self._record("server_key_created", actor, None, fingerprint, "a new data directory")
+    async def created(self, actor: Actor, fingerprint: str, *, path: str = "", shared: bool = False) -> None:
+        """A new key, recorded unless another node of the cloud recorded its own first (raises then)."""
+        await self._record(
+            "server_key_created", actor, None, fingerprint, "a new data directory", path=path, shared=shared
+        )
 
     async def replaced(self, actor: Actor, old: str | None, new: str, kept_as: str | None) -> None:
         detail = f"the old key file is kept as {kept_as}" if kept_as else "there was no key file to keep"
         await self._record("server_key_replaced", actor, old, new, detail)
 
-    async def _record(self, action: str, actor: Actor, old: str | None, new: str, detail: str) -> None:
+    async def _record(
+        self,
+        action: str,
+        actor: Actor,
+        old: str | None,
+        new: str,
+        detail: str,
+        *,
+        path: str | None = None,
+        shared: bool = False,
+    ) -> None:
+        """`path` given: the first record of a key, which must still be the first in its transaction (nodes
+        starting together on an empty database: one key wins, the others refuse to start)."""
         entry = AuditEntry(self._ctx.clock(), None, action, actor.name, old, new, detail, SERVER_KEY)
         async with self._ctx.store.transaction() as tx:
+            if path is not None:
+                recorded = await tx.audit.recent(subject=SERVER_KEY, limit=1)
+                if recorded and recorded[0].new_fingerprint != new:
+                    raise ServerKeyChangedError(path, recorded[0].new_fingerprint or "", new, shared=shared)
+                if recorded:
+                    return
             await tx.audit.add(entry)

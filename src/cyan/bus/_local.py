@@ -16,7 +16,7 @@ __all__ = ["BusSubscription", "LocalFanOut"]
 class BusSubscription:
     """One subscriber's view of the bus. Iterate with `await get()`; `dropped` counts lost events."""
 
-    __slots__ = ("_accept", "_forget", "_queue", "_waiter", "closed", "dropped", "prefix")
+    __slots__ = ("_accept", "_forget", "_queue", "_waiter", "closed", "dropped", "interruptions", "prefix")
 
     def __init__(
         self,
@@ -31,6 +31,9 @@ class BusSubscription:
         self._queue: deque[CloudEvent] = deque(maxlen=capacity)
         self._waiter: asyncio.Future[None] | None = None
         self.dropped = 0
+        #: Times the bus lost its way to the other nodes while this subscription was open: their events meanwhile
+        #: never arrived (the subscriber is to be told, not left to guess).
+        self.interruptions = 0
         self.closed = False
 
     def _offer(self, event: CloudEvent) -> None:
@@ -89,3 +92,8 @@ class LocalFanOut:
     def close_all(self) -> None:
         for subscription in tuple(self.subscriptions):
             subscription.close()
+
+    def interrupted(self) -> None:
+        """The other nodes' events could not arrive for a while: every subscription counts it."""
+        for subscription in tuple(self.subscriptions):
+            subscription.interruptions += 1

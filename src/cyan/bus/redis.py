@@ -491,6 +491,9 @@ class RedisBus:
             except (RedisError, OSError, ValueError) as exc:
                 if self._connected.is_set():
                     log.warning("node %s lost %s, reconnecting: %s", self.node_id, self.description, exc)
+                    # Pub/sub keeps nothing for a subscriber that is away: what other nodes publish until this
+                    # node is back never arrives, and the streams here say so.
+                    self._local.interrupted()
                 self._last_error = str(exc) or type(exc).__name__
                 self._connected.clear()
                 self._attempted.set()

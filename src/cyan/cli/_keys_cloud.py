@@ -28,7 +28,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from cyan.app import Application, NewDevice
-from cyan.config import Settings
 from cyan.keys import (
     KeyFormatError,
     Layout,
@@ -45,6 +44,7 @@ from cyan.keys import (
 from cyan.service import open_application
 
 from ._local import operator
+from ._options import local_settings
 
 #: A device's public key: RSA-1024 (Gen 2, TCP) or EC P-256 (Electron and Gen 3, UDP).
 DevicePublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
@@ -215,7 +215,7 @@ class DataDirRegistry:
     """A cloud's data directory, through the use cases, as the operator."""
 
     def __init__(self, data_dir: Path | None) -> None:
-        self.settings = Settings.from_env(data_dir=data_dir)
+        self.settings = local_settings(data_dir)
         self.where = str(self.settings.data_dir)
         self._runner: asyncio.Runner | None = None
         self._context: Any = None
@@ -324,7 +324,7 @@ def load_server_identity(data_dir: Path | None, server_key: Path | None) -> Serv
     if server_key is not None:
         key, addresses = _read_server_key(server_key)
         return ServerIdentity(key, str(server_key), addresses)
-    settings = Settings.from_env(data_dir=data_dir)
+    settings = local_settings(data_dir)
     path = settings.server_public_key_path
     if not path.exists():
         return None

@@ -10,8 +10,9 @@ from typing import Annotated, TypeVar
 import typer
 
 from cyan.app import Actor, Application
-from cyan.config import Settings
 from cyan.service import open_application
+
+from ._options import local_settings
 
 __all__ = ["ActorOption", "operator", "run_local"]
 
@@ -30,7 +31,7 @@ def operator(name: str = "operator") -> Actor:
 
 def run_local(data_dir: Path | None, work: Callable[[Application], Awaitable[T]]) -> T:
     """`work` on the use cases over the data directory's database."""
-    settings = Settings.from_env(data_dir=data_dir)
+    settings = local_settings(data_dir)
 
     async def run() -> T:
         async with open_application(settings) as app:

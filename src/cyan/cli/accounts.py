@@ -12,7 +12,7 @@ from cyan.cloud.auth import DEFAULT_TOKEN_LIFETIME
 from cyan.cloud.models import Role
 
 from ._local import ActorOption, operator, run_local
-from ._options import DataDirOption
+from ._options import DatabaseOption, DataDirOption
 
 users = typer.Typer(help="People and programs that own devices.", no_args_is_help=True)
 tokens = typer.Typer(help="API access tokens.", no_args_is_help=True)
@@ -25,6 +25,7 @@ def add_user(
     admin: Annotated[bool, typer.Option("--admin", help="An admin: operates the whole fleet (docs/keys.md).")] = False,
     actor: ActorOption = "operator",
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """Create a user."""
     secret = password if password is not None else typer.prompt("Password", hide_input=True, confirmation_prompt=True)
@@ -34,7 +35,7 @@ def add_user(
 
 
 @users.command("list")
-def list_users(data_dir: DataDirOption = None) -> None:
+def list_users(data_dir: DataDirOption = None, database: DatabaseOption = None) -> None:
     """List users and their roles."""
     found = run_local(data_dir, lambda app: app.accounts.users(operator()))
     table = Table("Username", "Role", "Created")
@@ -48,6 +49,7 @@ def remove_user(
     username: Annotated[str, typer.Argument(help="The user to remove.")],
     actor: ActorOption = "operator",
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """Remove a user, revoke all their tokens and release their devices."""
     run_local(data_dir, lambda app: app.accounts.remove_user(operator(actor), username))
@@ -60,6 +62,7 @@ def set_role(
     role: Annotated[Role, typer.Argument(help="admin or user.")],
     actor: ActorOption = "operator",
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """Make a user an admin, or a plain user again."""
     user = run_local(data_dir, lambda app: app.accounts.set_role(operator(actor), username, role))
@@ -75,6 +78,7 @@ def create_token(
     never_expires: Annotated[bool, typer.Option("--never-expires", help="A token that never expires.")] = False,
     actor: ActorOption = "operator",
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """Create an access token for a user (printed once; only its hash is kept)."""
     lifetime = None if never_expires else expires_in
@@ -86,6 +90,7 @@ def create_token(
 def list_tokens(
     username: Annotated[str, typer.Argument(help="Whose tokens.")],
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """A user's tokens: when each was made, by which client, until when (the tokens themselves are not kept)."""
     found = run_local(data_dir, lambda app: app.accounts.tokens(operator(), username))
@@ -101,6 +106,7 @@ def revoke_token(
     token: Annotated[str, typer.Argument(help="The token to revoke.")],
     actor: ActorOption = "operator",
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """Revoke an access token."""
     if not run_local(data_dir, lambda app: app.accounts.revoke(token, actor=operator(actor))):

@@ -22,7 +22,7 @@ from cyan.keys import device_public_key_der
 
 from . import updates
 from ._local import ActorOption, operator, run_local
-from ._options import DataDirOption
+from ._options import DatabaseOption, DataDirOption
 from .diagnose import api_get, parse_since
 
 app = typer.Typer(help="Register devices and read what the server saw of them.", no_args_is_help=True)
@@ -45,6 +45,7 @@ def add(
     owner: Annotated[str | None, typer.Option("--owner", help="The user it belongs to (nobody yet).")] = None,
     actor: ActorOption = "operator",
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """Register a device with its public key, as `particle keys send` would (optionally straight to its owner)."""
     der = device_public_key_der(key.read_bytes())
@@ -61,6 +62,7 @@ def list_devices(
         bool, typer.Option("--ids", help="Only the device ids, one per line (for other commands: $(...)).")
     ] = False,
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """List registered devices."""
     views = run_local(data_dir, lambda app: app.devices.mine(operator(), everyone=True))
@@ -91,6 +93,7 @@ def rename(
     name: Annotated[str, typer.Argument(help="Its new name.")],
     actor: ActorOption = "operator",
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """Rename a device."""
     record = run_local(data_dir, lambda app: app.devices.rename(operator(actor), device, name))
@@ -114,6 +117,7 @@ def remove(
     device: Annotated[str, typer.Argument(help="The device id or name.")],
     actor: ActorOption = "operator",
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """Remove a device from the registry, with its key: it cannot connect until it is registered again."""
     record = run_local(data_dir, lambda app: app.devices.remove(operator(actor), device))
@@ -126,6 +130,7 @@ def claim(
     owner: Annotated[str, typer.Option("--owner", help="The user it becomes the device of.")],
     actor: ActorOption = "operator",
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """Give an ownerless device to a user (one that belongs to someone is released first: cyan devices release)."""
     record = run_local(data_dir, lambda app: app.devices.claim(operator(actor), device, owner=owner))
@@ -137,6 +142,7 @@ def release(
     device: Annotated[str, typer.Argument(help="The device id or name.")],
     actor: ActorOption = "operator",
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """The device is no longer its owner's (it stays registered, with its key), as `particle device remove`."""
     record = run_local(data_dir, lambda app: app.devices.release(operator(actor), device))
@@ -148,6 +154,7 @@ def claim_code(
     device: Annotated[str, typer.Argument(help="The ownerless device id or name.")],
     actor: ActorOption = "operator",
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """A one-time claim code for an ownerless device: whoever holds it may claim or provision that device
     (POST /v1/devices or /v1/provisioning/:id with claim_code). Good for 24 hours; printed once."""
@@ -162,6 +169,7 @@ def group(
     remove_them: Annotated[bool, typer.Option("--remove", help="Remove the devices instead.")] = False,
     actor: ActorOption = "operator",
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """Device groups for `flash --group`: list them, list one, add devices to one or remove them."""
     if name is None:
@@ -182,6 +190,7 @@ def attempts(
     device: Annotated[str | None, typer.Argument(help="Only this device's attempts (its id or name).")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="How many, newest first.")] = 50,
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """Connection attempts, newest first: where each failed and why."""
     _, found = run_local(data_dir, lambda app: app.diagnostics.attempts(operator(), device, limit=limit))
@@ -219,6 +228,7 @@ def doctor(
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output (docs/diagnostics.md).")] = False,
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """What the server saw of a device, in plain words, and what to do (docs/diagnostics.md)."""
     now = datetime.now(UTC)
@@ -243,6 +253,7 @@ def unidentified(
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output (docs/diagnostics.md).")] = False,
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """Failed attempts that carry no device id (a device holding another server key cannot name itself),
     grouped by address and time, with the devices last seen at each address."""

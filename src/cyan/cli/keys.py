@@ -64,7 +64,7 @@ from ._keys_cloud import (
     ServerIdentity,
     load_server_identity,
 )
-from ._options import DataDirOption
+from ._options import DatabaseOption, DataDirOption, local_settings
 
 app = typer.Typer(
     help="Device and server keys: key files, DFU read/write, registration, inspection, fleets, escrow.",
@@ -277,7 +277,7 @@ def _write_verified(dfu: DfuUtil, device: DfuDevice, which: str, data: bytes, *,
 def _identity(data_dir: Path | None, server_key: Path | None) -> ServerIdentity:
     identity = load_server_identity(data_dir, server_key)
     if identity is None:
-        where = Settings.from_env(data_dir=data_dir).server_public_key_path
+        where = local_settings(data_dir).server_public_key_path
         _fail(
             f"no server key: {where} does not exist",
             "run `cyan serve` once to create it, pass --data-dir, or give the key with --key/--server-key",
@@ -309,6 +309,7 @@ def server(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a different existing output file.")] = False,
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """Write the server-key file devices of this cloud need, byte for byte as `particle keys server` does.
 
@@ -510,6 +511,7 @@ def send(
     api: ApiOption = None,
     token: TokenOption = None,
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """Register a device's public key with a Cyan cloud (what `particle keys send` does): RSA-1024 for Gen 2,
     EC P-256 for the Electron and Gen 3."""
@@ -566,6 +568,7 @@ def doctor(
     api: ApiOption = None,
     token: TokenOption = None,
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
     server_key: ServerKeyOption = None,
     host: Annotated[str | None, typer.Option("--host", help="Address devices connect to (the published one).")] = None,
     port: Annotated[int | None, typer.Option("--port", help="Device port (the published one, else 5683).")] = None,
@@ -675,13 +678,17 @@ def doctor(
 # -- inspect -----------------------------------------------------------------------------------------------------
 
 
+def _has_database(settings: Settings) -> bool:
+    return bool(settings.database_url) or settings.database_path.exists()
+
+
 def _facts(
     device_id: str | None, api: str | None, token: str | None, data_dir: Path | None, server_key: Path | None
 ) -> CloudFacts:
     """What the cloud knows, as far as it can be asked; a cloud that cannot be reached is reported and skipped."""
     registered: bool | None = None
     held: str | None = None
-    if device_id is not None and (api or Settings.from_env(data_dir=data_dir).database_path.exists()):
+    if device_id is not None and (api or _has_database(local_settings(data_dir))):
         registry = _registry(api, token, data_dir)
         try:
             answer = registry.device_key(device_id)
@@ -744,6 +751,7 @@ def inspect(
     api: ApiOption = None,
     token: TokenOption = None,
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
     server_key: ServerKeyOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -864,6 +872,7 @@ def provision(
     api: ApiOption = None,
     token: TokenOption = None,
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """Make keys offline for many devices, register them, and write OUT/<id>.der (owner-only), <id>.pub.pem
     and manifest.csv. Safe to run again: existing keys are kept and only what is missing is done."""
@@ -955,6 +964,7 @@ def restore(
     api: ApiOption = None,
     token: TokenOption = None,
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """Put a device's escrowed key back over DFU, so it comes back with the same identity."""
     device_id = _device_id(device_id)

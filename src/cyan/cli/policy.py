@@ -20,7 +20,7 @@ from cyan.app import Application
 from cyan.cloud.models import KeyPolicyMode, PendingKey
 
 from ._local import ActorOption, operator, run_local
-from ._options import DataDirOption
+from ._options import DatabaseOption, DataDirOption
 
 app = typer.Typer(
     help="Key policy: new device keys, re-key windows, approvals and the audit trail.", no_args_is_help=True
@@ -49,7 +49,7 @@ def _when(moment: datetime | None) -> str:
 
 
 @app.command("show")
-def show(data_dir: DataDirOption = None) -> None:
+def show(data_dir: DataDirOption = None, database: DatabaseOption = None) -> None:
     """The fleet's policy, per-device policies, armed re-key windows and pending keys."""
 
     async def work(app: Application) -> None:
@@ -121,6 +121,7 @@ def set_policy(
     ] = None,
     actor: ActorOption = "operator",
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """Set the fleet's policy, or one device's."""
     if device is not None:
@@ -154,6 +155,7 @@ def rekey(
     duration: Annotated[str, typer.Option("--for", help="How long the window stays open (30m, 2h, 1d).")] = "1h",
     actor: ActorOption = "operator",
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """For devices that lost their keys: accept the one new key each presents before the window closes."""
     seconds = _seconds(duration)
@@ -169,7 +171,7 @@ def rekey(
 
 
 @app.command("pending")
-def pending(data_dir: DataDirOption = None) -> None:
+def pending(data_dir: DataDirOption = None, database: DatabaseOption = None) -> None:
     """Keys devices presented that are not their registered ones, with the fingerprints to approve them by."""
     found = run_local(data_dir, lambda app: app.keys.pending(operator()))
     _print_pending(found, Console(width=200))
@@ -181,6 +183,7 @@ def approve(
     fingerprint: FingerprintOption,
     actor: ActorOption = "operator",
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """Make the device's pending key with this fingerprint its registered key."""
     record = run_local(data_dir, lambda app: app.keys.approve(operator(actor), device, fingerprint))
@@ -193,6 +196,7 @@ def reject(
     fingerprint: FingerprintOption,
     actor: ActorOption = "operator",
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """Forget the device's pending key with this fingerprint (its registered key stays)."""
     done = run_local(data_dir, lambda app: app.keys.reject(operator(actor), device, fingerprint))
@@ -204,6 +208,7 @@ def audit(
     device: Annotated[str | None, typer.Argument(help="Only this device (id or name).")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 50,
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """Every change and decision, newest first: who, when, what, the fingerprints before and after, why."""
     entries = run_local(data_dir, lambda app: app.keys.audit(operator(), device, limit=limit))

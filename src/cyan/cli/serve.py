@@ -15,7 +15,7 @@ from cyan.config import Settings
 from cyan.limits import ensure_file_limit
 from cyan.service import Service, ensure_server_keys
 
-from ._options import DataDirOption
+from ._options import DatabaseOption, DataDirOption
 
 
 def serve(
@@ -64,6 +64,30 @@ def serve(
             "(env CYAN_WORKERS; 1, or 0 on one core).",
         ),
     ] = None,
+    database: DatabaseOption = None,
+    bus: Annotated[
+        str | None,
+        typer.Option(
+            "--bus",
+            help="The Redis the nodes of a cloud of several share (redis://[:password@]host:6379/0); absent: this "
+            "process is the whole cloud (env CYAN_BUS_URL).",
+        ),
+    ] = None,
+    node_id: Annotated[
+        str | None,
+        typer.Option(
+            "--node-id",
+            help="This node's name among the cloud's nodes, unique per node (env CYAN_NODE_ID; host name:API port).",
+        ),
+    ] = None,
+    firmware_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--firmware-dir",
+            help="Where uploaded firmware is kept; the nodes of a cloud of several share one (env CYAN_FIRMWARE_DIR; "
+            "firmware in the data directory).",
+        ),
+    ] = None,
     new_server_key: Annotated[
         bool,
         typer.Option(
@@ -84,6 +108,10 @@ def serve(
         public_address=public_address,
         workers=workers,
         device_processes=device_processes,
+        database_url=database,
+        bus_url=bus,
+        node_id=node_id,
+        firmware_directory=firmware_dir,
     )
     if data_dir is None and not os.environ.get("CYAN_DATA_DIR"):
         _note_earlier_data_directory(settings.data_dir)
@@ -134,8 +162,13 @@ def _print_banner(service: Service, *, file_limit: int) -> None:
     port = service.device_server.port
     # The address to give clients: the API's own when it listens on one interface only.
     api_address = s.public_address if s.api_host in ("0.0.0.0", "::", "") else s.api_host
+    where = f"Data: {data}"
+    if s.database_url:
+        where += f"; the {getattr(service.store, 'description', 'database')}"
+    if s.bus_url:
+        where += f"; node {s.node_id} of the cloud on {getattr(service.bus, 'description', 'the bus')}"
     lines = [
-        f"Cyan {__version__} is serving. Data: {data}",
+        f"Cyan {__version__} is serving. {where}",
         f"  Server key: {keys.fingerprint}"
         + (" (replaced now: give every device the new key file)" if keys.replacing else "")
         + (" (created now)" if keys.created and not keys.replacing else ""),

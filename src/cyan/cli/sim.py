@@ -40,7 +40,7 @@ from cyan.sim import (
 )
 
 from ._local import operator
-from ._options import DataDirOption
+from ._options import DatabaseOption, DataDirOption, local_settings
 
 
 def _firmware(choice: str) -> Firmware | list[Firmware]:
@@ -118,10 +118,11 @@ def sim(
         ),
     ] = False,
     data_dir: DataDirOption = None,
+    database: DatabaseOption = None,
 ) -> None:
     """Run virtual devices that behave like the real firmware, optionally with a fault: Photons/P1s over TCP,
     or Argons over UDP (--protocol udp) with datagram loss, duplication, reordering and address changes."""
-    settings = Settings.from_env(data_dir=data_dir)
+    settings = local_settings(data_dir)
     if protocol not in ("tcp", "udp"):
         raise typer.BadParameter(f"{protocol!r}: tcp or udp", param_hint="--protocol")
     if protocol == "udp":
@@ -153,7 +154,7 @@ def sim(
     )
     if register:
         done = asyncio.run(_register(settings, fleet, owner, replace_keys=replace_keys))
-        typer.echo(f"Registered {done.added} new device(s) in {settings.database_path}")
+        typer.echo(f"Registered {done.added} new device(s) in {_where(settings)}")
         if done.replaced:
             typer.echo(f"Replaced the registered key of {len(done.replaced)} device(s) with this fleet's (audited).")
         if done.other_key:
@@ -205,7 +206,7 @@ def _sim_udp(
         key = load_ec_private_key(path.read_bytes())
         devices.append(UdpVirtualDevice(bytes.fromhex(device_id), key, public, faults=faults))
     added = asyncio.run(_register_udp(settings, devices, owner))
-    typer.echo(f"Registered {added} new UDP device(s) in {settings.database_path}")
+    typer.echo(f"Registered {added} new UDP device(s) in {_where(settings)}")
     asyncio.run(_run_udp(devices, host, int(port_text), move_after, duration))
 
 
@@ -376,3 +377,11 @@ async def _run(fleet: Fleet, host: str, port: int, ramp: float | None, duration:
         recovery.cancel()
         await fleet.stop()
     typer.echo(f"Stopped. {fleet.stats()}")
+
+
+def _where(settings: Settings) -> str:
+    """The database, as a person reads it: the file, or the URL without its password."""
+    if not settings.database_url:
+        return str(settings.database_path)
+    scheme, _, rest = settings.database_url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"

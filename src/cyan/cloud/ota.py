@@ -26,7 +26,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +36,7 @@ from cyan.protocol.binary import ModuleFunction, check_for_device
 from .errors import CloudError, DeviceNotFoundError
 from .models import CloudEvent, FirmwareRecord, JobState, UpdateJob
 from .ports import Repositories, UpdateRepository
+from .routing import JobsQueued
 from .service import Cloud, DeviceLink
 
 __all__ = [
@@ -240,13 +241,23 @@ class UpdateManager:
         #: Set when a device connects; waiters take a fresh one each time.
         self._presence: dict[str, asyncio.Event] = {}
         self._started = False
+        self._adopting: set[asyncio.Task[None]] = set()
         cloud.bus.add_listener(self._on_bus_event)
+        cloud.request_handlers[JobsQueued] = self._jobs_queued
 
     # -- life cycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Resume the jobs a previous run left unfinished: a transfer cut off by the restart is queued again."""
+        """Resume the jobs a previous run left unfinished: a transfer cut off by the restart is queued again.
+
+        One of several nodes works on the jobs of the devices it holds, whoever stored them: it takes them up
+        when a device connects to it (`_adopt`), or when the node that stored them says so (`JobsQueued`); a
+        rollout whose node died goes on wherever its devices reconnect."""
         self._started = True
+        if self.cloud.clustered:
+            for device_id in self.cloud.local_device_ids():
+                self._adopt_soon(device_id)
+            return
         for job in reversed(await self.store.list_jobs(unfinished=True, limit=1_000_000)):
             if job.state is JobState.PAUSED:
                 continue  # stays held until someone resumes it
@@ -257,7 +268,7 @@ class UpdateManager:
             self._spawn(job, None)
 
     async def stop(self) -> None:
-        tasks = list(self._tasks.values())
+        tasks = list(self._tasks.values()) + list(self._adopting)
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -346,9 +357,14 @@ class UpdateManager:
             self._rollout_slots[rollout] = asyncio.Semaphore(plan.concurrency)
         for job in plan.jobs:
             self._spawn(job, plan.firmware)
+            if self.cloud.clustered and self.cloud.device_link(job.device_id) is None:
+                self.cloud.tell_holder(job.device_id, JobsQueued(job.device_id))
 
     async def get(self, job_id: int) -> UpdateJob:
-        job = self._active.get(job_id) or await self.store.get_job(job_id)
+        active = self._active.get(job_id)
+        if active is not None and self._current(active):
+            return active
+        job = await self.store.get_job(job_id)
         if job is None:
             raise UpdateNotFoundError(f"no update job {job_id}")
         return job
@@ -358,7 +374,16 @@ class UpdateManager:
     ) -> list[UpdateJob]:
         """Newest first, with the live progress of the jobs being worked on."""
         jobs = await self.store.list_jobs(device_id=device_id, rollout=rollout, limit=limit)
-        return [self._active.get(job.id or 0, job) for job in jobs]
+        shown = []
+        for job in jobs:
+            active = self._active.get(job.id or 0)
+            shown.append(active if active is not None and self._current(active) else job)
+        return shown
+
+    def _current(self, active: UpdateJob) -> bool:
+        """Whether this node's copy of a job it works on is the newest: always on one node; of several, only
+        while this node sends it (its progress is here), since another node may have taken the job on since."""
+        return not self.cloud.clustered or active.state is JobState.SENDING
 
     async def halt(self, job_id: int) -> None:
         """Stop working on a job that is not being sent (`UpdateConflictError` if it is): its task ends where
@@ -379,6 +404,8 @@ class UpdateManager:
         """Work on a stored job again (after `halt`), from the state it is stored in."""
         if job.id is not None and job.id not in self._tasks and not job.state.finished:
             self._spawn(job, None)
+            if self.cloud.clustered and self.cloud.device_link(job.device_id) is None:
+                self.cloud.tell_holder(job.device_id, JobsQueued(job.device_id))
 
     # -- presence (the device server reports sessions on the bus as spark/status) ---------------
 
@@ -387,6 +414,50 @@ class UpdateManager:
             waiter = self._presence.pop(event.device_id, None)
             if waiter is not None:
                 waiter.set()
+            if self._started and self.cloud.clustered and self.cloud.device_link(event.device_id) is not None:
+                self._adopt_soon(event.device_id)
+
+    # -- the jobs of the devices this node holds (one of several nodes) ---------------------------
+
+    async def _jobs_queued(self, message: JobsQueued) -> None:
+        if self._started:
+            await self._adopt(message.device_id)
+
+    def _adopt_soon(self, device_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._adopt(device_id), name=f"cyan-update-adopt-{device_id}")
+        self._adopting.add(task)
+        task.add_done_callback(self._adopting.discard)
+
+    async def _adopt(self, device_id: str) -> None:
+        """Work on the device's unfinished jobs that no task here works on. A job stored as being sent is not
+        being sent: the device's session is here now, so the node that was sending lost it (or died)."""
+        try:
+            jobs = await self.store.list_jobs(device_id=device_id, unfinished=True)
+        except Exception:
+            log.exception("could not read the update jobs of device %s", device_id)
+            return
+        for job in reversed(jobs):
+            if job.id is None or job.id in self._tasks or job.state is JobState.PAUSED:
+                continue
+            if job.state is JobState.SENDING:
+                job.state = JobState.QUEUED
+                job.detail = "the transfer's session ended on another node"
+                await self._save(job)
+            self._spawn(job, None)
+
+    async def _taken_elsewhere(self, job: UpdateJob) -> bool:
+        """One of several nodes: whether another node saved the job since this one did (it sent it, finished it,
+        or someone paused or cancelled it); if so, the stored job replaces this node's copy."""
+        if not self.cloud.clustered or job.id is None:
+            return False
+        stored = await self.store.get_job(job.id)
+        if stored is None or stored.updated_at == job.updated_at:
+            return False
+        for item in fields(UpdateJob):
+            setattr(job, item.name, getattr(stored, item.name))
+        if job.state is JobState.SENDING and self.cloud.device_link(job.device_id) is not None:
+            job.state = JobState.QUEUED  # the device is here: the node that was sending lost its session
+        return True
 
     async def _session(self, device_id: str, *, other_than: DeviceLink | None, timeout: float | None) -> DeviceLink:
         """The device's link once it is connected (in a session other than `other_than`); TimeoutError."""
@@ -422,6 +493,8 @@ class UpdateManager:
             info = parse_module(image)
             last_link: DeviceLink | None = None
             while not job.state.finished:
+                if job.state is JobState.PAUSED:
+                    return  # paused on another node: resumed, it is started again
                 if job.state is JobState.WAITING:
                     await self._confirm(job, record, last_link)
                 else:
@@ -442,6 +515,8 @@ class UpdateManager:
         link = await self._session(job.device_id, other_than=None, timeout=None)
         await asyncio.sleep(config.start_delay)
         link = self.cloud.device_link(job.device_id) or link
+        if await self._taken_elsewhere(job):
+            return None  # go on from the state the other node left it in
         hello = link.hello
         platform = hello.platform_id if hello is not None else None
         try:
@@ -502,6 +577,8 @@ class UpdateManager:
         try:
             link = await self._session(job.device_id, other_than=sent_over, timeout=self.config.reconnect_timeout)
         except TimeoutError:
+            if await self._taken_elsewhere(job):
+                return  # the device came back to another node, which judged it
             await self._retry(
                 job, "no_reconnect", f"the device did not come back within {self.config.reconnect_timeout:g} s"
             )

@@ -414,6 +414,8 @@ class BusSubscription(Protocol):
 
     prefix: str
     dropped: int
+    #: Times the events of other nodes could not reach this node (its bus lost the broker) while it was open.
+    interruptions: int
     closed: bool
 
     async def get(self) -> CloudEvent | None:
@@ -490,6 +492,10 @@ class Sessions(Protocol):
     def live(self, device_id: str) -> DeviceRecord | None:
         """The device's record as its session on this node keeps it (what it reported since connecting), or
         None when it has no session here."""
+
+    def shown_online(self, record: DeviceRecord) -> bool:
+        """Whether a device's view shows it connected: its session is here, or, one of several nodes, the state
+        stored by the node that holds it says so."""
 
     async def owner_changed(self, device_id: str, owner: str | None) -> None:
         """A claim or a release: the session and the routing of events follow the new owner."""

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -24,7 +25,9 @@ from cyan.protocol.messages import MAX_EVENT_NAME
 from .alerts import AlertSink, LoggingAlerts
 from .errors import DeviceOfflineError, DeviceQuarantinedError, UnknownFunctionError, UnknownVariableError
 from .models import CloudEvent, ConnectionAttempt, DeviceRecord, LinkDiagnostics, Variable
-from .ports import Bus, Store, StoreUnavailableError
+from .ports import Bus, BusUnavailableError, NodeUnreachableError, Presence, Store, StoreUnavailableError
+from .queries import DeviceQuery, DeviceStatus
+from .routing import CallFunction, CloseSession, ReadVariable, SessionChange, SessionChangeKind, Signal
 from .watch import AttemptWatch
 from .writer import AttemptSampler, RecordLimits, RecordWriter
 
@@ -105,6 +108,17 @@ class _Session:
     subscriptions: list[_Subscription] = field(default_factory=list)
     started_at: datetime | None = None
     published: int = 0
+    #: What the bus's presence names this session by: a newer one, on any node, replaces it.
+    session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+#: A quarantined session's presence is kept under the device id with this suffix (no device id has a slash), so
+#: that an approval made on another node reaches it without counting the device as connected.
+_QUARANTINE = "/quarantine"
+#: What a request to the node holding a device allows beyond the device's own timeout: the way there and back.
+_ROUTE_MARGIN = 2.0
+#: Claims, releases and messages to other nodes under way at once.
+_BUS_CONCURRENCY = 32
 
 
 class Cloud:
@@ -123,6 +137,8 @@ class Cloud:
         loop_window: float = 300.0,
         records: RecordLimits | None = None,
         housekeeping_interval: float = 60.0,
+        clustered: bool = False,
+        reconcile_interval: float = 5.0,
     ) -> None:
         self.store = store
         self.bus = bus
@@ -157,16 +173,32 @@ class Cloud:
         self.origin_listeners: list[Callable[[CloudEvent], None]] = []
         #: Called with the diagnostics a device posts unasked (`Particle.publishVitals()`): device id, values.
         self.metrics_listeners: list[Callable[[str, dict[int, int]], None]] = []
+        #: One of several nodes sharing the store and the bus: the stored online state is the cluster's, so a
+        #: starting node never clears it, and `reconcile` keeps it true to the bus's presences instead.
+        self.clustered = clustered
+        self._reconcile_interval = reconcile_interval
+        self._reconciler: asyncio.Task[None] | None = None
+        self._quarantine_ids: dict[str, str] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        #: Bus work of sessions at once: a fleet connecting (or a node's devices moving here) must not open a
+        #: connection to the broker per device.
+        self._bus_slots = asyncio.Semaphore(_BUS_CONCURRENCY)
+        #: What answers the other requests nodes send each other (`cyan.cloud.ota` registers its own).
+        self.request_handlers: dict[type, Callable[[Any], Awaitable[object]]] = {}
         bus.add_listener(self._fan_out)
+        bus.serve(self._handle_request)
 
     # -- life cycle -----------------------------------------------------------------------------
 
     async def start(self, *, owns_devices: bool = True) -> None:
         """`owns_devices`: this process serves the devices, so none is online when it starts."""
-        if owns_devices:
+        if owns_devices and not self.clustered:
             await self.store.devices.mark_all_offline()
         self.writer.start()
-        self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep(), name="cyan-housekeeping")
+        loop = asyncio.get_running_loop()
+        self._housekeeping = loop.create_task(self._housekeep(), name="cyan-housekeeping")
+        if owns_devices and self.clustered:
+            self._reconciler = loop.create_task(self._reconcile_loop(), name="cyan-reconcile")
 
     async def stop(self) -> None:
         """Close every session, then write what is still queued."""
@@ -174,11 +206,15 @@ class Cloud:
             session.link.close()
         for link, _, _ in list(self._quarantined.values()):
             link.close()
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._housekeeping
-            self._housekeeping = None
+        for task in (self._housekeeping, self._reconciler):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._housekeeping = self._reconciler = None
+        if self._background:
+            # The presences the closed sessions release: so that other nodes do not wait for a lease to end.
+            await asyncio.wait(set(self._background), timeout=5.0)
         for summary in self.sampler.flush(self._clock() + self.records.window):
             self.writer.attempt(summary)
         await self.writer.stop()
@@ -231,12 +267,16 @@ class Cloud:
             if previous_held is not None and previous_held[0] is not link:
                 previous_held[0].close()
             self._quarantined[link.device_id] = (link, record, hello)
+            session_id = uuid.uuid4().hex
+            self._quarantine_ids[link.device_id] = session_id
+            self._spawn(self._claim(link.device_id + _QUARANTINE, session_id), "claim a quarantined session")
             return
         held = self._quarantined.pop(link.device_id, None)
         if held is not None:
             # The device itself is back with its registered key: the quarantined client was not it.
             log.warning("device %s connected with its registered key; closing the quarantined session", link.device_id)
             self._held_subscriptions.pop(link.device_id, None)
+            self._release_quarantined(link.device_id)
             held[0].close()
         previous = self._sessions.get(link.device_id)
         if previous is not None and previous.link is not link:
@@ -261,12 +301,14 @@ class Cloud:
         self._by_owner[record.owner].add(link.device_id)
         self.writer.state(record)
         self._system_event(record, "spark/status", "online")
+        self._spawn(self._claim(link.device_id, session.session_id), "claim a session")
 
     def session_ended(self, link: DeviceLink) -> None:
         held = self._quarantined.get(link.device_id)
         if held is not None and held[0] is link:
             del self._quarantined[link.device_id]
             self._held_subscriptions.pop(link.device_id, None)
+            self._release_quarantined(link.device_id)
             return
         session = self._sessions.get(link.device_id)
         if session is None or session.link is not link:
@@ -282,6 +324,167 @@ class Cloud:
         self._sessions.pop(device_id, None)
         self._by_owner[session.record.owner].discard(device_id)
         self._unindex(session, session.record.owner)
+        self._spawn(self.bus.release(device_id, session.session_id), "release a session")
+
+    def _release_quarantined(self, device_id: str) -> None:
+        session_id = self._quarantine_ids.pop(device_id, None)
+        if session_id is not None:
+            self._spawn(self.bus.release(device_id + _QUARANTINE, session_id), "release a quarantined session")
+
+    # -- the cluster: presence, and requests from the other nodes ---------------------------------
+
+    def _spawn(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        """Bus work a session's start or end causes, beside the device's way rather than in it: a slow or
+        unreachable bus never holds a device up (the Redis bus claims its sessions again once it is back)."""
+
+        async def run() -> None:
+            try:
+                async with self._bus_slots:
+                    await work
+            except (BusUnavailableError, NodeUnreachableError) as exc:
+                log.warning("could not %s on the bus: %s", what, exc)
+            except Exception:
+                log.exception("could not %s on the bus", what)
+
+        try:
+            task = asyncio.get_running_loop().create_task(run())
+        except RuntimeError:  # no loop: a synchronous test of the sessions alone
+            work.close()
+            return
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _claim(self, device_id: str, session_id: str) -> None:
+        """Take the device's presence; a session another node still holds is stale (the newer session wins,
+        as real firmware reconnects after a network change): tell that node to close it."""
+        replaced = await self.bus.claim(device_id, session_id)
+        if replaced is None or replaced.node_id == self.bus.node_id or replaced.session_id == session_id:
+            return
+        log.info("device %s moved here from node %s; asking it to close its old session", device_id, replaced.node_id)
+        try:
+            await self.bus.request(replaced.node_id, CloseSession(device_id, replaced.session_id), _ROUTE_MARGIN * 2)
+        except NodeUnreachableError as exc:
+            # The usual case after a node died: its devices reconnect here, and it has no session to close.
+            log.info("node %s has no session of device %s to close: %s", replaced.node_id, device_id, exc)
+
+    async def _handle_request(self, message: object) -> object:
+        """What another node asks of a device held here, or of the sessions held here."""
+        match message:
+            case CallFunction(device_id, name, argument, timeout):
+                return await self._local_call(device_id, name, argument, timeout)
+            case ReadVariable(device_id, name, timeout):
+                return await self._local_read(device_id, name, timeout)
+            case Signal(device_id, on):
+                await self._session_for(device_id).link.signal(on, self.request_timeout)
+                return None
+            case CloseSession(device_id, session_id):
+                self._close_stale(device_id, session_id)
+                return None
+            case SessionChange():
+                await self._apply_change(message)
+                return None
+        handler = self.request_handlers.get(type(message))
+        if handler is not None:
+            return await handler(message)
+        raise ValueError(f"not a request this node answers: {type(message).__name__}")
+
+    def _close_stale(self, device_id: str, session_id: str) -> None:
+        session = self._sessions.get(device_id)
+        if session is not None and session.session_id == session_id:
+            # Replaced, not ended: the device is online on the other node, so no offline state nor event.
+            log.info("device %s reconnected through another node; closing its session here", device_id)
+            self._drop(session)
+            session.link.close()
+            return
+        held = self._quarantined.get(device_id)
+        if held is not None and self._quarantine_ids.get(device_id) == session_id:
+            del self._quarantined[device_id]
+            self._held_subscriptions.pop(device_id, None)
+            self._quarantine_ids.pop(device_id, None)
+            held[0].close()
+
+    async def _apply_change(self, change: SessionChange) -> None:
+        if change.kind is SessionChangeKind.OWNER:
+            await self._owner_changed_here(change.device_id, change.owner)
+        elif change.kind is SessionChangeKind.KEY_APPROVED and change.fingerprint is not None:
+            await self._key_approved_here(change.device_id, change.fingerprint)
+        elif change.kind is SessionChangeKind.KEY_REJECTED and change.fingerprint is not None:
+            await self._key_rejected_here(change.device_id, change.fingerprint)
+        elif change.kind is SessionChangeKind.CLOSE:
+            await self._close_sessions_here(change.device_id, keep_key=change.fingerprint)
+
+    async def _forward(self, change: SessionChange) -> None:
+        """Tell the nodes that hold the device's sessions (proven or quarantined), if others do, of a change
+        made here: the store already holds it, so a device that connects anywhere later finds it there."""
+        nodes: set[str] = set()
+        for presence in (
+            await self._holder(change.device_id),
+            await self._holder(change.device_id + _QUARANTINE),
+        ):
+            if presence is not None and presence.node_id != self.bus.node_id:
+                nodes.add(presence.node_id)
+        for node in nodes:
+            try:
+                await self.bus.request(node, change, _ROUTE_MARGIN * 2)
+            except NodeUnreachableError as exc:
+                # A node gone is a node whose sessions are gone: the device reconnects, and the store decides.
+                log.warning("node %s did not take the change of device %s: %s", node, change.device_id, exc)
+
+    def tell_holder(self, device_id: str, message: object) -> None:
+        """Send `message` to the node holding the device, when that is another node; in the background, as a
+        hint: what it is about is in the store, and the device's next connection anywhere finds it there."""
+
+        async def send() -> None:
+            presence = await self.bus.holder(device_id)
+            if presence is not None and presence.node_id != self.bus.node_id:
+                await self.bus.request(presence.node_id, message, _ROUTE_MARGIN * 2)
+
+        self._spawn(send(), f"tell the node of device {device_id}")
+
+    async def _holder(self, device_id: str) -> Presence | None:
+        return await self.bus.holder(device_id)
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._reconcile_interval)
+            try:
+                await self.reconcile()
+            except (StoreUnavailableError, BusUnavailableError) as exc:
+                log.warning("the devices' online state could not be checked against the bus: %s", exc)
+            except Exception:
+                log.exception("checking the devices' online state against the bus failed")
+
+    async def reconcile(self, *, grace: float | None = None) -> int:
+        """Keep the stored online state true to the bus (clustered nodes, every `reconcile_interval`): a device
+        stored as online that no live node holds (its node died, or stopped before its write) is stored
+        offline; a device held here but stored offline (a dying node's late write) is stored online again.
+        Devices that connected within `grace` seconds (default: the interval) are left to their node's claim.
+        How many records were corrected."""
+        grace = self._reconcile_interval if grace is None else grace
+        recent = self._clock().timestamp() - grace
+        stored_online: set[str] = set()
+        corrected = 0
+        offset = 0
+        while True:
+            page = await self.store.devices.search(DeviceQuery(status=DeviceStatus.ONLINE, offset=offset, limit=1000))
+            for record in page.devices:
+                stored_online.add(record.id)
+                if record.id in self._sessions:
+                    continue
+                if record.last_heard is not None and record.last_heard.timestamp() > recent:
+                    continue
+                if await self.bus.holder(record.id) is None:
+                    record.online = False
+                    self.writer.state(record)
+                    corrected += 1
+            offset += len(page.devices)
+            if not page.devices or offset >= page.total:
+                break
+        for device_id, session in list(self._sessions.items()):
+            if device_id not in stored_online:
+                self.writer.state(session.record)
+                corrected += 1
+        return corrected
 
     def heard_from(self, link: DeviceLink) -> None:
         session = self._sessions.get(link.device_id)
@@ -432,7 +635,15 @@ class Cloud:
         return device_id in self._sessions
 
     async def connected(self, device_id: str) -> bool:
-        return device_id in self._sessions
+        if device_id in self._sessions:
+            return True
+        presence = await self.bus.holder(device_id)
+        return presence is not None and presence.node_id != self.bus.node_id
+
+    def shown_online(self, record: DeviceRecord) -> bool:
+        """Whether a device list shows the device connected: its session here, or (one of several nodes) the
+        stored state its own node keeps."""
+        return record.id in self._sessions or (self.clustered and record.online)
 
     def quarantined(self, device_id: str) -> bool:
         return device_id in self._quarantined and device_id not in self._sessions
@@ -457,12 +668,32 @@ class Cloud:
         session = self._sessions.get(device_id)
         return session.link if session is not None else None
 
+    def local_device_ids(self) -> list[str]:
+        """The devices with a session (full access) on this node."""
+        return list(self._sessions)
+
     @property
     def connected_count(self) -> int:
         return len(self._sessions)
 
     async def owner_changed(self, device_id: str, owner: str | None) -> None:
         """A device was claimed or released: its session and event routing follow the new owner."""
+        await self._owner_changed_here(device_id, owner)
+        await self._forward(SessionChange(SessionChangeKind.OWNER, device_id, owner=owner))
+
+    async def key_approved(self, device_id: str, fingerprint: str) -> None:
+        await self._key_approved_here(device_id, fingerprint)
+        await self._forward(SessionChange(SessionChangeKind.KEY_APPROVED, device_id, fingerprint=fingerprint))
+
+    async def key_rejected(self, device_id: str, fingerprint: str) -> None:
+        await self._key_rejected_here(device_id, fingerprint)
+        await self._forward(SessionChange(SessionChangeKind.KEY_REJECTED, device_id, fingerprint=fingerprint))
+
+    async def close_sessions(self, device_id: str, *, keep_key: str | None = None) -> None:
+        await self._close_sessions_here(device_id, keep_key=keep_key)
+        await self._forward(SessionChange(SessionChangeKind.CLOSE, device_id, fingerprint=keep_key))
+
+    async def _owner_changed_here(self, device_id: str, owner: str | None) -> None:
         session = self._sessions.get(device_id)
         if session is None:
             return
@@ -473,13 +704,14 @@ class Cloud:
         for sub in session.subscriptions:
             self._index(device_id, owner, sub)
 
-    async def key_approved(self, device_id: str, fingerprint: str) -> None:
+    async def _key_approved_here(self, device_id: str, fingerprint: str) -> None:
         """The key is the device's registered key now: a quarantined session with it gets its access; a
         session with the key it replaced is closed (the device must present the approved key)."""
-        await self.close_sessions(device_id, keep_key=fingerprint)
+        await self._close_sessions_here(device_id, keep_key=fingerprint)
         held = self._quarantined.pop(device_id, None)
         if held is None:
             return
+        self._release_quarantined(device_id)
         link, record, hello = held
         record.public_key_der = None  # the store holds the key; the session needs only its fingerprint
         record.key_fingerprint = fingerprint
@@ -487,14 +719,15 @@ class Cloud:
         for sub in self._held_subscriptions.pop(device_id, []):
             self.subscription_from_device(link, sub.prefix, sub.scope, sub.device_id)
 
-    async def key_rejected(self, device_id: str, fingerprint: str) -> None:
+    async def _key_rejected_here(self, device_id: str, fingerprint: str) -> None:
         held = self._quarantined.get(device_id)
         if held is not None and held[0].key_fingerprint == fingerprint:
             del self._quarantined[device_id]
             self._held_subscriptions.pop(device_id, None)
+            self._release_quarantined(device_id)
             held[0].close()
 
-    async def close_sessions(self, device_id: str, *, keep_key: str | None = None) -> None:
+    async def _close_sessions_here(self, device_id: str, *, keep_key: str | None = None) -> None:
         session = self._sessions.get(device_id)
         if session is not None and (keep_key is None or session.link.key_fingerprint != keep_key):
             session.link.close()
@@ -502,6 +735,7 @@ class Cloud:
         if held is not None and (keep_key is None or held[0].key_fingerprint != keep_key):
             del self._quarantined[device_id]
             self._held_subscriptions.pop(device_id, None)
+            self._release_quarantined(device_id)
             held[0].close()
 
     # -- asking a device (the use cases decided the caller may) ----------------------------------
@@ -514,24 +748,61 @@ class Cloud:
             raise DeviceOfflineError(device_id)
         return session
 
+    async def _elsewhere(self, device_id: str) -> str | None:
+        """The node that holds the device, when it is not this one; None when the session is here (it may have
+        started while the bus was asked). `DeviceOfflineError` (or quarantined) otherwise."""
+        if device_id not in self._sessions and device_id not in self._quarantined:
+            presence = await self.bus.holder(device_id)
+            if presence is not None and presence.node_id != self.bus.node_id:
+                return presence.node_id
+        self._session_for(device_id)  # quarantined here, or offline
+        return None
+
     async def call_function(self, device_id: str, name: str, argument: str, *, timeout: float | None = None) -> int:
+        timeout = timeout or self.request_timeout
+        if device_id in self._sessions:
+            return await self._local_call(device_id, name, argument, timeout)
+        node = await self._elsewhere(device_id)
+        if node is None:
+            return await self._local_call(device_id, name, argument, timeout)
+        result = await self.bus.request(node, CallFunction(device_id, name, argument, timeout), timeout + _ROUTE_MARGIN)
+        return int(result)
+
+    async def _local_call(self, device_id: str, name: str, argument: str, timeout: float) -> int:
         session = self._session_for(device_id)
         record = session.record
         if record.functions and name not in record.functions:
             raise UnknownFunctionError(record.id, name)
-        return await session.link.call_function(name, argument, timeout or self.request_timeout)
+        return await session.link.call_function(name, argument, timeout)
 
     async def read_variable(
         self, device_id: str, name: str, *, timeout: float | None = None
     ) -> tuple[bytes, VariableValue | None]:
+        timeout = timeout or self.request_timeout
+        if device_id in self._sessions:
+            return await self._local_read(device_id, name, timeout)
+        node = await self._elsewhere(device_id)
+        if node is None:
+            return await self._local_read(device_id, name, timeout)
+        raw, value = await self.bus.request(node, ReadVariable(device_id, name, timeout), timeout + _ROUTE_MARGIN)
+        return bytes(raw), value
+
+    async def _local_read(self, device_id: str, name: str, timeout: float) -> tuple[bytes, VariableValue | None]:
         session = self._session_for(device_id)
         record = session.record
         if record.variables and name not in {v.name for v in record.variables}:
             raise UnknownVariableError(record.id, name)
-        return await session.link.read_variable(name, timeout or self.request_timeout)
+        return await session.link.read_variable(name, timeout)
 
     async def signal(self, device_id: str, on: bool) -> None:
-        await self._session_for(device_id).link.signal(on, self.request_timeout)
+        if device_id in self._sessions:
+            await self._session_for(device_id).link.signal(on, self.request_timeout)
+            return
+        node = await self._elsewhere(device_id)
+        if node is None:
+            await self._session_for(device_id).link.signal(on, self.request_timeout)
+            return
+        await self.bus.request(node, Signal(device_id, on), self.request_timeout + _ROUTE_MARGIN)
 
     def publish(self, name: str, data: str | None, *, owner: str | None, private: bool = True, ttl: int = 60) -> None:
         """An event from the API: to the owner's devices and every stream that matches."""
