@@ -109,6 +109,7 @@ def test_a_port_in_use_is_named_with_what_it_was_for(tmp_path: Path) -> None:
                     device_host="127.0.0.1",
                     api_host="127.0.0.1",
                     public_address="127.0.0.1",
+                    device_udp_port=0,
                     **ports,
                 )
                 service = Service(settings, ensure_server_keys(settings))

@@ -145,6 +145,9 @@ class Node:
             "127.0.0.1",
             "--device-port",
             str(self.device_port),
+            # HAProxy balances TCP only; each node's UDP port is its own (any free one here).
+            "--device-udp-port",
+            "0",
             "--api-host",
             "127.0.0.1",
             "--api-port",
