@@ -37,7 +37,12 @@ QUERIES = [
 async def main(devices: int, runs: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(
-            data_dir=Path(tmp), device_host="127.0.0.1", device_port=0, api_host="127.0.0.1", api_port=0
+            data_dir=Path(tmp),
+            device_host="127.0.0.1",
+            device_port=0,
+            device_udp_port=0,
+            api_host="127.0.0.1",
+            api_port=0,
         )
         service = Service(settings, ensure_server_keys(settings))
         await service.start()

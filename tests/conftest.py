@@ -28,6 +28,13 @@ def _own_default_data_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("xdg-data"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _any_udp_port() -> None:
+    """The servers the tests start (`cyan serve` included) take any free UDP port unless a test names one: 5684
+    is one per machine, and an operator's own server, or a second test run, may hold it."""
+    os.environ.setdefault("CYAN_DEVICE_UDP_PORT", "0")
+
+
 @pytest.fixture
 def vectors() -> Path:
     """The recordings of real firmware (see tests/vectors/*/README.md)."""

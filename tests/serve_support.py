@@ -32,6 +32,7 @@ def loopback_service(
         data_dir=data,
         device_host="127.0.0.1",
         device_port=0,
+        device_udp_port=0,
         api_host="127.0.0.1",
         api_port=0,
         workers=all_cores() if workers is None else workers,

@@ -53,7 +53,7 @@ def test_by_default_one_node_on_the_data_directorys_sqlite_file(tmp_path: Path) 
 
 
 def test_a_node_of_the_default_kind(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, device_port=0, api_port=0)
+    settings = Settings(data_dir=tmp_path, device_port=0, device_udp_port=0, api_port=0)
     service = Service(settings, ensure_server_keys(settings))
     assert isinstance(service.store, SqliteStore)
     assert isinstance(service.bus, InProcessBus)

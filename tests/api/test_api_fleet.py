@@ -36,7 +36,12 @@ Headers = dict[str, dict[str, str]]
 def _run(tmp_path: Path, scenario: Callable[[Service, Client, Headers], Awaitable[None]]) -> None:
     async def main() -> None:
         settings = Settings(
-            data_dir=tmp_path / "data", device_host="127.0.0.1", device_port=0, api_host="127.0.0.1", api_port=0
+            data_dir=tmp_path / "data",
+            device_host="127.0.0.1",
+            device_port=0,
+            device_udp_port=0,
+            api_host="127.0.0.1",
+            api_port=0,
         )
         service = Service(settings, ensure_server_keys(settings))
         await service.start()

@@ -48,7 +48,12 @@ async def _login(client: httpx.AsyncClient, user: str, **extra: Any) -> httpx.Re
 def _run(tmp_path: Path, scenario: Callable[[World], Awaitable[None]]) -> None:
     async def main() -> None:
         settings = Settings(
-            data_dir=tmp_path / "data", device_host="127.0.0.1", device_port=0, api_host="127.0.0.1", api_port=0
+            data_dir=tmp_path / "data",
+            device_host="127.0.0.1",
+            device_port=0,
+            device_udp_port=0,
+            api_host="127.0.0.1",
+            api_port=0,
         )
         service = Service(settings, ensure_server_keys(settings), protocol=ServerConfig(request_timeout=1.0))
         await service.start()

@@ -58,7 +58,12 @@ class World:
 def _run(tmp_path: Path, scenario: Callable[[World], Awaitable[None]]) -> None:
     async def main() -> None:
         settings = Settings(
-            data_dir=tmp_path / "data", device_host="127.0.0.1", device_port=0, api_host="127.0.0.1", api_port=0
+            data_dir=tmp_path / "data",
+            device_host="127.0.0.1",
+            device_port=0,
+            device_udp_port=0,
+            api_host="127.0.0.1",
+            api_port=0,
         )
         service = Service(settings, ensure_server_keys(settings), protocol=ServerConfig(describe_delay=0.2))
         service.updates.config = UpdateConfig(start_delay=0.05, retry_delay=0.1, reconnect_timeout=10)

@@ -59,6 +59,7 @@ def _run(tmp_path: Path, scenario: Callable[[World], Awaitable[None]], *, allowe
             data_dir=tmp_path / "data",
             device_host="127.0.0.1",
             device_port=0,
+            device_udp_port=0,
             api_host="127.0.0.1",
             api_port=0,
             hook_allowed_networks=allowed,

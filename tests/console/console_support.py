@@ -88,7 +88,13 @@ class LiveService:
 
     async def _start(self) -> None:
         settings = Settings(
-            data_dir=self.data, device_host="127.0.0.1", device_port=0, api_host="127.0.0.1", api_port=0, workers=1
+            data_dir=self.data,
+            device_host="127.0.0.1",
+            device_port=0,
+            device_udp_port=0,
+            api_host="127.0.0.1",
+            api_port=0,
+            workers=1,
         )
         service = Service(settings, ensure_server_keys(settings), protocol=FAST)
         service.updates.config = UpdateConfig(start_delay=0.05, retry_delay=0.2, reconnect_timeout=15)

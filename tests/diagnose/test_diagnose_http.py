@@ -85,7 +85,12 @@ async def _run_faulty(service: Service, spec: VirtualDeviceSpec, count: int, **m
 def _run(tmp_path: Path, scenario: Callable[[World], Awaitable[None]]) -> None:
     async def run() -> None:
         settings = Settings(
-            data_dir=tmp_path / "data", device_host="127.0.0.1", device_port=0, api_host="127.0.0.1", api_port=0
+            data_dir=tmp_path / "data",
+            device_host="127.0.0.1",
+            device_port=0,
+            device_udp_port=0,
+            api_host="127.0.0.1",
+            api_port=0,
         )
         service = Service(settings, ensure_server_keys(settings), protocol=FAST)
         await service.start()

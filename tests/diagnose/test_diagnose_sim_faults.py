@@ -65,7 +65,9 @@ def _serve(tmp_path: Path, faults: list[Fault], *, unknown: bool, wanted: Wanted
     evidence = tmp_path / "evidence"
 
     async def run() -> None:
-        settings = Settings(data_dir=data, device_host="127.0.0.1", device_port=0, api_host="127.0.0.1", api_port=0)
+        settings = Settings(
+            data_dir=data, device_host="127.0.0.1", device_port=0, device_udp_port=0, api_host="127.0.0.1", api_port=0
+        )
         service = Service(settings, ensure_server_keys(settings), protocol=FAST)
         await service.start()
         specs = [

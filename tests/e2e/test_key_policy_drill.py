@@ -62,6 +62,7 @@ def _run(tmp_path: Path, scenario: Callable[[Service], Awaitable[None]], *, proc
             data_dir=tmp_path / "data",
             device_host="127.0.0.1",
             device_port=0,
+            device_udp_port=0,
             api_host="127.0.0.1",
             api_port=0,
             device_processes=processes,

@@ -100,7 +100,14 @@ def test_recorded_device_side_is_accepted(tmp_path: Path, vectors: Path, version
     (data_dir / "server_key.pem").chmod(0o600)
 
     async def main() -> None:
-        settings = Settings(data_dir=data_dir, device_host="127.0.0.1", device_port=0, api_host="127.0.0.1", api_port=0)
+        settings = Settings(
+            data_dir=data_dir,
+            device_host="127.0.0.1",
+            device_port=0,
+            device_udp_port=0,
+            api_host="127.0.0.1",
+            api_port=0,
+        )
         service = Service(settings, ensure_server_keys(settings), protocol=FAST)
         await service.start()
         try:
