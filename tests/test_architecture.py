@@ -6,12 +6,15 @@
 - The use cases (`app`) reach storage and the bus through the ports, never an adapter.
 - The API and the command line call the use cases: they import no store and no bus.
 - The adapters (`store`, `bus`, `server`, `sim`) and `diagnose` import no use case and no entry point.
-Only the composition root (`cyan.service`) and the command line's entry points put adapters together.
+Only the composition root (`cyan.service`, and `cyan.data` for the commands that do not serve) and the command
+line's entry points put adapters together.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,7 +46,7 @@ IO_MODULES = {
     "rich",
 }
 STORAGE_ENGINES = {"sqlite3", "aiosqlite", "asyncpg", "psycopg", "sqlalchemy", "alembic", "redis"}
-ENTRY_POINTS = {"api", "cli", "service"}
+ENTRY_POINTS = {"api", "cli", "service", "data"}
 ADAPTERS = {"store", "bus", "server", "sim", "dfu"}
 
 #: For each package of ours: the packages of ours it must not import, and the outside modules it must not.
@@ -54,7 +57,7 @@ RULES: dict[str, tuple[set[str], set[str]]] = {
     "dtls": ({"cloud", "app", "diagnose", "config", "limits", "testing"} | ADAPTERS | ENTRY_POINTS, IO_MODULES),
     "cloud": ({"app", "diagnose"} | ADAPTERS | ENTRY_POINTS, STORAGE_ENGINES | {"fastapi", "starlette", "typer"}),
     "app": (ADAPTERS | ENTRY_POINTS, STORAGE_ENGINES | {"fastapi", "starlette", "uvicorn", "typer", "rich"}),
-    "api": ({"store", "bus", "cli", "server", "sim", "service"}, STORAGE_ENGINES),
+    "api": ({"store", "bus", "cli", "server", "sim", "service", "data"}, STORAGE_ENGINES),
     "cli": ({"store", "bus", "api", "server"}, STORAGE_ENGINES),
     "store": ({"app", "bus", "server", "sim", "diagnose"} | ENTRY_POINTS, set()),
     "bus": ({"app", "store", "server", "sim", "diagnose"} | ENTRY_POINTS, STORAGE_ENGINES - {"redis"}),
@@ -149,3 +152,15 @@ def test_the_api_and_the_command_line_are_caught_reaching_a_store(tmp_path: Path
         "line 2 imports cyan.bus (cli must not import cyan.bus)",
         "line 3 imports sqlalchemy (cli must not import sqlalchemy)",
     ]
+
+
+def test_commands_that_do_not_serve_start_without_the_server_stack() -> None:
+    """`cyan users add`, `cyan devices list`, ... import neither the API, the device servers, the bus nor
+    Alembic (a store at head opens without it): each would add a second to every command an operator types."""
+    probe = (
+        "import sys, cyan.cli, cyan.data\n"
+        "heavy = {'fastapi', 'uvicorn', 'starlette', 'alembic', 'redis', 'cyan.api', 'cyan.server', 'cyan.service'}\n"
+        "print(sorted(heavy & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from cyan.app import Application, NewDevice
+from cyan.data import open_application
 from cyan.keys import (
     KeyFormatError,
     Layout,
@@ -41,7 +42,6 @@ from cyan.keys import (
     public_key_der,
     udp_public_key_der,
 )
-from cyan.service import open_application
 
 from ._local import operator
 from ._options import local_settings

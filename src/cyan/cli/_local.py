@@ -10,7 +10,7 @@ from typing import Annotated, TypeVar
 import typer
 
 from cyan.app import Actor, Application
-from cyan.service import open_application
+from cyan.data import open_application
 
 from ._options import local_settings
 

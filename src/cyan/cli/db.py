@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from cyan.config import Settings
-from cyan.service import SchemaStatus, database_status, upgrade_database
+from cyan.data import SchemaStatus, database_status, upgrade_database
 
 from ._options import DatabaseOption, DataDirOption
 

@@ -6,16 +6,19 @@ import asyncio
 import functools
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cyan import __version__
 from cyan.config import Settings
+from cyan.data import ensure_server_keys
 from cyan.limits import ensure_file_limit
-from cyan.service import Service, ensure_server_keys
 
 from ._options import DatabaseOption, DataDirOption
+
+if TYPE_CHECKING:
+    from cyan.service import Service
 
 
 def serve(
@@ -118,6 +121,9 @@ def serve(
     keys = ensure_server_keys(settings, new_key=new_server_key)
     # One open file per connected device: take all the system allows (often 1,024 soft, far more hard).
     file_limit = ensure_file_limit()
+    # Imported here: the API and device servers are half of every other command's start-up time.
+    from cyan.service import Service  # noqa: PLC0415 - the API and device servers: see above
+
     service = Service(settings, keys)
     asyncio.run(service.run(functools.partial(_print_banner, file_limit=file_limit)))
 

@@ -15,6 +15,7 @@ import typer
 from cyan.app import Application, NewDevice
 from cyan.cloud.errors import AlreadyExistsError
 from cyan.config import Settings
+from cyan.data import open_application
 from cyan.keys import (
     encode_ec_private_key_der,
     generate_ec_key,
@@ -24,7 +25,6 @@ from cyan.keys import (
     udp_public_key_der,
 )
 from cyan.protocol import DEVICE_OS_0_6_1, DEVICE_OS_3_1_0, Firmware
-from cyan.service import open_application
 from cyan.sim import (
     Fault,
     Fleet,

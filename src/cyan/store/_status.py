@@ -7,8 +7,6 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from alembic.script import ScriptDirectory
-
 from cyan.cloud.ports import StoreUnavailableError
 
 from ._migrate import alembic_config
@@ -45,6 +43,8 @@ class SchemaStatus:
 
 
 def _scripts() -> tuple[str, frozenset[str]]:
+    from alembic.script import ScriptDirectory  # noqa: PLC0415 - Alembic only when migrating
+
     script = ScriptDirectory.from_config(alembic_config())
     head = script.get_current_head()
     assert head is not None
