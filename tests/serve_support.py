@@ -49,11 +49,12 @@ def run_with_service(
     prepare: Callable[[Service], None] | None = None,
     device_processes: int = 0,
     protocol: ServerConfig = FAST,
+    **settings_overrides: Any,
 ) -> None:
     """Start a `loopback_service` (after `prepare`), run `scenario` on it, stop it whatever happens."""
 
     async def main() -> None:
-        service = loopback_service(data, device_processes=device_processes, protocol=protocol)
+        service = loopback_service(data, device_processes=device_processes, protocol=protocol, **settings_overrides)
         if prepare is not None:
             prepare(service)
         await service.start()

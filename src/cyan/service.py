@@ -176,6 +176,7 @@ class Service:
                 port=settings.device_port,
                 config=protocol,
                 address_limits=address_limits,
+                max_handshakes=settings.max_handshakes,
             )
         else:
             self.device_server = DeviceServer(

@@ -162,3 +162,24 @@ def test_refusals_are_recorded_and_a_dead_process_costs_one_reconnection(tmp_pat
             await fleet.stop()
 
     _run(tmp_path, scenario)
+
+
+def test_each_child_holds_the_bound_on_handshakes_under_way(tmp_path: Path) -> None:
+    """CYAN_MAX_HANDSHAKES reaches the device processes: with a bound of 1, a second connection waits unserved
+    (no nonce, no RSA work) while a first handshake is under way, and is served once that one ends."""
+
+    async def scenario(service: Service) -> None:
+        servers = service.device_server
+        assert isinstance(servers, DeviceProcesses)
+        first_reader, first = await asyncio.open_connection("127.0.0.1", servers.port)
+        assert len(await asyncio.wait_for(first_reader.readexactly(40), 10)) == 40
+        second_reader, second = await asyncio.open_connection("127.0.0.1", servers.port)
+        try:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(second_reader.readexactly(40), 0.5)
+            first.close()
+            assert len(await asyncio.wait_for(second_reader.readexactly(40), 10)) == 40
+        finally:
+            second.close()
+
+    run_with_service(tmp_path / "data", scenario, device_processes=1, protocol=FAST, max_handshakes=1)

@@ -60,6 +60,8 @@ class Configure:
     key_workers: int
     log_level: int
     address_limits: AddressLimits
+    #: Each child's own bound on handshakes under way (`DeviceServer.max_handshakes`).
+    max_handshakes: int
 
 
 @dataclass(frozen=True, slots=True)

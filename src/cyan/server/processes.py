@@ -27,7 +27,7 @@ from cyan.tasks import TaskSet
 
 from . import _messages as msg
 from ._ipc import Channel
-from .device_server import AddressLimits
+from .device_server import DEFAULT_MAX_HANDSHAKES, AddressLimits
 
 __all__ = ["DeviceProcesses", "ParentCloud", "RemoteLink"]
 
@@ -156,6 +156,7 @@ class _DeviceProcess:
                 owner.key_workers,
                 logging.getLogger().getEffectiveLevel(),
                 owner.address_limits,
+                owner.max_handshakes,
             )
         )
         try:
@@ -300,9 +301,13 @@ class DeviceProcesses:
         ota_config: OtaConfig | None = None,
         key_workers: int = 0,
         address_limits: AddressLimits | None = None,
+        max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
     ) -> None:
         if count < 1:
             raise ValueError(f"device processes: at least 1, not {count}")
+        if max_handshakes < 1:
+            raise ValueError(f"max_handshakes is 1 or more, not {max_handshakes}")
+        self.max_handshakes = max_handshakes
         self.cloud = cloud
         self.key_path = key_path
         self.host = host

@@ -229,6 +229,7 @@ async def _serve(fd: int) -> None:
         key_workers=setup.key_workers,
         reuse_port=True,
         address_limits=setup.address_limits,
+        max_handshakes=setup.max_handshakes,
     )
     relay.server = server
     await server.start()
