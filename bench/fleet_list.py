@@ -2,6 +2,10 @@
 filtered, sorted and counted by the database) and GET /v1/fleet, through `cyan serve`'s service on loopback
 with SQLite, as an admin. Prints the median and 95th percentile of each request over `--runs` requests.
 
+Then Particle's own list of every device (GET /v1/devices?all=true), from a client in another thread, with the
+longest the server's event loop went without a turn during each request: beside the request's time, the share
+of it that the devices the same loop serves (pings, calls, handshakes) would have waited.
+
     python bench/fleet_list.py [--devices 10000] [--runs 50]
 """
 
@@ -106,8 +110,40 @@ async def main(devices: int, runs: int) -> None:
                     p95 = timings[max(0, int(len(timings) * 0.95) - 1)]
                     matches = body.get("total", body.get("devices", ""))
                     print(f"{label:32} {matches!s:>8} {statistics.median(timings):10.1f} {p95:8.1f}")
+            print()
+            await _full_list(url, token, devices, max(5, runs // 5))
         finally:
             await service.stop()
+
+
+async def _full_list(url: str, token: str, devices: int, runs: int) -> None:
+    loop = asyncio.get_running_loop()
+    stalls: list[float] = []
+
+    async def watch() -> None:
+        while True:
+            before = loop.time()
+            await asyncio.sleep(0.001)
+            stalls.append(loop.time() - before - 0.001)
+
+    watcher = asyncio.create_task(watch())
+    headers = {"Authorization": f"Bearer {token}"}
+    rows = []
+    try:
+        for _ in range(runs):
+            stalls.clear()
+            started = time.perf_counter()
+            response = await asyncio.to_thread(httpx.get, f"{url}/v1/devices?all=true", headers=headers, timeout=60)
+            elapsed = time.perf_counter() - started
+            response.raise_for_status()
+            rows.append((elapsed * 1000, max(stalls, default=0.0) * 1000, len(response.content)))
+    finally:
+        watcher.cancel()
+    assert len(response.json()) == devices
+    took = statistics.median(r[0] for r in rows)
+    stall = statistics.median(r[1] for r in rows)
+    print(f"GET /v1/devices?all=true: {devices} devices, {rows[0][2] / 1e6:.1f} MB, median of {runs} requests")
+    print(f"  request {took:.1f} ms; longest stall of the server's loop {stall:.1f} ms = {stall / took:.2f}x of it")
 
 
 if __name__ == "__main__":

@@ -78,7 +78,8 @@ def postgres_url(request: pytest.FixtureRequest) -> Iterator[Any]:
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_terminal_summary(terminalreporter: Any) -> Iterator[None]:
-    """Say plainly, after the short summary, whether the PostgreSQL and Redis suites ran, and why not."""
+    """Say plainly, after the short summary, whether the PostgreSQL and Redis suites ran, and why not (with
+    pytest-xdist, from what every worker reported)."""
     yield
     for server in (servers.POSTGRES, servers.REDIS):
         if server.problem is None:
@@ -94,7 +95,21 @@ def pytest_terminal_summary(terminalreporter: Any) -> Iterator[None]:
             terminalreporter.write_line(f"{server.name} suites ran ({len(server.used_by)} tests)", green=True)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """A pytest-xdist worker finished: take in what it found of the servers (see `pytest_sessionfinish`)."""
+    for server in (servers.POSTGRES, servers.REDIS):
+        found = getattr(node, "workeroutput", {}).get(f"server:{server.name}")
+        if found is not None:
+            servers.merge(server, found)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # a pytest-xdist worker: the controller writes the summary
+        for server in (servers.POSTGRES, servers.REDIS):
+            workeroutput[f"server:{server.name}"] = servers.report(server)
+        return
     # Under CI, a run that collected nothing is a failure: it proves nothing.
     if servers.IN_CI and exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

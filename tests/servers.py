@@ -91,6 +91,19 @@ async def _probe_redis() -> str:
     return ""
 
 
+def report(server: ServerState) -> dict[str, Any]:
+    """What one pytest-xdist worker found of the server, for the controller's summary (`merge`)."""
+    return {"problem": server.problem, "used_by": server.used_by, "skipped": server.skipped}
+
+
+def merge(server: ServerState, found: dict[str, Any]) -> None:
+    """Add a worker's `report` to what the controller knows of the server."""
+    if found["problem"] is not None and (server.problem is None or found["problem"]):
+        server.problem = found["problem"]
+    server.used_by += found["used_by"]
+    server.skipped += found["skipped"]
+
+
 def require(server: ServerState, test: str) -> None:
     """Skip (or, under CI, fail) the test when the server does not answer."""
     if server.problem is None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import TypeAdapter
 
 from cyan.app import Actor, DeviceView
 from cyan.cloud.errors import InvalidInputError
@@ -56,31 +58,54 @@ def _string(params: dict[str, Any], name: str) -> str:
 # -- listing and reading ------------------------------------------------------------------------
 
 
+#: Devices rendered between two turns of the event loop: listing a fleet of thousands must not hold up the
+#: pings, calls and handshakes of the devices the same loop serves.
+_RENDERED_PER_TURN = 250
+_DEVICE_LIST = TypeAdapter(list[schemas.Device])
+
+
 async def _listed(request: Request, actor: Actor, product: str | None, everyone: bool) -> list[schemas.Device]:
     wanted = _product(product)
     views = await app(request).devices.mine(actor, everyone=everyone)
-    return [render_device(v) for v in views if wanted is None or wanted in (v.record.product_id, v.record.platform_id)]
+    shown: list[schemas.Device] = []
+    for start in range(0, len(views), _RENDERED_PER_TURN):
+        if start:
+            await asyncio.sleep(0)
+        shown += [
+            render_device(v)
+            for v in views[start : start + _RENDERED_PER_TURN]
+            if wanted is None or wanted in (v.record.product_id, v.record.platform_id)
+        ]
+    return shown
+
+
+def _json(content: bytes | str) -> Response:
+    return Response(content, media_type="application/json")
+
+
+# The lists are written by pydantic's serializer straight from the validated models: FastAPI would validate them
+# a second time against the response model and encode them with the standard library (3x the time at 5,000).
 
 
 @router.get(
     "/v1/devices",
     summary="List your devices (admins: `?all=true` for the whole fleet)",
     responses=errors(400, 401, 403),
+    response_model=list[schemas.Device],
 )
-async def list_devices(request: Request, actor: Caller, all: bool = False) -> list[schemas.Device]:
-    return await _listed(request, actor, None, all)
+async def list_devices(request: Request, actor: Caller, all: bool = False) -> Response:
+    return _json(_DEVICE_LIST.dump_json(await _listed(request, actor, None, all)))
 
 
 @router.get(
     "/v1/products/{product}/devices",
     summary="List your devices of a product",
     responses=errors(400, 401, 403, 404),
+    response_model=schemas.ProductDevices,
 )
-async def list_product_devices(
-    request: Request, actor: Caller, product: str, all: bool = False
-) -> schemas.ProductDevices:
+async def list_product_devices(request: Request, actor: Caller, product: str, all: bool = False) -> Response:
     found = await _listed(request, actor, product, all)
-    return schemas.ProductDevices(devices=found, meta=schemas.ProductMeta(total_pages=1))
+    return _json(schemas.ProductDevices(devices=found, meta=schemas.ProductMeta(total_pages=1)).model_dump_json())
 
 
 # A route of a product device is a route of its own rather than a second path of the device's: a shared function

@@ -8,6 +8,7 @@ ends) or the one connection of the transaction it belongs to.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -68,6 +69,9 @@ from ._schema import (
 __all__ = ["Access", "SqlRepositories", "device_from_row", "raw_device_columns"]
 
 Statements = Literal["one", "several"]
+
+#: Rows of a long list converted between two turns of the event loop (`DeviceRepository.all`).
+ROWS_PER_TURN = 500
 
 
 class Access(Protocol):
@@ -454,8 +458,15 @@ class SqlDevices(_Repository):
         query = select(devices).order_by(devices.c.id)
         if owner is not None:
             query = query.where(devices.c.owner == owner)
-        rows = await self._rows(query, "list devices")
-        return [device_from_row(row) for row in rows]
+        found: list[DeviceRecord] = []
+        async with self._db.reading("list devices") as conn:
+            result = (await conn.execute(query)).mappings()
+            # A fleet's rows are converted a few hundred at a time, the event loop served in between: the
+            # devices' pings and handshakes on the same loop wait for one part, not for the whole fleet.
+            for part in result.partitions(ROWS_PER_TURN):
+                found += [device_from_row(row) for row in part]
+                await asyncio.sleep(0)
+        return found
 
     async def add(self, device: DeviceRecord) -> None:
         values = _device_values(device)
