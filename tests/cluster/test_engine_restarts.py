@@ -34,6 +34,9 @@ from cyan.sim import Fleet
 
 DEVICES = 16
 
+# Their bounds are the product's (devices back within 30 s): they run alone (scripts/test).
+pytestmark = pytest.mark.exclusive
+
 
 @pytest.fixture
 def private_postgres() -> Iterator[PrivatePostgres]:
