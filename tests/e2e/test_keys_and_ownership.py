@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -21,7 +21,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from particle_cli_support import CyanServer, read_store, run_cyan
 
-from cyan.cloud.models import AuditEntry, DeviceRecord, PendingKey
+from cyan.app import Actor, Application
+from cyan.cloud.models import AuditEntry, DeviceRecord, PendingKey, Role
+from cyan.config import Settings
+from cyan.data import open_application
 from cyan.keys import (
     encode_private_key_pem,
     encode_public_key_pem,
@@ -37,18 +40,26 @@ PASSWORD = "a long enough password"
 DEVICE, LOST = "0123456789abcdef01234567", "00000000000000000000abcd"
 
 
+async def _add_accounts(app: Application) -> None:
+    # What `cyan users add` does (tests/cli runs the command itself), without three more processes per test.
+    for user, role in ((ADMIN, Role.ADMIN), (ALICE, Role.USER), (MALLORY, Role.USER)):
+        await app.accounts.create_user(Actor.operator(), user, PASSWORD, role=role)
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[CyanServer]:
     started = CyanServer.start(tmp_path / "data", tmp_path / "logs")
     try:
-        data = str(started.data_dir)
-        for user, extra in ((ADMIN, ["--admin"]), (ALICE, []), (MALLORY, [])):
-            done = run_cyan("users", "add", user, "--password", PASSWORD, *extra, "--data-dir", data)
-            assert done.returncode == 0, str(done)
+        asyncio.run(_use_cases(started.data_dir, _add_accounts))
         yield started
     finally:
         if started.proc.process.poll() is None:
             started.stop()
+
+
+async def _use_cases(data: Path, work: Callable[[Application], Awaitable[None]]) -> None:
+    async with open_application(Settings(data_dir=data)) as app:
+        await work(app)
 
 
 def _key_file(path: Path, n: int) -> Path:
