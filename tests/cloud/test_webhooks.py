@@ -589,3 +589,57 @@ def test_times_are_recorded_from_the_injected_clock() -> None:
     assert event_variables(event(), None, "x")["PARTICLE_PUBLISHED_AT"] == "2026-11-25T12:00:00.123Z"
     later = dataclasses.replace(event(), published_at=T0 + timedelta(hours=1))
     assert event_variables(later, None, "x")["SPARK_PUBLISHED_AT"] == "2026-11-25T13:00:00.123Z"
+
+
+class _GatedDeliveryWrites:
+    """The store, with each write of delivery records held until `gate` is set."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+        self.gate = asyncio.Event()
+        self.writing = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    @property
+    def integrations(self) -> Any:
+        outer = self
+        repository = self._store.integrations
+
+        class Gated:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(repository, name)
+
+            async def add_deliveries(self, records: Any, *, keep: int) -> None:
+                outer.writing.set()
+                await outer.gate.wait()
+                await repository.add_deliveries(records, keep=keep)
+
+        return Gated()
+
+
+def test_a_readers_flush_waits_for_the_write_under_way() -> None:
+    """Once the hook-error event is out, the owner reading the hook's deliveries (which flushes first) finds the
+    attempt, even while the background writer is still storing it."""
+    sender = FakeSender(HookResponse(404, b"gone"))
+
+    async def scenario(
+        dispatcher: WebhookDispatcher, sender: FakeSender, bus: InProcessBus, store: MemoryStore
+    ) -> None:
+        await install(dispatcher, store, hook())
+        gated = _GatedDeliveryWrites(store)
+        dispatcher.store = gated
+        errors = bus.subscribe("hook-error/", capacity=100)
+        dispatcher.offer(event())
+        await eventually(lambda: len(errors._queue) == 1, "the hook-error event")
+        await asyncio.wait_for(gated.writing.wait(), 5)
+        reader = asyncio.ensure_future(dispatcher.flush_records())
+        await asyncio.sleep(0.05)
+        assert not reader.done(), "the reader's flush returned before the record was stored"
+        gated.gate.set()
+        await asyncio.wait_for(reader, 5)
+        records = await store.integrations.deliveries(hook().id)
+        assert [(r.attempt, r.outcome, r.status) for r in records] == [(1, "failure", 404)]
+
+    run(scenario, sender)

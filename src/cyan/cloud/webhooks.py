@@ -547,6 +547,9 @@ class WebhookDispatcher:
         self._writer: asyncio.Task[None] | None = None
         self._follower: asyncio.Task[None] | None = None
         self._records_ready = asyncio.Event()
+        # One write of the records at a time: a reader's flush waits for the write under way, so that what the
+        # hook-* events announced is in the store when their owner reads the deliveries.
+        self._writing_records = asyncio.Lock()
         self._stopping = False
 
     # -- life cycle ---------------------------------------------------------------------------------
@@ -872,11 +875,12 @@ class WebhookDispatcher:
             await asyncio.sleep(self._record_interval)
 
     async def flush_records(self) -> None:
-        """Write the deliveries recorded so far."""
-        records, self._records = self._records, []
-        if not records:
-            return
-        try:
-            await self.store.integrations.add_deliveries(records, keep=self.limits.history)
-        except StoreUnavailableError as exc:
-            log.warning("%d webhook delivery record(s) not written: %s", len(records), exc)
+        """Write the deliveries recorded so far (after any write under way has ended)."""
+        async with self._writing_records:
+            records, self._records = self._records, []
+            if not records:
+                return
+            try:
+                await self.store.integrations.add_deliveries(records, keep=self.limits.history)
+            except StoreUnavailableError as exc:
+                log.warning("%d webhook delivery record(s) not written: %s", len(records), exc)
