@@ -345,6 +345,7 @@ class DatagramLink(DeviceProtocol):
         self, image: bytes, *, fast: bool | None, progress: Callable[[int, int], None] | None = None
     ) -> asyncio.Future[OtaOutcome]:
         # Over UDP every chunk is confirmable and acknowledged (udp-dtls.md §1.5): never the fast mode.
+        self._udp.record({"t": _now(), "op": "update", "port": self._address[1], "image": image.hex(), "fast": False})
         return super().update_firmware(image, fast=False, progress=progress)
 
 
@@ -594,6 +595,18 @@ class DatagramServer(asyncio.DatagramProtocol):
                     log.warning("a stored UDP session cannot be read, and is left out: %s", exc)
                     continue
                 self._sessions[record.connection_id] = StoredSession(session, record.device_id, hello)
+        if self._recorder is not None:
+            # What this server resumes from: a recording that spans a restart replays it from here.
+            loaded = [
+                {
+                    "cid": cid.hex(),
+                    "session": stored.session.encode().hex(),
+                    "device_id": stored.device_id,
+                    "hello": None if stored.hello is None else stored.hello.encode().hex(),
+                }
+                for cid, stored in self._sessions.items()
+            ]
+            self.record({"t": _now(), "op": "start", "sessions": loaded})
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, self.port))
         sock = transport.get_extra_info("socket")
