@@ -1,7 +1,7 @@
-"""Real Device OS 4.0.2 (the gcc virtual device posing as an Argon) kept its session while the server was
-stopped and started again three times, replayed without the firmware.
+"""Real Device OS 4.0.2 (the gcc virtual device posing as an Argon) and 3.1.0 (gcc) kept their session while
+the server was stopped and started again three times, replayed without the firmware.
 
-tests/vectors/udp-restart-4.0.2/restart.session.jsonl was recorded with `scripts/record-udp-session` on one
+tests/vectors/udp-restart-*/restart.session.jsonl were recorded with `scripts/record-udp-session` on one
 data directory and UDP port: a full handshake and a call; the server stopped with SIGTERM and started again;
 killed with SIGKILL and started again, twice; a call after each start. The device did one handshake in all:
 each new server resumed the session it found in its store when the device's next record arrived on its
@@ -22,15 +22,17 @@ from cyan.protocol import FunctionReturned, HelloReceived
 from cyan.protocol.coap import Code, decode
 from cyan.protocol.messages import parse_hello
 
-VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "udp-restart-4.0.2"
+ROOT = Path(__file__).resolve().parents[1] / "vectors"
+VERSIONS = {"4.0.2": ROOT / "udp-restart-4.0.2", "3.1.0": ROOT / "udp-restart-3.1.0"}
 
-Restart = tuple[Recording, Replay]
+Restart = tuple[Recording, Replay, Path]
 
 
-@pytest.fixture(scope="module")
-def restart() -> Restart:
-    recording = load_recording(VECTORS, "restart")
-    return recording, replay(recording)
+@pytest.fixture(scope="module", params=sorted(VERSIONS))
+def restart(request: pytest.FixtureRequest) -> Restart:
+    vectors = VERSIONS[str(request.param)]
+    recording = load_recording(vectors, "restart")
+    return recording, replay(recording), vectors
 
 
 def _runs(recording: Recording) -> list[list[dict[str, object]]]:
@@ -54,12 +56,12 @@ def _record_numbers(datagram: bytes) -> list[tuple[int, int]]:
 
 
 def test_the_servers_reproduce_every_datagram_the_device_accepted(restart: Restart) -> None:
-    recording, replayed = restart
+    recording, replayed, _ = restart
     assert replayed.sent == recording.sent()
 
 
 def test_one_handshake_for_four_servers_each_resuming_the_stored_session(restart: Restart) -> None:
-    recording, replayed = restart
+    recording, replayed, _ = restart
     assert replayed.restarts == 3
     assert replayed.handshakes == 1
     assert replayed.resumptions == 3
@@ -92,7 +94,7 @@ def test_one_handshake_for_four_servers_each_resuming_the_stored_session(restart
 
 
 def test_a_call_returned_through_every_server(restart: Restart) -> None:
-    recording, replayed = restart
+    recording, replayed, _ = restart
     calls = [e["arg"] for e in recording.entries if e["op"] == "call"]
     assert calls == ["before", "after-sigterm", "after-kill", "after-kill-again"]
     returns = [e.return_value for e in replayed.events if isinstance(e, FunctionReturned)]
@@ -100,7 +102,7 @@ def test_a_call_returned_through_every_server(restart: Restart) -> None:
 
 
 def test_no_record_number_twice_across_the_restarts_sigterm_and_sigkill(restart: Restart) -> None:
-    recording, _ = restart
+    recording, _, _ = restart
     runs = _runs(recording)
     per_run = [
         [n for e in run if e["op"] == "out" for n in _record_numbers(bytes.fromhex(str(e["hex"]))) if n[0] == 1]
@@ -121,7 +123,7 @@ def test_no_record_number_twice_across_the_restarts_sigterm_and_sigkill(restart:
 
 
 def test_the_firmware_did_one_handshake_and_dropped_no_record(restart: Restart) -> None:
-    log = (VECTORS / "restart.device.log").read_text()
+    log = (restart[2] / "restart.device.log").read_text()
     assert log.count("Handshake completed") == 1
     assert log.count("Cloud connected") == 1
     assert "replayed record" not in log
