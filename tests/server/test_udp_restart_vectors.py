@@ -127,3 +127,32 @@ def test_the_firmware_did_one_handshake_and_dropped_no_record(restart: Restart) 
     assert log.count("Handshake completed") == 1
     assert log.count("Cloud connected") == 1
     assert "replayed record" not in log
+
+
+def test_4_0_2_that_noticed_the_outage_resumes_on_the_restarted_server_from_a_new_port() -> None:
+    # The server stopped (SIGTERM) for about 90 s: the device's confirmable heartbeat went unanswered, its
+    # event loop failed (about 60 s) and it reconnected from a new socket with the saved session, twice; the
+    # second time the new server was there and resumed the stored session (udp-dtls.md §1.4).
+    vectors = VERSIONS["4.0.2"]
+    recording = load_recording(vectors, "outage")
+    replayed = replay(recording)
+    assert replayed.sent == recording.sent()
+    assert (replayed.restarts, replayed.handshakes, replayed.resumptions) == (1, 1, 1)
+    first, second = _runs(recording)
+    before = [bytes.fromhex(str(e["hex"])) for e in first if e["op"] == "in"]
+    after = [bytes.fromhex(str(e["hex"])) for e in second if e["op"] == "in"]
+    assert {e["port"] for e in first if e["op"] == "in"}.isdisjoint({e["port"] for e in second if e["op"] == "in"})
+    assert not any(is_client_hello(d) for d in after)
+    # Its move-session marking while the resumption is unconfirmed (type 253 from 4.0), then plain CID records.
+    assert after[0][0] == 253
+    assert after[-1][0] == 25
+    cids = {connection_id_of(d) for d in before if d[0] == 25} | {connection_id_of(d) for d in after}
+    assert len(cids) == 1
+    calls = [str(e["arg"]) for e in recording.entries if e["op"] == "call"]
+    returns = [e.return_value for e in replayed.events if isinstance(e, FunctionReturned)]
+    assert returns == [len(arg) for arg in calls] == [6, 12]
+    log = (vectors / "outage.device.log").read_text()
+    assert "Event loop error" in log
+    assert log.count("cloud connected from existing session") == 2
+    assert log.count("Handshake completed") == 1
+    assert "replayed record" not in log
