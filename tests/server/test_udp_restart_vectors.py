@@ -156,3 +156,22 @@ def test_4_0_2_that_noticed_the_outage_resumes_on_the_restarted_server_from_a_ne
     assert log.count("cloud connected from existing session") == 2
     assert log.count("Handshake completed") == 1
     assert "replayed record" not in log
+
+
+def test_3_1_0_that_noticed_the_outage_drops_its_session_and_handshakes_with_the_restarted_server() -> None:
+    # The same outage under 3.1.0: its event loop failed on the unanswered heartbeat (error 3) and the
+    # firmware discarded its session ("Discarding session data"), so the restarted server, started right
+    # after, served it with a new full handshake, not a resumption.
+    vectors = VERSIONS["3.1.0"]
+    recording = load_recording(vectors, "outage")
+    replayed = replay(recording)
+    assert replayed.sent == recording.sent()
+    assert (replayed.restarts, replayed.handshakes, replayed.resumptions) == (1, 2, 0)
+    _, second = _runs(recording)
+    assert any(is_client_hello(bytes.fromhex(str(e["hex"]))) for e in second if e["op"] == "in")
+    returns = [e.return_value for e in replayed.events if isinstance(e, FunctionReturned)]
+    assert returns == [6, 12]
+    log = (vectors / "outage.device.log").read_text()
+    noticed = log.index("Event loop error 3")
+    assert "Discarding session data" in log[noticed:]
+    assert log.count("Handshake completed") == 2
