@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cyan.app import Actor
-from cyan.cloud.models import DeviceRecord
+from cyan.cloud.models import DeviceRecord, Role
 from cyan.cloud.ota import UpdateConfig
 from cyan.config import Settings
 from cyan.keys import fingerprint, public_key_der
@@ -183,5 +183,28 @@ def test_flash_all_does_not_wait_for_an_offline_device(tmp_path: Path) -> None:
 
         await asyncio.wait_for(done(), 60)
         assert away.image == _image(version=7)
+
+    _run(tmp_path, scenario)
+
+
+def test_an_admin_follows_the_update_of_a_device_someone_else_owns(tmp_path: Path) -> None:
+    """`GET /v1/devices` lists an account's own devices; an admin's update of another owner's online device
+    was reported as `queued: device offline` and left at once (seen updating a Device OS 4.0.2 virtual device
+    over UDP with an admin's token)."""
+
+    async def scenario(service: Service, fleet: Fleet, token: str) -> None:
+        await service.app.accounts.create_user(
+            Actor.operator(), "admin@example.com", "another long password", role=Role.ADMIN
+        )
+        admin = (await service.app.accounts.create_token(Actor.operator(), "admin@example.com", None)).token
+        path = tmp_path / "app-v8.bin"
+        path.write_bytes(_image(version=8))
+        url = f"http://127.0.0.1:{service.api_port}"
+        code, out, err = await _cyan("devices", "flash", f"{1:024x}", str(path), "--server", url, token=admin)
+        assert code == 0, out + err
+        assert "1 succeeded" in out
+        assert "offline" not in out
+        assert "kitchen" in out  # named from the fleet's listing
+        assert fleet[f"{1:024x}"].image == _image(version=8)
 
     _run(tmp_path, scenario)

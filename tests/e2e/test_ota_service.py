@@ -286,6 +286,38 @@ def test_what_is_learned_when_the_device_connects_is_checked_before_sending(tmp_
     _run(tmp_path, scenario)
 
 
+def test_a_device_that_updates_only_by_ota_protocol_v3_is_refused_and_sent_nothing(tmp_path: Path) -> None:
+    """A Gen 3 device from Device OS 3.0 says OTA protocol v3 in its Hello (flag 0x80) and drops the legacy
+    UpdateBegin: refused at the request when it is connected, and its queued job fails when it connects,
+    without a byte sent (rather than three attempts that time out)."""
+
+    async def scenario(service: Service) -> None:
+        gen3 = Firmware(version=(3, 1, 0), module_version=3103, ota_protocol_v3=True)
+        connected, away = _spec(1, gen3), _spec(2, gen3)
+        await _register(service, away)
+        fleet = await _fleet(service, [connected])
+        try:
+            firmware = await service.updates.library.add(_image(), "app.bin", None)
+            with pytest.raises(FirmwareRejectedError, match="OTA protocol v3") as caught:
+                await _create(service, [connected.device_id], firmware)
+            assert caught.value.reason == "unsupported"
+            (job,) = await _create(service, [away.device_id], firmware)
+            later = await _fleet(service, [away], register=False)
+            try:
+                (done,) = await _finished(service, [job])
+                assert (done.state, done.reason, done.attempts) == (JobState.FAILED, "unsupported", 0)
+                assert done.detail is not None
+                assert done.detail.startswith("nothing was sent: the device updates only by OTA protocol v3")
+                for device in [*fleet.devices, *later.devices]:
+                    assert (device.updates_applied, device.update_failures) == (0, {})
+            finally:
+                await later.stop()
+        finally:
+            await fleet.stop()
+
+    _run(tmp_path, scenario)
+
+
 def test_an_image_the_device_rejects_is_not_sent_again(tmp_path: Path) -> None:
     """The simulated Photon runs applications only: a system part passes the server's checks, is sent, and
     the device's validation rejects it (`{"r":-1320}`, §7.1). Sending it again would not help."""

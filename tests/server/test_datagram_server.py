@@ -223,6 +223,86 @@ def test_a_restarted_server_resumes_the_stored_session_with_no_handshake() -> No
     asyncio.run(_with_server(work, persist=True))
 
 
+def _record_numbers(datagram: bytes) -> list[tuple[int, int]]:
+    """The (epoch, sequence number) of each DTLS record in a datagram from the server (records without a CID)."""
+    numbers = []
+    offset = 0
+    while offset + 13 <= len(datagram):
+        epoch = int.from_bytes(datagram[offset + 3 : offset + 5], "big")
+        sequence = int.from_bytes(datagram[offset + 5 : offset + 11], "big")
+        numbers.append((epoch, sequence))
+        offset += 13 + int.from_bytes(datagram[offset + 11 : offset + 13], "big")
+    return numbers
+
+
+def _crash(server: DatagramServer) -> None:
+    """As `kill -9`: nothing it would save from here on reaches the store, and its socket is gone."""
+    server._store = None
+    transport, server._transport = server._transport, None
+    assert transport is not None
+    transport.close()
+
+
+def test_a_server_killed_after_resuming_a_session_leaves_its_heir_no_sequence_number_it_used() -> None:
+    # Device OS 4.0.2 against a server restarted with kill -9 after it had resumed a session: the next server
+    # imported the same save, sent under the sequence numbers (and CCM nonces) the killed one had used, and
+    # the device dropped those records as replays ("replayed record") until the counters passed them.
+    async def work(server: DatagramServer, app: Application, cloud: Cloud) -> None:
+        gateway = app.gateway
+        assert gateway is not None
+        sent: dict[str, list[tuple[int, int]]] = {}
+
+        def spied(name: str) -> DatagramServer:
+            node = DatagramServer(gateway, SERVER_KEY, host="127.0.0.1", port=port, sessions=gateway)
+            real_send = node.send
+            numbers = sent.setdefault(name, [])
+
+            def spy(datagram: bytes, address: tuple[str, int]) -> None:
+                numbers.extend(_record_numbers(datagram))
+                real_send(datagram, address)
+
+            node.send = spy  # type: ignore[method-assign]
+            return node
+
+        device = _device()
+        await device.start("127.0.0.1", server.port)
+        try:
+            await asyncio.wait_for(device.connected.wait(), TIMEOUT)
+            port = server.port
+            await server.stop()  # a clean stop: the session saved with its counters
+            for name, crash in (("second", True), ("third", False)):
+                node = spied(name)
+                await node.start()
+                try:
+                    device.publish("after/restart", name)  # the device knows of no restart: it carries on
+                    assert device.session is not None
+                    cid = device.session.connection_id
+
+                    async def resumed(node: DatagramServer = node, cid: bytes = cid) -> None:
+                        while (link := node.link(cid)) is None or link.hello is None:
+                            await asyncio.sleep(0.01)
+
+                    await asyncio.wait_for(resumed(), TIMEOUT)
+                    _, returned = await asyncio.wait_for(
+                        _calls(app).call_function(OPS, DEVICE.hex(), "setArg", name), TIMEOUT
+                    )
+                    assert returned == len(name)
+                    await gateway.drain()
+                finally:
+                    if crash:
+                        _crash(node)  # the resumed session was not saved again at any end
+                    await node.stop()
+        finally:
+            await device.stop()
+        application = [n for n in sent["second"] + sent["third"] if n[0] == 1]
+        assert sent["second"]
+        assert sent["third"]
+        assert len(application) == len(set(application))  # no (epoch, sequence number) twice: no nonce twice
+        assert min(n for n in sent["third"] if n[0] == 1) > max(n for n in sent["second"] if n[0] == 1)
+
+    asyncio.run(_with_server(work, persist=True))
+
+
 def test_sessions_unsaved_for_too_long_are_deleted_and_not_resumed() -> None:
     async def work(server: DatagramServer, app: Application, cloud: Cloud) -> None:
         assert app.gateway is not None

@@ -9,6 +9,7 @@ progress bar per device, then prints a summary. `cyan devices group` edits the g
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -144,13 +145,24 @@ def flash(
             for job in jobs:
                 console.print(f"update {job['id']}: device {job['device_id']} {job['state']}")
             return
-        names = {d["id"]: d.get("name") or d["id"] for d in api.call("GET", "/v1/devices")}
+        wanted = {job["device_id"] for job in jobs}
+        names = {d["id"]: d.get("name") or d["id"] for d in _devices(api, wanted)}
         final = _follow(api, started.get("rollout"), jobs, names, console, timeout)
     finally:
         api.close()
     _summary(final, names, console)
     if any(job["state"] not in ("succeeded", _WAITING_FOR_DEVICE) for job in final):
         raise typer.Exit(1)
+
+
+def _devices(api: _Api, wanted: set[str]) -> list[dict[str, Any]]:
+    """The devices the account sees, with the fleet's when some of `wanted` are not its own: an admin updates
+    devices of other owners, which `GET /v1/devices` leaves out (they would look offline)."""
+    listed: list[dict[str, Any]] = api.call("GET", "/v1/devices")
+    if wanted - {d["id"] for d in listed}:
+        with contextlib.suppress(ApiError):  # not an admin: its own devices are all it may update
+            listed = api.call("GET", "/v1/devices", params={"all": "true"})
+    return listed
 
 
 def _follow(
@@ -173,6 +185,7 @@ def _follow(
     )
     deadline = time.monotonic() + timeout
     current = {job["id"]: job for job in jobs}
+    wanted = {job["device_id"] for job in jobs}
     online: dict[str, bool] = {}
     looked = float("-inf")
     with Progress(*columns, console=console, transient=False) as progress:
@@ -193,7 +206,7 @@ def _follow(
                     state = job["state"] if job["attempts"] <= 1 else f"{job['state']} (attempt {job['attempts']})"
                     progress.update(bars[job["id"]], completed=job["bytes_sent"], state=state)
             if time.monotonic() - looked >= _ONLINE_EVERY:
-                online = {d["id"]: bool(d.get("connected")) for d in api.call("GET", "/v1/devices")}
+                online = {d["id"]: bool(d.get("connected")) for d in _devices(api, wanted)}
                 looked = time.monotonic()
             away = {
                 job_id

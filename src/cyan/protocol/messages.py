@@ -122,6 +122,8 @@ class HelloFlag(enum.IntFlag):
     GOODBYE = 0x10
     DEVICE_INITIATED_DESCRIBE = 0x20
     COMPRESSED_OTA = 0x40
+    #: Gen 3 and P2 from Device OS 3.0: updates only by OTA protocol v3 (udp-dtls.md §1.5).
+    OTA_PROTOCOL_V3 = 0x80
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,7 +104,7 @@ class DatagramLink(DeviceProtocol):
     """One UDP device session: a DTLS endpoint for its stream, the datagram core for its messages, and
     everything else of `DeviceProtocol`."""
 
-    __slots__ = ("_address", "_ended", "_endpoint", "_resumed_from", "_udp")
+    __slots__ = ("_address", "_ended", "_endpoint", "_held_output", "_resumed_from", "_udp")
 
     def __init__(
         self,
@@ -120,6 +120,8 @@ class DatagramLink(DeviceProtocol):
         self._endpoint = endpoint
         self._address = address
         self._ended = False
+        #: Datagrams kept back until the session's save is in the store (`hold_output`), or None: sent at once.
+        self._held_output: list[bytes] | None = None
         self._resumed_from = resumed_from
         self._started = now
         self._started_at = time.time()
@@ -222,7 +224,22 @@ class DatagramLink(DeviceProtocol):
 
     def _send_datagrams(self) -> None:
         for datagram in self._endpoint.datagrams_to_send():
-            self._udp.send(datagram, self._address)
+            if self._held_output is not None:
+                self._held_output.append(datagram)
+            else:
+                self._udp.send(datagram, self._address)
+
+    def hold_output(self) -> None:
+        """Keep what the session sends until `release_output`: records whose sequence numbers are not saved yet
+        must not leave (see `DatagramServer._resume`)."""
+        if self._held_output is None:
+            self._held_output = []
+
+    def release_output(self) -> None:
+        held, self._held_output = self._held_output, None
+        if held and not self._ended:
+            for datagram in held:
+                self._udp.send(datagram, self._address)
 
     def _arm_timer(self) -> None:
         if self._ended:
@@ -345,6 +362,7 @@ class DatagramLink(DeviceProtocol):
         self, image: bytes, *, fast: bool | None, progress: Callable[[int, int], None] | None = None
     ) -> asyncio.Future[OtaOutcome]:
         # Over UDP every chunk is confirmable and acknowledged (udp-dtls.md §1.5): never the fast mode.
+        self._udp.record({"t": _now(), "op": "update", "port": self._address[1], "image": image.hex(), "fast": False})
         return super().update_firmware(image, fast=False, progress=progress)
 
 
@@ -477,10 +495,10 @@ class DatagramServer(asyncio.DatagramProtocol):
         if self._sessions.pop(cid, None) is not None and self._store is not None:
             self._writes.spawn(self._store.drop_udp_session(cid), "forget a UDP session")
 
-    def _save(self, cid: bytes) -> None:
+    def _save(self, cid: bytes) -> asyncio.Task[None] | None:
         stored = self._sessions.get(cid)
         if stored is None or self._store is None:
-            return
+            return None
         record = UdpSession(
             connection_id=cid,
             session=stored.session.encode(),
@@ -488,7 +506,7 @@ class DatagramServer(asyncio.DatagramProtocol):
             device_id=stored.device_id,
             hello=None if stored.hello is None else stored.hello.encode(),
         )
-        self._writes.spawn(self._store.save_udp_session(record), "save a UDP session")
+        return self._writes.spawn(self._store.save_udp_session(record), "save a UDP session")
 
     def send(self, datagram: bytes, address: _Address) -> None:
         self.record({"t": _now(), "op": "out", "port": address[1], "hex": datagram.hex()})
@@ -576,6 +594,16 @@ class DatagramServer(asyncio.DatagramProtocol):
         link = DatagramLink(self, endpoint, addr, now, resumed_from=stored)
         self._by_cid[cid] = link
         self._by_address[addr] = link
+        # The import moved the write counters ahead of the save (`DEFAULT_SEQUENCE_GAP`), and that is only safe
+        # once: a process that dies before saving again leaves the same save to its heir, whose import would
+        # jump to the very same sequence numbers and send under this one's nonces (and the device, having seen
+        # them, would discard its records as replays; seen with Device OS 4.0.2 after a kill -9). So the
+        # session is saved as imported at once, and what the link sends waits until that save is stored.
+        self._sessions[cid] = replace(stored, session=endpoint.export_session())
+        saving = self._save(cid)
+        if saving is not None:
+            link.hold_output()
+            saving.add_done_callback(lambda _: link.release_output())
         return link
 
     def error_received(self, exc: Exception) -> None:
@@ -594,6 +622,18 @@ class DatagramServer(asyncio.DatagramProtocol):
                     log.warning("a stored UDP session cannot be read, and is left out: %s", exc)
                     continue
                 self._sessions[record.connection_id] = StoredSession(session, record.device_id, hello)
+        if self._recorder is not None:
+            # What this server resumes from: a recording that spans a restart replays it from here.
+            loaded = [
+                {
+                    "cid": cid.hex(),
+                    "session": stored.session.encode().hex(),
+                    "device_id": stored.device_id,
+                    "hello": None if stored.hello is None else stored.hello.encode().hex(),
+                }
+                for cid, stored in self._sessions.items()
+            ]
+            self.record({"t": _now(), "op": "start", "sessions": loaded})
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, self.port))
         sock = transport.get_extra_info("socket")
