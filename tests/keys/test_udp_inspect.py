@@ -127,6 +127,8 @@ def test_a_server_file_of_another_cloud_or_address(tmp_path: Path, capsys: pytes
 def test_blank_and_corrupt_server_files() -> None:
     blank = inspect_file(b"\xff" * 320)
     assert [f.code for f in blank.findings] == ["server_key_blank", "server_address_blank"]
+    assert blank.server_key is not None
+    assert str(blank.server_key.address) == "udp://$id.udp.particle.io:5684"
     corrupt = bytearray(SERVER_FILE)
     corrupt[30:40] = bytes(10)  # inside the public point
     found = inspect_file(bytes(corrupt))

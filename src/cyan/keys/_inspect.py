@@ -34,6 +34,7 @@ from ._ecc import UDP_SERVER_KEY_FILE_SIZE, load_ec_private_key, load_ec_public_
 from ._errors import KeyFormatError
 from ._server_file import (
     PARTICLE_CLOUD_ADDRESS,
+    PARTICLE_UDP_ADDRESS,
     TCP_LAYOUTS,
     Layout,
     ServerAddress,
@@ -452,7 +453,8 @@ def _udp_server_findings(report: ServerKeyReport, facts: CloudFacts) -> list[Fin
             Finding(
                 "problem",
                 "server_address_blank",
-                "No server address: the device falls back to Particle's cloud address (udp-dtls.md §1.1).",
+                f"No server address: the device falls back to Particle's {PARTICLE_UDP_ADDRESS.host} "
+                "(udp-dtls.md §1.1).",
                 point,
             )
         )

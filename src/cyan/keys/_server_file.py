@@ -180,6 +180,8 @@ class ServerAddress:
 
 #: Where a device goes when its stored address is blank or invalid (protocol.md §1, §12.1).
 PARTICLE_CLOUD_ADDRESS = ServerAddress("device.spark.io")
+#: ... and a UDP device: Particle's `$id.udp.particle.io` (udp-dtls.md §1.1), its own id in place of `$id`.
+PARTICLE_UDP_ADDRESS = ServerAddress("$id.udp.particle.io", udp=True)
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,9 @@ class ServerKeyFile:
     @property
     def effective_address(self) -> ServerAddress:
         """The address the device really uses, including the built-in fallback."""
-        return PARTICLE_CLOUD_ADDRESS if self.address is None else self.address
+        if self.address is None:
+            return PARTICLE_UDP_ADDRESS if self.layout is Layout.UDP else PARTICLE_CLOUD_ADDRESS
+        return self.address
 
 
 def _encode_address(host: str) -> bytes:
