@@ -25,6 +25,10 @@ from cyan.server.datagram_server import SEQUENCE_BLOCK
 from cyan.sim import UdpVirtualDevice
 from cyan.store import open_store
 
+# Two `cyan serve` processes, and bounds of the product's (the device held by the second node within 30 s): it
+# runs alone (scripts/test).
+pytestmark = pytest.mark.exclusive
+
 OWNER = "ops@example.com"
 DEVICE = bytes.fromhex("0123456789abcdef0123abcd")
 DEVICE_KEY = ec.derive_private_key(0x77, ec.SECP256R1())
