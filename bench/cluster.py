@@ -48,9 +48,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from cyan.app import Actor, Application
 from cyan.cloud.models import DeviceRecord, Role
 from cyan.keys import (
+    encode_ec_private_key_pem,
     encode_private_key_pem,
     fingerprint,
     generate_device_key,
+    generate_ec_key,
     generate_server_key,
     load_private_key,
     public_key_der,
@@ -268,12 +270,14 @@ def _cloud(args: argparse.Namespace, count: int, root: Path) -> Iterator[tuple[l
     prefix = f"cyan-bench-{secrets.token_hex(4)}:"
     bus = f"{args.redis}?prefix={prefix}&lease=5"
     pem = encode_private_key_pem(generate_server_key())
+    udp_pem = encode_ec_private_key_pem(generate_ec_key())  # every node presents the same keys
     with _database(args.postgres) as database:
         nodes = []
         for index in range(1, count + 1):
             data = root / f"{count}-node{index}"
             data.mkdir(parents=True)
             write_private_key_file(data / "server_key.pem", pem)
+            write_private_key_file(data / "udp_server_key.pem", udp_pem)
             nodes.append(Node(index, data, database, bus))
         try:
             nodes[0].start()

@@ -19,7 +19,14 @@ from cyan.cli import main
 from cyan.cloud.models import CloudEvent
 from cyan.cloud.ports import BusUnavailableError
 from cyan.config import Settings
-from cyan.keys import encode_private_key_pem, generate_server_key, write_private_key_file
+from cyan.keys import (
+    encode_ec_private_key_pem,
+    encode_private_key_pem,
+    fingerprint,
+    generate_ec_key,
+    generate_server_key,
+    write_private_key_file,
+)
 from cyan.service import Service, ensure_server_keys
 from cyan.store import PostgresStore, SqliteStore
 
@@ -135,8 +142,20 @@ def test_every_node_of_a_cloud_presents_its_server_key_or_refuses_to_start(postg
             await other.start()
         assert first.keys.fingerprint in str(missing.value)
         assert "copy server_key.pem from another node" in missing.value.hint
-        # Given the cloud's key file, it starts.
+        # Given the cloud's RSA key file only, it still refuses: the UDP devices hold the P-256 key's public half.
         (tmp_path / "node-2" / "server_key.pem").write_bytes((tmp_path / "node-1" / "server_key.pem").read_bytes())
+        assert first.keys.udp_private_key is not None
+        udp_fingerprint = fingerprint(first.keys.udp_private_key.public_key())
+        halfway = node("node-2")
+        with pytest.raises(ServerKeyMissingError, match=r"the UDP server key .* is missing") as missing_udp:
+            await halfway.start()
+        assert udp_fingerprint in str(missing_udp.value)
+        assert "bad_signature" in str(missing_udp.value)
+        assert "copy udp_server_key.pem from another node" in missing_udp.value.hint
+        assert not (tmp_path / "node-2" / "udp_server_key.pem").exists()  # nothing written that no node has
+        # Given both key files, it starts.
+        udp_file = (tmp_path / "node-1" / "udp_server_key.pem").read_bytes()
+        write_private_key_file(tmp_path / "node-2" / "udp_server_key.pem", udp_file)
         same = node("node-2")
         await same.start()
         await same.stop()
@@ -147,5 +166,41 @@ def test_every_node_of_a_cloud_presents_its_server_key_or_refuses_to_start(postg
         with pytest.raises(ServerKeyChangedError, match="other nodes") as changed:
             await wrong.start()
         assert first.keys.fingerprint in str(changed.value)
+        # The cloud's RSA key with a UDP key of its own: refused, naming the UDP key the cloud uses.
+        (tmp_path / "node-3" / "server_key.pem").write_bytes((tmp_path / "node-1" / "server_key.pem").read_bytes())
+        write_private_key_file(tmp_path / "node-3" / "udp_server_key.pem", encode_ec_private_key_pem(generate_ec_key()))
+        wrong_udp = node("node-3")
+        with pytest.raises(ServerKeyChangedError, match=r"UDP server key .* but the cloud.s other") as udp_changed:
+            await wrong_udp.start()
+        assert udp_fingerprint in str(udp_changed.value)
+        assert "copy udp_server_key.pem from another node" in udp_changed.value.hint
+
+    asyncio.run(scenario())
+
+
+def test_one_node_refuses_to_start_with_another_udp_server_key_than_its_devices_were_given(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path, device_host="127.0.0.1", device_port=0, device_udp_port=0, api_host="127.0.0.1", api_port=0
+    )
+
+    async def scenario() -> None:
+        first = Service(settings, ensure_server_keys(settings))
+        await first.start()
+        await first.stop()
+        assert first.keys.udp_private_key is not None
+        recorded = fingerprint(first.keys.udp_private_key.public_key())
+        # The key file replaced by another: refused, with the fingerprint the devices hold.
+        (tmp_path / "udp_server_key.pem").unlink()
+        write_private_key_file(tmp_path / "udp_server_key.pem", encode_ec_private_key_pem(generate_ec_key()))
+        with pytest.raises(ServerKeyChangedError, match=r"the UDP server key .* but the devices were given") as changed:
+            await Service(settings, ensure_server_keys(settings)).start()
+        assert recorded in str(changed.value)
+        assert "put back the key with the fingerprint" in changed.value.hint
+        # The key file gone: refused, rather than a new key made quietly.
+        (tmp_path / "udp_server_key.pem").unlink()
+        with pytest.raises(ServerKeyMissingError, match=r"the UDP server key .* is missing") as missing:
+            await Service(settings, ensure_server_keys(settings)).start()
+        assert recorded in str(missing.value)
+        assert not (tmp_path / "udp_server_key.pem").exists()
 
     asyncio.run(scenario())

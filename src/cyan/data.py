@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from cyan.app import Actor, Application
+from cyan.app import UDP_SERVER_KEY, Actor, Application
 from cyan.config import Settings
 from cyan.keys import (
     KeyFormatError,
@@ -66,6 +66,8 @@ class ServerKeys:
     #: The EC P-256 key of the UDP devices (DTLS, udp-dtls.md §1.2), beside the RSA one; None where no UDP
     #: device is served.
     udp_private_key: ec.EllipticCurvePrivateKey | None = None
+    #: The UDP key was made now, not written yet: checked and written by `Service.start` as the RSA one.
+    udp_created: bool = False
 
 
 def ensure_server_keys(settings: Settings, *, new_key: bool = False) -> ServerKeys:
@@ -73,7 +75,7 @@ def ensure_server_keys(settings: Settings, *, new_key: bool = False) -> ServerKe
     memory until `Service.start` has checked that no registered device expects another."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(settings.data_dir, 0o700)
-    udp_key = ensure_udp_server_key(settings)
+    udp_key, udp_created = ensure_udp_server_key(settings)
     path = settings.server_key_path
     if path.exists() and not new_key:
         try:
@@ -81,24 +83,29 @@ def ensure_server_keys(settings: Settings, *, new_key: bool = False) -> ServerKe
         except (KeyFormatError, OSError) as exc:
             raise KeyFormatError(f"cannot use the server key {path}: {exc}") from exc
         check_server_public_key(key.public_key())
-        return ServerKeys(key, False, fingerprint(key.public_key()), udp_private_key=udp_key)
+        return ServerKeys(key, False, fingerprint(key.public_key()), udp_private_key=udp_key, udp_created=udp_created)
     key = generate_server_key()
-    return ServerKeys(key, True, fingerprint(key.public_key()), replacing=new_key, udp_private_key=udp_key)
+    return ServerKeys(
+        key,
+        True,
+        fingerprint(key.public_key()),
+        replacing=new_key,
+        udp_private_key=udp_key,
+        udp_created=udp_created,
+    )
 
 
-def ensure_udp_server_key(settings: Settings) -> ec.EllipticCurvePrivateKey:
-    """The UDP devices' P-256 server key from the data directory, made (owner-only) the first time. Never
-    replaced silently: every UDP device holds its public half (udp-dtls.md §1.2)."""
+def ensure_udp_server_key(settings: Settings) -> tuple[ec.EllipticCurvePrivateKey, bool]:
+    """The UDP devices' P-256 server key from the data directory, or a new one (True) held in memory until
+    `Service.start` has checked that the cloud records no other (`cyan.app.server_key`). Never replaced
+    silently: every UDP device holds its public half (udp-dtls.md §1.2)."""
     path = settings.udp_server_key_path
     if path.exists():
         try:
-            return load_ec_private_key(path.read_bytes())
+            return load_ec_private_key(path.read_bytes()), False
         except (KeyFormatError, OSError) as exc:
             raise KeyFormatError(f"cannot use the UDP server key {path}: {exc}") from exc
-    key = generate_ec_key()
-    write_private_key_file(path, encode_ec_private_key_pem(key))
-    write_public_file(settings.udp_server_public_key_path, udp_public_key_der(key))
-    return key
+    return generate_ec_key(), True
 
 
 async def settle_server_key(settings: Settings, keys: ServerKeys, app: Application) -> None:
@@ -129,6 +136,19 @@ async def settle_server_key(settings: Settings, keys: ServerKeys, app: Applicati
     else:
         await app.server_key.check(str(path), keys.fingerprint, shared=shared)
     write_public_file(settings.server_public_key_path, public_key_der(keys.private_key.public_key()))
+    udp_key = keys.udp_private_key
+    if udp_key is not None:
+        udp_path = settings.udp_server_key_path
+        udp_fingerprint = fingerprint(udp_key.public_key())
+        if keys.udp_created:
+            await app.server_key.check(str(udp_path), None, shared=shared, subject=UDP_SERVER_KEY)
+            await app.server_key.created(
+                operator, udp_fingerprint, path=str(udp_path), shared=shared, subject=UDP_SERVER_KEY
+            )
+            write_private_key_file(udp_path, encode_ec_private_key_pem(udp_key))
+        else:
+            await app.server_key.check(str(udp_path), udp_fingerprint, shared=shared, subject=UDP_SERVER_KEY)
+        write_public_file(settings.udp_server_public_key_path, udp_public_key_der(udp_key))
 
 
 def prepare_data_directory(settings: Settings) -> ServerKeys:
@@ -145,7 +165,7 @@ def prepare_data_directory(settings: Settings) -> ServerKeys:
             await store.close()
 
     asyncio.run(settle())
-    return dataclasses.replace(keys, created=False, replacing=False)
+    return dataclasses.replace(keys, created=False, replacing=False, udp_created=False)
 
 
 @contextlib.asynccontextmanager

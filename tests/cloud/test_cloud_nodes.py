@@ -168,3 +168,23 @@ def test_a_key_approved_on_one_node_gives_the_quarantined_session_on_the_other_i
         assert impostor.closed
 
     _two_nodes(check)
+
+
+def test_a_session_that_ends_under_a_call_from_another_node_is_the_device_offline_there() -> None:
+    # A device moving to another node while a call routed to its old one is under way: the old session ends,
+    # its pending call fails with ConnectionError, and the asking node answers that the device is offline, as
+    # a local caller would (the API's 404), not with the holder's failure.
+    async def check(a: Cloud, b: Cloud, store: MemoryStore) -> None:
+        await store.devices.add(_record(DEVICE))
+
+        async def gone(name: str, argument: str) -> int:
+            raise ConnectionError(f"device {DEVICE} disconnected")
+
+        a.session_started(FakeLink(DEVICE, answer=gone), replace(_record(DEVICE), functions=["len"]), HELLO)
+        async with asyncio.timeout(5):
+            while not await b.connected(DEVICE):
+                await asyncio.sleep(0.005)
+        with pytest.raises(DeviceOfflineError, match="disconnected"):
+            await b.call_function(DEVICE, "len", "x")
+
+    _two_nodes(check)

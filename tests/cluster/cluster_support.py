@@ -25,9 +25,17 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from cyan.cloud.models import DeviceRecord
-from cyan.keys import encode_private_key_pem, fingerprint, generate_device_key, public_key_der, write_private_key_file
+from cyan.keys import (
+    encode_ec_private_key_pem,
+    encode_private_key_pem,
+    fingerprint,
+    generate_device_key,
+    public_key_der,
+    write_private_key_file,
+)
 from cyan.sim import AppSpec, Fleet, SimConfig, VirtualDeviceSpec
 from cyan.testing import fixed_server_key
 
@@ -242,13 +250,15 @@ class Balancer:
 
 
 def prepare_data_dirs(root: Path, count: int) -> list[Path]:
-    """A data directory per node, each given the same server key file (the cloud's)."""
+    """A data directory per node, each given the same server key files (the cloud's RSA and P-256 keys)."""
     pem = encode_private_key_pem(fixed_server_key())
+    udp_pem = encode_ec_private_key_pem(ec.derive_private_key(0x5E, ec.SECP256R1()))
     dirs = []
     for index in range(1, count + 1):
         data = root / f"node{index}"
         data.mkdir(parents=True)
         write_private_key_file(data / "server_key.pem", pem)
+        write_private_key_file(data / "udp_server_key.pem", udp_pem)
         dirs.append(data)
     return dirs
 

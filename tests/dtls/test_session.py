@@ -197,3 +197,24 @@ def test_the_client_resumes_with_its_exact_counters_as_device_os_does() -> None:
     resumed.send_application_data(b"x", wire.now)
     (datagram,) = resumed.datagrams_to_send()
     assert int.from_bytes(datagram[5:11], "big") == session.write_sequence
+
+
+def test_writes_stay_inside_the_block_of_sequence_numbers_reserved_for_this_process() -> None:
+    # A server carrying on a session another process may also hold writes only in the block it reserved
+    # (docs/dtls.md "Sessions"): never past its end, and never below its start.
+    session = Session("server", b"", bytes(48), bytes(32), bytes(32), b"\x07" * 8, 1, 40, -1, 0, b"device key")
+    endpoint = ServerEndpoint.from_session(session, SERVER_KEY, now=0.0, random_bytes=seeded(1), sequence_gap=0)
+    endpoint.limit_writes(1000, 1002)
+    assert (endpoint.next_write_sequence, endpoint.write_limit) == (1000, 1002)
+    endpoint.send_application_data(b"one", 0.0)
+    endpoint.send_application_data(b"two", 0.0)
+    with pytest.raises(OverflowError):
+        endpoint.send_application_data(b"three", 0.0)
+    sent = [r.sequence for d in endpoint.datagrams_to_send() for r in parse_records(d, 0, max_fragment=1 << 16)[0]]
+    assert sent == [1000, 1001]
+    # A later block moves the counter forward, never back.
+    endpoint.limit_writes(500, 3000)
+    assert endpoint.next_write_sequence == 1002
+    endpoint.send_application_data(b"four", 0.0)
+    sent = [r.sequence for d in endpoint.datagrams_to_send() for r in parse_records(d, 0, max_fragment=1 << 16)[0]]
+    assert sent == [1002]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from cyan.cloud.models import UdpSession
@@ -65,5 +66,54 @@ def test_a_session_is_part_of_a_transaction(make: StoreFactory) -> None:
             except RuntimeError:
                 pass
             assert await store.udp_sessions.get(cid) is None
+
+    run(scenario())
+
+
+def test_a_sequence_limit_only_rises_whoever_saves(make: StoreFactory) -> None:
+    async def scenario() -> None:
+        async with make() as store:
+            cid = b"\x02" * 8
+            first = session(cid)
+            first.sequence_limit = 1000
+            await store.udp_sessions.save(first)
+            # A node saving later with the limit it last knew (or none) does not lower the stored one.
+            for limit in (500, None):
+                again = session(cid, 5)
+                again.sequence_limit = limit
+                await store.udp_sessions.save(again)
+                stored = await store.udp_sessions.get(cid)
+                assert stored is not None
+                assert (stored.sequence_limit, stored.updated_at) == (1000, T0 + timedelta(seconds=5))
+            higher = session(cid, 6)
+            higher.sequence_limit = 4000
+            await store.udp_sessions.save(higher)
+            stored = await store.udp_sessions.get(cid)
+            assert stored is not None
+            assert stored.sequence_limit == 4000
+
+    run(scenario())
+
+
+def test_reserving_sequence_numbers_gives_blocks_that_never_overlap(make: StoreFactory) -> None:
+    async def scenario() -> None:
+        async with make() as store:
+            cid, legacy = b"\x03" * 8, b"\x04" * 8
+            assert await store.udp_sessions.reserve(cid, 100) is None  # no such session
+            made = session(cid)
+            made.sequence_limit = 1000
+            await store.udp_sessions.save(made)
+            await store.udp_sessions.save(session(legacy))  # saved before there were limits
+            assert await store.udp_sessions.reserve(cid, 100) == 1100
+            # The floor counts only where it is above the limit: a session resumed far past its saved counter.
+            assert await store.udp_sessions.reserve(cid, 100, floor=500) == 1200
+            assert await store.udp_sessions.reserve(cid, 100, floor=5000) == 5100
+            assert await store.udp_sessions.reserve(legacy, 10, floor=1 << 20) == (1 << 20) + 10
+            # Many at once (two nodes, or two tasks of one): every block distinct.
+            limits = await asyncio.gather(*(store.udp_sessions.reserve(cid, 10) for _ in range(20)))
+            assert sorted(x for x in limits if x is not None) == list(range(5110, 5310, 10))
+            stored = await store.udp_sessions.get(cid)
+            assert stored is not None
+            assert stored.sequence_limit == 5300
 
     run(scenario())

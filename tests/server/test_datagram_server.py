@@ -303,22 +303,34 @@ def test_a_server_killed_after_resuming_a_session_leaves_its_heir_no_sequence_nu
     asyncio.run(_with_server(work, persist=True))
 
 
-def test_sessions_unsaved_for_too_long_are_deleted_and_not_resumed() -> None:
+def test_sessions_unsaved_for_too_long_are_deleted_at_start_and_then_periodically() -> None:
     async def work(server: DatagramServer, app: Application, cloud: Cloud) -> None:
         assert app.gateway is not None
         now = datetime.now(UTC)
-        old, recent = b"\x01" * 8, b"\x02" * 8
-        for cid, age in ((old, timedelta(days=31)), (recent, timedelta(days=1))):
+
+        async def save(cid: bytes, age: timedelta) -> None:
             blob = Session(
                 "server", b"", bytes(48), bytes(32), bytes(32), cid, 1, 5, 3, 0, udp_public_key_der(DEVICE_KEY)
             ).encode()
             await app.store.udp_sessions.save(UdpSession(cid, blob, now - age, DEVICE.hex()))
-        restarted = DatagramServer(app.gateway, SERVER_KEY, host="127.0.0.1", port=0, sessions=app.gateway)
+
+        async def stored() -> list[bytes]:
+            return [s.connection_id for s in await app.store.udp_sessions.all()]
+
+        old, recent, later = b"\x01" * 8, b"\x02" * 8, b"\x03" * 8
+        await save(old, timedelta(days=31))
+        await save(recent, timedelta(days=1))
+        restarted = DatagramServer(
+            app.gateway, SERVER_KEY, host="127.0.0.1", port=0, sessions=app.gateway, prune_interval=0.05
+        )
         await restarted.start()
         try:
-            assert restarted.stored_session(old) is None
-            assert restarted.stored_session(recent) is not None
-            assert [s.connection_id for s in await app.store.udp_sessions.all()] == [recent]
+            assert await stored() == [recent]
+            # One that grows old while the server runs is deleted on the next round, not at the next start.
+            await save(later, timedelta(days=40))
+            while later in await stored():
+                await asyncio.sleep(0.02)
+            assert await stored() == [recent]
         finally:
             await restarted.stop()
 

@@ -3,7 +3,7 @@ without the firmware.
 
 The recordings in tests/vectors/udp-4.0.2 and udp-3.1.0 are ground truth for the device's side: every datagram
 it sent.
-Replayed with the recorded time, wall time and randomness, the server's cores must send exactly the datagrams
+Replayed with the recorded time, wall time and randomness, the server's `DatagramServer` must send exactly the datagrams
 the device accepted (tests/server/udp_replay.py), and the device's datagrams must open to the messages the
 firmware's log says it sent.
 """

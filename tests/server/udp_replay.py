@@ -1,42 +1,46 @@
-"""Replaying a recorded UDP session (tests/vectors/udp-*) through the server's sans-IO cores.
+"""Replaying a recorded UDP session (tests/vectors/udp-*) through the server's own wiring.
 
 A recording (scripts/record-udp-session) holds every input the UDP device server took, every random byte it
 drew and every datagram it sent. `replay` feeds the same inputs, at the same times, with the same randomness,
-to a cookie verifier, DTLS server endpoints and `DatagramServerConnection`s glued as `DatagramServer` glues
-them (with an `OtaSender` per firmware update, as `DatagramLink` runs one), and returns the datagrams they
-send: with real firmware on the other side of the recording, equal datagrams mean the server reproduces a
-session the device accepted, byte for byte.
+to a real `DatagramServer` (its cookie check, its links, their DTLS endpoints and message cores, its session
+map), and returns the datagrams it sends: with real firmware on the other side of the recording, equal
+datagrams mean the server reproduces a session the device accepted, byte for byte.
 
-A recording may span restarts of the server: each `start` entry holds the sessions the server loaded from
-its store, and the replay starts a new server there (a new cookie secret, no live sessions, those stored).
+What stands in for the rest of `cyan serve`: the socket (a transport that keeps what is sent), the clock
+(the recording's time, for both server modules), the cloud (a key decision that accepts the device at the
+moment the recording says it did, and nothing else), and the timers (each fires when the recording says it
+fired, not on the event loop's clock).
+
+A recording may span restarts of the server: each `start` entry after the first stops the replayed server and
+starts a new one (a new cookie secret, no live sessions), whose store holds what the recording says: the
+sessions a `start` entry lists (recordings of servers that loaded them all when they started), and the answers
+`stored` entries give to the lookups of servers that look sessions up on demand. A firmware update (`update`)
+runs on the link it was sent to, as `cyan devices flash` starts it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from cyan.dtls import (
-    ApplicationDataReceived,
-    CookieVerifier,
-    DeviceKeyPresented,
-    HandshakeCompleted,
-    ServerEndpoint,
-    Session,
-    connection_id_of,
-    is_client_hello,
-)
-from cyan.dtls import ConnectionClosed as DtlsClosed
-from cyan.keys import load_ec_private_key
-from cyan.protocol import DeviceIdentified, Hello, HelloReceived, OtaConfig, OtaOutcome, OtaSender
+import cyan.server.datagram_server as datagram_server
+import cyan.server.device_server as device_server
+from cyan.cloud.keypolicy import Decision
+from cyan.cloud.models import ConnectionAttempt, DeviceRecord, UdpSession
+from cyan.dtls import ServerEndpoint, Session
+from cyan.keys import fingerprint, load_ec_private_key
 from cyan.protocol import Event as ProtocolEvent
+from cyan.protocol import Hello, OtaConfig, OtaOutcome
 from cyan.protocol.datagram import DatagramConfig, DatagramServerConnection
-from cyan.protocol.messages import parse_hello
+from cyan.server.datagram_server import DatagramLink, DatagramServer
+from cyan.server.device_server import DeviceProtocol
 
 __all__ = ["Recording", "Replay", "load_recording", "replay"]
 
@@ -60,31 +64,6 @@ def load_recording(directory: Path, name: str) -> Recording:
 
 
 @dataclass(slots=True)
-class _Session:
-    endpoint: ServerEndpoint
-    conn: DatagramServerConnection | None = None
-    device_id: str | None = None
-    hello: Hello | None = None
-    ota: OtaSender | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class _Loaded:
-    """A session a (re)started server loaded from its store."""
-
-    session: Session
-    device_id: str | None
-    hello: Hello | None
-
-    def export(self) -> Session:
-        return self.session
-
-
-def _export(held: _Session | _Loaded) -> Session:
-    return held.export() if isinstance(held, _Loaded) else held.endpoint.export_session()
-
-
-@dataclass(slots=True)
 class Replay:
     """What the replayed server did: its datagrams, the protocol events of its sessions, and the number of
     full handshakes and of sessions resumed without one."""
@@ -102,11 +81,137 @@ class Replay:
     messages_out: list[bytes] = field(default_factory=list)
 
 
+class _Store:
+    """The sessions' store of one replayed server: what a `start` entry listed, and the recorded answers of
+    `stored` entries, in order, for the lookups that made them."""
+
+    def __init__(self, listed: list[dict[str, Any]], answers: dict[bytes, deque[dict[str, Any]]]) -> None:
+        self.sessions = {bytes.fromhex(s["cid"]): _session(s, None) for s in listed}
+        self._answers = answers
+        self._limits: dict[bytes, int] = {}
+
+    async def save_udp_session(self, session: UdpSession) -> None:
+        old = self.sessions.get(session.connection_id)
+        if old is not None and old.sequence_limit is not None:
+            limit = max(old.sequence_limit, session.sequence_limit or 0)
+            session = replace(session, sequence_limit=limit)
+        self.sessions[session.connection_id] = session
+
+    async def find_udp_session(self, connection_id: bytes) -> UdpSession | None:
+        answers = self._answers.get(connection_id)
+        if answers:
+            answer = answers.popleft()
+            if answer["session"] is None:
+                return None
+            self._limits[connection_id] = answer["limit"]
+            return _session(answer, None)
+        return self.sessions.get(connection_id)
+
+    async def reserve_udp_sequences(self, connection_id: bytes, count: int, *, floor: int = 0) -> int | None:
+        recorded = self._limits.pop(connection_id, None)
+        if recorded is not None:
+            return int(recorded)
+        stored = self.sessions.get(connection_id)
+        if stored is None:
+            return None
+        limit = max(stored.sequence_limit or 0, floor) + count
+        self.sessions[connection_id] = replace(stored, sequence_limit=limit)
+        return limit
+
+    async def prune_udp_sessions(self, *, before: datetime) -> int:
+        return 0
+
+    async def drop_udp_session(self, connection_id: bytes) -> None:
+        self.sessions.pop(connection_id, None)
+
+
+def _session(entry: dict[str, Any], limit: int | None) -> UdpSession:
+    return UdpSession(
+        connection_id=bytes.fromhex(entry["cid"]),
+        session=bytes.fromhex(entry["session"]),
+        updated_at=datetime.now(UTC),
+        device_id=entry["device_id"],
+        hello=None if entry["hello"] is None else bytes.fromhex(entry["hello"]),
+        sequence_limit=limit,
+    )
+
+
+class _Transport:
+    """The server's socket: what it sends is kept."""
+
+    def __init__(self, sent: list[str]) -> None:
+        self._sent = sent
+
+    def sendto(self, data: bytes, address: Any = None) -> None:
+        self._sent.append(data.hex())
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+class _Cloud:
+    """The cloud behind the server: the key decision waits for the recording's `accept_device`, then accepts
+    the key the device proved; everything else is accepted and forgotten."""
+
+    def __init__(self) -> None:
+        self.decided = asyncio.Event()
+
+    async def authorize(
+        self, device_id: str, presented_der: bytes | None, peer_address: str = ""
+    ) -> tuple[Decision, DeviceRecord | None]:
+        await self.decided.wait()
+        self.decided.clear()
+        assert presented_der is not None
+        record = DeviceRecord(
+            id=device_id,
+            public_key_der=presented_der,
+            key_fingerprint=fingerprint(presented_der),
+            created_at=datetime.now(UTC),
+        )
+        key = fingerprint(presented_der)
+        return Decision(presented_der, None, "", key, key, record=record), record
+
+    def record_attempt(self, attempt: ConnectionAttempt) -> None:
+        pass
+
+    def session_started(
+        self, link: DeviceProtocol, record: DeviceRecord, hello: Hello, *, quarantined: bool = False
+    ) -> None:
+        pass
+
+    def session_ended(self, link: DeviceProtocol) -> None:
+        pass
+
+    def heard_from(self, link: DeviceProtocol) -> None:
+        pass
+
+    def describe_received(self, link: DeviceProtocol, document: dict[str, Any]) -> None:
+        pass
+
+    def metrics_received(self, link: DeviceProtocol, values: dict[int, int]) -> None:
+        pass
+
+    def event_from_device(self, link: DeviceProtocol, name: str, data: str | None, ttl: int, private: bool) -> None:
+        pass
+
+    def subscription_from_device(self, link: DeviceProtocol, prefix: str, scope: Any, device_id: str | None) -> None:
+        pass
+
+
 def replay(recording: Recording, config: DatagramConfig | None = None, ota_config: OtaConfig | None = None) -> Replay:
-    config = config or DatagramConfig()
-    ota_config = ota_config or OtaConfig()
+    return asyncio.run(_replay(recording, config or DatagramConfig(), ota_config or OtaConfig()))
+
+
+async def _replay(recording: Recording, config: DatagramConfig, ota_config: OtaConfig) -> Replay:
     randomness = deque(bytes.fromhex(e["hex"]) for e in recording.entries if e["op"] == "random")
     wall = deque(e["value"] for e in recording.entries if e["op"] == "unix_time")
+    clock = [0.0]
 
     def rng(count: int) -> bytes:
         data = randomness.popleft()
@@ -114,143 +219,137 @@ def replay(recording: Recording, config: DatagramConfig | None = None, ota_confi
         return data
 
     out = Replay()
-    cookies = CookieVerifier(rng(32))
-    by_cid: dict[bytes, _Session] = {}
-    stored: dict[bytes, _Session | _Loaded] = {}
-    by_port: dict[int, _Session] = {}
-    current: list[_Session] = []
-    started = False
+    cloud = _Cloud()
+    saved = (
+        datagram_server._now,
+        device_server._now,
+        DatagramLink._arm_timer,
+        DatagramLink._on_event,
+        ServerEndpoint.send_application_data,
+        DatagramServerConnection.receive_message,
+    )
+    original_on_event = DatagramLink._on_event
+    original_send, original_receive = ServerEndpoint.send_application_data, DatagramServerConnection.receive_message
 
-    def flush(session: _Session, now: float) -> None:
-        if session.conn is not None and session.endpoint.established:
-            for message in session.conn.messages_to_send(now):
-                out.messages_out.append(message)
-                session.endpoint.send_application_data(message, now)
-        out.sent.extend(d.hex() for d in session.endpoint.datagrams_to_send())
+    def on_event(link: DatagramLink, event: ProtocolEvent) -> None:
+        out.events.append(event)
+        original_on_event(link, event)
 
-    def ota_step(session: _Session) -> None:
-        if session.ota is not None and session.ota.finished:
-            assert session.ota.outcome is not None
-            out.updates.append(session.ota.outcome)
-            session.ota = None
+    def send_application_data(endpoint: ServerEndpoint, data: bytes, now: float) -> None:
+        out.messages_out.append(bytes(data))
+        original_send(endpoint, data, now)
 
-    def drain_conn(session: _Session, now: float) -> None:
-        assert session.conn is not None
-        while (event := session.conn.next_event()) is not None:
-            out.events.append(event)
-            if session.ota is not None and session.ota.handle_event(event, now):
-                ota_step(session)
-            if isinstance(event, DeviceIdentified):
-                session.device_id = event.device_id
-            elif isinstance(event, HelloReceived):
-                session.hello = event.hello
+    def receive_message(conn: DatagramServerConnection, data: bytes, now: float, **kwargs: Any) -> None:
+        out.messages_in.append(bytes(data))
+        original_receive(conn, data, now, **kwargs)
 
-    def drain_dtls(session: _Session, now: float) -> None:
-        endpoint = session.endpoint
-        while (event := endpoint.next_event()) is not None:
-            if isinstance(event, DeviceKeyPresented):
-                endpoint.accept(now)
-            elif isinstance(event, HandshakeCompleted):
-                out.handshakes += 1
-                session.conn = DatagramServerConnection(event.peer_public_key_der, now, config=config, rng=rng)
-                by_cid[event.connection_id] = session
-                stored[event.connection_id] = session
-            elif isinstance(event, ApplicationDataReceived):
-                assert session.conn is not None
-                out.messages_in.append(event.data)
-                session.conn.receive_message(event.data, now, unix_time=wall.popleft())
-                drain_conn(session, now)
-            elif isinstance(event, DtlsClosed):
-                stored.pop(endpoint.connection_id, None)
-
+    # The answers of the stores the recorded servers looked sessions up in, in order, by connection id.
+    answers: dict[bytes, deque[dict[str, Any]]] = {}
     for entry in recording.entries:
-        op, now = entry["op"], entry["t"]
-        if op == "start":
-            if started:
-                # A restart: what the stopped server held is gone, but for what its store kept.
-                out.restarts += 1
-                cookies = CookieVerifier(rng(32))
-                by_cid.clear()
-                by_port.clear()
-                current.clear()
-            started = True
-            stored = {
-                bytes.fromhex(s["cid"]): _Loaded(
-                    Session.decode(bytes.fromhex(s["session"])),
-                    s["device_id"],
-                    None if s["hello"] is None else parse_hello(bytes.fromhex(s["hello"])),
-                )
-                for s in entry["sessions"]
-            }
-        elif op == "in":
-            data = bytes.fromhex(entry["hex"])
-            port = entry["port"]
-            cid = connection_id_of(data)
-            session = by_cid.get(cid) if cid is not None else None
-            session = session or by_port.get(port)
-            if is_client_hello(data):
-                check = cookies.check(data, f"127.0.0.1:{port}".encode(), now)
-                if check.reply is not None:
-                    out.sent.append(check.reply.hex())
-                    continue
-                if not check.verified:
-                    continue
-                if session is None or session.endpoint.client_random != check.client_random:
-                    cid_new = rng(8)
-                    endpoint = ServerEndpoint(recording.server_key, now=now, random_bytes=rng, connection_id=cid_new)
-                    session = _Session(endpoint)
-                    by_port[port] = session
-            elif session is None:
-                held = stored.get(cid) if cid is not None else None
-                if held is None or cid is None:
-                    continue
-                endpoint = ServerEndpoint.from_session(_export(held), recording.server_key, now=now, random_bytes=rng)
-                session = _Session(endpoint, device_id=held.device_id, hello=held.hello)
-                session.conn = DatagramServerConnection(
-                    endpoint.peer_public_key_der,
-                    now,
-                    config=config,
-                    rng=rng,
-                    resumed_device_id=held.device_id,
-                    resumed_hello=held.hello,
-                )
-                out.resumptions += 1
-                by_cid[cid] = session
-                by_port[port] = session
-            current[:] = [session]
-            by_port[port] = session  # a session found by its CID follows the device to its new port
-            session.endpoint.receive_datagram(data, now)
-            drain_dtls(session, now)
-            flush(session, now)
-        elif op == "timer":
-            timed = [by_port[entry["port"]]] if "port" in entry else list({id(s): s for s in by_port.values()}.values())
-            for session in timed:
-                session.endpoint.handle_timer(now)
-                drain_dtls(session, now)
-                if session.conn is not None and not session.conn.closed:
-                    session.conn.handle_timer(now)
-                    drain_conn(session, now)
-                    if session.ota is not None:
-                        session.ota.handle_timer(now, backlog=0)
-                        ota_step(session)
-                flush(session, now)
-        elif op == "update":
-            session = by_port[entry["port"]]
-            assert session.conn is not None
-            assert session.ota is None
-            image = bytes.fromhex(entry["image"])
-            session.ota = OtaSender(session.conn, image, now, fast=entry["fast"], config=ota_config)
-            flush(session, now)
-        elif op in ("accept_device", "call", "read"):
-            session = by_port[entry["port"]] if "port" in entry else current[0]
-            assert session.conn is not None
-            if op == "accept_device":
-                session.conn.accept_device(now)
-            elif op == "call":
-                session.conn.call_function(entry["name"], entry["arg"], now, entry["timeout"])
-            else:
-                session.conn.read_variable(entry["name"], now, entry["timeout"])
-            drain_conn(session, now)
-            flush(session, now)
+        if entry["op"] == "stored":
+            answers.setdefault(bytes.fromhex(entry["cid"]), deque()).append(entry)
+    spans_restarts = any(e["op"] in ("start", "stored") for e in recording.entries)
+
+    def new_server(listed: list[dict[str, Any]]) -> DatagramServer:
+        server = DatagramServer(
+            cloud,  # type: ignore[arg-type]
+            recording.server_key,
+            host="127.0.0.1",
+            port=0,
+            config=config,
+            ota_config=ota_config,
+            random_bytes=rng,
+            wall_clock=wall.popleft,
+            sessions=_Store(listed, answers) if spans_restarts else None,
+        )
+        established, resume, resume_link = server.session_established, server._resume, server._resume_link
+
+        def session_established(link: DatagramLink, session: Session) -> None:
+            out.handshakes += 1
+            established(link, session)
+
+        def resumed(cid: bytes | None, addr: tuple[Any, ...], now: float) -> DatagramLink | None:
+            link = resume(cid, addr, now)
+            out.resumptions += link is not None
+            return link
+
+        def resumed_stored(stored: Any, addr: tuple[Any, ...], now: float, *, start: int, limit: int) -> DatagramLink:
+            out.resumptions += 1
+            return resume_link(stored, addr, now, start=start, limit=limit)
+
+        server.session_established = session_established  # type: ignore[method-assign]
+        server._resume = resumed  # type: ignore[method-assign]
+        server._resume_link = resumed_stored  # type: ignore[method-assign]
+        server.connection_made(_Transport(out.sent))  # type: ignore[arg-type]
+        return server
+
+    datagram_server._now = device_server._now = lambda: clock[0]
+    DatagramLink._arm_timer = lambda link: None  # type: ignore[method-assign,assignment]
+    DatagramLink._on_event = on_event  # type: ignore[method-assign,assignment]
+    ServerEndpoint.send_application_data = send_application_data  # type: ignore[method-assign,assignment]
+    DatagramServerConnection.receive_message = receive_message  # type: ignore[method-assign,assignment]
+    try:
+        server: DatagramServer | None = None
+        started = False
+        current: list[DatagramLink] = []
+        requests: list[asyncio.Future[Any]] = []
+
+        def finished(update: asyncio.Future[OtaOutcome]) -> None:
+            if not update.cancelled() and update.exception() is None:
+                out.updates.append(update.result())
+
+        for entry in recording.entries:
+            op, clock[0] = entry["op"], entry["t"]
+            address = ("127.0.0.1", entry.get("port", 0))
+            if op == "start":
+                if server is not None and started:
+                    # A restart: what the stopped server held is gone, but for what its store kept.
+                    out.restarts += 1
+                    await server.stop()
+                    current.clear()
+                    server = None
+                started = True
+                if server is None:
+                    server = new_server(entry["sessions"])
+                elif server._store is not None:
+                    assert isinstance(server._store, _Store)
+                    server._store.sessions.update(_Store(entry["sessions"], answers).sessions)
+                continue
+            if server is None:
+                server = new_server([])
+            if op == "in":
+                server.datagram_received(bytes.fromhex(entry["hex"]), address)
+                link = server._by_address.get(address)
+                if link is not None:
+                    current[:] = [link]
+            elif op == "timer":
+                timed = [server._by_address[address]] if "port" in entry else list(server._by_address.values())
+                for link in timed:
+                    link._on_timer()
+            elif op == "accept_device":
+                cloud.decided.set()
+            elif op in ("call", "read"):
+                link = server._by_address[address] if "port" in entry else current[0]
+                if op == "call":
+                    requests.append(
+                        asyncio.ensure_future(link.call_function(entry["name"], entry["arg"], entry["timeout"]))
+                    )
+                else:
+                    requests.append(asyncio.ensure_future(link.read_variable(entry["name"], entry["timeout"])))
+            elif op == "update":
+                update = server._by_address[address].update_firmware(bytes.fromhex(entry["image"]), fast=entry["fast"])
+                update.add_done_callback(finished)
+                requests.append(update)
+            for _ in range(5):  # the decision and the requests run as tasks: let them reach the core
+                await asyncio.sleep(0)
+        for task in requests:
+            task.cancel()
+        if server is not None:
+            await server.stop()
+    finally:
+        datagram_server._now, device_server._now = saved[0], saved[1]
+        DatagramLink._arm_timer, DatagramLink._on_event = saved[2], saved[3]  # type: ignore[method-assign]
+        ServerEndpoint.send_application_data = saved[4]  # type: ignore[method-assign]
+        DatagramServerConnection.receive_message = saved[5]  # type: ignore[method-assign]
     assert not randomness, f"{len(randomness)} random draws of the recording were not replayed"
     return out

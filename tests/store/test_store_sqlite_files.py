@@ -81,7 +81,7 @@ def test_open_creates_directories_and_the_schema_at_head(tmp_path: Path) -> None
             pass
 
     run(scenario())
-    assert head_revision() == "0008"
+    assert head_revision() == "0009"
     # The cheap head that spares every open of a current database from importing Alembic.
     assert newest_revision() == head_revision()
     assert _version(db) == [head_revision()]

@@ -29,11 +29,12 @@ from .fleet import DeviceRow, FleetPage, FleetSummary, FleetUseCases
 from .handshake import DeviceGateway, Handshakes
 from .integrations import IntegrationUseCases, IntegrationView
 from .keys import KeyStatus, KeyUseCases, Provisioned, UnprovenSummary
-from .server_key import ServerKeyChangedError, ServerKeyMissingError, ServerKeyUseCases
+from .server_key import UDP_SERVER_KEY, ServerKeyChangedError, ServerKeyMissingError, ServerKeyUseCases
 from .updates import UpdateUseCases
 from .vitals import VitalsUseCases
 
 __all__ = [
+    "UDP_SERVER_KEY",
     "AccountUseCases",
     "Actor",
     "ActorKind",

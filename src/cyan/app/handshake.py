@@ -218,10 +218,18 @@ class DeviceGateway:
     async def save_udp_session(self, session: UdpSession) -> None:
         await self._ctx.store.udp_sessions.save(session)
 
-    async def udp_sessions(self, *, not_before: datetime) -> list[UdpSession]:
-        """The sessions saved since `not_before`; the older ones are deleted (their devices handshake again)."""
-        await self._ctx.store.udp_sessions.prune(before=not_before)
-        return await self._ctx.store.udp_sessions.all()
+    async def find_udp_session(self, connection_id: bytes) -> UdpSession | None:
+        """The session with this connection id, whichever node saved it (a device resuming here)."""
+        return await self._ctx.store.udp_sessions.get(connection_id)
+
+    async def reserve_udp_sequences(self, connection_id: bytes, count: int, *, floor: int = 0) -> int | None:
+        """The end of a block of `count` write sequence numbers no other node has used or will use in this
+        session (`cyan.cloud.ports.UdpSessionRepository.reserve`); None when the session is gone."""
+        return await self._ctx.store.udp_sessions.reserve(connection_id, count, floor=floor)
+
+    async def prune_udp_sessions(self, *, before: datetime) -> int:
+        """Delete the sessions not saved since `before` (their devices handshake again); how many."""
+        return await self._ctx.store.udp_sessions.prune(before=before)
 
     async def drop_udp_session(self, connection_id: bytes) -> None:
         await self._ctx.store.udp_sessions.remove(connection_id)

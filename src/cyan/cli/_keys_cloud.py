@@ -37,6 +37,7 @@ from cyan.keys import (
     build_server_key_file,
     check_server_public_key,
     fingerprint,
+    load_ec_public_key,
     load_public_key,
     parse_server_key_file,
     public_key_der,
@@ -309,7 +310,7 @@ def _read_server_key(path: Path) -> tuple[rsa.RSAPublicKey, tuple[ServerAddress,
     data = path.read_bytes()
     if len(data) in _SERVER_FILE_SIZES and not data.lstrip().startswith(b"-----"):
         parsed = parse_server_key_file(data)
-        if parsed.public_key is None:
+        if not isinstance(parsed.public_key, rsa.RSAPublicKey):
             raise KeyFormatError(f"{path} is a server-key file without a usable key: {parsed.key_problem}")
         return parsed.public_key, addresses_of([data])
     key = load_public_key(data)
@@ -337,3 +338,38 @@ def load_server_identity(data_dir: Path | None, server_key: Path | None) -> Serv
         if parsed is not None and parsed.public_key is not None and fingerprint(parsed.public_key) == fingerprint(key):
             files.append(data)
     return ServerIdentity(key, str(settings.data_dir), addresses_of(files))
+
+
+def load_udp_server_identity(
+    data_dir: Path | None, server_key: Path | None
+) -> tuple[str, tuple[ServerAddress, ...]] | None:
+    """This cloud's P-256 server key (its fingerprint) and the addresses of its 320-byte files: from
+    ``--server-key`` when that is a UDP key or file, else from the data directory (udp_server_public_key.der
+    and the udp_server_key_*.der files `cyan serve` writes); None when neither has one."""
+    if server_key is not None:
+        data = server_key.read_bytes()
+        if len(data) == Layout.UDP.size and data[:1] == b"\x30":
+            parsed = parse_server_key_file(data, Layout.UDP)
+            if parsed.public_key is None:
+                raise KeyFormatError(
+                    f"{server_key} is a UDP server-key file without a usable key: {parsed.key_problem}"
+                )
+            return fingerprint(parsed.public_key), addresses_of([data])
+        try:
+            return fingerprint(load_ec_public_key(data)), ()
+        except KeyFormatError:
+            return None
+    settings = local_settings(data_dir)
+    path = settings.udp_server_public_key_path
+    if not path.exists():
+        return None
+    ours = fingerprint(load_ec_public_key(path.read_bytes()))
+    files = []
+    for candidate in sorted(settings.data_dir.glob("udp_server_key_*.der")):
+        data = candidate.read_bytes()
+        if len(data) != Layout.UDP.size:
+            continue
+        parsed = parse_server_key_file(data, Layout.UDP)
+        if parsed.public_key is not None and fingerprint(parsed.public_key) == ours:
+            files.append(data)
+    return ours, addresses_of(files)

@@ -63,6 +63,7 @@ from ._keys_cloud import (
     RegistryError,
     ServerIdentity,
     load_server_identity,
+    load_udp_server_identity,
 )
 from ._options import DatabaseOption, DataDirOption, local_settings
 
@@ -697,17 +698,25 @@ def _facts(
             _warn(f"the device's key was not compared with the cloud: {exc}")
         finally:
             registry.close()
-    identity = None
+    udp = None
     try:
-        identity = load_server_identity(data_dir, server_key)
+        udp = load_udp_server_identity(data_dir, server_key)
     except (KeyFormatError, OSError) as exc:
-        _warn(f"this cloud's server key could not be read: {exc}")
+        _warn(f"this cloud's UDP server key could not be read: {exc}")
+    identity = None
+    if server_key is None or udp is None:  # a UDP key given as --server-key is no RSA one
+        try:
+            identity = load_server_identity(data_dir, server_key)
+        except (KeyFormatError, OSError) as exc:
+            _warn(f"this cloud's server key could not be read: {exc}")
     return CloudFacts(
         device_id=device_id,
         device_registered=registered,
         device_key_fingerprint=held,
         server_key_fingerprints=(identity.fingerprint,) if identity else (),
         addresses=identity.addresses if identity else (),
+        udp_server_key_fingerprints=(udp[0],) if udp else (),
+        udp_addresses=udp[1] if udp else (),
     )
 
 

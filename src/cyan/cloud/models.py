@@ -427,6 +427,10 @@ class UdpSession:
     device_id: str | None = None
     #: The payload of the Hello the device last said (`cyan.protocol.messages.Hello.encode()`).
     hello: bytes | None = None
+    #: Every write sequence number a node may have used in this session is below it (the nodes reserve blocks
+    #: of them, see `UdpSessionRepository.reserve`), so that no AES-CCM nonce repeats when the session moves to
+    #: another node. None: a session saved before there were blocks.
+    sequence_limit: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

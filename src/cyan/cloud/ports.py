@@ -341,12 +341,18 @@ class UdpSessionRepository(Protocol):
     """The UDP devices' DTLS sessions, by connection id, so that a restarted server resumes them."""
 
     async def save(self, session: UdpSession) -> None:
-        """Add it, or replace the one with its connection id."""
+        """Add it, or replace the one with its connection id; a `sequence_limit` never goes down (a save with
+        a lower one, or none, keeps the stored one)."""
 
     async def get(self, connection_id: bytes) -> UdpSession | None: ...
 
+    async def reserve(self, connection_id: bytes, count: int, *, floor: int = 0) -> int | None:
+        """Reserve the next `count` write sequence numbers, in one atomic step against every node: the limit
+        becomes max(limit, floor) + count and is returned (the block is the `count` numbers below it); None
+        when there is no such session."""
+
     async def all(self) -> list[UdpSession]:
-        """Every session (a server loads them when it starts)."""
+        """Every session, oldest save first."""
 
     async def remove(self, connection_id: bytes) -> bool: ...
 

@@ -371,11 +371,12 @@ class Cloud:
         """What another node asks of a device held here, or of the sessions held here."""
         match message:
             case CallFunction(device_id, name, argument, timeout):
-                return await self._local_call(device_id, name, argument, timeout)
+                return await self._gone_is_offline(device_id, self._local_call(device_id, name, argument, timeout))
             case ReadVariable(device_id, name, timeout):
-                return await self._local_read(device_id, name, timeout)
+                return await self._gone_is_offline(device_id, self._local_read(device_id, name, timeout))
             case Signal(device_id, on):
-                await self._session_for(device_id).link.signal(on, self.request_timeout)
+                link = self._session_for(device_id).link
+                await self._gone_is_offline(device_id, link.signal(on, self.request_timeout))
                 return None
             case CloseSession(device_id, session_id):
                 self._close_stale(device_id, session_id)
@@ -387,6 +388,15 @@ class Cloud:
         if handler is not None:
             return await handler(message)
         raise ValueError(f"not a request this node answers: {type(message).__name__}")
+
+    @staticmethod
+    async def _gone_is_offline(device_id: str, request: Awaitable[Any]) -> Any:
+        """A session that ends under a request from another node (its device moved on, or went): the asker
+        gets the device's offline error, as a local caller gets its `ConnectionError`, not a node's failure."""
+        try:
+            return await request
+        except ConnectionError as exc:
+            raise DeviceOfflineError(device_id, str(exc)) from exc
 
     def _close_stale(self, device_id: str, session_id: str) -> None:
         session = self._sessions.get(device_id)

@@ -13,7 +13,7 @@ from typing import Literal
 
 from ._crypto import EXPLICIT_NONCE_SIZE, TAG_SIZE, RandomBytes, RecordProtection, key_block
 from ._errors import LocalDtlsError, Reason, RemoteDtlsError, Step
-from ._record import Opened, RecordLayer, ReplayWindow
+from ._record import MAX_SEQUENCE, Opened, RecordLayer, ReplayWindow
 from ._state import Role, State, StateMachine, Trigger
 from ._wire import (
     HANDSHAKE_HEADER_SIZE,
@@ -319,6 +319,28 @@ class BaseEndpoint:
             )
         self._machine.advance(Trigger.CLOSE)
         self._retransmit_at = None
+
+    @property
+    def next_write_sequence(self) -> int:
+        """The sequence number of the next record written in the current epoch."""
+        return self.records.write_sequences[self.records.write_epoch]
+
+    @property
+    def write_limit(self) -> int:
+        """No protected record is written at or past this sequence number (`limit_writes`)."""
+        return self.records.write_limit
+
+    def limit_writes(self, start: int, limit: int) -> None:
+        """Write only in [start, limit) from here on: a block of sequence numbers reserved for this process,
+        when others may carry the same session on (so no two ever use one nonce under its keys). The counter
+        only moves forward, to `start` if it is below; a record that would pass `limit` raises `OverflowError`
+        and is not sent."""
+        if not 0 <= start <= limit <= MAX_SEQUENCE + 1:
+            raise LocalDtlsError(f"a write block [{start}, {limit}) out of range")
+        sequences = self.records.write_sequences
+        epoch = self.records.write_epoch
+        sequences[epoch] = max(sequences[epoch], start)
+        self.records.write_limit = limit
 
     def export_session(self) -> Session:
         """The state to persist so that this or another process can carry the session on."""

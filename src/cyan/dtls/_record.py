@@ -70,6 +70,7 @@ class RecordLayer:
         "own_cid",
         "peer_cid",
         "write_epoch",
+        "write_limit",
         "write_sequences",
     )
 
@@ -82,6 +83,9 @@ class RecordLayer:
         self._windows: dict[int, ReplayWindow] = {0: ReplayWindow()}
         self.write_epoch = 0
         self.write_sequences: dict[int, int] = {0: 0}
+        #: No protected record is sealed at or past this sequence number: the end of the block of numbers the
+        #: caller reserved for this process, when another may carry the same session on (docs/dtls.md).
+        self.write_limit = MAX_SEQUENCE + 1
 
     # -- keys and state ------------------------------------------------------------------------------
 
@@ -115,8 +119,10 @@ class RecordLayer:
         if sequence > MAX_SEQUENCE:
             # Never wrap: a repeated sequence number would repeat a CCM nonce under the same key.
             raise OverflowError("the 48-bit record sequence number is exhausted")
-        self.write_sequences[epoch] = sequence + 1
         protection = self._write[epoch]
+        if protection is not None and sequence >= self.write_limit:
+            raise OverflowError(f"sequence number {sequence} is past the reserved limit {self.write_limit}")
+        self.write_sequences[epoch] = sequence + 1
         if protection is None:
             return encode_record(content_type, epoch, sequence, payload)
         epoch_and_seq = struct.pack(">H", epoch) + sequence.to_bytes(6, "big")

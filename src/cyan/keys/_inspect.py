@@ -5,6 +5,10 @@ read correctly by the firmware's fixed-offset parser (protocol.md §2.2, §A.3),
 will present in the handshake and whether the cloud holds that key, and whether the server key and address
 point the device at this cloud, at Particle's (protocol.md §12.1), at another one, or nowhere usable.
 
+The UDP devices' (Electron, Gen 3, P2) files are judged the same way against the cloud's UDP side: a P-256
+device key as Device OS stores it (SEC1 DER, DCT 3106) and the 320-byte server-key file (the P-256 key, the
+address at 192; DCT 3298), udp-dtls.md §1.2.
+
 Nothing here looks anything up: the caller passes what the cloud knows as :class:`CloudFacts`.
 """
 
@@ -15,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ._codec import check_device_public_key, fingerprint, load_private_key, load_public_key
 from ._dct import DctImage, key_layout
@@ -26,9 +30,12 @@ from ._device import (
     firmware_parse_device_key,
     is_firmware_parsable,
 )
+from ._ecc import UDP_SERVER_KEY_FILE_SIZE, load_ec_private_key, load_ec_public_key, udp_public_key_der
 from ._errors import KeyFormatError
 from ._server_file import (
     PARTICLE_CLOUD_ADDRESS,
+    PARTICLE_UDP_ADDRESS,
+    TCP_LAYOUTS,
     Layout,
     ServerAddress,
     ServerKeyFile,
@@ -59,6 +66,9 @@ _ERASED = 0xFF
 _HANDSHAKE_KEY_END = 139  # the firmware copies private-key bytes 11..138 into the handshake key (protocol.md §2.2)
 _PEM_MARK = b"-----BEGIN "
 _SPKI_2048_HEADER = bytes.fromhex("30820122")  # SEQUENCE of a 294-byte RSA-2048 SubjectPublicKeyInfo
+_SPKI_P256_HEADER = bytes.fromhex("3059")  # SEQUENCE of a 91-byte P-256 SubjectPublicKeyInfo
+#: `PrivateKeyReport.encoding` of the UDP devices' keys.
+_EC_ENCODINGS = ("P-256 SEC1 DER", "P-256 PKCS#8 DER", "P-256 PEM", "P-256 public key")
 _PARTICLE_DOMAINS = ("spark.io", "particle.io")
 
 
@@ -77,6 +87,10 @@ class CloudFacts:
     server_key_fingerprints: tuple[str, ...] = ()
     #: The addresses this cloud publishes for devices (from its server-key files).
     addresses: tuple[ServerAddress, ...] = ()
+    #: The same for the UDP devices: the fingerprint of this cloud's P-256 server key, and the addresses of
+    #: its 320-byte files.
+    udp_server_key_fingerprints: tuple[str, ...] = ()
+    udp_addresses: tuple[ServerAddress, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -287,6 +301,14 @@ def _private_findings(report: PrivateKeyReport, device: str) -> list[Finding]:
             )
         ]
     encoding = f", {report.encoding} encoding" if report.encoding else ""
+    if report.encoding in _EC_ENCODINGS:
+        return [
+            Finding(
+                "info",
+                "private_key_ok",
+                f"P-256 device private key (a UDP device's{encoding}); the device proves it in the DTLS handshake.",
+            )
+        ]
     findings = [Finding("info", "private_key_ok", f"Device private key is present and firmware-parsable{encoding}.")]
     if report.public_area_matches is False:
         findings.append(
@@ -326,6 +348,21 @@ def _cloud_findings(
         return "mismatch", held, []
     if presented == held:
         return "match", held, [Finding("info", "cloud_key_match", f"The cloud holds this key for {facts.device_id}.")]
+    if report.encoding in _EC_ENCODINGS:
+        return (
+            "mismatch",
+            held,
+            [
+                Finding(
+                    "problem",
+                    "cloud_key_mismatch",
+                    f"The device proves {presented} in its DTLS handshake but the cloud holds {held} for "
+                    f"{facts.device_id}: the server refuses it after its Hello (key_mismatch).",
+                    f"If the device's key is the right one, register it: cyan keys send {device} KEY_FILE (or "
+                    "particle keys send). If the cloud's is, write the device's own key back to DCT 3106 over DFU.",
+                )
+            ],
+        )
     return (
         "mismatch",
         held,
@@ -346,11 +383,12 @@ def _server_identity(parsed: ServerKeyFile, facts: CloudFacts) -> tuple[ServerId
     if parsed.public_key is None:
         return None, None
     key_fingerprint = fingerprint(parsed.public_key)
-    if key_fingerprint in facts.server_key_fingerprints:
+    ours = facts.udp_server_key_fingerprints if parsed.layout is Layout.UDP else facts.server_key_fingerprints
+    if key_fingerprint in ours:
         return "this_cloud", key_fingerprint
-    if is_particle_cloud_server_key(parsed.public_key):
+    if isinstance(parsed.public_key, rsa.RSAPublicKey) and is_particle_cloud_server_key(parsed.public_key):
         return "particle", key_fingerprint
-    if facts.server_key_fingerprints:
+    if ours:
         return "other", key_fingerprint
     return "unknown", key_fingerprint
 
@@ -360,8 +398,102 @@ def _is_particle_host(host: str) -> bool:
     return any(host == domain or host.endswith("." + domain) for domain in _PARTICLE_DOMAINS)
 
 
+def _udp_server_findings(report: ServerKeyReport, facts: CloudFacts) -> list[Finding]:
+    """The 320-byte file of a UDP device: the P-256 key it checks the server's signature with, and where it
+    connects (udp-dtls.md §1.1-§1.2)."""
+    parsed = report.parsed
+    point = (
+        "Point it at this cloud: cyan keys server --protocol udp -o udp_server_key.der, then write that file to "
+        "DCT 3298 over DFU (particle keys server udp_server_key.der)"
+    )
+    findings: list[Finding] = []
+    if parsed.key_state == "blank":
+        findings.append(
+            Finding(
+                "problem",
+                "server_key_blank",
+                "No UDP server key: the area is erased. Device OS then uses the Particle key it has built in, so it "
+                "cannot talk to this cloud.",
+                point,
+            )
+        )
+    elif parsed.key_state == "corrupt":
+        findings.append(
+            Finding(
+                "problem",
+                "server_key_corrupt",
+                f"The UDP server key is unusable: {parsed.key_problem}. The device cannot check the server's "
+                "signature, so every DTLS handshake fails.",
+                point,
+            )
+        )
+    elif report.identity == "other":
+        findings.append(
+            Finding(
+                "problem",
+                "server_key_foreign",
+                f"The UDP server key {report.fingerprint} belongs to another cloud; this cloud's is "
+                f"{', '.join(facts.udp_server_key_fingerprints)}. The device rejects this cloud's signed key "
+                "exchange (bad_signature on the device) and the server records a failed DTLS handshake.",
+                point,
+            )
+        )
+    elif report.identity == "this_cloud":
+        findings.append(Finding("info", "server_key_this_cloud", "The UDP server key is this cloud's P-256 key."))
+    else:
+        findings.append(
+            Finding(
+                "info",
+                "server_key_unchecked",
+                f"UDP server key {report.fingerprint} (not compared with a cloud: give --data-dir or --server-key).",
+            )
+        )
+    if parsed.address_state == "blank":
+        findings.append(
+            Finding(
+                "problem",
+                "server_address_blank",
+                f"No server address: the device falls back to Particle's {PARTICLE_UDP_ADDRESS.host} "
+                "(udp-dtls.md §1.1).",
+                point,
+            )
+        )
+    elif parsed.address_state == "corrupt":
+        findings.append(
+            Finding(
+                "problem",
+                "server_address_corrupt",
+                f"The server address block is invalid: {parsed.address_problem}.",
+                point,
+            )
+        )
+    else:
+        address = parsed.effective_address
+        stored = (
+            f" (the file stores port {parsed.address.port}, which Device OS ignores over UDP)"
+            if (parsed.address is not None and parsed.address.port not in (None, 0, address.effective_port))
+            else ""
+        )
+        if facts.udp_addresses and not any(a.host.lower() == address.host.lower() for a in facts.udp_addresses):
+            published = ", ".join(str(a) for a in facts.udp_addresses)
+            findings.append(
+                Finding(
+                    "warning",
+                    "server_address_unexpected",
+                    f"The device connects to {address}{stored}; this cloud publishes {published}. That is fine only "
+                    f"if {address.host} also reaches this cloud's UDP port.",
+                    point,
+                )
+            )
+        else:
+            findings.append(Finding("info", "server_address_set", f"The device connects to {address}{stored}."))
+    return findings
+
+
 def _server_findings(report: ServerKeyReport, facts: CloudFacts) -> list[Finding]:
     parsed = report.parsed
+    if parsed.layout is Layout.UDP:
+        return _udp_server_findings(report, facts)
     point = "Point it at this cloud: cyan keys server -o server.der && cyan keys load server.der"
     findings: list[Finding] = []
     if parsed.key_state == "blank":
@@ -543,10 +675,30 @@ def _image_layout(data: bytes) -> Layout:
 
 
 def _is_server_key_file(data: bytes) -> bool:
-    sizes = {size for layout in Layout for size in (layout.size, layout.max_size)}
+    if len(data) == UDP_SERVER_KEY_FILE_SIZE:
+        return data.startswith(_SPKI_P256_HEADER) or data[0] == _ERASED
+    sizes = {size for layout in TCP_LAYOUTS for size in (layout.size, layout.max_size)}
     if len(data) not in sizes:
         return False
     return data.startswith(_SPKI_2048_HEADER) or data.count(_ERASED) == len(data) or data[0] == _ERASED
+
+
+def _ec_private_report(data: bytes) -> PrivateKeyReport | None:
+    """A UDP device's P-256 key, as Device OS stores it (SEC1 DER) or in another form; None for anything else."""
+    try:
+        key = load_ec_private_key(data)
+    except KeyFormatError:
+        return None
+    key_fingerprint = fingerprint(key)
+    if data.lstrip().startswith(_PEM_MARK):
+        encoding = "P-256 PEM"
+    elif data.startswith(b"\x30") and b"\x2a\x86\x48\xce\x3d\x02\x01" in data[:32]:
+        encoding = "P-256 PKCS#8 DER"  # the key algorithm's OID leads: PKCS#8, not the SEC1 Device OS stores
+    else:
+        encoding = "P-256 SEC1 DER"
+    return PrivateKeyReport(
+        state="ok", fingerprint=key_fingerprint, presented_fingerprint=key_fingerprint, encoding=encoding
+    )
 
 
 def inspect_file(data: bytes, layout: Layout | None = None, facts: CloudFacts = CloudFacts()) -> KeyInspection:
@@ -560,20 +712,33 @@ def inspect_file(data: bytes, layout: Layout | None = None, facts: CloudFacts = 
     if not data:
         raise KeyFormatError("the file is empty")
     chosen = layout or Layout.PHOTON
-    if not data.lstrip().startswith(_PEM_MARK):
-        if _is_server_key_file(data):
-            server_layout = layout or (Layout.CORE if len(data) == Layout.CORE.size else Layout.PHOTON)
-            return _inspection("server_key", server_layout, private=None, server_area=data, facts=facts)
-        if len(data) >= key_layout(Layout.PHOTON).server_key.end:
-            return inspect_image(DctImage(layout or _image_layout(data), data), facts)
+    if not data.lstrip().startswith(_PEM_MARK) and _is_server_key_file(data):
+        server_layout = layout or (
+            Layout.UDP
+            if len(data) == UDP_SERVER_KEY_FILE_SIZE
+            else Layout.CORE
+            if len(data) == Layout.CORE.size
+            else Layout.PHOTON
+        )
+        return _inspection("server_key", server_layout, private=None, server_area=data, facts=facts)
+    udp_private = _ec_private_report(data)
+    if udp_private is not None:
+        return _inspection("private_key", Layout.UDP, private=udp_private, server_area=None, facts=facts)
+    if not data.lstrip().startswith(_PEM_MARK) and len(data) >= key_layout(Layout.PHOTON).server_key.end:
+        return inspect_image(DctImage(layout or _image_layout(data), data), facts)
     private = inspect_private_key(data)
     if private.state == "malformed" and not _holds_private_key(data):
+        public: rsa.RSAPublicKey | ec.EllipticCurvePublicKey | None
         try:
             public = load_public_key(data)
         except KeyFormatError:
-            public = None
+            try:
+                public = load_ec_public_key(data)
+            except KeyFormatError:
+                public = None
         if public is not None:
-            return _public_inspection(public, chosen, facts)
+            udp = isinstance(public, ec.EllipticCurvePublicKey)
+            return _public_inspection(public, Layout.UDP if udp else chosen, facts)
     return _inspection("private_key", chosen, private=private, server_area=None, facts=facts)
 
 
@@ -585,16 +750,25 @@ def _holds_private_key(data: bytes) -> bool:
     return True
 
 
-def _public_inspection(public: rsa.RSAPublicKey, layout: Layout, facts: CloudFacts) -> KeyInspection:
+def _public_inspection(
+    public: rsa.RSAPublicKey | ec.EllipticCurvePublicKey, layout: Layout, facts: CloudFacts
+) -> KeyInspection:
     """A public key file: only its size and whether the cloud holds it can be said."""
     device = facts.device_id or "DEVICE_ID"
     key_fingerprint = fingerprint(public)
-    try:
-        check_device_public_key(public)
-    except KeyFormatError as exc:
-        finding = Finding("problem", "public_key_unusable", f"Not a device public key: {exc}.")
-        return KeyInspection(source="public_key", layout=layout, findings=(finding,), device_id=facts.device_id)
-    report = PrivateKeyReport(state="ok", fingerprint=key_fingerprint, presented_fingerprint=key_fingerprint)
+    encoding = None
+    if isinstance(public, rsa.RSAPublicKey):
+        try:
+            check_device_public_key(public)
+        except KeyFormatError as exc:
+            finding = Finding("problem", "public_key_unusable", f"Not a device public key: {exc}.")
+            return KeyInspection(source="public_key", layout=layout, findings=(finding,), device_id=facts.device_id)
+    else:
+        encoding = "P-256 public key"
+        udp_public_key_der(public)  # P-256 only (load_ec_public_key checked the curve)
+    report = PrivateKeyReport(
+        state="ok", fingerprint=key_fingerprint, presented_fingerprint=key_fingerprint, encoding=encoding
+    )
     cloud, held, findings = _cloud_findings(report, facts, device)
     findings.insert(0, Finding("info", "public_key", f"Device public key {key_fingerprint}."))
     return KeyInspection(

@@ -22,12 +22,14 @@ from ._ecc import (
     UDP_SERVER_KEY_ADDRESS_OFFSET,
     UDP_SERVER_KEY_FILE_SIZE,
     UDP_SERVER_KEY_PORT_OFFSET,
+    load_ec_public_key,
     udp_public_key_der,
 )
 from ._errors import PUBLIC_EXPONENT, SERVER_KEY_BITS, KeyFormatError, ServerAddressError
 
 __all__ = [
     "DEFAULT_PORT",
+    "DEFAULT_UDP_PORT",
     "PARTICLE_CLOUD_ADDRESS",
     "PARTICLE_CLOUD_SERVER_KEY_FINGERPRINT",
     "AddressState",
@@ -44,6 +46,9 @@ __all__ = [
 
 #: The device connects to this port when the stored port is 0 or 0xFFFF (protocol.md §1).
 DEFAULT_PORT = 5683
+#: A UDP device connects to this port whatever the file stores, unless its app sets another with
+#: ``spark_cloud_udp_port_set`` (udp-dtls.md §1.1).
+DEFAULT_UDP_PORT = 5684
 
 #: SHA-256 fingerprint (see :func:`fingerprint`) of Particle's production TCP server key. The firmware
 #: falls back to this key when the stored server key is blank (protocol.md §12.1). Computed from the
@@ -92,6 +97,10 @@ class Layout(enum.Enum):
 
     PHOTON = "photon"  # Photon and P1
     CORE = "core"  # Spark Core
+    #: Electron, Gen 3 and P2 over UDP: particle-cli ``udpServerKey``, DCT 3298, 320 bytes, the P-256 key at 0,
+    #: the address at 192 and the port at 258 (udp-dtls.md §1.2). Never chosen from a size alone among the
+    #: TCP layouts (`TCP_LAYOUTS`).
+    UDP = "udp"
 
     @property
     def _spec(self) -> _LayoutSpec:
@@ -124,7 +133,16 @@ class Layout(enum.Enum):
 _LAYOUTS = {
     Layout.PHOTON: _LayoutSpec(size=512, max_size=768, flash_address=2082, address_offset=384, port_offset=450),
     Layout.CORE: _LayoutSpec(size=2048, max_size=2048, flash_address=0x1000, address_offset=384, port_offset=450),
+    Layout.UDP: _LayoutSpec(
+        size=UDP_SERVER_KEY_FILE_SIZE,
+        max_size=UDP_SERVER_KEY_FILE_SIZE,
+        flash_address=3298,
+        address_offset=UDP_SERVER_KEY_ADDRESS_OFFSET,
+        port_offset=UDP_SERVER_KEY_PORT_OFFSET,
+    ),
 }
+#: The layouts of the TCP devices' RSA server-key files.
+TCP_LAYOUTS = (Layout.PHOTON, Layout.CORE)
 _MIN_FILE_BYTES = 384 + _ADDRESS_BLOCK_BYTES  # everything the firmware reads ends at 512
 
 
@@ -137,10 +155,15 @@ class ServerAddress:
 
     host: str
     port: int | None = None
+    #: Held by a UDP device (Electron, Gen 3, P2), which ignores the stored port.
+    udp: bool = False
 
     @property
     def effective_port(self) -> int:
-        """The TCP port the device connects to (protocol.md §1: 0 and 0xFFFF mean 5683)."""
+        """The port the device connects to: TCP, the stored one (protocol.md §1: 0 and 0xFFFF mean 5683);
+        UDP, 5684 whatever is stored (udp-dtls.md §1.1)."""
+        if self.udp:
+            return DEFAULT_UDP_PORT
         if self.port is None or self.port in (0, _UNSET_PORT):
             return DEFAULT_PORT
         return self.port
@@ -152,11 +175,13 @@ class ServerAddress:
 
     def __str__(self) -> str:
         # Same shape as ``particle keys address`` prints, e.g. tcp://127.0.0.1:5683.
-        return f"tcp://{self.host}:{self.effective_port}"
+        return f"{'udp' if self.udp else 'tcp'}://{self.host}:{self.effective_port}"
 
 
 #: Where a device goes when its stored address is blank or invalid (protocol.md §1, §12.1).
 PARTICLE_CLOUD_ADDRESS = ServerAddress("device.spark.io")
+#: ... and a UDP device: Particle's `$id.udp.particle.io` (udp-dtls.md §1.1), its own id in place of `$id`.
+PARTICLE_UDP_ADDRESS = ServerAddress("$id.udp.particle.io", udp=True)
 
 
 @dataclass(frozen=True)
@@ -176,7 +201,8 @@ class ServerKeyFile:
 
     layout: Layout
     key_der: bytes
-    public_key: rsa.RSAPublicKey | None
+    #: RSA-2048 in the TCP layouts, P-256 in `Layout.UDP`.
+    public_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey | None
     key_state: KeyState
     address: ServerAddress | None
     address_state: AddressState
@@ -187,7 +213,9 @@ class ServerKeyFile:
     @property
     def effective_address(self) -> ServerAddress:
         """The address the device really uses, including the built-in fallback."""
-        return PARTICLE_CLOUD_ADDRESS if self.address is None else self.address
+        if self.address is None:
+            return PARTICLE_UDP_ADDRESS if self.layout is Layout.UDP else PARTICLE_CLOUD_ADDRESS
+        return self.address
 
 
 def _encode_address(host: str) -> bytes:
@@ -312,7 +340,7 @@ def read_firmware_server_key(key_der: bytes) -> rsa.RSAPublicKey:
 def _detect_layout(data: bytes, layout: Layout | None) -> Layout:
     size = len(data)
     if layout is None:
-        for candidate in Layout:
+        for candidate in TCP_LAYOUTS:
             if size in (candidate.size, candidate.max_size):
                 return candidate
         raise KeyFormatError(
@@ -363,16 +391,26 @@ def _inspect_key(key_der: bytes) -> tuple[rsa.RSAPublicKey | None, KeyState, str
         return None, "corrupt", str(exc)
 
 
-def _inspect_address(
-    block: bytes,
-) -> tuple[ServerAddress | None, AddressState, str | None]:
+def _inspect_udp_key(key_der: bytes) -> tuple[ec.EllipticCurvePublicKey | None, KeyState, str | None]:
+    if key_der[0] == _TYPE_ERASED:
+        return None, "blank", "first byte is 0xFF (erased); Device OS then uses the Particle key it has built in"
+    try:
+        key = load_ec_public_key(key_der)
+    except KeyFormatError as exc:
+        return None, "corrupt", str(exc)
+    if not key_der.startswith(udp_public_key_der(key)):
+        return None, "corrupt", "the key is not stored as the 91-byte P-256 SubjectPublicKeyInfo Device OS reads"
+    return key, "ok", None
+
+
+def _inspect_address(block: bytes, *, udp: bool = False) -> tuple[ServerAddress | None, AddressState, str | None]:
     kind, length = block[0], block[1]
     raw_port = int.from_bytes(block[_PORT_IN_BLOCK : _PORT_IN_BLOCK + 2], "big")
     port = None if raw_port == _UNSET_PORT else raw_port
     fallback = f"the device uses {PARTICLE_CLOUD_ADDRESS.host}"
     if kind == _TYPE_IPV4:
         # parse_server_address.h reads the four bytes and ignores the length byte.
-        address = ServerAddress(".".join(str(byte) for byte in block[2:6]), port)
+        address = ServerAddress(".".join(str(byte) for byte in block[2:6]), port, udp)
         if length != 4:
             return address, "corrupt", f"IPv4 address has length byte {length}, expected 4"
         return address, "ok", None
@@ -381,7 +419,7 @@ def _inspect_address(
             return None, "corrupt", f"domain length {length} does not fit the address block; {fallback}"
         raw = block[2 : 2 + length]
         # The firmware copies the bytes and NUL-terminates them, so an embedded NUL ends the name.
-        address = ServerAddress(raw.split(b"\x00", 1)[0].decode("ascii", errors="backslashreplace"), port)
+        address = ServerAddress(raw.split(b"\x00", 1)[0].decode("ascii", errors="backslashreplace"), port, udp)
         if length == 0:
             return address, "corrupt", "domain name is empty"
         if length > _MAX_DOMAIN_BYTES:
@@ -398,15 +436,24 @@ def parse_server_key_file(data: bytes, layout: Layout | None = None) -> ServerKe
     """Describe a server-key file or dump as the firmware would read it.
 
     Accepts a 512-byte Photon/P1 file, a 768-byte dump of the whole DCT server-key region (TCP uses the
-    first 512 bytes) and a 2048-byte Spark Core file; with ``layout=None`` the layout follows from the size.
+    first 512 bytes), a 2048-byte Spark Core file and a 320-byte UDP file (Electron, Gen 3, P2: the P-256 key
+    and the address at 192); with ``layout=None`` the layout follows from the size.
     Raises :class:`KeyFormatError` only for a size that fits no layout; problems with the key or the address
     are reported in the result.
     """
-    chosen = _detect_layout(data, layout)
-    key_der = bytes(data[:_SPKI_BYTES])
-    public_key, key_state, key_problem = _inspect_key(key_der)
+    udp = layout is Layout.UDP or (layout is None and len(data) == UDP_SERVER_KEY_FILE_SIZE)
+    if udp and len(data) != UDP_SERVER_KEY_FILE_SIZE:
+        raise KeyFormatError(f"a UDP server-key file is {UDP_SERVER_KEY_FILE_SIZE} bytes, not {len(data)}")
+    chosen = Layout.UDP if udp else _detect_layout(data, layout)
+    public_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey | None
+    if udp:
+        key_der = bytes(data[:UDP_SERVER_KEY_ADDRESS_OFFSET])
+        public_key, key_state, key_problem = _inspect_udp_key(key_der)
+    else:
+        key_der = bytes(data[:_SPKI_BYTES])
+        public_key, key_state, key_problem = _inspect_key(key_der)
     block = bytes(data[chosen.address_offset : chosen.address_offset + _ADDRESS_BLOCK_BYTES])
-    address, address_state, address_problem = _inspect_address(block)
+    address, address_state, address_problem = _inspect_address(block, udp=udp)
     return ServerKeyFile(
         layout=chosen,
         key_der=key_der,

@@ -9,7 +9,11 @@ requests, OTA, diagnostics, all of it) whose stream is a DTLS endpoint and whose
 the DTLS or the message core reported.
 
 Sessions are kept after their link ends (an idle device, a cloud disconnect): Device OS resumes a saved session
-with no handshake at all (udp-dtls.md §1.4), so a record on a known connection id brings the link back.
+with no handshake at all (udp-dtls.md §1.4), so a record on a known connection id brings the link back. With a
+store, a record on a connection id no link here holds is looked up there, whichever node saved it; the lookups
+an unauthenticated datagram can cause are bounded (a cache of the ids not found, misses limited per address, a
+bound on lookups under way). Each node writes only sequence numbers from blocks it reserved in the store, so a
+session that moves between nodes never repeats a nonce.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from cyan.cloud.models import AttemptOutcome, ConnectionAttempt, UdpSession
 from cyan.dtls import (
+    DEFAULT_SEQUENCE_GAP,
     AlertReceived,
     ApplicationDataReceived,
     CookieVerifier,
@@ -71,6 +76,17 @@ _Address = tuple[Any, ...]
 #: Takes one entry of a session recording (see `DatagramServer`'s `recorder`).
 Recorder = Callable[[dict[str, Any]], None]
 
+#: Write sequence numbers a node reserves at a time in the store for a session it holds; the next block is
+#: reserved when half of this one is used.
+SEQUENCE_BLOCK = 1 << 16
+#: Messages wait, rather than run into the end of the block, when fewer numbers than this are left in it.
+_SEQUENCE_MARGIN = 256
+#: The shortest datagram that could be a CID record that authenticates (13-byte header, the 8-byte CID, the
+#: 8-byte explicit nonce, a content type, the 8-byte tag): nothing shorter is looked up.
+_MIN_CID_RECORD = 13 + 8 + 8 + 1 + 8
+#: Datagrams held for one connection id while it is looked up.
+_MAX_HELD = 8
+
 
 @dataclass(frozen=True, slots=True)
 class StoredSession:
@@ -87,9 +103,42 @@ class UdpSessionPort(Protocol):
 
     async def save_udp_session(self, session: UdpSession) -> None: ...
 
-    async def udp_sessions(self, *, not_before: datetime) -> list[UdpSession]: ...
+    async def find_udp_session(self, connection_id: bytes) -> UdpSession | None: ...
+
+    async def reserve_udp_sequences(self, connection_id: bytes, count: int, *, floor: int = 0) -> int | None: ...
+
+    async def prune_udp_sessions(self, *, before: datetime) -> int: ...
 
     async def drop_udp_session(self, connection_id: bytes) -> None: ...
+
+
+class _MissGate:
+    """Lookups that found nothing, per address (a token bucket): an address out of tokens gets no lookup. A
+    lookup is charged when it starts and refunded when it finds the session, so lookups under way count too."""
+
+    __slots__ = ("_buckets", "_limits", "_max_tracked")
+
+    def __init__(self, limits: AddressLimits, max_tracked: int = 100_000) -> None:
+        self._limits = limits
+        self._max_tracked = max_tracked
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def _tokens(self, host: str, now: float) -> float:
+        limits = self._limits
+        tokens, last = self._buckets.get(host, (float(limits.burst), now))
+        return min(float(limits.burst), tokens + (now - last) * limits.per_second)
+
+    def allows(self, host: str, now: float) -> bool:
+        return self._tokens(host, now) >= 1.0
+
+    def charge(self, host: str, now: float, tokens: float = 1.0) -> None:
+        left = self._tokens(host, now) - tokens
+        if host not in self._buckets and len(self._buckets) >= self._max_tracked:
+            del self._buckets[next(iter(self._buckets))]  # the oldest tracked first
+        self._buckets[host] = (min(float(self._limits.burst), max(0.0, left)), now)
+
+    def refund(self, host: str, now: float) -> None:
+        self.charge(host, now, -1.0)
 
 
 def _address_text(address: _Address) -> str:
@@ -104,7 +153,7 @@ class DatagramLink(DeviceProtocol):
     """One UDP device session: a DTLS endpoint for its stream, the datagram core for its messages, and
     everything else of `DeviceProtocol`."""
 
-    __slots__ = ("_address", "_ended", "_endpoint", "_held_output", "_resumed_from", "_udp")
+    __slots__ = ("_address", "_ended", "_endpoint", "_reserving", "_resumed_from", "_udp")
 
     def __init__(
         self,
@@ -120,8 +169,8 @@ class DatagramLink(DeviceProtocol):
         self._endpoint = endpoint
         self._address = address
         self._ended = False
-        #: Datagrams kept back until the session's save is in the store (`hold_output`), or None: sent at once.
-        self._held_output: list[bytes] | None = None
+        #: A block of sequence numbers is being reserved in the store.
+        self._reserving = False
         self._resumed_from = resumed_from
         self._started = now
         self._started_at = time.time()
@@ -216,30 +265,23 @@ class DatagramLink(DeviceProtocol):
         conn = self._conn
         endpoint = self._endpoint
         now = _now()
-        if isinstance(conn, DatagramServerConnection) and endpoint.established:
+        if isinstance(conn, DatagramServerConnection) and endpoint.established and self._udp.may_write(self):
             for message in conn.messages_to_send(now):
-                endpoint.send_application_data(message, now)
+                try:
+                    endpoint.send_application_data(message, now)
+                except OverflowError as exc:
+                    # Past the block reserved for this node: never send it. The session stays in the store;
+                    # the device's next record resumes it with a fresh block.
+                    log.warning("device %s: %s; the link ends", self.device_id, exc)
+                    self._send_datagrams()
+                    self._close()
+                    return
         self._send_datagrams()
         self._arm_timer()
 
     def _send_datagrams(self) -> None:
         for datagram in self._endpoint.datagrams_to_send():
-            if self._held_output is not None:
-                self._held_output.append(datagram)
-            else:
-                self._udp.send(datagram, self._address)
-
-    def hold_output(self) -> None:
-        """Keep what the session sends until `release_output`: records whose sequence numbers are not saved yet
-        must not leave (see `DatagramServer._resume`)."""
-        if self._held_output is None:
-            self._held_output = []
-
-    def release_output(self) -> None:
-        held, self._held_output = self._held_output, None
-        if held and not self._ended:
-            for datagram in held:
-                self._udp.send(datagram, self._address)
+            self._udp.send(datagram, self._address)
 
     def _arm_timer(self) -> None:
         if self._ended:
@@ -371,9 +413,9 @@ class DatagramServer(asyncio.DatagramProtocol):
 
     `random_bytes` (connection ids, cookies, handshakes, message ids) and the session map are the server's.
     With `sessions`, each session is also saved there when it starts, when its device says its Hello and when
-    its link ends, and every one is loaded at `start()`: a restarted server resumes them. Its write counters
-    jump ahead on import (`cyan.dtls.DEFAULT_SEQUENCE_GAP`), so records it sent after its last save never
-    reuse a nonce.
+    its link ends, and a record on a connection id no link here holds is looked up there: a restarted server,
+    or another node, resumes it. Every node writes only sequence numbers from blocks it reserved there, so a
+    session that moves between nodes, or outlives a killed one, never reuses a nonce.
 
     `recorder`, when given, is handed every input of every session (datagrams in with the time and wall
     time they were read at, timers, key decisions, API requests), every datagram out and every random draw:
@@ -397,6 +439,11 @@ class DatagramServer(asyncio.DatagramProtocol):
         recorder: Recorder | None = None,
         wall_clock: Callable[[], float] = time.time,
         sessions: UdpSessionPort | None = None,
+        miss_limits: AddressLimits | None = None,
+        max_lookups: int = 64,
+        unknown_ttl: float = 10.0,
+        max_unknown: int = 65_536,
+        prune_interval: float = 3600.0,
     ) -> None:
         self.cloud = cloud
         self.server_key = server_key
@@ -423,8 +470,21 @@ class DatagramServer(asyncio.DatagramProtocol):
         self._store = sessions
         #: Saves of sessions: drained at `stop()` (the decisions under way are cancelled instead).
         self._writes = TaskSet(log, "cyan-udp-sessions")
+        #: Connection ids being looked up in the store, with the datagrams that came for them meanwhile.
+        self._lookups: dict[bytes, list[tuple[bytes, _Address]]] = {}
+        self._max_lookups = max_lookups
+        #: Connection ids the store did not have, until when (insertion order: the oldest first).
+        self._unknown: dict[bytes, float] = {}
+        self._unknown_ttl = unknown_ttl
+        self._max_unknown = max_unknown
+        self._misses = _MissGate(miss_limits or AddressLimits(burst=20, per_second=2.0))
+        self._prune_interval = prune_interval
         self.datagrams_in = 0
         self.datagrams_out = 0
+        #: Sessions looked up in the store; of those, found and resumed here; datagrams refused a lookup.
+        self.lookups = 0
+        self.lookups_found = 0
+        self.lookups_refused = 0
 
     def random_bytes(self, count: int) -> bytes:
         data = self._random(count)
@@ -460,7 +520,35 @@ class DatagramServer(asyncio.DatagramProtocol):
             if endpoint.established and cid in self._sessions:
                 # The counters as they are now: the device resumes from here (udp-dtls.md §1.4).
                 self._sessions[cid] = replace(self._sessions[cid], session=endpoint.export_session())
-                self._save(cid)
+                self._save(cid, endpoint.write_limit)
+                if self._store is not None:
+                    # The store has it: a resume here reserves its sequence numbers there, as on any node.
+                    del self._sessions[cid]
+
+    def may_write(self, link: DatagramLink) -> bool:
+        """Whether `link` may write records now: enough of its block of sequence numbers is left. The next
+        block is reserved in the store when half of this one is used."""
+        endpoint = link.endpoint
+        left = endpoint.write_limit - endpoint.next_write_sequence
+        if self._store is not None and left < SEQUENCE_BLOCK // 2 and not link._reserving:
+            link._reserving = True
+            self._tasks.spawn(self._reserve_more(link), "reserve UDP sequence numbers")
+        return left > _SEQUENCE_MARGIN
+
+    async def _reserve_more(self, link: DatagramLink) -> None:
+        assert self._store is not None
+        cid = link.endpoint.connection_id
+        try:
+            limit = await self._store.reserve_udp_sequences(cid, SEQUENCE_BLOCK)
+        except Exception as exc:
+            log.warning("device %s: could not reserve sequence numbers: %s", link.device_id, exc)
+            limit = None
+        finally:
+            link._reserving = False
+        if limit is None or link._ended:
+            return  # the session is gone from the store: the link writes to the end of its block, then ends
+        link.endpoint.limit_writes(limit - SEQUENCE_BLOCK, limit)
+        link._flush()
 
     # -- what links tell the server ----------------------------------------------------------------
 
@@ -474,14 +562,19 @@ class DatagramServer(asyncio.DatagramProtocol):
             if len(self._sessions) >= self._max_sessions:
                 self.drop_session(next(iter(self._sessions)))  # the oldest first
             self._sessions[cid] = StoredSession(session)
-            self._save(cid)
+            limit = None
+            if self._store is not None:
+                # A new session's first block: the store has no record of it before this save.
+                link.endpoint.limit_writes(0, SEQUENCE_BLOCK)
+                limit = SEQUENCE_BLOCK
+            self._save(cid, limit)
 
     def remember_hello(self, link: DatagramLink, hello: Hello) -> None:
         cid = link.endpoint.connection_id
         stored = self._sessions.get(cid)
         if stored is not None:
             self._sessions[cid] = replace(stored, device_id=link.device_id, hello=hello)
-            self._save(cid)
+            self._save(cid, link.endpoint.write_limit)
 
     def moved(self, link: DatagramLink, address: _Address) -> None:
         if self._by_address.get(link.address) is link:
@@ -495,18 +588,19 @@ class DatagramServer(asyncio.DatagramProtocol):
         if self._sessions.pop(cid, None) is not None and self._store is not None:
             self._writes.spawn(self._store.drop_udp_session(cid), "forget a UDP session")
 
-    def _save(self, cid: bytes) -> asyncio.Task[None] | None:
+    def _save(self, cid: bytes, sequence_limit: int | None) -> None:
         stored = self._sessions.get(cid)
         if stored is None or self._store is None:
-            return None
+            return
         record = UdpSession(
             connection_id=cid,
             session=stored.session.encode(),
             updated_at=datetime.now(UTC),
             device_id=stored.device_id,
             hello=None if stored.hello is None else stored.hello.encode(),
+            sequence_limit=sequence_limit,
         )
-        return self._writes.spawn(self._store.save_udp_session(record), "save a UDP session")
+        self._writes.spawn(self._store.save_udp_session(record), "save a UDP session")
 
     def send(self, datagram: bytes, address: _Address) -> None:
         self.record({"t": _now(), "op": "out", "port": address[1], "hex": datagram.hex()})
@@ -535,6 +629,9 @@ class DatagramServer(asyncio.DatagramProtocol):
             self._client_hello(data, addr, link, now)
             return
         if link is None:
+            if self._store is not None:
+                self._look_up(cid, data, addr, now)
+                return
             link = self._resume(cid, addr, now)
             if link is None:
                 return
@@ -583,8 +680,120 @@ class DatagramServer(asyncio.DatagramProtocol):
             if cid not in self._by_cid and cid not in self._sessions:
                 return cid
 
+    def _look_up(self, cid: bytes | None, data: bytes, addr: _Address, now: float) -> None:
+        """A record for no live link, with a store: look its connection id up there (another node may have
+        saved it), unless that is known to be pointless. Nothing here is authenticated yet, so an attacker's
+        datagram costs at most one read: ids not found are remembered, an address whose lookups keep missing
+        gets none, and only `max_lookups` are under way at once."""
+        if cid is None:
+            return
+        held = self._lookups.get(cid)
+        if held is not None:
+            if len(held) < _MAX_HELD:
+                held.append((data, addr))
+            else:
+                self.lookups_refused += 1
+            return
+        if len(data) < _MIN_CID_RECORD:
+            return
+        until = self._unknown.get(cid)
+        if until is not None:
+            if until > now:
+                self.lookups_refused += 1
+                return
+            del self._unknown[cid]
+        host = str(addr[0])
+        if len(self._lookups) >= self._max_lookups or not self._misses.allows(host, now):
+            self.lookups_refused += 1
+            return
+        self._misses.charge(host, now)
+        self.lookups += 1
+        self._lookups[cid] = [(data, addr)]
+        self._tasks.spawn(self._resume_stored(cid), "look up a UDP session")
+
+    async def _resume_stored(self, cid: bytes) -> None:
+        assert self._store is not None
+        stored: StoredSession | None = None
+        limit: int | None = None
+        try:
+            record = await self._store.find_udp_session(cid)
+            stored = None if record is None else self._readable(record)
+            if stored is not None:
+                # Above every number any node may have written: the stored limit, and for a session saved
+                # before there were limits, its saved counter plus the gap (`DEFAULT_SEQUENCE_GAP`).
+                floor = stored.session.write_sequence + DEFAULT_SEQUENCE_GAP
+                limit = await self._store.reserve_udp_sequences(cid, SEQUENCE_BLOCK, floor=floor)
+        except Exception as exc:
+            log.warning("could not look up a UDP session: %s", exc)
+            self._lookups.pop(cid, None)
+            return
+        held = self._lookups.pop(cid, [])
+        now = _now()
+        if self._recorder is not None:
+            # What the store answered: a recording replays it in place of a store (tests/server/udp_replay.py).
+            self.record(
+                {
+                    "t": now,
+                    "op": "stored",
+                    "cid": cid.hex(),
+                    "session": None if stored is None else stored.session.encode().hex(),
+                    "device_id": None if stored is None else stored.device_id,
+                    "hello": None if stored is None or stored.hello is None else stored.hello.encode().hex(),
+                    "limit": limit,
+                }
+            )
+        if stored is None or limit is None:
+            self._remember_unknown(cid, now)
+            return
+        if held:
+            self._misses.refund(str(held[0][1][0]), now)
+        if self._transport is None or not held:
+            return  # stopping
+        self.lookups_found += 1
+        link = self._by_cid.get(cid)
+        if link is None:
+            link = self._resume_link(stored, held[-1][1], now, start=limit - SEQUENCE_BLOCK, limit=limit)
+        for data, addr in held:
+            link.receive_datagram(data, addr, _now())
+
+    def _remember_unknown(self, cid: bytes, now: float) -> None:
+        unknown = self._unknown
+        while len(unknown) >= self._max_unknown:
+            del unknown[next(iter(unknown))]
+        unknown[cid] = now + self._unknown_ttl
+
+    @staticmethod
+    def _readable(record: UdpSession) -> StoredSession | None:
+        try:
+            session = Session.decode(record.session)
+            hello = None if record.hello is None else parse_hello(record.hello)
+        except ValueError as exc:
+            log.warning("a stored UDP session cannot be read, and is not resumed: %s", exc)
+            return None
+        return StoredSession(session, record.device_id, hello)
+
+    def _resume_link(
+        self, stored: StoredSession, addr: _Address, now: float, *, start: int, limit: int
+    ) -> DatagramLink:
+        cid = stored.session.connection_id
+        endpoint = ServerEndpoint.from_session(
+            stored.session,
+            self.server_key,
+            now=now,
+            random_bytes=self.random_bytes,
+            config=self.dtls_config,
+            sequence_gap=0,
+        )
+        endpoint.limit_writes(start, limit)
+        link = DatagramLink(self, endpoint, addr, now, resumed_from=stored)
+        self._sessions[cid] = stored
+        self._by_cid[cid] = link
+        self._by_address[addr] = link
+        return link
+
     def _resume(self, cid: bytes | None, addr: _Address, now: float) -> DatagramLink | None:
-        """A record for no live link: a device resuming a session we keep (udp-dtls.md §1.4), or nothing."""
+        """A record for no live link, without a store: a device resuming a session this process keeps
+        (udp-dtls.md §1.4), or nothing."""
         stored = self._sessions.get(cid) if cid is not None else None
         if stored is None or cid is None:
             return None
@@ -594,16 +803,6 @@ class DatagramServer(asyncio.DatagramProtocol):
         link = DatagramLink(self, endpoint, addr, now, resumed_from=stored)
         self._by_cid[cid] = link
         self._by_address[addr] = link
-        # The import moved the write counters ahead of the save (`DEFAULT_SEQUENCE_GAP`), and that is only safe
-        # once: a process that dies before saving again leaves the same save to its heir, whose import would
-        # jump to the very same sequence numbers and send under this one's nonces (and the device, having seen
-        # them, would discard its records as replays; seen with Device OS 4.0.2 after a kill -9). So the
-        # session is saved as imported at once, and what the link sends waits until that save is stored.
-        self._sessions[cid] = replace(stored, session=endpoint.export_session())
-        saving = self._save(cid)
-        if saving is not None:
-            link.hold_output()
-            saving.add_done_callback(lambda _: link.release_output())
         return link
 
     def error_received(self, exc: Exception) -> None:
@@ -612,33 +811,35 @@ class DatagramServer(asyncio.DatagramProtocol):
     # -- life -------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._store is not None:
-            not_before = datetime.now(UTC) - self._session_max_age
-            for record in await self._store.udp_sessions(not_before=not_before):
-                try:
-                    session = Session.decode(record.session)
-                    hello = None if record.hello is None else parse_hello(record.hello)
-                except ValueError as exc:
-                    log.warning("a stored UDP session cannot be read, and is left out: %s", exc)
-                    continue
-                self._sessions[record.connection_id] = StoredSession(session, record.device_id, hello)
-        if self._recorder is not None:
-            # What this server resumes from: a recording that spans a restart replays it from here.
-            loaded = [
-                {
-                    "cid": cid.hex(),
-                    "session": stored.session.encode().hex(),
-                    "device_id": stored.device_id,
-                    "hello": None if stored.hello is None else stored.hello.encode().hex(),
-                }
-                for cid, stored in self._sessions.items()
-            ]
-            self.record({"t": _now(), "op": "start", "sessions": loaded})
+        # A recording may span restarts: each start is marked, and what the store holds comes in `stored`.
+        self.record({"t": _now(), "op": "start", "sessions": []})
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, self.port))
         sock = transport.get_extra_info("socket")
         if sock is not None:
             self.port = sock.getsockname()[1]
+        if self._store is not None:
+            await self.prune()
+            self._tasks.spawn(self._prune_periodically(), "prune UDP sessions")
+
+    async def prune(self) -> int:
+        """Delete the stored sessions not saved for `session_max_age`: their devices handshake again. Every
+        node does it when it starts and every `prune_interval` seconds; how many went."""
+        if self._store is None:
+            return 0
+        try:
+            pruned = await self._store.prune_udp_sessions(before=datetime.now(UTC) - self._session_max_age)
+        except Exception as exc:
+            log.warning("could not prune the UDP sessions: %s", exc)
+            return 0
+        if pruned:
+            log.info("%d UDP sessions not saved for %s deleted", pruned, self._session_max_age)
+        return pruned
+
+    async def _prune_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self._prune_interval)
+            await self.prune()
 
     async def stop(self) -> None:
         # No datagram in from here on: one arriving while the sessions are saved would resume a session here.

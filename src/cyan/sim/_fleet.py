@@ -363,5 +363,6 @@ def read_server_key(data: bytes) -> tuple[rsa.RSAPublicKey, ServerAddress | None
         if parsed.key_state == "blank":
             raise KeyFormatError(f"the server-key file's key slot is blank: {parsed.key_problem}")
         key = parsed.public_key or read_firmware_server_key(parsed.key_der)
+        assert isinstance(key, rsa.RSAPublicKey)  # these sizes are the TCP layouts
         return key, parsed.address
     return load_public_key(data), None

@@ -133,9 +133,12 @@ class UdpVirtualDevice:
         self._conn = None
         self._pump(now)
 
-    async def move(self, *, resume: bool = True) -> None:
+    async def move(self, *, resume: bool = True, to: tuple[str, int] | None = None) -> None:
         """Change address mid-session: a new socket (a new source port), and, with `resume`, the session
-        carried on as Device OS 4.x does after a reconnect: its saved keys, type-253 records, no handshake."""
+        carried on as Device OS 4.x does after a reconnect: its saved keys, type-253 records, no handshake.
+        `to`: the server's address from here on (another node of the cloud)."""
+        if to is not None:
+            self._server = to
         await self._open_socket()
         if resume and self._endpoint is not None and self._endpoint.established:
             now = _now()

@@ -837,12 +837,29 @@ class _UdpSessions:
             stored.device_id = stored.device_id.lower()
 
         def work() -> None:
-            self._g.state.udp_sessions[stored.connection_id] = stored
+            sessions = self._g.state.udp_sessions
+            before = sessions.get(stored.connection_id)
+            if before is not None and before.sequence_limit is not None:
+                stored.sequence_limit = max(before.sequence_limit, stored.sequence_limit or 0)
+            sessions[stored.connection_id] = stored
 
         await self._g.write(work)
 
     async def get(self, connection_id: bytes) -> UdpSession | None:
         return await self._g.read(lambda: copy.deepcopy(self._g.state.udp_sessions.get(connection_id)))
+
+    async def reserve(self, connection_id: bytes, count: int, *, floor: int = 0) -> int | None:
+        if count < 1 or floor < 0:
+            raise ValueError("reserve at least one sequence number, from a floor of 0 or more")
+
+        def work() -> int | None:
+            stored = self._g.state.udp_sessions.get(connection_id)
+            if stored is None:
+                return None
+            stored.sequence_limit = max(stored.sequence_limit or 0, floor) + count
+            return stored.sequence_limit
+
+        return await self._g.write(work)
 
     async def all(self) -> list[UdpSession]:
         def work() -> list[UdpSession]:

@@ -354,6 +354,7 @@ udp_sessions = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Column("device_id", String(64)),
     Column("hello", LargeBinary),
+    Column("sequence_limit", BigInteger),
     Index(None, "updated_at"),
 )
 

@@ -15,7 +15,22 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-from sqlalchemy import RowMapping, and_, bindparam, delete, false, func, insert, or_, select, true, update
+from sqlalchemy import (
+    BigInteger,
+    RowMapping,
+    and_,
+    bindparam,
+    case,
+    delete,
+    false,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -1165,19 +1180,46 @@ class SqlUdpSessions(_Repository):
     __slots__ = ()
 
     async def save(self, session: UdpSession) -> None:
-        values = {
+        values: dict[str, Any] = {
             "connection_id": session.connection_id,
             "session": session.session,
             "updated_at": _aware(session.updated_at, "updated_at"),
             "device_id": session.device_id.lower() if session.device_id else None,
             "hello": session.hello,
+            "sequence_limit": session.sequence_limit,
         }
-        await self._upsert(udp_sessions, ("connection_id",), values, "save a UDP session")
+        stored = udp_sessions.c.sequence_limit
+        # The limit only rises: another node may have reserved past this one's since it last read it.
+        changes = dict(values, sequence_limit=stored)
+        if session.sequence_limit is not None:
+            limit = literal(session.sequence_limit, BigInteger)
+            changes["sequence_limit"] = case((or_(stored.is_(None), stored < limit), limit), else_=stored)
+        async with self._db.writing("save a UDP session", statements="several") as conn:
+            condition = udp_sessions.c.connection_id == session.connection_id
+            result = await conn.execute(update(udp_sessions).where(condition).values(changes))
+            if result.rowcount == 0:
+                await conn.execute(insert(udp_sessions).values(values))
 
     async def get(self, connection_id: bytes) -> UdpSession | None:
         query = select(udp_sessions).where(udp_sessions.c.connection_id == connection_id)
         row = await self._first(query, "read a UDP session")
         return None if row is None else UdpSession(**dict(row))
+
+    async def reserve(self, connection_id: bytes, count: int, *, floor: int = 0) -> int | None:
+        if count < 1 or floor < 0:
+            raise ValueError("reserve at least one sequence number, from a floor of 0 or more")
+        stored = func.coalesce(udp_sessions.c.sequence_limit, 0)
+        bottom = literal(floor, BigInteger)
+        # One statement: PostgreSQL locks the row, so two nodes reserving at once get two blocks.
+        statement = (
+            update(udp_sessions)
+            .where(udp_sessions.c.connection_id == connection_id)
+            .values(sequence_limit=case((stored > bottom, stored), else_=bottom) + count)
+            .returning(udp_sessions.c.sequence_limit)
+        )
+        async with self._db.writing("reserve a UDP session's sequence numbers") as conn:
+            row = (await conn.execute(statement)).first()
+        return None if row is None else int(row[0])
 
     async def all(self) -> list[UdpSession]:
         rows = await self._rows(select(udp_sessions).order_by(udp_sessions.c.updated_at), "list UDP sessions")

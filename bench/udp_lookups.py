@@ -1,0 +1,124 @@
+"""What an unauthenticated UDP datagram on an unknown connection id costs the device server, and how many
+store reads a flood of them causes (docs/dtls.md "The UDP device server").
+
+    .venv/bin/python bench/udp_lookups.py [--count 100000] [--postgres postgresql://postgres@127.0.0.1/test]
+
+The datagrams are handed to `DatagramServer.datagram_received` directly (no socket), on a server over SQLite
+(and PostgreSQL when given): the time per datagram in the handler, the reads that reached the store, and
+the datagrams refused a lookup, for three floods: one id again and again from one address, a new id each
+time from one address, and a new id each time from a new address each time (forged sources).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import struct
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from _common import table
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from cyan.app import Application
+from cyan.bus import InProcessBus
+from cyan.cloud.models import UdpSession
+from cyan.cloud.service import Cloud
+from cyan.server.datagram_server import DatagramServer, UdpSessionPort
+from cyan.store import PostgresStore, SqliteStore
+
+SERVER_KEY = ec.derive_private_key(0x71, ec.SECP256R1())
+
+
+class Counting:
+    """The gateway's session port, counting the reads that reach the store."""
+
+    def __init__(self, inner: UdpSessionPort) -> None:
+        self.inner = inner
+        self.finds = 0
+
+    async def save_udp_session(self, session: UdpSession) -> None:
+        await self.inner.save_udp_session(session)
+
+    async def find_udp_session(self, connection_id: bytes) -> UdpSession | None:
+        self.finds += 1
+        return await self.inner.find_udp_session(connection_id)
+
+    async def reserve_udp_sequences(self, connection_id: bytes, count: int, *, floor: int = 0) -> int | None:
+        return await self.inner.reserve_udp_sequences(connection_id, count, floor=floor)
+
+    async def prune_udp_sessions(self, *, before: datetime) -> int:
+        return await self.inner.prune_udp_sessions(before=before)
+
+    async def drop_udp_session(self, connection_id: bytes) -> None:
+        await self.inner.drop_udp_session(connection_id)
+
+
+def _address(n: int) -> str:
+    return f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
+
+
+def _record(cid: bytes) -> bytes:
+    return bytes([25, 0xFE, 0xFD, 0, 1]) + bytes(6) + cid + struct.pack(">H", 40) + bytes(40)
+
+
+async def _flood(store: SqliteStore | PostgresStore, count: int) -> list[tuple[str, str, str]]:
+    await store.open()
+    cloud = Cloud(store, InProcessBus())
+    app = Application(store, cloud=cloud)
+    assert app.gateway is not None
+    rows = []
+    floods: dict[str, Callable[[int], tuple[bytes, tuple[str, int]]]] = {
+        "one id, one address": lambda n: (_record(b"\x01" * 8), ("10.0.0.1", 4000)),
+        "new ids, one address": lambda n: (_record(os.urandom(8)), ("10.0.0.2", 4000)),
+        "new ids, new addresses": lambda n: (
+            _record(os.urandom(8)),
+            (f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}", 4000),
+        ),
+    }
+    try:
+        for name, make in floods.items():
+            sessions = Counting(app.gateway)
+            server = DatagramServer(app.gateway, SERVER_KEY, host="127.0.0.1", port=0, sessions=sessions)
+            await server.start()
+            datagrams = [make(n) for n in range(count)]
+            started = time.perf_counter()
+            for n, (data, address) in enumerate(datagrams):
+                server.datagram_received(data, address)
+                if n % 1000 == 999:
+                    await asyncio.sleep(0)  # let lookups run, as the loop would between reads
+            spent = time.perf_counter() - started
+            await asyncio.sleep(0.5)
+            rows.append(
+                (
+                    f"{store.__class__.__name__}: {name}",
+                    f"{spent / count * 1e6:.1f} µs each; reads: {sessions.finds}; refused: {server.lookups_refused}",
+                    f"{count} datagrams",
+                )
+            )
+            await server.stop()
+    finally:
+        await app.gateway.drain()
+        await store.close()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=100_000)
+    parser.add_argument("--postgres", help="a PostgreSQL database URL (its udp_sessions table is used)")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as directory:
+        rows += asyncio.run(_flood(SqliteStore(Path(directory) / "cyan.db"), args.count))
+    if args.postgres:
+        rows += asyncio.run(_flood(PostgresStore(args.postgres), args.count))
+    print(table("Unknown connection ids: the handler's time and the store reads they cause", rows))
+
+
+if __name__ == "__main__":
+    main()
