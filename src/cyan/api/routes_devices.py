@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import Depends, Query, Request, Response
 
 from cyan.app import Actor, DeviceView
 from cyan.cloud.errors import InvalidInputError
@@ -13,11 +13,12 @@ from cyan.keys import KeyFormatError, device_public_key_der, is_ec_key
 
 from . import routes_updates, schemas
 from ._requests import app, body, require_actor
+from ._routing import IndexedRouter
 from ._serialize import iso, render_device, render_device_detail
 from .errors import ApiError, not_found
 from .schemas import BODY_ERRORS, errors, request_body
 
-router = APIRouter(tags=["devices"])
+router = IndexedRouter(tags=["devices"])
 Caller = Annotated[Actor, Depends(require_actor)]
 
 
