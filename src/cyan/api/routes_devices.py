@@ -19,6 +19,10 @@ from .errors import ApiError, not_found
 from .schemas import BODY_ERRORS, errors, request_body
 
 router = IndexedRouter(tags=["devices"])
+#: Functions, variables and key provisioning, in the same order, in a router app.py includes right after the one
+#: above: a function call or a variable read skips the routes above with one pattern (_routing.py) instead of
+#: being tried against each of them twice (FastAPI matches a router's routes to choose it, then again to run it).
+calls_router = IndexedRouter(tags=["devices"])
 Caller = Annotated[Actor, Depends(require_actor)]
 
 
@@ -231,12 +235,12 @@ _CALL: dict[str, Any] = {
 }
 
 
-@router.post("/v1/devices/{device}/{function}", summary="Call a function", **_CALL)
+@calls_router.post("/v1/devices/{device}/{function}", summary="Call a function", **_CALL)
 async def call_function(request: Request, actor: Caller, device: str, function: str) -> schemas.FunctionResult:
     return await _call(request, actor, device, function, None)
 
 
-@router.post(
+@calls_router.post(
     "/v1/products/{product}/devices/{device}/{function}", summary="Call a function of a product device", **_CALL
 )
 async def call_product_function(
@@ -264,7 +268,7 @@ _RAW_VALUE = {
 _FORMAT = Query(description="raw: the value alone, as text/plain")
 
 
-@router.get(
+@calls_router.get(
     "/v1/devices/{device}/{variable}",
     summary="Read a variable",
     response_model=schemas.VariableValue,
@@ -280,7 +284,7 @@ async def read_variable(
     return await _read(request, actor, device, variable, None, raw=format == "raw")
 
 
-@router.get(
+@calls_router.get(
     "/v1/products/{product}/devices/{device}/{variable}",
     summary="Read a variable of a product device",
     response_model=schemas.VariableValue,
@@ -343,7 +347,7 @@ def _product_id(value: Any) -> int | None:
     return int(text)
 
 
-@router.post(
+@calls_router.post(
     "/v1/provisioning/{device_id}",
     tags=["keys"],
     summary="Register a device's public key",
