@@ -254,11 +254,12 @@ async def _call(
 ) -> schemas.FunctionResult:
     params = await body(request)
     argument = _text(params, "arg", "args")
-    view = await _view(request, actor, device, product)
+    if product is not None:
+        device = (await _view(request, actor, device, product)).record.id  # refused before the device is asked
     calls = app(request).calls
     assert calls is not None
-    device_id, value = await calls.call_function(actor, view.record.id, function, argument)
-    return schemas.FunctionResult(id=device_id, name=view.record.name, connected=True, return_value=value)
+    record, value = await calls.function_call(actor, device, function, argument)
+    return schemas.FunctionResult(id=record.id, name=record.name, connected=True, return_value=value)
 
 
 _RAW_VALUE = {
@@ -313,7 +314,7 @@ async def _read(
         # As Particle answers ?format=raw: a number as its digits, a string as the device sent its bytes.
         content = data if value is None or isinstance(value, str) else _number_text(value).encode()
         return Response(content, media_type="text/plain; charset=utf-8")
-    record = view.record
+    record = view.record  # as shown: a connected device's last_heard and product are its session's
     return schemas.VariableValue(
         cmd="VarReturn",
         name=variable,
