@@ -306,15 +306,17 @@ async def read_product_variable(
 async def _read(
     request: Request, actor: Actor, device: str, variable: str, product: str | None, *, raw: bool
 ) -> schemas.VariableValue | Response:
-    view = await _view(request, actor, device, product)
+    if product is not None:
+        device = (await _view(request, actor, device, product)).record.id  # refused before the device is asked
     calls = app(request).calls
     assert calls is not None
-    device_id, data, value = await calls.read_variable(actor, view.record.id, variable)
+    found, data, value = await calls.variable_read(actor, device, variable)
     if raw:
         # As Particle answers ?format=raw: a number as its digits, a string as the device sent its bytes.
         content = data if value is None or isinstance(value, str) else _number_text(value).encode()
         return Response(content, media_type="text/plain; charset=utf-8")
-    record = view.record  # as shown: a connected device's last_heard and product are its session's
+    device_id = found.id
+    record = app(request).devices.shown(found).record  # a connected device's last_heard and product: its session's
     return schemas.VariableValue(
         cmd="VarReturn",
         name=variable,

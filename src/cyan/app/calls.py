@@ -47,9 +47,16 @@ class DeviceCalls:
         return record, await self._cloud.call_function(record.id, name, argument)
 
     async def read_variable(self, actor: Actor, device: str, name: str) -> tuple[str, bytes, VariableValue | None]:
+        record, raw, value = await self.variable_read(actor, device, name)
+        return record.id, raw, value
+
+    async def variable_read(
+        self, actor: Actor, device: str, name: str
+    ) -> tuple[DeviceRecord, bytes, VariableValue | None]:
+        """The device's record, as read to authorize the read, and the variable's bytes and value."""
         record = await visible_device(self._ctx.store, actor, device)
         raw, value = await self._cloud.read_variable(record.id, name)
-        return record.id, raw, value
+        return record, raw, value
 
     async def signal(self, actor: Actor, device: str, on: bool) -> str:
         record = await visible_device(self._ctx.store, actor, device)
