@@ -133,6 +133,8 @@ def cyan_serve(
                 "PYTHONUNBUFFERED": "1",
                 "CYAN_ADDRESS_BURST": "1000000",
                 "CYAN_ADDRESS_RATE": "1000000",
+                # UDP 5684 is one per machine: another server (or another benchmark) may hold it.
+                "CYAN_DEVICE_UDP_PORT": os.environ.get("CYAN_DEVICE_UDP_PORT", "0"),
             },
         )
         try:

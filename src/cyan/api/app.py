@@ -60,6 +60,7 @@ def create_app(context: ApiContext) -> FastAPI:
     app.include_router(routes_updates.router)  # before devices: /updates is not a variable either
     app.include_router(routes_integrations.router)
     app.include_router(routes_devices.router)
+    app.include_router(routes_devices.calls_router)
     install_console(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

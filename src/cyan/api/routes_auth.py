@@ -8,7 +8,7 @@ import binascii
 import math
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 
 from cyan.app import Actor
 from cyan.cloud.auth import DEFAULT_TOKEN_LIFETIME
@@ -17,11 +17,12 @@ from cyan.cloud.models import Role
 
 from . import schemas
 from ._requests import app, body, require_actor
+from ._routing import IndexedRouter
 from ._serialize import iso, render_account
 from .errors import ApiError
 from .schemas import BODY_ERRORS, errors, request_body
 
-router = APIRouter()
+router = IndexedRouter()
 Caller = Annotated[Actor, Depends(require_actor)]
 
 

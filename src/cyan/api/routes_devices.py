@@ -6,7 +6,7 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import Depends, Query, Request, Response
 from pydantic import TypeAdapter
 
 from cyan.app import Actor, DeviceView
@@ -15,11 +15,16 @@ from cyan.keys import KeyFormatError, device_public_key_der, is_ec_key
 
 from . import routes_updates, schemas
 from ._requests import app, body, require_actor
+from ._routing import IndexedRouter
 from ._serialize import iso, render_device, render_device_detail
 from .errors import ApiError, not_found
 from .schemas import BODY_ERRORS, errors, request_body
 
-router = APIRouter(tags=["devices"])
+router = IndexedRouter(tags=["devices"])
+#: Functions, variables and key provisioning, in the same order, in a router app.py includes right after the one
+#: above: a function call or a variable read skips the routes above with one pattern (_routing.py) instead of
+#: being tried against each of them twice (FastAPI matches a router's routes to choose it, then again to run it).
+calls_router = IndexedRouter(tags=["devices"])
 Caller = Annotated[Actor, Depends(require_actor)]
 
 
@@ -255,12 +260,12 @@ _CALL: dict[str, Any] = {
 }
 
 
-@router.post("/v1/devices/{device}/{function}", summary="Call a function", **_CALL)
+@calls_router.post("/v1/devices/{device}/{function}", summary="Call a function", **_CALL)
 async def call_function(request: Request, actor: Caller, device: str, function: str) -> schemas.FunctionResult:
     return await _call(request, actor, device, function, None)
 
 
-@router.post(
+@calls_router.post(
     "/v1/products/{product}/devices/{device}/{function}", summary="Call a function of a product device", **_CALL
 )
 async def call_product_function(
@@ -274,11 +279,12 @@ async def _call(
 ) -> schemas.FunctionResult:
     params = await body(request)
     argument = _text(params, "arg", "args")
-    view = await _view(request, actor, device, product)
+    if product is not None:
+        device = (await _view(request, actor, device, product)).record.id  # refused before the device is asked
     calls = app(request).calls
     assert calls is not None
-    device_id, value = await calls.call_function(actor, view.record.id, function, argument)
-    return schemas.FunctionResult(id=device_id, name=view.record.name, connected=True, return_value=value)
+    record, value = await calls.function_call(actor, device, function, argument)
+    return schemas.FunctionResult(id=record.id, name=record.name, connected=True, return_value=value)
 
 
 _RAW_VALUE = {
@@ -288,7 +294,7 @@ _RAW_VALUE = {
 _FORMAT = Query(description="raw: the value alone, as text/plain")
 
 
-@router.get(
+@calls_router.get(
     "/v1/devices/{device}/{variable}",
     summary="Read a variable",
     response_model=schemas.VariableValue,
@@ -304,7 +310,7 @@ async def read_variable(
     return await _read(request, actor, device, variable, None, raw=format == "raw")
 
 
-@router.get(
+@calls_router.get(
     "/v1/products/{product}/devices/{device}/{variable}",
     summary="Read a variable of a product device",
     response_model=schemas.VariableValue,
@@ -325,15 +331,17 @@ async def read_product_variable(
 async def _read(
     request: Request, actor: Actor, device: str, variable: str, product: str | None, *, raw: bool
 ) -> schemas.VariableValue | Response:
-    view = await _view(request, actor, device, product)
+    if product is not None:
+        device = (await _view(request, actor, device, product)).record.id  # refused before the device is asked
     calls = app(request).calls
     assert calls is not None
-    device_id, data, value = await calls.read_variable(actor, view.record.id, variable)
+    found, data, value = await calls.variable_read(actor, device, variable)
     if raw:
         # As Particle answers ?format=raw: a number as its digits, a string as the device sent its bytes.
         content = data if value is None or isinstance(value, str) else _number_text(value).encode()
         return Response(content, media_type="text/plain; charset=utf-8")
-    record = view.record
+    device_id = found.id
+    record = app(request).devices.shown(found).record  # a connected device's last_heard and product: its session's
     return schemas.VariableValue(
         cmd="VarReturn",
         name=variable,
@@ -367,7 +375,7 @@ def _product_id(value: Any) -> int | None:
     return int(text)
 
 
-@router.post(
+@calls_router.post(
     "/v1/provisioning/{device_id}",
     tags=["keys"],
     summary="Register a device's public key",

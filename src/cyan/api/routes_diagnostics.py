@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 
 from cyan.app import Actor
 from cyan.cloud.models import VitalsRecord
@@ -22,11 +22,12 @@ from cyan.diagnose.server_evidence import GROUP_GAP, LOOP_FAILURES, LOOP_WINDOW,
 
 from . import schemas
 from ._requests import app, require_actor
+from ._routing import IndexedRouter
 from ._serialize import iso
 from .errors import ApiError
 from .schemas import BODY_ERRORS, errors, request_body
 
-router = APIRouter(tags=["diagnostics"])
+router = IndexedRouter(tags=["diagnostics"])
 Caller = Annotated[Actor, Depends(require_actor)]
 _MAX_ATTEMPTS = 1000
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 
 from cyan.app import Actor
 from cyan.cloud.errors import InvalidInputError
@@ -16,11 +16,12 @@ from cyan.cloud.models import CloudEvent
 
 from . import schemas
 from ._requests import app, body, context, require_actor
+from ._routing import IndexedRouter
 from ._serialize import iso
 from .routes_devices import _product, _view
 from .schemas import BODY_ERRORS, EventStream, errors, request_body, stream_responses
 
-router = APIRouter(tags=["events"])
+router = IndexedRouter(tags=["events"])
 Caller = Annotated[Actor, Depends(require_actor)]
 
 

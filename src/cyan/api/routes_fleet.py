@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from fastapi.responses import Response
 
 from cyan.app import Actor, DeviceRow, UpdateUseCases
@@ -19,12 +19,13 @@ from cyan.diagnose.server_evidence import parse_time
 
 from . import schemas
 from ._requests import app, body, context, require_actor
+from ._routing import IndexedRouter
 from ._serialize import iso, render_job
 from .errors import ApiError
 from .routes_events import _stream
 from .schemas import BODY_ERRORS, EventStream, errors, request_body, stream_responses
 
-router = APIRouter()
+router = IndexedRouter()
 Caller = Annotated[Actor, Depends(require_actor)]
 
 

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 
 from cyan.app import Actor, IntegrationView
 from cyan.cloud.models import HookDelivery, Integration
 
 from . import schemas
 from ._requests import app, body, require_actor
+from ._routing import IndexedRouter
 from ._serialize import iso
 from .schemas import BODY_ERRORS, errors, request_body
 
-router = APIRouter(tags=["webhooks"])
+router = IndexedRouter(tags=["webhooks"])
 Caller = Annotated[Actor, Depends(require_actor)]
 
 #: Configuration keys as Particle names them, in the order shown.

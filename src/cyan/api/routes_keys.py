@@ -6,17 +6,18 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 
 from cyan.app import Actor
 from cyan.cloud.errors import InvalidInputError
 
 from . import schemas
 from ._requests import app, body, require_actor
+from ._routing import IndexedRouter
 from ._serialize import iso, render_audit, render_pending, render_policy
 from .schemas import BODY_ERRORS, errors, request_body
 
-router = APIRouter(tags=["keys"])
+router = IndexedRouter(tags=["keys"])
 Caller = Annotated[Actor, Depends(require_actor)]
 
 

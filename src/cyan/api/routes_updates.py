@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 
 from cyan.app import Actor, DeviceView, UpdateUseCases
 from cyan.cloud.errors import InvalidInputError
@@ -13,13 +13,14 @@ from cyan.cloud.models import FirmwareRecord
 
 from . import schemas
 from ._requests import app, body, require_actor
+from ._routing import IndexedRouter
 from ._serialize import render_firmware, render_job
 from .errors import ApiError
 from .schemas import BODY_ERRORS, errors, request_body
 
 __all__ = ["flash", "router"]
 
-router = APIRouter(tags=["updates"])
+router = IndexedRouter(tags=["updates"])
 Caller = Annotated[Actor, Depends(require_actor)]
 
 

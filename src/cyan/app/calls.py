@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cyan.cloud.errors import InvalidInputError
+from cyan.cloud.models import DeviceRecord
 from cyan.cloud.service import Cloud, VariableValue
 from cyan.protocol.messages import MAX_EVENT_DATA, MAX_EVENT_NAME, MAX_FUNCTION_ARGUMENT
 
@@ -34,15 +35,28 @@ class DeviceCalls:
 
     async def call_function(self, actor: Actor, device: str, name: str, argument: str) -> tuple[str, int]:
         """The device's id and the function's return value."""
+        record, value = await self.function_call(actor, device, name, argument)
+        return record.id, value
+
+    async def function_call(self, actor: Actor, device: str, name: str, argument: str) -> tuple[DeviceRecord, int]:
+        """The device's record, as read to authorize the call (what the API answers with), and the function's
+        return value: the device is looked up once per call."""
+        record = await visible_device(self._ctx.store, actor, device)
         if len(argument.encode()) > MAX_FUNCTION_ARGUMENT:
             raise InvalidInputError(f"the argument is over {MAX_FUNCTION_ARGUMENT} bytes", "arg")
-        record = await visible_device(self._ctx.store, actor, device)
-        return record.id, await self._cloud.call_function(record.id, name, argument)
+        return record, await self._cloud.call_function(record.id, name, argument)
 
     async def read_variable(self, actor: Actor, device: str, name: str) -> tuple[str, bytes, VariableValue | None]:
+        record, raw, value = await self.variable_read(actor, device, name)
+        return record.id, raw, value
+
+    async def variable_read(
+        self, actor: Actor, device: str, name: str
+    ) -> tuple[DeviceRecord, bytes, VariableValue | None]:
+        """The device's record, as read to authorize the read, and the variable's bytes and value."""
         record = await visible_device(self._ctx.store, actor, device)
         raw, value = await self._cloud.read_variable(record.id, name)
-        return record.id, raw, value
+        return record, raw, value
 
     async def signal(self, actor: Actor, device: str, on: bool) -> str:
         record = await visible_device(self._ctx.store, actor, device)

@@ -95,6 +95,11 @@ class DeviceUseCases:
             return []
         return [self._view(record) for record in await self._ctx.store.devices.all(owner=owner)]
 
+    def shown(self, record: DeviceRecord) -> DeviceView:
+        """A device record another use case has read and authorized, as `get` shows it (a connected device's
+        state is its session's): for an answer that would otherwise look the device up a second time."""
+        return self._view(record)
+
     def _view(self, record: DeviceRecord) -> DeviceView:
         sessions = self._ctx.sessions
         live = sessions.live(record.id)

@@ -22,9 +22,12 @@ log = logging.getLogger("cyan.cloud.writer")
 
 
 class RecordWriter:
-    def __init__(self, store: Store, *, limit: int = 100_000) -> None:
+    def __init__(self, store: Store, *, limit: int = 100_000, gather: float = 0.05) -> None:
         self._store = store
         self._limit = limit
+        #: Seconds to let records gather before each batch is written: a fleet connecting writes fewer,
+        #: larger batches (each costs two transactions), and nothing waits for these writes.
+        self._gather = gather
         #: The latest state of each device still to be written, and attempts still to be recorded.
         self._states: dict[str, DeviceRecord] = {}
         self._attempts: list[ConnectionAttempt] = []
@@ -76,6 +79,8 @@ class RecordWriter:
         delay = 0.5
         while True:
             while self.backlog:
+                if self._gather and not self._stopping:
+                    await asyncio.sleep(self._gather)
                 try:
                     await self._write_once()
                 except StoreUnavailableError as exc:
