@@ -125,7 +125,8 @@ async def run(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="cyan-storm-"))
     data = work / "data"
     rows: list[tuple[str, str, str]] = []
-    with cyan_serve(data_dir=data, log_path=work / "first.log") as first:
+    serving = ("--device-processes", str(args.device_processes)) if args.device_processes else ()
+    with cyan_serve(*serving, data_dir=data, log_path=work / "first.log") as first:
         port = first.device_port
         subprocess.run(
             [str(CYAN), "users", "add", USER, "--password", PASSWORD, "--data-dir", str(data)],
@@ -169,11 +170,14 @@ async def run(args: argparse.Namespace) -> None:
                 port, load_ids, load_keys, first.public_key, seconds=args.rate_seconds, concurrency=64
             )
             rate = done / (time.perf_counter() - wall)
-            # The crash: no goodbye, no close; every device finds its connection gone at once.
-            os.kill(first.pid, signal.SIGKILL)
+            # The crash: no goodbye, no close; every device finds its connection gone at once (its device
+            # processes too, if it has them).
+            for pid in server_pids(first.pid):
+                os.kill(pid, signal.SIGKILL)
             first.process.wait()
             killed = time.monotonic()
             storm_rows, second_log = await storm(
+                serving=serving,
                 data=data,
                 port=port,
                 work=work,
@@ -218,6 +222,7 @@ async def _none() -> int:
 
 async def storm(
     *,
+    serving: tuple[str, ...],
     list_devices: bool,
     data: Path,
     port: int,
@@ -231,7 +236,7 @@ async def storm(
     killed: float,
 ) -> tuple[list[tuple[str, str, str]], Path]:
     log_path = work / "second.log"
-    with cyan_serve(data_dir=data, device_port=port, log_path=log_path) as second:
+    with cyan_serve(*serving, data_dir=data, device_port=port, log_path=log_path) as second:
         listening = time.monotonic()
         back = asyncio.Event()
         bearer = await token(second.api_port)
@@ -303,6 +308,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300, help="baseline calls")
     parser.add_argument("--rate-seconds", type=float, default=5.0)
     parser.add_argument("--no-lists", action="store_true", help="no client listing GET /v1/devices in the storm")
+    parser.add_argument(
+        "--device-processes", type=int, default=0, help="cyan serve --device-processes (past one process's files)"
+    )
     args = parser.parse_args()
     ensure_file_limit(args.devices + 1000)
     asyncio.run(run(args))
