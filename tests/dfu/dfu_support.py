@@ -12,12 +12,13 @@ from typing import Any
 
 import pytest
 
-from cyan.keys import DctImage, Layout, Platform
+from cyan.keys import DctImage, Platform
 
 FAKE = Path(__file__).with_name("fake_dfu_util.py")
 PHOTON_ID = "3c002d000447343138333038"
 P1_ID = "21003a000d47343233323032"
 CORE_ID = "53ff6f065067544840160887"
+ARGON_ID = "e00fce68a7e1f4b3c9d2a1b0"
 
 
 @dataclass
@@ -32,8 +33,9 @@ class FakeDevice:
 
     @property
     def dct(self) -> DctImage:
-        layout = Layout.CORE if self.usb_id == Platform.CORE.usb_id else Layout.PHOTON
-        return DctImage(layout, self.image)
+        platform = Platform.from_usb_id(self.usb_id)
+        assert platform is not None
+        return DctImage(platform.layout, self.image)
 
 
 class FakeDfu:
@@ -71,7 +73,9 @@ class FakeDfu:
         state = self._load()
         number = len(state["devices"])
         serial = (
-            serial if serial is not None else {Platform.CORE: CORE_ID, Platform.P1: P1_ID}.get(platform, PHOTON_ID)
+            serial
+            if serial is not None
+            else {Platform.CORE: CORE_ID, Platform.P1: P1_ID, Platform.ARGON: ARGON_ID}.get(platform, PHOTON_ID)
         ).upper()
         data = image if image is not None else DctImage.blank(platform.layout, 16384).data
         image_path = self.root / f"device{number}.img"

@@ -51,6 +51,18 @@ ALT_NAMES = {
         1: "@DCT Flash   /0x00000000/01*016Kg",
     },
     "1d50:607f": {0: "@Internal Flash  /0x08000000/20*001Ka,108*001Kg", 1: "@SPI Flash : SST25x/0x00000000/512*04Kg"},
+    # The Electron (STM32F2, as the Photon) and the Gen 3 devices: their DCT is alt setting 1 as well.
+    "2b04:d00a": {
+        0: "@Internal Flash   /0x08000000/03*016Ka,01*016Kg,01*064Kg,07*128Kg",
+        1: "@DCT Flash   /0x00000000/01*016Kg",
+    },
+    **{
+        usb_id: {
+            0: "@Internal Flash   /0x00000000/1*004Ka,47*004Kg,192*004Kg,4*004Kg,4*004Kg,8*004Ka",
+            1: "@DCT Flash   /0x00000000/01*016Kg",
+        }
+        for usb_id in ("2b04:d00c", "2b04:d00d", "2b04:d00e")
+    },
 }
 VALUE_OPTIONS = {"-d", "-a", "-i", "-S", "-p", "-s", "-U", "-D"}
 FLAG_OPTIONS = {"-l", "-V"}

@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from dfu_support import CORE_ID, PHOTON_ID, FakeDfu, fake_dfu
-from keys_cli_support import TOKEN, RecordingApi, cyan, make_cloud, registered, server_public_key, use_api
+from dfu_support import ARGON_ID, CORE_ID, PHOTON_ID, FakeDfu, fake_dfu
+from keys_cli_support import TOKEN, VECTORS, RecordingApi, cyan, make_cloud, registered, server_public_key, use_api
 
 import cyan.keys as keys
 from cyan.cli._keys_cloud import DataDirRegistry
-from cyan.keys import DctImage, KeyEscrow, Layout, Platform
+from cyan.config import Settings
+from cyan.data import write_udp_server_key_file
+from cyan.keys import DctImage, KeyEscrow, Layout, Platform, load_ec_private_key
 
 __all__ = ["fake_dfu"]
 
@@ -213,6 +215,49 @@ def test_doctor_rekeys_registers_and_points_the_device_here(
     fake_dfu.state_path.write_text(json.dumps(state))
     inspected = cyan(capsys, "keys", "inspect", "--data-dir", str(data))
     assert inspected.code == 0, inspected.out
+    assert "Verdict: no problem found." in inspected.out
+
+
+def test_doctor_gives_a_gen_3_device_a_p256_key_and_the_udp_server_key(
+    fake_dfu: FakeDfu, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An Argon in DFU mode: its P-256 key (SEC1 DER at DCT 3106, as Device OS 4.0.2 stored it) backed up and
+    replaced, the new one registered, and the cloud's 320-byte UDP server-key file written at 3298."""
+    data = make_cloud(tmp_path)
+    settings = Settings(data_dir=data, public_address="10.0.0.2")
+    udp_key = load_ec_private_key((data / "udp_server_key.pem").read_bytes())
+    published = write_udp_server_key_file(settings, udp_key.public_key(), 5684)
+    old = (VECTORS / "udp-4.0.2" / "device_key.der").read_bytes()
+    image = DctImage.blank(Layout.UDP, 16384).with_private_key(old)
+    fake = fake_dfu.add(Platform.ARGON, image=image.data)
+    work = tmp_path / "work"
+    ran = cyan(capsys, "keys", "doctor", ARGON_ID, "--data-dir", str(data), "--keys-dir", str(work))
+    assert ran.code == 0, ran.out + ran.err
+    assert "Argon" in ran.out
+    assert ran.out.splitlines()[-1] == "Done. The device restarts with its new key and connects to udp://10.0.0.2:5684."
+    assert fake_dfu.transfers() == [
+        ["-d", "2b04:d00c", "-a", "1", "-s", "3106:192", "-U", "FILE"],  # back up
+        ["-d", "2b04:d00c", "-a", "1", "-i", "0", "-s", "3106", "-D", "FILE"],
+        ["-d", "2b04:d00c", "-a", "1", "-s", "3106:192", "-U", "FILE"],  # verify
+        ["-d", "2b04:d00c", "-a", "1", "-i", "0", "-s", "3298:leave", "-D", "FILE"],
+    ]
+    new_der = (work / f"{ARGON_ID}_ec_new.der").read_bytes()
+    assert mode(work / f"{ARGON_ID}_ec_new.der") == 0o600
+    new_key = load_ec_private_key(new_der)
+    record = registered(data, ARGON_ID)
+    assert record is not None
+    assert record.key_fingerprint == keys.fingerprint(new_key.public_key())
+    assert fake.dct.private_key_area[: len(new_der)] == new_der
+    assert fake.dct.server_key_area == published.read_bytes()
+    assert [p.read_bytes() for p in work.glob("backup_ec_*.der")] == [old]
+    assert not list(work.glob("*rsa*"))
+
+    # Back in DFU mode, the device inspects clean against the cloud's UDP side, read over DFU.
+    state = json.loads(fake_dfu.state_path.read_text())
+    state["devices"][0]["in_dfu"] = True
+    fake_dfu.state_path.write_text(json.dumps(state))
+    inspected = cyan(capsys, "keys", "inspect", "--data-dir", str(data))
+    assert inspected.code == 0, inspected.out + inspected.err
     assert "Verdict: no problem found." in inspected.out
 
 

@@ -56,6 +56,11 @@ def test_platforms_and_their_dfu_ids() -> None:
         (0, "1d50:607f", Layout.CORE),
         (6, "2b04:d006", Layout.PHOTON),
         (8, "2b04:d008", Layout.PHOTON),
+        # particle-usb src/device-type.js dfuUsbIds; their keys are the DCT's alt_* fields (udp-dtls.md §1.2).
+        (10, "2b04:d00a", Layout.UDP),
+        (12, "2b04:d00c", Layout.UDP),
+        (13, "2b04:d00d", Layout.UDP),
+        (14, "2b04:d00e", Layout.UDP),
     ]
     assert Platform.from_usb_id("2B04:D008") is Platform.P1
     assert Platform.from_usb_id("0483:df11") is None
@@ -68,6 +73,11 @@ def test_key_areas_are_those_of_protocol_section_11() -> None:
     assert photon.public_key is not None
     assert (photon.public_key.address, photon.public_key.size) == (1250, 384)
     assert (photon.image_size, photon.write_padding) == (8391, 1)
+    # particle-cli keys-specs.js laterGenerations udpPrivateKey and udpServerKey, DFU alt setting 1.
+    udp = keys.key_layout(Layout.UDP)
+    assert (udp.private_key.address, udp.private_key.size, udp.private_key.alt) == (3106, 192, 1)
+    assert (udp.server_key.address, udp.server_key.size, udp.server_key.alt) == (3298, 320, 1)
+    assert udp.public_key is None
     core = keys.key_layout(Layout.CORE)
     assert (core.private_key.address, core.private_key.size) == (0x2000, 1024)
     assert (core.server_key.address, core.server_key.size) == (0x1000, 2048)

@@ -19,6 +19,7 @@ from cyan.keys import (
     fingerprint,
     generate_ec_key,
     inspect_file,
+    inspect_key_areas,
     load_ec_private_key,
     parse_server_key_file,
     udp_public_key_der,
@@ -148,3 +149,22 @@ def test_a_device_public_key_file() -> None:
     assert found.source == "public_key"
     assert found.layout is Layout.UDP
     assert found.findings[0].message == f"Device public key {fingerprint(public)}."
+
+
+def test_the_key_slot_of_a_udp_device_read_over_dfu() -> None:
+    """DCT 3106 as dfu-util reads it: 192 bytes, SEC1 DER then erased fill; or erased; or something else."""
+    slot = DEVICE_KEY + b"\xff" * (192 - len(DEVICE_KEY))
+    good = inspect_key_areas(slot, SERVER_FILE, Layout.UDP)
+    assert good.private_key is not None
+    assert (good.private_key.state, good.private_key.encoding) == ("ok", "P-256 SEC1 DER")
+    assert good.private_key.presented_fingerprint == fingerprint(load_ec_private_key(DEVICE_KEY))
+    blank = inspect_key_areas(b"\xff" * 192, None, Layout.UDP)
+    assert blank.private_key is not None
+    assert blank.private_key.state == "blank"
+    assert "new P-256 key at boot" in (blank.private_key.problem or "")
+    rsa_der = b"\x30\x82\x02\x5c" + b"\x02\x01\x00" + b"\x00" * 185
+    for garbage in (b"\x30\x05\x02\x01\x00" + b"\x00" * 187, b"\x00" * 192, rsa_der[:192]):
+        bad = inspect_key_areas(garbage, None, Layout.UDP)
+        assert bad.private_key is not None
+        assert bad.private_key.state == "malformed", garbage[:8].hex()
+        assert [f.code for f in bad.findings] == ["private_key_malformed"]

@@ -30,11 +30,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cyan.app import Application, NewDevice
 from cyan.data import open_application
 from cyan.keys import (
+    DEFAULT_UDP_PORT,
     KeyFormatError,
     Layout,
     ServerAddress,
     addresses_of,
     build_server_key_file,
+    build_udp_server_key_file,
     check_server_public_key,
     fingerprint,
     load_ec_public_key,
@@ -338,6 +340,65 @@ def load_server_identity(data_dir: Path | None, server_key: Path | None) -> Serv
         if parsed is not None and parsed.public_key is not None and fingerprint(parsed.public_key) == fingerprint(key):
             files.append(data)
     return ServerIdentity(key, str(settings.data_dir), addresses_of(files))
+
+
+@dataclass(frozen=True)
+class UdpServerIdentity:
+    """This cloud's P-256 server key and the addresses its 320-byte files publish for UDP devices."""
+
+    public_key: ec.EllipticCurvePublicKey
+    source: str
+    addresses: tuple[ServerAddress, ...] = ()
+
+    def key_file(self, host: str | None = None, port: int | None = None) -> tuple[bytes, ServerAddress]:
+        """The 320-byte file a UDP device needs, with ``host`` or the one published address (port 5684 unless
+        given or published)."""
+        if host is None:
+            if len(self.addresses) != 1:
+                known = ", ".join(str(a) for a in self.addresses) or "none"
+                raise RegistryError(
+                    f"which address should UDP devices use? {self.source} publishes: {known}",
+                    "give --host (and --port when it is not 5684)",
+                )
+            address = self.addresses[0]
+            host, port = address.host, address.port if port is None else port
+        data = build_udp_server_key_file(self.public_key, host, DEFAULT_UDP_PORT if port is None else port)
+        parsed = parse_server_key_file(data, Layout.UDP)
+        assert parsed.address is not None
+        return data, parsed.address
+
+
+def load_udp_server_key(data_dir: Path | None, server_key: Path | None) -> UdpServerIdentity | None:
+    """This cloud's P-256 server key from ``--server-key`` (a public key, or a 320-byte file with its address)
+    or from the data directory (udp_server_public_key.der and the udp_server_key_*.der files); None when
+    neither has one."""
+    if server_key is not None:
+        data = server_key.read_bytes()
+        if len(data) == Layout.UDP.size and data[:1] == b"\x30":
+            parsed = parse_server_key_file(data, Layout.UDP)
+            if not isinstance(parsed.public_key, ec.EllipticCurvePublicKey):
+                raise KeyFormatError(
+                    f"{server_key} is a UDP server-key file without a usable key: {parsed.key_problem}"
+                )
+            return UdpServerIdentity(parsed.public_key, str(server_key), addresses_of([data]))
+        try:
+            return UdpServerIdentity(load_ec_public_key(data), str(server_key))
+        except KeyFormatError:
+            return None
+    settings = local_settings(data_dir)
+    path = settings.udp_server_public_key_path
+    if not path.exists():
+        return None
+    ours = load_ec_public_key(path.read_bytes())
+    files = []
+    for candidate in sorted(settings.data_dir.glob("udp_server_key_*.der")):
+        data = candidate.read_bytes()
+        if len(data) != Layout.UDP.size:
+            continue
+        parsed = parse_server_key_file(data, Layout.UDP)
+        if parsed.public_key is not None and fingerprint(parsed.public_key) == fingerprint(ours):
+            files.append(data)
+    return UdpServerIdentity(ours, str(settings.data_dir), addresses_of(files))
 
 
 def load_udp_server_identity(

@@ -8,6 +8,7 @@ printed or logged: only their fingerprints are.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -42,6 +43,7 @@ from cyan.keys import (
     encode_public_key_pem,
     fingerprint,
     generate_device_key,
+    generate_ec_key,
     inspect_file,
     inspect_key_areas,
     inspect_private_key,
@@ -51,6 +53,7 @@ from cyan.keys import (
     load_ec_public_key,
     load_private_key,
     load_public_key,
+    outer_sequence,
     parse_server_key_file,
     write_private_key_file,
 )
@@ -64,6 +67,7 @@ from ._keys_cloud import (
     ServerIdentity,
     load_server_identity,
     load_udp_server_identity,
+    load_udp_server_key,
 )
 from ._options import DatabaseOption, DataDirOption, local_settings
 
@@ -248,11 +252,16 @@ def _back_up(dfu: DfuUtil, device: DfuDevice, directory: Path, label: str) -> Pa
     area = dfu.read(device, key_layout(device.platform.layout).private_key)
     if area[0] == 0xFF:
         return None
-    report = inspect_private_key(area)
+    kind = "ec" if device.platform.udp else "rsa"
     data = area
-    if report.state in ("ok", "unparsable"):
-        data = area[: int.from_bytes(area[2:4], "big") + 4]
-    path = _unique(directory / f"backup_rsa_{label}_{_stamp()}.der")
+    if device.platform.udp:
+        with contextlib.suppress(KeyFormatError):
+            data = outer_sequence(area, "the device private key")  # SEC1 DER, and the erased rest left out
+    else:
+        report = inspect_private_key(area)
+        if report.state in ("ok", "unparsable"):
+            data = area[: int.from_bytes(area[2:4], "big") + 4]
+    path = _unique(directory / f"backup_{kind}_{label}_{_stamp()}.der")
     write_private_key_file(path, data)
     return path
 
@@ -572,7 +581,9 @@ def doctor(
     database: DatabaseOption = None,
     server_key: ServerKeyOption = None,
     host: Annotated[str | None, typer.Option("--host", help="Address devices connect to (the published one).")] = None,
-    port: Annotated[int | None, typer.Option("--port", help="Device port (the published one, else 5683).")] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", help="Device port (the published one, else 5683; 5684 over UDP).")
+    ] = None,
     keys_dir: Annotated[Path, typer.Option("--keys-dir", help="Where the new key and the backup go.")] = Path(),
     escrow: Annotated[Path | None, typer.Option("--escrow", help="Also escrow the new key in this file.")] = None,
     passphrase_file: PassphraseFileOption = None,
@@ -583,15 +594,16 @@ def doctor(
 ) -> None:
     """Give a device a new key and point it at this cloud: find it over DFU, back up its key, make a new
     one, write it, register it, write this cloud's server key and address. Each step is reported; the first
-    that fails stops everything, with what to do next."""
+    that fails stops everything, with what to do next. A Photon or P1 gets an RSA key and this cloud's TCP
+    server key; an Electron or a Gen 3 device (Argon, Boron, Xenon) a P-256 key and the UDP server key."""
     device_id = _device_id(device_id)
     keys_dir.mkdir(parents=True, exist_ok=True)
-    new_key_path = keys_dir / f"{device_id}_rsa_new.der"
-    if new_key_path.exists():
-        _fail(
-            f"{new_key_path} exists (from an earlier run?); keys are never overwritten",
-            "move it away, or use --keys-dir",
-        )
+    for kind in ("rsa", "ec"):
+        if (keys_dir / f"{device_id}_{kind}_new.der").exists():
+            _fail(
+                f"{keys_dir / f'{device_id}_{kind}_new.der'} exists (from an earlier run?); keys are never overwritten",
+                "move it away, or use --keys-dir",
+            )
     dfu = DfuUtil()
     registry = _registry(api, token, data_dir)
     total = 6 if keep_server_key else 7
@@ -604,6 +616,9 @@ def doctor(
         ) as out:
             found = _find(dfu, device_id)
             out.append(found.describe())
+        udp = found.platform.udp
+        kind = "ec" if udp else "rsa"
+        new_key_path = keys_dir / f"{device_id}_{kind}_new.der"
         with steps.step("Check the cloud", lambda: "Nothing was changed on the device or in the cloud.") as out:
             out.append(registry.check())
             held = registry.device_key(device_id)
@@ -612,7 +627,17 @@ def doctor(
             )
             server_file: bytes | None = None
             target: ServerAddress | None = None
-            if not keep_server_key:
+            if not keep_server_key and udp:
+                udp_identity = load_udp_server_key(data_dir, server_key)
+                if udp_identity is None:
+                    raise RegistryError(
+                        "this cloud's UDP server key is unknown, so the device cannot be pointed at it",
+                        "give --server-key (the cloud's udp_server_public_key.der or 320-byte server-key file) or "
+                        "--data-dir, or pass --keep-server-key",
+                    )
+                server_file, target = udp_identity.key_file(host, port)
+                out.append(f"devices connect to {target}")
+            elif not keep_server_key:
                 identity = load_server_identity(data_dir, server_key)
                 if identity is None:
                     raise RegistryError(
@@ -629,12 +654,17 @@ def doctor(
             state["backup"] = str(backup) if backup else ""
             out.append(str(backup) if backup else "nothing to back up (the key area is blank)")
         with steps.step("Make a new key", lambda: "Nothing was changed on the device or in the cloud.") as out:
-            key = generate_device_key()
+            key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = generate_ec_key() if udp else generate_device_key()
+            # SEC1 DER for P-256 (as Device OS stores it), PKCS#1 DER for RSA: "TraditionalOpenSSL" is both.
             der = key.private_bytes(
                 serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
             )
             write_private_key_file(new_key_path, der)
-            (keys_dir / f"{device_id}_rsa_new.pub.pem").write_bytes(encode_public_key_pem(key))
+            (keys_dir / f"{device_id}_{kind}_new.pub.pem").write_bytes(
+                key.public_key().public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+            )
             if escrow is not None:
                 _escrow_add(escrow, passphrase_file, [(device_id, der)])
                 out.append(f"escrowed in {escrow}")
@@ -662,7 +692,8 @@ def doctor(
                 "Point the device at this cloud",
                 lambda: (
                     "The device holds its new, registered key; its server key was not changed. Run "
-                    f"`cyan keys server -o server.der && cyan keys load server.der --device {device_id}` to retry."
+                    f"`cyan keys server{' --protocol udp' if udp else ''} -o server.der && cyan keys load server.der "
+                    f"--device {device_id}` to retry."
                 ),
             ) as out:
                 out.append(f"{target}; " + _write_verified(dfu, found, "server_key", server_file, leave=not stay))

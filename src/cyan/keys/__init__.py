@@ -28,6 +28,7 @@ from ._codec import (
     public_key_der,
 )
 from ._dct import DctImage, KeyArea, KeyLayout, Platform, key_layout
+from ._der import outer_sequence
 from ._device import (
     DeviceKeyFields,
     device_public_key_der_from_private,
@@ -65,6 +66,7 @@ from ._inspect import (
 )
 from ._server_file import (
     DEFAULT_PORT,
+    DEFAULT_UDP_PORT,
     PARTICLE_CLOUD_ADDRESS,
     PARTICLE_CLOUD_SERVER_KEY_FINGERPRINT,
     AddressState,
@@ -82,6 +84,7 @@ from ._storage import write_private_key_file
 
 __all__ = [
     "DEFAULT_PORT",
+    "DEFAULT_UDP_PORT",
     "DEVICE_KEY_BITS",
     "ESCROW_FORMAT",
     "ESCROW_VERSION",
@@ -142,6 +145,7 @@ __all__ = [
     "load_ec_public_key",
     "load_private_key",
     "load_public_key",
+    "outer_sequence",
     "parse_server_key_file",
     "public_key_der",
     "read_firmware_server_key",

@@ -2,7 +2,10 @@
 
 A Photon or P1 keeps its keys in the application DCT, and the DFU address of alt setting 1 is the offset in
 that table: the device private key at 34 (612 bytes), the public key the firmware derives from it at 1250,
-and the server-key region at 2082 (512 bytes: server key, fill, address block). A Spark Core keeps them in
+and the server-key region at 2082 (512 bytes: server key, fill, address block). The Electron and the Gen 3
+devices (Argon, Boron, Xenon) reach the cloud over UDP with P-256 keys kept in the same table's `alt_*`
+fields: the device private key at 3106 (192 bytes, SEC1 DER) and the 320-byte server-key region at 3298
+(particle-cli ``udpPrivateKey``, ``udpServerKey``; udp-dtls.md §1.2). A Spark Core keeps them in
 its external SPI flash, also alt setting 1: the server key at 0x1000 (2048 bytes) and the private key at
 0x2000 (1024 bytes). These are the segments the Particle CLI reads and writes (``src/lib/keys-specs.js``,
 ``laterGenerations`` and ``generation1``).
@@ -31,11 +34,16 @@ _ERASED = 0xFF
 
 
 class Platform(enum.Enum):
-    """The Gen 2 platforms: platform id, USB id in DFU mode and key layout (protocol.md §11)."""
+    """The platforms whose keys are reached over DFU: platform id, USB id in DFU mode and key layout (protocol.md
+    §11, udp-dtls.md §1.2)."""
 
     CORE = "core"
     PHOTON = "photon"
     P1 = "p1"
+    ELECTRON = "electron"
+    ARGON = "argon"
+    BORON = "boron"
+    XENON = "xenon"
 
     @property
     def platform_id(self) -> int:
@@ -52,7 +60,14 @@ class Platform(enum.Enum):
 
     @property
     def layout(self) -> Layout:
-        return Layout.CORE if self is Platform.CORE else Layout.PHOTON
+        if self is Platform.CORE:
+            return Layout.CORE
+        return Layout.PHOTON if self in (Platform.PHOTON, Platform.P1) else Layout.UDP
+
+    @property
+    def udp(self) -> bool:
+        """Whether it reaches the cloud over UDP with P-256 keys (the Electron by default, Gen 3 always)."""
+        return self.layout is Layout.UDP
 
     @classmethod
     def from_usb_id(cls, usb_id: str) -> Platform | None:
@@ -64,11 +79,16 @@ class Platform(enum.Enum):
         return None
 
 
-# platform id (build/platform-id.mk), DFU-mode VID:PID (protocol.md §11), name.
+# platform id (build/platform-id.mk), DFU-mode VID:PID (protocol.md §11; particle-usb ``src/device-type.js``
+# ``dfuUsbIds``), name.
 _PLATFORMS: dict[Platform, tuple[int, str, str]] = {
     Platform.CORE: (0, "1d50:607f", "Spark Core"),
     Platform.PHOTON: (6, "2b04:d006", "Photon"),
     Platform.P1: (8, "2b04:d008", "P1"),
+    Platform.ELECTRON: (10, "2b04:d00a", "Electron"),
+    Platform.ARGON: (12, "2b04:d00c", "Argon"),
+    Platform.BORON: (13, "2b04:d00d", "Boron"),
+    Platform.XENON: (14, "2b04:d00e", "Xenon"),
 }
 
 
@@ -97,7 +117,8 @@ class KeyLayout:
     layout: Layout
     private_key: KeyArea
     server_key: KeyArea
-    #: The 162-byte public key the firmware derives from the private key, zero-filled (Photon/P1 only).
+    #: The 162-byte public key the firmware derives from the private key, zero-filled (Photon/P1 only; over UDP
+    #: the firmware derives it from the private key each time, and particle-cli writes no public key).
     public_key: KeyArea | None
     #: Bytes from address 0 that hold every area above: the image size ``cyan keys save --dct`` reads.
     image_size: int
@@ -124,11 +145,21 @@ _KEY_LAYOUTS = {
         image_size=0x2000 + 1024,
         write_padding=2,
     ),
+    # udp-dtls.md §1.2: alt_device_private_key 3106 (192), alt_server_public_key 3298 (the 320-byte file: the key,
+    # then alt_server_address at 3490).
+    Layout.UDP: KeyLayout(
+        layout=Layout.UDP,
+        private_key=KeyArea("device private key", 3106, 192),
+        server_key=KeyArea("server key", Layout.UDP.flash_address, Layout.UDP.size),
+        public_key=None,
+        image_size=Layout.UDP.flash_address + Layout.UDP.size,
+        write_padding=1,
+    ),
 }
 
 
 def key_layout(layout: Layout) -> KeyLayout:
-    """The key areas of a Photon/P1 DCT or of a Core's external flash."""
+    """The key areas of a Photon/P1 DCT, of a Core's external flash, or of the UDP devices' DCT."""
     return _KEY_LAYOUTS[layout]
 
 

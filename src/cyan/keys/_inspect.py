@@ -640,12 +640,33 @@ def inspect_key_areas(
 ) -> KeyInspection:
     """Inspect the key areas as read from a device (either may be None when it was not read)."""
     private = None
-    if private_area is not None:
+    if private_area is not None and layout is Layout.UDP:
+        private = _udp_private_area(private_area)
+    elif private_area is not None:
         private = inspect_private_key(private_area)
         matches = _public_area_matches(private_area, public_area)
         if matches is not None and private.state != "blank":
             private = PrivateKeyReport(**{**private.__dict__, "public_area_matches": matches})
     return _inspection(source, layout, private=private, server_area=server_area, facts=facts)
+
+
+def _udp_private_area(area: bytes) -> PrivateKeyReport:
+    """The 192-byte key slot of a UDP device (DCT 3106): SEC1 DER, then erased fill."""
+    if not area or area[0] == _ERASED:
+        return PrivateKeyReport(
+            state="blank",
+            problem="the key area is erased (first byte 0xFF); the device generates a new P-256 key at boot and "
+            "presents that one (udp-dtls.md §1.2)",
+        )
+    try:
+        report = _ec_private_report(outer_sequence(area, "the device private key"))
+    except KeyFormatError as exc:
+        return PrivateKeyReport(state="malformed", problem=str(exc))
+    if report is None:
+        return PrivateKeyReport(
+            state="malformed", problem="the key area holds no P-256 private key (SEC1 DER, as Device OS stores it)"
+        )
+    return report
 
 
 def inspect_image(image: DctImage, facts: CloudFacts = CloudFacts()) -> KeyInspection:
