@@ -48,6 +48,10 @@ class Counting:
         self.finds += 1
         return await self.inner.find_udp_session(connection_id)
 
+    async def find_udp_sessions_of_device(self, device_id: str, *, limit: int) -> list[UdpSession]:
+        self.finds += 1
+        return await self.inner.find_udp_sessions_of_device(device_id, limit=limit)
+
     async def reserve_udp_sequences(self, connection_id: bytes, count: int, *, floor: int = 0) -> int | None:
         return await self.inner.reserve_udp_sequences(connection_id, count, floor=floor)
 
