@@ -8,8 +8,9 @@ datagrams mean the server reproduces a session the device accepted, byte for byt
 
 What stands in for the rest of `cyan serve`: the socket (a transport that keeps what is sent), the clock
 (the recording's time, for both server modules), the cloud (a key decision that accepts the device at the
-moment the recording says it did, and nothing else), and the timers (each fires when the recording says it
-fired, not on the event loop's clock).
+moment the recording says it did, and nothing else), the timers (each fires when the recording says it
+fired, not on the event loop's clock), and, for a recording that starts after a restart of the server, the
+store's sessions as they were then (`NAME.store.json`: the rows of `udp_sessions`, hex for bytes).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 import cyan.server.datagram_server as datagram_server
 import cyan.server.device_server as device_server
 from cyan.cloud.keypolicy import Decision
-from cyan.cloud.models import ConnectionAttempt, DeviceRecord
+from cyan.cloud.models import ConnectionAttempt, DeviceRecord, UdpSession
 from cyan.dtls import Session
 from cyan.keys import fingerprint, load_ec_private_key
 from cyan.protocol import Event as ProtocolEvent
@@ -43,6 +44,8 @@ __all__ = ["Recording", "Replay", "load_recording", "replay"]
 class Recording:
     entries: list[dict[str, Any]]
     server_key: ec.EllipticCurvePrivateKey
+    #: The store's sessions when the recording began (None: the server ran without one).
+    stored: list[UdpSession] | None = None
 
     def sent(self) -> list[str]:
         return [e["hex"] for e in self.entries if e["op"] == "out"]
@@ -54,7 +57,21 @@ class Recording:
 def load_recording(directory: Path, name: str) -> Recording:
     lines = (directory / f"{name}.session.jsonl").read_text().splitlines()
     key = load_ec_private_key((directory / "udp_server_key.pem").read_bytes())
-    return Recording([json.loads(line) for line in lines if line.strip()], key)
+    store = directory / f"{name}.store.json"
+    stored = None
+    if store.exists():
+        stored = [
+            UdpSession(
+                connection_id=bytes.fromhex(row["connection_id"]),
+                session=bytes.fromhex(row["session"]),
+                updated_at=datetime.fromisoformat(row["updated_at"]).replace(tzinfo=UTC),
+                device_id=row["device_id"],
+                hello=None if row["hello"] is None else bytes.fromhex(row["hello"]),
+                sequence_limit=row["sequence_limit"],
+            )
+            for row in json.loads(store.read_text())
+        ]
+    return Recording([json.loads(line) for line in lines if line.strip()], key, stored)
 
 
 @dataclass(slots=True)
@@ -85,6 +102,39 @@ class _Transport:
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
+
+
+class _Sessions:
+    """The store's sessions (`UdpSessionPort`), in memory, as the recording found them."""
+
+    def __init__(self, stored: list[UdpSession]) -> None:
+        self.rows = {s.connection_id: s for s in stored}
+
+    async def save_udp_session(self, session: UdpSession) -> None:
+        before = self.rows.get(session.connection_id)
+        if before is not None and before.sequence_limit is not None:
+            session.sequence_limit = max(before.sequence_limit, session.sequence_limit or 0)
+        self.rows[session.connection_id] = session
+
+    async def find_udp_session(self, connection_id: bytes) -> UdpSession | None:
+        return self.rows.get(connection_id)
+
+    async def find_udp_sessions_of_device(self, device_id: str, *, limit: int) -> list[UdpSession]:
+        mine = [s for s in self.rows.values() if s.device_id == device_id]
+        return sorted(mine, key=lambda s: s.updated_at, reverse=True)[:limit]
+
+    async def reserve_udp_sequences(self, connection_id: bytes, count: int, *, floor: int = 0) -> int | None:
+        row = self.rows.get(connection_id)
+        if row is None:
+            return None
+        row.sequence_limit = max(row.sequence_limit or 0, floor) + count
+        return row.sequence_limit
+
+    async def prune_udp_sessions(self, *, before: datetime) -> int:
+        return 0
+
+    async def drop_udp_session(self, connection_id: bytes) -> None:
+        self.rows.pop(connection_id, None)
 
 
 class _Cloud:
@@ -171,8 +221,9 @@ async def _replay(recording: Recording, config: DatagramConfig) -> Replay:
             config=config,
             random_bytes=rng,
             wall_clock=wall.popleft,
+            sessions=None if recording.stored is None else _Sessions(recording.stored),
         )
-        established, resume = server.session_established, server._resume
+        established, resume, resume_link = server.session_established, server._resume, server._resume_link
 
         def session_established(link: DatagramLink, session: Session) -> None:
             out.handshakes += 1
@@ -183,8 +234,15 @@ async def _replay(recording: Recording, config: DatagramConfig) -> Replay:
             out.resumptions += link is not None
             return link
 
+        def resumed_from_store(
+            stored: Any, addr: tuple[Any, ...], now: float, *, start: int, limit: int
+        ) -> DatagramLink:
+            out.resumptions += 1
+            return resume_link(stored, addr, now, start=start, limit=limit)
+
         server.session_established = session_established  # type: ignore[method-assign]
         server._resume = resumed  # type: ignore[method-assign]
+        server._resume_link = resumed_from_store  # type: ignore[method-assign]
         server.connection_made(_Transport(out.sent))  # type: ignore[arg-type]
         current: list[DatagramLink] = []
         requests: list[asyncio.Task[Any]] = []
