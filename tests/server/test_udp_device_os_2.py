@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cyan.app import Actor, Application, NewDevice
 from cyan.app.calls import DeviceCalls
 from cyan.bus import InProcessBus
-from cyan.cloud.models import AttemptOutcome
+from cyan.cloud.models import AttemptOutcome, KeyPolicyMode
 from cyan.cloud.service import Cloud
 from cyan.dtls import DEFAULT_SEQUENCE_GAP, Session, is_client_hello
 from cyan.keys import udp_public_key_der
@@ -28,6 +28,7 @@ DEVICE = bytes.fromhex("0123456789abcdef01234567")
 OPS = Actor.operator("ops")
 SERVER_KEY = ec.derive_private_key(0x61, ec.SECP256R1())
 DEVICE_KEY = ec.derive_private_key(0x62, ec.SECP256R1())
+STRANGER_KEY = ec.derive_private_key(0x63, ec.SECP256R1())
 TIMEOUT = 20.0
 
 Work = Callable[[DatagramServer, Application, Cloud, list[tuple[str, str | None]]], Awaitable[None]]
@@ -291,6 +292,42 @@ def test_after_a_restart_forged_254_records_resume_nothing_and_the_device_still_
             finally:
                 await restarted.stop()
         finally:
+            await device.stop()
+
+    asyncio.run(_with_server(work))
+
+
+def test_a_client_in_quarantine_with_the_device_id_is_not_where_the_device_s_254_records_look() -> None:
+    async def work(
+        server: DatagramServer, app: Application, cloud: Cloud, events: list[tuple[str, str | None]]
+    ) -> None:
+        assert app.gateway is not None
+        await app.keys.set_fleet_policy(OPS, mode=KeyPolicyMode.QUARANTINE)
+        device = _electron()
+        stranger = UdpVirtualDevice(DEVICE, STRANGER_KEY, SERVER_KEY.public_key(), personality=ELECTRON_2)
+        # Another key while the device is away: connected in quarantine; then the device itself.
+        await stranger.start("127.0.0.1", server.port)
+        try:
+            await asyncio.wait_for(stranger.connected.wait(), TIMEOUT)
+            assert cloud.quarantined(DEVICE.hex())
+            await device.start("127.0.0.1", server.port)
+            await asyncio.wait_for(device.connected.wait(), TIMEOUT)
+            await _published_once(device, events, "back")
+            port = server.port
+            await server.stop()
+            rows = await app.store.udp_sessions.all()
+            assert len(rows) == 2
+            assert len(await app.store.udp_sessions.of_device(DEVICE.hex(), limit=10)) == 1  # the device's own
+            restarted = DatagramServer(app.gateway, SERVER_KEY, host="127.0.0.1", port=port, sessions=app.gateway)
+            await restarted.start()
+            try:
+                await device.move()
+                await _published_once(device, events, "after/restart")
+                assert restarted.lookups_found == 1
+            finally:
+                await restarted.stop()
+        finally:
+            await stranger.stop()
             await device.stop()
 
     asyncio.run(_with_server(work))

@@ -608,7 +608,12 @@ class DatagramServer(asyncio.DatagramProtocol):
         cid = link.key
         stored = self._sessions.get(cid)
         if stored is not None:
-            self._sessions[cid] = replace(stored, device_id=link.device_id, hello=hello)
+            device_id: str | None = link.device_id
+            if link._quarantined and not link.endpoint.connection_id:
+                # A client in quarantine proved a key, not the device: its session is not filed under the
+                # device's id, where a 254 record of the device looks (and only the last few are tried).
+                device_id = None
+            self._sessions[cid] = replace(stored, device_id=device_id, hello=hello)
             self._save(cid, link.endpoint.write_limit)
 
     @staticmethod
