@@ -18,7 +18,7 @@ from cyan.app.calls import DeviceCalls
 from cyan.bus import InProcessBus
 from cyan.cloud.models import AttemptOutcome, KeyPolicyMode
 from cyan.cloud.service import Cloud
-from cyan.dtls import DEFAULT_SEQUENCE_GAP, Session, is_client_hello
+from cyan.dtls import DEFAULT_SEQUENCE_GAP, Session, is_client_hello, move_device_id_of
 from cyan.keys import udp_public_key_der
 from cyan.server.datagram_server import SEQUENCE_BLOCK, DatagramServer
 from cyan.sim import ELECTRON_2, UdpVirtualDevice
@@ -99,10 +99,10 @@ async def _published_once(device: UdpVirtualDevice, events: list[tuple[str, str 
     assert events.count((name, "1")) == 1
 
 
-def _send_raw(port: int, datagrams: list[bytes]) -> None:
+def _send_raw(port: int, datagrams: list[bytes], host: str = "127.0.0.2") -> None:
     """Datagrams from an address of the attacker's own (127.0.0.2: the device is on 127.0.0.1)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.2", 0))
+        sock.bind((host, 0))
         for datagram in datagrams:
             sock.sendto(datagram, ("127.0.0.1", port))
 
@@ -274,12 +274,23 @@ def test_after_a_restart_forged_254_records_resume_nothing_and_the_device_still_
             restarted = DatagramServer(app.gateway, SERVER_KEY, host="127.0.0.1", port=port, sessions=app.gateway)
             await restarted.start()
             try:
-                # 60 forged records naming the device, from one address; and one naming a device with none.
-                _send_raw(port, [_forged_254(DEVICE, n) for n in range(60)] + [_forged_254(b"\xee" * 12)] * 5)
+                # Too short to authenticate: never looked up. A device with no session: looked up once, then
+                # remembered as unknown.
+                short = bytes([254, 0xFE, 0xFD, 0, 1]) + bytes(6) + b"\x00\x04" + bytes(4) + DEVICE + b"\x0c"
+                assert move_device_id_of(short) == DEVICE
+                _send_raw(port, [short], host="127.0.0.3")
+                await asyncio.sleep(0.1)
+                assert restarted.lookups == 0
+                for _ in range(5):
+                    _send_raw(port, [_forged_254(b"\xee" * 12)], host="127.0.0.3")
+                    await asyncio.sleep(0.05)
+                assert restarted.lookups == 1
+                # 60 forged records naming the device, from one address.
+                _send_raw(port, [_forged_254(DEVICE, n) for n in range(60)])
                 await asyncio.sleep(0.3)
                 assert restarted.connection_count == 0  # nothing resumed on a claim
                 assert restarted.lookups_found == 0
-                assert restarted.lookups <= 21  # the address's budget of misses, then refused
+                assert restarted.lookups <= 22  # the address's budget of misses (20, then 2 a second), then refused
                 assert restarted.lookups_refused > 0
                 # The device's own records, from its own address, still resume the session.
                 await device.move()
