@@ -19,6 +19,7 @@ session that moves between nodes never repeats a nonce.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -169,7 +170,7 @@ class DatagramLink(DeviceProtocol):
     """One UDP device session: a DTLS endpoint for its stream, the datagram core for its messages, and
     everything else of `DeviceProtocol`."""
 
-    __slots__ = ("_address", "_ended", "_endpoint", "_reserving", "_resumed_from", "_udp", "key")
+    __slots__ = ("_address", "_ended", "_endpoint", "_reserving", "_resumed_from", "_udp", "indexed_device", "key")
 
     def __init__(
         self,
@@ -186,6 +187,8 @@ class DatagramLink(DeviceProtocol):
         self._endpoint = endpoint
         #: What the session is kept under (`StoredSession.key`).
         self.key = key or (resumed_from.key if resumed_from is not None else endpoint.connection_id)
+        #: The device id its type-254 records are routed to it by, when the server filed it so.
+        self.indexed_device: bytes | None = None
         self._address = address
         self._ended = False
         #: A block of sequence numbers is being reserved in the store.
@@ -544,7 +547,7 @@ class DatagramServer(asyncio.DatagramProtocol):
         assert isinstance(link, DatagramLink)
         if self._by_address.get(link.address) is link:
             del self._by_address[link.address]
-        device = self._device_key(link)
+        device = link.indexed_device
         if device is not None and self._by_device.get(device) is link:
             del self._by_device[device]
         endpoint = link.endpoint
@@ -632,7 +635,14 @@ class DatagramServer(asyncio.DatagramProtocol):
         here, whatever their address (udp-dtls.md §1.4)."""
         device = self._device_key(link)
         if device is not None:
-            self._by_device[device] = link
+            self._file_device(link, device)
+
+    def _file_device(self, link: DatagramLink, device: bytes) -> None:
+        old = link.indexed_device
+        if old is not None and old != device and self._by_device.get(old) is link:
+            del self._by_device[old]
+        link.indexed_device = device
+        self._by_device[device] = link
 
     def moved(self, link: DatagramLink, address: _Address) -> None:
         if self._by_address.get(link.address) is link:
@@ -817,7 +827,7 @@ class DatagramServer(asyncio.DatagramProtocol):
         try: the device's live link here, else its sessions in the store (looked up within the same bounds as
         connection ids). Nothing moves unless the record opens under the session's keys."""
         link = self._by_device.get(device)
-        if link is not None:
+        if link is not None and not link._ended:
             # A record that does not open here is dropped: the session the device holds is this one (a newer
             # one would have replaced this link), and the store's copy of it is older.
             link.receive_datagram(data, addr, now)
@@ -919,7 +929,7 @@ class DatagramServer(asyncio.DatagramProtocol):
         link = DatagramLink(self, endpoint, addr, now, resumed_from=stored)
         self._by_cid[stored.key] = link
         self._by_address[addr] = link
-        self._by_device[device] = link
+        self._file_device(link, device)
         link.receive_datagram(data, addr, now)
 
     @staticmethod
@@ -949,10 +959,9 @@ class DatagramServer(asyncio.DatagramProtocol):
         self._sessions[cid] = stored
         self._by_cid[cid] = link
         self._by_address[addr] = link
-        if (device := self._device_key(link)) is None and stored.device_id and not stored.session.connection_id:
-            device = bytes.fromhex(stored.device_id)
-        if device is not None:
-            self._by_device[device] = link
+        if stored.device_id and not stored.session.connection_id:
+            with contextlib.suppress(ValueError):  # a stored id that is not hex: the link is not filed
+                self._file_device(link, bytes.fromhex(stored.device_id))
         return link
 
     def _resume(self, cid: bytes | None, addr: _Address, now: float) -> DatagramLink | None:
