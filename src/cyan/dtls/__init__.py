@@ -25,7 +25,7 @@ from .events import (
     HandshakeCompleted,
     RecordDiscarded,
 )
-from .server import DEFAULT_SEQUENCE_GAP, ServerConfig, ServerEndpoint, session_opens
+from .server import DEFAULT_SEQUENCE_GAP, ServerConfig, ServerEndpoint, SessionOpener, session_opens
 from .session import Session
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "ServerConfig",
     "ServerEndpoint",
     "Session",
+    "SessionOpener",
     "State",
     "Step",
     "connection_id_of",

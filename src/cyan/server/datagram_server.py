@@ -42,10 +42,10 @@ from cyan.dtls import (
     RemoteDtlsError,
     ServerEndpoint,
     Session,
+    SessionOpener,
     connection_id_of,
     is_client_hello,
     move_device_id_of,
-    session_opens,
 )
 from cyan.dtls import ConnectionClosed as DtlsClosed
 from cyan.dtls import ConnectionFailed as DtlsFailed
@@ -510,6 +510,9 @@ class DatagramServer(asyncio.DatagramProtocol):
         #: The same for device ids of type-254 records: being looked up, and not found (no session at all).
         self._device_lookups: dict[bytes, list[tuple[bytes, _Address]]] = {}
         self._unknown_devices: dict[bytes, float] = {}
+        #: A device's sessions found in the store that a record naming it did not open under, until when:
+        #: the next records naming it are tried against them with no read.
+        self._device_candidates: dict[bytes, tuple[float, list[tuple[StoredSession, SessionOpener]]]] = {}
         self._max_unknown = max_unknown
         self._misses = _MissGate(miss_limits or AddressLimits(burst=20, per_second=2.0))
         self._prune_interval = prune_interval
@@ -844,6 +847,20 @@ class DatagramServer(asyncio.DatagramProtocol):
             return
         if len(data) < _MIN_MOVE_RECORD:
             return
+        cached = self._device_candidates.get(device)
+        if cached is not None:
+            if cached[0] > now:
+                # The device's sessions as the store had them a moment ago: tried with no read, so that a
+                # flood of forgeries naming it neither reaches the store nor crowds out the device's own record.
+                chosen = self._opening(cached[1], [(data, addr)])
+                if chosen is None:
+                    self.lookups_refused += 1
+                    return
+                del self._device_candidates[device]
+                self._device_lookups[device] = [(data, addr)]
+                self._tasks.spawn(self._resume_chosen(device, *chosen, charged=False), "resume a UDP session")
+                return
+            del self._device_candidates[device]
         until = self._unknown_devices.get(device)
         if until is not None:
             if until > now:
@@ -862,12 +879,12 @@ class DatagramServer(asyncio.DatagramProtocol):
 
     @staticmethod
     def _opening(
-        candidates: list[StoredSession], held: list[tuple[bytes, _Address]]
+        candidates: list[tuple[StoredSession, SessionOpener]], held: list[tuple[bytes, _Address]]
     ) -> tuple[StoredSession, _Address] | None:
         """The first session under which one of the held records authenticates, and that record's address."""
         for data, addr in held:
-            for stored in candidates:
-                if session_opens(stored.session, data):
+            for stored, opener in candidates:
+                if opener.opens(data):
                     return stored, addr
         return None
 
@@ -879,34 +896,50 @@ class DatagramServer(asyncio.DatagramProtocol):
             log.warning("could not look up a device's UDP sessions: %s", exc)
             self._device_lookups.pop(device, None)
             return
-        held = self._device_lookups.pop(device, [])
+        held = self._device_lookups.get(device, [])
         now = _now()
         readable = [s for r in records if (s := self._readable(r, key=r.connection_id)) is not None]
         # Only sessions without a connection id take type-254 records, and none that a link here holds (its
         # stored replay window is older than the link's).
-        candidates = [s for s in readable if not s.session.connection_id and s.key not in self._by_cid]
-        if not candidates:
-            self._remember_unknown(device, now, self._unknown_devices)
-            return
-        if self._transport is None or not held:
-            return
+        candidates = [
+            (s, SessionOpener(s.session)) for s in readable if not s.session.connection_id and s.key not in self._by_cid
+        ]
         live = self._by_device.get(device)
-        if live is not None:  # a handshake or another lookup got there first
-            for data, addr in held:
-                live.receive_datagram(data, addr, _now())
+        if not candidates or self._transport is None or not held or live is not None:
+            self._device_lookups.pop(device, None)
+            if not candidates:
+                self._remember_unknown(device, now, self._unknown_devices)
+            elif live is not None:  # a handshake or another lookup got there first
+                for data, addr in held:
+                    live.receive_datagram(data, addr, _now())
             return
         chosen = self._opening(candidates, held)
         if chosen is None:
-            return  # a claim that did not authenticate: the miss stays charged to its address
-        stored, addr = chosen
+            # A claim that did not authenticate: the miss stays charged to its address, and the sessions are
+            # kept a moment for the next records naming the device (the device's own among them, maybe).
+            self._device_lookups.pop(device, None)
+            candidates_by_device = self._device_candidates
+            while len(candidates_by_device) >= self._max_unknown:
+                del candidates_by_device[next(iter(candidates_by_device))]
+            candidates_by_device[device] = (now + self._unknown_ttl, candidates)
+            return
+        await self._resume_chosen(device, *chosen, charged=True)
+
+    async def _resume_chosen(self, device: bytes, stored: StoredSession, addr: _Address, *, charged: bool) -> None:
+        """Resume `stored`, under which a record from `addr` authenticated, in a block of sequence numbers
+        reserved in the store; the records that came for the device meanwhile (held) follow it."""
+        assert self._store is not None
         try:
             floor = stored.session.write_sequence + DEFAULT_SEQUENCE_GAP
             limit = await self._store.reserve_udp_sequences(stored.key, SEQUENCE_BLOCK, floor=floor)
         except Exception as exc:
             log.warning("could not reserve sequence numbers for a UDP session: %s", exc)
+            self._device_lookups.pop(device, None)
             return
+        held = self._device_lookups.pop(device, [])
         now = _now()
-        self._misses.refund(str(addr[0]), now)
+        if charged:
+            self._misses.refund(str(addr[0]), now)
         if limit is None or self._transport is None or stored.key in self._by_cid:
             return
         self.lookups_found += 1
@@ -918,7 +951,11 @@ class DatagramServer(asyncio.DatagramProtocol):
         """A type-254 record without a store: a session this process keeps for the device, if the record opens
         under one."""
         name = device.hex()
-        candidates = [s for s in self._sessions.values() if s.device_id == name and not s.session.connection_id]
+        candidates = [
+            (s, SessionOpener(s.session))
+            for s in self._sessions.values()
+            if s.device_id == name and not s.session.connection_id
+        ]
         chosen = self._opening(candidates, [(data, addr)])
         if chosen is None or chosen[0].key in self._by_cid:
             return
