@@ -14,6 +14,11 @@ store, a record on a connection id no link here holds is looked up there, whiche
 an unauthenticated datagram can cause are bounded (a cache of the ids not found, misses limited per address, a
 bound on lookups under way). Each node writes only sequence numbers from blocks it reserved in the store, so a
 session that moves between nodes never repeats a nonce.
+
+Device OS ≤ 2.x takes no connection id: its session is kept under 8 bytes of the server's that never go on the
+wire, and when the device resumes it (maybe from a new address) its records come as type 254 with its device
+id appended (udp-dtls.md §1.4). The id is only a hint: the device's live link, or its sessions in the store
+(within the same bounds), are tried, and a session moves or resumes only on a record that authenticates under it.
 """
 
 from __future__ import annotations
