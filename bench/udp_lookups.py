@@ -6,7 +6,10 @@ store reads a flood of them causes (docs/dtls.md "The UDP device server").
 The datagrams are handed to `DatagramServer.datagram_received` directly (no socket), on a server over SQLite
 (and PostgreSQL when given): the time per datagram in the handler, the reads that reached the store, and
 the datagrams refused a lookup, for three floods: one id again and again from one address, a new id each
-time from one address, and a new id each time from a new address each time (forged sources).
+time from one address, and a new id each time from a new address each time (forged sources). And two of
+Device OS 2.x's type-254 records, which name a device instead: a new device id each time from one address, and
+forgeries naming a device whose session is in the store (found, tried, refused: nothing resumed) from a new
+address each time.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import struct
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from _common import table
@@ -28,6 +31,7 @@ from cyan.app import Application
 from cyan.bus import InProcessBus
 from cyan.cloud.models import UdpSession
 from cyan.cloud.service import Cloud
+from cyan.dtls import Session
 from cyan.server.datagram_server import DatagramServer, UdpSessionPort
 from cyan.store import PostgresStore, SqliteStore
 
@@ -48,6 +52,10 @@ class Counting:
         self.finds += 1
         return await self.inner.find_udp_session(connection_id)
 
+    async def find_udp_sessions_of_device(self, device_id: str, *, limit: int) -> list[UdpSession]:
+        self.finds += 1
+        return await self.inner.find_udp_sessions_of_device(device_id, limit=limit)
+
     async def reserve_udp_sequences(self, connection_id: bytes, count: int, *, floor: int = 0) -> int | None:
         return await self.inner.reserve_udp_sequences(connection_id, count, floor=floor)
 
@@ -66,6 +74,15 @@ def _record(cid: bytes) -> bytes:
     return bytes([25, 0xFE, 0xFD, 0, 1]) + bytes(6) + cid + struct.pack(">H", 40) + bytes(40)
 
 
+def _moved(device: bytes) -> bytes:
+    """A type-254 record naming `device` (Device OS 2.x), not encrypted under any session."""
+    return bytes([254, 0xFE, 0xFD, 0, 1]) + bytes(6) + struct.pack(">H", 40) + os.urandom(40) + device + b"\x0c"
+
+
+#: A device without connection ids whose session is in the store: forged 254 records name it.
+STORED_DEVICE = bytes.fromhex("0123456789abcdef01234567")
+
+
 async def _flood(store: SqliteStore | PostgresStore, count: int) -> list[tuple[str, str, str]]:
     await store.open()
     cloud = Cloud(store, InProcessBus())
@@ -79,15 +96,25 @@ async def _flood(store: SqliteStore | PostgresStore, count: int) -> list[tuple[s
             _record(os.urandom(8)),
             (f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}", 4000),
         ),
+        "254: new device ids, one address": lambda n: (_moved(os.urandom(12)), ("10.0.0.3", 4000)),
+        "254: a stored device, new addresses": lambda n: (_moved(STORED_DEVICE), (_address(n), 4000)),
     }
+    session = Session("server", b"", bytes(48), bytes(32), bytes(32), b"", 1, 0, -1, 0, b"key")
+    await app.gateway.save_udp_session(
+        UdpSession(os.urandom(8), session.encode(), datetime.now(UTC), device_id=STORED_DEVICE.hex())
+    )
     try:
         for name, make in floods.items():
             sessions = Counting(app.gateway)
             server = DatagramServer(app.gateway, SERVER_KEY, host="127.0.0.1", port=0, sessions=sessions)
             await server.start()
             datagrams = [make(n) for n in range(count)]
+            # The first datagram's lookup is let finish, so that what follows meets what it left (an id known
+            # unknown, or a device's sessions kept a moment).
+            server.datagram_received(*datagrams[0])
+            await asyncio.sleep(0.3)
             started = time.perf_counter()
-            for n, (data, address) in enumerate(datagrams):
+            for n, (data, address) in enumerate(datagrams[1:], 1):
                 server.datagram_received(data, address)
                 if n % 1000 == 999:
                     await asyncio.sleep(0)  # let lookups run, as the loop would between reads
@@ -117,7 +144,7 @@ def main() -> None:
         rows += asyncio.run(_flood(SqliteStore(Path(directory) / "cyan.db"), args.count))
     if args.postgres:
         rows += asyncio.run(_flood(PostgresStore(args.postgres), args.count))
-    print(table("Unknown connection ids: the handler's time and the store reads they cause", rows))
+    print(table("Unknown connection ids and device ids: the handler's time and the store reads they cause", rows))
 
 
 if __name__ == "__main__":

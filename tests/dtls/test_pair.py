@@ -3,6 +3,8 @@ application data both ways, connection ids, resumption, and what loss, duplicati
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -28,6 +30,7 @@ from cyan.dtls import (
     connection_id_of,
     is_client_hello,
     move_device_id_of,
+    session_opens,
 )
 from cyan.dtls._crypto import spki_of
 
@@ -222,6 +225,34 @@ def test_resume_with_no_handshake_type_254_for_device_os_2() -> None:
     assert move_device_id_of(datagram) == device_id
     server.receive_datagram(datagram, wire.now)
     assert server.next_event() == ApplicationDataReceived(b"hello again", moved=True)
+
+
+def test_a_listener_picks_the_session_a_type_254_record_opens_under_without_changing_it() -> None:
+    """A 254 record names a device, not a session: `session_opens` says which session it authenticates under,
+    and refuses a forgery, a replay (by the session's saved window) and a session of another handshake."""
+    device_id = bytes.fromhex("e00fce68a1b2c3d4e5f60718")
+    sessions = []
+    for seed in range(2):
+        wire = Wire(seed, client_config=ClientConfig(offer_connection_id=False))
+        wire.handshake()
+        assert wire.server is not None
+        sessions.append((wire.server.export_session(), wire.client.export_session(), wire.now))
+    (server_session, client_session, now), (other_session, _, _) = sessions
+    client = ClientEndpoint.resume(
+        client_session, DEVICE_KEY, now=now, random_bytes=seeded(8), move=MoveSession.DEVICE_ID, device_id=device_id
+    )
+    client.send_application_data(b"moved", now)
+    (datagram,) = client.datagrams_to_send()
+    assert session_opens(server_session, datagram)
+    assert session_opens(server_session, datagram)  # nothing marked: the endpoint still opens it next
+    assert not session_opens(other_session, datagram)
+    forged = datagram[:30] + bytes([datagram[30] ^ 1]) + datagram[31:]
+    assert not session_opens(server_session, forged)
+    assert not session_opens(server_session, b"\xfe" + bytes(60) + device_id + b"\x0c")
+    # A record the saved window has seen: a replay.
+    top = int.from_bytes(datagram[5:11], "big")
+    seen = dataclasses.replace(server_session, read_top=top, read_bitmap=1)
+    assert not session_opens(seen, datagram)
 
 
 def test_a_restored_server_continues_sequence_numbers_the_device_accepts() -> None:

@@ -227,6 +227,16 @@ def test_cyan_sim_refuses_an_id_prefix_that_is_not_hex(tmp_path: Path, capsys: p
     assert "device id prefix 'zz' must be at most 16 lowercase hex digits" in capsys.readouterr().err
 
 
+def test_cyan_sim_over_udp_refuses_a_firmware_it_does_not_simulate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    prepare_data_directory(settings)
+    argv = ["sim", "--data-dir", str(settings.data_dir), "--protocol", "udp", "--firmware", "3.1.0", "-n", "1"]
+    assert cyan_cli(argv) != 0
+    assert "'3.1.0': over UDP, 4.0.2 or 2.3.1" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name", ["CYAN_WORKERS", "CYAN_DEVICE_PROCESSES", "CYAN_DEVICE_PORT", "CYAN_API_PORT"])
 def test_a_number_setting_that_is_not_one_is_named(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(name, "many")

@@ -43,6 +43,21 @@ def test_a_session_is_saved_replaced_read_listed_and_removed(make: StoreFactory)
     run(scenario())
 
 
+def test_a_device_s_sessions_are_found_by_its_id_the_last_saved_first(make: StoreFactory) -> None:
+    async def scenario() -> None:
+        async with make() as store:
+            for n, seconds in enumerate([30, 10, 20]):
+                await store.udp_sessions.save(session(bytes([n]) * 8, seconds))
+            await store.udp_sessions.save(session(b"\x09" * 8, 40, device_id="00000000000000000000000a"))
+            await store.udp_sessions.save(session(b"\x08" * 8, 50, device_id=None))
+            found = await store.udp_sessions.of_device(DEVICE_ID.upper(), limit=2)
+            assert [s.connection_id for s in found] == [b"\x00" * 8, b"\x02" * 8]
+            assert len(await store.udp_sessions.of_device(DEVICE_ID, limit=10)) == 3
+            assert await store.udp_sessions.of_device("ffffffffffffffffffffffff", limit=10) == []
+
+    run(scenario())
+
+
 def test_old_sessions_are_pruned(make: StoreFactory) -> None:
     async def scenario() -> None:
         async with make() as store:

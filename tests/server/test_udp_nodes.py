@@ -28,7 +28,7 @@ from cyan.cloud.service import Cloud
 from cyan.keys import udp_public_key_der
 from cyan.server.datagram_server import SEQUENCE_BLOCK, DatagramServer, UdpSessionPort
 from cyan.server.device_server import AddressLimits
-from cyan.sim import UdpVirtualDevice
+from cyan.sim import ELECTRON_2, UdpVirtualDevice
 from store_support import StoreFactory
 
 DEVICE = bytes.fromhex("0123456789abcdef01234567")
@@ -51,6 +51,10 @@ class CountingSessions:
     async def find_udp_session(self, connection_id: bytes) -> UdpSession | None:
         self.finds.append(connection_id)
         return await self.inner.find_udp_session(connection_id)
+
+    async def find_udp_sessions_of_device(self, device_id: str, *, limit: int) -> list[UdpSession]:
+        self.finds.append(device_id.encode())
+        return await self.inner.find_udp_sessions_of_device(device_id, limit=limit)
 
     async def reserve_udp_sequences(self, connection_id: bytes, count: int, *, floor: int = 0) -> int | None:
         return await self.inner.reserve_udp_sequences(connection_id, count, floor=floor)
@@ -184,6 +188,57 @@ def test_a_session_made_on_one_node_resumes_on_another_and_back_with_no_nonce_re
             together = a.sent + b.sent
             assert len(together) == len(set(together))
             assert min(seq for _, seq in b.sent) >= max(seq for _, seq in a.sent[: len(a.sent) // 2])
+
+    asyncio.run(scenario())
+
+
+async def _key_of_device(node: Node) -> bytes:
+    """The key a session without connection id is kept under, once the node's save named the device."""
+    while not (found := await node.app.store.udp_sessions.of_device(DEVICE.hex(), limit=1)):
+        await asyncio.sleep(0.01)
+    return found[0].connection_id
+
+
+def test_a_2x_session_without_connection_id_moves_between_nodes_by_its_device_id(make: StoreFactory) -> None:
+    async def scenario() -> None:
+        async with AsyncExitStack() as stack:
+            shared: list[object] = []
+            a = await stack.enter_async_context(_node(stack, make, shared))
+            b = await stack.enter_async_context(_node(stack, make, shared))
+            await a.app.devices.register(OPS, [NewDevice(DEVICE.hex(), udp_public_key_der(DEVICE_KEY))])
+            device = UdpVirtualDevice(DEVICE, DEVICE_KEY, SERVER_KEY.public_key(), personality=ELECTRON_2)
+            await device.start("127.0.0.1", a.server.port)
+            try:
+                await asyncio.wait_for(device.connected.wait(), TIMEOUT)
+                assert device.session is not None
+                assert device.session.connection_id == b""
+                assert await _call(a, "on a") == 4
+                key = await asyncio.wait_for(_key_of_device(a), TIMEOUT)
+
+                # The device reconnects to B: type-254 records, found there by the device id in the store.
+                await device.move(to=("127.0.0.1", b.server.port))
+                await asyncio.wait_for(_linked(b, key), TIMEOUT)
+                assert await _call(b, "b") == 1
+                assert b.sessions.finds == [DEVICE.hex().encode()]
+                assert b.server.lookups_found == 1
+                link_b = b.server.link(key)
+                assert link_b is not None
+                assert link_b.endpoint.write_limit - SEQUENCE_BLOCK >= max(seq for _, seq in a.sent)
+
+                # A's stale link closed, the device comes back to A: looked up there too, a block above B's.
+                link_a = a.server.link(key)
+                assert link_a is not None
+                link_a.close()
+                await a.app.gateway.drain()  # type: ignore[union-attr]
+                await device.move(to=("127.0.0.1", a.server.port))
+                await asyncio.wait_for(_linked(a, key), TIMEOUT)
+                assert await _call(a, "a2") == 2
+                assert a.sessions.finds == [DEVICE.hex().encode()]
+                assert device.failure is None
+            finally:
+                await device.stop()
+            together = a.sent + b.sent
+            assert len(together) == len(set(together))
 
     asyncio.run(scenario())
 

@@ -8,8 +8,9 @@ datagrams mean the server reproduces a session the device accepted, byte for byt
 
 What stands in for the rest of `cyan serve`: the socket (a transport that keeps what is sent), the clock
 (the recording's time, for both server modules), the cloud (a key decision that accepts the device at the
-moment the recording says it did, and nothing else), and the timers (each fires when the recording says it
-fired, not on the event loop's clock).
+moment the recording says it did, and nothing else), the timers (each fires when the recording says it
+fired, not on the event loop's clock), and, for a recording that starts after a restart of the server, the
+store's sessions as they were then (`NAME.store.json`: the rows of `udp_sessions`, hex for bytes).
 
 A recording may span restarts of the server: each `start` entry after the first stops the replayed server and
 starts a new one (a new cookie secret, no live sessions), whose store holds what the recording says: the
@@ -49,6 +50,8 @@ __all__ = ["Recording", "Replay", "load_recording", "replay"]
 class Recording:
     entries: list[dict[str, Any]]
     server_key: ec.EllipticCurvePrivateKey
+    #: The store's sessions when the recording began (None: the server ran without one).
+    stored: list[UdpSession] | None = None
 
     def sent(self) -> list[str]:
         return [e["hex"] for e in self.entries if e["op"] == "out"]
@@ -60,7 +63,21 @@ class Recording:
 def load_recording(directory: Path, name: str) -> Recording:
     lines = (directory / f"{name}.session.jsonl").read_text().splitlines()
     key = load_ec_private_key((directory / "udp_server_key.pem").read_bytes())
-    return Recording([json.loads(line) for line in lines if line.strip()], key)
+    store = directory / f"{name}.store.json"
+    stored = None
+    if store.exists():
+        stored = [
+            UdpSession(
+                connection_id=bytes.fromhex(row["connection_id"]),
+                session=bytes.fromhex(row["session"]),
+                updated_at=datetime.fromisoformat(row["updated_at"]).replace(tzinfo=UTC),
+                device_id=row["device_id"],
+                hello=None if row["hello"] is None else bytes.fromhex(row["hello"]),
+                sequence_limit=row["sequence_limit"],
+            )
+            for row in json.loads(store.read_text())
+        ]
+    return Recording([json.loads(line) for line in lines if line.strip()], key, stored)
 
 
 @dataclass(slots=True)
@@ -85,8 +102,16 @@ class _Store:
     """The sessions' store of one replayed server: what a `start` entry listed, and the recorded answers of
     `stored` entries, in order, for the lookups that made them."""
 
-    def __init__(self, listed: list[dict[str, Any]], answers: dict[bytes, deque[dict[str, Any]]]) -> None:
-        self.sessions = {bytes.fromhex(s["cid"]): _session(s, None) for s in listed}
+    def __init__(
+        self,
+        listed: list[dict[str, Any]],
+        answers: dict[bytes, deque[dict[str, Any]]],
+        rows: list[UdpSession] | None = None,
+    ) -> None:
+        #: The rows of `NAME.store.json` (the store as a recording that began after a restart found it), then
+        #: what a `start` entry lists.
+        self.sessions = {row.connection_id: row for row in rows or []}
+        self.sessions.update({bytes.fromhex(s["cid"]): _session(s, None) for s in listed})
         self._answers = answers
         self._limits: dict[bytes, int] = {}
 
@@ -106,6 +131,10 @@ class _Store:
             self._limits[connection_id] = answer["limit"]
             return _session(answer, None)
         return self.sessions.get(connection_id)
+
+    async def find_udp_sessions_of_device(self, device_id: str, *, limit: int) -> list[UdpSession]:
+        mine = [s for s in self.sessions.values() if s.device_id == device_id]
+        return sorted(mine, key=lambda s: s.updated_at, reverse=True)[:limit]
 
     async def reserve_udp_sequences(self, connection_id: bytes, count: int, *, floor: int = 0) -> int | None:
         recorded = self._limits.pop(connection_id, None)
@@ -248,7 +277,7 @@ async def _replay(recording: Recording, config: DatagramConfig, ota_config: OtaC
     for entry in recording.entries:
         if entry["op"] == "stored":
             answers.setdefault(bytes.fromhex(entry["cid"]), deque()).append(entry)
-    spans_restarts = any(e["op"] in ("start", "stored") for e in recording.entries)
+    spans_restarts = recording.stored is not None or any(e["op"] in ("start", "stored") for e in recording.entries)
 
     def new_server(listed: list[dict[str, Any]]) -> DatagramServer:
         server = DatagramServer(
@@ -260,7 +289,9 @@ async def _replay(recording: Recording, config: DatagramConfig, ota_config: OtaC
             ota_config=ota_config,
             random_bytes=rng,
             wall_clock=wall.popleft,
-            sessions=_Store(listed, answers) if spans_restarts else None,
+            sessions=_Store(listed, answers, recording.stored)
+            if spans_restarts or recording.stored is not None
+            else None,
         )
         established, resume, resume_link = server.session_established, server._resume, server._resume_link
 
@@ -273,13 +304,15 @@ async def _replay(recording: Recording, config: DatagramConfig, ota_config: OtaC
             out.resumptions += link is not None
             return link
 
-        def resumed_stored(stored: Any, addr: tuple[Any, ...], now: float, *, start: int, limit: int) -> DatagramLink:
+        def resumed_from_store(
+            stored: Any, addr: tuple[Any, ...], now: float, *, start: int, limit: int
+        ) -> DatagramLink:
             out.resumptions += 1
             return resume_link(stored, addr, now, start=start, limit=limit)
 
         server.session_established = session_established  # type: ignore[method-assign]
         server._resume = resumed  # type: ignore[method-assign]
-        server._resume_link = resumed_stored  # type: ignore[method-assign]
+        server._resume_link = resumed_from_store  # type: ignore[method-assign]
         server.connection_made(_Transport(out.sent))  # type: ignore[arg-type]
         return server
 

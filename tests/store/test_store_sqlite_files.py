@@ -81,7 +81,7 @@ def test_open_creates_directories_and_the_schema_at_head(tmp_path: Path) -> None
             pass
 
     run(scenario())
-    assert head_revision() == "0009"
+    assert head_revision() == "0010"
     # The cheap head that spares every open of a current database from importing Alembic.
     assert newest_revision() == head_revision()
     assert _version(db) == [head_revision()]
@@ -107,7 +107,7 @@ def test_open_creates_directories_and_the_schema_at_head(tmp_path: Path) -> None
         "integrations": ["ix_integrations_owner"],
         "hook_deliveries": ["ix_hook_deliveries_integration_id_id"],
         "device_vitals": ["ix_device_vitals_device_id_updated_at", "ix_device_vitals_updated_at"],
-        "udp_sessions": ["ix_udp_sessions_updated_at"],
+        "udp_sessions": ["ix_udp_sessions_device_id_updated_at", "ix_udp_sessions_updated_at"],
     }
     assert stat.S_IMODE(db.parent.stat().st_mode) == 0o700
 

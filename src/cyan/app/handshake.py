@@ -222,6 +222,10 @@ class DeviceGateway:
         """The session with this connection id, whichever node saved it (a device resuming here)."""
         return await self._ctx.store.udp_sessions.get(connection_id)
 
+    async def find_udp_sessions_of_device(self, device_id: str, *, limit: int) -> list[UdpSession]:
+        """The device's stored sessions, the last saved first (`UdpSessionRepository.of_device`)."""
+        return await self._ctx.store.udp_sessions.of_device(device_id, limit=limit)
+
     async def reserve_udp_sequences(self, connection_id: bytes, count: int, *, floor: int = 0) -> int | None:
         """The end of a block of `count` write sequence numbers no other node has used or will use in this
         session (`cyan.cloud.ports.UdpSessionRepository.reserve`); None when the session is gone."""

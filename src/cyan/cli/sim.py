@@ -26,11 +26,14 @@ from cyan.keys import (
 )
 from cyan.protocol import DEVICE_OS_0_6_1, DEVICE_OS_3_1_0, Firmware
 from cyan.sim import (
+    ARGON_4,
+    ELECTRON_2,
     Fault,
     Fleet,
     FleetStats,
     SimConfig,
     UdpFaults,
+    UdpPersonality,
     UdpVirtualDevice,
     derive_device_id,
     ensure_file_limit,
@@ -57,7 +60,10 @@ def sim(
     ] = None,
     protocol: Annotated[
         str,
-        typer.Option("--protocol", help="tcp: Photons on 3.1.0/0.6.1; udp: Argons on Device OS 4.0.2 (DTLS)."),
+        typer.Option(
+            "--protocol",
+            help="tcp: Photons on 3.1.0/0.6.1; udp: Argons on Device OS 4.0.2, or Electrons on 2.3.1 (DTLS).",
+        ),
     ] = "tcp",
     loss: Annotated[float, typer.Option("--loss", help="UDP: the share of datagrams lost, each way.")] = 0.0,
     duplicate: Annotated[float, typer.Option("--duplicate", help="UDP: the share of datagrams sent twice.")] = 0.0,
@@ -71,8 +77,13 @@ def sim(
         typer.Option("--server-key", help="The server's public key or key file (the data directory's)."),
     ] = None,
     firmware: Annotated[
-        str, typer.Option("--firmware", help="Device OS version: 3.1.0 (new stack), 0.6.1 (legacy) or mixed.")
-    ] = "3.1.0",
+        str | None,
+        typer.Option(
+            "--firmware",
+            help="Device OS version: 3.1.0 (new stack, the default), 0.6.1 (legacy) or mixed; over UDP 4.0.2 (an "
+            "Argon, the default) or 2.3.1 (an Electron: no connection id, type-254 records after a move).",
+        ),
+    ] = None,
     fault: Annotated[
         str | None,
         typer.Option("--fault", help="Inject a fault: " + ", ".join(f.value for f in Fault) + "."),
@@ -121,15 +132,20 @@ def sim(
     database: DatabaseOption = None,
 ) -> None:
     """Run virtual devices that behave like the real firmware, optionally with a fault: Photons/P1s over TCP,
-    or Argons over UDP (--protocol udp) with datagram loss, duplication, reordering and address changes."""
+    or Argons on 4.0.2 or Electrons on 2.3.1 over UDP (--protocol udp) with datagram loss, duplication,
+    reordering and address changes."""
     settings = local_settings(data_dir)
     if protocol not in ("tcp", "udp"):
         raise typer.BadParameter(f"{protocol!r}: tcp or udp", param_hint="--protocol")
     if protocol == "udp":
         faults = UdpFaults(loss=loss, duplicate=duplicate, reorder=reorder)
         target = server or "127.0.0.1:5684"
-        _sim_udp(settings, count, target, server_key, keys_dir, id_prefix, owner, faults, move_after, duration)
+        personality = _udp_personality(firmware)
+        _sim_udp(
+            settings, count, target, server_key, keys_dir, id_prefix, owner, faults, move_after, duration, personality
+        )
         return
+    firmware = firmware or "3.1.0"
     server = server or "127.0.0.1:5683"
     key_path = server_key or settings.server_public_key_path
     public, _address = read_server_key(key_path.read_bytes())
@@ -178,6 +194,14 @@ def sim(
         typer.echo(line)
 
 
+def _udp_personality(firmware: str | None) -> UdpPersonality:
+    if firmware in (None, "4.0.2"):
+        return ARGON_4
+    if firmware == "2.3.1":
+        return ELECTRON_2
+    raise typer.BadParameter(f"{firmware!r}: over UDP, 4.0.2 or 2.3.1", param_hint="--firmware")
+
+
 def _sim_udp(
     settings: Settings,
     count: int,
@@ -189,6 +213,7 @@ def _sim_udp(
     faults: UdpFaults,
     move_after: float | None,
     duration: float | None,
+    personality: UdpPersonality = ARGON_4,
 ) -> None:
     host, _, port_text = server.rpartition(":")
     if not host or not port_text.isdigit():
@@ -204,7 +229,7 @@ def _sim_udp(
             path.write_bytes(encode_ec_private_key_der(generate_ec_key()))
             path.chmod(0o600)
         key = load_ec_private_key(path.read_bytes())
-        devices.append(UdpVirtualDevice(bytes.fromhex(device_id), key, public, faults=faults))
+        devices.append(UdpVirtualDevice(bytes.fromhex(device_id), key, public, faults=faults, personality=personality))
     added = asyncio.run(_register_udp(settings, devices, owner))
     typer.echo(f"Registered {added} new UDP device(s) in {_where(settings)}")
     asyncio.run(_run_udp(devices, host, int(port_text), move_after, duration))

@@ -419,7 +419,9 @@ class UdpSession:
     """A UDP device's DTLS session, kept so that the device resumes it with no handshake, after a restart of
     the server too (docs/dtls.md): Device OS may resume with no Hello, so who it was is kept with it."""
 
-    #: The 8-byte connection id the server assigned: the key.
+    #: The key: the 8-byte connection id the server assigned. A device that takes no connection id (Device OS
+    #: ≤ 2.x) still gets 8 random bytes of the server's as its session's key, never sent on the wire; it is
+    #: found by its `device_id` (`UdpSessionRepository.of_device`).
     connection_id: bytes
     #: `cyan.dtls.Session.encode()`: keys, counters, the replay window, the device's public key.
     session: bytes

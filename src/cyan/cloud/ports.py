@@ -346,6 +346,10 @@ class UdpSessionRepository(Protocol):
 
     async def get(self, connection_id: bytes) -> UdpSession | None: ...
 
+    async def of_device(self, device_id: str, *, limit: int) -> list[UdpSession]:
+        """The device's sessions, the last saved first, at most `limit`: a device without connection ids
+        (Device OS ≤ 2.x) names itself, not its session, when it resumes one (udp-dtls.md §1.4)."""
+
     async def reserve(self, connection_id: bytes, count: int, *, floor: int = 0) -> int | None:
         """Reserve the next `count` write sequence numbers, in one atomic step against every node: the limit
         becomes max(limit, floor) + count and is returned (the block is the `count` numbers below it); None

@@ -25,7 +25,7 @@ from .events import (
     HandshakeCompleted,
     RecordDiscarded,
 )
-from .server import DEFAULT_SEQUENCE_GAP, ServerConfig, ServerEndpoint
+from .server import DEFAULT_SEQUENCE_GAP, ServerConfig, ServerEndpoint, SessionOpener, session_opens
 from .session import Session
 
 __all__ = [
@@ -51,9 +51,11 @@ __all__ = [
     "ServerConfig",
     "ServerEndpoint",
     "Session",
+    "SessionOpener",
     "State",
     "Step",
     "connection_id_of",
     "is_client_hello",
     "move_device_id_of",
+    "session_opens",
 ]

@@ -43,6 +43,7 @@ from .server import ServerConfig, ServerConnection
 __all__ = [
     "ARGON_4_0_2",
     "CELLULAR_PLATFORMS",
+    "ELECTRON_2_3_1",
     "DatagramConfig",
     "DatagramDeviceConnection",
     "DatagramServerConnection",
@@ -401,6 +402,14 @@ ARGON_4_0_2 = Firmware(
 )
 
 
+#: Device OS 2.3.1 on an Electron (Gen 2, cellular; the 2.x LTS): module version 2302, 900-byte records on Gen 2
+#: (udp-dtls.md §1.1), no connection id, type-254 records after a resume (§1.4). Its Hello has no system
+#: fields (they came with 3.0), and its keep-alive is the cellular 23 minutes.
+ELECTRON_2_3_1 = Firmware(
+    version=(2, 3, 1), platform=10, module_version=2302, max_message_size=900, max_binary_size=131072
+)
+
+
 def udp_hello_payload(hello: m.Hello, device_id: bytes) -> bytes:
     """A UDP Hello's payload as DO `Messages::hello` writes it: the TCP fields with the device id in."""
     payload = struct.pack(
@@ -470,6 +479,13 @@ class DatagramDeviceConnection(DeviceConnection):
         payload = udp_hello_payload(self._hello(), self.device_id)
         self._send(Message(MessageType.CON, Code.POST, hello_id, options=((Option.URI_PATH, b"h"),), payload=payload))
         self._deadline = now + self.firmware.hello_wait + 60.0
+
+    def resumed(self, now: float) -> None:
+        """The saved DTLS session was resumed with no handshake: a ping says so, as Device OS does when its
+        app state is unchanged and it skips the Hello (DO `protocol.cpp` `begin()`, udp-dtls.md §1.4)."""
+        self._require_open()
+        self._send(m.ping(self._next_message_id()))
+        self._ping_sent_at = now
 
     def messages_to_send(self, now: float) -> list[bytes]:
         for pending in self._unacked_device.values():

@@ -14,11 +14,17 @@ store, a record on a connection id no link here holds is looked up there, whiche
 an unauthenticated datagram can cause are bounded (a cache of the ids not found, misses limited per address, a
 bound on lookups under way). Each node writes only sequence numbers from blocks it reserved in the store, so a
 session that moves between nodes never repeats a nonce.
+
+Device OS ≤ 2.x takes no connection id: its session is kept under 8 bytes of the server's that never go on the
+wire, and when the device resumes it (maybe from a new address) its records come as type 254 with its device
+id appended (udp-dtls.md §1.4). The id is only a hint: the device's live link, or its sessions in the store
+(within the same bounds), are tried, and a session moves or resumes only on a record that authenticates under it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -41,8 +47,10 @@ from cyan.dtls import (
     RemoteDtlsError,
     ServerEndpoint,
     Session,
+    SessionOpener,
     connection_id_of,
     is_client_hello,
+    move_device_id_of,
 )
 from cyan.dtls import ConnectionClosed as DtlsClosed
 from cyan.dtls import ConnectionFailed as DtlsFailed
@@ -84,8 +92,13 @@ _SEQUENCE_MARGIN = 256
 #: The shortest datagram that could be a CID record that authenticates (13-byte header, the 8-byte CID, the
 #: 8-byte explicit nonce, a content type, the 8-byte tag): nothing shorter is looked up.
 _MIN_CID_RECORD = 13 + 8 + 8 + 1 + 8
+#: The shortest type-254 datagram that could authenticate (13-byte header, the 8-byte explicit nonce, a byte of
+#: data, the 8-byte tag, the 12-byte device id and its length): nothing shorter is looked up.
+_MIN_MOVE_RECORD = 13 + 8 + 1 + 8 + 12 + 1
 #: Datagrams held for one connection id while it is looked up.
 _MAX_HELD = 8
+#: A device's stored sessions tried against its type-254 record, the last saved first.
+_MAX_DEVICE_SESSIONS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +109,13 @@ class StoredSession:
     session: Session
     device_id: str | None = None
     hello: Hello | None = None
+    #: What the session is kept and found under: its connection id, or for a device that takes none (Device
+    #: OS ≤ 2.x) 8 bytes of the server's that never go on the wire.
+    key: bytes = b""
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            object.__setattr__(self, "key", self.session.connection_id)
 
 
 class UdpSessionPort(Protocol):
@@ -104,6 +124,8 @@ class UdpSessionPort(Protocol):
     async def save_udp_session(self, session: UdpSession) -> None: ...
 
     async def find_udp_session(self, connection_id: bytes) -> UdpSession | None: ...
+
+    async def find_udp_sessions_of_device(self, device_id: str, *, limit: int) -> list[UdpSession]: ...
 
     async def reserve_udp_sequences(self, connection_id: bytes, count: int, *, floor: int = 0) -> int | None: ...
 
@@ -153,7 +175,7 @@ class DatagramLink(DeviceProtocol):
     """One UDP device session: a DTLS endpoint for its stream, the datagram core for its messages, and
     everything else of `DeviceProtocol`."""
 
-    __slots__ = ("_address", "_ended", "_endpoint", "_reserving", "_resumed_from", "_udp")
+    __slots__ = ("_address", "_ended", "_endpoint", "_reserving", "_resumed_from", "_udp", "indexed_device", "key")
 
     def __init__(
         self,
@@ -163,10 +185,15 @@ class DatagramLink(DeviceProtocol):
         now: float,
         *,
         resumed_from: StoredSession | None = None,
+        key: bytes = b"",
     ) -> None:
         super().__init__(server)
         self._udp = server
         self._endpoint = endpoint
+        #: What the session is kept under (`StoredSession.key`).
+        self.key = key or (resumed_from.key if resumed_from is not None else endpoint.connection_id)
+        #: The device id its type-254 records are routed to it by, when the server filed it so.
+        self.indexed_device: bytes | None = None
         self._address = address
         self._ended = False
         #: A block of sequence numbers is being reserved in the store.
@@ -199,21 +226,24 @@ class DatagramLink(DeviceProtocol):
 
     # -- input ----------------------------------------------------------------------------------
 
-    def receive_datagram(self, data: bytes, address: _Address, now: float) -> None:
+    def receive_datagram(self, data: bytes, address: _Address, now: float) -> bool:
+        """Feed a datagram from `address`; whether it carried application data that authenticated."""
         if self._ended:
-            return
+            return False
         try:
             self._endpoint.receive_datagram(data, now)
         except RemoteDtlsError as exc:
             self._dtls_events(address, now)
             self._dtls_failed(exc.step, exc.reason, str(exc))
-            return
-        self._dtls_events(address, now)
+            return False
+        delivered = self._dtls_events(address, now)
         if not self._ended:
             self._flush()
+        return delivered
 
-    def _dtls_events(self, address: _Address, now: float) -> None:
+    def _dtls_events(self, address: _Address, now: float) -> bool:
         endpoint = self._endpoint
+        delivered = False
         while (event := endpoint.next_event()) is not None and not self._ended:
             if isinstance(event, DeviceKeyPresented):
                 # DTLS names no device: the key is checked against the id its Hello names, by the same key
@@ -223,6 +253,7 @@ class DatagramLink(DeviceProtocol):
                 self._conn = self._new_connection(event.peer_public_key_der, now)
                 self._udp.session_established(self, event.session)
             elif isinstance(event, ApplicationDataReceived):
+                delivered = True
                 if address != self._address:
                     # Only an authenticated record moves a session: a forged source address moves nothing.
                     self._udp.moved(self, address)
@@ -238,18 +269,19 @@ class DatagramLink(DeviceProtocol):
                 except RemoteProtocolError as exc:
                     self._handle_events()
                     self._fail(exc.step, exc.reason, str(exc))
-                    return
+                    return True
                 self._handle_events()
             elif isinstance(event, DtlsFailed):
                 self._dtls_failed(event.step, event.reason, event.detail)
             elif isinstance(event, DtlsClosed):
                 # close_notify: the device ended the session on purpose; it will not resume it.
-                self._udp.drop_session(self._endpoint.connection_id)
+                self._udp.drop_session(self.key)
                 self._close()
             elif isinstance(event, AlertReceived):
                 log.debug("device %s sent alert %d/%d", self.device_id, event.level, event.description)
             elif isinstance(event, RecordDiscarded):
                 log.debug("%s: record discarded (%s: %s)", self.peer_address, event.reason.value, event.detail)
+        return delivered
 
     def _dtls_failed(self, step: DtlsStep, reason: DtlsReason, detail: str) -> None:
         self._send_datagrams()  # a fatal alert, if one was queued
@@ -334,6 +366,8 @@ class DatagramLink(DeviceProtocol):
         super()._on_event(event)
         if isinstance(event, HelloReceived):
             self._udp.remember_hello(self, event.hello)
+            if not self._quarantined:
+                self._udp.index_device(self)
 
     async def _decide(self, event: DeviceIdentified) -> None:
         conn = self._conn
@@ -353,7 +387,7 @@ class DatagramLink(DeviceProtocol):
             # A refused device's session is forgotten, so that its next records resume nothing (and ask for
             # no decision each). On TCP the server encrypts to the trusted key and a device without it fails;
             # over DTLS the device has proved the key it presented, so trusting another is refusing this one.
-            self._udp.drop_session(self._endpoint.connection_id)
+            self._udp.drop_session(self.key)
             if decision.trusted_key_der is None:
                 assert decision.reason is not None
                 conn.reject(decision.reason, decision.detail)
@@ -460,7 +494,10 @@ class DatagramServer(asyncio.DatagramProtocol):
         self._cookies = CookieVerifier(self.random_bytes(32))
         self._transport: asyncio.DatagramTransport | None = None
         self._by_address: dict[_Address, DatagramLink] = {}
+        #: Live links by session key (`StoredSession.key`: the connection id, when the device takes one).
         self._by_cid: dict[bytes, DatagramLink] = {}
+        #: Live links of devices without connection ids, by the 12-byte device id their 254 records carry.
+        self._by_device: dict[bytes, DatagramLink] = {}
         self._sessions: dict[bytes, StoredSession] = {}
         self._max_sessions = max_sessions
         #: Sessions not saved for this long are not resumed (and are deleted at start): a device away that long
@@ -476,6 +513,12 @@ class DatagramServer(asyncio.DatagramProtocol):
         #: Connection ids the store did not have, until when (insertion order: the oldest first).
         self._unknown: dict[bytes, float] = {}
         self._unknown_ttl = unknown_ttl
+        #: The same for device ids of type-254 records: being looked up, and not found (no session at all).
+        self._device_lookups: dict[bytes, list[tuple[bytes, _Address]]] = {}
+        self._unknown_devices: dict[bytes, float] = {}
+        #: A device's sessions found in the store that a record naming it did not open under, until when:
+        #: the next records naming it are tried against them with no read.
+        self._device_candidates: dict[bytes, tuple[float, list[tuple[StoredSession, SessionOpener]]]] = {}
         self._max_unknown = max_unknown
         self._misses = _MissGate(miss_limits or AddressLimits(burst=20, per_second=2.0))
         self._prune_interval = prune_interval
@@ -513,8 +556,11 @@ class DatagramServer(asyncio.DatagramProtocol):
         assert isinstance(link, DatagramLink)
         if self._by_address.get(link.address) is link:
             del self._by_address[link.address]
+        device = link.indexed_device
+        if device is not None and self._by_device.get(device) is link:
+            del self._by_device[device]
         endpoint = link.endpoint
-        cid = endpoint.connection_id
+        cid = link.key
         if self._by_cid.get(cid) is link:
             del self._by_cid[cid]
             if endpoint.established and cid in self._sessions:
@@ -537,7 +583,7 @@ class DatagramServer(asyncio.DatagramProtocol):
 
     async def _reserve_more(self, link: DatagramLink) -> None:
         assert self._store is not None
-        cid = link.endpoint.connection_id
+        cid = link.key
         try:
             limit = await self._store.reserve_udp_sequences(cid, SEQUENCE_BLOCK)
         except Exception as exc:
@@ -553,28 +599,59 @@ class DatagramServer(asyncio.DatagramProtocol):
     # -- what links tell the server ----------------------------------------------------------------
 
     def session_established(self, link: DatagramLink, session: Session) -> None:
-        cid = session.connection_id
-        if cid:
-            old = self._by_cid.get(cid)
-            if old is not None and old is not link:
-                old.close()
-            self._by_cid[cid] = link
-            if len(self._sessions) >= self._max_sessions:
-                self.drop_session(next(iter(self._sessions)))  # the oldest first
-            self._sessions[cid] = StoredSession(session)
-            limit = None
-            if self._store is not None:
-                # A new session's first block: the store has no record of it before this save.
-                link.endpoint.limit_writes(0, SEQUENCE_BLOCK)
-                limit = SEQUENCE_BLOCK
-            self._save(cid, limit)
+        # A device without connection ids (Device OS ≤ 2.x) has its session kept as well, under the id the
+        # server would have assigned (`StoredSession.key`), and found by its device id when it resumes.
+        cid = link.key
+        old = self._by_cid.get(cid)
+        if old is not None and old is not link:
+            old.close()
+        self._by_cid[cid] = link
+        if len(self._sessions) >= self._max_sessions:
+            self.drop_session(next(iter(self._sessions)))  # the oldest first
+        self._sessions[cid] = StoredSession(session, key=cid)
+        limit = None
+        if self._store is not None:
+            # A new session's first block: the store has no record of it before this save.
+            link.endpoint.limit_writes(0, SEQUENCE_BLOCK)
+            limit = SEQUENCE_BLOCK
+        self._save(cid, limit)
 
     def remember_hello(self, link: DatagramLink, hello: Hello) -> None:
-        cid = link.endpoint.connection_id
+        cid = link.key
         stored = self._sessions.get(cid)
         if stored is not None:
-            self._sessions[cid] = replace(stored, device_id=link.device_id, hello=hello)
+            device_id: str | None = link.device_id
+            if link._quarantined and not link.endpoint.connection_id:
+                # A client in quarantine proved a key, not the device: its session is not filed under the
+                # device's id, where a 254 record of the device looks (and only the last few are tried).
+                device_id = None
+            self._sessions[cid] = replace(stored, device_id=device_id, hello=hello)
             self._save(cid, link.endpoint.write_limit)
+
+    @staticmethod
+    def _device_key(link: DatagramLink) -> bytes | None:
+        """The 12 bytes a type-254 record of the link's device carries, if it has no connection id."""
+        if link.endpoint.connection_id or not link.device_id:
+            return None
+        try:
+            device = bytes.fromhex(link.device_id)
+        except ValueError:
+            return None
+        return device or None
+
+    def index_device(self, link: DatagramLink) -> None:
+        """The link's device (accepted, not in quarantine) takes no connection id: its type-254 records come
+        here, whatever their address (udp-dtls.md §1.4)."""
+        device = self._device_key(link)
+        if device is not None:
+            self._file_device(link, device)
+
+    def _file_device(self, link: DatagramLink, device: bytes) -> None:
+        old = link.indexed_device
+        if old is not None and old != device and self._by_device.get(old) is link:
+            del self._by_device[old]
+        link.indexed_device = device
+        self._by_device[device] = link
 
     def moved(self, link: DatagramLink, address: _Address) -> None:
         if self._by_address.get(link.address) is link:
@@ -622,6 +699,9 @@ class DatagramServer(asyncio.DatagramProtocol):
         now = _now()
         self.record({"t": now, "op": "in", "port": addr[1], "hex": data.hex()})
         cid = connection_id_of(data)
+        if cid is None and (device := move_device_id_of(data)) is not None:
+            self._move_record(data, device, addr, now)
+            return
         link = self._by_cid.get(cid) if cid is not None else None
         if link is None:
             link = self._by_address.get(addr)
@@ -663,14 +743,11 @@ class DatagramServer(asyncio.DatagramProtocol):
             return
         if link is not None and self._by_address.get(addr) is link:
             del self._by_address[addr]  # a new handshake from this address replaces what it had here
+        key = self._new_cid()
         endpoint = ServerEndpoint(
-            self.server_key,
-            now=now,
-            random_bytes=self.random_bytes,
-            config=self.dtls_config,
-            connection_id=self._new_cid(),
+            self.server_key, now=now, random_bytes=self.random_bytes, config=self.dtls_config, connection_id=key
         )
-        fresh = DatagramLink(self, endpoint, addr, now)
+        fresh = DatagramLink(self, endpoint, addr, now, key=key)
         self._by_address[addr] = fresh
         fresh.receive_datagram(data, addr, now)
 
@@ -718,6 +795,8 @@ class DatagramServer(asyncio.DatagramProtocol):
         try:
             record = await self._store.find_udp_session(cid)
             stored = None if record is None else self._readable(record)
+            if stored is not None and not stored.session.connection_id:
+                stored = None  # kept under a key that never goes on the wire: a 254 record resumes it
             if stored is not None:
                 # Above every number any node may have written: the stored limit, and for a session saved
                 # before there were limits, its saved counter plus the gap (`DEFAULT_SEQUENCE_GAP`).
@@ -756,26 +835,173 @@ class DatagramServer(asyncio.DatagramProtocol):
         for data, addr in held:
             link.receive_datagram(data, addr, _now())
 
-    def _remember_unknown(self, cid: bytes, now: float) -> None:
-        unknown = self._unknown
+    def _remember_unknown(self, cid: bytes, now: float, unknown: dict[bytes, float] | None = None) -> None:
+        unknown = self._unknown if unknown is None else unknown
         while len(unknown) >= self._max_unknown:
             del unknown[next(iter(unknown))]
         unknown[cid] = now + self._unknown_ttl
 
+    # -- Device OS ≤ 2.x: type-254 records, found by the device id they carry ---------------------------
+
+    def _move_record(self, data: bytes, device: bytes, addr: _Address, now: float) -> None:
+        """A type-254 record: a device without connection ids resuming its session, maybe from a new address
+        (udp-dtls.md §1.4). The device id it carries is not authenticated, so it only says which session to
+        try: the device's live link here, else its sessions in the store (looked up within the same bounds as
+        connection ids). Nothing moves unless the record opens under the session's keys."""
+        link = self._by_device.get(device)
+        if link is not None and not link._ended:
+            # A record that does not open here is dropped: the session the device holds is this one (a newer
+            # one would have replaced this link), and the store's copy of it is older.
+            link.receive_datagram(data, addr, now)
+            return
+        if self._store is None:
+            self._resume_device_here(data, device, addr, now)
+            return
+        held = self._device_lookups.get(device)
+        if held is not None:
+            if len(held) < _MAX_HELD:
+                held.append((data, addr))
+            else:
+                self.lookups_refused += 1
+            return
+        if len(data) < _MIN_MOVE_RECORD:
+            return
+        cached = self._device_candidates.get(device)
+        if cached is not None:
+            if cached[0] > now:
+                # The device's sessions as the store had them a moment ago: tried with no read, so that a
+                # flood of forgeries naming it neither reaches the store nor crowds out the device's own record.
+                chosen = self._opening(cached[1], [(data, addr)])
+                if chosen is None:
+                    self.lookups_refused += 1
+                    return
+                del self._device_candidates[device]
+                self._device_lookups[device] = [(data, addr)]
+                self._tasks.spawn(self._resume_chosen(device, *chosen, charged=False), "resume a UDP session")
+                return
+            del self._device_candidates[device]
+        until = self._unknown_devices.get(device)
+        if until is not None:
+            if until > now:
+                self.lookups_refused += 1
+                return
+            del self._unknown_devices[device]
+        host = str(addr[0])
+        under_way = len(self._lookups) + len(self._device_lookups)
+        if under_way >= self._max_lookups or not self._misses.allows(host, now):
+            self.lookups_refused += 1
+            return
+        self._misses.charge(host, now)
+        self.lookups += 1
+        self._device_lookups[device] = [(data, addr)]
+        self._tasks.spawn(self._resume_device(device), "look up a UDP device's sessions")
+
     @staticmethod
-    def _readable(record: UdpSession) -> StoredSession | None:
+    def _opening(
+        candidates: list[tuple[StoredSession, SessionOpener]], held: list[tuple[bytes, _Address]]
+    ) -> tuple[StoredSession, _Address] | None:
+        """The first session under which one of the held records authenticates, and that record's address."""
+        for data, addr in held:
+            for stored, opener in candidates:
+                if opener.opens(data):
+                    return stored, addr
+        return None
+
+    async def _resume_device(self, device: bytes) -> None:
+        assert self._store is not None
+        try:
+            records = await self._store.find_udp_sessions_of_device(device.hex(), limit=_MAX_DEVICE_SESSIONS)
+        except Exception as exc:
+            log.warning("could not look up a device's UDP sessions: %s", exc)
+            self._device_lookups.pop(device, None)
+            return
+        held = self._device_lookups.get(device, [])
+        now = _now()
+        readable = [s for r in records if (s := self._readable(r, key=r.connection_id)) is not None]
+        # Only sessions without a connection id take type-254 records, and none that a link here holds (its
+        # stored replay window is older than the link's).
+        candidates = [
+            (s, SessionOpener(s.session)) for s in readable if not s.session.connection_id and s.key not in self._by_cid
+        ]
+        live = self._by_device.get(device)
+        if not candidates or self._transport is None or not held or live is not None:
+            self._device_lookups.pop(device, None)
+            if not candidates:
+                self._remember_unknown(device, now, self._unknown_devices)
+            elif live is not None:  # a handshake or another lookup got there first
+                for data, addr in held:
+                    live.receive_datagram(data, addr, _now())
+            return
+        chosen = self._opening(candidates, held)
+        if chosen is None:
+            # A claim that did not authenticate: the miss stays charged to its address, and the sessions are
+            # kept a moment for the next records naming the device (the device's own among them, maybe).
+            self._device_lookups.pop(device, None)
+            candidates_by_device = self._device_candidates
+            while len(candidates_by_device) >= self._max_unknown:
+                del candidates_by_device[next(iter(candidates_by_device))]
+            candidates_by_device[device] = (now + self._unknown_ttl, candidates)
+            return
+        await self._resume_chosen(device, *chosen, charged=True)
+
+    async def _resume_chosen(self, device: bytes, stored: StoredSession, addr: _Address, *, charged: bool) -> None:
+        """Resume `stored`, under which a record from `addr` authenticated, in a block of sequence numbers
+        reserved in the store; the records that came for the device meanwhile (held) follow it."""
+        assert self._store is not None
+        try:
+            floor = stored.session.write_sequence + DEFAULT_SEQUENCE_GAP
+            limit = await self._store.reserve_udp_sequences(stored.key, SEQUENCE_BLOCK, floor=floor)
+        except Exception as exc:
+            log.warning("could not reserve sequence numbers for a UDP session: %s", exc)
+            self._device_lookups.pop(device, None)
+            return
+        held = self._device_lookups.pop(device, [])
+        now = _now()
+        if charged:
+            self._misses.refund(str(addr[0]), now)
+        if limit is None or self._transport is None or stored.key in self._by_cid:
+            return
+        self.lookups_found += 1
+        link = self._resume_link(stored, addr, now, start=limit - SEQUENCE_BLOCK, limit=limit)
+        for data, source in held:
+            link.receive_datagram(data, source, _now())
+
+    def _resume_device_here(self, data: bytes, device: bytes, addr: _Address, now: float) -> None:
+        """A type-254 record without a store: a session this process keeps for the device, if the record opens
+        under one."""
+        name = device.hex()
+        candidates = [
+            (s, SessionOpener(s.session))
+            for s in self._sessions.values()
+            if s.device_id == name and not s.session.connection_id
+        ]
+        chosen = self._opening(candidates, [(data, addr)])
+        if chosen is None or chosen[0].key in self._by_cid:
+            return
+        stored = chosen[0]
+        endpoint = ServerEndpoint.from_session(
+            stored.session, self.server_key, now=now, random_bytes=self.random_bytes, config=self.dtls_config
+        )
+        link = DatagramLink(self, endpoint, addr, now, resumed_from=stored)
+        self._by_cid[stored.key] = link
+        self._by_address[addr] = link
+        self._file_device(link, device)
+        link.receive_datagram(data, addr, now)
+
+    @staticmethod
+    def _readable(record: UdpSession, *, key: bytes = b"") -> StoredSession | None:
         try:
             session = Session.decode(record.session)
             hello = None if record.hello is None else parse_hello(record.hello)
         except ValueError as exc:
             log.warning("a stored UDP session cannot be read, and is not resumed: %s", exc)
             return None
-        return StoredSession(session, record.device_id, hello)
+        return StoredSession(session, record.device_id, hello, key=key or record.connection_id)
 
     def _resume_link(
         self, stored: StoredSession, addr: _Address, now: float, *, start: int, limit: int
     ) -> DatagramLink:
-        cid = stored.session.connection_id
+        cid = stored.key
         endpoint = ServerEndpoint.from_session(
             stored.session,
             self.server_key,
@@ -789,13 +1015,16 @@ class DatagramServer(asyncio.DatagramProtocol):
         self._sessions[cid] = stored
         self._by_cid[cid] = link
         self._by_address[addr] = link
+        if stored.device_id and not stored.session.connection_id:
+            with contextlib.suppress(ValueError):  # a stored id that is not hex: the link is not filed
+                self._file_device(link, bytes.fromhex(stored.device_id))
         return link
 
     def _resume(self, cid: bytes | None, addr: _Address, now: float) -> DatagramLink | None:
         """A record for no live link, without a store: a device resuming a session this process keeps
         (udp-dtls.md §1.4), or nothing."""
         stored = self._sessions.get(cid) if cid is not None else None
-        if stored is None or cid is None:
+        if stored is None or cid is None or not stored.session.connection_id:
             return None
         endpoint = ServerEndpoint.from_session(
             stored.session, self.server_key, now=now, random_bytes=self.random_bytes, config=self.dtls_config

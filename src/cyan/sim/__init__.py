@@ -42,9 +42,11 @@ from ._spec import (
     derive_device_id,
     firmware_for,
 )
-from ._udp import UdpFaults, UdpVirtualDevice, default_udp_application
+from ._udp import ARGON_4, ELECTRON_2, UdpFaults, UdpPersonality, UdpVirtualDevice, default_udp_application
 
 __all__ = [
+    "ARGON_4",
+    "ELECTRON_2",
     "FIRMWARES",
     "INDEX_FILE",
     "AppSpec",
@@ -60,6 +62,7 @@ __all__ = [
     "SimAttempt",
     "SimConfig",
     "UdpFaults",
+    "UdpPersonality",
     "UdpVirtualDevice",
     "VirtualDevice",
     "VirtualDeviceSpec",

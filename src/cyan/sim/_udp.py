@@ -1,11 +1,13 @@
-"""A virtual UDP device: an Argon on Device OS 4.x over DTLS 1.2, with the network's faults.
+"""A virtual UDP device: an Argon on Device OS 4.x, or an Electron on 2.x, over DTLS 1.2, with the network's faults.
 
 It runs the same cores as the server, in the device role: `cyan.dtls.ClientEndpoint` (the handshake with
 a cookie, the raw public key, the connection id; resuming a saved session as type-253 records) and
 `cyan.protocol.datagram.DatagramDeviceConnection` (the confirmable Hello with the device id, confirmable
 events and function returns, retransmission, deduplication, the 25 s keep-alive). A `UdpFaults` drops,
 duplicates and reorders datagrams both ways, and `move()` changes the device's address mid-session, as a
-NAT rebinding or a cellular handover does: the session carries on by its connection id.
+NAT rebinding or a cellular handover does: the session carries on by its connection id. The Device OS 2.x
+personality (`ELECTRON_2`) offers no connection id and marks its records after a move as type 254 with its
+device id appended, as that firmware does (udp-dtls.md §1.4).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from cyan.dtls import (
     ApplicationDataReceived,
+    ClientConfig,
     ClientEndpoint,
     HandshakeCompleted,
     MoveSession,
@@ -39,9 +42,10 @@ from cyan.protocol import (
     VariableType,
 )
 from cyan.protocol import ConnectionFailed as SessionFailed
-from cyan.protocol.datagram import DatagramDeviceConnection
+from cyan.protocol.datagram import ARGON_4_0_2, ELECTRON_2_3_1, DatagramDeviceConnection
+from cyan.protocol.firmware import Firmware
 
-__all__ = ["UdpFaults", "UdpVirtualDevice", "default_udp_application"]
+__all__ = ["ARGON_4", "ELECTRON_2", "UdpFaults", "UdpPersonality", "UdpVirtualDevice", "default_udp_application"]
 
 _now = time.monotonic
 
@@ -54,6 +58,23 @@ class UdpFaults:
     duplicate: float = 0.0
     reorder: float = 0.0
     seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UdpPersonality:
+    """What a firmware generation does over UDP (udp-dtls.md §1.3, §1.4)."""
+
+    firmware: Firmware
+    #: Offers the draft-05 connection id (Device OS ≥ 3.1).
+    connection_id: bool
+    #: How records are marked after a resume: 253 (≥ 4.0), or 254 with the device id (≤ 2.x).
+    move: MoveSession
+
+
+#: Device OS 4.0.2 on an Argon: a connection id, type-253 records after a resume.
+ARGON_4 = UdpPersonality(ARGON_4_0_2, connection_id=True, move=MoveSession.ALT_CID)
+#: Device OS 2.3.1 on an Electron: no connection id, type-254 records with the device id after a resume.
+ELECTRON_2 = UdpPersonality(ELECTRON_2_3_1, connection_id=False, move=MoveSession.DEVICE_ID)
 
 
 def default_udp_application() -> Application:
@@ -82,8 +103,8 @@ class _Socket(asyncio.DatagramProtocol):
 
 
 class UdpVirtualDevice:
-    """One simulated Argon (Device OS 4.x) over UDP. `await start(host, port)`, then `connected` is set once
-    the server acknowledged its Hello; `await stop()`."""
+    """One simulated Argon (Device OS 4.x), or another `personality`, over UDP. `await start(host, port)`, then
+    `connected` is set once the server acknowledged its Hello; `await stop()`."""
 
     def __init__(
         self,
@@ -95,8 +116,10 @@ class UdpVirtualDevice:
         faults: UdpFaults | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
         on_function: Callable[[str, bytes], int] | None = None,
+        personality: UdpPersonality = ARGON_4,
     ) -> None:
         self.device_id = device_id
+        self.personality = personality
         self.device_key = device_key
         self.server_public_key = server_public_key
         self.application = application or default_udp_application()
@@ -129,13 +152,16 @@ class UdpVirtualDevice:
         self._server = (host, port)
         await self._open_socket()
         now = _now()
-        self._endpoint = ClientEndpoint(self.device_key, self.server_public_key, now=now, random_bytes=self._random)
+        self._endpoint = ClientEndpoint(
+            self.device_key, self.server_public_key, now=now, random_bytes=self._random, config=self._dtls_config()
+        )
         self._conn = None
         self._pump(now)
 
     async def move(self, *, resume: bool = True, to: tuple[str, int] | None = None) -> None:
         """Change address mid-session: a new socket (a new source port), and, with `resume`, the session
-        carried on as Device OS 4.x does after a reconnect: its saved keys, type-253 records, no handshake.
+        carried on as the firmware does after a reconnect: its saved keys, no handshake, and its records marked
+        as the personality's (type 253 on 4.x, type 254 with the device id on 2.x).
         `to`: the server's address from here on (another node of the cloud)."""
         if to is not None:
             self._server = to
@@ -144,8 +170,20 @@ class UdpVirtualDevice:
             now = _now()
             session = self._endpoint.export_session()
             self._endpoint = ClientEndpoint.resume(
-                session, self.device_key, now=now, random_bytes=self._random, move=MoveSession.ALT_CID
+                session,
+                self.device_key,
+                now=now,
+                random_bytes=self._random,
+                config=self._dtls_config(),
+                move=self.personality.move,
+                device_id=self.device_id,
             )
+            if self._conn is not None and not self._conn.closed:
+                self._conn.resumed(now)
+                self._pump(now)
+
+    def _dtls_config(self) -> ClientConfig:
+        return ClientConfig(offer_connection_id=self.personality.connection_id)
 
     async def stop(self) -> None:
         if self._timer is not None:
@@ -204,7 +242,11 @@ class UdpVirtualDevice:
             if isinstance(event, HandshakeCompleted):
                 self.session = event.session
                 self._conn = DatagramDeviceConnection(
-                    self.device_id, now, application=self.application, rng=self._random
+                    self.device_id,
+                    now,
+                    firmware=self.personality.firmware,
+                    application=self.application,
+                    rng=self._random,
                 )
                 self._conn.start(now)
             elif isinstance(event, ApplicationDataReceived) and self._conn is not None and not self._conn.closed:

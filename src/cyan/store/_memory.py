@@ -848,6 +848,15 @@ class _UdpSessions:
     async def get(self, connection_id: bytes) -> UdpSession | None:
         return await self._g.read(lambda: copy.deepcopy(self._g.state.udp_sessions.get(connection_id)))
 
+    async def of_device(self, device_id: str, *, limit: int) -> list[UdpSession]:
+        wanted = device_id.lower()
+
+        def work() -> list[UdpSession]:
+            mine = [v for v in self._g.state.udp_sessions.values() if v.device_id == wanted]
+            return copy.deepcopy(sorted(mine, key=lambda s: s.updated_at, reverse=True)[:limit])
+
+        return await self._g.read(work)
+
     async def reserve(self, connection_id: bytes, count: int, *, floor: int = 0) -> int | None:
         if count < 1 or floor < 0:
             raise ValueError("reserve at least one sequence number, from a floor of 0 or more")

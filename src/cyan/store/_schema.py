@@ -356,6 +356,7 @@ udp_sessions = Table(
     Column("hello", LargeBinary),
     Column("sequence_limit", BigInteger),
     Index(None, "updated_at"),
+    Index(None, "device_id", "updated_at"),
 )
 
 device_vitals = Table(

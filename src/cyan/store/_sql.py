@@ -1205,6 +1205,16 @@ class SqlUdpSessions(_Repository):
         row = await self._first(query, "read a UDP session")
         return None if row is None else UdpSession(**dict(row))
 
+    async def of_device(self, device_id: str, *, limit: int) -> list[UdpSession]:
+        query = (
+            select(udp_sessions)
+            .where(udp_sessions.c.device_id == device_id.lower())
+            .order_by(udp_sessions.c.updated_at.desc())
+            .limit(limit)
+        )
+        rows = await self._rows(query, "read a device's UDP sessions")
+        return [UdpSession(**dict(row)) for row in rows]
+
     async def reserve(self, connection_id: bytes, count: int, *, floor: int = 0) -> int | None:
         if count < 1 or floor < 0:
             raise ValueError("reserve at least one sequence number, from a floor of 0 or more")
