@@ -160,5 +160,3 @@ def test_the_bound_is_at_least_one() -> None:
     assert gateway is not None
     with pytest.raises(ValueError, match="max_handshakes"):
         DeviceServer(gateway, fixed_server_key(), max_handshakes=0)
-    with pytest.raises(ValueError, match="listen_backlog"):
-        DeviceServer(gateway, fixed_server_key(), listen_backlog=0)

@@ -62,8 +62,6 @@ class Configure:
     address_limits: AddressLimits
     #: Each child's own bound on handshakes under way (`DeviceServer.max_handshakes`).
     max_handshakes: int
-    #: Each child's share of the kernel's queue of connections (`DeviceServer.listen_backlog`).
-    listen_backlog: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,12 +96,8 @@ OVERLOADED = "overloaded"
 DEFAULT_MAX_HANDSHAKES = 128
 #: The most often the server logs that it is refusing connections for the handshake bound.
 _OVERLOAD_LOG_INTERVAL = 10.0
-#: Connections the kernel holds for one device server until it accepts them (the listen backlog), when no other
-#: process shares the port. A device waits 20 s for the nonce, and the queue is served in arrival order: a queue
-#: longer than 20 s of handshakes is a queue of connections their devices have given up on, each of which comes
-#: back at the end of it (50,000 devices reconnecting through 4 x 4,096 places took 3.4x the handshake-bound
-#: time, bench/storm.py). Past it the kernel drops a connection request, which TCP sends again a second later.
-LISTEN_BACKLOG = 1024
+#: Connections the kernel holds for the server until it accepts them (the listen backlog).
+LISTEN_BACKLOG = 4096
 #: Connections accepted in one pass of the event loop. asyncio's own server accepts as many as its backlog in one
 #: go: after a restart that was thousands at once, each with a task, a transport and then a nonce or a refusal,
 #: and the devices already connected and the API waited that long (seconds, in bench/storm.py). The rest stay
@@ -877,16 +873,11 @@ class DeviceServer:
         reuse_port: bool = False,
         address_limits: AddressLimits | None = None,
         max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
-        listen_backlog: int = LISTEN_BACKLOG,
     ) -> None:
         if key_workers < 0:
             raise ValueError(f"key_workers is 0 or more, not {key_workers}")
         if max_handshakes < 1:
             raise ValueError(f"max_handshakes is 1 or more, not {max_handshakes}")
-        if listen_backlog < 1:
-            raise ValueError(f"listen_backlog is 1 or more, not {listen_backlog}")
-        #: The kernel's queue of connections not accepted yet (`LISTEN_BACKLOG`).
-        self.listen_backlog = listen_backlog
         self.cloud = cloud
         self.server_key = server_key
         self.key_workers = key_workers
@@ -938,7 +929,7 @@ class DeviceServer:
             # in the kernel (which costs nothing) instead of taking them in only to close them.
             loop.remove_reader(listening.fileno())
             listener = socket.socket(fileno=os.dup(listening.fileno()))
-            listener.listen(self.listen_backlog)
+            listener.listen(LISTEN_BACKLOG)
             listener.setblocking(False)
             self._listeners.append(listener)
         if sockets:

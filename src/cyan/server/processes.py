@@ -27,7 +27,7 @@ from cyan.tasks import TaskSet
 
 from . import _messages as msg
 from ._ipc import Channel
-from .device_server import DEFAULT_MAX_HANDSHAKES, LISTEN_BACKLOG, AddressLimits
+from .device_server import DEFAULT_MAX_HANDSHAKES, AddressLimits
 
 __all__ = ["DeviceProcesses", "ParentCloud", "RemoteLink"]
 
@@ -157,7 +157,6 @@ class _DeviceProcess:
                 logging.getLogger().getEffectiveLevel(),
                 owner.address_limits,
                 owner.max_handshakes,
-                owner.listen_backlog,
             )
         )
         try:
@@ -303,16 +302,12 @@ class DeviceProcesses:
         key_workers: int = 0,
         address_limits: AddressLimits | None = None,
         max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
-        listen_backlog: int | None = None,
     ) -> None:
         if count < 1:
             raise ValueError(f"device processes: at least 1, not {count}")
         if max_handshakes < 1:
             raise ValueError(f"max_handshakes is 1 or more, not {max_handshakes}")
         self.max_handshakes = max_handshakes
-        #: Each child's share: together they queue what one process would (`LISTEN_BACKLOG`), since the kernel
-        #: spreads connections over them and they share the cores that serve them.
-        self.listen_backlog = listen_backlog if listen_backlog is not None else max(64, LISTEN_BACKLOG // count)
         self.cloud = cloud
         self.key_path = key_path
         self.host = host

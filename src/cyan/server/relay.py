@@ -230,7 +230,6 @@ async def _serve(fd: int) -> None:
         reuse_port=True,
         address_limits=setup.address_limits,
         max_handshakes=setup.max_handshakes,
-        listen_backlog=setup.listen_backlog,
     )
     relay.server = server
     await server.start()
