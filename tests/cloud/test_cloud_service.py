@@ -41,8 +41,11 @@ class FakeLink:
         assert self.answer is not None
         return await self.answer(name, argument)
 
+    #: What the link decoded the variable as: None when it has no Describe to know its type by.
+    value: Any = 7
+
     async def read_variable(self, name: str, timeout: float) -> tuple[bytes, Any]:
-        return b"\x00\x00\x00\x07", 7
+        return b"\x00\x00\x00\x07", self.value
 
     def send_event(self, name: str, data: str | None, ttl: int, private: bool) -> None:
         self.events.append((name, data, ttl, private))
@@ -177,6 +180,11 @@ def test_calls_reads_and_their_errors() -> None:
         assert live is not None
         assert [v.type for v in live.variables] == ["int32", "double"]
         await cloud.signal(record.id, True)
+
+        # A session resumed with no Describe (UDP): its link knows no types, the record's last Describe does.
+        typeless = FakeLink(record.id, value=None)
+        cloud.session_started(typeless, live, HELLO)
+        assert await cloud.read_variable(record.id, "counter") == (b"\x00\x00\x00\x07", 7)
 
     _run(check)
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from cyan.protocol import Hello, OtaOutcome, SubscriptionScope, VariableType
-from cyan.protocol.messages import MAX_EVENT_NAME
+from cyan.protocol.messages import MAX_EVENT_NAME, decode_variable
 
 from .alerts import AlertSink, LoggingAlerts
 from .errors import DeviceOfflineError, DeviceQuarantinedError, UnknownFunctionError, UnknownVariableError
@@ -802,7 +802,12 @@ class Cloud:
         record = session.record
         if record.variables and name not in {v.name for v in record.variables}:
             raise UnknownVariableError(record.id, name)
-        return await session.link.read_variable(name, timeout)
+        raw, value = await session.link.read_variable(name, timeout)
+        if value is None:
+            # A session resumed with no handshake (UDP) may bring no Describe: the firmware skips it when its
+            # checksum is unchanged, so the link knows no types. The ones the device last described do.
+            value = _decoded(raw, next((v.type for v in record.variables if v.name == name), None))
+        return raw, value
 
     async def signal(self, device_id: str, on: bool) -> None:
         if device_id in self._sessions:
@@ -836,3 +841,17 @@ def _system_module_version(modules: object) -> int | None:
         and 0 <= module["v"] < 2**16
     ]
     return max(versions) if versions else None
+
+
+#: The Particle API's type names (`Variable.type`) back to Describe's type codes.
+_VARIABLE_TYPES = {kind.api_name: kind for kind in VariableType}
+
+
+def _decoded(raw: bytes, api_type: str | None) -> VariableValue | None:
+    kind = _VARIABLE_TYPES.get(api_type or "")
+    if kind is None:
+        return None
+    try:
+        return decode_variable(kind, raw)
+    except ValueError:
+        return None
