@@ -293,19 +293,26 @@ class ServerIdentity:
 
     def key_file(self, layout: Layout, host: str | None = None, port: int | None = None) -> tuple[bytes, ServerAddress]:
         """The server-key file a device of this layout needs, with ``host`` or the one published address."""
-        if host is None:
-            if len(self.addresses) != 1:
-                known = ", ".join(str(a) for a in self.addresses) or "none"
-                raise RegistryError(
-                    f"which address should devices use? {self.source} publishes: {known}",
-                    "give --host (and --port when it is not 5683)",
-                )
-            address = self.addresses[0]
-            host, port = address.host, address.port if port is None else port
+        host, port = _chosen(self.addresses, self.source, host, port, "devices", "5683")
         data = build_server_key_file(self.public_key, host, port, layout)
         parsed = parse_server_key_file(data, layout)
         assert parsed.address is not None
         return data, parsed.address
+
+
+def _chosen(
+    addresses: tuple[ServerAddress, ...], source: str, host: str | None, port: int | None, who: str, default: str
+) -> tuple[str, int | None]:
+    """``host`` (and ``port``) as given, or else the one address the cloud publishes."""
+    if host is not None:
+        return host, port
+    if len(addresses) != 1:
+        known = ", ".join(str(a) for a in addresses) or "none"
+        raise RegistryError(
+            f"which address should {who} use? {source} publishes: {known}",
+            f"give --host (and --port when it is not {default})",
+        )
+    return addresses[0].host, addresses[0].port if port is None else port
 
 
 def _read_server_key(path: Path) -> tuple[rsa.RSAPublicKey, tuple[ServerAddress, ...]]:
@@ -353,15 +360,7 @@ class UdpServerIdentity:
     def key_file(self, host: str | None = None, port: int | None = None) -> tuple[bytes, ServerAddress]:
         """The 320-byte file a UDP device needs, with ``host`` or the one published address (port 5684 unless
         given or published)."""
-        if host is None:
-            if len(self.addresses) != 1:
-                known = ", ".join(str(a) for a in self.addresses) or "none"
-                raise RegistryError(
-                    f"which address should UDP devices use? {self.source} publishes: {known}",
-                    "give --host (and --port when it is not 5684)",
-                )
-            address = self.addresses[0]
-            host, port = address.host, address.port if port is None else port
+        host, port = _chosen(self.addresses, self.source, host, port, "UDP devices", "5684")
         data = build_udp_server_key_file(self.public_key, host, DEFAULT_UDP_PORT if port is None else port)
         parsed = parse_server_key_file(data, Layout.UDP)
         assert parsed.address is not None
@@ -404,33 +403,7 @@ def load_udp_server_key(data_dir: Path | None, server_key: Path | None) -> UdpSe
 def load_udp_server_identity(
     data_dir: Path | None, server_key: Path | None
 ) -> tuple[str, tuple[ServerAddress, ...]] | None:
-    """This cloud's P-256 server key (its fingerprint) and the addresses of its 320-byte files: from
-    ``--server-key`` when that is a UDP key or file, else from the data directory (udp_server_public_key.der
-    and the udp_server_key_*.der files `cyan serve` writes); None when neither has one."""
-    if server_key is not None:
-        data = server_key.read_bytes()
-        if len(data) == Layout.UDP.size and data[:1] == b"\x30":
-            parsed = parse_server_key_file(data, Layout.UDP)
-            if parsed.public_key is None:
-                raise KeyFormatError(
-                    f"{server_key} is a UDP server-key file without a usable key: {parsed.key_problem}"
-                )
-            return fingerprint(parsed.public_key), addresses_of([data])
-        try:
-            return fingerprint(load_ec_public_key(data)), ()
-        except KeyFormatError:
-            return None
-    settings = local_settings(data_dir)
-    path = settings.udp_server_public_key_path
-    if not path.exists():
-        return None
-    ours = fingerprint(load_ec_public_key(path.read_bytes()))
-    files = []
-    for candidate in sorted(settings.data_dir.glob("udp_server_key_*.der")):
-        data = candidate.read_bytes()
-        if len(data) != Layout.UDP.size:
-            continue
-        parsed = parse_server_key_file(data, Layout.UDP)
-        if parsed.public_key is not None and fingerprint(parsed.public_key) == ours:
-            files.append(data)
-    return ours, addresses_of(files)
+    """This cloud's P-256 server key (its fingerprint) and the addresses of its 320-byte files
+    (`load_udp_server_key`); None when neither ``--server-key`` nor the data directory has one."""
+    identity = load_udp_server_key(data_dir, server_key)
+    return None if identity is None else (fingerprint(identity.public_key), identity.addresses)
