@@ -31,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -75,6 +75,8 @@ from cyan.tasks import TaskSet
 from .device_server import AddressLimits, CloudPort, DeviceProtocol, _AddressGate, _KeyCallback
 
 __all__ = ["DatagramLink", "DatagramServer", "Recorder", "StoredSession", "UdpSessionPort"]
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("cyan.server.udp")
 #: The clock of every deadline (see device_server): only moves forward.
@@ -762,31 +764,55 @@ class DatagramServer(asyncio.DatagramProtocol):
         saved it), unless that is known to be pointless. Nothing here is authenticated yet, so an attacker's
         datagram costs at most one read: ids not found are remembered, an address whose lookups keep missing
         gets none, and only `max_lookups` are under way at once."""
-        if cid is None:
+        if cid is None or self._held(self._lookups, cid, data, addr) or len(data) < _MIN_CID_RECORD:
             return
-        held = self._lookups.get(cid)
-        if held is not None:
-            if len(held) < _MAX_HELD:
-                held.append((data, addr))
-            else:
-                self.lookups_refused += 1
+        if self._known_unknown(self._unknown, cid, now) or not self._admit_lookup(addr, now):
             return
-        if len(data) < _MIN_CID_RECORD:
-            return
-        until = self._unknown.get(cid)
-        if until is not None:
-            if until > now:
-                self.lookups_refused += 1
-                return
-            del self._unknown[cid]
-        host = str(addr[0])
-        if len(self._lookups) >= self._max_lookups or not self._misses.allows(host, now):
-            self.lookups_refused += 1
-            return
-        self._misses.charge(host, now)
-        self.lookups += 1
         self._lookups[cid] = [(data, addr)]
         self._tasks.spawn(self._resume_stored(cid), "look up a UDP session")
+
+    def _held(
+        self, pending: dict[bytes, list[tuple[bytes, _Address]]], key: bytes, data: bytes, addr: _Address
+    ) -> bool:
+        """Whether a lookup of `key` is under way: the record then waits for it (`_MAX_HELD` at most)."""
+        held = pending.get(key)
+        if held is None:
+            return False
+        if len(held) < _MAX_HELD:
+            held.append((data, addr))
+        else:
+            self.lookups_refused += 1
+        return True
+
+    def _known_unknown(self, unknown: dict[bytes, float], key: bytes, now: float) -> bool:
+        """Whether the store was found not to have `key` a moment ago (`unknown_ttl`)."""
+        until = unknown.get(key)
+        if until is None:
+            return False
+        if until > now:
+            self.lookups_refused += 1
+            return True
+        del unknown[key]
+        return False
+
+    def _admit_lookup(self, addr: _Address, now: float) -> bool:
+        """One more store lookup for a record from `addr`: within `max_lookups` under way (by connection id and
+        by device id together) and the address's budget of misses, which it is charged."""
+        host = str(addr[0])
+        if len(self._lookups) + len(self._device_lookups) >= self._max_lookups or not self._misses.allows(host, now):
+            self.lookups_refused += 1
+            return False
+        self._misses.charge(host, now)
+        self.lookups += 1
+        return True
+
+    async def _reserve_block(self, stored: StoredSession) -> int | None:
+        """The next block of write sequence numbers for a session resumed here: above every number any node may
+        have written, the stored limit, and for a session saved before there were limits, its saved counter plus
+        the gap (`DEFAULT_SEQUENCE_GAP`). Its end, or None when the store no longer has the session."""
+        assert self._store is not None
+        floor = stored.session.write_sequence + DEFAULT_SEQUENCE_GAP
+        return await self._store.reserve_udp_sequences(stored.key, SEQUENCE_BLOCK, floor=floor)
 
     async def _resume_stored(self, cid: bytes) -> None:
         assert self._store is not None
@@ -798,10 +824,7 @@ class DatagramServer(asyncio.DatagramProtocol):
             if stored is not None and not stored.session.connection_id:
                 stored = None  # kept under a key that never goes on the wire: a 254 record resumes it
             if stored is not None:
-                # Above every number any node may have written: the stored limit, and for a session saved
-                # before there were limits, its saved counter plus the gap (`DEFAULT_SEQUENCE_GAP`).
-                floor = stored.session.write_sequence + DEFAULT_SEQUENCE_GAP
-                limit = await self._store.reserve_udp_sequences(cid, SEQUENCE_BLOCK, floor=floor)
+                limit = await self._reserve_block(stored)
         except Exception as exc:
             log.warning("could not look up a UDP session: %s", exc)
             self._lookups.pop(cid, None)
@@ -836,10 +859,13 @@ class DatagramServer(asyncio.DatagramProtocol):
             link.receive_datagram(data, addr, _now())
 
     def _remember_unknown(self, cid: bytes, now: float, unknown: dict[bytes, float] | None = None) -> None:
-        unknown = self._unknown if unknown is None else unknown
-        while len(unknown) >= self._max_unknown:
-            del unknown[next(iter(unknown))]
-        unknown[cid] = now + self._unknown_ttl
+        self._remember(self._unknown if unknown is None else unknown, cid, now + self._unknown_ttl)
+
+    def _remember(self, memory: dict[bytes, _T], key: bytes, value: _T) -> None:
+        """`memory[key] = value`, the oldest entries forgotten past `max_unknown`."""
+        while len(memory) >= self._max_unknown:
+            del memory[next(iter(memory))]
+        memory[key] = value
 
     # -- Device OS ≤ 2.x: type-254 records, found by the device id they carry ---------------------------
 
@@ -857,14 +883,7 @@ class DatagramServer(asyncio.DatagramProtocol):
         if self._store is None:
             self._resume_device_here(data, device, addr, now)
             return
-        held = self._device_lookups.get(device)
-        if held is not None:
-            if len(held) < _MAX_HELD:
-                held.append((data, addr))
-            else:
-                self.lookups_refused += 1
-            return
-        if len(data) < _MIN_MOVE_RECORD:
+        if self._held(self._device_lookups, device, data, addr) or len(data) < _MIN_MOVE_RECORD:
             return
         cached = self._device_candidates.get(device)
         if cached is not None:
@@ -880,19 +899,8 @@ class DatagramServer(asyncio.DatagramProtocol):
                 self._tasks.spawn(self._resume_chosen(device, *chosen, charged=False), "resume a UDP session")
                 return
             del self._device_candidates[device]
-        until = self._unknown_devices.get(device)
-        if until is not None:
-            if until > now:
-                self.lookups_refused += 1
-                return
-            del self._unknown_devices[device]
-        host = str(addr[0])
-        under_way = len(self._lookups) + len(self._device_lookups)
-        if under_way >= self._max_lookups or not self._misses.allows(host, now):
-            self.lookups_refused += 1
+        if self._known_unknown(self._unknown_devices, device, now) or not self._admit_lookup(addr, now):
             return
-        self._misses.charge(host, now)
-        self.lookups += 1
         self._device_lookups[device] = [(data, addr)]
         self._tasks.spawn(self._resume_device(device), "look up a UDP device's sessions")
 
@@ -937,10 +945,7 @@ class DatagramServer(asyncio.DatagramProtocol):
             # A claim that did not authenticate: the miss stays charged to its address, and the sessions are
             # kept a moment for the next records naming the device (the device's own among them, maybe).
             self._device_lookups.pop(device, None)
-            candidates_by_device = self._device_candidates
-            while len(candidates_by_device) >= self._max_unknown:
-                del candidates_by_device[next(iter(candidates_by_device))]
-            candidates_by_device[device] = (now + self._unknown_ttl, candidates)
+            self._remember(self._device_candidates, device, (now + self._unknown_ttl, candidates))
             return
         await self._resume_chosen(device, *chosen, charged=True)
 
@@ -949,8 +954,7 @@ class DatagramServer(asyncio.DatagramProtocol):
         reserved in the store; the records that came for the device meanwhile (held) follow it."""
         assert self._store is not None
         try:
-            floor = stored.session.write_sequence + DEFAULT_SEQUENCE_GAP
-            limit = await self._store.reserve_udp_sequences(stored.key, SEQUENCE_BLOCK, floor=floor)
+            limit = await self._reserve_block(stored)
         except Exception as exc:
             log.warning("could not reserve sequence numbers for a UDP session: %s", exc)
             self._device_lookups.pop(device, None)
