@@ -141,12 +141,21 @@ def test_refusals_are_recorded_and_a_dead_process_costs_one_reconnection(tmp_pat
         fleet.start("127.0.0.1", servers.port)
         try:
             await _eventually(lambda: servers.connection_count == len(known))
-            await service.cloud.flush()
-            refused = [
-                a
-                for a in await service.store.attempts.recent(limit=1000)
-                if a.outcome is AttemptOutcome.FAILED and a.device_id in {s.device_id for s in unknown}
-            ]
+            # The unknown devices' refusals come from the children in their own time: a known device may be
+            # connected before an unknown one has even sent its identity, so wait for every unknown device.
+            unknown_ids = {s.device_id for s in unknown}
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:
+                await service.cloud.flush()
+                refused = [
+                    a
+                    for a in await service.store.attempts.recent(limit=1000)
+                    if a.outcome is AttemptOutcome.FAILED and a.device_id in unknown_ids
+                ]
+                if {a.device_id for a in refused} == unknown_ids:
+                    break
+                assert asyncio.get_running_loop().time() < deadline, "not every unknown device was refused"
+                await asyncio.sleep(0.05)
             assert {(a.step, a.reason) for a in refused} == {("identity", "unknown_device")}
 
             before = servers.pids
