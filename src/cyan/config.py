@@ -100,8 +100,8 @@ class Settings:
     #: CYAN_ADDRESS_RATE.
     address_burst: int = 200
     address_rate: int = 50
-    #: Handshakes a device server runs at once; past them it stops accepting, and new connections wait in the
-    #: kernel's queue (admission control for a fleet reconnecting at once, docs/capacity.md).
+    #: Handshakes a device server runs at once; past them new connections wait in the server's queue, newest
+    #: first (admission control for a fleet reconnecting at once, docs/capacity.md).
     #: With --device-processes, each process has this bound. Env: CYAN_MAX_HANDSHAKES.
     max_handshakes: int = 128
     #: Connection-attempt records older than this many days, or beyond this many, are deleted.

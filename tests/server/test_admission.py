@@ -1,6 +1,6 @@
-"""Admission control: past `max_handshakes` under way the server stops accepting, and the connections wait in
-the kernel's queue until a handshake ends; one accepted past the bound anyway is closed before the server's
-nonce (no RSA work, one record), and the firmware retries on its backoff."""
+"""Admission control: past `max_handshakes` under way the connections wait in the server's queue, newest
+served first as handshakes end; one that waits too long, or is pushed out of a full queue, is closed before the
+server's nonce (no RSA work, one record), and the firmware retries on its backoff."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 
 from cyan.app import Actor, Application, NewDevice
 from cyan.bus import InProcessBus
+from cyan.cloud.models import ConnectionAttempt
 from cyan.cloud.service import Cloud
 from cyan.keys import public_key_der
 from cyan.protocol import ServerConfig
@@ -45,18 +46,50 @@ async def _first_bytes(port: int) -> tuple[bytes, asyncio.StreamWriter]:
     return data, writer
 
 
-def test_past_the_bound_connections_wait_in_the_kernel_and_are_served_as_handshakes_end() -> None:
+async def _nothing_yet(reader: asyncio.StreamReader) -> None:
+    """The server has sent nothing on this connection (no nonce, no close) for a moment."""
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(reader.read(1), 0.3)
+
+
+async def _served_server(**limits: float) -> tuple[Application, Cloud, DeviceServer]:
+    store = MemoryStore()
+    await store.open()
+    cloud = Cloud(store, InProcessBus())
+    app = Application(store, cloud=cloud)
+    assert app.gateway is not None
+    await cloud.start()
+    server = DeviceServer(
+        app.gateway,
+        fixed_server_key(),
+        host="127.0.0.1",
+        port=0,
+        config=ServerConfig(),
+        max_handshakes=int(limits.get("max_handshakes", 2)),
+        queue_capacity=int(limits.get("queue_capacity", 2048)),
+        max_wait=limits.get("max_wait", 15.0),
+    )
+    await server.start()
+    return app, cloud, server
+
+
+async def _shut(app: Application, cloud: Cloud, server: DeviceServer) -> list[ConnectionAttempt]:
+    await server.stop()
+    assert app.gateway is not None
+    await app.gateway.drain()
+    await cloud.stop()
+    attempts = await app.store.attempts.recent(limit=100)
+    await app.store.close()
+    return attempts
+
+
+def test_past_the_bound_connections_wait_in_the_server_and_the_newest_is_served_first() -> None:
+    """Past the bound the server holds the connections itself and starts the newest first as handshakes end:
+    after a restart the oldest are the devices closest to giving up on their nonce (20 s), and serving them
+    first is how a queue longer than that serves only devices that have left."""
+
     async def scenario() -> None:
-        store = MemoryStore()
-        await store.open()
-        cloud = Cloud(store, InProcessBus())
-        app = Application(store, cloud=cloud)
-        assert app.gateway is not None
-        await cloud.start()
-        server = DeviceServer(
-            app.gateway, fixed_server_key(), host="127.0.0.1", port=0, config=ServerConfig(), max_handshakes=2
-        )
-        await server.start()
+        app, cloud, server = await _served_server(max_handshakes=2)
         await app.devices.register(
             Actor.operator("ops"), [NewDevice(DEVICE, public_key_der(fixed_device_key(1).public_key()))]
         )
@@ -67,37 +100,118 @@ def test_past_the_bound_connections_wait_in_the_kernel_and_are_served_as_handsha
         )
         writers: list[asyncio.StreamWriter] = []
         try:
-            # Two handshakes under way (they got their nonce and say nothing): the bound is reached, and the
-            # server stops accepting.
+            # Two handshakes under way (they got their nonce and say nothing): the bound is reached.
             for _ in range(2):
                 nonce, writer = await _first_bytes(server.port)
                 writers.append(writer)
                 assert len(nonce) == NONCE
-            assert (server.handshakes, server.accepting) == (2, False)
-            # A third connection is queued by the kernel, not accepted: once a handshake under way ends, it is
-            # accepted and gets its nonce, and the server is at its bound again.
-            third = asyncio.create_task(_first_bytes(server.port))
+            assert server.handshakes == 2
+            # Two more are taken from the kernel and wait in the server, unserved.
+            older_reader, older = await asyncio.open_connection("127.0.0.1", server.port)
+            await _until(lambda: server.queued == 1, "the first waiting connection")
+            newer_reader, newer = await asyncio.open_connection("127.0.0.1", server.port)
+            await _until(lambda: server.queued == 2, "the second waiting connection")
+            writers += [older, newer]
+            assert server.accepting
+            await _nothing_yet(older_reader)
+            # A handshake ends: the newer one gets the place.
             writers[0].close()
-            nonce, writer = await asyncio.wait_for(third, 10)
-            writers.append(writer)
-            assert len(nonce) == NONCE
-            assert (server.handshakes, server.accepting) == (2, False)
+            assert len(await asyncio.wait_for(newer_reader.readexactly(NONCE), 10)) == NONCE
+            assert (server.handshakes, server.queued) == (2, 1)
+            await _nothing_yet(older_reader)
+            # Another ends: the older one's turn.
+            writers[1].close()
+            assert len(await asyncio.wait_for(older_reader.readexactly(NONCE), 10)) == NONCE
+            assert server.queued == 0
             # A device arriving now waits its turn the same way, and gets in when the others end.
             device.start("127.0.0.1", server.port)
-            writers[1].close()
-            writers[2].close()
+            await _until(lambda: server.queued == 1, "the device waiting")
+            older.close()
+            newer.close()
             await asyncio.wait_for(device.connected.wait(), 10)
             assert server.handshakes == 0  # its session no longer counts
-            assert server.accepting
         finally:
             await device.stop()
             for writer in writers:
                 writer.close()
-            await server.stop()
-            await app.gateway.drain()
-            await cloud.stop()
+            attempts = await _shut(app, cloud, server)
         assert server.handshakes == 0
-        await store.close()
+        assert not [a for a in attempts if a.reason == OVERLOADED]
+
+    asyncio.run(scenario())
+
+
+def test_a_connection_that_waits_too_long_is_closed_before_its_nonce_and_recorded() -> None:
+    async def scenario() -> None:
+        app, cloud, server = await _served_server(max_handshakes=1, max_wait=0.5)
+        writers: list[asyncio.StreamWriter] = []
+        try:
+            nonce, first = await _first_bytes(server.port)
+            writers.append(first)
+            assert len(nonce) == NONCE
+            reader, waiting = await asyncio.open_connection("127.0.0.1", server.port)
+            writers.append(waiting)
+            # Closed, not served: the device would have a few seconds left for a handshake by then.
+            assert await asyncio.wait_for(reader.read(NONCE), 10) == b""
+            assert (server.queued, server.overloaded, server.handshakes) == (0, 1, 1)
+            # A connection that waited too long is not served late either when a place frees.
+            first.close()
+            nonce, third = await _first_bytes(server.port)
+            writers.append(third)
+            assert len(nonce) == NONCE
+        finally:
+            for writer in writers:
+                writer.close()
+            attempts = await _shut(app, cloud, server)
+        [closed] = [a for a in attempts if a.reason == OVERLOADED]
+        assert closed.step == "nonce"
+        assert closed.device_id is None
+        assert closed.detail is not None
+        assert closed.detail.startswith("not served in ")
+        assert float(closed.detail.split()[3]) >= 0.5
+
+    asyncio.run(scenario())
+
+
+def test_a_full_queue_closes_its_oldest_connection_for_a_new_one() -> None:
+    async def scenario() -> None:
+        app, cloud, server = await _served_server(max_handshakes=1, queue_capacity=1)
+        writers: list[asyncio.StreamWriter] = []
+        try:
+            nonce, first = await _first_bytes(server.port)
+            writers.append(first)
+            assert len(nonce) == NONCE
+            older_reader, older = await asyncio.open_connection("127.0.0.1", server.port)
+            await _until(lambda: server.queued == 1, "the first waiting connection")
+            newer_reader, newer = await asyncio.open_connection("127.0.0.1", server.port)
+            writers += [older, newer]
+            assert await asyncio.wait_for(older_reader.read(NONCE), 10) == b""
+            assert (server.queued, server.overloaded) == (1, 1)
+            first.close()
+            assert len(await asyncio.wait_for(newer_reader.readexactly(NONCE), 10)) == NONCE
+        finally:
+            for writer in writers:
+                writer.close()
+            attempts = await _shut(app, cloud, server)
+        [closed] = [a for a in attempts if a.reason == OVERLOADED]
+        assert closed.detail is not None
+        assert closed.detail.startswith("the server's queue was full")
+
+    asyncio.run(scenario())
+
+
+def test_stopping_closes_the_waiting_connections() -> None:
+    async def scenario() -> None:
+        app, cloud, server = await _served_server(max_handshakes=1)
+        nonce, first = await _first_bytes(server.port)
+        assert len(nonce) == NONCE
+        reader, waiting = await asyncio.open_connection("127.0.0.1", server.port)
+        await _until(lambda: server.queued == 1, "the waiting connection")
+        await _shut(app, cloud, server)
+        assert await asyncio.wait_for(reader.read(NONCE), 10) == b""
+        assert server.queued == 0
+        first.close()
+        waiting.close()
 
     asyncio.run(scenario())
 
@@ -123,10 +237,9 @@ class _Transport(asyncio.Transport):
         return self.closed
 
 
-def test_a_connection_accepted_past_the_bound_is_closed_before_the_nonce_and_recorded() -> None:
-    """The connections accepted in one pass of the loop can outnumber the places left before the first of them
-    has counted in: the ones past the bound are closed before the nonce (no RSA work), recorded as overloaded,
-    and the firmware retries on its backoff."""
+def test_a_connection_started_past_the_bound_is_closed_before_the_nonce_and_recorded() -> None:
+    """The server starts a connection only for a free place; should one be started past the bound anyway, it
+    is closed before the nonce (no RSA work), recorded as overloaded, and the firmware retries on its backoff."""
 
     async def scenario() -> None:
         store = MemoryStore()

@@ -66,6 +66,8 @@ from cyan.protocol import (
 )
 from cyan.protocol.handshake import private_decrypt, private_sign
 from cyan.protocol.messages import DescribeFlags, decode_describe, decode_metrics
+from cyan.server._accept import DEFAULT_CAPACITY as DEFAULT_QUEUE_CAPACITY
+from cyan.server._accept import DEFAULT_MAX_WAIT, AcceptQueue, Dropped
 from cyan.tasks import TaskSet
 
 __all__ = ["AddressLimits", "CloudPort", "DeviceProtocol", "DeviceServer", "LinkHost"]
@@ -85,24 +87,71 @@ _now = time.monotonic
 RATE_LIMITED = "rate_limited"
 #: The reason recorded for a connection refused because the server had `max_handshakes` under way.
 OVERLOADED = "overloaded"
-#: Handshakes one device server runs at once (`DeviceServer.max_handshakes`); past them it stops accepting and
-#: the connections wait in the kernel's queue. A fleet reconnecting at once (a server restart) would otherwise
-#: start thousands together: each would wait for its RSA work behind all the others, past the firmware's 20 s,
-#: and every pass of the event loop would handle what they all have ready while the connected devices and the
-#: API wait for it. A few dozen keep the RSA work fed (bench/handshakes.py reaches its rate at 64); measured in
-#: bench/storm.py with 5,000 devices: 64 and 128 had every device back in 13.8-17.6 s with calls to the
-#: connected ones at p99 185-216 ms, where 1,024 (refusing past them, before the server queued them) took 25 s
-#: and p99 1.7 s (docs/benchmarks.md).
+#: Handshakes one device server runs at once (`DeviceServer.max_handshakes`); past them the connections wait in
+#: the server's queue (`cyan.server._accept`), newest first. A fleet reconnecting at once (a server restart) would
+#: otherwise start thousands together: each would wait for its RSA work behind all the others, past the
+#: firmware's 20 s, and every pass of the event loop would handle what they all have ready while the connected
+#: devices and the API wait for it. A few dozen keep the RSA work fed (bench/handshakes.py reaches its rate at
+#: 64); measured in bench/storm.py with 5,000 devices: 64 and 128 had every device back in 13.8-17.6 s with calls
+#: to the connected ones at p99 185-216 ms, where 1,024 (refusing past them) took 25 s and p99 1.7 s
+#: (docs/benchmarks.md).
 DEFAULT_MAX_HANDSHAKES = 128
 #: The most often the server logs that it is refusing connections for the handshake bound.
 _OVERLOAD_LOG_INTERVAL = 10.0
-#: Connections the kernel holds for the server until it accepts them (the listen backlog).
+#: Connections the kernel holds for the server until it accepts them (the listen backlog). The server takes
+#: them as they come into its own queue, so this only covers a burst between two passes of the event loop.
 LISTEN_BACKLOG = 4096
-#: Connections accepted in one pass of the event loop. asyncio's own server accepts as many as its backlog in one
-#: go: after a restart that was thousands at once, each with a task, a transport and then a nonce or a refusal,
-#: and the devices already connected and the API waited that long (seconds, in bench/storm.py). The rest stay
-#: queued in the kernel, which costs nothing, until the next pass.
+#: Connections accepted in one pass of the event loop. Each is only taken into the server's queue (a system call
+#: and a few objects); the rest wait for the next pass, so a burst of thousands does not hold the loop while the
+#: connected devices and the API wait.
 ACCEPTS_PER_PASS = 64
+
+
+class _LogSampler:
+    """The first `per_window` failures of each kind (step, reason) in a window are logged; the rest are counted
+    and summed up in one line when the window's next failure of that kind comes. A fleet reconnecting at once
+    fails the same way thousands of times (tens of MB of log a minute at 50,000 devices); the attempt records
+    keep what the log leaves out, sampled the same way (`cyan.cloud.writer.AttemptSampler`)."""
+
+    __slots__ = ("_kinds", "per_window", "window")
+
+    def __init__(self, per_window: int = 5, window: float = 10.0) -> None:
+        self.per_window = per_window
+        self.window = window
+        self._kinds: dict[tuple[str, str], list[float]] = {}  # kind -> [window start, logged, left out]
+
+    def allow(self, step: str, reason: str, now: float) -> bool:
+        kind = (step, reason)
+        counts = self._kinds.get(kind)
+        if counts is None or now - counts[0] >= self.window:
+            if counts is not None and counts[2]:
+                log.info(
+                    "%d more connections failed at %s: %s in %.0f s (not logged one by one; see the attempt records)",
+                    counts[2],
+                    step,
+                    reason,
+                    now - counts[0],
+                )
+            if len(self._kinds) >= 1024:
+                self._kinds.clear()  # kinds are few (steps x reasons); bounded all the same
+            counts = self._kinds[kind] = [now, 0.0, 0.0]
+        if counts[1] < self.per_window:
+            counts[1] += 1
+            return True
+        counts[2] += 1
+        return False
+
+
+_failure_log = _LogSampler()
+
+
+@dataclass(frozen=True, slots=True)
+class _Waiting:
+    """An accepted connection in the server's queue, not yet started."""
+
+    sock: socket.socket
+    peer_address: str
+    accepted_at: float  # wall clock, for its record if it is closed unserved
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,21 +336,13 @@ class DeviceProtocol(asyncio.Protocol):
         self.peer_address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._started = _now()
         self._started_at = time.time()
-        host = peer[0] if isinstance(peer, tuple) else self.peer_address
         server = self._server
         # A stream connection is made by the TCP server only; a UDP link never gets here.
         assert isinstance(server, DeviceServer)
-        if not server.admit(host, self._started):
-            limits = server.address_limits
-            self._refuse(
-                RATE_LIMITED,
-                f"more new connections from {host} than the limit ({limits.burst} at once, {limits.per_second:g}/s)",
-            )
-            return
         if not server.begin_handshake(self._started):
-            # Closed before the nonce: it costs no RSA work, and the firmware counts it as a failed attempt and
-            # tries again on its backoff (1 s after each of the first five failures, then 2 s, ...), by which
-            # time some of the handshakes under way have ended.
+            # The server starts a connection only when a place is free, so this is a safety net. Closed before
+            # the nonce: it costs no RSA work, and the firmware counts it as a failed attempt and tries again on
+            # its backoff (1 s after each of the first five failures, then 2 s, ...).
             self._refuse(OVERLOADED, f"{server.max_handshakes} handshakes under way, the most this server runs at once")
             return
         self._in_handshake = True
@@ -584,14 +625,15 @@ class DeviceProtocol(asyncio.Protocol):
             log.info("device %s session ended: %s at %s: %s", self.device_id, reason.value, step.value, detail)
         else:
             self._record_attempt(AttemptOutcome.FAILED, step, reason, detail)
-            log.info(
-                "connection %d from %s failed at %s: %s (%s)",
-                self._id,
-                self.peer_address,
-                step.value,
-                reason.value,
-                detail,
-            )
+            if _failure_log.allow(step.value, reason.value, _now()):
+                log.info(
+                    "connection %d from %s failed at %s: %s (%s)",
+                    self._id,
+                    self.peer_address,
+                    step.value,
+                    reason.value,
+                    detail,
+                )
         self._close()
 
     def _close(self) -> None:
@@ -873,6 +915,8 @@ class DeviceServer:
         reuse_port: bool = False,
         address_limits: AddressLimits | None = None,
         max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
+        queue_capacity: int = DEFAULT_QUEUE_CAPACITY,
+        max_wait: float = DEFAULT_MAX_WAIT,
     ) -> None:
         if key_workers < 0:
             raise ValueError(f"key_workers is 0 or more, not {key_workers}")
@@ -894,19 +938,22 @@ class DeviceServer:
         #: New connections per address (`AddressLimits`).
         self.address_limits = address_limits or AddressLimits()
         self._gate = _AddressGate(self.address_limits)
-        #: Admission control: at this many handshakes under way the server stops accepting; one accepted past
-        #: it anyway (accepted in the same pass as the last places were taken) is closed before the nonce. Each
-        #: handshake holds a socket, the core's state and up to two queued RSA jobs until its Hello, so this
-        #: bounds what a reconnecting fleet can make the server hold: the rest wait in the kernel's queue.
+        #: Admission control: at most this many handshakes under way. Each holds a socket, the core's state and
+        #: up to two queued RSA jobs until its Hello, so this bounds what a reconnecting fleet can make the
+        #: server hold: the other connections wait in `_waiting`, newest first, and are closed unserved
+        #: after `max_wait` seconds or when it is full.
         self.max_handshakes = max_handshakes
         self.handshakes = 0
-        #: Connections refused for the bound since the server started.
+        self._waiting: AcceptQueue[_Waiting] = AcceptQueue(queue_capacity, max_wait)
+        self._expiry: asyncio.TimerHandle | None = None
+        #: Connections closed unserved for the bound (waited too long, or made room) since the server started.
         self.overloaded = 0
         self._overload_logged = -_OVERLOAD_LOG_INTERVAL
-        #: Whether the server is accepting new connections (it stops at `max_handshakes`).
+        #: Whether the server is taking new connections from the kernel (all the time, but for a second after
+        #: it ran out of descriptors with none queued to give up, and once it stops).
         self.accepting = False
         self._listeners: list[socket.socket] = []
-        #: Connections accepted whose protocol has not started yet.
+        #: Connections taken from the queue whose protocol has not started yet.
         self._opening = 0
         self._tasks = TaskSet(log, "cyan-server")
 
@@ -925,8 +972,7 @@ class DeviceServer:
         sockets = self._server.sockets
         for listening in sockets:
             # asyncio bound the sockets (every address of the host, its errors); this server accepts on them itself,
-            # so that it can stop accepting while `max_handshakes` are under way and leave the connections queued
-            # in the kernel (which costs nothing) instead of taking them in only to close them.
+            # into its own queue, so that it chooses which waiting connection to serve (`cyan.server._accept`).
             loop.remove_reader(listening.fileno())
             listener = socket.socket(fileno=os.dup(listening.fileno()))
             listener.listen(LISTEN_BACKLOG)
@@ -936,8 +982,13 @@ class DeviceServer:
             self.port = sockets[0].getsockname()[1]
         self._resume_accepting()
 
+    @property
+    def queued(self) -> int:
+        """Connections accepted and waiting for a place among the handshakes under way."""
+        return len(self._waiting)
+
     def _resume_accepting(self) -> None:
-        if self.accepting or not self._listeners or self.handshakes + self._opening >= self.max_handshakes:
+        if self.accepting or not self._listeners:
             return
         loop = asyncio.get_running_loop()
         for listener in self._listeners:
@@ -955,22 +1006,102 @@ class DeviceServer:
     def _accept(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         for _ in range(ACCEPTS_PER_PASS):
-            if self.handshakes + self._opening >= self.max_handshakes:
-                self._pause_accepting()
-                return
             try:
-                conn, _ = listener.accept()
+                conn, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:
-                # Out of descriptors or buffers (EMFILE, ENFILE, ENOBUFS): leave the connections queued a second.
+                # Out of descriptors or buffers (EMFILE, ENFILE, ENOBUFS). The oldest waiting connection is the
+                # least likely to be served in time: give its descriptor up, else leave the kernel a second.
+                oldest = self._waiting.drop_oldest(_now())
+                if oldest is not None:
+                    self._drop(oldest)
+                    continue
                 log.warning("cannot accept a device connection, trying again in a second: %s", exc)
                 self._pause_accepting()
                 loop.call_later(1.0, self._resume_accepting)
+                break
+            self._queue_connection(conn, peer)
+        self._serve()
+
+    def _queue_connection(self, conn: socket.socket, peer: Any) -> None:
+        now = _now()
+        host = peer[0] if isinstance(peer, tuple) else str(peer)
+        peer_address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        waiting = _Waiting(conn, peer_address, time.time())
+        if not self.admit(host, now):
+            # Refused before it can take a place in the queue: a flood from one address does not push the
+            # other addresses' connections out.
+            limits = self.address_limits
+            self._close_unserved(
+                waiting,
+                RATE_LIMITED,
+                f"more new connections from {host} than the limit ({limits.burst} at once, {limits.per_second:g}/s)",
+            )
+            return
+        conn.setblocking(False)
+        dropped = self._waiting.push(waiting, now)
+        if dropped is not None:
+            self._drop(dropped)
+        if self._expiry is None:
+            self._arm_expiry()
+
+    def _serve(self) -> None:
+        """Start the newest waiting connections while places are free among the handshakes under way."""
+        now = _now()
+        while self.handshakes + self._opening < self.max_handshakes:
+            waiting = self._waiting.pop(now)
+            if waiting is None:
                 return
-            conn.setblocking(False)
             self._opening += 1
-            self._tasks.spawn(self._open(conn), "open a device connection")
+            self._tasks.spawn(self._open(waiting.sock), "open a device connection")
+
+    def _arm_expiry(self) -> None:
+        when = self._waiting.next_expiry()
+        if when is None or not self._listeners:
+            self._expiry = None
+            return
+        self._expiry = asyncio.get_running_loop().call_later(max(0.0, when - _now()), self._expire)
+
+    def _expire(self) -> None:
+        for dropped in self._waiting.expire(_now()):
+            self._drop(dropped)
+        self._arm_expiry()
+
+    def _drop(self, dropped: Dropped[_Waiting]) -> None:
+        """Close a connection the server could not serve in time, recorded as overloaded."""
+        self.overloaded += 1
+        why = "the server's queue was full with newer ones" if dropped.full else f"not served in {dropped.waited:.1f} s"
+        self._close_unserved(
+            dropped.item,
+            OVERLOADED,
+            f"{why}: {self.max_handshakes} handshakes under way and {len(self._waiting)} connections waiting",
+        )
+        now = _now()
+        if now - self._overload_logged >= _OVERLOAD_LOG_INTERVAL:
+            self._overload_logged = now
+            log.warning(
+                "%d handshakes under way and %d connections waiting: closing the ones waiting longest "
+                "(%d so far); their devices retry on their backoff",
+                self.handshakes,
+                len(self._waiting),
+                self.overloaded,
+            )
+
+    def _close_unserved(self, waiting: _Waiting, reason: str, detail: str) -> None:
+        """Close a connection before its nonce (no RSA work) and record it as failed at its first step."""
+        waiting.sock.close()
+        self.cloud.record_attempt(
+            ConnectionAttempt(
+                datetime.fromtimestamp(waiting.accepted_at, UTC),
+                waiting.peer_address,
+                AttemptOutcome.FAILED,
+                Step.NONCE.value,
+                reason,
+                detail,
+                duration=0.0,
+            )
+        )
 
     async def _open(self, conn: socket.socket) -> None:
         try:
@@ -980,13 +1111,18 @@ class DeviceServer:
             raise
         finally:
             self._opening -= 1  # connection_made has counted it in, or refused it
-            self._resume_accepting()
+            self._serve()
 
     async def stop(self) -> None:
         self._pause_accepting()
         listeners, self._listeners = self._listeners, []
         for listener in listeners:
             listener.close()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        for waiting in self._waiting.clear():
+            waiting.sock.close()
         server, self._server = self._server, None
         if server is not None:
             server.close()
@@ -1034,7 +1170,8 @@ class DeviceServer:
 
     def end_handshake(self) -> None:
         self.handshakes -= 1
-        self._resume_accepting()
+        if self._listeners:
+            self._serve()
 
     def connection(self, connection_id: int) -> DeviceProtocol | None:
         return self._connections.get(connection_id)

@@ -1,0 +1,101 @@
+"""The queue of accepted connections that wait for a place among the handshakes under way.
+
+A fleet reconnecting at once (a server restart, an outage's end) brings more connections than the server can
+start handshakes for. Left in the kernel's listen queue they are served in arrival order, and once that queue
+holds more than the firmware waits for its nonce (20 s from connect, protocol.md §3), every connection at its
+head belongs to a device that has given up: the server sends a nonce to a closed socket, the device comes back
+at the end of the queue after its backoff, and almost no handshake succeeds until the herd thins out
+(measured at 50,000 devices, docs/benchmarks.md "Reconnect storm").
+
+So the server takes connections from the kernel as they come and holds them here, where it chooses: the newest
+is served first (its device has the most of its 20 s left), one that has waited `max_wait` is closed (its device
+is about to give up, and retries on its backoff), and past `capacity` the oldest is closed to make room. Under
+no overload the queue stays empty and the order does not matter.
+
+Sans-IO: the caller passes the monotonic time and closes what is handed back.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+#: Connections one device server holds unserved. Each holds a descriptor; a few seconds of a server's handshake
+#: rate is what the queue can usefully hold, the rest would wait past `DEFAULT_MAX_WAIT` anyway.
+DEFAULT_CAPACITY = 2048
+#: How long a connection waits for its handshake before the server closes it. The firmware waits 20 s for the
+#: nonce from its connect; a connection taken after this still has 5 s for a handshake to start.
+DEFAULT_MAX_WAIT = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped(Generic[T]):
+    """A connection closed unserved: `waited` seconds in the queue, `full` if it made room for a newer one."""
+
+    item: T
+    waited: float
+    full: bool
+
+
+class AcceptQueue(Generic[T]):
+    """Accepted connections waiting for a handshake to start: newest first, none older than `max_wait`."""
+
+    __slots__ = ("_items", "capacity", "max_wait")
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, max_wait: float = DEFAULT_MAX_WAIT) -> None:
+        if capacity < 1:
+            raise ValueError(f"the queue holds 1 connection or more, not {capacity}")
+        if not max_wait > 0:
+            raise ValueError(f"a connection waits more than 0 s, not {max_wait}")
+        self.capacity = capacity
+        self.max_wait = max_wait
+        # Oldest on the left, newest on the right.
+        self._items: deque[tuple[float, T]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def push(self, item: T, now: float) -> Dropped[T] | None:
+        """Queue a connection accepted at `now`; the oldest is handed back when the queue was full."""
+        dropped = self.drop_oldest(now) if len(self._items) >= self.capacity else None
+        self._items.append((now, item))
+        return dropped
+
+    def pop(self, now: float) -> T | None:
+        """The newest connection that has not waited `max_wait`, or None. Older ones stay for `expire`."""
+        if not self._items:
+            return None
+        since, item = self._items[-1]
+        if now - since >= self.max_wait:
+            return None  # the newest is too old: so is every other one
+        self._items.pop()
+        return item
+
+    def drop_oldest(self, now: float) -> Dropped[T] | None:
+        """Hand back the oldest connection to make room (the server is out of descriptors), or None."""
+        if not self._items:
+            return None
+        since, item = self._items.popleft()
+        return Dropped(item, now - since, full=True)
+
+    def expire(self, now: float) -> list[Dropped[T]]:
+        """Hand back every connection that has waited `max_wait` or longer, oldest first."""
+        expired: list[Dropped[T]] = []
+        items = self._items
+        while items and now - items[0][0] >= self.max_wait:
+            since, item = items.popleft()
+            expired.append(Dropped(item, now - since, full=False))
+        return expired
+
+    def next_expiry(self) -> float | None:
+        """When the oldest connection will have waited `max_wait` (monotonic), or None when empty."""
+        return self._items[0][0] + self.max_wait if self._items else None
+
+    def clear(self) -> list[T]:
+        """Empty the queue (the server stops), handing back what it held."""
+        items = [item for _, item in self._items]
+        self._items.clear()
+        return items
