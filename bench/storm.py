@@ -10,9 +10,9 @@ Beside them, --honest devices run in this process, owned by a user, with a funct
    keep-alive connection (the baseline p50/p99), then the steady handshake rate: this process's load
    generator (bench/handshakes.py's, 64 at a time) against the same server, with the fleet connected.
 2. `kill -9` of the server, and `cyan serve` again on the same port and database. The storm: every device
-   reconnects at once; the server runs at most `max_handshakes` at a time and leaves the others queued in the
-   kernel until handshakes end (the few it accepts past the bound are closed before its nonce, and retry on
-   their backoff). Timed from the new server's port listening to every device
+   reconnects at once; the server runs at most `max_handshakes` at a time and holds the others in its queue,
+   newest served first, closing the ones that wait 15 s before its nonce (they retry on their backoff; the
+   table counts them as refused). Timed from the new server's port listening to every device
    connected again, against the ideal: all the devices divided by the steady rate. Meanwhile the honest
    devices that are back are called as in 1 (their p99 against the baseline's), a client lists
    `GET /v1/devices` every 2 s, and the server's memory is sampled.

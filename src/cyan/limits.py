@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-__all__ = ["ensure_file_limit"]
+__all__ = ["ensure_file_limit", "file_limit"]
+
+
+def file_limit() -> int | None:
+    """This process's open-file limit in force (the soft one), or None where there is none."""
+    try:
+        import resource  # noqa: PLC0415 - POSIX only
+    except ImportError:
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def ensure_file_limit(wanted: int | None = None) -> int:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cyan.server._accept import AcceptQueue, Dropped
+from cyan.server._accept import DEFAULT_CAPACITY, AcceptQueue, Dropped, queue_capacity
 
 
 def test_the_newest_connection_is_served_first() -> None:
@@ -38,6 +38,13 @@ def test_a_full_queue_hands_back_its_oldest() -> None:
     assert waiting.drop_oldest(3.0) == Dropped("b", 2.0, full=True)
     assert waiting.clear() == ["c"]
     assert waiting.drop_oldest(3.0) is None
+
+
+def test_the_queue_takes_a_quarter_of_the_file_limit_at_most() -> None:
+    assert queue_capacity(None) == DEFAULT_CAPACITY
+    assert queue_capacity(1_048_576) == DEFAULT_CAPACITY
+    assert queue_capacity(20_000) == 5_000
+    assert queue_capacity(8) == 16
 
 
 @pytest.mark.parametrize(("capacity", "max_wait"), [(0, 15.0), (1, 0.0), (1, float("nan")), (1, -1.0)])

@@ -66,7 +66,7 @@ async def _served_server(**limits: float) -> tuple[Application, Cloud, DeviceSer
         port=0,
         config=ServerConfig(),
         max_handshakes=int(limits.get("max_handshakes", 2)),
-        queue_capacity=int(limits.get("queue_capacity", 2048)),
+        max_queued=int(limits["max_queued"]) if "max_queued" in limits else None,
         max_wait=limits.get("max_wait", 15.0),
     )
     await server.start()
@@ -175,7 +175,7 @@ def test_a_connection_that_waits_too_long_is_closed_before_its_nonce_and_recorde
 
 def test_a_full_queue_closes_its_oldest_connection_for_a_new_one() -> None:
     async def scenario() -> None:
-        app, cloud, server = await _served_server(max_handshakes=1, queue_capacity=1)
+        app, cloud, server = await _served_server(max_handshakes=1, max_queued=1)
         writers: list[asyncio.StreamWriter] = []
         try:
             nonce, first = await _first_bytes(server.port)

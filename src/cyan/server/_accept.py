@@ -23,9 +23,21 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
-#: Connections one device server holds unserved. Each holds a descriptor; a few seconds of a server's handshake
-#: rate is what the queue can usefully hold, the rest would wait past `DEFAULT_MAX_WAIT` anyway.
-DEFAULT_CAPACITY = 2048
+#: Connections one device server holds unserved, at most. What the queue can usefully hold is what the server
+#: can start before they wait `DEFAULT_MAX_WAIT`: 15 s at a few hundred handshakes a second is a few thousand.
+#: Fewer were measured to churn: with 2,048 and 5,000 devices reconnecting at once to one process, 7,202
+#: connections were pushed out and retried (bench/storm.py). Each holds a descriptor, so a process takes at
+#: most a quarter of its open-file limit for it (`queue_capacity`).
+DEFAULT_CAPACITY = 8192
+
+
+def queue_capacity(file_limit: int | None) -> int:
+    """The queue's size for a process whose open-file limit is `file_limit` (None: no limit)."""
+    if file_limit is None:
+        return DEFAULT_CAPACITY
+    return max(16, min(DEFAULT_CAPACITY, file_limit // 4))
+
+
 #: How long a connection waits for its handshake before the server closes it. The firmware waits 20 s for the
 #: nonce from its connect; a connection taken after this still has 5 s for a handshake to start.
 DEFAULT_MAX_WAIT = 15.0

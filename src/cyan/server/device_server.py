@@ -32,6 +32,7 @@ from cyan.cloud.errors import DeviceTimeoutError, FunctionRefusedError, UnknownV
 from cyan.cloud.keypolicy import Decision
 from cyan.cloud.models import AttemptOutcome, ConnectionAttempt, DeviceRecord, LinkDiagnostics
 from cyan.cloud.service import VariableValue
+from cyan.limits import file_limit
 from cyan.protocol import (
     ConnectionClosed,
     ConnectionFailed,
@@ -66,8 +67,7 @@ from cyan.protocol import (
 )
 from cyan.protocol.handshake import private_decrypt, private_sign
 from cyan.protocol.messages import DescribeFlags, decode_describe, decode_metrics
-from cyan.server._accept import DEFAULT_CAPACITY as DEFAULT_QUEUE_CAPACITY
-from cyan.server._accept import DEFAULT_MAX_WAIT, AcceptQueue, Dropped
+from cyan.server._accept import DEFAULT_MAX_WAIT, AcceptQueue, Dropped, queue_capacity
 from cyan.tasks import TaskSet
 
 __all__ = ["AddressLimits", "CloudPort", "DeviceProtocol", "DeviceServer", "LinkHost"]
@@ -915,7 +915,7 @@ class DeviceServer:
         reuse_port: bool = False,
         address_limits: AddressLimits | None = None,
         max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
-        queue_capacity: int = DEFAULT_QUEUE_CAPACITY,
+        max_queued: int | None = None,
         max_wait: float = DEFAULT_MAX_WAIT,
     ) -> None:
         if key_workers < 0:
@@ -944,7 +944,10 @@ class DeviceServer:
         #: after `max_wait` seconds or when it is full.
         self.max_handshakes = max_handshakes
         self.handshakes = 0
-        self._waiting: AcceptQueue[_Waiting] = AcceptQueue(queue_capacity, max_wait)
+        #: `max_queued` None: the most the process's open-file limit allows (`cyan.server._accept.queue_capacity`).
+        self._waiting: AcceptQueue[_Waiting] = AcceptQueue(
+            queue_capacity(file_limit()) if max_queued is None else max_queued, max_wait
+        )
         self._expiry: asyncio.TimerHandle | None = None
         #: Connections closed unserved for the bound (waited too long, or made room) since the server started.
         self.overloaded = 0
