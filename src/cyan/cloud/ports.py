@@ -453,6 +453,10 @@ class Bus(Protocol):
 
     node_id: str
 
+    async def start(self) -> None:
+        """Join the cluster: return once this node holds its place among the nodes, receives the others' events
+        and answers their requests. `BusUnavailableError` (naming the broker) if the broker does not answer."""
+
     def publish(self, event: CloudEvent) -> None:
         """Send the event to every node; never blocks."""
 
