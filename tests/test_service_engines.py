@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 from sqlalchemy import URL
 
 import servers
@@ -96,9 +99,15 @@ def test_a_node_on_postgresql_and_redis_shares_them_with_the_command_line_and_ot
         await service.start()
         try:
             assert [u.username for u in await service.store.accounts.list_users()] == ["alice@example.com"]
-            bus = service.bus
-            assert isinstance(bus, RedisBus)
-            await bus.start()  # it connects on first use; here, wait for it
+            # On the bus once started, before anything used it: its lease is taken, and what another node
+            # publishes from now on reaches it.
+            async with aioredis.Redis.from_url(servers.REDIS_URL) as client:
+                assert await client.get(f"{prefix}node:node-1") is not None
+            mine = service.bus.subscribe("hi")
+            other.publish(CloudEvent("hi", "from node-2", 60, datetime.now(UTC), None, "alice@example.com", True))
+            got = await asyncio.wait_for(mine.get(), 10)
+            assert got is not None
+            assert got.data == "from node-2"
             service.cloud.publish("hello", "from node-1", owner="alice@example.com")
             got = await asyncio.wait_for(heard.get(), 10)
             assert isinstance(got, CloudEvent)
@@ -204,3 +213,45 @@ def test_one_node_refuses_to_start_with_another_udp_server_key_than_its_devices_
         assert not (tmp_path / "udp_server_key.pem").exists()
 
     asyncio.run(scenario())
+
+
+def test_a_node_whose_redis_does_not_answer_refuses_to_start_and_names_it(tmp_path: Path) -> None:
+    """Like a database that cannot be opened: nothing is left listening, and the message names the Redis (never
+    its password)."""
+    settings = Settings(
+        data_dir=tmp_path,
+        device_host="127.0.0.1",
+        device_port=0,
+        device_udp_port=0,
+        api_host="127.0.0.1",
+        api_port=0,
+        workers=0,
+        bus_url="redis://:s3cret@127.0.0.1:1/0?timeout=1",
+        node_id="node-1",
+    )
+    service = Service(settings, ensure_server_keys(settings))
+
+    async def scenario() -> None:
+        with pytest.raises(BusUnavailableError, match=r"cannot join the cloud: Redis at 127\.0\.0\.1:1/0: ") as info:
+            await service.start()
+        assert "s3cret" not in str(info.value)
+        assert service.server_key_file is None  # the device server never started
+        assert service._api is None
+        with pytest.raises(BusUnavailableError, match="closed"):
+            await service.bus.claim("ab" * 12, "s1")
+
+    asyncio.run(scenario())
+
+
+def test_cyan_serve_with_a_redis_that_does_not_answer_fails_with_its_address(tmp_path: Path) -> None:
+    """`cyan serve` joins the bus as it starts: with Redis not answering it exits with the address, rather than
+    serving devices as a node the others cannot reach."""
+    command = [sys.executable, "-c", "import sys; from cyan.cli import main; sys.exit(main(sys.argv[1:]))"]
+    options = ["--device-host", "127.0.0.1", "--device-port", "0", "--device-udp-port", "off"]
+    options += ["--api-host", "127.0.0.1", "--api-port", "0", "--bus", "redis://:s3cret@127.0.0.1:1/0?timeout=1"]
+    argv = [*command, "serve", "--data-dir", str(tmp_path), *options]
+    done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "error: cannot join the cloud: Redis at 127.0.0.1:1/0: " in done.stderr
+    assert "hint: check that Redis answers at the address of --bus" in done.stderr
+    assert "s3cret" not in done.stderr + done.stdout

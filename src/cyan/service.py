@@ -209,10 +209,15 @@ class Service:
 
     async def start(self) -> None:
         """Start everything, or nothing: a part that fails (a port in use, a database that cannot be
-        opened) stops the parts already started, so no socket or connection is left behind."""
+        opened, a Redis that does not answer) stops the parts already started, so no socket or connection is
+        left behind.
+
+        The node joins the bus before it serves anything: its first session can replace one another node
+        holds, and its first request reach another node."""
         try:
             await self.store.open()
             await settle_server_key(self.settings, self.keys, self.app)
+            await self.bus.start()
             await self.cloud.start()
             await self.hooks.start()
             self.vitals.start()

@@ -367,7 +367,7 @@ def test_a_thousand_events_arrive_in_order_and_a_nodes_own_events_arrive_once(pr
 # -- Redis unreachable --------------------------------------------------------------------------
 
 
-def test_redis_unreachable_is_bus_unavailable_and_events_stay_local() -> None:
+def test_redis_unreachable_is_bus_unavailable_and_events_stay_local(caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> None:
         bus = RedisBus("redis://:s3cret@127.0.0.1:1/0", node_id="a", options=RedisOptions(timeout=1.0))
         local = bus.subscribe("temp")
@@ -384,6 +384,8 @@ def test_redis_unreachable_is_bus_unavailable_and_events_stay_local() -> None:
         assert await local.get() == event("temp/1")
         assert bus.unsent == 1
         await bus.close()
+        # It never joined: no lease or presence of its own to release, nor a warning about them.
+        assert "without releasing" not in caplog.text
         assert await local.get() is None
         with pytest.raises(BusUnavailableError, match="is closed"):
             await bus.claim(DEVICE, "s1")

@@ -284,8 +284,19 @@ def test_naive_datetimes_are_refused_before_anything_is_written(make: StoreFacto
             await store.accounts.add_token(token(2, expires_at=T0))
             with pytest.raises(ValueError, match="now must be an aware datetime"):
                 await store.accounts.remove_expired_tokens(naive)
+            with pytest.raises(ValueError, match="spent_at must be an aware datetime"):
+                await store.accounts.add_refresh_token(refresh(1, spent_at=naive))
+            await store.accounts.add_refresh_token(refresh(2))
+            with pytest.raises(ValueError, match="now must be an aware datetime"):
+                await store.accounts.take_refresh_token(refresh(2).token_hash, naive)
+            with pytest.raises(ValueError, match="now must be an aware datetime"):
+                await store.accounts.remove_expired_refresh_tokens(naive)
             assert await store.accounts.list_users() == []
             assert await store.accounts.list_tokens(ALICE) == [token(2, expires_at=T0)]
+            assert await store.accounts.take_refresh_token(refresh(1).token_hash, T0) is None
+            taken = await store.accounts.take_refresh_token(refresh(2).token_hash, T0)
+            assert taken is not None
+            assert taken.spent_at is None  # the refused take spent nothing
 
     run(scenario())
 
@@ -293,33 +304,113 @@ def test_naive_datetimes_are_refused_before_anything_is_written(make: StoreFacto
 # -- refresh tokens -------------------------------------------------------------------------------
 
 
-def refresh(number: int, username: str = ALICE, *, expires_at: datetime = T0 + timedelta(days=30)) -> RefreshToken:
-    return RefreshToken(f"{number:064X}", username, "CLI2", T0, expires_at)
+def refresh(
+    number: int,
+    username: str = ALICE,
+    *,
+    expires_at: datetime = T0 + timedelta(days=30),
+    family: str = "f1",
+    spent_at: datetime | None = None,
+) -> RefreshToken:
+    return RefreshToken(f"{number:064X}", username, "CLI2", T0, expires_at, family, spent_at)
 
 
-def test_a_refresh_token_is_taken_once_in_any_case_and_survives_a_reopen(make: StoreFactory) -> None:
+def test_a_refresh_token_is_spent_once_in_any_case_and_survives_a_reopen(make: StoreFactory) -> None:
+    spent_at = T0 + timedelta(hours=1)
+
     async def scenario() -> None:
         async with make() as store:
             await store.accounts.add_refresh_token(refresh(1, "Alice@Example.com"))
             with pytest.raises(ValueError, match="already stored"):
                 await store.accounts.add_refresh_token(refresh(1, BOB))
         async with make() as store:  # from the file, not from any cache
-            taken = await store.accounts.take_refresh_token(f"{1:064x}")
-            assert taken == RefreshToken(f"{1:064x}", ALICE, "CLI2", T0, T0 + timedelta(days=30))
-            assert await store.accounts.take_refresh_token(f"{1:064x}") is None
+            unspent = RefreshToken(f"{1:064x}", ALICE, "CLI2", T0, T0 + timedelta(days=30), "f1")
+            in_chicago = spent_at.astimezone(timezone(timedelta(hours=-5)))  # another zone, the same instant
+            taken = await store.accounts.take_refresh_token(f"{1:064X}", in_chicago)
+            assert taken == unspent  # as it was: this call spent it
+        async with make() as store:
+            # Spent, and kept so: taken again, it comes back with the time it was spent (a reuse).
+            again = await store.accounts.take_refresh_token(f"{1:064x}", spent_at + timedelta(minutes=5))
+            assert again == dataclasses.replace(unspent, spent_at=spent_at)
+            assert again is not None
+            assert again.spent_at is not None
+            assert again.spent_at.tzinfo is UTC
+            # The first time it was spent stays.
+            third = await store.accounts.take_refresh_token(f"{1:064x}", spent_at + timedelta(minutes=9))
+            assert third == again
+            assert await store.accounts.take_refresh_token(f"{2:064x}", spent_at) is None
 
     run(scenario())
 
 
-def test_of_two_concurrent_takes_of_one_refresh_token_exactly_one_gets_it(make: StoreFactory) -> None:
+def test_of_two_concurrent_takes_of_one_refresh_token_exactly_one_spends_it(make: StoreFactory) -> None:
     async def scenario() -> None:
         async with make() as first, make() as second:
             await first.accounts.add_refresh_token(refresh(2))
-            results = await asyncio.gather(
-                first.accounts.take_refresh_token(refresh(2).token_hash.lower()),
-                second.accounts.take_refresh_token(refresh(2).token_hash.lower()),
+            for _ in range(3):
+                await first.accounts.add_refresh_token(refresh(3, family="f2"))
+                results = await asyncio.gather(
+                    first.accounts.take_refresh_token(refresh(3).token_hash.lower(), T0 + timedelta(hours=1)),
+                    second.accounts.take_refresh_token(refresh(3).token_hash.lower(), T0 + timedelta(hours=2)),
+                )
+                assert all(r is not None for r in results)
+                # One found it unspent; the other found it spent by that one (its time, not its own).
+                spent = sorted((r.spent_at for r in results if r is not None), key=lambda t: t is not None)
+                assert spent[0] is None
+                assert spent[1] in (T0 + timedelta(hours=1), T0 + timedelta(hours=2))
+                assert await first.accounts.remove_token_family("f2") == 1
+            # The other token is untouched.
+            assert await first.accounts.take_refresh_token(refresh(2).token_hash, T0) == dataclasses.replace(
+                refresh(2), token_hash=refresh(2).token_hash.lower()
             )
-            assert sorted(r is None for r in results) == [False, True]
+
+    run(scenario())
+
+
+def test_a_familys_refresh_and_access_tokens_are_revoked_together_and_only_they(make: StoreFactory) -> None:
+    async def scenario() -> None:
+        async with make() as store:
+            await store.accounts.add_refresh_token(refresh(1, family="f1", spent_at=T0 + timedelta(hours=1)))
+            await store.accounts.add_refresh_token(refresh(2, family="f1"))
+            await store.accounts.add_refresh_token(refresh(3, family="f2"))
+            await store.accounts.add_refresh_token(refresh(4, BOB, family="f3"))
+            await store.accounts.add_token(dataclasses.replace(token(1), family="f1"))
+            await store.accounts.add_token(dataclasses.replace(token(2), family="f1"))
+            await store.accounts.add_token(dataclasses.replace(token(3), family="f2"))
+            await store.accounts.add_token(token(4))  # issued without a refresh token: no family
+        async with make() as store:
+            assert await store.accounts.get_token(token(1).token_hash) == dataclasses.replace(token(1), family="f1")
+            assert await store.accounts.remove_token_family("f1") == 4
+            assert await store.accounts.remove_token_family("f1") == 0
+            assert await store.accounts.remove_token_family("nothing") == 0
+            assert [int(t.token_hash, 16) for t in await store.accounts.list_tokens(ALICE)] == [3, 4]
+            for gone in (1, 2):
+                assert await store.accounts.take_refresh_token(refresh(gone).token_hash, T0) is None
+            assert (await store.accounts.take_refresh_token(refresh(3).token_hash, T0)) is not None
+            assert (await store.accounts.take_refresh_token(refresh(4).token_hash, T0)) is not None
+
+    run(scenario())
+
+
+def test_expired_refresh_tokens_go_spent_or_not(make: StoreFactory) -> None:
+    now = T0 + timedelta(days=30)
+    microsecond = timedelta(microseconds=1)
+
+    async def scenario() -> None:
+        async with make() as store:
+            assert await store.accounts.remove_expired_refresh_tokens(now) == 0
+            await store.accounts.add_refresh_token(refresh(1, expires_at=now - microsecond, spent_at=T0))
+            await store.accounts.add_refresh_token(refresh(2, expires_at=now))
+            await store.accounts.add_refresh_token(refresh(3, expires_at=now + microsecond, spent_at=T0))
+            await store.accounts.add_refresh_token(refresh(4, BOB, expires_at=now + microsecond))
+            await store.accounts.add_token(token(9, expires_at=now - microsecond))
+            in_tokyo = now.astimezone(timezone(timedelta(hours=9)))
+            assert await store.accounts.remove_expired_refresh_tokens(in_tokyo) == 2
+            assert await store.accounts.list_tokens(ALICE) != []  # access tokens are not its business
+            for gone in (1, 2):
+                assert await store.accounts.take_refresh_token(refresh(gone).token_hash, now) is None
+            for kept in (3, 4):
+                assert await store.accounts.take_refresh_token(refresh(kept).token_hash, now) is not None
 
     run(scenario())
 
@@ -335,10 +426,10 @@ def test_refresh_tokens_go_with_their_user_their_expiry_or_on_request(make: Stor
             await store.accounts.add_token(token(9, expires_at=T0 + timedelta(hours=1)))
             # Access and refresh tokens whose time is up, both counted.
             assert await store.accounts.remove_expired_tokens(T0 + timedelta(hours=1)) == 2
-            assert await store.accounts.take_refresh_token(refresh(2).token_hash) is None
+            assert await store.accounts.take_refresh_token(refresh(2).token_hash, T0) is None
             assert await store.accounts.remove_refresh_tokens(BOB.upper()) == 2
-            assert await store.accounts.take_refresh_token(refresh(3).token_hash) is None
+            assert await store.accounts.take_refresh_token(refresh(3).token_hash, T0) is None
             assert await store.accounts.remove_user(ALICE)
-            assert await store.accounts.take_refresh_token(refresh(1).token_hash) is None
+            assert await store.accounts.take_refresh_token(refresh(1).token_hash, T0) is None
 
     run(scenario())

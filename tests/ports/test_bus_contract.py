@@ -28,7 +28,10 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
 
         async def in_process() -> tuple[Bus, Bus]:
             hub = InProcessHub()
-            return InProcessBus(node_id="a", hub=hub, capacity=4), InProcessBus(node_id="b", hub=hub, capacity=4)
+            a = InProcessBus(node_id="a", hub=hub, capacity=4)
+            b = InProcessBus(node_id="b", hub=hub, capacity=4)
+            await asyncio.gather(a.start(), b.start())
+            return a, b
 
         yield in_process
         return

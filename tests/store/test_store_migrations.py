@@ -14,7 +14,16 @@ import pytest
 from alembic import command
 from sqlalchemy import create_engine
 
-from cyan.cloud.models import AccessToken, AttemptOutcome, DeviceRecord, KeyPolicyMode, Role, User, Variable
+from cyan.cloud.models import (
+    AccessToken,
+    AttemptOutcome,
+    DeviceRecord,
+    KeyPolicyMode,
+    RefreshToken,
+    Role,
+    User,
+    Variable,
+)
 from cyan.cloud.ports import StoreUnavailableError
 from cyan.store import SqliteStore
 from cyan.store._migrate import alembic_config, head_revision
@@ -185,6 +194,33 @@ def test_a_data_directory_of_release_0_1_0_upgrades_in_place(db: Path) -> None:
             async with store.transaction() as tx:
                 await tx.keys.save_pending_key(dataclasses.replace(pending[0], fingerprint="SHA256:other"))
             assert len(await store.keys.list_pending_keys(kitchen)) == 2
+
+    run(scenario())
+    assert _version(db) == [head_revision()]
+
+
+def test_refresh_tokens_of_0010_each_start_a_family_of_their_own_and_work_after_0011(db: Path) -> None:
+    _migrate(db, "0010")
+    created, expires = "2024-05-01 12:00:00.123456", "2024-05-31 12:00:00.123456"
+    columns = "(token_hash, username, client_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?)"
+    with sqlite3.connect(db) as conn:
+        conn.execute(f"INSERT INTO refresh_tokens {columns}", ("ab" * 32, ALICE, "particle", created, expires))
+        conn.execute(f"INSERT INTO access_tokens {columns}", ("cd" * 32, ALICE, "particle", created, None))
+    conn.close()
+
+    async def scenario() -> None:
+        async with SqliteStore(db) as store:
+            # Unspent, a family of its own (its descendants, if any, are not known); the access token of none.
+            taken = await store.accounts.take_refresh_token("ab" * 32, T0 + timedelta(hours=1))
+            assert taken == RefreshToken("ab" * 32, ALICE, "particle", T0, T0 + timedelta(days=30), "ab" * 32)
+            assert await store.accounts.list_tokens(ALICE) == [
+                AccessToken("cd" * 32, ALICE, "particle", T0, None, None)
+            ]
+            spent = await store.accounts.take_refresh_token("ab" * 32, T0 + timedelta(hours=2))
+            assert spent is not None
+            assert spent.spent_at == T0 + timedelta(hours=1)
+            assert await store.accounts.remove_token_family("ab" * 32) == 1
+            assert len(await store.accounts.list_tokens(ALICE)) == 1  # not of the family
 
     run(scenario())
     assert _version(db) == [head_revision()]

@@ -5,6 +5,7 @@ named without the password, and the URL and its options. Each test has a databas
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -14,10 +15,10 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import URL, Connection, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from cyan.cloud.models import AuditEntry, DeviceRecord
+from cyan.cloud.models import AuditEntry, DeviceRecord, RefreshToken
 from cyan.cloud.ports import StoreUnavailableError
 from cyan.store import PostgresOptions, PostgresStore, open_store
-from cyan.store._migrate import head_revision
+from cyan.store._migrate import alembic_config, head_revision
 from cyan.store._postgres import WRITE_LOCK
 from cyan.store._postgres import postgres_url as parse_url
 from cyan.store._schema import metadata
@@ -122,6 +123,32 @@ def test_nodes_starting_at_once_migrate_once(postgres_url: URL, monkeypatch: pyt
     run(scenario())
     assert upgrades == 1
     assert run(_on(postgres_url, "SELECT version_num FROM alembic_version")) == [(head_revision(),)]
+
+
+def test_refresh_tokens_of_0010_each_start_a_family_of_their_own_after_0011(postgres_url: URL) -> None:
+    async def scenario() -> None:
+        engine = create_async_engine(postgres_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), "0010"))
+        finally:
+            await engine.dispose()
+        columns = "(token_hash, username, client_id, created_at, expires_at)"
+        await _on(
+            postgres_url,
+            f"INSERT INTO refresh_tokens {columns} VALUES ('{'ab' * 32}', 'alice', 'particle', "
+            "'2024-05-01 12:00:00.123456+00', '2024-05-31 12:00:00.123456+00')",
+            f"INSERT INTO access_tokens {columns} VALUES ('{'cd' * 32}', 'alice', 'particle', "
+            "'2024-05-01 12:00:00.123456+00', NULL)",
+        )
+        async with PostgresStore(postgres_url) as store:
+            taken = await store.accounts.take_refresh_token("ab" * 32, T0 + timedelta(hours=1))
+            assert taken == RefreshToken("ab" * 32, "alice", "particle", T0, T0 + timedelta(days=30), "ab" * 32)
+            assert [t.family for t in await store.accounts.list_tokens("alice")] == [None]
+            assert await store.accounts.remove_token_family("ab" * 32) == 1
+        assert await _on(postgres_url, "SELECT version_num FROM alembic_version") == [(head_revision(),)]
+
+    run(scenario())
 
 
 def test_a_schema_from_a_newer_cyan_is_refused(postgres_url: URL) -> None:

@@ -81,7 +81,7 @@ def test_open_creates_directories_and_the_schema_at_head(tmp_path: Path) -> None
             pass
 
     run(scenario())
-    assert head_revision() == "0010"
+    assert head_revision() == "0011"
     # The cheap head that spares every open of a current database from importing Alembic.
     assert newest_revision() == head_revision()
     assert _version(db) == [head_revision()]
@@ -94,8 +94,8 @@ def test_open_creates_directories_and_the_schema_at_head(tmp_path: Path) -> None
             "ix_connection_attempts_started_at",
         ],
         "users": [],
-        "access_tokens": ["ix_access_tokens_username"],
-        "refresh_tokens": ["ix_refresh_tokens_username"],
+        "access_tokens": ["ix_access_tokens_family", "ix_access_tokens_username"],
+        "refresh_tokens": ["ix_refresh_tokens_expires_at", "ix_refresh_tokens_family", "ix_refresh_tokens_username"],
         "key_policies": [],
         "rekey_windows": [],
         "pending_keys": [],

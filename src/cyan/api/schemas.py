@@ -229,7 +229,9 @@ class TokenRequest(BaseModel):
     username: Omittable[str] = Field(default=None, description="The password grant's account")
     password: Omittable[str] = Field(default=None, description="The password grant's password")
     refresh_token: Omittable[str] = Field(
-        default=None, description="The refresh grant's token, from an earlier answer; it is spent by its use"
+        default=None,
+        description="The refresh grant's token, from an earlier answer; it is spent by its use, and sent again it "
+        "revokes every token rotated from the same login",
     )
     client_id: Omittable[str] = Field(
         default=None, description="Any: CLI2 (particle login), user (particle token create)"
@@ -364,7 +366,7 @@ class Token(Shape):
     refresh_token: Omittable[str] = Field(
         default=None,
         description="Exchanged once (grant_type=refresh_token) for new tokens within 30 days; revoked with a "
-        "password change",
+        "password change, and with every token rotated from the same login when a spent one is sent again",
     )
 
 

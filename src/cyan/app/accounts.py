@@ -14,7 +14,7 @@ import os
 import secrets
 from collections import deque
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from cyan.cloud.auth import DEFAULT_TOKEN_LIFETIME, check_username, hash_password, hash_token, verify_password
 from cyan.cloud.errors import (
@@ -25,7 +25,7 @@ from cyan.cloud.errors import (
     TooManyRequestsError,
 )
 from cyan.cloud.models import AccessToken, AuditEntry, RefreshToken, Role, User
-from cyan.cloud.ports import UserExistsError
+from cyan.cloud.ports import Repositories, UserExistsError
 
 from ._context import AppContext
 from .actors import Actor
@@ -333,22 +333,50 @@ class AccountUseCases:
 
     async def refresh(self, refresh_token: str, expires_in: int | None, *, client_id: str | None = None) -> IssuedToken:
         """New tokens for a refresh token (the OAuth refresh grant), which is spent: the answer carries a new
-        refresh token. An unknown, spent, revoked or expired one is `InvalidRefreshTokenError`, alike."""
+        refresh token, of the same family. An unknown, spent, revoked or expired one is
+        `InvalidRefreshTokenError`, alike.
+
+        A spent one presented again (RFC 9700 §4.14.2, refresh token rotation) means that two parties hold it,
+        the client and a thief, and either may hold the newer one: every token of its family, refresh and
+        access, is revoked and the reuse audited, so both log in again."""
         lifetime = _lifetime(expires_in)
-        if not isinstance(refresh_token, str) or not 0 < len(refresh_token) <= 512:
+        # Tokens are hex: anything else (or longer than any token) is unknown without a look.
+        if not isinstance(refresh_token, str) or not 0 < len(refresh_token) <= 512 or not refresh_token.isascii():
             raise InvalidRefreshTokenError("the refresh token is invalid")
         now = self._ctx.clock()
-        # Taken in its own transaction, before anything else: of two requests with the same token, only one
-        # gets new tokens, even across nodes.
+        issued: IssuedToken | None = None
+        # One transaction, from taking the token to the audit entry: of two requests with the same token, even
+        # on two nodes, the first spends it and gets new tokens; the second finds it spent, a reuse.
         async with self._ctx.store.transaction() as tx:
-            spent = await tx.accounts.take_refresh_token(hash_token(refresh_token))
-        if spent is None or spent.expires_at <= now:
+            taken = await tx.accounts.take_refresh_token(hash_token(refresh_token), now)
+            if taken is None or taken.expires_at <= now:
+                raise InvalidRefreshTokenError("the refresh token is invalid")
+            if taken.spent_at is not None:
+                revoked = await tx.accounts.remove_token_family(taken.family)
+                await tx.audit.add(
+                    AuditEntry(
+                        now,
+                        None,
+                        "refresh_token_reused",
+                        "policy",
+                        detail=f"client {taken.client_id}; refresh token {taken.token_hash[:12]} spent at "
+                        f"{taken.spent_at.isoformat(timespec='seconds')} presented again; its family's {revoked} "
+                        "token(s) revoked",
+                        subject=taken.username,
+                    )
+                )
+            else:
+                user = await tx.accounts.get_user(taken.username)
+                if user is None:
+                    raise InvalidRefreshTokenError("the refresh token is invalid")
+                client = taken.client_id if client_id is None else client_id
+                actor = Actor.account(user.username, user.role)
+                issued = await self._write_issued(
+                    tx, actor, user, client, lifetime=lifetime, now=now, family=taken.family
+                )
+        if issued is None:  # the reuse, revoked and audited above: answered as any invalid token
             raise InvalidRefreshTokenError("the refresh token is invalid")
-        user = await self._ctx.store.accounts.get_user(spent.username)
-        if user is None:
-            raise InvalidRefreshTokenError("the refresh token is invalid")
-        client = spent.client_id if client_id is None else client_id
-        return await self._issue(Actor.account(user.username, user.role), user, client, lifetime, refresh=True)
+        return issued
 
     async def _failed(self, account: str, address: str, *, account_limit: bool, address_limit: bool) -> None:
         """Audit a failed login, and the moment an account or an address reached its limit."""
@@ -387,34 +415,54 @@ class AccountUseCases:
     async def _issue(
         self, actor: Actor, user: User, client_id: str, lifetime: int | None, *, refresh: bool = False
     ) -> IssuedToken:
-        token = secrets.token_hex(20)
         now = self._ctx.clock()
-        expires = now + timedelta(seconds=lifetime) if lifetime else None
-        record = AccessToken(hash_token(token), user.username, _client(client_id), now, expires)
-        refresh_token = secrets.token_hex(20) if refresh else None
+        # A login with a refresh token starts a family: every rotation of that refresh token belongs to it.
+        family = secrets.token_hex(16) if refresh else None
         async with self._ctx.store.transaction() as tx:
-            await tx.accounts.add_token(record)
-            if refresh_token is not None:
-                await tx.accounts.add_refresh_token(
-                    RefreshToken(
-                        hash_token(refresh_token),
-                        user.username,
-                        record.client_id,
-                        now,
-                        now + timedelta(seconds=REFRESH_TOKEN_LIFETIME),
-                    )
-                )
-            await tx.audit.add(
-                AuditEntry(
+            return await self._write_issued(tx, actor, user, client_id, lifetime=lifetime, now=now, family=family)
+
+    async def _write_issued(
+        self,
+        tx: Repositories,
+        actor: Actor,
+        user: User,
+        client_id: str,
+        *,
+        lifetime: int | None,
+        now: datetime,
+        family: str | None,
+    ) -> IssuedToken:
+        """Store a new access token (and, with a `family`, a refresh token of that family) and audit it."""
+        token = secrets.token_hex(20)
+        expires = now + timedelta(seconds=lifetime) if lifetime else None
+        record = AccessToken(hash_token(token), user.username, _client(client_id), now, expires, family)
+        refresh_token: str | None = None
+        await tx.accounts.add_token(record)
+        if family is not None:
+            refresh_token = secrets.token_hex(20)
+            # Spent tokens are kept until they expire, to recognise their reuse: those past it go here.
+            await tx.accounts.remove_expired_refresh_tokens(now)
+            await tx.accounts.add_refresh_token(
+                RefreshToken(
+                    hash_token(refresh_token),
+                    user.username,
+                    record.client_id,
                     now,
-                    None,
-                    "token_created",
-                    actor.name,
-                    detail=f"client {record.client_id}; token {record.token_hash[:12]}"
-                    + ("; with a refresh token" if refresh else ""),
-                    subject=user.username,
+                    now + timedelta(seconds=REFRESH_TOKEN_LIFETIME),
+                    family,
                 )
             )
+        await tx.audit.add(
+            AuditEntry(
+                now,
+                None,
+                "token_created",
+                actor.name,
+                detail=f"client {record.client_id}; token {record.token_hash[:12]}"
+                + ("; with a refresh token" if refresh_token is not None else ""),
+                subject=user.username,
+            )
+        )
         return IssuedToken(token, record, refresh_token)
 
     async def resolve(self, token: str) -> Actor | None:

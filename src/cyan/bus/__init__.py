@@ -28,8 +28,8 @@ __all__ = [
 def open_bus(url: str, *, node_id: str) -> InProcessBus | RedisBus:
     """The bus for a URL: none (an empty string) is the in-process bus of a cloud of one node; a
     ``redis://[user:password@]host[:port][/db]`` (``rediss://`` for TLS, ``unix://``) URL joins the cloud whose
-    nodes share that Redis. Not connected yet: `RedisBus` connects on first use (``await bus.start()`` to wait
-    for it).
+    nodes share that Redis. Not connected yet: ``await bus.start()`` joins the cloud (`cyan.service.Service`
+    does so before it serves anything), raising `BusUnavailableError` if Redis does not answer.
 
     Raises ValueError for another scheme or a bad option (never repeating a password).
     """

@@ -40,6 +40,9 @@ class InProcessBus:
         self._hub.nodes[node_id] = self
         self._local = LocalFanOut(capacity)
 
+    async def start(self) -> None:
+        """Nothing to join: the node is on its hub from the moment it is made."""
+
     # -- events ---------------------------------------------------------------------------------
 
     def publish(self, event: CloudEvent) -> None:

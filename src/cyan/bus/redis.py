@@ -323,9 +323,12 @@ return 1
 class RedisBus:
     """`cyan.cloud.ports.Bus` for the nodes of a cloud that share one Redis server (see the module's docstring).
 
-    ``await start()`` connects and returns once this node receives the others' events; every other call starts
-    the bus too if needed, but an event published by another node before this one has subscribed is not seen
-    here. ``await close()`` leaves the cloud: its presences go at once (``close(release=False)`` leaves them to
+    ``await start()`` joins the cloud: it connects, takes this node's lease and subscribes, and returns once this
+    node receives the others' events and answers their requests, or raises `BusUnavailableError` naming the
+    Redis that did not answer. A service starts its bus before it takes devices or API requests
+    (`cyan.service.Service.start`). Any other call made before `start` starts the bus in the background, but
+    until it has joined, a request to another node fails and another node's events are not seen here.
+    ``await close()`` leaves the cloud: its presences go at once (``close(release=False)`` leaves them to
     expire with the lease, as a crash does).
     """
 
@@ -359,6 +362,8 @@ class RedisBus:
         self._tasks: list[asyncio.Task[None]] = []
         self._connected = asyncio.Event()
         self._attempted = asyncio.Event()
+        #: This run's lease was taken at least once: there may be a lease and live presences of its own in Redis.
+        self._leased = False
         self._last_error = "not connected yet"
         self._outbox: deque[bytes] = deque(maxlen=self.options.outbox)
         self._outbox_ready = asyncio.Event()
@@ -377,7 +382,8 @@ class RedisBus:
 
     async def start(self) -> None:
         """Connect, take this node's lease and subscribe; `BusUnavailableError` if Redis does not answer within
-        the timeout (the bus keeps trying in the background)."""
+        twice the timeout (the bus keeps trying in the background until it is closed). Once joined, a lost
+        connection is not an error here: the bus reconnects by itself."""
         self._launch()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._attempted.wait(), self.options.timeout * 2)
@@ -429,7 +435,8 @@ class RedisBus:
         lease, as a crashed node's do), its subscriptions end, it answers no request."""
         if self._state == "closed":
             return
-        was_running = self._state == "running"
+        # A bus that never took its lease has nothing live in Redis to release (a presence counts only under it).
+        was_running = self._state == "running" and self._leased
         self._state = "closed"
         self._connected.clear()
         self._local.close_all()
@@ -507,6 +514,7 @@ class RedisBus:
     async def _connect(self, first: bool) -> PubSub:
         client = self._require_client()
         held = await self._renew(first=first)
+        self._leased = True
         if first:
             await self._sweep()
         pubsub = client.pubsub(ignore_subscribe_messages=True)
@@ -747,6 +755,7 @@ class RedisBus:
         assert self._blocking is not None
         slots = asyncio.Semaphore(self.options.concurrent_requests)
         pause = 0.05
+        await self._connected.wait()  # no list of this node's to read before it has joined (nor warnings)
         while self._state == "running":
             await slots.acquire()
             try:

@@ -7,7 +7,7 @@ import traceback
 import typer
 
 from cyan.cloud.errors import CloudError
-from cyan.cloud.ports import DeviceExistsError, StoreUnavailableError
+from cyan.cloud.ports import BusUnavailableError, DeviceExistsError, StoreUnavailableError
 from cyan.keys import KeyFormatError
 
 DEBUG = False
@@ -17,6 +17,11 @@ _HINTS: list[tuple[type[BaseException], str]] = [
         StoreUnavailableError,
         "check that the data directory exists, is writable, and holds a Cyan database (or, with --database or "
         "CYAN_DATABASE_URL, that the database answers)",
+    ),
+    (
+        BusUnavailableError,
+        "check that Redis answers at the address of --bus (or CYAN_BUS_URL), from this host, with that password "
+        "or user",
     ),
     (KeyFormatError, "keys must be RSA, in DER or PEM; device keys RSA-1024, server keys RSA-2048"),
     (DeviceExistsError, "`cyan devices list` shows what is registered"),

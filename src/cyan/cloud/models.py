@@ -131,13 +131,18 @@ class User:
 @dataclass(slots=True)
 class RefreshToken:
     """An OAuth refresh token: exchanged once for a new access token (and a new refresh token). Only its
-    SHA-256 is stored."""
+    SHA-256 is stored. A spent one is kept, marked, until it expires: presented again, it gives away that
+    someone holds a copy, and its whole family is revoked (RFC 9700 §4.14.2)."""
 
     token_hash: str
     username: str
     client_id: str
     created_at: datetime
     expires_at: datetime
+    #: The chain of rotations it belongs to: drawn at the login that started it, kept by every refresh.
+    family: str
+    #: When it was exchanged for new tokens; None while it is unused.
+    spent_at: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -151,6 +156,9 @@ class AccessToken:
     created_at: datetime
     #: None: never expires.
     expires_at: datetime | None
+    #: The refresh-token family it was issued with (`RefreshToken.family`), revoked with it; None for a token
+    #: issued without a refresh token.
+    family: str | None = None
 
 
 class KeyPolicyMode(enum.StrEnum):

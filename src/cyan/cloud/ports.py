@@ -203,13 +203,21 @@ class AccountRepository(Protocol):
         """True if it existed."""
 
     async def remove_expired_tokens(self, now: datetime) -> int:
-        """Delete access and refresh tokens whose `expires_at` is at or before `now`; how many."""
+        """Delete access and refresh tokens (spent ones too) whose `expires_at` is at or before `now`; how
+        many."""
 
     async def add_refresh_token(self, token: RefreshToken) -> None: ...
 
-    async def take_refresh_token(self, token_hash: str) -> RefreshToken | None:
-        """Remove the refresh token and return it, expired or not: each is used once, and of two callers taking
-        the same one at once only one gets it."""
+    async def take_refresh_token(self, token_hash: str, now: datetime) -> RefreshToken | None:
+        """Mark the refresh token spent at `now` and return it as it was, expired or not: with `spent_at` None
+        when this call spent it, with the time it was spent when it had been before (a reuse). None when there
+        is none by that hash. Of two callers taking the same one at once, only one finds it unspent."""
+
+    async def remove_token_family(self, family: str) -> int:
+        """Delete the family's refresh tokens, spent or not, and the access tokens issued with them; how many."""
+
+    async def remove_expired_refresh_tokens(self, now: datetime) -> int:
+        """Delete refresh tokens, spent or not, whose `expires_at` is at or before `now`; how many."""
 
     async def remove_refresh_tokens(self, username: str) -> int:
         """Delete the account's refresh tokens; how many."""
@@ -452,6 +460,10 @@ class Bus(Protocol):
     """
 
     node_id: str
+
+    async def start(self) -> None:
+        """Join the cluster: return once this node holds its place among the nodes, receives the others' events
+        and answers their requests. `BusUnavailableError` (naming the broker) if the broker does not answer."""
 
     def publish(self, event: CloudEvent) -> None:
         """Send the event to every node; never blocks."""

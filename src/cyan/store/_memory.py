@@ -499,8 +499,44 @@ class _Accounts(_Part):
 
         await self._g.write(work)
 
-    async def take_refresh_token(self, token_hash: str) -> RefreshToken | None:
-        return await self._g.write(lambda: self._g.state.refresh_tokens.pop(token_hash.lower(), None))
+    async def take_refresh_token(self, token_hash: str, now: datetime) -> RefreshToken | None:
+        _aware(now, "now")
+
+        def work() -> RefreshToken | None:
+            stored = self._g.state.refresh_tokens.get(token_hash.lower())
+            if stored is None:
+                return None
+            before = copy.deepcopy(stored)
+            if stored.spent_at is None:
+                stored.spent_at = now.astimezone(UTC)
+            return before
+
+        return await self._g.write(work)
+
+    async def remove_token_family(self, family: str) -> int:
+        def work() -> int:
+            state = self._g.state
+            refresh = [h for h, t in state.refresh_tokens.items() if t.family == family]
+            access = [h for h, t in state.tokens.items() if t.family == family]
+            for token_hash in refresh:
+                del state.refresh_tokens[token_hash]
+            for token_hash in access:
+                del state.tokens[token_hash]
+            return len(refresh) + len(access)
+
+        return await self._g.write(work)
+
+    async def remove_expired_refresh_tokens(self, now: datetime) -> int:
+        _aware(now, "now")
+
+        def work() -> int:
+            refresh = self._g.state.refresh_tokens
+            expired = [h for h, t in refresh.items() if t.expires_at <= now]
+            for token_hash in expired:
+                del refresh[token_hash]
+            return len(expired)
+
+        return await self._g.write(work)
 
     async def remove_refresh_tokens(self, username: str) -> int:
         def work() -> int:

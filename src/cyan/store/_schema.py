@@ -163,19 +163,28 @@ access_tokens = Table(
     Column("client_id", String(255), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime),
+    # The refresh-token family it was issued with: revoked with the family when a spent token comes back.
+    Column("family", String(64)),
     Index(None, "username"),
+    Index(None, "family"),
 )
 
 refresh_tokens = Table(
     "refresh_tokens",
     metadata,
-    # Only the SHA-256, as for access tokens. Used once: a refresh hands out a new one and this one goes.
+    # Only the SHA-256, as for access tokens. Used once: a refresh hands out a new one and marks this one spent,
+    # kept until it expires so that its reuse is recognised (and its family revoked).
     Column("token_hash", String(64), primary_key=True),
     Column("username", String(255), nullable=False),
     Column("client_id", String(255), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
+    # Drawn at the login that started the chain of rotations; every refresh keeps it.
+    Column("family", String(64), nullable=False),
+    Column("spent_at", UTCDateTime),
     Index(None, "username"),
+    Index(None, "family"),
+    Index(None, "expires_at"),
 )
 
 key_policies = Table(

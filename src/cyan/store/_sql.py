@@ -269,6 +269,7 @@ def _token_values(token: AccessToken) -> dict[str, Any]:
         "client_id": token.client_id,
         "created_at": _aware(token.created_at, "created_at"),
         "expires_at": _optional_aware(token.expires_at, "expires_at"),
+        "family": token.family,
     }
 
 
@@ -279,6 +280,8 @@ def _refresh_values(token: RefreshToken) -> dict[str, Any]:
         "client_id": token.client_id,
         "created_at": _aware(token.created_at, "created_at"),
         "expires_at": _aware(token.expires_at, "expires_at"),
+        "family": token.family,
+        "spent_at": _optional_aware(token.spent_at, "spent_at"),
     }
 
 
@@ -289,6 +292,8 @@ def _refresh_from_row(row: Mapping[Any, Any]) -> RefreshToken:
         client_id=row["client_id"],
         created_at=row["created_at"],
         expires_at=row["expires_at"],
+        family=row["family"],
+        spent_at=row["spent_at"],
     )
 
 
@@ -299,6 +304,7 @@ def _token_from_row(row: Mapping[Any, Any]) -> AccessToken:
         client_id=row["client_id"],
         created_at=row["created_at"],
         expires_at=row["expires_at"],
+        family=row["family"],
     )
 
 
@@ -844,15 +850,31 @@ class SqlAccounts(_Repository):
         except IntegrityError as exc:
             raise ValueError(f"a refresh token with the hash {values['token_hash']} is already stored") from exc
 
-    async def take_refresh_token(self, token_hash: str) -> RefreshToken | None:
+    async def take_refresh_token(self, token_hash: str, now: datetime) -> RefreshToken | None:
+        moment = _aware(now, "now")
         condition = refresh_tokens.c.token_hash == token_hash.lower()
         async with self._db.writing("use a refresh token", statements="several") as conn:
             row = (await conn.execute(select(refresh_tokens).where(condition))).mappings().first()
-            if row is None:
-                return None
-            # Whoever deletes the row took the token: a second caller that read it too deletes nothing.
-            taken = await conn.execute(delete(refresh_tokens).where(condition))
-        return _refresh_from_row(row) if taken.rowcount == 1 else None
+            if row is None or row["spent_at"] is not None:
+                return None if row is None else _refresh_from_row(row)
+            # Whoever marks the row spent took the token: a second caller that read it unspent too marks
+            # nothing, and is answered with the token as the first left it.
+            unspent = condition & refresh_tokens.c.spent_at.is_(None)
+            taken = await conn.execute(update(refresh_tokens).where(unspent).values(spent_at=moment))
+            if taken.rowcount != 1:
+                row = (await conn.execute(select(refresh_tokens).where(condition))).mappings().first()
+                return None if row is None else _refresh_from_row(row)
+        return _refresh_from_row(row)
+
+    async def remove_token_family(self, family: str) -> int:
+        async with self._db.writing("revoke a family of tokens", statements="several") as conn:
+            refresh = await conn.execute(delete(refresh_tokens).where(refresh_tokens.c.family == family))
+            access = await conn.execute(delete(access_tokens).where(access_tokens.c.family == family))
+        return int(refresh.rowcount) + int(access.rowcount)
+
+    async def remove_expired_refresh_tokens(self, now: datetime) -> int:
+        condition = refresh_tokens.c.expires_at <= _aware(now, "now")
+        return await self._delete(refresh_tokens, condition, "remove expired refresh tokens")
 
     async def remove_refresh_tokens(self, username: str) -> int:
         condition = refresh_tokens.c.username == username.lower()
