@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import IO
 
 import httpx
 from _common import CYAN, RawHttp, cyan_serve, register, server_cpu_seconds
@@ -150,6 +151,57 @@ def free_port() -> int:
         return port
 
 
+def read(log: IO[bytes]) -> str:
+    log.seek(0)
+    return log.read().decode(errors="replace")
+
+
+def accepts(port: int) -> bool:
+    """Whether something listens on `port` of loopback."""
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def start_node(home: Path, log: IO[bytes]) -> tuple[subprocess.Popen[bytes], int]:
+    """`node main.js` in `home`, its API on a free port: the process and the port once both ports accept.
+
+    The port is free when chosen but may be taken before node listens (the machine's other connections
+    draw from the same range): then node is started again on another."""
+    for _ in range(3):
+        api_port = free_port()
+        log.seek(0)
+        log.truncate()
+        process = subprocess.Popen(
+            ["node", "main.js"],
+            cwd=home,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "NODE_PORT": str(api_port)},
+        )
+        deadline = time.monotonic() + 30
+        while not ("server started" in (text := read(log)) and accepts(api_port)):
+            if "EADDRINUSE" in text and str(api_port) in text:
+                break
+            if process.poll() is not None or time.monotonic() > deadline:
+                stop(process)
+                raise RuntimeError(f"spark-server did not start: {text}")
+            time.sleep(0.05)
+        else:
+            return process, api_port
+        stop(process)
+    raise RuntimeError(f"spark-server found no free port: {text}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextmanager
 def peer_target(
     peer: Path, fleet_specs: list[tuple[str, rsa.RSAPrivateKey]], *, fix: bool = True, log_path: Path | None = None
@@ -202,42 +254,12 @@ def peer_target(
                     serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
                 )
             )
-        api_port = free_port()
-        log = open(log_path or Path(tmp) / "peer.log", "w+b")  # noqa: SIM115 - closed below
-        process = subprocess.Popen(
-            ["node", "main.js"],
-            cwd=home,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "NODE_PORT": str(api_port)},
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                log.seek(0)
-                text = log.read().decode(errors="replace")
-                if "server started" in text:
-                    break
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"spark-server did not start: {text}")
-                time.sleep(0.05)
-            yield Target(
-                "spark-server",
-                process.pid,
-                PEER_DEVICE_PORT,
-                api_port,
-                server_key.public_key(),
-                token,
-            )
-        finally:
-            if process.poll() is None:
-                process.terminate()
+        with open(log_path or Path(tmp) / "peer.log", "w+b") as log:
+            process, api_port = start_node(home, log)
             try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            log.close()
+                yield Target("spark-server", process.pid, PEER_DEVICE_PORT, api_port, server_key.public_key(), token)
+            finally:
+                stop(process)
 
 
 async def workloads(target: Target, devices: list[VirtualDevice], ops: int, warmup: int) -> dict[str, Result]:
