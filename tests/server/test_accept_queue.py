@@ -12,14 +12,14 @@ from cyan.server._accept import DEFAULT_CAPACITY, AcceptQueue, Dropped, queue_ca
 def test_the_newest_connection_is_served_first() -> None:
     waiting: AcceptQueue[str] = AcceptQueue(capacity=10, max_wait=15.0)
     for n, name in enumerate(["a", "b", "c"]):
-        assert waiting.push(name, float(n)) is None
+        assert waiting.push(name, float(n), float(n)) is None
     assert [waiting.pop(3.0), waiting.pop(3.0), waiting.pop(3.0), waiting.pop(3.0)] == ["c", "b", "a", None]
 
 
 def test_a_connection_that_waited_max_wait_is_not_served_but_expired() -> None:
     waiting: AcceptQueue[str] = AcceptQueue(capacity=10, max_wait=15.0)
-    waiting.push("old", 0.0)
-    waiting.push("new", 10.0)
+    waiting.push("old", 0.0, 0.0)
+    waiting.push("new", 10.0, 10.0)
     assert waiting.next_expiry() == 15.0
     assert waiting.expire(14.9) == []
     assert waiting.expire(15.0) == [Dropped("old", 15.0, full=False)]
@@ -30,13 +30,29 @@ def test_a_connection_that_waited_max_wait_is_not_served_but_expired() -> None:
     assert waiting.next_expiry() is None
 
 
-def test_a_full_queue_hands_back_its_oldest() -> None:
+def test_the_wait_counts_from_the_connect_and_a_connection_too_old_already_is_handed_back() -> None:
+    waiting: AcceptQueue[str] = AcceptQueue(capacity=10, max_wait=15.0)
+    assert waiting.push("held by the kernel", 0.0, 16.0) == Dropped("held by the kernel", 16.0, full=False)
+    assert waiting.push("a", 5.0, 16.0) is None
+    assert waiting.next_expiry() == 20.0
+    # Out of order (two listening sockets): counted as old as the one before it, the order kept.
+    assert waiting.push("b", 4.0, 16.0) is None
+    assert waiting.expire(20.0) == [Dropped("a", 15.0, full=False), Dropped("b", 15.0, full=False)]
+
+
+def test_a_full_queue_takes_nothing_more_and_gives_its_oldest_up_on_demand() -> None:
     waiting: AcceptQueue[str] = AcceptQueue(capacity=2, max_wait=15.0)
-    waiting.push("a", 0.0)
-    waiting.push("b", 1.0)
-    assert waiting.push("c", 2.0) == Dropped("a", 2.0, full=True)
-    assert waiting.drop_oldest(3.0) == Dropped("b", 2.0, full=True)
-    assert waiting.clear() == ["c"]
+    fullness = [waiting.full]
+    waiting.push("a", 0.0, 0.0)
+    fullness.append(waiting.full)
+    waiting.push("b", 1.0, 1.0)
+    fullness.append(waiting.full)
+    assert fullness == [False, False, True]
+    with pytest.raises(OverflowError, match="the queue is full"):
+        waiting.push("c", 2.0, 2.0)
+    oldest = waiting.drop_oldest(3.0)
+    assert oldest == Dropped("a", 3.0, full=True)
+    assert waiting.clear() == ["b"]
     assert waiting.drop_oldest(3.0) is None
 
 
@@ -53,23 +69,27 @@ def test_the_limits_are_checked(capacity: int, max_wait: float) -> None:
         AcceptQueue(capacity, max_wait)
 
 
-@given(st.lists(st.tuples(st.sampled_from(["push", "pop", "expire"]), st.floats(0, 2)), max_size=60))
-def test_the_queue_behaves_as_its_model(steps: list[tuple[str, float]]) -> None:
-    """Against a plain list: newest served first, nothing served at `max_wait` or later, the oldest handed back
-    when full, and every connection comes out exactly once."""
+@given(st.lists(st.tuples(st.sampled_from(["push", "pop", "expire"]), st.floats(0, 2), st.floats(0, 4)), max_size=60))
+def test_the_queue_behaves_as_its_model(steps: list[tuple[str, float, float]]) -> None:
+    """Against a plain list: newest served first, nothing served at `max_wait` or later, nothing taken when
+    full, and every connection comes out exactly once."""
     waiting: AcceptQueue[int] = AcceptQueue(capacity=5, max_wait=3.0)
     model: list[tuple[float, int]] = []  # oldest first
     now = 0.0
+    pushed: list[int] = []
     out: list[int] = []
-    for n, (op, advance) in enumerate(steps):
+    for n, (op, advance, age) in enumerate(steps):
         now += advance
-        if op == "push":
-            full = model.pop(0) if len(model) == 5 else None
-            model.append((now, n))
-            dropped = waiting.push(n, now)
-            assert dropped == (None if full is None else Dropped(full[1], now - full[0], full=True))
-            if dropped is not None:
-                out.append(dropped.item)
+        if op == "push" and not waiting.full:
+            pushed.append(n)
+            since = now - age
+            dropped = waiting.push(n, since, now)
+            if now - since >= 3.0:  # the age as the queue sees it, with the same rounding
+                assert dropped == Dropped(n, now - since, full=False)
+                out.append(n)
+            else:
+                assert dropped is None
+                model.append((max(since, model[-1][0]) if model else since, n))
         elif op == "pop":
             fresh = model[-1] if model and now - model[-1][0] < 3.0 else None
             if fresh is not None:
@@ -78,12 +98,12 @@ def test_the_queue_behaves_as_its_model(steps: list[tuple[str, float]]) -> None:
             assert served == (None if fresh is None else fresh[1])
             if served is not None:
                 out.append(served)
-        else:
+        elif op == "expire":
             stale = [(t, item) for t, item in model if now - t >= 3.0]
             model = model[len(stale) :]
             expired = waiting.expire(now)
             assert expired == [Dropped(item, now - t, full=False) for t, item in stale]
             out += [d.item for d in expired]
-        assert len(waiting) == len(model)
+        assert len(waiting) == len(model) <= 5
     out += waiting.clear()
-    assert sorted(out) == [n for n, (op, _) in enumerate(steps) if op == "push"]
+    assert sorted(out) == pushed

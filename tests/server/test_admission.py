@@ -173,29 +173,62 @@ def test_a_connection_that_waits_too_long_is_closed_before_its_nonce_and_recorde
     asyncio.run(scenario())
 
 
-def test_a_full_queue_closes_its_oldest_connection_for_a_new_one() -> None:
+def test_past_a_full_queue_the_kernel_holds_the_connections_and_their_wait_counts_from_their_connect() -> None:
+    """A full queue stops the server taking connections from the kernel (closing one for another would make
+    a retry storm). Their wait counts from their connect, read from the kernel: one that waited there past
+    `max_wait` is closed as soon as the server takes it, never served late."""
+
     async def scenario() -> None:
-        app, cloud, server = await _served_server(max_handshakes=1, max_queued=1)
+        app, cloud, server = await _served_server(max_handshakes=1, max_queued=1, max_wait=1.0)
         writers: list[asyncio.StreamWriter] = []
         try:
             nonce, first = await _first_bytes(server.port)
             writers.append(first)
             assert len(nonce) == NONCE
-            older_reader, older = await asyncio.open_connection("127.0.0.1", server.port)
-            await _until(lambda: server.queued == 1, "the first waiting connection")
-            newer_reader, newer = await asyncio.open_connection("127.0.0.1", server.port)
-            writers += [older, newer]
-            assert await asyncio.wait_for(older_reader.read(NONCE), 10) == b""
-            assert (server.queued, server.overloaded) == (1, 1)
-            first.close()
-            assert len(await asyncio.wait_for(newer_reader.readexactly(NONCE), 10)) == NONCE
+            queued_reader, queued = await asyncio.open_connection("127.0.0.1", server.port)
+            await _until(lambda: server.queued == 1, "the waiting connection")
+            kernel_reader, in_kernel = await asyncio.open_connection("127.0.0.1", server.port)
+            writers += [queued, in_kernel]
+            await _nothing_yet(kernel_reader)
+            assert (server.queued, server.accepting) == (1, False)
+            # The queued one waits its second out and is closed; the server takes the one the kernel held, which
+            # has waited as long: closed at once.
+            assert await asyncio.wait_for(queued_reader.read(NONCE), 10) == b""
+            assert await asyncio.wait_for(kernel_reader.read(NONCE), 10) == b""
+            assert (server.queued, server.overloaded, server.accepting) == (0, 2, True)
         finally:
             for writer in writers:
                 writer.close()
             attempts = await _shut(app, cloud, server)
-        [closed] = [a for a in attempts if a.reason == OVERLOADED]
-        assert closed.detail is not None
-        assert closed.detail.startswith("the server's queue was full")
+        closed = [a for a in attempts if a.reason == OVERLOADED]
+        assert len(closed) == 2
+        for attempt in closed:
+            assert attempt.detail is not None
+            assert attempt.detail.startswith("not served in ")
+            assert float(attempt.detail.split()[3]) >= 0.9
+
+    asyncio.run(scenario())
+
+
+def test_a_device_that_left_while_it_waited_is_not_served() -> None:
+    async def scenario() -> None:
+        app, cloud, server = await _served_server(max_handshakes=1)
+        try:
+            nonce, first = await _first_bytes(server.port)
+            assert len(nonce) == NONCE
+            _, gone = await asyncio.open_connection("127.0.0.1", server.port)
+            await _until(lambda: server.queued == 1, "the waiting connection")
+            gone.close()
+            await gone.wait_closed()
+            await asyncio.sleep(0.1)  # the FIN reaches the server's socket (loopback: at once)
+            first.close()
+            await _until(lambda: server.queued == 0 and server.handshakes == 0, "the queue emptied")
+            assert server.overloaded == 1
+        finally:
+            attempts = await _shut(app, cloud, server)
+        [left] = [a for a in attempts if a.reason == OVERLOADED]
+        assert left.detail is not None
+        assert left.detail.startswith("the device left after ")
 
     asyncio.run(scenario())
 

@@ -8,11 +8,15 @@ at the end of the queue after its backoff, and almost no handshake succeeds unti
 (measured at 50,000 devices, docs/benchmarks.md "Reconnect storm").
 
 So the server takes connections from the kernel as they come and holds them here, where it chooses: the newest
-is served first (its device has the most of its 20 s left), one that has waited `max_wait` is closed (its device
-is about to give up, and retries on its backoff), and past `capacity` the oldest is closed to make room. Under
-no overload the queue stays empty and the order does not matter.
+is served first (its device has the most of its 20 s left), and one that has waited `max_wait` is closed (its
+device is about to give up, and retries on its backoff). A connection's wait counts from its TCP handshake,
+which the server reads from the kernel: time in the kernel's queue counts too. When the queue is full the
+server stops taking connections from the kernel, which then holds them and past its own queue drops new
+connection requests: that costs the server nothing, where closing one connection for another was measured to
+make a retry storm (840,889 connections closed in a 50,000-device storm, docs/benchmarks.md). Under no
+overload the queue stays empty and the order does not matter.
 
-Sans-IO: the caller passes the monotonic time and closes what is handed back.
+Sans-IO: the caller passes the monotonic times and closes what is handed back.
 """
 
 from __future__ import annotations
@@ -24,10 +28,9 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 #: Connections one device server holds unserved, at most. What the queue can usefully hold is what the server
-#: can start before they wait `DEFAULT_MAX_WAIT`: 15 s at a few hundred handshakes a second is a few thousand.
-#: Fewer were measured to churn: with 2,048 and 5,000 devices reconnecting at once to one process, 7,202
-#: connections were pushed out and retried (bench/storm.py). Each holds a descriptor, so a process takes at
-#: most a quarter of its open-file limit for it (`queue_capacity`).
+#: can start before they wait `DEFAULT_MAX_WAIT`: 18 s at a few hundred handshakes a second is a few thousand.
+#: Each holds a descriptor, so a process takes at most a quarter of its open-file limit for it
+#: (`queue_capacity`).
 DEFAULT_CAPACITY = 8192
 
 
@@ -38,14 +41,15 @@ def queue_capacity(file_limit: int | None) -> int:
     return max(16, min(DEFAULT_CAPACITY, file_limit // 4))
 
 
-#: How long a connection waits for its handshake before the server closes it. The firmware waits 20 s for the
-#: nonce from its connect; a connection taken after this still has 5 s for a handshake to start.
-DEFAULT_MAX_WAIT = 15.0
+#: How long a connection waits for its handshake, from its TCP handshake, before the server closes it. The
+#: firmware waits 20 s for the nonce from its connect, and the nonce is the server's first message: one served
+#: just before this still gets it in time.
+DEFAULT_MAX_WAIT = 18.0
 
 
 @dataclass(frozen=True, slots=True)
 class Dropped(Generic[T]):
-    """A connection closed unserved: `waited` seconds in the queue, `full` if it made room for a newer one."""
+    """A connection closed unserved after `waited` seconds; `full`: to give its descriptor up."""
 
     item: T
     waited: float
@@ -70,11 +74,23 @@ class AcceptQueue(Generic[T]):
     def __len__(self) -> int:
         return len(self._items)
 
-    def push(self, item: T, now: float) -> Dropped[T] | None:
-        """Queue a connection accepted at `now`; the oldest is handed back when the queue was full."""
-        dropped = self.drop_oldest(now) if len(self._items) >= self.capacity else None
-        self._items.append((now, item))
-        return dropped
+    @property
+    def full(self) -> bool:
+        return len(self._items) >= self.capacity
+
+    def push(self, item: T, since: float, now: float) -> Dropped[T] | None:
+        """Queue a connection that has waited since `since` (its TCP handshake); handed back at once if it has
+        waited `max_wait` already. The queue must not be `full`."""
+        if len(self._items) >= self.capacity:
+            raise OverflowError("the queue is full: the server takes no connection from the kernel until it has room")
+        if now - since >= self.max_wait:
+            return Dropped(item, now - since, full=False)
+        if self._items and since < self._items[-1][0]:
+            # Taken from the kernel in arrival order, a connection is younger than the one before it but for
+            # the clock's grain or two listening sockets: it is counted as old as that one, keeping the order.
+            since = self._items[-1][0]
+        self._items.append((since, item))
+        return None
 
     def pop(self, now: float) -> T | None:
         """The newest connection that has not waited `max_wait`, or None. Older ones stay for `expire`."""

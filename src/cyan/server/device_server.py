@@ -17,6 +17,7 @@ import logging
 import os
 import queue
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -105,6 +106,35 @@ LISTEN_BACKLOG = 4096
 #: and a few objects); the rest wait for the next pass, so a burst of thousands does not hold the loop while the
 #: connected devices and the API wait.
 ACCEPTS_PER_PASS = 64
+
+
+#: `TCP_INFO`'s size up to `tcpi_last_data_recv` and `tcpi_last_ack_recv` (Linux's struct tcp_info), its state
+#: byte first; the state of a connection its peer has closed (`TCP_CLOSE_WAIT`).
+_TCP_INFO_SIZE = 60
+_TCP_LAST_DATA_RECV = struct.Struct("=I")
+_TCP_CLOSE_WAIT = 8
+
+
+def _established_for(conn: socket.socket) -> float:
+    """Seconds since the connection's TCP handshake (the device's connect), time in the kernel's queue included:
+    for a connection that has sent nothing, Linux's time since the last data received counts from it. 0 where
+    the kernel does not say."""
+    try:
+        info = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+    except (OSError, AttributeError):
+        return 0.0
+    if len(info) < _TCP_INFO_SIZE:
+        return 0.0
+    return float(_TCP_LAST_DATA_RECV.unpack_from(info, 52)[0]) / 1000
+
+
+def _peer_left(conn: socket.socket) -> bool:
+    """Whether the device has closed the connection while it waited (gave up on its nonce)."""
+    try:
+        info = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+    except (OSError, AttributeError):
+        return False
+    return bool(info) and info[0] == _TCP_CLOSE_WAIT
 
 
 class _LogSampler:
@@ -1009,6 +1039,11 @@ class DeviceServer:
     def _accept(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         for _ in range(ACCEPTS_PER_PASS):
+            if self._waiting.full:
+                # The kernel holds the rest (and past its own queue drops new connection requests, which costs
+                # the server nothing) until a connection is served or expires.
+                self._pause_accepting()
+                break
             try:
                 conn, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -1029,6 +1064,7 @@ class DeviceServer:
 
     def _queue_connection(self, conn: socket.socket, peer: Any) -> None:
         now = _now()
+        since = now - _established_for(conn)
         host = peer[0] if isinstance(peer, tuple) else str(peer)
         peer_address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         waiting = _Waiting(conn, peer_address, time.time())
@@ -1043,7 +1079,7 @@ class DeviceServer:
             )
             return
         conn.setblocking(False)
-        dropped = self._waiting.push(waiting, now)
+        dropped = self._waiting.push(waiting, since, now)
         if dropped is not None:
             self._drop(dropped)
         if self._expiry is None:
@@ -1055,9 +1091,14 @@ class DeviceServer:
         while self.handshakes + self._opening < self.max_handshakes:
             waiting = self._waiting.pop(now)
             if waiting is None:
-                return
+                break
+            if _peer_left(waiting.sock):
+                self._drop(Dropped(waiting, _established_for(waiting.sock), full=False), left=True)
+                continue
             self._opening += 1
             self._tasks.spawn(self._open(waiting.sock), "open a device connection")
+        if not self.accepting and not self._waiting.full:
+            self._resume_accepting()
 
     def _arm_expiry(self) -> None:
         when = self._waiting.next_expiry()
@@ -1070,11 +1111,18 @@ class DeviceServer:
         for dropped in self._waiting.expire(_now()):
             self._drop(dropped)
         self._arm_expiry()
+        if not self.accepting and not self._waiting.full:
+            self._resume_accepting()
 
-    def _drop(self, dropped: Dropped[_Waiting]) -> None:
+    def _drop(self, dropped: Dropped[_Waiting], *, left: bool = False) -> None:
         """Close a connection the server could not serve in time, recorded as overloaded."""
         self.overloaded += 1
-        why = "the server's queue was full with newer ones" if dropped.full else f"not served in {dropped.waited:.1f} s"
+        if left:
+            why = f"the device left after {dropped.waited:.1f} s waiting"
+        elif dropped.full:
+            why = "closed for its descriptor, the process out of them"
+        else:
+            why = f"not served in {dropped.waited:.1f} s"
         self._close_unserved(
             dropped.item,
             OVERLOADED,
