@@ -35,9 +35,14 @@ def test_the_wait_counts_from_the_connect_and_a_connection_too_old_already_is_ha
     assert waiting.push("held by the kernel", 0.0, 16.0) == Dropped("held by the kernel", 16.0, full=False)
     assert waiting.push("a", 5.0, 16.0) is None
     assert waiting.next_expiry() == 20.0
-    # Out of order (two listening sockets): counted as old as the one before it, the order kept.
+    # Older than the ones queued (the kernel held it while the queue was full): placed by its age, so the
+    # younger one is still served first and the older expires first.
     assert waiting.push("b", 4.0, 16.0) is None
-    assert waiting.expire(20.0) == [Dropped("a", 15.0, full=False), Dropped("b", 15.0, full=False)]
+    assert waiting.next_expiry() == 19.0
+    assert waiting.expire(19.0) == [Dropped("b", 15.0, full=False)]
+    waiting.push("c", 3.0, 16.0)  # too young to expire now, but older than "a"
+    assert waiting.pop(17.0) == "a"
+    assert waiting.pop(17.0) == "c"
 
 
 def test_a_full_queue_takes_nothing_more_and_gives_its_oldest_up_on_demand() -> None:
@@ -89,7 +94,8 @@ def test_the_queue_behaves_as_its_model(steps: list[tuple[str, float, float]]) -
                 out.append(n)
             else:
                 assert dropped is None
-                model.append((max(since, model[-1][0]) if model else since, n))
+                model.append((since, n))
+                model.sort(key=lambda entry: entry[0])  # stable: of equal ages, the one taken first is older
         elif op == "pop":
             fresh = model[-1] if model and now - model[-1][0] < 3.0 else None
             if fresh is not None:
@@ -99,8 +105,9 @@ def test_the_queue_behaves_as_its_model(steps: list[tuple[str, float, float]]) -
             if served is not None:
                 out.append(served)
         elif op == "expire":
-            stale = [(t, item) for t, item in model if now - t >= 3.0]
-            model = model[len(stale) :]
+            stale = []
+            while model and now - model[0][0] >= 3.0:
+                stale.append(model.pop(0))
             expired = waiting.expire(now)
             assert expired == [Dropped(item, now - t, full=False) for t, item in stale]
             out += [d.item for d in expired]

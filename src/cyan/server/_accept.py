@@ -21,7 +21,7 @@ Sans-IO: the caller passes the monotonic times and closes what is handed back.
 
 from __future__ import annotations
 
-from collections import deque
+import bisect
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -59,7 +59,7 @@ class Dropped(Generic[T]):
 class AcceptQueue(Generic[T]):
     """Accepted connections waiting for a handshake to start: newest first, none older than `max_wait`."""
 
-    __slots__ = ("_items", "capacity", "max_wait")
+    __slots__ = ("_items", "_taken", "capacity", "max_wait")
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY, max_wait: float = DEFAULT_MAX_WAIT) -> None:
         if capacity < 1:
@@ -68,8 +68,10 @@ class AcceptQueue(Generic[T]):
             raise ValueError(f"a connection waits more than 0 s, not {max_wait}")
         self.capacity = capacity
         self.max_wait = max_wait
-        # Oldest on the left, newest on the right.
-        self._items: deque[tuple[float, T]] = deque()
+        # (since, order taken, connection), oldest first. Kept in order of `since`, not of arrival here: while
+        # the queue was full the kernel held the later connections, and they are older than the ones queued.
+        self._items: list[tuple[float, int, T]] = []
+        self._taken = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -85,18 +87,19 @@ class AcceptQueue(Generic[T]):
             raise OverflowError("the queue is full: the server takes no connection from the kernel until it has room")
         if now - since >= self.max_wait:
             return Dropped(item, now - since, full=False)
-        if self._items and since < self._items[-1][0]:
-            # Taken from the kernel in arrival order, a connection is younger than the one before it but for
-            # the clock's grain or two listening sockets: it is counted as old as that one, keeping the order.
-            since = self._items[-1][0]
-        self._items.append((since, item))
+        self._taken += 1
+        entry = (since, self._taken, item)
+        if not self._items or since >= self._items[-1][0]:
+            self._items.append(entry)  # the usual case: younger than every connection queued
+        else:
+            bisect.insort(self._items, entry, key=_since)
         return None
 
     def pop(self, now: float) -> T | None:
         """The newest connection that has not waited `max_wait`, or None. Older ones stay for `expire`."""
         if not self._items:
             return None
-        since, item = self._items[-1]
+        since, _, item = self._items[-1]
         if now - since >= self.max_wait:
             return None  # the newest is too old: so is every other one
         self._items.pop()
@@ -106,16 +109,20 @@ class AcceptQueue(Generic[T]):
         """Hand back the oldest connection to make room (the server is out of descriptors), or None."""
         if not self._items:
             return None
-        since, item = self._items.popleft()
+        since, _, item = self._items.pop(0)
         return Dropped(item, now - since, full=True)
 
     def expire(self, now: float) -> list[Dropped[T]]:
         """Hand back every connection that has waited `max_wait` or longer, oldest first."""
-        expired: list[Dropped[T]] = []
         items = self._items
-        while items and now - items[0][0] >= self.max_wait:
-            since, item = items.popleft()
-            expired.append(Dropped(item, now - since, full=False))
+        stale = bisect.bisect_right(items, now - self.max_wait, key=_since)
+        # At the boundary the subtraction's rounding decides, as in `pop`.
+        while stale and now - items[stale - 1][0] < self.max_wait:
+            stale -= 1
+        while stale < len(items) and now - items[stale][0] >= self.max_wait:
+            stale += 1
+        expired = [Dropped(item, now - since, full=False) for since, _, item in items[:stale]]
+        del items[:stale]
         return expired
 
     def next_expiry(self) -> float | None:
@@ -124,6 +131,10 @@ class AcceptQueue(Generic[T]):
 
     def clear(self) -> list[T]:
         """Empty the queue (the server stops), handing back what it held."""
-        items = [item for _, item in self._items]
+        items = [item for _, _, item in self._items]
         self._items.clear()
         return items
+
+
+def _since(entry: tuple[float, int, object]) -> float:
+    return entry[0]

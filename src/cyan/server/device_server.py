@@ -108,6 +108,8 @@ LISTEN_BACKLOG = 4096
 ACCEPTS_PER_PASS = 64
 
 
+#: The shortest time between two rounds of closing the connections that waited too long.
+_EXPIRY_GRAIN = 0.1
 #: `TCP_INFO`'s size up to `tcpi_last_data_recv` and `tcpi_last_ack_recv` (Linux's struct tcp_info), its state
 #: byte first; the state of a connection its peer has closed (`TCP_CLOSE_WAIT`).
 _TCP_INFO_SIZE = 60
@@ -1105,7 +1107,9 @@ class DeviceServer:
         if when is None or not self._listeners:
             self._expiry = None
             return
-        self._expiry = asyncio.get_running_loop().call_later(max(0.0, when - _now()), self._expire)
+        # A tenth of a second at least between two rounds: a storm's connections expire a batch at a time, not
+        # one timer each (none is served late meanwhile: `pop` checks the age of what it serves).
+        self._expiry = asyncio.get_running_loop().call_later(max(_EXPIRY_GRAIN, when - _now()), self._expire)
 
     def _expire(self) -> None:
         for dropped in self._waiting.expire(_now()):
