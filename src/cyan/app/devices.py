@@ -5,6 +5,7 @@ Every change happens in one transaction with its audit entry (docs/keys.md "Who 
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -36,6 +37,8 @@ __all__ = ["ClaimCodeIssued", "DeviceUseCases", "DeviceView", "NewDevice", "chec
 
 #: How long a claim code stays good (Particle's are good for a day too).
 CLAIM_CODE_LIFETIME = timedelta(hours=24)
+#: Devices shown between two turns of the event loop when a whole fleet is listed (`DeviceUseCases.mine`).
+_VIEWS_PER_TURN = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +96,15 @@ class DeviceUseCases:
         owner = None if everyone else actor.username
         if owner is None and not everyone:
             return []
-        return [self._view(record) for record in await self._ctx.store.devices.all(owner=owner)]
+        records = await self._ctx.store.devices.all(owner=owner)
+        views: list[DeviceView] = []
+        for start in range(0, len(records), _VIEWS_PER_TURN):
+            if start:
+                # A fleet of tens of thousands is shown a part at a time: the devices' pings, calls and
+                # handshakes on the same event loop wait for one part, not for the whole fleet.
+                await asyncio.sleep(0)
+            views += [self._view(record) for record in records[start : start + _VIEWS_PER_TURN]]
+        return views
 
     def shown(self, record: DeviceRecord) -> DeviceView:
         """A device record another use case has read and authorized, as `get` shows it (a connected device's
