@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import statistics
 import tempfile
 import time
@@ -24,6 +25,7 @@ import httpx
 from cyan.app import Actor
 from cyan.cloud.models import AttemptOutcome, ConnectionAttempt, DeviceRecord, PendingKey, Role
 from cyan.config import Settings
+from cyan.limits import freeze_startup_objects
 from cyan.service import Service, ensure_server_keys
 
 QUERIES = [
@@ -117,6 +119,8 @@ async def main(devices: int, runs: int) -> None:
 
 
 async def _full_list(url: str, token: str, devices: int, runs: int) -> None:
+    """The whole list, in rounds alternating between the start-up objects frozen out of the garbage collector's
+    sight (as `cyan serve` does once serving, `cyan.limits.freeze_startup_objects`) and not."""
     loop = asyncio.get_running_loop()
     stalls: list[float] = []
 
@@ -128,22 +132,34 @@ async def _full_list(url: str, token: str, devices: int, runs: int) -> None:
 
     watcher = asyncio.create_task(watch())
     headers = {"Authorization": f"Bearer {token}"}
-    rows = []
+    rows: dict[bool, list[tuple[float, float, int]]] = {True: [], False: []}
     try:
-        for _ in range(runs):
+        for run in range(2 * runs):
+            frozen = run % 2 == 0
+            if frozen:
+                freeze_startup_objects()
+            else:
+                gc.unfreeze()
+            await asyncio.sleep(0.05)  # the watcher's pass over the freeze's own collection ends before the count
             stalls.clear()
             started = time.perf_counter()
             response = await asyncio.to_thread(httpx.get, f"{url}/v1/devices?all=true", headers=headers, timeout=60)
             elapsed = time.perf_counter() - started
             response.raise_for_status()
-            rows.append((elapsed * 1000, max(stalls, default=0.0) * 1000, len(response.content)))
+            rows[frozen].append((elapsed * 1000, max(stalls, default=0.0) * 1000, len(response.content)))
     finally:
         watcher.cancel()
+        freeze_startup_objects()
     assert len(response.json()) == devices
-    took = statistics.median(r[0] for r in rows)
-    stall = statistics.median(r[1] for r in rows)
-    print(f"GET /v1/devices?all=true: {devices} devices, {rows[0][2] / 1e6:.1f} MB, median of {runs} requests")
-    print(f"  request {took:.1f} ms; longest stall of the server's loop {stall:.1f} ms = {stall / took:.2f}x of it")
+    size = rows[True][0][2] / 1e6
+    print(f"GET /v1/devices?all=true: {devices} devices, {size:.1f} MB, median of {runs} requests each way")
+    figures = {}
+    for frozen, label in ((False, "start-up objects collected"), (True, "start-up objects frozen (cyan serve)")):
+        took = statistics.median(r[0] for r in rows[frozen])
+        stall = statistics.median(r[1] for r in rows[frozen])
+        figures[frozen] = stall
+        print(f"  {label}: request {took:.1f} ms; longest stall of the loop {stall:.1f} ms = {stall / took:.2f}x of it")
+    print(f"  longest stall frozen / collected: {figures[True] / figures[False]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from cyan.data import (
     write_server_key_file,
     write_udp_server_key_file,
 )
+from cyan.limits import freeze_startup_objects
 from cyan.protocol import ServerConfig
 from cyan.protocol.datagram import DatagramConfig
 from cyan.server import DeviceProcesses, DeviceServer
@@ -299,6 +300,7 @@ class Service:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, stop.set)
         await self.start()
+        freeze_startup_objects()
         try:
             if on_ready is not None:
                 on_ready(self)

@@ -26,7 +26,7 @@ from typing import Any
 from cyan.cloud.keypolicy import Decision
 from cyan.cloud.models import ConnectionAttempt, DeviceRecord
 from cyan.keys import load_private_key
-from cyan.limits import ensure_file_limit
+from cyan.limits import ensure_file_limit, freeze_startup_objects
 from cyan.protocol import Hello, SubscriptionScope
 from cyan.tasks import TaskSet
 
@@ -233,6 +233,7 @@ async def _serve(fd: int) -> None:
     )
     relay.server = server
     await server.start()
+    freeze_startup_objects()
     channel.send(msg.Ready(server.port))
     heard = relay._tasks.spawn(relay.report_heard(), "report the devices heard from")
     for signum in (signal.SIGTERM, signal.SIGINT):
