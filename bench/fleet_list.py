@@ -24,9 +24,9 @@ import httpx
 
 from cyan.app import Actor
 from cyan.cloud.models import AttemptOutcome, ConnectionAttempt, DeviceRecord, PendingKey, Role
-from cyan.config import Settings
 from cyan.limits import freeze_startup_objects
 from cyan.service import Service, ensure_server_keys
+from cyan.testing import loopback_settings
 
 QUERIES = [
     ("first page, by id", "/v1/fleet/devices?limit=50"),
@@ -42,14 +42,7 @@ QUERIES = [
 
 async def main(devices: int, runs: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(
-            data_dir=Path(tmp),
-            device_host="127.0.0.1",
-            device_port=0,
-            device_udp_port=0,
-            api_host="127.0.0.1",
-            api_port=0,
-        )
+        settings = loopback_settings(Path(tmp))
         service = Service(settings, ensure_server_keys(settings))
         await service.start()
         try:

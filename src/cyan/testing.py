@@ -9,12 +9,28 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from cyan.config import Settings
 from cyan.protocol import DeviceConnection, Event, ServerConnection
 
-__all__ = ["ConnectionPair", "ScriptedRandom", "drain", "fixed_device_key", "fixed_server_key"]
+__all__ = ["ConnectionPair", "ScriptedRandom", "drain", "fixed_device_key", "fixed_server_key", "loopback_settings"]
+
+
+def loopback_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """A service's settings for a test or a bench: on loopback only, every port chosen by the system."""
+    return Settings(
+        data_dir=data_dir,
+        device_host="127.0.0.1",
+        device_port=0,
+        device_udp_port=0,
+        api_host="127.0.0.1",
+        api_port=0,
+        **overrides,
+    )
 
 
 class ScriptedRandom:

@@ -13,10 +13,9 @@ from pydantic import TypeAdapter
 from cyan.api import schemas
 from cyan.app import Actor
 from cyan.cloud.models import DeviceRecord, Role
-from cyan.config import Settings
 from cyan.keys import fingerprint, public_key_der
 from cyan.service import Service, ensure_server_keys
-from cyan.testing import fixed_device_key
+from cyan.testing import fixed_device_key, loopback_settings
 
 ADMIN, ALICE, PASSWORD = "ops@example.com", "alice@example.com", "correct horse"
 #: More than two parts of the route's 250 and of the use case's 500; P1s (platform 8) only in the middle part,
@@ -37,14 +36,7 @@ def _record(n: int, der: bytes) -> DeviceRecord:
 
 def test_the_lists_are_written_whole_and_the_loop_gets_its_turns(tmp_path: Path) -> None:
     async def main() -> None:
-        settings = Settings(
-            data_dir=tmp_path / "data",
-            device_host="127.0.0.1",
-            device_port=0,
-            device_udp_port=0,
-            api_host="127.0.0.1",
-            api_port=0,
-        )
+        settings = loopback_settings(tmp_path / "data")
         service = Service(settings, ensure_server_keys(settings))
         await service.start()
         try:

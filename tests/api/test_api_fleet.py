@@ -15,11 +15,10 @@ import httpx
 
 from cyan.app import Actor
 from cyan.cloud.models import DeviceRecord, Role
-from cyan.config import Settings
 from cyan.keys import fingerprint, public_key_der
 from cyan.protocol.binary import build_module
 from cyan.service import Service, ensure_server_keys
-from cyan.testing import fixed_device_key
+from cyan.testing import fixed_device_key, loopback_settings
 
 ALICE, BOB, ADMIN = "alice@example.com", "bob@example.com", "ops@example.com"
 PASSWORD = "correct horse"
@@ -35,14 +34,7 @@ Headers = dict[str, dict[str, str]]
 
 def _run(tmp_path: Path, scenario: Callable[[Service, Client, Headers], Awaitable[None]]) -> None:
     async def main() -> None:
-        settings = Settings(
-            data_dir=tmp_path / "data",
-            device_host="127.0.0.1",
-            device_port=0,
-            device_udp_port=0,
-            api_host="127.0.0.1",
-            api_port=0,
-        )
+        settings = loopback_settings(tmp_path / "data")
         service = Service(settings, ensure_server_keys(settings))
         await service.start()
         try:

@@ -17,12 +17,11 @@ from cyan.app import Actor, NewDevice
 from cyan.bus import InProcessBus
 from cyan.cloud.auth import hash_token
 from cyan.cloud.models import Role
-from cyan.config import Settings
 from cyan.keys import encode_public_key_pem, fingerprint, public_key_der
 from cyan.protocol import ServerConfig
 from cyan.service import Service, ensure_server_keys
 from cyan.sim import SimConfig, VirtualDevice, VirtualDeviceSpec
-from cyan.testing import fixed_device_key
+from cyan.testing import fixed_device_key, loopback_settings
 
 ALICE, BOB, ADMIN = "alice@example.com", "bob@example.com", "admin@example.com"
 OPERATOR = Actor.operator()
@@ -47,14 +46,7 @@ async def _login(client: httpx.AsyncClient, user: str, **extra: Any) -> httpx.Re
 
 def _run(tmp_path: Path, scenario: Callable[[World], Awaitable[None]]) -> None:
     async def main() -> None:
-        settings = Settings(
-            data_dir=tmp_path / "data",
-            device_host="127.0.0.1",
-            device_port=0,
-            device_udp_port=0,
-            api_host="127.0.0.1",
-            api_port=0,
-        )
+        settings = loopback_settings(tmp_path / "data")
         service = Service(settings, ensure_server_keys(settings), protocol=ServerConfig(request_timeout=1.0))
         await service.start()
         devices: list[VirtualDevice] = []

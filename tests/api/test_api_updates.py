@@ -15,13 +15,12 @@ import httpx
 from cyan.app import Actor
 from cyan.cloud.models import DeviceRecord
 from cyan.cloud.ota import UpdateConfig
-from cyan.config import Settings
 from cyan.keys import fingerprint, public_key_der
 from cyan.protocol import ServerConfig
 from cyan.protocol.binary import build_module
 from cyan.service import Service, ensure_server_keys
 from cyan.sim import SimConfig, VirtualDevice, VirtualDeviceSpec
-from cyan.testing import fixed_device_key
+from cyan.testing import fixed_device_key, loopback_settings
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
 PASSWORD = "correct horse"
@@ -57,14 +56,7 @@ class World:
 
 def _run(tmp_path: Path, scenario: Callable[[World], Awaitable[None]]) -> None:
     async def main() -> None:
-        settings = Settings(
-            data_dir=tmp_path / "data",
-            device_host="127.0.0.1",
-            device_port=0,
-            device_udp_port=0,
-            api_host="127.0.0.1",
-            api_port=0,
-        )
+        settings = loopback_settings(tmp_path / "data")
         service = Service(settings, ensure_server_keys(settings), protocol=ServerConfig(describe_delay=0.2))
         service.updates.config = UpdateConfig(start_delay=0.05, retry_delay=0.1, reconnect_timeout=10)
         await service.start()

@@ -17,12 +17,11 @@ from diagnose_support import recording
 from cyan.app import Actor
 from cyan.cli import main
 from cyan.cloud.models import AttemptOutcome, DeviceRecord, Role
-from cyan.config import Settings
 from cyan.keys import fingerprint, public_key_der
 from cyan.protocol import ServerConfig
 from cyan.service import Service, ensure_server_keys
 from cyan.sim import Fault, SimConfig, VirtualDevice, VirtualDeviceSpec
-from cyan.testing import fixed_device_key
+from cyan.testing import fixed_device_key, loopback_settings
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
 #: The device id the real-firmware recordings name.
@@ -84,14 +83,7 @@ async def _run_faulty(service: Service, spec: VirtualDeviceSpec, count: int, **m
 
 def _run(tmp_path: Path, scenario: Callable[[World], Awaitable[None]]) -> None:
     async def run() -> None:
-        settings = Settings(
-            data_dir=tmp_path / "data",
-            device_host="127.0.0.1",
-            device_port=0,
-            device_udp_port=0,
-            api_host="127.0.0.1",
-            api_port=0,
-        )
+        settings = loopback_settings(tmp_path / "data")
         service = Service(settings, ensure_server_keys(settings), protocol=FAST)
         await service.start()
         try:

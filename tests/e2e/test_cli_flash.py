@@ -14,13 +14,12 @@ from pathlib import Path
 from cyan.app import Actor
 from cyan.cloud.models import DeviceRecord, Role
 from cyan.cloud.ota import UpdateConfig
-from cyan.config import Settings
 from cyan.keys import fingerprint, public_key_der
 from cyan.protocol import DEVICE_OS_0_6_1, DEVICE_OS_3_1_0, ServerConfig
 from cyan.protocol.binary import ModuleFunction, build_module
 from cyan.service import Service, ensure_server_keys
 from cyan.sim import Fault, Fleet, SimConfig, VirtualDeviceSpec, registered_public_key
-from cyan.testing import fixed_device_key
+from cyan.testing import fixed_device_key, loopback_settings
 
 CYAN = Path(sys.executable).with_name("cyan")
 OWNER = "ops@example.com"
@@ -53,14 +52,7 @@ async def _cyan(*args: str, token: str | None = None) -> tuple[int, str, str]:
 
 def _run(tmp_path: Path, scenario: Callable[[Service, Fleet, str], Awaitable[None]]) -> None:
     async def main() -> None:
-        settings = Settings(
-            data_dir=tmp_path / "data",
-            device_host="127.0.0.1",
-            device_port=0,
-            device_udp_port=0,
-            api_host="127.0.0.1",
-            api_port=0,
-        )
+        settings = loopback_settings(tmp_path / "data")
         service = Service(settings, ensure_server_keys(settings), protocol=ServerConfig(describe_delay=0.2))
         service.updates.config = UpdateConfig(start_delay=0.05, retry_delay=0.1, reconnect_timeout=10)
         await service.start()

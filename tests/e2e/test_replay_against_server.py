@@ -21,12 +21,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cyan.app import Actor
 from cyan.cloud.models import AttemptOutcome, DeviceRecord
-from cyan.config import Settings
 from cyan.keys import fingerprint, public_key_der
 from cyan.protocol import ServerConfig, coap
 from cyan.protocol.framing import SERVER_MAX_FRAME_LENGTH, FrameDecoder, FrameEncoder, SessionCredentials
 from cyan.protocol.handshake import build_identity_message, open_session_key_message
 from cyan.service import Service, ensure_server_keys
+from cyan.testing import loopback_settings
 
 DEVICE_ID = "0123456789abcdef01234567"
 FAST = ServerConfig(describe_delay=0.2)
@@ -100,14 +100,7 @@ def test_recorded_device_side_is_accepted(tmp_path: Path, vectors: Path, version
     (data_dir / "server_key.pem").chmod(0o600)
 
     async def main() -> None:
-        settings = Settings(
-            data_dir=data_dir,
-            device_host="127.0.0.1",
-            device_port=0,
-            device_udp_port=0,
-            api_host="127.0.0.1",
-            api_port=0,
-        )
+        settings = loopback_settings(data_dir)
         service = Service(settings, ensure_server_keys(settings), protocol=FAST)
         await service.start()
         try:
