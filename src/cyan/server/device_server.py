@@ -183,7 +183,7 @@ class _Waiting:
 
     sock: socket.socket
     peer_address: str
-    accepted_at: float  # wall clock, for its record if it is closed unserved
+    connected_at: float  # wall clock, for its record if it is closed unserved
 
 
 @dataclass(frozen=True, slots=True)
@@ -1066,10 +1066,10 @@ class DeviceServer:
 
     def _queue_connection(self, conn: socket.socket, peer: Any) -> None:
         now = _now()
-        since = now - _established_for(conn)
+        age = _established_for(conn)
         host = peer[0] if isinstance(peer, tuple) else str(peer)
         peer_address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        waiting = _Waiting(conn, peer_address, time.time())
+        waiting = _Waiting(conn, peer_address, time.time() - age)
         if not self.admit(host, now):
             # Refused before it can take a place in the queue: a flood from one address does not push the
             # other addresses' connections out.
@@ -1081,7 +1081,7 @@ class DeviceServer:
             )
             return
         conn.setblocking(False)
-        dropped = self._waiting.push(waiting, since, now)
+        dropped = self._waiting.push(waiting, now - age, now)
         if dropped is not None:
             self._drop(dropped)
         if self._expiry is None:
@@ -1130,7 +1130,7 @@ class DeviceServer:
         self._close_unserved(
             dropped.item,
             OVERLOADED,
-            f"{why}: {self.max_handshakes} handshakes under way and {len(self._waiting)} connections waiting",
+            f"{why}: {self.handshakes} handshakes under way and {len(self._waiting)} connections waiting",
         )
         now = _now()
         if now - self._overload_logged >= _OVERLOAD_LOG_INTERVAL:
@@ -1148,7 +1148,7 @@ class DeviceServer:
         waiting.sock.close()
         self.cloud.record_attempt(
             ConnectionAttempt(
-                datetime.fromtimestamp(waiting.accepted_at, UTC),
+                datetime.fromtimestamp(waiting.connected_at, UTC),
                 waiting.peer_address,
                 AttemptOutcome.FAILED,
                 Step.NONCE.value,
