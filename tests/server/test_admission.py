@@ -52,13 +52,19 @@ async def _nothing_yet(reader: asyncio.StreamReader) -> None:
         await asyncio.wait_for(reader.read(1), 0.3)
 
 
-async def _served_server(**limits: float) -> tuple[Application, Cloud, DeviceServer]:
+async def _cloud() -> tuple[Application, Cloud]:
+    """An application and its cloud on a memory store, started."""
     store = MemoryStore()
     await store.open()
     cloud = Cloud(store, InProcessBus())
     app = Application(store, cloud=cloud)
-    assert app.gateway is not None
     await cloud.start()
+    return app, cloud
+
+
+async def _served_server(**limits: float) -> tuple[Application, Cloud, DeviceServer]:
+    app, cloud = await _cloud()
+    assert app.gateway is not None
     server = DeviceServer(
         app.gateway,
         fixed_server_key(),
@@ -179,7 +185,8 @@ def test_past_a_full_queue_the_kernel_holds_the_connections_and_their_wait_count
     `max_wait` is closed as soon as the server takes it, never served late."""
 
     async def scenario() -> None:
-        app, cloud, server = await _served_server(max_handshakes=1, max_queued=1, max_wait=1.0)
+        # 3 s: the checks that it is still waiting must come well within the wait, on a loaded machine too.
+        app, cloud, server = await _served_server(max_handshakes=1, max_queued=1, max_wait=3.0)
         writers: list[asyncio.StreamWriter] = []
         try:
             nonce, first = await _first_bytes(server.port)
@@ -191,8 +198,8 @@ def test_past_a_full_queue_the_kernel_holds_the_connections_and_their_wait_count
             writers += [queued, in_kernel]
             await _nothing_yet(kernel_reader)
             assert (server.queued, server.accepting) == (1, False)
-            # The queued one waits its second out and is closed; the server takes the one the kernel held, which
-            # has waited as long: closed at once.
+            # The queued one waits its 3 s out and is closed; the server takes the one the kernel held, which
+            # has waited as long: closed at once (or a grain later).
             assert await asyncio.wait_for(queued_reader.read(NONCE), 10) == b""
             assert await asyncio.wait_for(kernel_reader.read(NONCE), 10) == b""
             assert (server.queued, server.overloaded, server.accepting) == (0, 2, True)
@@ -205,7 +212,7 @@ def test_past_a_full_queue_the_kernel_holds_the_connections_and_their_wait_count
         for attempt in closed:
             assert attempt.detail is not None
             assert attempt.detail.startswith("not served in ")
-            assert float(attempt.detail.split()[3]) >= 0.9
+            assert float(attempt.detail.split()[3]) >= 2.9
 
     asyncio.run(scenario())
 
@@ -275,12 +282,8 @@ def test_a_connection_started_past_the_bound_is_closed_before_the_nonce_and_reco
     is closed before the nonce (no RSA work), recorded as overloaded, and the firmware retries on its backoff."""
 
     async def scenario() -> None:
-        store = MemoryStore()
-        await store.open()
-        cloud = Cloud(store, InProcessBus())
-        app = Application(store, cloud=cloud)
+        app, cloud = await _cloud()
         assert app.gateway is not None
-        await cloud.start()
         server = DeviceServer(app.gateway, fixed_server_key(), host="127.0.0.1", port=0, max_handshakes=1)
         first, second = _Transport(), _Transport()
         DeviceProtocol(server).connection_made(first)
@@ -291,11 +294,11 @@ def test_a_connection_started_past_the_bound_is_closed_before_the_nonce_and_reco
         assert (server.handshakes, server.overloaded) == (1, 1)
         await app.gateway.drain()
         await cloud.stop()
-        refused = [a for a in await store.attempts.recent(limit=100) if a.reason == OVERLOADED]
+        refused = [a for a in await app.store.attempts.recent(limit=100) if a.reason == OVERLOADED]
         assert len(refused) == 1
         assert refused[0].step == "nonce"
         assert refused[0].device_id is None
-        await store.close()
+        await app.store.close()
 
     asyncio.run(scenario())
 
