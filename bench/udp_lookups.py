@@ -32,38 +32,11 @@ from cyan.bus import InProcessBus
 from cyan.cloud.models import UdpSession
 from cyan.cloud.service import Cloud
 from cyan.dtls import Session
-from cyan.server.datagram_server import DatagramServer, UdpSessionPort
+from cyan.server.datagram_server import DatagramServer
 from cyan.store import PostgresStore, SqliteStore
+from cyan.testing import CountingUdpSessions
 
 SERVER_KEY = ec.derive_private_key(0x71, ec.SECP256R1())
-
-
-class Counting:
-    """The gateway's session port, counting the reads that reach the store."""
-
-    def __init__(self, inner: UdpSessionPort) -> None:
-        self.inner = inner
-        self.finds = 0
-
-    async def save_udp_session(self, session: UdpSession) -> None:
-        await self.inner.save_udp_session(session)
-
-    async def find_udp_session(self, connection_id: bytes) -> UdpSession | None:
-        self.finds += 1
-        return await self.inner.find_udp_session(connection_id)
-
-    async def find_udp_sessions_of_device(self, device_id: str, *, limit: int) -> list[UdpSession]:
-        self.finds += 1
-        return await self.inner.find_udp_sessions_of_device(device_id, limit=limit)
-
-    async def reserve_udp_sequences(self, connection_id: bytes, count: int, *, floor: int = 0) -> int | None:
-        return await self.inner.reserve_udp_sequences(connection_id, count, floor=floor)
-
-    async def prune_udp_sessions(self, *, before: datetime) -> int:
-        return await self.inner.prune_udp_sessions(before=before)
-
-    async def drop_udp_session(self, connection_id: bytes) -> None:
-        await self.inner.drop_udp_session(connection_id)
 
 
 def _address(n: int) -> str:
@@ -105,7 +78,7 @@ async def _flood(store: SqliteStore | PostgresStore, count: int) -> list[tuple[s
     )
     try:
         for name, make in floods.items():
-            sessions = Counting(app.gateway)
+            sessions = CountingUdpSessions(app.gateway)
             server = DatagramServer(app.gateway, SERVER_KEY, host="127.0.0.1", port=0, sessions=sessions)
             await server.start()
             datagrams = [make(n) for n in range(count)]
@@ -123,7 +96,8 @@ async def _flood(store: SqliteStore | PostgresStore, count: int) -> list[tuple[s
             rows.append(
                 (
                     f"{store.__class__.__name__}: {name}",
-                    f"{spent / count * 1e6:.1f} µs each; reads: {sessions.finds}; refused: {server.lookups_refused}",
+                    f"{spent / count * 1e6:.1f} µs each; reads: {len(sessions.finds)}; "
+                    f"refused: {server.lookups_refused}",
                     f"{count} datagrams",
                 )
             )

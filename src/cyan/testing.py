@@ -8,16 +8,29 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cyan.config import Settings
 from cyan.protocol import DeviceConnection, Event, ServerConnection
 
-__all__ = ["ConnectionPair", "ScriptedRandom", "drain", "fixed_device_key", "fixed_server_key", "loopback_settings"]
+if TYPE_CHECKING:
+    from cyan.cloud.models import UdpSession
+    from cyan.server.datagram_server import UdpSessionPort
+
+__all__ = [
+    "ConnectionPair",
+    "CountingUdpSessions",
+    "ScriptedRandom",
+    "drain",
+    "fixed_device_key",
+    "fixed_server_key",
+    "loopback_settings",
+]
 
 
 def loopback_settings(data_dir: Path, **overrides: Any) -> Settings:
@@ -115,3 +128,32 @@ def _pieces(data: bytes, size: int | None) -> Iterator[bytes]:
         return
     for start in range(0, len(data), size):
         yield data[start : start + size]
+
+
+@dataclass
+class CountingUdpSessions:
+    """A UDP server's session port (`UdpSessionPort`) that passes everything on to `inner` and notes each
+    lookup that reaches it: the connection id, or the device id's bytes of a lookup by device."""
+
+    inner: UdpSessionPort
+    finds: list[bytes] = field(default_factory=list)
+
+    async def save_udp_session(self, session: UdpSession) -> None:
+        await self.inner.save_udp_session(session)
+
+    async def find_udp_session(self, connection_id: bytes) -> UdpSession | None:
+        self.finds.append(connection_id)
+        return await self.inner.find_udp_session(connection_id)
+
+    async def find_udp_sessions_of_device(self, device_id: str, *, limit: int) -> list[UdpSession]:
+        self.finds.append(device_id.encode())
+        return await self.inner.find_udp_sessions_of_device(device_id, limit=limit)
+
+    async def reserve_udp_sequences(self, connection_id: bytes, count: int, *, floor: int = 0) -> int | None:
+        return await self.inner.reserve_udp_sequences(connection_id, count, floor=floor)
+
+    async def prune_udp_sessions(self, *, before: datetime) -> int:
+        return await self.inner.prune_udp_sessions(before=before)
+
+    async def drop_udp_session(self, connection_id: bytes) -> None:
+        await self.inner.drop_udp_session(connection_id)

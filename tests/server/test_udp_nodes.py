@@ -16,19 +16,18 @@ import struct
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cyan.app import Actor, Application, NewDevice
 from cyan.app.calls import DeviceCalls
 from cyan.bus import InProcessBus
-from cyan.cloud.models import UdpSession
 from cyan.cloud.service import Cloud
 from cyan.keys import udp_public_key_der
-from cyan.server.datagram_server import SEQUENCE_BLOCK, DatagramServer, UdpSessionPort
+from cyan.server.datagram_server import SEQUENCE_BLOCK, DatagramServer
 from cyan.server.device_server import AddressLimits
 from cyan.sim import ELECTRON_2, UdpVirtualDevice
+from cyan.testing import CountingUdpSessions
 from store_support import StoreFactory
 
 DEVICE = bytes.fromhex("0123456789abcdef01234567")
@@ -39,39 +38,11 @@ TIMEOUT = 20.0
 
 
 @dataclass
-class CountingSessions:
-    """The gateway's session port, counting the lookups that reach the store."""
-
-    inner: UdpSessionPort
-    finds: list[bytes] = field(default_factory=list)
-
-    async def save_udp_session(self, session: UdpSession) -> None:
-        await self.inner.save_udp_session(session)
-
-    async def find_udp_session(self, connection_id: bytes) -> UdpSession | None:
-        self.finds.append(connection_id)
-        return await self.inner.find_udp_session(connection_id)
-
-    async def find_udp_sessions_of_device(self, device_id: str, *, limit: int) -> list[UdpSession]:
-        self.finds.append(device_id.encode())
-        return await self.inner.find_udp_sessions_of_device(device_id, limit=limit)
-
-    async def reserve_udp_sequences(self, connection_id: bytes, count: int, *, floor: int = 0) -> int | None:
-        return await self.inner.reserve_udp_sequences(connection_id, count, floor=floor)
-
-    async def prune_udp_sessions(self, *, before: datetime) -> int:
-        return await self.inner.prune_udp_sessions(before=before)
-
-    async def drop_udp_session(self, connection_id: bytes) -> None:
-        await self.inner.drop_udp_session(connection_id)
-
-
-@dataclass
 class Node:
     app: Application
     cloud: Cloud
     server: DatagramServer
-    sessions: CountingSessions
+    sessions: CountingUdpSessions
     #: Every (epoch, sequence number) of the protected records the node sent.
     sent: list[tuple[int, int]] = field(default_factory=list)
 
@@ -103,7 +74,7 @@ async def _node(
     app = Application(store, cloud=cloud)
     assert app.gateway is not None
     await cloud.start()
-    sessions = CountingSessions(app.gateway)
+    sessions = CountingUdpSessions(app.gateway)
     server = DatagramServer(app.gateway, SERVER_KEY, host="127.0.0.1", port=0, sessions=sessions, **options)  # type: ignore[arg-type]
     node = Node(app, cloud, server, sessions)
     real_send = server.send
