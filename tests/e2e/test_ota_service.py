@@ -16,7 +16,14 @@ import pytest
 from cyan.app import Actor
 from cyan.cloud.errors import InvalidInputError
 from cyan.cloud.models import DeviceRecord, FirmwareRecord, JobState, UpdateJob
-from cyan.cloud.ota import FirmwareRejectedError, UpdateConfig, UpdateConflictError, UpdateNotFoundError, judge
+from cyan.cloud.ota import (
+    FirmwareRejectedError,
+    UpdateConfig,
+    UpdateConflictError,
+    UpdateNotFoundError,
+    firmware_record,
+    judge,
+)
 from cyan.keys import fingerprint, public_key_der
 from cyan.protocol import (
     DEVICE_OS_0_6_1,
@@ -454,18 +461,6 @@ def test_judging_what_a_device_runs() -> None:
 
 
 def _record_of(image: bytes) -> FirmwareRecord:
-    info = parse_module(image)
-    return FirmwareRecord(
-        sha256=hashlib.sha256(image).hexdigest(),
-        size=len(image),
-        platform_id=info.platform_id,
-        module_function=int(info.function),
-        module_index=info.index,
-        module_version=info.module_version,
-        product_id=info.product_id,
-        product_version=info.product_version,
-        module_sha256=info.module_sha256,
-        crc32=info.crc32,
-        filename="x.bin",
-        uploaded_at=datetime.now(UTC),
+    return firmware_record(
+        parse_module(image), sha256=hashlib.sha256(image).hexdigest(), filename="x.bin", uploaded_at=datetime.now(UTC)
     )

@@ -21,7 +21,7 @@ import pytest
 from udp_replay import Recording, Replay, load_recording, replay
 
 from cyan.cloud.models import FirmwareRecord
-from cyan.cloud.ota import judge
+from cyan.cloud.ota import firmware_record, judge
 from cyan.dtls import is_client_hello
 from cyan.protocol import (
     ChunkAcknowledged,
@@ -121,21 +121,7 @@ def test_each_chunk_is_confirmable_and_answered_with_an_ack_and_a_confirmable_ch
 
 
 def _record(image: bytes) -> FirmwareRecord:
-    info = parse_module(image)
-    return FirmwareRecord(
-        sha256="0" * 64,
-        size=info.size,
-        platform_id=info.platform_id,
-        module_function=int(info.function),
-        module_index=info.index,
-        module_version=info.module_version,
-        product_id=info.product_id,
-        product_version=info.product_version,
-        module_sha256=info.module_sha256,
-        crc32=info.crc32,
-        filename="app.bin",
-        uploaded_at=datetime.now(UTC),
-    )
+    return firmware_record(parse_module(image), sha256="0" * 64, filename="app.bin", uploaded_at=datetime.now(UTC))
 
 
 def test_the_device_resets_and_handshakes_again(ota: Ota) -> None:

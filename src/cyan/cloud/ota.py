@@ -80,6 +80,27 @@ class UpdateNotFoundError(CloudError):
     """No such job or firmware."""
 
 
+def firmware_record(
+    info: ModuleInfo, *, sha256: str, filename: str, uploaded_at: datetime, uploaded_by: str | None = None
+) -> FirmwareRecord:
+    """The record of a firmware image from its parsed module header and suffix (`parse_module`)."""
+    return FirmwareRecord(
+        sha256=sha256,
+        size=info.size,
+        platform_id=info.platform_id,
+        module_function=int(info.function),
+        module_index=info.index,
+        module_version=info.module_version,
+        product_id=info.product_id,
+        product_version=info.product_version,
+        module_sha256=info.module_sha256,
+        crc32=info.crc32,
+        filename=filename,
+        uploaded_at=uploaded_at,
+        uploaded_by=uploaded_by,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class UpdateConfig:
     #: Transfers at once, server-wide (a rollout can ask for fewer).
@@ -114,20 +135,8 @@ class FirmwareLibrary:
         except ModuleError as exc:
             raise FirmwareRejectedError(f"{filename}: {exc}", exc.reason) from None
         sha256 = await asyncio.to_thread(self.files.put, data)
-        record = FirmwareRecord(
-            sha256=sha256,
-            size=info.size,
-            platform_id=info.platform_id,
-            module_function=int(info.function),
-            module_index=info.index,
-            module_version=info.module_version,
-            product_id=info.product_id,
-            product_version=info.product_version,
-            module_sha256=info.module_sha256,
-            crc32=info.crc32,
-            filename=filename[-255:],
-            uploaded_at=now or datetime.now(UTC),
-            uploaded_by=uploaded_by,
+        record = firmware_record(
+            info, sha256=sha256, filename=filename[-255:], uploaded_at=now or datetime.now(UTC), uploaded_by=uploaded_by
         )
         await self.store.save_firmware(record)
         return await self.store.get_firmware(sha256) or record
