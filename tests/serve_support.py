@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from cyan.cloud.models import ConnectionAttempt, DeviceRecord
-from cyan.config import Settings, all_cores
+from cyan.config import all_cores
 from cyan.keys import fingerprint, public_key_der
 from cyan.protocol import ServerConfig
 from cyan.service import Service, ensure_server_keys
 from cyan.sim import Fleet, SimConfig, VirtualDeviceSpec, registered_public_key
+from cyan.testing import loopback_settings
 
 FAST = ServerConfig(identity_timeout=2.0, hello_timeout=2.0, describe_delay=0.2, request_timeout=3.0)
 SIM = SimConfig(backoff_scale=0.05)
@@ -28,13 +29,8 @@ def loopback_service(
     **settings_overrides: Any,
 ) -> Service:
     """`cyan serve`'s service on 127.0.0.1 with ephemeral device and API ports (not started)."""
-    settings = Settings(
-        data_dir=data,
-        device_host="127.0.0.1",
-        device_port=0,
-        device_udp_port=0,
-        api_host="127.0.0.1",
-        api_port=0,
+    settings = loopback_settings(
+        data,
         workers=all_cores() if workers is None else workers,
         device_processes=device_processes,
         **settings_overrides,

@@ -32,6 +32,7 @@ from cyan.keys import (
 )
 from cyan.service import Service, ensure_server_keys
 from cyan.store import PostgresStore, SqliteStore
+from cyan.testing import loopback_settings
 
 
 @pytest.fixture
@@ -75,13 +76,8 @@ def test_a_node_on_postgresql_and_redis_shares_them_with_the_command_line_and_ot
     database = postgres_url.render_as_string(hide_password=False)
     monkeypatch.setenv("CYAN_DATABASE_URL", database)
     assert main(["users", "add", "alice@example.com", "--password", "correct horse", "--data-dir", str(tmp_path)]) == 0
-    settings = Settings(
-        data_dir=tmp_path / "node-1",
-        device_host="127.0.0.1",
-        device_port=0,
-        device_udp_port=0,
-        api_host="127.0.0.1",
-        api_port=0,
+    settings = loopback_settings(
+        tmp_path / "node-1",
         workers=0,
         database_url=database,
         bus_url=f"{servers.REDIS_URL}?prefix={prefix}",
@@ -129,17 +125,7 @@ def test_every_node_of_a_cloud_presents_its_server_key_or_refuses_to_start(postg
     database = postgres_url.render_as_string(hide_password=False)
 
     def node(name: str) -> Service:
-        settings = Settings(
-            data_dir=tmp_path / name,
-            device_host="127.0.0.1",
-            device_port=0,
-            device_udp_port=0,
-            api_host="127.0.0.1",
-            api_port=0,
-            workers=0,
-            database_url=database,
-            node_id=name,
-        )
+        settings = loopback_settings(tmp_path / name, workers=0, database_url=database, node_id=name)
         return Service(settings, ensure_server_keys(settings))
 
     async def scenario() -> None:
@@ -218,16 +204,8 @@ def test_one_node_refuses_to_start_with_another_udp_server_key_than_its_devices_
 def test_a_node_whose_redis_does_not_answer_refuses_to_start_and_names_it(tmp_path: Path) -> None:
     """Like a database that cannot be opened: nothing is left listening, and the message names the Redis (never
     its password)."""
-    settings = Settings(
-        data_dir=tmp_path,
-        device_host="127.0.0.1",
-        device_port=0,
-        device_udp_port=0,
-        api_host="127.0.0.1",
-        api_port=0,
-        workers=0,
-        bus_url="redis://:s3cret@127.0.0.1:1/0?timeout=1",
-        node_id="node-1",
+    settings = loopback_settings(
+        tmp_path, workers=0, bus_url="redis://:s3cret@127.0.0.1:1/0?timeout=1", node_id="node-1"
     )
     service = Service(settings, ensure_server_keys(settings))
 

@@ -22,7 +22,7 @@ from cyan.keys import public_key_der
 from cyan.protocol import DEVICE_OS_0_6_1, DEVICE_OS_3_1_0, ServerConfig, Subscription, SubscriptionScope
 from cyan.service import Service, ensure_server_keys
 from cyan.sim import AppSpec, SimConfig, VirtualDevice, VirtualDeviceSpec
-from cyan.testing import fixed_device_key
+from cyan.testing import fixed_device_key, loopback_settings
 from hook_support import receiver
 
 ALICE, BOB, ADMIN = "alice@example.com", "bob@example.com", "admin@example.com"
@@ -55,15 +55,7 @@ class World:
 
 def _run(tmp_path: Path, scenario: Callable[[World], Awaitable[None]], *, allowed: str = "127.0.0.0/8") -> None:
     async def main() -> None:
-        settings = Settings(
-            data_dir=tmp_path / "data",
-            device_host="127.0.0.1",
-            device_port=0,
-            device_udp_port=0,
-            api_host="127.0.0.1",
-            api_port=0,
-            hook_allowed_networks=allowed,
-        )
+        settings = loopback_settings(tmp_path / "data", hook_allowed_networks=allowed)
         service = Service(settings, ensure_server_keys(settings), protocol=ServerConfig(request_timeout=2.0))
         await service.start()
         devices: dict[str, VirtualDevice] = {}

@@ -21,11 +21,11 @@ import pytest
 from cyan.app import Actor
 from cyan.cloud.models import AttemptOutcome, DeviceRecord, Role
 from cyan.cloud.ota import UpdateConfig
-from cyan.config import Settings
 from cyan.keys import fingerprint, public_key_der
 from cyan.protocol import ServerConfig
 from cyan.service import Service, ensure_server_keys
 from cyan.sim import SimConfig, VirtualDevice, VirtualDeviceSpec, registered_public_key
+from cyan.testing import loopback_settings
 
 T = TypeVar("T")
 
@@ -87,15 +87,7 @@ class LiveService:
         self.run(self._start())
 
     async def _start(self) -> None:
-        settings = Settings(
-            data_dir=self.data,
-            device_host="127.0.0.1",
-            device_port=0,
-            device_udp_port=0,
-            api_host="127.0.0.1",
-            api_port=0,
-            workers=1,
-        )
+        settings = loopback_settings(self.data, workers=1)
         service = Service(settings, ensure_server_keys(settings), protocol=FAST)
         service.updates.config = UpdateConfig(start_delay=0.05, retry_delay=0.2, reconnect_timeout=15)
         await service.start()

@@ -20,12 +20,11 @@ from cyan.app import Actor, NewDevice
 from cyan.cloud.alerts import LoggingAlerts
 from cyan.cloud.errors import DeviceQuarantinedError
 from cyan.cloud.models import KeyPolicyMode
-from cyan.config import Settings
 from cyan.keys import fingerprint, public_key_der
 from cyan.protocol import ServerConfig
 from cyan.service import Service, ensure_server_keys
 from cyan.sim import Fault, Fleet, SimConfig, VirtualDevice, VirtualDeviceSpec
-from cyan.testing import fixed_device_key
+from cyan.testing import fixed_device_key, loopback_settings
 
 OWNER, PASSWORD = "ops@example.com", "drill password"
 SIM = SimConfig(backoff_scale=0.02)
@@ -58,15 +57,7 @@ def _run(tmp_path: Path, scenario: Callable[[Service], Awaitable[None]], *, proc
     """`processes`: serve the devices from that many device processes (`cyan serve --device-processes`)."""
 
     async def main() -> None:
-        settings = Settings(
-            data_dir=tmp_path / "data",
-            device_host="127.0.0.1",
-            device_port=0,
-            device_udp_port=0,
-            api_host="127.0.0.1",
-            api_port=0,
-            device_processes=processes,
-        )
+        settings = loopback_settings(tmp_path / "data", device_processes=processes)
         service = Service(settings, ensure_server_keys(settings), protocol=ServerConfig(request_timeout=2.0))
         await service.start()
         try:
