@@ -53,6 +53,7 @@ from .firmware import DEVICE_OS_0_6_1, DEVICE_OS_3_1_0, Firmware, Platform, Stac
 from .framing import FrameDecoder, FrameEncoder, FramingError, SessionCredentials
 from .messages import Goodbye, Hello, HelloFlag, SubscriptionScope, VariableType
 from .ota import OtaConfig, OtaOutcome, OtaSender, OtaState
+from .ota_v3 import OtaV3Config, OtaV3Sender, OtaV3State
 from .server import RequestKind, ServerConfig, ServerConnection
 
 __all__ = [
@@ -93,6 +94,9 @@ __all__ = [
     "OtaOutcome",
     "OtaSender",
     "OtaState",
+    "OtaV3Config",
+    "OtaV3Sender",
+    "OtaV3State",
     "PingAnswered",
     "PingReceived",
     "Platform",

@@ -44,6 +44,7 @@ class Code(enum.IntEnum):
     GET = 0x01
     POST = 0x02
     PUT = 0x03
+    CREATED = 0x41  # 2.01
     CHANGED = 0x44  # 2.04
     CONTENT = 0x45  # 2.05
     BAD_REQUEST = 0x80  # 4.00

@@ -44,10 +44,15 @@ __all__ = [
     "SubscriptionRequested",
     "TimeReceived",
     "TimeRequested",
+    "UpdateChunkRefused",
+    "UpdateChunksAcknowledged",
     "UpdateDoneAcknowledged",
+    "UpdateFinishAccepted",
     "UpdateFinishedByDevice",
     "UpdateReady",
     "UpdateRefused",
+    "UpdateRequestFailed",
+    "UpdateStartAccepted",
     "UpdateStarted",
     "VariableRead",
     "VariableReadFailed",
@@ -276,6 +281,53 @@ class UpdateFinishedByDevice(Event):
     """Server: a legacy device's own UpdateDone after resent chunks (§7.1)."""
 
     result: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateStartAccepted(Event):
+    """Server, OTA v3: the device took UpdateStart. `window`: chunks it takes beyond those it holds in order;
+    `offset`: bytes of the file it holds already (a resumed transfer), where chunk 1 starts."""
+
+    request_id: int
+    window: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateChunksAcknowledged(Event):
+    """Server, OTA v3: UpdateAck. The device holds chunks 1..`index` in order, and beyond them those `bitmap`
+    marks (bit k of the little-endian 32-bit words: chunk `index` + 1 + k)."""
+
+    index: int
+    bitmap: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateChunkRefused(Event):
+    """Server, OTA v3: the device reset (RST) a chunk: it has no update in progress."""
+
+    message_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateFinishAccepted(Event):
+    """Server, OTA v3: the device validated the file (2.04 to UpdateFinish, with its transfer statistics). It
+    applies it, and resets, once it has our acknowledgement of this answer."""
+
+    request_id: int
+    stats: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateRequestFailed(Event):
+    """Server, OTA v3: the device answered UpdateStart or UpdateFinish (`kind` "start" or "finish") with an
+    error: its code, and the system error and message it reported (``{"code": -N, "message": "..."}``)."""
+
+    request_id: int
+    kind: str
+    code: int
+    error: int | None
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)

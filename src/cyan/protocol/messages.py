@@ -35,6 +35,7 @@ __all__ = [
     "Goodbye",
     "Hello",
     "HelloFlag",
+    "OtaOption",
     "SubscriptionScope",
     "VariableType",
     "chunk",
@@ -70,9 +71,14 @@ __all__ = [
     "subscribe",
     "time_request",
     "time_response",
+    "uint_option",
+    "update_ack",
     "update_begin",
+    "update_chunk",
     "update_done",
+    "update_finish",
     "update_ready",
+    "update_start",
     "variable_request",
 ]
 
@@ -593,6 +599,86 @@ def update_done(message_id: int, token: int) -> Message:
 def device_update_done(message_id: int, payload: bytes | None) -> Message:
     """The legacy stack's own UpdateDone after ChunkMissed: NON PUT u (§7.1)."""
     return Message(MessageType.NON, Code.PUT, message_id, options=(_path("u"),), payload=payload)
+
+
+# -- OTA protocol v3 (Gen 3 and P2 from Device OS 3.0; DO communication/src/firmware_update.cpp) --------
+
+
+class OtaOption(enum.IntEnum):
+    """The CoAP options of OTA protocol v3, each an unsigned integer but the hash and the two flags."""
+
+    CHUNK_INDEX = 2049
+    WINDOW_SIZE = 2053
+    FILE_SIZE = 2057
+    FILE_SHA256 = 2061
+    CHUNK_SIZE = 2065
+    DISCARD_DATA = 2069
+    CANCEL_UPDATE = 2073
+
+
+#: The device's chunk size bounds: at least 512, a multiple of 4, and with the 14 bytes of CoAP around it no
+#: larger than its largest record (`MIN_OTA_CHUNK_SIZE`, `MAX_OTA_CHUNK_SIZE`, DO `firmware_update.h`).
+MIN_OTA_V3_CHUNK = 512
+OTA_V3_CHUNK_OVERHEAD = 14
+
+
+def uint_option(value: int) -> bytes:
+    """An unsigned option value as CoAP writes it: big-endian with no leading zero bytes (0 is empty)."""
+    _check_range("option value", value, 32)
+    return value.to_bytes((value.bit_length() + 7) // 8, "big")
+
+
+def option_uint(message: Message, number: int) -> int | None:
+    """The first `number` option as an unsigned integer; None when absent. Raises `ValueError` past 4 bytes."""
+    values = message.option_values(number)
+    if not values:
+        return None
+    if len(values[0]) > 4:
+        raise ValueError(f"option {number} of {len(values[0])} bytes is not a 32-bit unsigned integer")
+    return int.from_bytes(values[0], "big")
+
+
+def update_start(message_id: int, token: int, *, file_size: int, file_sha256: bytes, chunk_size: int) -> Message:
+    """UpdateStart: CON POST S with the file size, its SHA-256 (which lets a device resume a transfer) and
+    the chunk size. The Uri-Path comes first: the firmware reads the path at a fixed offset (§6.1)."""
+    if file_size < 1:
+        raise ValueError("an update needs a non-empty file")
+    if len(file_sha256) != 32:
+        raise ValueError("the file's SHA-256 is 32 bytes")
+    if chunk_size < MIN_OTA_V3_CHUNK or chunk_size % 4:
+        raise ValueError(f"chunk size {chunk_size}: the device takes a multiple of 4 from {MIN_OTA_V3_CHUNK}")
+    options = (
+        _path("S"),
+        (OtaOption.FILE_SIZE, uint_option(file_size)),
+        (OtaOption.FILE_SHA256, file_sha256),
+        (OtaOption.CHUNK_SIZE, uint_option(chunk_size)),
+    )
+    return Message(MessageType.CON, Code.POST, message_id, _token(token), options)
+
+
+def update_chunk(message_id: int, index: int, data: bytes) -> Message:
+    """UpdateChunk: NON POST C, no token, the 1-based index as an option, the bytes as the payload."""
+    if index < 1:
+        raise ValueError("chunk indexes start at 1")
+    if not data:
+        raise ValueError("a chunk carries at least one byte")
+    options = (_path("C"), (OtaOption.CHUNK_INDEX, uint_option(index)))
+    return Message(MessageType.NON, Code.POST, message_id, options=options, payload=data)
+
+
+def update_finish(message_id: int, token: int, *, cancel: bool = False) -> Message:
+    """UpdateFinish: CON POST F; with `cancel` the device drops what it received instead of validating it."""
+    options: tuple[tuple[int, bytes], ...] = (_path("F"),)
+    if cancel:
+        options += ((OtaOption.CANCEL_UPDATE, b""),)
+    return Message(MessageType.CON, Code.POST, message_id, _token(token), options)
+
+
+def update_ack(message_id: int, index: int, bitmap: bytes) -> Message:
+    """The device's UpdateAck: NON POST A with the number of chunks it holds in order (``index``), and a bitmap
+    of those it holds beyond: 32-bit little-endian words, bit k for chunk ``index + 1 + k``."""
+    options = (_path("A"), (OtaOption.CHUNK_INDEX, uint_option(index)))
+    return Message(MessageType.NON, Code.POST, message_id, options=options, payload=bitmap or None)
 
 
 # -- Goodbye (§6.10) --------------------------------------------------------------------------------

@@ -133,10 +133,12 @@ class OtaOutcome:
     complete: bool
     fast: bool
     #: The failure's machine-readable reason (None when complete): refused, no_answer, bad_chunks,
-    #: too_many_missed, rejected, incomplete, timeout, disconnected.
+    #: too_many_missed, rejected, incomplete, timeout, disconnected; and from OTA v3 (`OtaV3Sender`)
+    #: device_error.
     reason: str | None
     detail: str
-    #: The device's result report: ``{"r":0}`` (2.x), ``{"r":"ok",...}`` (older), or None.
+    #: The device's result report: ``{"r":0}`` (2.x), ``{"r":"ok",...}`` (older), OTA v3's transfer statistics
+    #: (``{"recv_chunks":...}``), or None.
     result: dict[str, Any] | None
     #: Bytes of the image the device has confirmed (non-fast) or been sent (fast), first pass.
     bytes_delivered: int

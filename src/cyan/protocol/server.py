@@ -53,10 +53,15 @@ from .events import (
     SignalAcknowledged,
     SubscriptionRequested,
     TimeRequested,
+    UpdateChunkRefused,
+    UpdateChunksAcknowledged,
     UpdateDoneAcknowledged,
+    UpdateFinishAccepted,
     UpdateFinishedByDevice,
     UpdateReady,
     UpdateRefused,
+    UpdateRequestFailed,
+    UpdateStartAccepted,
     VariableRead,
     VariableReadFailed,
 )
@@ -112,6 +117,8 @@ class RequestKind(enum.Enum):
     UPDATE_BEGIN = "update_begin"
     CHUNK = "chunk"
     UPDATE_DONE = "update_done"
+    UPDATE_START = "update_start"  # OTA v3
+    UPDATE_FINISH = "update_finish"  # OTA v3
 
 
 @dataclass(slots=True)
@@ -154,6 +161,7 @@ class ServerConnection(BaseConnection):
         "_token",
         "_unix_time",
         "_update_tail",
+        "_v3_update",
         "config",
         "device_id",
         "hello",
@@ -187,6 +195,8 @@ class ServerConnection(BaseConnection):
         # A legacy device finishing a fast update by itself after ChunkMissed (CON on that stack): 0.6.x
         # then sends its result event and its own UpdateDone out of IV order (OTA README D3).
         self._update_tail = False
+        #: An OTA v3 update is under way: a reset (RST) matching no request is the device refusing a chunk.
+        self._v3_update = False
         self._tail_finished = False
         self._discard_input = False
         self._unix_time: float | None = None
@@ -469,6 +479,19 @@ class ServerConnection(BaseConnection):
                 self._ignore(str(exc), message)
                 return
             self._events.append(ChunksMissed(tuple(indexes), confirmable))
+        elif code == Code.POST and first == b"A":
+            # OTA v3's UpdateAck: NON, never answered (DO `firmware_update.cpp` `initChunkAck`).
+            if confirmable:
+                self._send(m.empty_ack(message.message_id))
+            try:
+                index = m.option_uint(message, m.OtaOption.CHUNK_INDEX)
+            except ValueError as exc:
+                self._ignore(str(exc), message)
+                return
+            if index is None:
+                self._ignore("UpdateAck without its chunk index", message)
+                return
+            self._events.append(UpdateChunksAcknowledged(index, message.payload or b""))
         elif code == Code.PUT and first == b"u":
             # The legacy stack's own UpdateDone after resent chunks (§7.1); NON, not answered.
             self._finish_tail(m.json_object_or_none(message.payload))
@@ -581,6 +604,11 @@ class ServerConnection(BaseConnection):
 
     def _on_acknowledgement(self, message: Message, now: float) -> None:
         request = self._find_request(message)
+        if request is None and message.type is MessageType.RST and self._v3_update:
+            # Chunks are NON with no token: a reset is the device saying it has no update (DO
+            # `FirmwareUpdate::handleChunkRequest`).
+            self._events.append(UpdateChunkRefused(message.message_id))
+            return
         if request is None:
             # A fresh-id ACK to our ping (new stack quirk, §6.1) lands here too: it is proof of life, and with
             # a ping outstanding it is that ping's answer (an empty ACK of no request answers nothing else).
@@ -644,11 +672,33 @@ class ServerConnection(BaseConnection):
                 self._events.append(UpdateRefused(request.request_id, code))
         elif kind is RequestKind.CHUNK:
             self._events.append(ChunkAcknowledged(request.request_id, success))
+        elif kind is RequestKind.UPDATE_START:
+            if code == Code.CREATED:
+                try:
+                    window = m.option_uint(message, m.OtaOption.WINDOW_SIZE) or 0
+                    offset = m.option_uint(message, m.OtaOption.FILE_SIZE) or 0
+                except ValueError as exc:
+                    self._update_failed(request, code, None, str(exc))
+                    return
+                self._events.append(UpdateStartAccepted(request.request_id, window, offset))
+            else:
+                self._update_failed(request, code, *_system_error(payload))
+        elif kind is RequestKind.UPDATE_FINISH:
+            if code == Code.CHANGED:
+                self._v3_update = self._idle_suspended = False
+                self._events.append(UpdateFinishAccepted(request.request_id, m.json_object_or_none(payload)))
+            else:
+                self._update_failed(request, code, *_system_error(payload))
         else:  # UPDATE_DONE
             complete = code == Code.CHANGED
             if complete:
                 self._idle_suspended = False
             self._events.append(UpdateDoneAcknowledged(request.request_id, complete, m.json_object_or_none(payload)))
+
+    def _update_failed(self, request: _Request, code: int, error: int | None, detail: str) -> None:
+        self._v3_update = self._idle_suspended = False
+        kind = "start" if request.kind is RequestKind.UPDATE_START else "finish"
+        self._events.append(UpdateRequestFailed(request.request_id, kind, code, error, detail))
 
     def _variable_event(self, request: _Request, raw: bytes) -> VariableRead:
         kind = self.variable_types.get(request.name)
@@ -810,6 +860,39 @@ class ServerConnection(BaseConnection):
         """UpdateDone; the answer says complete (2.04) or chunks missing (4.00, fast mode) (§7.1)."""
         return self._request(RequestKind.UPDATE_DONE, "update", m.update_done, now, timeout)
 
+    def start_update_v3(
+        self, *, file_size: int, file_sha256: bytes, chunk_size: int, now: float, timeout: float | None = None
+    ) -> int:
+        """OTA v3's UpdateStart; `UpdateStartAccepted`, `UpdateRequestFailed` or `RequestTimedOut` follows. The
+        idle timeout is suspended until the update ends, as for the legacy update."""
+        request_id = self._request(
+            RequestKind.UPDATE_START,
+            "update",
+            lambda mid, tok: m.update_start(
+                mid, tok, file_size=file_size, file_sha256=file_sha256, chunk_size=chunk_size
+            ),
+            now,
+            timeout,
+        )
+        self._v3_update = self._idle_suspended = True
+        return request_id
+
+    def send_chunk_v3(self, index: int, data: bytes) -> None:
+        """OTA v3's UpdateChunk: NON, unanswered; the device's UpdateAck says what it holds."""
+        self._require_session()
+        self._send(m.update_chunk(self._next_message_id(), index, data))
+
+    def finish_update_v3(self, now: float, *, cancel: bool = False, timeout: float | None = None) -> int:
+        """OTA v3's UpdateFinish; `UpdateFinishAccepted`, `UpdateRequestFailed` or `RequestTimedOut` follows.
+        With `cancel` the device drops the transfer."""
+        return self._request(
+            RequestKind.UPDATE_FINISH, "update", lambda mid, tok: m.update_finish(mid, tok, cancel=cancel), now, timeout
+        )
+
+    def end_update_v3(self) -> None:
+        """The update is over on our side (given up): the idle timeout applies again."""
+        self._v3_update = self._idle_suspended = False
+
     def suspend_idle_timeout(self, suspended: bool) -> None:
         self._idle_suspended = suspended
 
@@ -817,6 +900,20 @@ class ServerConnection(BaseConnection):
 def _describe(message: Message) -> str:
     path = "/".join(s.decode("utf-8", "replace") for s in message.uri_path)
     return f"{message.type.name} {format_code(message.code)} {path or '(no path)'}"
+
+
+def _system_error(payload: bytes) -> tuple[int | None, str]:
+    """The system error code and message of a Device OS error response (``{"code":-N,"message":"..."}``,
+    DO `formatDiagnosticPayload`)."""
+    document = m.json_object_or_none(payload)
+    if document is None:
+        return None, payload[:200].decode("utf-8", "replace")
+    code = document.get("code")
+    message = document.get("message")
+    return (
+        code if isinstance(code, int) and not isinstance(code, bool) else None,
+        message[:200] if isinstance(message, str) else "",
+    )
 
 
 def _failure_text(code: int, payload: bytes) -> str:
