@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from . import messages as m
 from ._errors import LocalProtocolError, Reason
 from ._state import Role, State, StateMachine, Trigger
 from .coap import CoapDecodeError, Code, Message, MessageType, Option, decode
-from .device import Application, DeviceConfig, DeviceConnection
+from .device import Application, DeviceConfig, DeviceConnection, UpdateCheck
 from .events import DeviceIdentified, HelloReceived, ServerHelloReceived, SessionStarted
 from .firmware import Firmware
 from .handshake import Rng
@@ -398,7 +399,12 @@ def _describe(message: Message) -> str:
 #: Device OS 4.0.2 on an Argon (Gen 3, Wi-Fi): module version 4006, 1152-byte records from 3.0 on Gen 3
 #: (udp-dtls.md §1.1). The UDP personality of the simulator.
 ARGON_4_0_2 = Firmware(
-    version=(4, 0, 2), platform=12, module_version=4006, max_message_size=1152, max_binary_size=1048576
+    version=(4, 0, 2),
+    platform=12,
+    module_version=4006,
+    max_message_size=1152,
+    max_binary_size=1048576,
+    ota_protocol_v3=True,
 )
 
 
@@ -448,6 +454,7 @@ class DatagramDeviceConnection(DeviceConnection):
         config: DeviceConfig | None = None,
         datagram_config: DatagramConfig | None = None,
         rng: Rng = os.urandom,
+        check_update: Callable[[bytes], UpdateCheck] | None = None,
     ) -> None:
         super().__init__(
             device_id,
@@ -458,6 +465,7 @@ class DatagramDeviceConnection(DeviceConnection):
             application=application,
             config=config or DeviceConfig(ping_interval=keepalive_interval(firmware.platform), ping_timeout=30.0),
             rng=rng,
+            check_update=check_update,
         )
         self.dconfig = datagram_config or DatagramConfig()
         self._out: list[bytes] = []

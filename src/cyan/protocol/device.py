@@ -61,6 +61,17 @@ LEGACY_MISSED_REPEAT = 3.0
 LEGACY_RESULT_DELAY = 1.0
 #: The diagnostic source of the system's uptime in seconds (Device OS `diagnostics.h` DIAG_ID_SYSTEM_UPTIME).
 _UPTIME = 6
+#: OTA v3 (DO `firmware_update.h`): the receive window in bytes, the acknowledgement delay and count, and the
+#: time without a chunk after which the device drops the transfer.
+V3_RECEIVE_WINDOW = 128 * 1024
+V3_ACK_DELAY = 0.2
+V3_ACK_COUNT = 2
+V3_TRANSFER_TIMEOUT = 300.0
+#: System errors Device OS reports in OTA v3's error responses (DO `system_error.h`).
+_ERROR_PROTOCOL = -100
+_ERROR_INVALID_STATE = -210
+_ERROR_UPDATES_DISABLED = -1310
+_ERROR_INVALID_SIZE = -1340
 #: The new stack asks for n + max(n/5, 2) missed chunks, n the chunks of the last flight (`chunked_transfer.cpp`).
 _MINIMUM_CHUNK_INCREASE = 2
 
@@ -167,6 +178,33 @@ class _Download:
         return None if found < 0 else found
 
 
+@dataclass(slots=True)
+class _V3Download:
+    """One OTA v3 update being received (DO `FirmwareUpdate`): the chunks held in order, and a bitmap of
+    those held beyond, within the receive window."""
+
+    file_size: int
+    chunk_size: int
+    chunk_count: int
+    window: int
+    image: bytearray
+    started: float
+    #: Chunks held in order (the firmware's `chunkIndex_`); bit k of `beyond` is chunk `in_order` + 1 + k, so
+    #: bit 0 is clear whenever the window has moved past what arrived.
+    in_order: int = 0
+    beyond: int = 0
+    unacked: int = 0
+    last_chunk: float = 0.0
+    has_gaps: bool = False
+    received: int = 0
+    duplicates: int = 0
+    out_of_order: int = 0
+    acks_sent: int = 0
+    #: The message id of our answer to UpdateFinish (its ACK applies the update) or to a failed request.
+    finish_id: int | None = None
+    error_id: int | None = None
+
+
 def _uint(data: bytes, offset: int, nibble: int) -> tuple[int, int]:
     """Option length as the firmware reads it: the low nibble, with the 13 and 14 extensions."""
     if nibble == 13:
@@ -217,6 +255,7 @@ class DeviceConnection(BaseConnection):
         self._check_update = check_update or (lambda image: UpdateCheck())
         self._damage_chunk = damage_chunk
         self._download: _Download | None = None
+        self._v3: _V3Download | None = None
         #: 0.6.x: when to reset after publishing the update result, and its own UpdateDone frame, already
         #: encrypted, to write just before (OTA README D2, D3).
         self._reset_at: float | None = None
@@ -243,9 +282,12 @@ class DeviceConnection(BaseConnection):
             if download.missing_phase and self.firmware.finishes_update_itself:
                 due.append(download.last_chunk + LEGACY_MISSED_REPEAT)
             return min(due) if due else None
+        v3_due = self._v3_timer()
         if self._ping_sent_at is not None:
-            return self._ping_sent_at + self.config.ping_timeout
-        return self._last_received + self.config.ping_interval
+            ping_due = self._ping_sent_at + self.config.ping_timeout
+        else:
+            ping_due = self._last_received + self.config.ping_interval
+        return ping_due if v3_due is None else min(ping_due, v3_due)
 
     def handle_timer(self, now: float) -> None:
         if self.closed:
@@ -276,6 +318,8 @@ class DeviceConnection(BaseConnection):
                 and now >= download.last_chunk + LEGACY_MISSED_REPEAT
             ):
                 self._send_missing(download, self.firmware.max_missed_chunks, now)
+            return
+        if self._v3 is not None and self._v3_on_timer(now):
             return
         if self._ping_sent_at is not None:
             if now >= self._ping_sent_at + self.config.ping_timeout:
@@ -413,6 +457,8 @@ class DeviceConnection(BaseConnection):
                 # The new stack answers a server ping with an id of its own (§6.1).
                 mid = self._next_message_id() if fw.fresh_id_on_ping_and_signal_ack else message.message_id
                 self._send(m.empty_ack(mid))
+            elif kind is MessageType.ACK and self._v3 is not None and self._v3_acknowledged(message.message_id):
+                return
             elif kind is MessageType.ACK and message.message_id in self._confirmable_events:
                 self._confirmable_events.discard(message.message_id)
                 self._events.append(PublishAcknowledged(message.message_id))
@@ -431,6 +477,15 @@ class DeviceConnection(BaseConnection):
                 )
             self._events.append(MessageIgnored("coded reply with no request to complete", message))
             return
+        if fw.ota_protocol_v3:
+            v3 = {b"S": self._on_update_start, b"C": self._on_update_chunk, b"F": self._on_update_finish}
+            if code == Code.POST and path in v3:
+                v3[path](message, now)
+                return
+            if path in (b"u", b"c", b"s"):
+                # The legacy handlers are compiled out where OTA v3 is in (DO `protocol.cpp`): dropped unread.
+                self._events.append(MessageIgnored("legacy OTA request to an OTA v3 device", message))
+                return
         handlers: dict[tuple[int, bytes], Callable[[bytes, Message, int, float], None]] = {
             (Code.POST, b"f"): self._on_function_call,
             (Code.GET, b"v"): self._on_variable_request,
@@ -691,6 +746,204 @@ class DeviceConnection(BaseConnection):
         if indexes:
             download.last_requested = indexes[-1]
             self._send(m.chunk_missed(self._next_message_id(), indexes, confirmable=self.firmware.legacy))
+
+    # -- OTA protocol v3 (Gen 3 and P2 from 3.0; DO `communication/src/firmware_update.cpp`) -------------
+
+    def _v3_error(self, request: Message, error: int, text: str, *, separate: bool) -> int:
+        """An error answer as the firmware sends it: its system error and message as JSON, 4.00 for the
+        protocol's own errors and 5.03 when updates are off (DO `coapCodeForSystemError`); piggybacked on the
+        ACK, or `separate` (CON, a new id) once the request was acknowledged. Returns the message id."""
+        code = Code.SERVICE_UNAVAILABLE if error == _ERROR_UPDATES_DISABLED else Code.BAD_REQUEST
+        payload = json.dumps({"code": error, "message": text}, separators=(",", ":")).encode()
+        if separate:
+            mid = self._next_message_id()
+            self._send(Message(MessageType.CON, code, mid, request.token, payload=payload))
+            return mid
+        self._send(Message(MessageType.ACK, code, request.message_id, request.token, payload=payload))
+        return request.message_id
+
+    def _v3_request_ok(self, message: Message) -> bool:
+        """UpdateStart and UpdateFinish must be CON with a token; a breach gets a piggybacked error."""
+        if message.type is not MessageType.CON:
+            return False
+        if not message.token:
+            self._v3_error(message, _ERROR_PROTOCOL, "Message token is missing", separate=False)
+            return False
+        return True
+
+    def _on_update_start(self, message: Message, now: float) -> None:
+        if not self._v3_request_ok(message):
+            return
+        fw = self.firmware
+        try:
+            file_size = m.option_uint(message, m.OtaOption.FILE_SIZE) or 0
+            chunk_size = m.option_uint(message, m.OtaOption.CHUNK_SIZE) or 0
+        except ValueError:
+            file_size = chunk_size = 0
+        digest = message.option_values(m.OtaOption.FILE_SHA256)
+        largest = (fw.max_message_size - m.OTA_V3_CHUNK_OVERHEAD) // 4 * 4
+        if (
+            not file_size
+            or not m.MIN_OTA_V3_CHUNK <= chunk_size <= largest
+            or chunk_size % 4
+            or (digest and len(digest[0]) != 32)
+        ):
+            self._v3_error(message, _ERROR_PROTOCOL, "Invalid message options", separate=False)
+            return
+        self._send(m.empty_ack(message.message_id))
+        self._v3 = None  # a new UpdateStart replaces the update under way
+        if not self.config.updates_enabled:
+            self._v3_error(message, _ERROR_UPDATES_DISABLED, "Firmware updates are disabled", separate=True)
+            return
+        if file_size > fw.max_binary_size:
+            self._v3_error(message, _ERROR_INVALID_SIZE, "Invalid firmware size", separate=True)
+            return
+        count = -(-file_size // chunk_size)
+        window = V3_RECEIVE_WINDOW // chunk_size
+        self._v3 = _V3Download(file_size, chunk_size, count, window, bytearray(file_size), now, last_chunk=now)
+        options = (
+            (m.OtaOption.WINDOW_SIZE, m.uint_option(window)),
+            (m.OtaOption.FILE_SIZE, m.uint_option(0)),  # nothing held from an earlier transfer
+        )
+        self._send(Message(MessageType.CON, Code.CREATED, self._next_message_id(), message.token, options))
+        self._events.append(UpdateStarted(file_size, chunk_size, False))
+
+    def _on_update_chunk(self, message: Message, now: float) -> None:
+        download = self._v3
+        if message.type is not MessageType.NON or message.token or not message.payload:
+            return  # decodeChunkRequest refuses it; a NON without a token gets nothing back
+        try:
+            index = m.option_uint(message, m.OtaOption.CHUNK_INDEX)
+        except ValueError:
+            index = None
+        if index is None:
+            return
+        if download is None:
+            self._send(Message(MessageType.RST, Code.EMPTY, message.message_id))
+            return
+        data = message.payload
+        download.received += 1
+        last = download.chunk_count
+        size_ok = (
+            len(data) == download.chunk_size
+            if index < last
+            else (index - 1) * download.chunk_size + len(data) == download.file_size
+        )
+        if not 1 <= index <= last or not size_ok:
+            # The firmware answers an invalid chunk with a reset and drops the update and the connection.
+            self._send(Message(MessageType.RST, Code.EMPTY, message.message_id))
+            self._v3 = None
+            raise self._remote_failure(
+                f"OTA v3 chunk {index} of {len(data)} bytes does not fit a {download.file_size}-byte file "
+                f"in {download.chunk_size}-byte chunks",
+                Reason.MALFORMED_MESSAGE,
+            )
+        duplicate = False
+        if index <= download.in_order:
+            duplicate = True
+        elif index <= download.in_order + download.window:
+            bit = 1 << (index - download.in_order - 1)
+            if download.beyond & bit:
+                duplicate = True
+            else:
+                if index - 1 > download.in_order and not download.beyond & (bit >> 1):
+                    download.out_of_order += 1  # its predecessor has not arrived
+                download.beyond |= bit
+                start = (index - 1) * download.chunk_size
+                download.image[start : start + len(data)] = data
+                self._events.append(ChunkStored(index - 1, len(data)))
+                while download.beyond & 1:
+                    download.beyond >>= 1
+                    download.in_order += 1
+        if duplicate:
+            download.duplicates += 1
+        has_gaps = download.beyond != 0
+        download.unacked += 1
+        if (
+            duplicate
+            or has_gaps
+            or has_gaps != download.has_gaps
+            or download.in_order == last
+            or download.unacked >= V3_ACK_COUNT
+            or now - download.last_chunk >= V3_ACK_DELAY
+        ):
+            self._v3_ack(download)
+        download.has_gaps = has_gaps
+        download.last_chunk = now
+
+    def _v3_ack(self, download: _V3Download) -> None:
+        beyond = download.beyond
+        words = (beyond.bit_length() + 31) // 32
+        bitmap = beyond.to_bytes(words * 4, "little") if words else b""
+        self._send(m.update_ack(self._next_message_id(), download.in_order, bitmap))
+        download.unacked = 0
+        download.acks_sent += 1
+
+    def _on_update_finish(self, message: Message, now: float) -> None:
+        if not self._v3_request_ok(message):
+            return
+        self._send(m.empty_ack(message.message_id))
+        download = self._v3
+        if download is None:
+            self._v3_error(message, _ERROR_INVALID_STATE, "Invalid state", separate=True)
+            return
+        if message.option_values(m.OtaOption.CANCEL_UPDATE):
+            self._v3 = None
+            self._send(Message(MessageType.CON, Code.CHANGED, self._next_message_id(), message.token))
+            return
+        if download.in_order < download.chunk_count:
+            download.error_id = self._v3_error(message, _ERROR_PROTOCOL, "Incomplete file transfer", separate=True)
+            return
+        check = self._check_update(bytes(download.image))
+        if check.error:
+            download.error_id = self._v3_error(message, check.error, "Invalid firmware", separate=True)
+            return
+        stats = {
+            "recv_chunks": download.received,
+            "dup_chunks": download.duplicates,
+            "ooo_chunks": download.out_of_order,
+            "sent_acks": download.acks_sent,
+            "proc_time": 0,
+        }
+        payload = json.dumps(stats, separators=(",", ":")).encode()
+        download.finish_id = self._next_message_id()
+        self._send(Message(MessageType.CON, Code.CHANGED, download.finish_id, message.token, payload=payload))
+
+    def _v3_acknowledged(self, message_id: int) -> bool:
+        """The server's ACK of our answer to UpdateFinish applies the update; of an error answer, drops it."""
+        download = self._v3
+        assert download is not None
+        if message_id == download.finish_id:
+            self._v3 = None
+            self._do_reset("update", bytes(download.image))
+            return True
+        if message_id == download.error_id:
+            self._v3 = None
+            return True
+        return False
+
+    def _v3_timer(self) -> float | None:
+        download = self._v3
+        if download is None:
+            return None
+        due = download.last_chunk + V3_TRANSFER_TIMEOUT
+        if download.unacked:
+            due = min(due, download.last_chunk + V3_ACK_DELAY)
+        return due
+
+    def _v3_on_timer(self, now: float) -> bool:
+        """True when the device reset."""
+        download = self._v3
+        assert download is not None
+        if now >= download.last_chunk + V3_TRANSFER_TIMEOUT:
+            # "Transfer timeout": the firmware drops the update, and the error ends its session; here, as for
+            # the legacy update timer, the device resets.
+            self._v3 = None
+            self._do_reset("update_timeout", None)
+            return True
+        if download.unacked and now >= download.last_chunk + V3_ACK_DELAY:
+            self._v3_ack(download)
+        return False
 
     def _validate(self, download: _Download) -> tuple[bytes, UpdateCheck]:
         image = bytes(download.image[: download.file_size])

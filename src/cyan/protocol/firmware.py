@@ -43,8 +43,8 @@ class Firmware:
     #: The system module version (3103 for 3.1.0, 105 for 0.6.1): in a 3.x Hello (§5), and the system
     #: part's "v" in the system Describe (§6.7).
     module_version: int = 0
-    #: Advertises OTA protocol v3 (Hello flag 0x80), as Gen 3 and P2 devices do from 3.0 (udp-dtls.md §1.5).
-    #: The simulator speaks only the legacy OTA: this is for devices Cyan cannot update.
+    #: Updates by OTA protocol v3 only, and says so in its Hello (flag 0x80), as Gen 3 and P2 devices do from
+    #: 3.0 (udp-dtls.md §1.5); the legacy UpdateBegin is then dropped unread.
     ota_protocol_v3: bool = False
 
     @property
