@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from cyan.protocol import HelloFlag, ModuleError, ModuleInfo, OtaConfig, OtaOutcome, parse_module
+from cyan.protocol import ModuleError, ModuleInfo, OtaConfig, OtaOutcome, parse_module
 from cyan.protocol.binary import ModuleFunction, check_for_device
 
 from .errors import CloudError, DeviceNotFoundError
@@ -158,18 +158,6 @@ def check_firmware(record: FirmwareRecord, *, platform_id: int | None, max_size:
         check_for_device(record.platform_id, record.size, platform_id=platform_id, max_size=max_size)
     except ModuleError as exc:
         raise FirmwareRejectedError(str(exc), exc.reason) from None
-
-
-def check_ota_protocol(hello: Any) -> None:
-    """Refuse a device that updates only by OTA protocol v3 (Hello flag 0x80: Gen 3 and P2 from Device OS 3.0,
-    udp-dtls.md §1.5): Cyan sends the legacy UpdateBegin, which that firmware drops (its `protocol.cpp`
-    compiles the legacy handlers out), so every attempt would end without an answer."""
-    if hello is not None and int(hello.flags) & HelloFlag.OTA_PROTOCOL_V3:
-        raise FirmwareRejectedError(
-            "the device updates only by OTA protocol v3 (Hello flag 0x80: Gen 3 and P2 from Device OS 3.0), "
-            "which Cyan does not speak",
-            "unsupported",
-        )
 
 
 def _modules(document: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -329,7 +317,6 @@ class UpdateManager:
             limit = link.max_binary_size if link is not None and link.max_binary_size else None
             try:
                 check_firmware(firmware, platform_id=platform, max_size=limit or default_max_binary(platform))
-                check_ota_protocol(link.hello if link is not None else None)
                 if link is not None and info.dependencies:
                     check_dependencies(info, await link.system_describe(0.0))  # only one already received
             except FirmwareRejectedError as exc:
@@ -543,7 +530,6 @@ class UpdateManager:
         platform = hello.platform_id if hello is not None else None
         try:
             check_firmware(record, platform_id=platform, max_size=link.max_binary_size or default_max_binary(platform))
-            check_ota_protocol(hello)
             if info.dependencies:
                 check_dependencies(info, await link.system_describe(self.config.describe_timeout))
         except FirmwareRejectedError as exc:

@@ -61,12 +61,17 @@ from cyan.protocol import (
     DeviceIdentified,
     Event,
     Hello,
+    HelloFlag,
     HelloReceived,
     OtaConfig,
     OtaOutcome,
+    OtaSender,
+    OtaV3Config,
+    OtaV3Sender,
     PrivateKeyOperationNeeded,
     Reason,
     RemoteProtocolError,
+    ServerConnection,
 )
 from cyan.protocol.datagram import DatagramConfig, DatagramServerConnection
 from cyan.protocol.messages import parse_hello
@@ -439,9 +444,15 @@ class DatagramLink(DeviceProtocol):
     def update_firmware(
         self, image: bytes, *, fast: bool | None, progress: Callable[[int, int], None] | None = None
     ) -> asyncio.Future[OtaOutcome]:
-        # Over UDP every chunk is confirmable and acknowledged (udp-dtls.md §1.5): never the fast mode.
+        # Over UDP every legacy chunk is confirmable and acknowledged (udp-dtls.md §1.5): never the fast mode.
         self._udp.record({"t": _now(), "op": "update", "port": self._address[1], "image": image.hex(), "fast": False})
         return super().update_firmware(image, fast=False, progress=progress)
+
+    def _update_sender(self, conn: ServerConnection, image: bytes, fast: bool | None) -> OtaSender | OtaV3Sender:
+        # As over TCP, but a record carries what the device's Hello says it takes, not a TCP frame's 782 bytes.
+        if self.hello is not None and self.hello.flags & HelloFlag.OTA_PROTOCOL_V3:
+            return OtaV3Sender(conn, image, _now(), config=self._udp.ota_v3_config)
+        return super()._update_sender(conn, image, fast)
 
 
 class DatagramServer(asyncio.DatagramProtocol):
@@ -468,6 +479,7 @@ class DatagramServer(asyncio.DatagramProtocol):
         config: DatagramConfig | None = None,
         dtls_config: DtlsConfig | None = None,
         ota_config: OtaConfig | None = None,
+        ota_v3_config: OtaV3Config | None = None,
         address_limits: AddressLimits | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
         max_sessions: int = 200_000,
@@ -488,6 +500,7 @@ class DatagramServer(asyncio.DatagramProtocol):
         self.config = config or DatagramConfig()
         self.dtls_config = dtls_config or DtlsConfig()
         self.ota_config = ota_config or OtaConfig()
+        self.ota_v3_config = ota_v3_config or OtaV3Config()
         self.address_limits = address_limits or AddressLimits()
         self._gate = _AddressGate(self.address_limits)
         self._recorder = recorder

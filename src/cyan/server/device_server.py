@@ -52,6 +52,8 @@ from cyan.protocol import (
     OtaConfig,
     OtaOutcome,
     OtaSender,
+    OtaV3Config,
+    OtaV3Sender,
     PingAnswered,
     PrivateKeyOperationNeeded,
     Reason,
@@ -66,6 +68,7 @@ from cyan.protocol import (
     VariableRead,
     VariableReadFailed,
 )
+from cyan.protocol.framing import MAX_PLAINTEXT_TO_DEVICE
 from cyan.protocol.handshake import private_decrypt, private_sign
 from cyan.protocol.messages import DescribeFlags, decode_describe, decode_metrics
 from cyan.server._accept import DEFAULT_MAX_WAIT, AcceptQueue, Dropped, queue_capacity
@@ -268,6 +271,9 @@ class LinkHost(Protocol):
     @property
     def ota_config(self) -> OtaConfig: ...
 
+    @property
+    def ota_v3_config(self) -> OtaV3Config: ...
+
     def spawn(self, work: Awaitable[None], what: str) -> None: ...
 
     def forget(self, link: DeviceProtocol) -> None:
@@ -331,7 +337,7 @@ class DeviceProtocol(asyncio.Protocol):
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._socket: socket.socket | None = None
         # Firmware updates (protocol.md §7): the sender of the running one, what it reports to.
-        self._ota: OtaSender | None = None
+        self._ota: OtaSender | OtaV3Sender | None = None
         self._ota_done: asyncio.Future[OtaOutcome] | None = None
         self._ota_progress: Callable[[int, int], None] | None = None
         # The latest system Describe as the device sent it: what updates are judged by (§6.7). Kept as bytes,
@@ -757,13 +763,22 @@ class DeviceProtocol(asyncio.Protocol):
             done.set_exception(RuntimeError(f"device {self.device_id} is being updated already"))
             return done
         try:
-            self._ota = OtaSender(conn, image, _now(), fast=fast, config=self._server.ota_config)
+            self._ota = self._update_sender(conn, image, fast)
         except (LocalProtocolError, ValueError) as exc:
             done.set_exception(exc)
             return done
         self._ota_done, self._ota_progress = done, progress
         self._flush()
         return done
+
+    def _update_sender(self, conn: ServerConnection, image: bytes, fast: bool | None) -> OtaSender | OtaV3Sender:
+        # The device says which update protocol it speaks: 0x80 in its Hello is OTA protocol v3 only (Gen 3
+        # and P2 from Device OS 3.0, whose legacy handlers are compiled out), the legacy chunks otherwise.
+        if self.hello is not None and self.hello.flags & HelloFlag.OTA_PROTOCOL_V3:
+            return OtaV3Sender(
+                conn, image, _now(), config=self._server.ota_v3_config, transport_limit=MAX_PLAINTEXT_TO_DEVICE
+            )
+        return OtaSender(conn, image, _now(), fast=fast, config=self._server.ota_config)
 
     def _ota_step(self) -> None:
         sender = self._ota
@@ -943,6 +958,7 @@ class DeviceServer:
         port: int = 5683,
         config: ServerConfig | None = None,
         ota_config: OtaConfig | None = None,
+        ota_v3_config: OtaV3Config | None = None,
         key_workers: int = 0,
         reuse_port: bool = False,
         address_limits: AddressLimits | None = None,
@@ -965,6 +981,7 @@ class DeviceServer:
         self.config = config or ServerConfig()
         #: Pacing, timers and limits of firmware updates (protocol.md §7, §13.1 #14-15).
         self.ota_config = ota_config or OtaConfig()
+        self.ota_v3_config = ota_v3_config or OtaV3Config()
         self._server: asyncio.Server | None = None
         self._connections: dict[int, DeviceProtocol] = {}
         #: New connections per address (`AddressLimits`).

@@ -34,16 +34,20 @@ from cyan.dtls import (
 from cyan.dtls import ConnectionFailed as DtlsFailed
 from cyan.protocol import (
     Application,
+    DeviceReset,
     EventReceived,
     FunctionCalled,
     LocalProtocolError,
     RemoteProtocolError,
     ServerHelloReceived,
     VariableType,
+    parse_module,
 )
 from cyan.protocol import ConnectionFailed as SessionFailed
 from cyan.protocol.datagram import ARGON_4_0_2, ELECTRON_2_3_1, DatagramDeviceConnection
 from cyan.protocol.firmware import Firmware
+
+from ._images import check_image, describe_modules
 
 __all__ = ["ARGON_4", "ELECTRON_2", "UdpFaults", "UdpPersonality", "UdpVirtualDevice", "default_udp_application"]
 
@@ -140,6 +144,12 @@ class UdpVirtualDevice:
         self.functions_called: list[tuple[str, bytes]] = []
         self.datagrams_sent = 0
         self.datagrams_dropped = 0
+        #: The user part it runs (None: the one it started with), the updates it applied, and the resets
+        #: without one by reason.
+        self.image: bytes | None = None
+        self.updates_applied = 0
+        self.update_failures: dict[str, int] = {}
+        self._rebooting: asyncio.Task[None] | None = None
 
     @property
     def connection(self) -> DatagramDeviceConnection | None:
@@ -186,6 +196,9 @@ class UdpVirtualDevice:
         return ClientConfig(offer_connection_id=self.personality.connection_id)
 
     async def stop(self) -> None:
+        if self._rebooting is not None:
+            self._rebooting.cancel()
+            self._rebooting = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -247,6 +260,7 @@ class UdpVirtualDevice:
                     firmware=self.personality.firmware,
                     application=self.application,
                     rng=self._random,
+                    check_update=check_image(self.personality.firmware),
                 )
                 self._conn.start(now)
             elif isinstance(event, ApplicationDataReceived) and self._conn is not None and not self._conn.closed:
@@ -267,6 +281,8 @@ class UdpVirtualDevice:
                     conn.respond_function(message_event.request, value)
                 elif isinstance(message_event, EventReceived):
                     self.received_events.append((message_event.name, message_event.data))
+                elif isinstance(message_event, DeviceReset):
+                    self._reset(message_event)
                 elif isinstance(message_event, SessionFailed):
                     self.failure = f"{message_event.step.value}: {message_event.reason.value}: {message_event.detail}"
                     self.connected.clear()
@@ -276,6 +292,22 @@ class UdpVirtualDevice:
         for datagram in endpoint.datagrams_to_send():
             self._send(datagram)
         self._arm(now)
+
+    def _reset(self, event: DeviceReset) -> None:
+        """The end of an update: the image (when valid) runs after the reboot, which starts a new session with a
+        full handshake, as the firmware's restart does."""
+        self.connected.clear()
+        if event.image is not None:
+            info = parse_module(event.image)  # the device's own check passed: it is a module
+            self.image = event.image
+            self.application.modules = describe_modules(self.personality.firmware, info)
+            self.application.product_id = info.product_id
+            self.application.product_version = 0xFFFF if info.product_version is None else info.product_version
+            self.updates_applied += 1
+        else:
+            self.update_failures[event.reason] = self.update_failures.get(event.reason, 0) + 1
+        if self._server is not None:
+            self._rebooting = asyncio.get_running_loop().create_task(self.start(*self._server))
 
     def _arm(self, now: float) -> None:
         if self._timer is not None:
