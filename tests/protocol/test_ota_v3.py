@@ -11,7 +11,7 @@ from datagram_support import Pair
 
 from cyan.protocol import DeviceReset, OtaSender, OtaV3Config, OtaV3Sender, OtaV3State
 from cyan.protocol import messages as m
-from cyan.protocol.coap import Code, MessageType, decode
+from cyan.protocol.coap import Code, Message, MessageType, decode
 from cyan.protocol.device import DeviceConfig, UpdateCheck
 from cyan.protocol.events import UpdateChunksAcknowledged, UpdateRequestFailed, UpdateStartAccepted
 from cyan.protocol.ota_v3 import v3_chunk_size
@@ -48,7 +48,6 @@ def test_the_hello_says_v3_and_the_update_is_applied_on_a_clean_wire() -> None:
     assert pair.server.hello is not None
     assert pair.server.hello.flags & m.HelloFlag.OTA_PROTOCOL_V3
     image = _image(100_000)
-    started = pair.now
     sender = pair.sender = OtaV3Sender(pair.server, image, pair.now)
     # The Argon's Hello says 1152-byte messages: 1024-byte chunks (at most 1136 would fit).
     assert sender.chunk_size == 1024
@@ -67,7 +66,7 @@ def test_the_hello_says_v3_and_the_update_is_applied_on_a_clean_wire() -> None:
     # Every chunk sent once, in order, and the transfer took well under a second of the fake clock's time
     # apart from the device's 200 ms acknowledgement delay.
     assert [index for _, index in _chunks_sent(pair)] == list(range(1, 99))
-    assert sender.outcome.elapsed < 5.0, sender.outcome.elapsed - started
+    assert sender.outcome.elapsed < 5.0, sender.outcome.elapsed
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -127,6 +126,7 @@ def test_a_device_with_updates_disabled_refuses_the_start() -> None:
     assert (sender.outcome.complete, sender.outcome.reason) == (False, "refused")
     assert "5.03" in sender.outcome.detail
     assert "disabled" in sender.outcome.detail
+    assert "system error -1380" in sender.outcome.detail
     assert not _chunks_sent(pair)
 
 
@@ -136,7 +136,7 @@ def test_an_image_too_large_for_the_device_is_refused_at_the_start() -> None:
     pair.run_until(pair.now + 30.0)
     assert sender.outcome is not None
     assert sender.outcome.reason == "refused"
-    assert "system error -1340" in sender.outcome.detail
+    assert "system error -1351" in sender.outcome.detail
 
 
 def test_an_image_the_device_finds_invalid_is_rejected_and_not_applied() -> None:
@@ -286,24 +286,28 @@ def test_an_acknowledgement_of_more_chunks_than_there_are_ends_the_update() -> N
 
 
 @pytest.mark.parametrize(
-    ("code", "detail", "reason"),
+    ("error", "detail", "reason"),
     [
-        (Code.BAD_REQUEST, "Incomplete file transfer", "incomplete"),
-        (Code.BAD_REQUEST, "Invalid firmware", "rejected"),
-        (Code.INTERNAL_SERVER_ERROR, "Flash error", "device_error"),
+        (-240, "Incomplete file transfer", "incomplete"),
+        (-1320, "Module validation failed", "rejected"),
+        (-1360, "Invalid module platform", "rejected"),
+        (-219, "Flash IO error", "device_error"),
     ],
 )
-def test_how_update_finish_fails(code: int, detail: str, reason: str) -> None:
+def test_how_update_finish_fails(error: int, detail: str, reason: str) -> None:
+    """Device OS answers them all 5.03 (`coapCodeForSystemError`): the system error decides."""
     pair = _connected(seed=14)
     image = _image(2000)
     sender = _started(pair, image)
     sender.handle_event(UpdateChunksAcknowledged(2, b""), pair.now)
     assert sender.state is OtaV3State.FINISHING
     assert sender._request is not None
-    sender.handle_event(UpdateRequestFailed(sender._request, "finish", code, -100, detail), pair.now)
+    sender.handle_event(
+        UpdateRequestFailed(sender._request, "finish", Code.SERVICE_UNAVAILABLE, error, detail), pair.now
+    )
     assert sender.outcome is not None
     assert sender.outcome.reason == reason
-    assert f"{detail} (system error -100)" in sender.outcome.detail
+    assert f"5.03: {detail} (system error {error})" in sender.outcome.detail
 
 
 def test_the_whole_update_has_a_time_limit() -> None:
@@ -341,3 +345,26 @@ def test_the_chunk_size_follows_the_largest_message_the_device_takes() -> None:
     assert v3_chunk_size(gen3, OtaV3Config(max_chunk_size=2048)) == 1136
     assert v3_chunk_size(gen3, config, transport_limit=767) == 752
     assert v3_chunk_size(None, config) == 512  # unsaid: the smallest every device takes
+
+
+def test_the_answer_to_an_earlier_cancel_does_not_end_the_next_update() -> None:
+    """A transfer given up on is cancelled on the device. When the next update starts before that cancel was
+    answered, the answer belongs to the old update: the new one keeps its state on the server, so a chunk the
+    device resets is still recognised as the device having no update (not left to a 60 s stall)."""
+    pair = _connected(seed=16)
+    server = pair.server
+    server.start_update_v3(file_size=5000, file_sha256=bytes(32), chunk_size=1024, now=pair.now)
+    cancel = server.finish_update_v3(pair.now, cancel=True)
+    server.end_update_v3()
+    server.start_update_v3(file_size=5000, file_sha256=bytes(32), chunk_size=1024, now=pair.now)
+    (pending,) = [r for r in server._requests.values() if r.request_id == cancel]
+    # The device had no update any more: Invalid state, 5.03, piggybacked on its ACK of the cancel.
+    answer = Message(
+        MessageType.ACK, Code.SERVICE_UNAVAILABLE, pending.message_id, bytes((pending.token,)), payload=b'{"code":-210}'
+    )
+    server.receive_message(answer.encode(), pair.now)
+    server.receive_message(Message(MessageType.RST, Code.EMPTY, 0x7777).encode(), pair.now)
+    events = []
+    while (event := server.next_event()) is not None:
+        events.append(event)
+    assert [type(e).__name__ for e in events] == ["UpdateRequestFailed", "UpdateChunkRefused"]

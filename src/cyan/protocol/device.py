@@ -67,11 +67,11 @@ V3_RECEIVE_WINDOW = 128 * 1024
 V3_ACK_DELAY = 0.2
 V3_ACK_COUNT = 2
 V3_TRANSFER_TIMEOUT = 300.0
-#: System errors Device OS reports in OTA v3's error responses (DO `system_error.h`).
-_ERROR_PROTOCOL = -100
+#: System errors Device OS reports in OTA v3's error responses (DO `services/inc/system_error.h`).
+_ERROR_PROTOCOL = -240
 _ERROR_INVALID_STATE = -210
-_ERROR_UPDATES_DISABLED = -1310
-_ERROR_INVALID_SIZE = -1340
+_ERROR_UPDATES_DISABLED = -1380
+_ERROR_INVALID_SIZE = -1351
 #: The new stack asks for n + max(n/5, 2) missed chunks, n the chunks of the last flight (`chunked_transfer.cpp`).
 _MINIMUM_CHUNK_INCREASE = 2
 
@@ -750,10 +750,10 @@ class DeviceConnection(BaseConnection):
     # -- OTA protocol v3 (Gen 3 and P2 from 3.0; DO `communication/src/firmware_update.cpp`) -------------
 
     def _v3_error(self, request: Message, error: int, text: str, *, separate: bool) -> int:
-        """An error answer as the firmware sends it: its system error and message as JSON, 4.00 for the
-        protocol's own errors and 5.03 when updates are off (DO `coapCodeForSystemError`); piggybacked on the
-        ACK, or `separate` (CON, a new id) once the request was acknowledged. Returns the message id."""
-        code = Code.SERVICE_UNAVAILABLE if error == _ERROR_UPDATES_DISABLED else Code.BAD_REQUEST
+        """An error answer as the firmware sends it: its system error and message as JSON, with 5.03, which
+        `coapCodeForSystemError` gives the protocol's, state and OTA errors alike; piggybacked on the ACK, or
+        `separate` (CON, a new id) once the request was acknowledged. Returns the message id."""
+        code = Code.SERVICE_UNAVAILABLE
         payload = json.dumps({"code": error, "message": text}, separators=(",", ":")).encode()
         if separate:
             mid = self._next_message_id()

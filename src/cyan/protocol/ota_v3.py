@@ -46,6 +46,10 @@ from .server import ServerConnection
 
 __all__ = ["OtaV3Config", "OtaV3Sender", "OtaV3State", "v3_chunk_size"]
 
+#: Device OS's system errors of a module it will not apply (-1499..-1300: validation, integrity, platform,
+#: dependencies, size, format; DO `services/inc/system_error.h`). Sending the same file again cannot help.
+_OTA_ERRORS = (-1499, -1300)
+
 
 class OtaV3State(enum.Enum):
     STARTING = "starting"  # UpdateStart sent, waiting for its answer
@@ -297,6 +301,8 @@ class OtaV3Sender:
             elif self._next_new <= len(self._chunks) and self._next_new <= edge:
                 index = self._next_new
                 self._next_new += 1
+                if self._held[index - 1]:
+                    continue  # an acknowledgement ran ahead of what was sent (never from real firmware)
             else:
                 break
             self._send_number += 1
@@ -371,11 +377,12 @@ class OtaV3Sender:
     def _on_refused(self, event: UpdateRequestFailed, now: float) -> None:
         said = f"{event.detail} (system error {event.error})" if event.error is not None else event.detail
         answer = f"{format_code(event.code)}: {said}" if said else format_code(event.code)
+        # Device OS answers nearly every error 5.03 (DO `coapCodeForSystemError`): the system error says what.
         if event.kind == "start":
             self._fail("refused", f"the device refused UpdateStart ({answer})", now)
         elif "ncomplete" in event.detail:
             self._fail("incomplete", f"the device says the transfer is incomplete ({answer})", now)
-        elif event.code < 0xA0:
+        elif event.error is not None and _OTA_ERRORS[0] <= event.error <= _OTA_ERRORS[1]:
             self._fail("rejected", f"the device found the file invalid ({answer})", now)
         else:
             self._fail("device_error", f"the device could not validate the file ({answer})", now)

@@ -129,7 +129,7 @@ class _Request:
     token: int
     message_id: int
     deadline: float | None
-    detail: int = 0  # signal: 1/0 on or off; describe: the flags asked for
+    detail: int = 0  # signal: 1/0 on or off; describe: the flags asked for; UpdateFinish: 1 to cancel
 
 
 class ServerConnection(BaseConnection):
@@ -685,7 +685,8 @@ class ServerConnection(BaseConnection):
                 self._update_failed(request, code, *_system_error(payload))
         elif kind is RequestKind.UPDATE_FINISH:
             if code == Code.CHANGED:
-                self._v3_update = self._idle_suspended = False
+                if not request.detail:  # the answer to a cancel ends nothing: an update may have begun since
+                    self._v3_update = self._idle_suspended = False
                 self._events.append(UpdateFinishAccepted(request.request_id, m.json_object_or_none(payload)))
             else:
                 self._update_failed(request, code, *_system_error(payload))
@@ -696,7 +697,8 @@ class ServerConnection(BaseConnection):
             self._events.append(UpdateDoneAcknowledged(request.request_id, complete, m.json_object_or_none(payload)))
 
     def _update_failed(self, request: _Request, code: int, error: int | None, detail: str) -> None:
-        self._v3_update = self._idle_suspended = False
+        if not (request.kind is RequestKind.UPDATE_FINISH and request.detail):  # not a cancel's answer
+            self._v3_update = self._idle_suspended = False
         kind = "start" if request.kind is RequestKind.UPDATE_START else "finish"
         self._events.append(UpdateRequestFailed(request.request_id, kind, code, error, detail))
 
@@ -886,7 +888,12 @@ class ServerConnection(BaseConnection):
         """OTA v3's UpdateFinish; `UpdateFinishAccepted`, `UpdateRequestFailed` or `RequestTimedOut` follows.
         With `cancel` the device drops the transfer."""
         return self._request(
-            RequestKind.UPDATE_FINISH, "update", lambda mid, tok: m.update_finish(mid, tok, cancel=cancel), now, timeout
+            RequestKind.UPDATE_FINISH,
+            "update",
+            lambda mid, tok: m.update_finish(mid, tok, cancel=cancel),
+            now,
+            timeout,
+            detail=int(cancel),
         )
 
     def end_update_v3(self) -> None:

@@ -286,7 +286,9 @@ class UdpVirtualDevice:
                 elif isinstance(message_event, SessionFailed):
                     self.failure = f"{message_event.step.value}: {message_event.reason.value}: {message_event.detail}"
                     self.connected.clear()
-            if endpoint.established and not conn.closed:
+            if endpoint.established:
+                # What the device queued goes out even when it then closed: the firmware writes its answer to
+                # UpdateDone before it resets (DO `chunked_transfer.cpp`), as it writes any reply before it ends.
                 for message in conn.messages_to_send(now):
                     endpoint.send_application_data(message, now)
         for datagram in endpoint.datagrams_to_send():
