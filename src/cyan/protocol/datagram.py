@@ -39,7 +39,7 @@ from .device import Application, DeviceConfig, DeviceConnection, UpdateCheck
 from .events import DeviceIdentified, HelloReceived, ServerHelloReceived, SessionStarted
 from .firmware import Firmware
 from .handshake import Rng
-from .server import ServerConfig, ServerConnection
+from .server import ServerConfig, ServerConnection, _Request
 
 __all__ = [
     "ARGON_4_0_2",
@@ -129,6 +129,7 @@ class DatagramServerConnection(ServerConnection):
     """
 
     __slots__ = (
+        "_device_id_high",
         "_held",
         "_hello_message",
         "_key_der",
@@ -164,6 +165,8 @@ class DatagramServerConnection(ServerConnection):
         self._seen: dict[int, _Seen] = {}
         self._replying_to: int | None = None
         self._held: list[Message] = []
+        #: The newest message id the device has used (its ids count up by one, DO `CoAPChannel`).
+        self._device_id_high: int | None = None
         self._hello_message: Message | None = None
         self._resumed_id = resumed_device_id
         self._resumed_hello = resumed_hello
@@ -267,6 +270,10 @@ class DatagramServerConnection(ServerConnection):
             self._unacked.pop(message.message_id, None)
         elif self._duplicate(message, now):
             return
+        else:
+            high = self._device_id_high
+            if high is None or _newer(message.message_id, high):
+                self._device_id_high = message.message_id
         state = self.state
         if state is State.AWAIT_IDENTITY:
             self._on_identity_message(message, now)
@@ -281,6 +288,32 @@ class DatagramServerConnection(ServerConnection):
             self._take_hello(message, now)
         else:
             self._dispatch(message, now)
+
+    def _response_floor(self) -> int | None:
+        return self._device_id_high
+
+    def _find_request(self, message: Message) -> _Request | None:
+        """As over TCP, but a separate answer (CON or NON with a code and a token) that is not newer than what
+        the device had sent when the request left cannot be its answer: it is a late retransmission of the
+        answer to an earlier request with the same 1-byte token, which the deduplication's bounded memory no
+        longer held (a legacy update's chunks reuse every token within a second). Taken for the current
+        request, it would skip a chunk the device never got."""
+        request = super()._find_request(message)
+        if (
+            request is not None
+            and request.floor is not None
+            and message.type in (MessageType.CON, MessageType.NON)
+            and not _newer(message.message_id, request.floor)
+        ):
+            return None
+        return request
+
+    def _finish(self, request: _Request) -> None:
+        # Answered (or given up): a request is not sent again. A separate answer proves the device got it even
+        # when its empty ACK was lost (RFC 7252 §5.2.2); a legacy chunk repeated after the device's memory of its
+        # message id ran out would be written again at the next chunk's place.
+        super()._finish(request)
+        self._unacked.pop(request.message_id, None)
 
     def _duplicate(self, message: Message, now: float) -> bool:
         """Whether a CON or NON from the device is one seen already; a CON's answers are sent again."""
@@ -389,6 +422,11 @@ class DatagramServerConnection(ServerConnection):
         idle = keepalive_interval(hello.platform_id) * config.idle_pings + config.idle_grace
         if idle != config.idle_timeout:
             self.config = replace(config, idle_timeout=idle)
+
+
+def _newer(message_id: int, than: int) -> bool:
+    """Serial-number order of 16-bit message ids (RFC 1982): `message_id` came after `than`."""
+    return 0 < (message_id - than) % 0x10000 < 0x8000
 
 
 def _describe(message: Message) -> str:

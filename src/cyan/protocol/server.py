@@ -130,6 +130,8 @@ class _Request:
     message_id: int
     deadline: float | None
     detail: int = 0  # signal: 1/0 on or off; describe: the flags asked for; UpdateFinish: 1 to cancel
+    #: Over UDP: the newest message id the device had used when this request left (`_response_floor`).
+    floor: int | None = None
 
 
 class ServerConnection(BaseConnection):
@@ -725,6 +727,10 @@ class ServerConnection(BaseConnection):
         self._requests.pop(request.token, None)
         self._by_message_id.pop(request.message_id, None)
 
+    def _response_floor(self) -> int | None:
+        """What a separate answer to a request sent now must be newer than (the datagram layer's; None)."""
+        return None
+
     def _ignore(self, description: str, message: Message) -> None:
         self._events.append(MessageIgnored(description, message))
 
@@ -764,7 +770,9 @@ class ServerConnection(BaseConnection):
         self._request_ids += 1
         if expects_answer:
             wait = self.config.request_timeout if timeout is None else timeout
-            request = _Request(self._request_ids, kind, name, token, message_id, now + wait, detail)
+            request = _Request(
+                self._request_ids, kind, name, token, message_id, now + wait, detail, self._response_floor()
+            )
             self._requests[token] = request
             self._by_message_id[message_id] = token
         self._send(message)

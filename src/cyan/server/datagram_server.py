@@ -499,7 +499,9 @@ class DatagramServer(asyncio.DatagramProtocol):
         self.port = port
         self.config = config or DatagramConfig()
         self.dtls_config = dtls_config or DtlsConfig()
-        self.ota_config = ota_config or OtaConfig()
+        # A legacy chunk's answer is one confirmable message, which the device sends again after ~5, ~15 and
+        # ~35 s (DO `coap_channel.h`): the wait for it is as long as the device's 30 s update timer allows.
+        self.ota_config = ota_config or OtaConfig(chunk_timeout=28.0)
         self.ota_v3_config = ota_v3_config or OtaV3Config()
         self.address_limits = address_limits or AddressLimits()
         self._gate = _AddressGate(self.address_limits)
