@@ -6,20 +6,21 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from cyan.cloud.models import DeviceRecord
-from cyan.keys import fingerprint, generate_device_key, load_public_key, public_key_der
+from cyan.keys import fingerprint, generate_device_key, load_public_key, public_key_der, udp_public_key_der
 from cyan.store import SqliteStore
 
 CYAN = Path(sys.executable).with_name("cyan")
@@ -169,16 +170,24 @@ def device_id(n: int) -> str:
 
 
 def register(
-    data_dir: Path, keys: list[rsa.RSAPrivateKey], owner: str | None = None, ids: list[str] | None = None
+    data_dir: Path,
+    keys: Sequence[rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey],
+    owner: str | None = None,
+    ids: list[str] | None = None,
 ) -> list[str]:
-    """Register one device per key in the server's database; returns their ids."""
+    """Register one device per key in the server's database (RSA: a TCP device; P-256: a UDP one); returns
+    their ids."""
     ids = ids or [device_id(n) for n in range(len(keys))]
 
     async def run() -> None:
         async with SqliteStore(data_dir / "cyan.db") as store:
             records = []
             for device, key in zip(ids, keys, strict=True):
-                der = public_key_der(key.public_key())
+                der = (
+                    udp_public_key_der(key)
+                    if isinstance(key, ec.EllipticCurvePrivateKey)
+                    else public_key_der(key.public_key())
+                )
                 records.append(
                     DeviceRecord(
                         id=device,
@@ -193,6 +202,21 @@ def register(
 
     asyncio.run(run())
     return ids
+
+
+def user_with_token(data_dir: Path, user: str, password: str) -> str:
+    """Add a user to the server's database and return a new access token of theirs."""
+    subprocess.run([str(CYAN), "users", "add", user, "--password", password, "--data-dir", str(data_dir)], check=True)
+    return subprocess.run(
+        [str(CYAN), "tokens", "create", user, "--data-dir", str(data_dir)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def keys(count: int) -> list[rsa.RSAPrivateKey]:

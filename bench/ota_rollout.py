@@ -20,12 +20,11 @@ import argparse
 import asyncio
 import hashlib
 import statistics
-import subprocess
 import time
 from dataclasses import replace
 
 import httpx
-from _common import CYAN, Server, cpu_seconds, cyan_serve, device_id, register, table
+from _common import Server, cpu_seconds, cyan_serve, device_id, register, table, user_with_token
 
 from cyan.protocol import DEVICE_OS_0_6_1, DEVICE_OS_3_1_0
 from cyan.protocol.binary import ModuleFunction, build_module
@@ -147,15 +146,7 @@ def main() -> None:
     ensure_file_limit(args.devices * 2 + 100)
     image = image_of(args.size)
     with cyan_serve() as server:
-        subprocess.run(
-            [str(CYAN), "users", "add", USER, "--password", PASSWORD, "--data-dir", str(server.data_dir)], check=True
-        )
-        token = subprocess.run(
-            [str(CYAN), "tokens", "create", USER, "--data-dir", str(server.data_dir)],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        token = user_with_token(server.data_dir, USER, PASSWORD)
         device_specs = specs(args.devices, args.legacy, args.droppers)
         register(
             server.data_dir, [s.private_key for s in device_specs], owner=USER, ids=[s.device_id for s in device_specs]

@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import time
 from pathlib import Path
 
-from _common import cyan_serve, rss_bytes, server_cpu_seconds, table
+from _common import cyan_serve, free_udp_port, rss_bytes, server_cpu_seconds, table
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -43,13 +42,6 @@ def bare_p256_per_handshake(rounds: int = 2000) -> float:
         ephemeral.exchange(ec.ECDH(), peer)
         server.sign(data, ec.ECDSA(hashes.SHA256()))
     return (time.process_time() - start) / rounds
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def device_id(n: int) -> bytes:

@@ -19,24 +19,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import socket
 import statistics
-import subprocess
 import time
 from dataclasses import replace
-from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
-from _common import CYAN, cyan_serve, server_cpu_seconds, table
+from _common import cyan_serve, free_udp_port, register, server_cpu_seconds, table, user_with_token
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from cyan.cloud.models import DeviceRecord
-from cyan.keys import fingerprint, load_ec_public_key, udp_public_key_der
+from cyan.keys import load_ec_public_key
 from cyan.protocol.binary import build_module
 from cyan.protocol.datagram import ARGON_4_0_2
 from cyan.sim import ARGON_4, UdpFaults, UdpPersonality, UdpVirtualDevice
-from cyan.store import SqliteStore
 
 USER, PASSWORD = "bench@example.com", "bench password"
 #: The same Argon, updated the legacy way (as if its Hello did not say 0x80).
@@ -50,26 +44,6 @@ def image_of(size: int, version: int) -> bytes:
     body_size = size - 24 - 40 - 4
     seed = hashlib.sha256(b"bench image %d" % version).digest()
     return build_module((seed * (body_size // 32 + 1))[:body_size], platform_id=12, module_version=version)
-
-
-def register(data_dir: Path, ids: list[str], keys: list[ec.EllipticCurvePrivateKey]) -> None:
-    async def run() -> None:
-        async with SqliteStore(data_dir / "cyan.db") as store:
-            records = []
-            for device_id, key in zip(ids, keys, strict=True):
-                der = udp_public_key_der(key)
-                records.append(
-                    DeviceRecord(
-                        id=device_id,
-                        owner=USER,
-                        public_key_der=der,
-                        key_fingerprint=fingerprint(der),
-                        created_at=datetime.now(UTC),
-                    )
-                )
-            await store.devices.add_many(records)
-
-    asyncio.run(run())
 
 
 async def update(
@@ -113,22 +87,14 @@ def main() -> None:
     keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(2 * args.devices)]
     ids = [f"{0xB3C0000000 + n:024x}" for n in range(2 * args.devices)]
     groups = {"v3": ids[: args.devices], "legacy": ids[args.devices :]}
-    port = _free_udp_port()
+    port = free_udp_port()
     results: dict[str, tuple[list[float | None], list[float], list[float], list[int]]] = {
         "v3": ([], [], [], []),
         "legacy": ([], [], [], []),
     }
     with cyan_serve("--device-udp-port", str(port)) as server:
-        subprocess.run(
-            [str(CYAN), "users", "add", USER, "--password", PASSWORD, "--data-dir", str(server.data_dir)], check=True
-        )
-        token = subprocess.run(
-            [str(CYAN), "tokens", "create", USER, "--data-dir", str(server.data_dir)],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        register(server.data_dir, ids, keys)
+        token = user_with_token(server.data_dir, USER, PASSWORD)
+        register(server.data_dir, keys, owner=USER, ids=ids)
         public = load_ec_public_key((server.data_dir / "udp_server_public_key.der").read_bytes())
 
         async def run() -> None:
@@ -202,13 +168,6 @@ def main() -> None:
             rows,
         )
     )
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cyan.cloud.models import ConnectionAttempt, DeviceRecord
+from cyan.cloud.models import ConnectionAttempt, DeviceRecord, UpdateJob
 from cyan.config import all_cores
 from cyan.keys import fingerprint, public_key_der
 from cyan.protocol import ServerConfig
@@ -87,3 +87,16 @@ async def attempts_once_connected(
         return await service.store.attempts.recent(limit=1000)
     finally:
         await fleet.stop()
+
+
+async def jobs_finished(service: Service, jobs: Sequence[UpdateJob], timeout: float = 30.0) -> list[UpdateJob]:
+    """The jobs once each has succeeded or failed, as the update manager shows them."""
+
+    async def done() -> list[UpdateJob]:
+        while True:
+            current = [await service.updates.get(job.id or 0) for job in jobs]
+            if all(job.state.finished for job in current):
+                return current
+            await asyncio.sleep(0.05)
+
+    return await asyncio.wait_for(done(), timeout)

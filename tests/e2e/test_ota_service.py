@@ -39,7 +39,7 @@ from cyan.protocol.binary import ModuleFunction, build_module
 from cyan.service import Service
 from cyan.sim import Fault, Fleet, SimConfig, VirtualDeviceSpec, registered_public_key
 from cyan.testing import fixed_device_key
-from serve_support import run_with_service
+from serve_support import jobs_finished, run_with_service
 
 FAST = ServerConfig(identity_timeout=2.0, hello_timeout=2.0, describe_delay=0.2, request_timeout=2.0)
 SIM = SimConfig(backoff_scale=0.05)
@@ -120,17 +120,6 @@ async def _fleet(
     return fleet
 
 
-async def _finished(service: Service, jobs: list[UpdateJob], timeout: float = 30.0) -> list[UpdateJob]:
-    async def done() -> list[UpdateJob]:
-        while True:
-            current = [await service.updates.get(job.id or 0) for job in jobs]
-            if all(job.state.finished for job in current):
-                return current
-            await asyncio.sleep(0.05)
-
-    return await asyncio.wait_for(done(), timeout)
-
-
 @pytest.mark.parametrize("processes", [0, 2], ids=["one process", "device processes"])
 def test_one_update_per_personality(tmp_path: Path, processes: int) -> None:
     async def scenario(service: Service) -> None:
@@ -144,7 +133,7 @@ def test_one_update_per_personality(tmp_path: Path, processes: int) -> None:
             for spec in specs:
                 jobs += await _create(service, [spec.device_id], firmware)
             assert [job.rollout for job in jobs] == [None, None]
-            for job in await _finished(service, jobs):
+            for job in await jobs_finished(service, jobs):
                 assert job.state is JobState.SUCCEEDED, job
                 assert job.verification == "hash"
                 assert (job.attempts, job.bytes_sent, job.total_bytes) == (1, len(image), len(image))
@@ -181,7 +170,7 @@ def test_a_rollout_with_dropped_chunks_and_a_disconnect(tmp_path: Path, processe
             rollout = jobs[0].rollout
             assert rollout is not None
             assert {job.rollout for job in jobs} == {rollout}
-            finished = await _finished(service, jobs, timeout=60)
+            finished = await jobs_finished(service, jobs, timeout=60)
             by_device = {job.device_id: job for job in finished}
             assert all(job.state is JobState.SUCCEEDED for job in finished), [
                 (j.device_id, j.state, j.reason, j.detail) for j in finished if j.state is not JobState.SUCCEEDED
@@ -262,7 +251,7 @@ def test_an_offline_device_is_updated_when_it_connects(tmp_path: Path) -> None:
         assert (await service.updates.get(job.id or 0)).state is JobState.QUEUED
         fleet = await _fleet(service, [spec], register=False)
         try:
-            (done,) = await _finished(service, [job])
+            (done,) = await jobs_finished(service, [job])
             assert done.state is JobState.SUCCEEDED
         finally:
             await fleet.stop()
@@ -281,7 +270,7 @@ def test_what_is_learned_when_the_device_connects_is_checked_before_sending(tmp_
         (job,) = await _create(service, [spec.device_id], needs_3_1)
         fleet = await _fleet(service, [spec], register=False)
         try:
-            (done,) = await _finished(service, [job])
+            (done,) = await jobs_finished(service, [job])
             assert (done.state, done.reason, done.attempts) == (JobState.FAILED, "dependency", 0)
             assert done.detail is not None
             assert done.detail.startswith("nothing was sent: unmet dependency")
@@ -311,7 +300,7 @@ def test_a_device_that_updates_only_by_ota_protocol_v3_is_updated_by_it(tmp_path
             jobs += await _create(service, [away.device_id], firmware)
             later = await _fleet(service, [away], register=False)
             try:
-                for done in await _finished(service, jobs):
+                for done in await jobs_finished(service, jobs):
                     assert (done.state, done.reason, done.attempts) == (JobState.SUCCEEDED, None, 1), done
                     assert done.bytes_sent == len(image)
                 for device in [*fleet.devices, *later.devices]:
@@ -337,7 +326,7 @@ def test_an_image_the_device_rejects_is_not_sent_again(tmp_path: Path) -> None:
             )
             firmware = await service.updates.library.add(system_part, "system-part1.bin", None)
             (job,) = await _create(service, [_id(1)], firmware)
-            (done,) = await _finished(service, [job])
+            (done,) = await jobs_finished(service, [job])
             assert (done.state, done.reason, done.attempts) == (JobState.FAILED, "rejected", 1)
             assert done.detail is not None
             assert "-1320" in done.detail
@@ -356,7 +345,7 @@ def test_a_device_that_does_not_come_back_fails_its_job(tmp_path: Path) -> None:
         try:
             firmware = await service.updates.library.add(_image(), "app.bin", None)
             (job,) = await _create(service, [_id(1)], firmware, max_attempts=1)
-            (done,) = await _finished(service, [job])
+            (done,) = await jobs_finished(service, [job])
             assert (done.state, done.reason) == (JobState.FAILED, "no_reconnect")
             assert fleet[_id(1)].updates_applied == 1  # it did apply it; it just did not say so in time
         finally:
@@ -372,7 +361,7 @@ def test_a_device_that_refuses_updates_fails_after_its_attempts(tmp_path: Path) 
         try:
             firmware = await service.updates.library.add(_image(), "app.bin", None)
             (job,) = await _create(service, [_id(1)], firmware, max_attempts=2)
-            (done,) = await _finished(service, [job])
+            (done,) = await jobs_finished(service, [job])
             assert done.state is JobState.FAILED
             assert done.reason == "refused"
             assert done.attempts == 2
@@ -405,7 +394,7 @@ def test_a_new_update_supersedes_a_waiting_one_and_jobs_resume(tmp_path: Path) -
         assert (await service.updates.get(new.id or 0)).state is JobState.QUEUED
         fleet = await _fleet(service, [spec], register=False)
         try:
-            (done,) = await _finished(service, [new])
+            (done,) = await jobs_finished(service, [new])
             assert done.state is JobState.SUCCEEDED
             assert fleet[spec.device_id].image == _image(version=3)
             with pytest.raises(UpdateNotFoundError):
@@ -432,7 +421,7 @@ def test_a_device_being_sent_an_update_takes_no_other(tmp_path: Path) -> None:
             await asyncio.wait_for(sending(), 10)
             with pytest.raises(UpdateConflictError, match="right now"):
                 await _create(service, [_id(1)], firmware)
-            (done,) = await _finished(service, [job])
+            (done,) = await jobs_finished(service, [job])
             assert done.state is JobState.SUCCEEDED
         finally:
             await fleet.stop()

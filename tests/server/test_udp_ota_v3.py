@@ -11,13 +11,13 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cyan.app import Actor, NewDevice
-from cyan.cloud.models import JobState, UpdateJob
+from cyan.cloud.models import JobState
 from cyan.cloud.ota import UpdateConfig
 from cyan.keys import udp_public_key_der
 from cyan.protocol import build_module
 from cyan.service import Service
 from cyan.sim import UdpFaults, UdpVirtualDevice
-from serve_support import run_with_service
+from serve_support import jobs_finished, run_with_service
 
 UPDATES = UpdateConfig(start_delay=0.05, retry_delay=0.1, reconnect_timeout=20.0)
 OPERATOR = Actor.operator()
@@ -30,17 +30,6 @@ def _key(n: int) -> ec.EllipticCurvePrivateKey:
 def _image(size: int) -> bytes:
     body = b"".join(hashlib.sha256(b"argon app %d" % i).digest() for i in range(size // 32))
     return build_module(body, platform_id=12, module_version=9)
-
-
-async def _finished(service: Service, jobs: list[UpdateJob], timeout: float = 150.0) -> list[UpdateJob]:
-    async def done() -> list[UpdateJob]:
-        while True:
-            current = [await service.updates.get(job.id or 0) for job in jobs]
-            if all(job.state.finished for job in current):
-                return current
-            await asyncio.sleep(0.05)
-
-    return await asyncio.wait_for(done(), timeout)
 
 
 def test_a_rollout_to_argons_some_behind_a_lossy_wire(tmp_path: Path) -> None:
@@ -70,7 +59,7 @@ def test_a_rollout_to_argons_some_behind_a_lossy_wire(tmp_path: Path) -> None:
             assert updates is not None
             targets = await updates.targets(OPERATOR, devices=ids)
             jobs = await updates.flash(OPERATOR, targets, firmware)
-            for job in await _finished(service, jobs):
+            for job in await jobs_finished(service, jobs, timeout=150.0):
                 # (A transfer the lossy wire defeated would be retried: success is what is required.)
                 assert (job.state, job.verification) == (JobState.SUCCEEDED, "hash"), job
                 assert job.bytes_sent == len(image)
