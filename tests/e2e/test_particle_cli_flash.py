@@ -85,9 +85,16 @@ def test_particle_flash_updates_a_simulated_photon(
     assert job.state is JobState.SUCCEEDED, (job, server.describe(), fleet.proc.describe())
     assert job.verification == "hash"  # its Describe lists the image's SHA-256 (§6.7)
     assert job.firmware == hashlib.sha256(image).hexdigest()
-    record = read_store(server.data_dir, lambda store: store.devices.get(device_id))
-    assert record is not None
-    assert (record.product_id, record.product_version) == (4242, 7)  # the new application's Hello (§5)
+    # The new application's Hello (§5) reaches the device's record through the cloud's write-behind, which may
+    # land just after the job's verdict: wait for it, within a bound.
+    deadline = time.monotonic() + 15
+    while True:
+        record = read_store(server.data_dir, lambda store: store.devices.get(device_id))
+        assert record is not None
+        if (record.product_id, record.product_version) == (4242, 7) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert (record.product_id, record.product_version) == (4242, 7)
     assert parse_module(image).product_version == 7
 
 
