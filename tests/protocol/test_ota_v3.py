@@ -356,8 +356,8 @@ def test_the_answer_to_an_earlier_cancel_does_not_end_the_next_update() -> None:
     server.start_update_v3(file_size=5000, file_sha256=bytes(32), chunk_size=1024, now=pair.now)
     cancel = server.finish_update_v3(pair.now, cancel=True)
     server.end_update_v3()
-    server.start_update_v3(file_size=5000, file_sha256=bytes(32), chunk_size=1024, now=pair.now)
     (pending,) = [r for r in server._requests.values() if r.request_id == cancel]
+    server.start_update_v3(file_size=5000, file_sha256=bytes(32), chunk_size=1024, now=pair.now)
     # The device had no update any more: Invalid state, 5.03, piggybacked on its ACK of the cancel.
     answer = Message(
         MessageType.ACK, Code.SERVICE_UNAVAILABLE, pending.message_id, bytes((pending.token,)), payload=b'{"code":-210}'
@@ -367,4 +367,24 @@ def test_the_answer_to_an_earlier_cancel_does_not_end_the_next_update() -> None:
     events = []
     while (event := server.next_event()) is not None:
         events.append(event)
-    assert [type(e).__name__ for e in events] == ["UpdateRequestFailed", "UpdateChunkRefused"]
+    # The new UpdateStart gave the cancel up: its late answer matches nothing, and changes nothing.
+    assert [type(e).__name__ for e in events] == ["MessageIgnored", "UpdateChunkRefused"]
+
+
+def test_a_new_update_gives_up_the_unanswered_cancel_of_the_last_one() -> None:
+    """Sent again after the new UpdateStart, the old cancel would cancel the new update on the device."""
+    pair = _connected(seed=17)
+    server = pair.server
+    pair.loss = 1.0
+    server.start_update_v3(file_size=5000, file_sha256=bytes(32), chunk_size=1024, now=pair.now)
+    cancel = server.finish_update_v3(pair.now, cancel=True)
+    server.end_update_v3()
+    (pending,) = [r for r in server._requests.values() if r.request_id == cancel]
+    server.messages_to_send(pair.now)
+    assert pending.message_id in server._unacked
+    server.start_update_v3(file_size=5000, file_sha256=bytes(32), chunk_size=1024, now=pair.now)
+    assert cancel not in [r.request_id for r in server._requests.values()]
+    assert pending.message_id not in server._unacked
+    before = len(pair.carried_to_device)
+    pair.run_until(pair.now + 60.0)
+    assert not [m for m in pair.carried_to_device[before:] if decode(m).message_id == pending.message_id]

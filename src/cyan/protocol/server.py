@@ -874,7 +874,13 @@ class ServerConnection(BaseConnection):
         self, *, file_size: int, file_sha256: bytes, chunk_size: int, now: float, timeout: float | None = None
     ) -> int:
         """OTA v3's UpdateStart; `UpdateStartAccepted`, `UpdateRequestFailed` or `RequestTimedOut` follows. The
-        idle timeout is suspended until the update ends, as for the legacy update."""
+        idle timeout is suspended until the update ends, as for the legacy update.
+
+        A cancel of an earlier update still unanswered is given up first: sent again after this UpdateStart it
+        would cancel the new update, and not needed, since an UpdateStart ends the update under way on the device
+        (DO `FirmwareUpdate::handleStartRequest`)."""
+        for stale in [r for r in self._requests.values() if r.kind is RequestKind.UPDATE_FINISH and r.detail]:
+            self._finish(stale)
         request_id = self._request(
             RequestKind.UPDATE_START,
             "update",
