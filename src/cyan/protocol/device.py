@@ -188,7 +188,6 @@ class _V3Download:
     chunk_count: int
     window: int
     image: bytearray
-    started: float
     #: Chunks held in order (the firmware's `chunkIndex_`); bit k of `beyond` is chunk `in_order` + 1 + k, so
     #: bit 0 is clear whenever the window has moved past what arrived.
     in_order: int = 0
@@ -800,7 +799,7 @@ class DeviceConnection(BaseConnection):
             return
         count = -(-file_size // chunk_size)
         window = V3_RECEIVE_WINDOW // chunk_size
-        self._v3 = _V3Download(file_size, chunk_size, count, window, bytearray(file_size), now, last_chunk=now)
+        self._v3 = _V3Download(file_size, chunk_size, count, window, bytearray(file_size), last_chunk=now)
         options = (
             (m.OtaOption.WINDOW_SIZE, m.uint_option(window)),
             (m.OtaOption.FILE_SIZE, m.uint_option(0)),  # nothing held from an earlier transfer

@@ -128,7 +128,6 @@ class OtaV3Sender:
         self.chunk_size = v3_chunk_size(connection.hello, self.config, transport_limit=transport_limit)
         self.state = OtaV3State.STARTING
         self.outcome: OtaOutcome | None = None
-        self.fast = False
         self._started = now
         self._offset = 0
         self._chunks: list[bytes] = []

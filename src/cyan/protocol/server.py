@@ -687,8 +687,7 @@ class ServerConnection(BaseConnection):
                 self._update_failed(request, code, *_system_error(payload))
         elif kind is RequestKind.UPDATE_FINISH:
             if code == Code.CHANGED:
-                if not request.detail:  # the answer to a cancel ends nothing: an update may have begun since
-                    self._v3_update = self._idle_suspended = False
+                self._v3_update = self._idle_suspended = False
                 self._events.append(UpdateFinishAccepted(request.request_id, m.json_object_or_none(payload)))
             else:
                 self._update_failed(request, code, *_system_error(payload))
@@ -699,8 +698,7 @@ class ServerConnection(BaseConnection):
             self._events.append(UpdateDoneAcknowledged(request.request_id, complete, m.json_object_or_none(payload)))
 
     def _update_failed(self, request: _Request, code: int, error: int | None, detail: str) -> None:
-        if not (request.kind is RequestKind.UPDATE_FINISH and request.detail):  # not a cancel's answer
-            self._v3_update = self._idle_suspended = False
+        self._v3_update = self._idle_suspended = False
         kind = "start" if request.kind is RequestKind.UPDATE_START else "finish"
         self._events.append(UpdateRequestFailed(request.request_id, kind, code, error, detail))
 
