@@ -61,17 +61,13 @@ from cyan.protocol import (
     DeviceIdentified,
     Event,
     Hello,
-    HelloFlag,
     HelloReceived,
     OtaConfig,
     OtaOutcome,
-    OtaSender,
     OtaV3Config,
-    OtaV3Sender,
     PrivateKeyOperationNeeded,
     Reason,
     RemoteProtocolError,
-    ServerConnection,
 )
 from cyan.protocol.datagram import DatagramConfig, DatagramServerConnection
 from cyan.protocol.messages import parse_hello
@@ -183,6 +179,8 @@ class DatagramLink(DeviceProtocol):
     everything else of `DeviceProtocol`."""
 
     __slots__ = ("_address", "_ended", "_endpoint", "_reserving", "_resumed_from", "_udp", "indexed_device", "key")
+
+    _message_limit = None  # a DTLS record carries what the device's Hello says it takes
 
     def __init__(
         self,
@@ -447,12 +445,6 @@ class DatagramLink(DeviceProtocol):
         # Over UDP every legacy chunk is confirmable and acknowledged (udp-dtls.md §1.5): never the fast mode.
         self._udp.record({"t": _now(), "op": "update", "port": self._address[1], "image": image.hex(), "fast": False})
         return super().update_firmware(image, fast=False, progress=progress)
-
-    def _update_sender(self, conn: ServerConnection, image: bytes, fast: bool | None) -> OtaSender | OtaV3Sender:
-        # As over TCP, but a record carries what the device's Hello says it takes, not a TCP frame's 782 bytes.
-        if self.hello is not None and self.hello.flags & HelloFlag.OTA_PROTOCOL_V3:
-            return OtaV3Sender(conn, image, _now(), config=self._udp.ota_v3_config)
-        return super()._update_sender(conn, image, fast)
 
 
 class DatagramServer(asyncio.DatagramProtocol):

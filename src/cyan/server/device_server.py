@@ -285,6 +285,10 @@ class LinkHost(Protocol):
 class DeviceProtocol(asyncio.Protocol):
     """One device socket: the protocol core's connection, and the `DeviceLink` the cloud drives."""
 
+    #: The largest message the transport carries to the device when it is less than its Hello says: a TCP
+    #: frame's (§4); None over DTLS, whose records carry what the Hello says.
+    _message_limit: int | None = MAX_PLAINTEXT_TO_DEVICE
+
     # Slots: one of these per connected device (design §6 memory goal); an instance dict costs ~1 KB.
     __slots__ = (
         "_attempt_recorded",
@@ -776,7 +780,7 @@ class DeviceProtocol(asyncio.Protocol):
         # and P2 from Device OS 3.0, whose legacy handlers are compiled out), the legacy chunks otherwise.
         if self.hello is not None and self.hello.flags & HelloFlag.OTA_PROTOCOL_V3:
             return OtaV3Sender(
-                conn, image, _now(), config=self._server.ota_v3_config, transport_limit=MAX_PLAINTEXT_TO_DEVICE
+                conn, image, _now(), config=self._server.ota_v3_config, transport_limit=self._message_limit
             )
         return OtaSender(conn, image, _now(), fast=fast, config=self._server.ota_config)
 
