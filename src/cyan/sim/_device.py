@@ -49,12 +49,11 @@ from cyan.protocol import (
     TimeReceived,
     UpdateStarted,
     VariableType,
-    parse_module,
 )
 from cyan.protocol.messages import CloudDisconnectReason, Goodbye
 
 from ._faults import CorruptedDeviceKey, corrupt_device_key, wrong_server_key
-from ._images import check_image, describe_modules, factory_image
+from ._images import check_image, factory_image, install_user_part
 from ._spec import Fault, SimConfig, VirtualDeviceSpec
 
 #: The clock of every deadline (see the module's docstring).
@@ -344,11 +343,8 @@ class VirtualDevice:
     def install_image(self, image: bytes) -> None:
         """Run this user part from the next connection on (as after an update or a USB flash): its hash
         goes into the system Describe and its PRODUCT_ID/PRODUCT_VERSION into the Hello (§5, §6.7)."""
-        info = parse_module(image)
-        self._image, self._image_info = image, info
-        self._application.modules = describe_modules(self.spec.firmware, info)
-        self._application.product_id = info.product_id
-        self._application.product_version = 0xFFFF if info.product_version is None else info.product_version
+        self._image_info = install_user_part(self._application, self.spec.firmware, image)
+        self._image = image
 
     # -- user-level actions ---------------------------------------------------------------------
 

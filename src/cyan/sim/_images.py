@@ -6,10 +6,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import cache
 
-from cyan.protocol import Firmware, ModuleError, ModuleInfo, Platform, UpdateCheck, build_module, parse_module
+from cyan.protocol import (
+    Application,
+    Firmware,
+    ModuleError,
+    ModuleInfo,
+    Platform,
+    UpdateCheck,
+    build_module,
+    parse_module,
+)
 from cyan.protocol.binary import ModuleFunction
 
-__all__ = ["check_image", "describe_modules", "factory_image", "module_entry"]
+__all__ = ["check_image", "describe_modules", "factory_image", "install_user_part", "module_entry"]
 
 #: Device OS system errors an invalid image is reported with (`services/inc/system_error.h`).
 _INTEGRITY_CHECK_FAILED = -1330
@@ -87,3 +96,13 @@ def check_image(firmware: Firmware) -> Callable[[bytes], UpdateCheck]:
         return UpdateCheck(0, entry)
 
     return check
+
+
+def install_user_part(application: Application, firmware: Firmware, image: bytes) -> ModuleInfo:
+    """Run this user part from the next connection on (after an update or a USB flash): its hash goes into the
+    system Describe and its PRODUCT_ID/PRODUCT_VERSION into the Hello (§5, §6.7)."""
+    info = parse_module(image)
+    application.modules = describe_modules(firmware, info)
+    application.product_id = info.product_id
+    application.product_version = 0xFFFF if info.product_version is None else info.product_version
+    return info

@@ -41,13 +41,12 @@ from cyan.protocol import (
     RemoteProtocolError,
     ServerHelloReceived,
     VariableType,
-    parse_module,
 )
 from cyan.protocol import ConnectionFailed as SessionFailed
 from cyan.protocol.datagram import ARGON_4_0_2, ELECTRON_2_3_1, DatagramDeviceConnection
 from cyan.protocol.firmware import Firmware
 
-from ._images import check_image, describe_modules
+from ._images import check_image, install_user_part
 
 __all__ = ["ARGON_4", "ELECTRON_2", "UdpFaults", "UdpPersonality", "UdpVirtualDevice", "default_udp_application"]
 
@@ -300,11 +299,9 @@ class UdpVirtualDevice:
         full handshake, as the firmware's restart does."""
         self.connected.clear()
         if event.image is not None:
-            info = parse_module(event.image)  # the device's own check passed: it is a module
+            # The device's own check passed: it is a module.
+            install_user_part(self.application, self.personality.firmware, event.image)
             self.image = event.image
-            self.application.modules = describe_modules(self.personality.firmware, info)
-            self.application.product_id = info.product_id
-            self.application.product_version = 0xFFFF if info.product_version is None else info.product_version
             self.updates_applied += 1
         else:
             self.update_failures[event.reason] = self.update_failures.get(event.reason, 0) + 1
