@@ -9,8 +9,10 @@ last heard from the server (protocol.md §8.1). For each size, once it is reache
 
 - the server's resident memory (from /proc; with --device-processes, the parent's and its children's)
   against its memory before the first device;
-- the server's CPU over an idle window, per ping answered, against the protocol core alone answering
-  the same pings in this process (one decrypt, one encrypt, CoAP both ways), measured in the same run;
+- the server's CPU over an idle window, per ping answered, against a bare asyncio echo server answering
+  as many small messages a second (bench/_echo.py: the event loop, the socket calls and loopback TCP that
+  any Python server pays), and against the protocol core alone answering the same pings in this process
+  (one decrypt, one encrypt, CoAP both ways), both measured in the same run;
 - the simulator's memory per device and CPU per connection, so it is known not to be the bottleneck.
 
 Every process may hold only as many sockets as its open-file limit allows: a size above it needs device
@@ -33,6 +35,7 @@ from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 
 from _common import Server, cyan_serve, device_id, register, rss_bytes, server_cpu_seconds, server_pids, table
+from _echo import echo_cpu_per_message
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cyan.keys import load_public_key, public_key_der
@@ -41,6 +44,8 @@ from cyan.sim import AppSpec, Fleet, SimConfig, ensure_file_limit, load_or_creat
 from cyan.testing import ConnectionPair, fixed_device_key, fixed_server_key
 
 PING_INTERVAL = 15.0
+#: The echo floor's connections at most (one process's sockets), sending the size's whole ping rate.
+ECHO_CONNECTIONS = 10_000
 
 
 def core_cost_per_ping(pings: int = 5000) -> float:
@@ -196,7 +201,7 @@ class Simulators:
 
 
 def measure(
-    server: Server, sims: Simulators, sizes: list[int], *, idle: float, core_ping: float
+    server: Server, sims: Simulators, sizes: list[int], *, idle: float, core_ping: float, floors: dict[int, float]
 ) -> list[tuple[str, str, str]]:
     sims.wait_ready()
     time.sleep(1.0)
@@ -233,7 +238,8 @@ def measure(
             (
                 f"server CPU per idle ping at {size:,} ({size / PING_INTERVAL:,.0f} pings/s)",
                 f"{server_idle / pings * 1e6:.0f} µs",
-                f"protocol core alone {core_ping * 1e6:.0f} µs",
+                f"{server_idle / pings / floors[size]:.2f}x a bare asyncio echo server's {floors[size] * 1e6:.0f} µs "
+                f"per message at that rate; the protocol core alone {core_ping * 1e6:.0f} µs",
             ),
             (
                 f"server CPU for {size:,} idle devices",
@@ -264,6 +270,8 @@ def main() -> None:
     total = max(sizes)
     key_count = min(args.keys or total, total)
     core_ping = core_cost_per_ping()
+    # The floor under a ping on these cores, before any device connects: loop, read, write, loopback TCP.
+    floors = {size: echo_cpu_per_message(min(size, ECHO_CONNECTIONS), size / PING_INTERVAL) for size in sizes}
     limit = ensure_file_limit()
     load_or_create_keys(args.keys_dir, key_count)  # created once, here, before the simulators load them
     extra = ("--device-processes", str(args.device_processes)) if args.device_processes else ()
@@ -281,7 +289,7 @@ def main() -> None:
             ramp=args.ramp,
         )
         try:
-            rows = measure(server, sims, sizes, idle=args.idle, core_ping=core_ping)
+            rows = measure(server, sims, sizes, idle=args.idle, core_ping=core_ping, floors=floors)
         finally:
             sims.stop()
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]

@@ -4,20 +4,24 @@ in-memory store. What a session's records say, and that its deadlines do not mov
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
 import pytest
 
+from cyan import coarse_timers
 from cyan.app import Actor, Application, NewDevice
 from cyan.bus import InProcessBus
 from cyan.cloud.models import AttemptOutcome, KeyPolicyMode
 from cyan.cloud.service import Cloud
 from cyan.keys import public_key_der
 from cyan.protocol import ServerConfig
-from cyan.server import DeviceServer
+from cyan.protocol.device import DeviceConfig
+from cyan.server import DeviceServer, device_server
 from cyan.server.device_server import DeviceProtocol
 from cyan.sim import SimConfig, VirtualDevice, VirtualDeviceSpec
+from cyan.sim import _device as sim_device
 from cyan.store import MemoryStore
 from cyan.testing import fixed_device_key, fixed_server_key
 
@@ -26,14 +30,16 @@ OPS = Actor.operator("ops")
 SIM = SimConfig(backoff_scale=0.05)
 
 
-async def _with_server(work: Callable[[DeviceServer, Application, Cloud], Awaitable[None]]) -> None:
+async def _with_server(
+    work: Callable[[DeviceServer, Application, Cloud], Awaitable[None]], config: ServerConfig | None = None
+) -> None:
     store = MemoryStore()
     await store.open()
     cloud = Cloud(store, InProcessBus())
     app = Application(store, cloud=cloud)
     assert app.gateway is not None
     await cloud.start()
-    server = DeviceServer(app.gateway, fixed_server_key(), host="127.0.0.1", port=0, config=ServerConfig())
+    server = DeviceServer(app.gateway, fixed_server_key(), host="127.0.0.1", port=0, config=config or ServerConfig())
     await server.start()
     await app.devices.register(OPS, [NewDevice(DEVICE, public_key_der(fixed_device_key(1).public_key()))])
     try:
@@ -70,16 +76,16 @@ def test_a_step_of_the_wall_clock_moves_no_deadline(monkeypatch: pytest.MonkeyPa
         try:
             await asyncio.wait_for(device.connected.wait(), 10)
             protocol = _session(server)
-            loop = asyncio.get_running_loop()
-            assert protocol._timer is not None
-            before = protocol._timer.when() - loop.time()
+            armed = protocol.armed_deadline
+            assert armed is not None
+            before = armed - time.monotonic()
             real = time.time
             for step in (-3600.0, 3600.0):
                 monkeypatch.setattr(time, "time", lambda step=step: real() + step)
                 _rearm(protocol)
-                timer = protocol._timer
-                assert timer is not None
-                remaining = timer.when() - loop.time()
+                armed = protocol.armed_deadline
+                assert armed is not None
+                remaining = armed - time.monotonic()
                 assert abs(remaining - before) < 1.0, (step, remaining, before)
             monkeypatch.setattr(time, "time", real)
             assert await cloud.call_function(DEVICE, "setArg", "still here") == 10
@@ -88,6 +94,51 @@ def test_a_step_of_the_wall_clock_moves_no_deadline(monkeypatch: pytest.MonkeyPa
             await device.stop()
 
     asyncio.run(_with_server(work))
+
+
+def test_far_deadlines_on_the_coarse_timers_keep_a_pinging_session_and_end_a_silent_one(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The idle timeout and a device's next ping go on the loop's coarse timers when far off (here scaled
+    down: "far" is 0.3 s, a grain 0.05 s). Pings keep moving the server's deadline there; a device that stops
+    pinging is closed for it, and a device's own pings are fired from there too."""
+    monkeypatch.setattr(device_server, "_FAR", 0.3)
+    monkeypatch.setattr(sim_device, "_FAR", 0.3)
+    monkeypatch.setattr(coarse_timers, "GRAIN", 0.05)
+    pinging = SimConfig(backoff_scale=0.05, device_config=DeviceConfig(ping_interval=0.4))
+    silent = SimConfig(backoff_scale=0.05, device_config=DeviceConfig(ping_interval=60.0))
+
+    async def work(server: DeviceServer, app: Application, cloud: Cloud) -> None:
+        server_key = fixed_server_key().public_key()
+        device = VirtualDevice(VirtualDeviceSpec(DEVICE, fixed_device_key(1)), server_key, config=pinging)
+        device.start("127.0.0.1", server.port)
+        try:
+            await asyncio.wait_for(device.connected.wait(), 10)
+            protocol = _session(server)
+            began = time.monotonic()
+            while time.monotonic() - began < 3.0:  # three idle timeouts' worth, answered by pings
+                await asyncio.sleep(0.1)
+                assert protocol._coarse
+            assert device.connect_count == 1
+        finally:
+            await device.stop()
+        await app.devices.register(OPS, [NewDevice("cd" * 12, public_key_der(fixed_device_key(2).public_key()))])
+        quiet = VirtualDevice(VirtualDeviceSpec("cd" * 12, fixed_device_key(2)), server_key, config=silent)
+        quiet.start("127.0.0.1", server.port)
+        try:
+            await asyncio.wait_for(quiet.connected.wait(), 10)
+            began = time.monotonic()
+            while quiet.connect_count < 2:
+                assert time.monotonic() - began < 10, "the silent session was never closed"
+                await asyncio.sleep(0.05)
+            # Closed for its silence: no sooner than the idle timeout.
+            assert time.monotonic() - began >= 1.0
+            assert "session ended: idle_timeout" in caplog.text
+        finally:
+            await quiet.stop()
+
+    with caplog.at_level(logging.INFO, logger="cyan.server"):
+        asyncio.run(_with_server(work, ServerConfig(idle_timeout=1.0)))
 
 
 def test_the_attempt_records_say_whether_the_device_proved_its_identity() -> None:

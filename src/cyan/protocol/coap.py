@@ -101,6 +101,14 @@ class Message:
                 raise ValueError(f"option {number} value of {len(value)} bytes is too long")
             previous = number
 
+    @classmethod
+    def empty(cls, type: MessageType, message_id: int) -> Message:
+        """An empty message (a ping when CON, a bare acknowledgement when ACK), built without the general
+        checks: it is sent once per ping, the commonest message of an idle fleet."""
+        if not 0 <= message_id <= 0xFFFF:
+            raise ValueError(f"message id {message_id} is outside 0..65535")
+        return _trusted(type, Code.EMPTY, message_id, token=b"", options=(), payload=None)
+
     # -- reading helpers ------------------------------------------------------------------------
 
     def option_values(self, number: int) -> list[bytes]:
@@ -123,6 +131,10 @@ class Message:
     # -- encoding -------------------------------------------------------------------------------
 
     def encode(self) -> bytes:
+        if not self.token and not self.options and self.payload is None:
+            # Pings and acknowledgements, most of an idle fleet's traffic: the 4-byte header alone.
+            message_id = self.message_id
+            return bytes((0x40 | self.type << 4, self.code, message_id >> 8, message_id & 0xFF))
         out = bytearray((0x40 | (self.type << 4) | len(self.token), self.code))
         out += self.message_id.to_bytes(2, "big")
         out += self.token
@@ -161,17 +173,51 @@ def decode(data: bytes) -> Message:
     if token_length > _MAX_TOKEN_LENGTH:
         raise CoapDecodeError(f"token length {token_length} is reserved (at most 8)")
     end_of_token = 4 + token_length
-    if len(data) < end_of_token:
+    size = len(data)
+    if size < end_of_token:
         raise CoapDecodeError(f"message ends inside its {token_length}-byte token")
-    options, payload = _decode_options(data, end_of_token)
-    return Message(
-        type=MessageType((first >> 4) & 0x03),
-        code=data[1],
-        message_id=int.from_bytes(data[2:4], "big"),
-        token=bytes(data[4:end_of_token]),
-        options=tuple(options),
+    if size == end_of_token:
+        options: tuple[tuple[int, bytes], ...] = ()
+        payload = None
+    else:
+        found, payload = _decode_options(data, end_of_token)
+        options = tuple(found)
+    # What the bytes can express is already valid (a 16-bit id, an 8-bit code, a token of at most 8 bytes,
+    # option numbers that only grow), so the checks of `Message.__init__` are skipped: an idle fleet's
+    # pings and acknowledgements are most of what a server parses.
+    return _trusted(
+        _MESSAGE_TYPES[(first >> 4) & 0x03],
+        data[1],
+        data[2] << 8 | data[3],
+        token=bytes(data[4:end_of_token]) if token_length else b"",
+        options=options,
         payload=payload,
     )
+
+
+_MESSAGE_TYPES = tuple(MessageType)
+_new_message = object.__new__
+_set = object.__setattr__
+
+
+def _trusted(
+    type: MessageType,
+    code: int,
+    message_id: int,
+    *,
+    token: bytes,
+    options: tuple[tuple[int, bytes], ...],
+    payload: bytes | None,
+) -> Message:
+    """A `Message` whose fields are known to be valid, made without `__post_init__`'s checks."""
+    message = _new_message(Message)
+    _set(message, "type", type)
+    _set(message, "code", code)
+    _set(message, "message_id", message_id)
+    _set(message, "token", token)
+    _set(message, "options", options)
+    _set(message, "payload", payload)
+    return message
 
 
 def _decode_options(data: bytes, offset: int) -> tuple[list[tuple[int, bytes]], bytes | None]:

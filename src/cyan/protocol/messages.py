@@ -204,11 +204,11 @@ def server_hello(message_id: int, token: int) -> Message:
 
 def empty_ack(message_id: int) -> Message:
     """The only acknowledgement the server sends (besides the time response): ``60 00 MID``."""
-    return Message(MessageType.ACK, Code.EMPTY, message_id)
+    return Message.empty(MessageType.ACK, message_id)
 
 
 def ping(message_id: int) -> Message:
-    return Message(MessageType.CON, Code.EMPTY, message_id)
+    return Message.empty(MessageType.CON, message_id)
 
 
 def time_request(message_id: int, token: int) -> Message:

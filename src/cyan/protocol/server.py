@@ -219,12 +219,18 @@ class ServerConnection(BaseConnection):
         """When `handle_timer` must next be called, or None."""
         if self.closed:
             return None
-        candidates = [self._deadline, self._describe_at]
+        # Asked after every message: plain comparisons, no lists (an idle fleet asks once per ping).
+        due = self._deadline
+        if (describe_at := self._describe_at) is not None and (due is None or describe_at < due):
+            due = describe_at
         if self.state is State.CONNECTED and not self._idle_suspended:
-            candidates.append(self._last_received + self.config.idle_timeout)
-        candidates.extend(r.deadline for r in self._requests.values())
-        due = [t for t in candidates if t is not None]
-        return min(due) if due else None
+            idle = self._last_received + self.config.idle_timeout
+            if due is None or idle < due:
+                due = idle
+        for request in self._requests.values():
+            if (deadline := request.deadline) is not None and (due is None or deadline < due):
+                due = deadline
+        return due
 
     def handle_timer(self, now: float) -> None:
         if self.closed:

@@ -36,6 +36,7 @@ from typing import Any, Protocol, TypeVar, cast
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cyan.cloud.models import AttemptOutcome, ConnectionAttempt, UdpSession
+from cyan.coarse_timers import CoarseTimers, coarse_timers
 from cyan.dtls import (
     DEFAULT_SEQUENCE_GAP,
     AlertReceived,
@@ -298,7 +299,9 @@ class DatagramLink(DeviceProtocol):
 
     # -- output and timers ----------------------------------------------------------------------
 
-    def _flush(self) -> None:
+    def _flush(self) -> bool:
+        """Send what the core queued over DTLS and arm the timer. False: a datagram has no stream ACK to
+        carry (see `DeviceProtocol.data_received`)."""
         conn = self._conn
         endpoint = self._endpoint
         now = _now()
@@ -312,9 +315,10 @@ class DatagramLink(DeviceProtocol):
                     log.warning("device %s: %s; the link ends", self.device_id, exc)
                     self._send_datagrams()
                     self._close()
-                    return
+                    return False
         self._send_datagrams()
         self._arm_timer()
+        return False
 
     def _send_datagrams(self) -> None:
         for datagram in self._endpoint.datagrams_to_send():
@@ -554,6 +558,10 @@ class DatagramServer(asyncio.DatagramProtocol):
             self._recorder(entry)
 
     # -- LinkHost ---------------------------------------------------------------------------------
+
+    @property
+    def coarse_timers(self) -> CoarseTimers:
+        return coarse_timers()
 
     def spawn(self, work: Awaitable[None], what: str) -> None:
         self._tasks.spawn(work, what)

@@ -33,6 +33,7 @@ from cyan.cloud.errors import DeviceTimeoutError, FunctionRefusedError, UnknownV
 from cyan.cloud.keypolicy import Decision
 from cyan.cloud.models import AttemptOutcome, ConnectionAttempt, DeviceRecord, LinkDiagnostics
 from cyan.cloud.service import VariableValue
+from cyan.coarse_timers import CoarseTimers, coarse_timers
 from cyan.limits import file_limit
 from cyan.protocol import (
     ConnectionClosed,
@@ -81,6 +82,8 @@ _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 _connection_ids = itertools.count(1)
 #: How much later than the armed timer a new deadline may be and still leave it armed (see `_arm_timer`).
 _TIMER_SLACK = 1.0
+#: A deadline at least this far off goes on the coarse timers, which may fire it up to a second late.
+_FAR = 5.0
 #: The clock of every deadline: it only moves forward, so a step of the wall clock (NTP, an operator) neither
 #: expires every session at once nor postpones a timeout. Wall time is read only for records and for the
 #: answer to a device's time request.
@@ -274,6 +277,11 @@ class LinkHost(Protocol):
     @property
     def ota_v3_config(self) -> OtaV3Config: ...
 
+    @property
+    def coarse_timers(self) -> CoarseTimers:
+        """Where its links file their far deadlines (the running loop's)."""
+        ...
+
     def spawn(self, work: Awaitable[None], what: str) -> None: ...
 
     def forget(self, link: DeviceProtocol) -> None:
@@ -293,6 +301,7 @@ class DeviceProtocol(asyncio.Protocol):
     __slots__ = (
         "_attempt_recorded",
         "_cloud",
+        "_coarse",
         "_conn",
         "_describe_waiters",
         "_id",
@@ -329,6 +338,7 @@ class DeviceProtocol(asyncio.Protocol):
         self._conn: ServerConnection | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = 0.0  # `_now()` time the armed timer is for
+        self._coarse = False  # the deadline is on the server's coarse timers instead
         self._started = 0.0  # `_now()` time of the connection
         self._started_at = 0.0  # unix time of the connection, for its record
         self._record: DeviceRecord | None = None
@@ -359,6 +369,11 @@ class DeviceProtocol(asyncio.Protocol):
     def connection_id(self) -> int:
         """Unique in this process, for as long as it runs."""
         return self._id
+
+    @property
+    def armed_deadline(self) -> float | None:
+        """The `time.monotonic()` time its timer is armed for (precise or coarse), None when none is."""
+        return self._timer_due if self._timer is not None or self._coarse else None
 
     @property
     def key_fingerprint(self) -> str | None:
@@ -420,29 +435,31 @@ class DeviceProtocol(asyncio.Protocol):
             server.end_handshake()
 
     def data_received(self, data: bytes) -> None:
-        if _QUICKACK is not None and self._socket is not None:
-            # Acknowledge at once. A device writes its ACK and its answer (a function's return value, a
-            # variable) as two small frames; with Nagle on its side and a delayed ACK on ours, the answer
-            # would wait ~40 ms for our ACK of the first (seen with real firmware). Linux resets this flag
-            # after each ACK, so it is set again for every read.
-            with contextlib.suppress(OSError):
-                self._socket.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
         conn = self._conn
         if conn is None or conn.closed:
             return
-        self._drive(lambda: conn.receive_data(data, _now(), unix_time=time.time()))
+        sent = self._drive(lambda: conn.receive_data(data, _now(), unix_time=time.time()))
+        if not sent and _QUICKACK is not None and self._socket is not None:
+            # Acknowledge at once what was read and not answered. A device writes its ACK and its answer (a
+            # function's return value, a variable) as two small frames; with Nagle on its side and a delayed
+            # ACK on ours, the answer would wait ~40 ms for our ACK of the first (seen with real firmware).
+            # Setting the flag sends the pending ACK now; Linux clears it again after each ACK. A read that
+            # was answered (a ping, most of an idle fleet's traffic) carried its ACK with the answer.
+            with contextlib.suppress(OSError):
+                self._socket.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
 
-    def _drive(self, step: Callable[[], None]) -> None:
-        """Give the core its input (`step`), then act on what it says and send what it queued. A protocol
-        breach it raises ends the connection with the step and reason it names."""
+    def _drive(self, step: Callable[[], None]) -> bool:
+        """Give the core its input (`step`), then act on what it says and send what it queued; whether all
+        of it left for the socket at once. A protocol breach it raises ends the connection with the step
+        and reason it names."""
         try:
             step()
         except RemoteProtocolError as exc:
             self._handle_events()
             self._fail(exc.step, exc.reason, str(exc))
-            return
+            return False
         self._handle_events()
-        self._flush()
+        return self._flush()
 
     def eof_received(self) -> bool | None:
         conn = self._conn
@@ -456,6 +473,9 @@ class DeviceProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._coarse:
+            self._server.coarse_timers.cancel(self)
+            self._coarse = False
         conn = self._conn
         if conn is not None and not conn.closed:
             # The socket went away without a FIN we saw as EOF (a reset, or our own close).
@@ -472,21 +492,39 @@ class DeviceProtocol(asyncio.Protocol):
 
     # -- core plumbing --------------------------------------------------------------------------
 
-    def _flush(self) -> None:
+    def _flush(self) -> bool:
+        """Send what the core queued and arm the timer; whether something was sent and none of it waits in
+        the transport's buffer."""
         conn = self._conn
         transport = self._transport
         if conn is None or transport is None:
-            return
+            return False
         data = conn.data_to_send()
+        sent = False
         if data and not transport.is_closing():
             transport.write(data)
+            sent = not transport.get_write_buffer_size()
         self._arm_timer()
+        return sent
 
     def _arm_timer(self) -> None:
         conn = self._conn
         due = None if conn is None else conn.get_timer()
         if self._ota is not None and (ota_due := self._ota.get_timer()) is not None:
             due = ota_due if due is None else min(due, ota_due)
+        if due is not None and due - _now() >= _FAR:
+            # The idle timeout, and whatever else is far off: on the loop's coarse timers, where a ping's
+            # move of the deadline is a dictionary update (cyan.coarse_timers).
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._server.coarse_timers.schedule(self, due, self._on_timer)
+            self._coarse = True
+            self._timer_due = due
+            return
+        if self._coarse:
+            self._server.coarse_timers.cancel(self)
+            self._coarse = False
         if self._timer is not None:
             if due is not None and self._timer_due <= due < self._timer_due + _TIMER_SLACK:
                 # A burst of messages pushes the idle deadline later by a little each time: keeping the
@@ -502,6 +540,7 @@ class DeviceProtocol(asyncio.Protocol):
 
     def _on_timer(self) -> None:
         self._timer = None
+        self._coarse = False
         conn = self._conn
         if conn is None or conn.closed:
             return
@@ -685,6 +724,9 @@ class DeviceProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._coarse:
+            self._server.coarse_timers.cancel(self)
+            self._coarse = False
         if self._transport is not None and not self._transport.is_closing():
             # Flush what is queued (a final ACK), then close: a plain FIN, like Particle's cloud (§9.3).
             self._transport.close()
@@ -1251,6 +1293,10 @@ class DeviceServer:
 
     def connection(self, connection_id: int) -> DeviceProtocol | None:
         return self._connections.get(connection_id)
+
+    @property
+    def coarse_timers(self) -> CoarseTimers:
+        return coarse_timers()
 
     def spawn(self, work: Awaitable[None], what: str) -> None:
         """Run `work` beside the connections (`cyan.tasks.TaskSet`)."""

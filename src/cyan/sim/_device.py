@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from cyan.coarse_timers import coarse_timers
 from cyan.keys import generate_device_key, public_key_der
 from cyan.protocol import (
     Application,
@@ -86,6 +87,8 @@ RESET = "reset_"
 #: The timer is armed this much after the core's deadline: the loop's clock and the wall clock drift
 #: apart by microseconds, and a timer that fires a hair early would only be re-armed.
 _TIMER_SLACK = 0.001
+#: A deadline at least this far off goes on the coarse timers, which may fire it up to a second late.
+_FAR = 5.0
 
 
 def backoff_delay(failures: int) -> float:
@@ -621,6 +624,7 @@ class _Link(asyncio.Protocol):
     """One TCP connection of a device: the byte pump between the socket and `DeviceConnection`."""
 
     __slots__ = (
+        "_coarse",
         "_conn",
         "_damaged",
         "_device",
@@ -649,6 +653,7 @@ class _Link(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = 0.0
+        self._coarse = False  # the deadline is on the loop's coarse timers instead
         self._periodic_due: list[float] | None = None
         self._drop_at: float | None = None
         # (outcome, reason, detail) decided locally: by our stop or by a fault, before the socket closed.
@@ -880,6 +885,8 @@ class _Link(asyncio.Protocol):
         conn = self._conn
         assert conn is not None
         due = conn.get_timer()
+        if self._drop_at is None and self._periodic_due is None:
+            return due
         extra = [t for t in (self._drop_at, *(self._periodic_due or ())) if t is not None]
         if extra:
             due = min(extra) if due is None else min(due, *extra)
@@ -887,6 +894,18 @@ class _Link(asyncio.Protocol):
 
     def _arm(self) -> None:
         due = self._next_due()
+        if due is not None and due - _now() >= _FAR:
+            # The next ping, a handshake step's limit: on the loop's coarse timers, where moving the deadline
+            # at each message costs a dictionary update (cyan.coarse_timers).
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            coarse_timers().schedule(self, due, self._on_timer)
+            self._coarse = True
+            return
+        if self._coarse:
+            coarse_timers().cancel(self)
+            self._coarse = False
         if due is None:
             if self._timer is not None:
                 self._timer.cancel()
@@ -903,6 +922,7 @@ class _Link(asyncio.Protocol):
 
     def _on_timer(self) -> None:
         self._timer = None
+        self._coarse = False
         conn = self._conn
         if conn is None or conn.closed:
             return
@@ -991,5 +1011,8 @@ class _Link(asyncio.Protocol):
             if handle is not None:
                 handle.cancel()
         self._timer = self._drip_handle = self._shutdown_handle = None
+        if self._coarse:
+            coarse_timers().cancel(self)
+            self._coarse = False
         self._periodic_due = None
         self._drop_at = None
