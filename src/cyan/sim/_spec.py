@@ -227,7 +227,8 @@ class SimConfig:
     #: How many attempt records each device keeps (counters keep the totals).
     attempt_history: int = 32
     #: Local addresses to connect from, spread over the devices: one address gives about 28,000 ports
-    #: (Linux's default ephemeral range), so larger fleets on one host need several (127.0.0.2, ...).
+    #: (Linux's default ephemeral range), so larger fleets on one host need several (127.0.0.2, ...). Linux
+    #: tries the even half of them first, and connects slow down past about 14,000 from one address.
     source_addresses: tuple[str, ...] = ()
     #: Seconds from a reset (after an update, §7.1) to the next connection attempt: the reboot.
     reboot_delay: float = 0.0
