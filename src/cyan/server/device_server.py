@@ -576,6 +576,9 @@ class DeviceProtocol(asyncio.Protocol):
             self.hello = event.hello
             self.max_binary_size = event.hello.max_binary_size or self.max_binary_size
             self._cloud.session_started(self, self._record, event.hello, quarantined=self._quarantined)
+            # The cloud keeps the record from here. In a device process it got a copy, and ours would stay
+            # with the connection for nothing: about a kilobyte per connected device.
+            self._record = None
             # Every connection is in the attempt records; the log names them at debug level, as a fleet that
             # reconnects at once would otherwise write thousands of lines a second.
             log.debug("device %s connected from %s (connection %d)", self.device_id, self.peer_address, self._id)

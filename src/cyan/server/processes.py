@@ -72,6 +72,17 @@ class ParentCloud(Protocol):
 class RemoteLink:
     """A device served by a device process (`cyan.cloud.service.DeviceLink`)."""
 
+    # One per connected device in the parent: slots keep it to its fields (a dict each would add ~300 bytes).
+    __slots__ = (
+        "_process",
+        "connection_id",
+        "device_id",
+        "hello",
+        "key_fingerprint",
+        "max_binary_size",
+        "peer_address",
+    )
+
     def __init__(self, process: _DeviceProcess, started: msg.SessionStarted) -> None:
         self._process = process
         self.connection_id = started.connection_id
