@@ -3,9 +3,10 @@
     .venv/bin/python bench/connections.py [--sizes 1000,10000] [--keys-dir /tmp/bench-keys] [--idle 30]
     .venv/bin/python bench/connections.py --sizes 1000,10000,100000 --device-processes 6 --sim-processes 6
 
-The simulator runs in --sim-processes worker processes (each connecting from its own loopback address,
-127.0.0.2, 127.0.0.3, ...), connects the devices with a ramp and keeps them idle: each pings 15 s after it
-last heard from the server (protocol.md §8.1). For each size, once it is reached and has settled:
+The simulator runs in --sim-processes worker processes (each connecting from its own loopback addresses,
+127.0.W.2, 127.0.W.3, ..., at most 5,000 devices on each), connects the devices with a ramp and keeps them
+idle: each pings 15 s after it last heard from the server (protocol.md §8.1). For each size, once it is
+reached and has settled:
 
 - the server's resident memory (from /proc; with --device-processes, the parent's and its children's)
   against its memory before the first device;
@@ -44,6 +45,11 @@ from cyan.sim import AppSpec, Fleet, SimConfig, ensure_file_limit, load_or_creat
 from cyan.testing import ConnectionPair, fixed_device_key, fixed_server_key
 
 PING_INTERVAL = 15.0
+#: Devices connected from one loopback address at most. Linux picks a connect's port from the even half of
+#: its ephemeral range (14,000 of 28,000 ports by default) before the odd half, so past about 14,000
+#: connections from one address to the server's port every connect scans the whole even half (measured: 83%
+#: of a simulator process's CPU in connect() with about 15,000 devices on its one address).
+DEVICES_PER_ADDRESS = 5_000
 #: The echo floor's connections at most (one process's sockets), sending the size's whole ping rate.
 ECHO_CONNECTIONS = 10_000
 
@@ -84,6 +90,13 @@ def server_rss(pid: int) -> int:
 # -- the simulator's worker processes -----------------------------------------------------------------
 
 
+def source_addresses(worker: int, devices: int) -> tuple[str, ...]:
+    """Loopback addresses for a simulator process's devices, at most `DEVICES_PER_ADDRESS` on each: 127.0.W.2,
+    127.0.W.3, ... for worker W - 1."""
+    count = max(1, -(-devices // DEVICES_PER_ADDRESS))
+    return tuple(f"127.0.{worker + 1}.{2 + n}" for n in range(count))
+
+
 @dataclass(frozen=True)
 class WorkerPlan:
     """What one simulator process runs: devices by index (keys cycled from the key directory)."""
@@ -102,7 +115,7 @@ def sim_worker(
     commands: multiprocessing.Queue[int | None],
     figures: tuple[Synchronized[int], Synchronized[int], Synchronized[float]],
 ) -> None:
-    """Connect from 127.0.0.(2 + index); grow to the sizes the parent sends; report connected/RSS/CPU."""
+    """Connect from `source_addresses`; grow to the sizes the parent sends; report connected/RSS/CPU."""
     connected, rss, cpu = figures
     ensure_file_limit()
     pool = [key for _, key in load_or_create_keys(plan.keys_dir, plan.key_count)]
@@ -112,7 +125,7 @@ def sim_worker(
     fleet = Fleet(
         specs,
         load_public_key(plan.server_der),
-        config=SimConfig(goodbye_on_stop=False, source_addresses=(f"127.0.0.{2 + plan.index}",)),
+        config=SimConfig(goodbye_on_stop=False, source_addresses=source_addresses(plan.index, len(plan.indices))),
     )
     ramp, port = plan.ramp, plan.port
 
