@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cyan.keys import load_public_key, public_key_der
 from cyan.protocol import DEVICE_OS_3_1_0, DeviceConnection, DeviceIdentified, ServerConnection
+from cyan.protocol.device import DeviceConfig
 from cyan.sim import AppSpec, Fleet, SimConfig, ensure_file_limit, load_or_create_keys
 from cyan.testing import ConnectionPair, fixed_device_key, fixed_server_key
 
@@ -108,6 +109,7 @@ class WorkerPlan:
     port: int
     server_der: bytes
     ramp: float
+    ping_interval: float = PING_INTERVAL
 
 
 def sim_worker(
@@ -125,7 +127,11 @@ def sim_worker(
     fleet = Fleet(
         specs,
         load_public_key(plan.server_der),
-        config=SimConfig(goodbye_on_stop=False, source_addresses=source_addresses(plan.index, len(plan.indices))),
+        config=SimConfig(
+            goodbye_on_stop=False,
+            source_addresses=source_addresses(plan.index, len(plan.indices)),
+            device_config=DeviceConfig(ping_interval=plan.ping_interval),
+        ),
     )
     ramp, port = plan.ramp, plan.port
 
@@ -165,6 +171,7 @@ class Simulators:
         port: int,
         server_key: rsa.RSAPublicKey,
         ramp: float,
+        ping_interval: float = PING_INTERVAL,
     ) -> None:
         context = multiprocessing.get_context("spawn")
         self.commands = [context.Queue() for _ in range(processes)]
@@ -173,7 +180,16 @@ class Simulators:
         self.cpu = [context.Value("d", 0.0) for _ in range(processes)]
         self.slices = [list(range(n, total, processes)) for n in range(processes)]
         plans = [
-            WorkerPlan(n, self.slices[n], keys_dir, key_count, port, public_key_der(server_key), ramp / processes)
+            WorkerPlan(
+                n,
+                self.slices[n],
+                keys_dir,
+                key_count,
+                port,
+                public_key_der(server_key),
+                ramp / processes,
+                ping_interval,
+            )
             for n in range(processes)
         ]
         self.workers = [
@@ -214,7 +230,14 @@ class Simulators:
 
 
 def measure(
-    server: Server, sims: Simulators, sizes: list[int], *, idle: float, core_ping: float, floors: dict[int, float]
+    server: Server,
+    sims: Simulators,
+    sizes: list[int],
+    *,
+    idle: float,
+    core_ping: float,
+    floors: dict[int, float],
+    ping_interval: float = PING_INTERVAL,
 ) -> list[tuple[str, str, str]]:
     sims.wait_ready()
     time.sleep(1.0)
@@ -239,7 +262,7 @@ def measure(
         time.sleep(idle)
         server_idle = server_cpu_seconds(server.pid) - before
         sim_idle = sims.cpu_time() - sim_before
-        pings = size * idle / PING_INTERVAL
+        pings = size * idle / ping_interval
         added = size - previous
         previous = size
         rows += [
@@ -249,7 +272,7 @@ def measure(
                 "goal under 16 KB, aim under 8 KB",
             ),
             (
-                f"server CPU per idle ping at {size:,} ({size / PING_INTERVAL:,.0f} pings/s)",
+                f"server CPU per idle ping at {size:,} ({size / ping_interval:,.0f} pings/s)",
                 f"{server_idle / pings * 1e6:.0f} µs",
                 f"{server_idle / pings / floors[size]:.2f}x a bare asyncio echo server's {floors[size] * 1e6:.0f} µs "
                 f"per message at that rate; the protocol core alone {core_ping * 1e6:.0f} µs",
@@ -278,13 +301,19 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=30.0, help="seconds of idle CPU measured per size")
     parser.add_argument("--device-processes", type=int, default=0, help="cyan serve --device-processes")
     parser.add_argument("--sim-processes", type=int, default=1, help="simulator processes")
+    parser.add_argument(
+        "--ping-interval",
+        type=float,
+        default=PING_INTERVAL,
+        help="seconds between a device's pings [the firmware's 15]",
+    )
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     total = max(sizes)
     key_count = min(args.keys or total, total)
     core_ping = core_cost_per_ping()
     # The floor under a ping on these cores, before any device connects: loop, read, write, loopback TCP.
-    floors = {size: echo_cpu_per_message(min(size, ECHO_CONNECTIONS), size / PING_INTERVAL) for size in sizes}
+    floors = {size: echo_cpu_per_message(min(size, ECHO_CONNECTIONS), size / args.ping_interval) for size in sizes}
     limit = ensure_file_limit()
     load_or_create_keys(args.keys_dir, key_count)  # created once, here, before the simulators load them
     extra = ("--device-processes", str(args.device_processes)) if args.device_processes else ()
@@ -300,9 +329,18 @@ def main() -> None:
             port=server.device_port,
             server_key=server.public_key,
             ramp=args.ramp,
+            ping_interval=args.ping_interval,
         )
         try:
-            rows = measure(server, sims, sizes, idle=args.idle, core_ping=core_ping, floors=floors)
+            rows = measure(
+                server,
+                sims,
+                sizes,
+                idle=args.idle,
+                core_ping=core_ping,
+                floors=floors,
+                ping_interval=args.ping_interval,
+            )
         finally:
             sims.stop()
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
