@@ -116,7 +116,7 @@ def test_far_deadlines_on_the_coarse_timers_keep_a_pinging_session_and_end_a_sil
             await asyncio.wait_for(device.connected.wait(), 10)
             protocol = _session(server)
             began = time.monotonic()
-            while time.monotonic() - began < 3.0:  # three idle timeouts' worth, answered by pings
+            while time.monotonic() - began < 4.0:  # two idle timeouts' worth, answered by pings
                 await asyncio.sleep(0.1)
                 assert protocol._coarse
             assert device.connect_count == 1
@@ -132,13 +132,13 @@ def test_far_deadlines_on_the_coarse_timers_keep_a_pinging_session_and_end_a_sil
                 assert time.monotonic() - began < 10, "the silent session was never closed"
                 await asyncio.sleep(0.05)
             # Closed for its silence: no sooner than the idle timeout.
-            assert time.monotonic() - began >= 1.0
+            assert time.monotonic() - began >= 2.0
             assert "session ended: idle_timeout" in caplog.text
         finally:
             await quiet.stop()
 
     with caplog.at_level(logging.INFO, logger="cyan.server"):
-        asyncio.run(_with_server(work, ServerConfig(idle_timeout=1.0)))
+        asyncio.run(_with_server(work, ServerConfig(idle_timeout=2.0)))
 
 
 def test_the_attempt_records_say_whether_the_device_proved_its_identity() -> None:
