@@ -62,13 +62,13 @@ class CoarseTimers:
             if self._handle_slot is None or slot < self._handle_slot:
                 self._arm(slot)
         bucket[key] = callback
-        self._slot_of[key] = slot
+        self._slot_of[key] = slot  # replaces the old slot, if any
 
     def cancel(self, key: Hashable) -> None:
         """Forget `key`'s deadline, if it has one."""
         slot = self._slot_of.pop(key, None)
         if slot is not None:
-            self._remove(key, slot, forget=False)
+            self._remove(key, slot)
             if not self._slot_of and self._handle is not None:
                 # Nothing left to fire: the loop holds no timer of ours (a stopped fleet leaves none).
                 self._handle.cancel()
@@ -76,13 +76,12 @@ class CoarseTimers:
                 self._handle_slot = None
                 self._heap.clear()
 
-    def _remove(self, key: Hashable, slot: int, *, forget: bool = True) -> None:
+    def _remove(self, key: Hashable, slot: int) -> None:
+        """Take `key` out of its slot's bucket (the caller keeps `_slot_of` right)."""
         bucket = self._slots[slot]
         del bucket[key]
         if not bucket:
             del self._slots[slot]
-        if forget:
-            del self._slot_of[key]
 
     def _arm(self, slot: int) -> None:
         if self._handle is not None:
