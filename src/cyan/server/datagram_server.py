@@ -36,7 +36,6 @@ from typing import Any, Protocol, TypeVar, cast
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cyan.cloud.models import AttemptOutcome, ConnectionAttempt, UdpSession
-from cyan.coarse_timers import CoarseTimers, coarse_timers
 from cyan.dtls import (
     DEFAULT_SEQUENCE_GAP,
     AlertReceived,
@@ -420,9 +419,7 @@ class DatagramLink(DeviceProtocol):
         if conn is not None and not conn.closed:
             conn.close()
         self._ota_lost()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._disarm()
         self._end_session()
         for future in self._pending.values():
             if not future.done():
@@ -558,10 +555,6 @@ class DatagramServer(asyncio.DatagramProtocol):
             self._recorder(entry)
 
     # -- LinkHost ---------------------------------------------------------------------------------
-
-    @property
-    def coarse_timers(self) -> CoarseTimers:
-        return coarse_timers()
 
     def spawn(self, work: Awaitable[None], what: str) -> None:
         self._tasks.spawn(work, what)

@@ -33,7 +33,7 @@ from cyan.cloud.errors import DeviceTimeoutError, FunctionRefusedError, UnknownV
 from cyan.cloud.keypolicy import Decision
 from cyan.cloud.models import AttemptOutcome, ConnectionAttempt, DeviceRecord, LinkDiagnostics
 from cyan.cloud.service import VariableValue
-from cyan.coarse_timers import CoarseTimers, coarse_timers
+from cyan.coarse_timers import coarse_timers
 from cyan.limits import file_limit
 from cyan.protocol import (
     ConnectionClosed,
@@ -277,11 +277,6 @@ class LinkHost(Protocol):
     @property
     def ota_v3_config(self) -> OtaV3Config: ...
 
-    @property
-    def coarse_timers(self) -> CoarseTimers:
-        """Where its links file their far deadlines (the running loop's)."""
-        ...
-
     def spawn(self, work: Awaitable[None], what: str) -> None: ...
 
     def forget(self, link: DeviceProtocol) -> None:
@@ -470,12 +465,7 @@ class DeviceProtocol(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._coarse:
-            self._server.coarse_timers.cancel(self)
-            self._coarse = False
+        self._disarm()
         conn = self._conn
         if conn is not None and not conn.closed:
             # The socket went away without a FIN we saw as EOF (a reset, or our own close).
@@ -518,12 +508,12 @@ class DeviceProtocol(asyncio.Protocol):
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            self._server.coarse_timers.schedule(self, due, self._on_timer)
+            coarse_timers().schedule(self, due, self._on_timer)
             self._coarse = True
             self._timer_due = due
             return
         if self._coarse:
-            self._server.coarse_timers.cancel(self)
+            coarse_timers().cancel(self)
             self._coarse = False
         if self._timer is not None:
             if due is not None and self._timer_due <= due < self._timer_due + _TIMER_SLACK:
@@ -537,6 +527,15 @@ class DeviceProtocol(asyncio.Protocol):
             loop = asyncio.get_running_loop()
             self._timer_due = due
             self._timer = loop.call_at(loop.time() + max(0.0, due - _now()), self._on_timer)
+
+    def _disarm(self) -> None:
+        """No timer of ours fires any more, precise or coarse."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._coarse:
+            coarse_timers().cancel(self)
+            self._coarse = False
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -724,12 +723,7 @@ class DeviceProtocol(asyncio.Protocol):
         if self._conn is not None:
             self._conn.close()
         self._ota_lost()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._coarse:
-            self._server.coarse_timers.cancel(self)
-            self._coarse = False
+        self._disarm()
         if self._transport is not None and not self._transport.is_closing():
             # Flush what is queued (a final ACK), then close: a plain FIN, like Particle's cloud (§9.3).
             self._transport.close()
@@ -1296,10 +1290,6 @@ class DeviceServer:
 
     def connection(self, connection_id: int) -> DeviceProtocol | None:
         return self._connections.get(connection_id)
-
-    @property
-    def coarse_timers(self) -> CoarseTimers:
-        return coarse_timers()
 
     def spawn(self, work: Awaitable[None], what: str) -> None:
         """Run `work` beside the connections (`cyan.tasks.TaskSet`)."""
