@@ -92,6 +92,10 @@ _TIMER_SLACK = 0.001
 _FAR = 5.0
 
 
+#: <linux/in.h>; Python's socket module does not name it.
+_BIND_ADDRESS_NO_PORT: int | None = 24 if sys.platform == "linux" else None
+
+
 def _socket_from(address: str) -> socket.socket:
     """A non-blocking TCP socket bound to `address`, its port left to the connect.
 
@@ -109,10 +113,6 @@ def _socket_from(address: str) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-#: <linux/in.h>; Python's socket module does not name it.
-_BIND_ADDRESS_NO_PORT: int | None = 24 if sys.platform == "linux" else None
 
 
 def backoff_delay(failures: int) -> float:
