@@ -34,6 +34,8 @@ class RecordWriter:
         self._signal = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        #: Records taken from the queues whose write has not finished yet.
+        self._writing = 0
         self.dropped = 0
 
     def start(self) -> None:
@@ -70,8 +72,8 @@ class RecordWriter:
         return len(self._states) + len(self._attempts)
 
     async def flush(self) -> None:
-        """Wait until every queued write has reached the store (tests, shutdown)."""
-        while self.backlog:
+        """Wait until every queued write has reached the store (tests, shutdown), the batch being written too."""
+        while self.backlog or self._writing:
             self._signal.set()
             await asyncio.sleep(0.005)
 
@@ -108,19 +110,25 @@ class RecordWriter:
                 for record in self._states.values()
             ]
             self._states.clear()
+            self._writing = len(states)
             try:
                 await self._store.devices.update_states(states)
             except StoreUnavailableError:
                 for record in states:  # put them back, unless a newer snapshot arrived meanwhile
                     self._states.setdefault(record.id, record)
                 raise
+            finally:
+                self._writing = 0
         if self._attempts:
             attempts, self._attempts = self._attempts, []
+            self._writing = len(attempts)
             try:
                 await self._store.attempts.add(attempts)
             except StoreUnavailableError:
                 self._attempts[:0] = attempts
                 raise
+            finally:
+                self._writing = 0
 
 
 @dataclass(frozen=True, slots=True)
