@@ -885,8 +885,8 @@ def test_decoder_waits_for_the_length() -> None:
 
 
 def test_every_length_matches_cbc() -> None:
-    """Plaintexts of 0..100 bytes and OTA chunk sizes (§A.4: encrypted in one call above 8 blocks) in one
-    chain: PKCS#7 always adds 1..16 bytes and the IV rule holds."""
+    """Plaintexts of 0..100 bytes and OTA chunk sizes (§A.4) in one chain: PKCS#7 always adds 1..16 bytes and
+    the IV rule holds."""
     key, iv = bytes(range(16)), bytes(range(16, 32))
     credentials = SessionCredentials(key, iv, bytes(8))
     encoder = FrameEncoder(credentials)

@@ -4,10 +4,11 @@ Each direction keeps its own IV register, both starting at the credentials' IV. 
 register becomes the *first* 16 bytes of that frame's ciphertext (not the last block, as plain CBC
 chaining would): the receiver takes it before decrypting, whether or not the frame then decrypts.
 
-CBC is composed here from one AES-ECB context per direction, created once per session, instead of a
-new CBC cipher object per message: every ping, ACK and event would otherwise allocate one (design §6).
-The composition is exactly CBC (C_i = E(P_i xor C_{i-1}), C_0 = IV); the tests check it against
-`cryptography`'s own CBC mode.
+Each frame is encrypted or decrypted by a CBC context of its own, made from the key and the register (~4 µs
+in OpenSSL). Contexts kept for the session would save ~3 µs per small frame, but each holds about a kilobyte of
+OpenSSL memory for as long as the connection lives: an idle device cost a server 9.1 KB with the two, 7.3 KB
+without (docs/benchmarks.md). Freeing them when a session went quiet did not give that back: the holes they
+left in the heap are smaller than a page and an idle fleet never fills them.
 """
 
 from __future__ import annotations
@@ -39,9 +40,6 @@ DEVICE_MAX_FRAME_LENGTH_NEW = 782
 DEVICE_MAX_FRAME_LENGTH_LEGACY = 800
 #: Device frames reach about 784 bytes; accept up to a sanity cap (§4 "Size limits").
 SERVER_MAX_FRAME_LENGTH = 4096
-#: Frames longer than this many blocks (OTA chunks, §A.4) are encrypted with a one-off CBC context: one
-#: call into OpenSSL costs less than a Python loop over their 33 blocks (6 µs instead of 23 µs here).
-_ONE_OFF_CBC_BLOCKS = 8
 
 
 class FramingError(ValueError):
@@ -74,36 +72,20 @@ class SessionCredentials:
         return "SessionCredentials(<40 bytes>)"
 
 
-def _xor(a: bytes, b: bytes) -> bytes:
-    n = len(a)
-    return (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(n, "little")
-
-
 class FrameEncoder:
     """Encrypts CoAP messages into frames for one direction."""
 
-    __slots__ = ("_ecb", "_iv", "_key")
+    __slots__ = ("_iv", "_key")
 
     def __init__(self, credentials: SessionCredentials) -> None:
         self._key = credentials.key
-        self._ecb = Cipher(algorithms.AES(credentials.key), modes.ECB()).encryptor()
         self._iv = credentials.iv
 
     def encode(self, plaintext: bytes) -> bytes:
         pad = BLOCK_SIZE - len(plaintext) % BLOCK_SIZE
         padded = plaintext + bytes((pad,)) * pad
-        if len(padded) > _ONE_OFF_CBC_BLOCKS * BLOCK_SIZE:
-            ciphertext = Cipher(algorithms.AES(self._key), modes.CBC(self._iv)).encryptor().update(padded)
-            self._iv = ciphertext[:BLOCK_SIZE]
-            return len(ciphertext).to_bytes(2, "big") + ciphertext
-        previous = self._iv
-        blocks = []
-        update = self._ecb.update
-        for start in range(0, len(padded), BLOCK_SIZE):
-            previous = update(_xor(padded[start : start + BLOCK_SIZE], previous))
-            blocks.append(previous)
-        ciphertext = b"".join(blocks)
-        self._iv = blocks[0]
+        ciphertext = Cipher(algorithms.AES(self._key), modes.CBC(self._iv)).encryptor().update(padded)
+        self._iv = ciphertext[:BLOCK_SIZE]
         return len(ciphertext).to_bytes(2, "big") + ciphertext
 
 
@@ -114,10 +96,10 @@ class FrameDecoder:
     incomplete frame, and a frame's length is checked before anything is buffered for it.
     """
 
-    __slots__ = ("_buffer", "_ecb", "_iv", "_max_length", "_strict_padding")
+    __slots__ = ("_buffer", "_iv", "_key", "_max_length", "_strict_padding")
 
     def __init__(self, credentials: SessionCredentials, *, max_length: int, strict_padding: bool = True) -> None:
-        self._ecb = Cipher(algorithms.AES(credentials.key), modes.ECB()).decryptor()
+        self._key = credentials.key
         self._iv = credentials.iv
         self._buffer = bytearray()
         self._max_length = max_length
@@ -151,7 +133,7 @@ class FrameDecoder:
         del buffer[: 2 + length]
         previous = self._iv
         self._iv = ciphertext[:BLOCK_SIZE]
-        padded = _xor(self._ecb.update(ciphertext), previous + ciphertext[:-BLOCK_SIZE])
+        padded = Cipher(algorithms.AES(self._key), modes.CBC(previous)).decryptor().update(ciphertext)
         pad = padded[-1]
         if not 1 <= pad <= BLOCK_SIZE or (self._strict_padding and padded[-pad:] != bytes((pad,)) * pad):
             raise FramingError(
