@@ -110,6 +110,9 @@ class WorkerPlan:
     server_der: bytes
     ramp: float
     ping_interval: float = PING_INTERVAL
+    #: Added to the process's niceness: the devices of a real fleet run on machines of their own, and here
+    #: they would otherwise take the server's CPU turns whenever they are busy (bench/storm.py).
+    nice: int = 0
 
 
 def sim_worker(
@@ -119,6 +122,7 @@ def sim_worker(
 ) -> None:
     """Connect from `source_addresses`; grow to the sizes the parent sends; report connected/RSS/CPU."""
     connected, rss, cpu = figures
+    os.nice(plan.nice)
     ensure_file_limit()
     pool = [key for _, key in load_or_create_keys(plan.keys_dir, plan.key_count)]
     specs = Fleet.make_specs(
@@ -172,6 +176,7 @@ class Simulators:
         server_key: rsa.RSAPublicKey,
         ramp: float,
         ping_interval: float = PING_INTERVAL,
+        nice: int = 0,
     ) -> None:
         context = multiprocessing.get_context("spawn")
         self.commands = [context.Queue() for _ in range(processes)]
@@ -189,6 +194,7 @@ class Simulators:
                 public_key_der(server_key),
                 ramp / processes,
                 ping_interval,
+                nice,
             )
             for n in range(processes)
         ]

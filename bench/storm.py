@@ -151,6 +151,7 @@ async def run(args: argparse.Namespace) -> None:
             port=port,
             server_key=first.public_key,
             ramp=args.ramp,
+            nice=args.sim_nice,
         )
         try:
             sims.wait_ready()
@@ -208,7 +209,8 @@ async def run(args: argparse.Namespace) -> None:
     print(
         table(
             f"Reconnect storm: {total:,} simulated devices in {args.sim_processes} processes + {args.honest} honest "
-            f"devices, cyan serve killed and started again ({os.cpu_count()} cores shared with the simulators)",
+            f"devices, cyan serve killed and started again ({os.cpu_count()} cores shared with the simulators"
+            f"{f', at nice {args.sim_nice}' if args.sim_nice else ''})",
             rows,
         )
     )
@@ -308,6 +310,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300, help="baseline calls")
     parser.add_argument("--rate-seconds", type=float, default=5.0)
     parser.add_argument("--no-lists", action="store_true", help="no client listing GET /v1/devices in the storm")
+    parser.add_argument(
+        "--sim-nice",
+        type=int,
+        default=0,
+        help="niceness added to the simulator processes, whose devices would be other machines in a real fleet",
+    )
     parser.add_argument(
         "--device-processes", type=int, default=0, help="cyan serve --device-processes (past one process's files)"
     )
