@@ -69,11 +69,12 @@ class RecordWriter:
 
     @property
     def backlog(self) -> int:
-        return len(self._states) + len(self._attempts)
+        """Records not in the store yet: queued, or in the batch being written."""
+        return len(self._states) + len(self._attempts) + self._writing
 
     async def flush(self) -> None:
-        """Wait until every queued write has reached the store (tests, shutdown), the batch being written too."""
-        while self.backlog or self._writing:
+        """Wait until every queued write has reached the store (tests, shutdown)."""
+        while self.backlog:
             self._signal.set()
             await asyncio.sleep(0.005)
 
