@@ -32,6 +32,7 @@ from cyan.protocol import (
     HelloReceived,
     LocalProtocolError,
     MessageIgnored,
+    PingAcknowledged,
     PingReceived,
     PublishAcknowledged,
     Reason,
@@ -355,6 +356,23 @@ def test_device_ping_timing_and_answer() -> None:
     assert drain(device) == [
         ConnectionFailed(Step.SESSION, Reason.PING_TIMEOUT, "the server did not answer the keep-alive ping")
     ]
+
+
+def test_the_device_times_its_ping_from_sending_it_to_its_acknowledgement() -> None:
+    pair = _connect()
+    pair.take_device_events()
+    device = pair.device
+    device.handle_timer(NOW + 15.0)
+    ping = device.data_to_send()
+    pair.server.receive_data(ping, NOW + 15.25)
+    ack = pair.server.data_to_send()
+    device.receive_data(ack, NOW + 15.5)
+    assert drain(device) == [PingAcknowledged(0.5)]
+    # The next ping is timed from its own sending.
+    device.handle_timer(NOW + 30.5)
+    pair.server.receive_data(device.data_to_send(), NOW + 30.5)
+    device.receive_data(pair.server.data_to_send(), NOW + 30.75)
+    assert drain(device) == [PingAcknowledged(0.25)]
 
 
 def test_time_sync_is_one_request_at_a_time() -> None:

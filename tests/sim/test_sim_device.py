@@ -254,6 +254,23 @@ def test_keepalive_pings_follow_the_core_timer() -> None:
     server, device = asyncio.run(_with_device(spec, body, config=config))
     assert server.records[0].pings >= 2
     assert device.attempts[0].outcome == "stopped"  # answered pings keep the session up
+    assert device.ping_round_trips is None  # kept only when asked for
+
+
+def test_a_device_keeps_its_pings_round_trips_when_asked() -> None:
+    config = SimConfig(
+        backoff_scale=0.02, disconnect_timeout=1.0, device_config=DeviceConfig(ping_interval=0.15), record_pings=True
+    )
+    spec = _spec(DEVICE_OS_3_1_0, app=AppSpec.minimal())
+
+    async def body(server: MiniServer, device: VirtualDevice) -> None:
+        await asyncio.wait_for(device.connected.wait(), 3)
+        await wait_until(lambda: len(device.ping_round_trips or ()) >= 2, what="two pings acknowledged")
+
+    server, device = asyncio.run(_with_device(spec, body, config=config))
+    assert device.ping_round_trips is not None
+    assert len(device.ping_round_trips) <= server.records[0].pings
+    assert all(0 < trip < 3 for trip in device.ping_round_trips)
 
 
 def test_custom_function_handler_and_its_failures() -> None:

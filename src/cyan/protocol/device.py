@@ -31,6 +31,7 @@ from .events import (
     EventReceived,
     FunctionCalled,
     MessageIgnored,
+    PingAcknowledged,
     PublishAcknowledged,
     ServerHelloReceived,
     SessionStarted,
@@ -246,6 +247,8 @@ class DeviceConnection(BaseConnection):
         self._deadline: float | None = now + self.config.handshake_step_timeout
         self._last_received = now
         self._ping_sent_at: float | None = None
+        #: The message id and time of the keep-alive ping awaiting its ACK, for its round trip.
+        self._ping_out: tuple[int, float] | None = None
         self._token = 0
         self._time_pending = False
         self._confirmable_events: set[int] = set()
@@ -324,8 +327,10 @@ class DeviceConnection(BaseConnection):
             if now >= self._ping_sent_at + self.config.ping_timeout:
                 self._close_with(Reason.PING_TIMEOUT, "the server did not answer the keep-alive ping")
         elif now >= self._last_received + self.config.ping_interval:
-            self._send(m.ping(self._next_message_id()))
+            mid = self._next_message_id()
+            self._send(m.ping(mid))
             self._ping_sent_at = now
+            self._ping_out = (mid, now)
 
     # -- input --------------------------------------------------------------------------------
 
@@ -458,6 +463,9 @@ class DeviceConnection(BaseConnection):
                 self._send(m.empty_ack(mid))
             elif kind is MessageType.ACK and self._v3 is not None and self._v3_acknowledged(message.message_id):
                 return
+            elif kind is MessageType.ACK and self._ping_out is not None and message.message_id == self._ping_out[0]:
+                self._events.append(PingAcknowledged(now - self._ping_out[1]))
+                self._ping_out = None
             elif kind is MessageType.ACK and message.message_id in self._confirmable_events:
                 self._confirmable_events.discard(message.message_id)
                 self._events.append(PublishAcknowledged(message.message_id))

@@ -32,6 +32,7 @@ __all__ = [
     "GoodbyeReceived",
     "HelloReceived",
     "MessageIgnored",
+    "PingAcknowledged",
     "PingAnswered",
     "PingReceived",
     "PrivateKeyOperationNeeded",
@@ -386,6 +387,13 @@ class TimeReceived(Event):
 @dataclass(frozen=True, slots=True)
 class SignalReceived(Event):
     on: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PingAcknowledged(Event):
+    """Device: the server acknowledged the device's keep-alive ping (§8.1): the round trip, in `now` units."""
+
+    round_trip: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,7 @@ from cyan.protocol import (
     LocalProtocolError,
     MessageIgnored,
     ModuleInfo,
+    PingAcknowledged,
     ProtocolError,
     PublishAcknowledged,
     Reason,
@@ -243,6 +244,7 @@ class VirtualDevice:
         "failures_by_outcome",
         "ignored_count",
         "last_failure",
+        "ping_round_trips",
         "published_count",
         "rate_limited_count",
         "spec",
@@ -292,6 +294,9 @@ class VirtualDevice:
         self.published_count = 0
         self.rate_limited_count = 0
         self.ignored_count = 0
+        #: The round trips (seconds) of its keep-alive pings the server acknowledged, oldest first, when
+        #: `SimConfig.record_pings` is set; None otherwise.
+        self.ping_round_trips: list[float] | None = [] if self.config.record_pings else None
         #: Updates applied, and updates that ended in a reset without one (invalid image, timeout).
         self.updates_applied = 0
         self.update_failures: dict[str, int] = {}
@@ -812,6 +817,9 @@ class _Link(asyncio.Protocol):
         elif isinstance(event, DeviceReset):
             device._reset(event.reason, event.image)
             self._end = (f"{RESET}{event.reason}", None, f"the device reset ({event.reason})")
+        elif isinstance(event, PingAcknowledged):
+            if device.ping_round_trips is not None:
+                device.ping_round_trips.append(event.round_trip)
         elif isinstance(event, TimeReceived | SignalReceived | PublishAcknowledged):
             pass  # the firmware sets its clock, blinks, completes the publish: nothing to simulate
 

@@ -232,6 +232,9 @@ class SimConfig:
     source_addresses: tuple[str, ...] = ()
     #: Seconds from a reset (after an update, §7.1) to the next connection attempt: the reboot.
     reboot_delay: float = 0.0
+    #: Each device keeps the round trip of every keep-alive ping the server acknowledged
+    #: (`VirtualDevice.ping_round_trips`): what a benchmark times the server's answer to a device by.
+    record_pings: bool = False
 
 
 def derive_device_id(index: int, *, seed: str = "cyan-sim", prefix: str = "") -> str:
