@@ -43,7 +43,7 @@ from cyan.data import (
     write_server_key_file,
     write_udp_server_key_file,
 )
-from cyan.limits import freeze_startup_objects
+from cyan.limits import CollectorPolicy, freeze_startup_objects
 from cyan.protocol import ServerConfig
 from cyan.protocol.datagram import DatagramConfig
 from cyan.server import DeviceProcesses, DeviceServer
@@ -299,14 +299,22 @@ class Service:
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, stop.set)
+        # Frozen before the ports open, so that the first full collections of a fleet reconnecting at once do
+        # not walk the modules too; again once started, for what starting made.
+        freeze_startup_objects()
         await self.start()
         freeze_startup_objects()
+        collector = CollectorPolicy()
+        collector.install()
+        reclaims = asyncio.create_task(collector.reclaim_every(), name="cyan-reclaim")
         try:
             if on_ready is not None:
                 on_ready(self)
             await stop.wait()
         finally:
             log.info("shutting down")
+            reclaims.cancel()
+            collector.uninstall()
             await self.stop()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):

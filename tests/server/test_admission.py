@@ -5,33 +5,22 @@ server's nonce (no RSA work, one record), and the firmware retries on its backof
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
 import pytest
 
 from cyan.app import Actor, Application, NewDevice
 from cyan.bus import InProcessBus
-from cyan.cloud.models import ConnectionAttempt
 from cyan.cloud.service import Cloud
 from cyan.keys import public_key_der
-from cyan.protocol import ServerConfig
 from cyan.server import DeviceServer
 from cyan.server.device_server import OVERLOADED, DeviceProtocol
 from cyan.sim import SimConfig, VirtualDevice, VirtualDeviceSpec
 from cyan.store import MemoryStore
 from cyan.testing import fixed_device_key, fixed_server_key
+from device_server_support import cloud_on_memory, served_server, shut, wait_until
 
 DEVICE = "ab" * 12
 NONCE = 40
-
-
-async def _until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def _first_bytes(port: int) -> tuple[bytes, asyncio.StreamWriter]:
@@ -52,50 +41,13 @@ async def _nothing_yet(reader: asyncio.StreamReader) -> None:
         await asyncio.wait_for(reader.read(1), 0.3)
 
 
-async def _cloud() -> tuple[Application, Cloud]:
-    """An application and its cloud on a memory store, started."""
-    store = MemoryStore()
-    await store.open()
-    cloud = Cloud(store, InProcessBus())
-    app = Application(store, cloud=cloud)
-    await cloud.start()
-    return app, cloud
-
-
-async def _served_server(**limits: float) -> tuple[Application, Cloud, DeviceServer]:
-    app, cloud = await _cloud()
-    assert app.gateway is not None
-    server = DeviceServer(
-        app.gateway,
-        fixed_server_key(),
-        host="127.0.0.1",
-        port=0,
-        config=ServerConfig(),
-        max_handshakes=int(limits.get("max_handshakes", 2)),
-        max_queued=int(limits["max_queued"]) if "max_queued" in limits else None,
-        max_wait=limits.get("max_wait", 15.0),
-    )
-    await server.start()
-    return app, cloud, server
-
-
-async def _shut(app: Application, cloud: Cloud, server: DeviceServer) -> list[ConnectionAttempt]:
-    await server.stop()
-    assert app.gateway is not None
-    await app.gateway.drain()
-    await cloud.stop()
-    attempts = await app.store.attempts.recent(limit=100)
-    await app.store.close()
-    return attempts
-
-
 def test_past_the_bound_connections_wait_in_the_server_and_the_newest_is_served_first() -> None:
     """Past the bound the server holds the connections itself and starts the newest first as handshakes end:
     after a restart the oldest are the devices closest to giving up on their nonce (20 s), and serving them
     first is how a queue longer than that serves only devices that have left."""
 
     async def scenario() -> None:
-        app, cloud, server = await _served_server(max_handshakes=2)
+        app, cloud, server = await served_server(max_handshakes=2)
         await app.devices.register(
             Actor.operator("ops"), [NewDevice(DEVICE, public_key_der(fixed_device_key(1).public_key()))]
         )
@@ -114,9 +66,9 @@ def test_past_the_bound_connections_wait_in_the_server_and_the_newest_is_served_
             assert server.handshakes == 2
             # Two more are taken from the kernel and wait in the server, unserved.
             older_reader, older = await asyncio.open_connection("127.0.0.1", server.port)
-            await _until(lambda: server.queued == 1, "the first waiting connection")
+            await wait_until(lambda: server.queued == 1, "the first waiting connection")
             newer_reader, newer = await asyncio.open_connection("127.0.0.1", server.port)
-            await _until(lambda: server.queued == 2, "the second waiting connection")
+            await wait_until(lambda: server.queued == 2, "the second waiting connection")
             writers += [older, newer]
             assert server.accepting
             await _nothing_yet(older_reader)
@@ -131,7 +83,7 @@ def test_past_the_bound_connections_wait_in_the_server_and_the_newest_is_served_
             assert server.queued == 0
             # A device arriving now waits its turn the same way, and gets in when the others end.
             device.start("127.0.0.1", server.port)
-            await _until(lambda: server.queued == 1, "the device waiting")
+            await wait_until(lambda: server.queued == 1, "the device waiting")
             older.close()
             newer.close()
             await asyncio.wait_for(device.connected.wait(), 10)
@@ -140,7 +92,7 @@ def test_past_the_bound_connections_wait_in_the_server_and_the_newest_is_served_
             await device.stop()
             for writer in writers:
                 writer.close()
-            attempts = await _shut(app, cloud, server)
+            attempts = await shut(app, cloud, server)
         assert server.handshakes == 0
         assert not [a for a in attempts if a.reason == OVERLOADED]
 
@@ -149,7 +101,7 @@ def test_past_the_bound_connections_wait_in_the_server_and_the_newest_is_served_
 
 def test_a_connection_that_waits_too_long_is_closed_before_its_nonce_and_recorded() -> None:
     async def scenario() -> None:
-        app, cloud, server = await _served_server(max_handshakes=1, max_wait=0.5)
+        app, cloud, server = await served_server(max_handshakes=1, max_wait=0.5)
         writers: list[asyncio.StreamWriter] = []
         try:
             nonce, first = await _first_bytes(server.port)
@@ -168,7 +120,7 @@ def test_a_connection_that_waits_too_long_is_closed_before_its_nonce_and_recorde
         finally:
             for writer in writers:
                 writer.close()
-            attempts = await _shut(app, cloud, server)
+            attempts = await shut(app, cloud, server)
         [closed] = [a for a in attempts if a.reason == OVERLOADED]
         assert closed.step == "nonce"
         assert closed.device_id is None
@@ -186,14 +138,14 @@ def test_past_a_full_queue_the_kernel_holds_the_connections_and_their_wait_count
 
     async def scenario() -> None:
         # 3 s: the checks that it is still waiting must come well within the wait, on a loaded machine too.
-        app, cloud, server = await _served_server(max_handshakes=1, max_queued=1, max_wait=3.0)
+        app, cloud, server = await served_server(max_handshakes=1, max_queued=1, max_wait=3.0)
         writers: list[asyncio.StreamWriter] = []
         try:
             nonce, first = await _first_bytes(server.port)
             writers.append(first)
             assert len(nonce) == NONCE
             queued_reader, queued = await asyncio.open_connection("127.0.0.1", server.port)
-            await _until(lambda: server.queued == 1, "the waiting connection")
+            await wait_until(lambda: server.queued == 1, "the waiting connection")
             kernel_reader, in_kernel = await asyncio.open_connection("127.0.0.1", server.port)
             writers += [queued, in_kernel]
             await _nothing_yet(kernel_reader)
@@ -206,7 +158,7 @@ def test_past_a_full_queue_the_kernel_holds_the_connections_and_their_wait_count
         finally:
             for writer in writers:
                 writer.close()
-            attempts = await _shut(app, cloud, server)
+            attempts = await shut(app, cloud, server)
         closed = [a for a in attempts if a.reason == OVERLOADED]
         assert len(closed) == 2
         for attempt in closed:
@@ -219,20 +171,20 @@ def test_past_a_full_queue_the_kernel_holds_the_connections_and_their_wait_count
 
 def test_a_device_that_left_while_it_waited_is_not_served() -> None:
     async def scenario() -> None:
-        app, cloud, server = await _served_server(max_handshakes=1)
+        app, cloud, server = await served_server(max_handshakes=1)
         try:
             nonce, first = await _first_bytes(server.port)
             assert len(nonce) == NONCE
             _, gone = await asyncio.open_connection("127.0.0.1", server.port)
-            await _until(lambda: server.queued == 1, "the waiting connection")
+            await wait_until(lambda: server.queued == 1, "the waiting connection")
             gone.close()
             await gone.wait_closed()
             await asyncio.sleep(0.1)  # the FIN reaches the server's socket (loopback: at once)
             first.close()
-            await _until(lambda: server.queued == 0 and server.handshakes == 0, "the queue emptied")
+            await wait_until(lambda: server.queued == 0 and server.handshakes == 0, "the queue emptied")
             assert server.overloaded == 1
         finally:
-            attempts = await _shut(app, cloud, server)
+            attempts = await shut(app, cloud, server)
         [left] = [a for a in attempts if a.reason == OVERLOADED]
         assert left.detail is not None
         assert left.detail.startswith("the device left after ")
@@ -242,12 +194,12 @@ def test_a_device_that_left_while_it_waited_is_not_served() -> None:
 
 def test_stopping_closes_the_waiting_connections() -> None:
     async def scenario() -> None:
-        app, cloud, server = await _served_server(max_handshakes=1)
+        app, cloud, server = await served_server(max_handshakes=1)
         nonce, first = await _first_bytes(server.port)
         assert len(nonce) == NONCE
         reader, waiting = await asyncio.open_connection("127.0.0.1", server.port)
-        await _until(lambda: server.queued == 1, "the waiting connection")
-        await _shut(app, cloud, server)
+        await wait_until(lambda: server.queued == 1, "the waiting connection")
+        await shut(app, cloud, server)
         assert await asyncio.wait_for(reader.read(NONCE), 10) == b""
         assert server.queued == 0
         first.close()
@@ -285,7 +237,7 @@ def test_a_connection_started_past_the_bound_is_closed_before_the_nonce_and_reco
     is closed before the nonce (no RSA work), recorded as overloaded, and the firmware retries on its backoff."""
 
     async def scenario() -> None:
-        app, cloud = await _cloud()
+        app, cloud = await cloud_on_memory()
         assert app.gateway is not None
         server = DeviceServer(app.gateway, fixed_server_key(), host="127.0.0.1", port=0, max_handshakes=1)
         first, second = _Transport(), _Transport()

@@ -26,7 +26,7 @@ from typing import Any
 from cyan.cloud.keypolicy import Decision
 from cyan.cloud.models import ConnectionAttempt, DeviceRecord
 from cyan.keys import load_private_key
-from cyan.limits import ensure_file_limit, freeze_startup_objects
+from cyan.limits import CollectorPolicy, ensure_file_limit, freeze_startup_objects
 from cyan.protocol import Hello, SubscriptionScope
 from cyan.tasks import TaskSet
 
@@ -232,10 +232,14 @@ async def _serve(fd: int) -> None:
         max_handshakes=setup.max_handshakes,
     )
     relay.server = server
+    freeze_startup_objects()  # before the port opens, as `cyan serve` does (cyan.service)
     await server.start()
     freeze_startup_objects()
+    collector = CollectorPolicy()
+    collector.install()
     channel.send(msg.Ready(server.port))
     heard = relay._tasks.spawn(relay.report_heard(), "report the devices heard from")
+    reclaims = relay._tasks.spawn(collector.reclaim_every(), "collect the whole heap now and then")
     for signum in (signal.SIGTERM, signal.SIGINT):
         # The parent decides when to stop (it closes the channel, or sends SIGTERM); Ctrl-C in a terminal
         # reaches the whole process group, and the parent's own shutdown ends this one.
@@ -245,6 +249,8 @@ async def _serve(fd: int) -> None:
         await stopped.wait()
     finally:
         heard.cancel()
+        reclaims.cancel()
+        collector.uninstall()
         await server.stop()
         channel.close()
 
