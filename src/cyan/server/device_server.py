@@ -14,6 +14,7 @@ import ctypes
 import enum
 import itertools
 import logging
+import math
 import os
 import queue
 import socket
@@ -116,6 +117,18 @@ ACCEPTS_PER_PASS = 64
 
 #: The shortest time between two rounds of closing the connections that waited too long.
 _EXPIRY_GRAIN = 0.1
+
+#: The longest the handshakes' work runs in one pass of the event loop (seconds), before it lets the loop go
+#: on with the sessions already connected and the API. A reconnecting fleet brings a hundred handshake steps
+#: a pass, each 0.1-0.3 ms of Python (the messages, the key policy, the session's start): run as they came,
+#: they made passes of 10-20 ms, and a call to a device already back waited several of them (measured with
+#: 5,000 devices, docs/benchmarks.md "Reconnect storm").
+HANDSHAKE_SLICE = 0.002
+
+#: How long after its Hello a new session's inputs still go through the handshakes' slices: the firmware's
+#: start of a session (subscriptions, events, Describes, protocol.md §5) comes within it, and that work is
+#: the cloud's heaviest per device.
+SETTLING = 2.0
 #: `TCP_INFO`'s size up to `tcpi_last_data_recv` and `tcpi_last_ack_recv` (Linux's struct tcp_info), its state
 #: byte first; the state of a connection its peer has closed (`TCP_CLOSE_WAIT`).
 _TCP_INFO_SIZE = 60
@@ -298,6 +311,7 @@ class DeviceProtocol(asyncio.Protocol):
         "_cloud",
         "_coarse",
         "_conn",
+        "_deferred",
         "_describe_waiters",
         "_id",
         "_in_handshake",
@@ -311,6 +325,7 @@ class DeviceProtocol(asyncio.Protocol):
         "_record",
         "_server",
         "_session_started",
+        "_sliced_until",
         "_socket",
         "_started",
         "_started_at",
@@ -341,6 +356,13 @@ class DeviceProtocol(asyncio.Protocol):
         self._stored: str | None = None
         self._attempt_recorded = False
         self._in_handshake = False  # counted in the server's handshakes under way
+        #: A handshake's inputs waiting for their turn in the server's slices, in the order they came
+        #: (`DeviceServer.defer`); None when none waits.
+        self._deferred: list[Callable[[], None]] | None = None
+        #: Until when (`_now()`) its inputs wait for the server's slices: from the connection until
+        #: `SETTLING` after its Hello, when the device's burst of a session's start is over (its subscriptions,
+        #: events and Describes, handled by the cloud). Never over UDP.
+        self._sliced_until = 0.0
         self._session_started = False
         self._quarantined = False
         self._pending: dict[int, asyncio.Future[Any]] = {}
@@ -398,6 +420,7 @@ class DeviceProtocol(asyncio.Protocol):
             self._refuse(OVERLOADED, f"{server.max_handshakes} handshakes under way, the most this server runs at once")
             return
         self._in_handshake = True
+        self._sliced_until = math.inf
         server._connections[self._id] = self
         # With key workers the core asks for its two RSA private-key operations instead of doing them here.
         server_key = None if server.key_workers else server.server_key
@@ -430,6 +453,12 @@ class DeviceProtocol(asyncio.Protocol):
             server.end_handshake()
 
     def data_received(self, data: bytes) -> None:
+        if self._deferred or _now() < self._sliced_until:
+            self._defer(lambda: self._receive(data))
+        else:
+            self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
         conn = self._conn
         if conn is None or conn.closed:
             return
@@ -456,7 +485,28 @@ class DeviceProtocol(asyncio.Protocol):
         self._handle_events()
         return self._flush()
 
+    def _defer(self, work: Callable[[], None]) -> None:
+        """Queue a handshake's input for the server's next slice (`HANDSHAKE_SLICE`), after the ones before it."""
+        if self._deferred is None:
+            self._deferred = [work]
+            server = self._server
+            # Only the TCP server runs handshakes in slices (`_sliced_until` is set there alone).
+            assert isinstance(server, DeviceServer)
+            server.defer(self)
+        else:
+            self._deferred.append(work)
+
+    def run_deferred(self) -> None:
+        """Act on the inputs queued for the handshake, in order. Run by the server's slices, and here before
+        anything that must see them first: the end of the stream, the connection's loss, its timer (a
+        device that answered in time is not timed out while its answer waits for a slice)."""
+        while (work := self._deferred) is not None:
+            self._deferred = None
+            for step in work:
+                step()
+
     def eof_received(self) -> bool | None:
+        self.run_deferred()
         conn = self._conn
         if conn is not None and not conn.closed:
             conn.receive_eof(_now())
@@ -465,6 +515,7 @@ class DeviceProtocol(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.run_deferred()
         self._disarm()
         conn = self._conn
         if conn is not None and not conn.closed:
@@ -540,6 +591,7 @@ class DeviceProtocol(asyncio.Protocol):
     def _on_timer(self) -> None:
         self._timer = None
         self._coarse = False
+        self.run_deferred()
         conn = self._conn
         if conn is None or conn.closed:
             return
@@ -570,6 +622,8 @@ class DeviceProtocol(asyncio.Protocol):
         elif isinstance(event, HelloReceived):
             assert self._record is not None
             self._handshake_over()
+            if self._sliced_until:
+                self._sliced_until = _now() + SETTLING
             self._record_attempt(AttemptOutcome.CONNECTED, Step.SESSION, None, None)
             self._session_started = True
             self.hello = event.hello
@@ -642,6 +696,12 @@ class DeviceProtocol(asyncio.Protocol):
             self._cloud.heard_from(self)
 
     def _private_key_done(self, result: bytes | BaseException | None) -> None:
+        if self._deferred or _now() < self._sliced_until:
+            self._defer(lambda: self._private_key_result(result))
+        else:
+            self._private_key_result(result)
+
+    def _private_key_result(self, result: bytes | BaseException | None) -> None:
         conn = self._conn
         if conn is None or conn.closed:
             return
@@ -661,6 +721,14 @@ class DeviceProtocol(asyncio.Protocol):
                 conn.reject(Reason.SERVER_ERROR, f"the server could not look the device up: {exc}")
                 self._handle_events()
             return
+        if self._deferred or _now() < self._sliced_until:
+            self._defer(lambda: self._act_on(decision, record))
+        else:
+            self._act_on(decision, record)
+
+    def _act_on(self, decision: Decision, record: DeviceRecord | None) -> None:
+        conn = self._conn
+        assert conn is not None
         if conn.closed:
             return
         self._presented, self._stored = decision.presented_fingerprint, decision.stored_fingerprint
@@ -934,6 +1002,23 @@ def _name_os_thread(name: str) -> None:
         pass
 
 
+#: How much lower than the event loop's the key workers' scheduling priority is (nice levels, Linux). The RSA
+#: work can wait for a core; the event loop, which the connected devices' calls and pings wait for, should
+#: not: at the same priority a reconnecting fleet's RSA took the core from the loop in the middle of its
+#: passes (docs/benchmarks.md "Reconnect storm"). At 5 levels lower a worker still gets a third of a core the
+#: loop wants, and all of one it does not.
+KEY_WORKER_NICENESS = 5
+
+
+def _lower_os_thread_priority(by: int) -> None:
+    """Lower the calling thread's scheduling priority by `by` nice levels (Linux, where a thread has its own)."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + by))
+    except (OSError, AttributeError):
+        pass  # no per-thread priorities here: the workers run at the loop's
+
+
 class _KeyWorkers:
     """Threads that run the RSA private-key operations; their results reach the event loop in batches.
 
@@ -960,6 +1045,7 @@ class _KeyWorkers:
 
     def _work(self) -> None:
         _name_os_thread(threading.current_thread().name)
+        _lower_os_thread_priority(KEY_WORKER_NICENESS)
         while (job := self._jobs.get()) is not None:
             callback, operation, data = job
             outcome: bytes | BaseException | None
@@ -1050,6 +1136,9 @@ class DeviceServer:
         self._listeners: list[socket.socket] = []
         #: Connections taken from the queue whose protocol has not started yet.
         self._opening = 0
+        #: Handshakes with inputs waiting for a slice (`HANDSHAKE_SLICE`), in the order their first came.
+        self._handshake_work: deque[DeviceProtocol] = deque()
+        self._slice_scheduled = False
         self._tasks = TaskSet(log, "cyan-server")
 
     async def start(self) -> None:
@@ -1262,6 +1351,33 @@ class DeviceServer:
 
     def forget(self, link: DeviceProtocol) -> None:
         self._connections.pop(link.connection_id, None)
+
+    def defer(self, link: DeviceProtocol) -> None:
+        """Run `link`'s queued handshake inputs in a coming slice (`DeviceProtocol.run_deferred`)."""
+        self._handshake_work.append(link)
+        if not self._slice_scheduled:
+            self._slice_scheduled = True
+            asyncio.get_running_loop().call_soon(self._run_slice)
+
+    def _run_slice(self) -> None:
+        """Run queued handshake work for up to `HANDSHAKE_SLICE`, then leave the rest to the next pass of the
+        loop: the sockets and requests that became ready meanwhile go first."""
+        self._slice_scheduled = False
+        work = self._handshake_work
+        ends = _now() + HANDSHAKE_SLICE
+        while work:
+            link = work.popleft()
+            try:
+                link.run_deferred()
+            except Exception:
+                # As asyncio does when a protocol's callback raises: the connection goes, the others go on.
+                log.exception("connection %d from %s failed", link.connection_id, link.peer_address)
+                link.close()
+            if _now() >= ends:
+                break
+        if work and not self._slice_scheduled:
+            self._slice_scheduled = True
+            asyncio.get_running_loop().call_soon(self._run_slice)
 
     def admit(self, host: str, now: float) -> bool:
         """Whether a new connection from `host` is within its address's limit."""
