@@ -6,17 +6,25 @@ The N devices run in --sim-processes simulator processes (connections.py's), eac
 address, with the firmware's reconnect backoff (§8.3: 1 s after each of the first five failures, then 2 s...).
 Beside them, --honest devices run in this process, owned by a user, with a function. Measured in one run:
 
-1. With every device connected: function calls through the API to the honest devices, one at a time over one
-   keep-alive connection (the baseline p50/p99), then the steady handshake rate: this process's load
-   generator (bench/handshakes.py's, 64 at a time) against the same server, with the fleet connected.
+1. With every device connected: function calls through the API, one at a time over one keep-alive
+   connection, to half of the honest devices, and the round trips of the other half's keep-alive pings (every
+   --ping-interval seconds), while a client lists `GET /v1/devices` every 2 s (the baselines' p50/p99); then
+   the steady handshake rate: this process's load generator (bench/handshakes.py's, 64 at a time) against
+   the same server, with the fleet connected.
 2. `kill -9` of the server, and `cyan serve` again on the same port and database. The storm: every device
    reconnects at once; the server runs at most `max_handshakes` at a time and holds the others in its queue,
    newest served first, closing the ones that wait 15 s before its nonce (they retry on their backoff; the
    table counts them as refused). Timed from the new server's port listening to every device
    connected again, against the ideal: all the devices divided by the steady rate. Meanwhile the honest
-   devices that are back are called as in 1 (their p99 against the baseline's), a client lists
+   devices that are back are called and ping as in 1 (their p99 against the baseline's), the client lists
    `GET /v1/devices` every 2 s, and the server's memory is sampled.
 3. SIGINT to the server with the fleet connected and the lists going: its log must hold no traceback.
+
+The server's processes time their full garbage collections (bench/gc_probe, on their PYTHONPATH): the table
+shows those of the baseline's calls and of the storm, which hold the event loop while they run.
+
+The client that lists runs in a process of its own, as a dashboard would be another machine: read in this
+process, each 5,000-device answer held up the honest devices and the calls beside it.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import signal
 import sqlite3
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,7 +49,8 @@ from _common import CYAN, RawHttp, cyan_serve, device_id, keys, register, rss_by
 from connections import Simulators
 from handshakes import load
 
-from cyan.sim import AppSpec, Fleet, SimConfig, ensure_file_limit, load_or_create_keys
+from cyan.protocol import DeviceConfig
+from cyan.sim import AppSpec, Fleet, SimConfig, VirtualDevice, ensure_file_limit, load_or_create_keys
 
 USER, PASSWORD = "bench@example.com", "bench password"
 #: Ids of the honest devices and of the load generator's, apart from the simulated fleet's.
@@ -64,13 +74,15 @@ async def token(api_port: int) -> str:
 async def calls(
     api_port: int, bearer: str, honest: Fleet, *, count: int, until: asyncio.Event | None = None
 ) -> tuple[list[float], int]:
-    """Function calls to connected honest devices in turn: `count` of them, or until `until` is set."""
+    """Function calls to the called half of the honest devices, those connected, in turn: `count` of them, or
+    until `until` is set. The other half only ping: a device pings after a while without hearing from the
+    server, which the calls would not leave it."""
     raw = await RawHttp.connect("127.0.0.1", api_port)
     latencies: list[float] = []
     failed = n = 0
     try:
         while (until is None and len(latencies) < count) or (until is not None and not until.is_set()):
-            back = [d for d in honest.devices if d.connected.is_set()]
+            back = [d for d in called(honest) if d.connected.is_set()]
             if not back:
                 await asyncio.sleep(0.05)
                 continue
@@ -88,19 +100,82 @@ async def calls(
     return latencies, failed
 
 
-async def lists(api_port: int, bearer: str, stop: asyncio.Event) -> int:
-    """`GET /v1/devices` every 2 s, as a dashboard would; how many answered."""
-    answered = 0
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=60) as client:
-        while not stop.is_set():
-            try:
-                response = await client.get("/v1/devices", headers={"Authorization": f"Bearer {bearer}"})
-                answered += response.status_code == 200
-            except httpx.HTTPError:
-                pass  # the server is stopping
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 2.0)
-    return answered
+#: The client that lists the devices, as a dashboard would: `GET /v1/devices` every 2 s; prints each status.
+LISTER = """
+import sys, time, urllib.error, urllib.request
+request = urllib.request.Request(sys.argv[1], headers={"Authorization": "Bearer " + sys.argv[2]})
+while True:
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            answer.read()
+            print(answer.status, flush=True)
+    except (OSError, urllib.error.URLError):
+        print("failed", flush=True)  # the server is stopping
+    time.sleep(2.0)
+"""
+
+
+class Lister:
+    """`GET /v1/devices` every 2 s from a process of its own, until `stop`; how many were answered."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self._process = process
+
+    @classmethod
+    async def start(cls, api_port: int, bearer: str) -> Lister:
+        url = f"http://127.0.0.1:{api_port}/v1/devices"
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", LISTER, url, bearer, stdout=asyncio.subprocess.PIPE
+        )
+        return cls(process)
+
+    async def stop(self) -> int:
+        with contextlib.suppress(ProcessLookupError):
+            self._process.kill()
+        out, _ = await self._process.communicate()
+        return sum(line == b"200" for line in out.splitlines())
+
+
+#: Where the server's processes find bench/gc_probe's sitecustomize, and where they write their collections.
+GC_PROBE = Path(__file__).resolve().parent / "gc_probe"
+
+
+def full_collections(log: Path, pids: list[int], since: float, until: float) -> list[float]:
+    """The lengths (ms) of the full collections the processes `pids` ran between `since` and `until`."""
+    lengths: list[float] = []
+    for pid in pids:
+        path = log.with_name(f"{log.name}.{pid}")
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            ended, length = (float(field) for field in line.split())
+            if since <= ended <= until:
+                lengths.append(length)
+    return lengths
+
+
+def collections_row(what: str, lengths: list[float]) -> tuple[str, str, str]:
+    longest = f"longest {max(lengths):.1f} ms, " if lengths else ""
+    return (
+        f"the server's full garbage collections, {what}",
+        f"{len(lengths)}",
+        f"{longest}{sum(lengths):.0f} ms in all",
+    )
+
+
+def called(honest: Fleet) -> list[VirtualDevice]:
+    """The honest devices the calls go to (the first half); the others ping."""
+    return honest.devices[: max(1, len(honest.devices) // 2)]
+
+
+def ping_trips(honest: Fleet) -> list[float]:
+    """The honest devices' ping round trips recorded since the last call, which forgets them."""
+    trips: list[float] = []
+    for device in honest.devices:
+        if device.ping_round_trips:
+            trips += device.ping_round_trips
+            device.ping_round_trips.clear()
+    return trips
 
 
 def overloaded_refusals(database: Path) -> int:
@@ -124,6 +199,9 @@ async def run(args: argparse.Namespace) -> None:
     honest_ids = [device_id(HONEST_BASE + n) for n in range(args.honest)]
     work = Path(tempfile.mkdtemp(prefix="cyan-storm-"))
     data = work / "data"
+    gc_log = work / "gc"
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(GC_PROBE), os.environ.get("PYTHONPATH")]))
+    os.environ["CYAN_BENCH_GC_LOG"] = str(gc_log)
     rows: list[tuple[str, str, str]] = []
     serving = ("--device-processes", str(args.device_processes)) if args.device_processes else ()
     with cyan_serve(*serving, data_dir=data, log_path=work / "first.log") as first:
@@ -141,7 +219,11 @@ async def run(args: argparse.Namespace) -> None:
         honest = Fleet(
             Fleet.make_specs(list(zip(honest_ids, pool, strict=False)), app=AppSpec(periodic=(), call_event=None)),
             first.public_key,
-            config=SimConfig(goodbye_on_stop=False),
+            config=SimConfig(
+                goodbye_on_stop=False,
+                device_config=DeviceConfig(ping_interval=args.ping_interval),
+                record_pings=True,
+            ),
         )
         sims = Simulators(
             processes=args.sim_processes,
@@ -165,7 +247,14 @@ async def run(args: argparse.Namespace) -> None:
             await asyncio.sleep(3.0)
             connected_rss = sum(rss_bytes(p) for p in server_pids(first.pid))
             bearer = await token(first.api_port)
+            lister = await Lister.start(first.api_port, bearer) if not args.no_lists else None
+            ping_trips(honest)
+            calls_began = time.monotonic()
             baseline, _ = await calls(first.api_port, bearer, honest, count=args.calls)
+            baseline_pings = ping_trips(honest)
+            baseline_collections = full_collections(gc_log, server_pids(first.pid), calls_began, time.monotonic())
+            if lister is not None:
+                await lister.stop()
             wall = time.perf_counter()
             done, _, _ = await load(
                 port, load_ids, load_keys, first.public_key, seconds=args.rate_seconds, concurrency=64
@@ -187,6 +276,9 @@ async def run(args: argparse.Namespace) -> None:
                 total=total,
                 rate=rate,
                 baseline=baseline,
+                baseline_pings=baseline_pings,
+                baseline_collections=baseline_collections,
+                gc_log=gc_log,
                 connected_rss=connected_rss,
                 killed=killed,
                 list_devices=not args.no_lists,
@@ -218,10 +310,6 @@ async def run(args: argparse.Namespace) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
-async def _none() -> int:
-    return 0
-
-
 async def storm(
     *,
     serving: tuple[str, ...],
@@ -234,6 +322,9 @@ async def storm(
     total: int,
     rate: float,
     baseline: list[float],
+    baseline_pings: list[float],
+    baseline_collections: list[float],
+    gc_log: Path,
     connected_rss: int,
     killed: float,
 ) -> tuple[list[tuple[str, str, str]], Path]:
@@ -242,8 +333,8 @@ async def storm(
         listening = time.monotonic()
         back = asyncio.Event()
         bearer = await token(second.api_port)
-        stop_lists = asyncio.Event()
-        lister = asyncio.create_task(lists(second.api_port, bearer, stop_lists) if list_devices else _none())
+        lister = await Lister.start(second.api_port, bearer) if list_devices else None
+        ping_trips(honest)  # none can be from before the kill: those pings went unanswered
         during = asyncio.create_task(calls(second.api_port, bearer, honest, count=0, until=back))
         peak = 0
         while True:
@@ -255,6 +346,8 @@ async def storm(
             await asyncio.sleep(0.25)
         took = time.monotonic() - listening
         back.set()
+        storm_collections = full_collections(gc_log, server_pids(second.pid), listening, listening + took)
+        storm_pings = ping_trips(honest)
         storm_calls, storm_failed = await during
         await asyncio.sleep(2.0)
         settled = sum(rss_bytes(p) for p in server_pids(second.pid))
@@ -263,8 +356,7 @@ async def storm(
         stopping = time.monotonic()
         second.process.wait(60)
         stopped = time.monotonic() - stopping
-        stop_lists.set()
-        listed = await lister
+        listed = await lister.stop() if lister is not None else 0
     ideal = (total + len(honest.devices)) / rate
     base50, base99 = percentiles(baseline)
     rows = [
@@ -275,7 +367,11 @@ async def storm(
             f"ideal {ideal:.1f} s (all devices / steady rate); {listening - killed:.1f} s from the kill to listening",
         ),
         ("time back / ideal", f"{took / ideal:.2f}x", "goal at most 1.25x"),
-        ("call p50 / p99, fleet connected", f"{base50 * 1000:.2f} / {base99 * 1000:.2f} ms", f"{len(baseline)} calls"),
+        (
+            "call p50 / p99, fleet connected",
+            f"{base50 * 1000:.2f} / {base99 * 1000:.2f} ms",
+            f"{len(baseline)} calls{', GET /v1/devices every 2 s' if list_devices else ''}",
+        ),
     ]
     if storm_calls:
         s50, s99 = percentiles(storm_calls)
@@ -287,7 +383,21 @@ async def storm(
             ),
             ("call p99 during the storm / fleet connected", f"{s99 / base99:.2f}x", "goal at most 2x"),
         ]
+    if baseline_pings and storm_pings:
+        b50, b99 = percentiles(baseline_pings)
+        s50, s99 = percentiles(storm_pings)
+        rows += [
+            (
+                "honest devices' ping p50 / p99, fleet connected",
+                f"{b50 * 1000:.2f} / {b99 * 1000:.2f} ms",
+                f"{len(baseline_pings)} pings",
+            ),
+            ("the same during the storm", f"{s50 * 1000:.2f} / {s99 * 1000:.2f} ms", f"{len(storm_pings)} pings"),
+            ("ping p99 during the storm / fleet connected", f"{s99 / b99:.2f}x", "goal at most 2x"),
+        ]
     rows += [
+        collections_row("fleet connected, during the baseline's calls", baseline_collections),
+        collections_row("during the storm", storm_collections),
         (
             "server memory: peak during the storm / settled after",
             f"{peak / 2**20:.0f} / {settled / 2**20:.0f} MiB",
@@ -309,7 +419,10 @@ def main() -> None:
     parser.add_argument("--sim-processes", type=int, default=2)
     parser.add_argument("--calls", type=int, default=300, help="baseline calls")
     parser.add_argument("--rate-seconds", type=float, default=5.0)
-    parser.add_argument("--no-lists", action="store_true", help="no client listing GET /v1/devices in the storm")
+    parser.add_argument("--no-lists", action="store_true", help="no client listing GET /v1/devices")
+    parser.add_argument(
+        "--ping-interval", type=float, default=0.25, help="seconds between the honest devices' keep-alive pings"
+    )
     parser.add_argument(
         "--sim-nice",
         type=int,
