@@ -7,14 +7,16 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from cyan.app import Application
+from cyan.app import Actor, Application, NewDevice
 from cyan.bus import InProcessBus
 from cyan.cloud.models import ConnectionAttempt
 from cyan.cloud.service import Cloud
+from cyan.keys import public_key_der
 from cyan.protocol import ServerConfig
 from cyan.server import DeviceServer
+from cyan.sim import SimConfig, VirtualDevice, VirtualDeviceSpec
 from cyan.store import MemoryStore
-from cyan.testing import fixed_server_key
+from cyan.testing import fixed_device_key, fixed_server_key
 
 
 async def wait_until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
@@ -60,3 +62,17 @@ async def shut(app: Application, cloud: Cloud, server: DeviceServer) -> list[Con
     attempts = await app.store.attempts.recent(limit=100)
     await app.store.close()
     return attempts
+
+
+async def registered_device(app: Application, device_id: str, *, register: bool = True) -> VirtualDevice:
+    """A simulated device with `fixed_device_key(1)`, registered with the operator's authority unless not
+    `register`, that reconnects quickly (a twentieth of the firmware's backoff)."""
+    if register:
+        await app.devices.register(
+            Actor.operator("ops"), [NewDevice(device_id, public_key_der(fixed_device_key(1).public_key()))]
+        )
+    return VirtualDevice(
+        VirtualDeviceSpec(device_id, fixed_device_key(1)),
+        fixed_server_key().public_key(),
+        config=SimConfig(backoff_scale=0.05),
+    )

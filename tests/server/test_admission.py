@@ -8,16 +8,14 @@ import asyncio
 
 import pytest
 
-from cyan.app import Actor, Application, NewDevice
+from cyan.app import Application
 from cyan.bus import InProcessBus
 from cyan.cloud.service import Cloud
-from cyan.keys import public_key_der
 from cyan.server import DeviceServer
 from cyan.server.device_server import OVERLOADED, DeviceProtocol
-from cyan.sim import SimConfig, VirtualDevice, VirtualDeviceSpec
 from cyan.store import MemoryStore
-from cyan.testing import fixed_device_key, fixed_server_key
-from device_server_support import cloud_on_memory, served_server, shut, wait_until
+from cyan.testing import fixed_server_key
+from device_server_support import cloud_on_memory, registered_device, served_server, shut, wait_until
 
 DEVICE = "ab" * 12
 NONCE = 40
@@ -48,14 +46,7 @@ def test_past_the_bound_connections_wait_in_the_server_and_the_newest_is_served_
 
     async def scenario() -> None:
         app, cloud, server = await served_server(max_handshakes=2)
-        await app.devices.register(
-            Actor.operator("ops"), [NewDevice(DEVICE, public_key_der(fixed_device_key(1).public_key()))]
-        )
-        device = VirtualDevice(
-            VirtualDeviceSpec(DEVICE, fixed_device_key(1)),
-            fixed_server_key().public_key(),
-            config=SimConfig(backoff_scale=0.05),
-        )
+        device = await registered_device(app, DEVICE)
         writers: list[asyncio.StreamWriter] = []
         try:
             # Two handshakes under way (they got their nonce and say nothing): the bound is reached.

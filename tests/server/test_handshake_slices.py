@@ -20,7 +20,7 @@ from cyan.server import device_server
 from cyan.server.device_server import DeviceProtocol, DeviceServer
 from cyan.sim import SimConfig, VirtualDevice, VirtualDeviceSpec
 from cyan.testing import fixed_device_key, fixed_server_key
-from device_server_support import cloud_on_memory, served_server, shut, wait_until
+from device_server_support import cloud_on_memory, registered_device, served_server, shut, wait_until
 
 
 class _Link:
@@ -154,13 +154,7 @@ def test_a_session_past_its_start_is_served_at_once_not_in_a_slice(monkeypatch: 
 
     async def scenario() -> None:
         app, cloud, server = await served_server(max_handshakes=4)
-        device_id = "ab" * 12
-        await app.devices.register(
-            Actor.operator("ops"), [NewDevice(device_id, public_key_der(fixed_device_key(1).public_key()))]
-        )
-        device = VirtualDevice(
-            VirtualDeviceSpec(device_id, fixed_device_key(1)), fixed_server_key().public_key(), config=SimConfig()
-        )
+        device = await registered_device(app, "ab" * 12)
         deferred: list[DeviceProtocol] = []
         try:
             device.start("127.0.0.1", server.port)
@@ -183,13 +177,7 @@ def test_a_session_past_its_start_is_served_at_once_not_in_a_slice(monkeypatch: 
 def test_a_handshake_waits_for_a_slice_in_the_order_its_inputs_came() -> None:
     async def scenario() -> None:
         app, cloud, server = await served_server(max_handshakes=4)
-        device_id = "cd" * 12
-        await app.devices.register(
-            Actor.operator("ops"), [NewDevice(device_id, public_key_der(fixed_device_key(1).public_key()))]
-        )
-        device = VirtualDevice(
-            VirtualDeviceSpec(device_id, fixed_device_key(1)), fixed_server_key().public_key(), config=SimConfig()
-        )
+        device = await registered_device(app, "cd" * 12)
         queued: list[int] = []
         original = server.defer
 

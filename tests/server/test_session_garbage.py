@@ -12,13 +12,10 @@ import gc
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
-from cyan.app import Actor, NewDevice
-from cyan.keys import public_key_der
 from cyan.protocol import ServerConnection
 from cyan.server.device_server import DeviceProtocol, DeviceServer
-from cyan.sim import SimConfig, VirtualDevice, VirtualDeviceSpec
-from cyan.testing import fixed_device_key, fixed_server_key
-from device_server_support import served_server, shut, wait_until
+from cyan.sim import VirtualDevice
+from device_server_support import registered_device, served_server, shut, wait_until
 
 DEVICE = "ef" * 12
 
@@ -40,15 +37,7 @@ def _alive(kind: type) -> int:
 def _run_sessions(life: Callable[[DeviceServer, VirtualDevice], Awaitable[None]], *, registered: bool = True) -> None:
     async def scenario() -> None:
         app, cloud, server = await served_server(max_handshakes=4)
-        if registered:
-            await app.devices.register(
-                Actor.operator("ops"), [NewDevice(DEVICE, public_key_der(fixed_device_key(1).public_key()))]
-            )
-        device = VirtualDevice(
-            VirtualDeviceSpec(DEVICE, fixed_device_key(1)),
-            fixed_server_key().public_key(),
-            config=SimConfig(backoff_scale=0.05),
-        )
+        device = await registered_device(app, DEVICE, register=registered)
         try:
             before = _alive(DeviceProtocol), _alive(ServerConnection)
             for _ in range(3):  # three sessions: what one leaves, three leave three times
