@@ -49,6 +49,7 @@ async def served_server(**limits: float) -> tuple[Application, Cloud, DeviceServ
         max_handshakes=int(limits.get("max_handshakes", 2)),
         max_queued=int(limits["max_queued"]) if "max_queued" in limits else None,
         max_wait=limits.get("max_wait", 15.0),
+        key_workers=int(limits.get("key_workers", 0)),
     )
     await server.start()
     return app, cloud, server

@@ -99,8 +99,10 @@ def test_a_cycle_frozen_alive_is_collected_by_the_next_whole_heap_collection() -
         del a, b
         gc.collect()
         assert gone() is not None  # garbage now, but frozen: out of the collector's sight
+        freezes = policy.freezes
         assert policy.reclaim() >= 2
         assert gone() is None
+        assert policy.freezes == freezes  # its own collection is not one the policy freezes after
         assert gc.get_freeze_count() > 0  # what survived is frozen again
 
         async def twice() -> None:

@@ -40,12 +40,14 @@ class CollectorPolicy:
     """Keeps the cyclic garbage collector's full collections short in a process whose long-lived objects grow
     by thousands at a time: a fleet reconnecting at once.
 
-    CPython (3.11) runs a full collection each time the objects that survived into its oldest generation
-    have grown by a quarter, and each one walks all of them with the event loop held. A session holds about
-    30 tracked objects (its protocol, transport, socket, selector key and handle, subscriptions, record), so
-    while a fleet reconnects the collections come one after another and each is longer than the last:
-    60-115 ms with 5,000 devices in one process, in the middle of the storm, measured with the calls to the
-    devices already back waiting behind them (docs/benchmarks.md "Reconnect storm").
+    CPython's generational collector (3.11 to 3.13; 3.14's is incremental, and where the full collections
+    watched for here do not come, only `reclaim` acts) runs a full collection each time the objects that
+    survived into its oldest generation have grown by a quarter, and each one walks all of them with the
+    event loop held. A session holds about 30 tracked objects (its protocol, transport, socket, selector key
+    and handle, subscriptions, record), so while a fleet reconnects the collections come one after another
+    and each is longer than the last: the longest 55-88 ms with 5,000 devices in one process, in the middle
+    of the storm, with the calls to the devices already back waiting behind them (docs/benchmarks.md
+    "Handshakes in slices, the collector's freezes, and the key workers below the loop").
 
     So a full collection that took `slow` seconds or more freezes what survived it (`gc.freeze`): what is
     alive after a full collection is what the process holds (sessions, mostly), and the next collection
@@ -63,6 +65,7 @@ class CollectorPolicy:
         self._clock = clock
         self._started: float | None = None
         self._thresholds = gc.get_threshold()
+        self._reclaiming = False
         #: Full collections whose survivors were frozen, and whole-heap collections run, since `install`.
         self.freezes = 0
         self.reclaims = 0
@@ -80,8 +83,8 @@ class CollectorPolicy:
         gc.set_threshold(*self._thresholds)
 
     def _observe(self, phase: str, info: dict[str, Any]) -> None:
-        if info.get("generation") != 2:
-            return  # the young generations' collections walk only the young objects
+        if info.get("generation") != 2 or self._reclaiming:
+            return  # the young generations' collections walk only the young objects; `reclaim` freezes itself
         if phase == "start":
             self._started = self._clock()
             return
@@ -95,11 +98,13 @@ class CollectorPolicy:
     def reclaim(self) -> int:
         """Collect the whole heap, frozen objects included, then freeze what survives; returns how many
         objects were unreachable."""
+        self._reclaiming = True
         gc.unfreeze()
         try:
             collected = gc.collect()
         finally:
             gc.freeze()
+            self._reclaiming = False
         self.reclaims += 1
         return collected
 

@@ -6,6 +6,7 @@ device's answer against its timer, the end of the stream) runs before them."""
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from cyan.app import Actor, NewDevice
-from cyan.cloud.models import AttemptOutcome
+from cyan.cloud.models import AttemptOutcome, ConnectionAttempt
 from cyan.keys import public_key_der
 from cyan.server import device_server
 from cyan.server.device_server import DeviceProtocol, DeviceServer
@@ -34,8 +35,8 @@ class _Link:
         self._ran.append(self.name)
         self._clock[0] += self._cost
 
-    def close(self) -> None:
-        self._ran.append(f"closed {self.name}")
+    def failed_internally(self, exc: Exception) -> None:
+        self._ran.append(f"failed {self.name}: {exc}")
 
 
 def test_a_slice_stops_at_its_time_and_lets_the_ready_callbacks_run_before_the_rest(
@@ -80,7 +81,7 @@ def test_a_slice_that_raises_closes_that_connection_and_goes_on(monkeypatch: pyt
         await app.store.close()
         return ran
 
-    assert asyncio.run(scenario()) == ["closed bad", "good"]
+    assert asyncio.run(scenario()) == ["failed bad: a bug in one handshake's step", "good"]
 
 
 def _protocol_with_queued(order: list[str]) -> DeviceProtocol:
@@ -174,31 +175,120 @@ def test_a_session_past_its_start_is_served_at_once_not_in_a_slice(monkeypatch: 
     asyncio.run(scenario())
 
 
-def test_a_handshake_waits_for_a_slice_in_the_order_its_inputs_came() -> None:
+def test_a_handshakes_inputs_and_its_rsa_results_wait_for_a_slice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The device's messages, the key decision and the results of the key workers' RSA operations all go
+    through the slices: none is acted on from another callback of the loop."""
+    acted: list[tuple[str, bool]] = []
+    in_slice = [False]
+    real_slice = DeviceServer._run_slice
+
+    def run_slice(self: DeviceServer) -> None:
+        in_slice[0] = True
+        try:
+            real_slice(self)
+        finally:
+            in_slice[0] = False
+
+    def watched(name: str) -> Callable[..., None]:
+        real = getattr(DeviceProtocol, name)
+
+        def step(self: DeviceProtocol, *args: Any) -> None:
+            acted.append((name, in_slice[0]))
+            real(self, *args)
+
+        return step
+
+    monkeypatch.setattr(DeviceServer, "_run_slice", run_slice)
+    for name in ("_receive", "_private_key_result", "_act_on"):
+        monkeypatch.setattr(DeviceProtocol, name, watched(name))
+
     async def scenario() -> None:
-        app, cloud, server = await served_server(max_handshakes=4)
+        app, cloud, server = await served_server(max_handshakes=4, key_workers=2)
         device = await registered_device(app, "cd" * 12)
-        queued: list[int] = []
-        original = server.defer
-
-        def counting(link: DeviceProtocol) -> None:
-            queued.append(link.connection_id)
-            original(link)
-
-        server.defer = counting  # type: ignore[method-assign]
         try:
             device.start("127.0.0.1", server.port)
             await asyncio.wait_for(device.connected.wait(), 10)
         finally:
             await device.stop()
             attempts = await shut(app, cloud, server)
-        # The handshake's inputs went through slices: the identity, the key decision, the RSA results, the Hello.
-        assert len(queued) >= 3
-        assert len(set(queued)) == 1
         [attempt] = attempts
         assert attempt.outcome is AttemptOutcome.CONNECTED
 
     asyncio.run(scenario())
+    kinds = [name for name, _ in acted]
+    assert kinds.count("_private_key_result") == 2  # the identity's decryption and the session key's signature
+    assert kinds.count("_act_on") == 1
+    assert kinds.index("_act_on") < kinds.index("_private_key_result", kinds.index("_private_key_result") + 1)
+    # Everything up to the end of its start came through a slice (its goodbye, at the stop, may not).
+    started = [in_slice for name, in_slice in acted if name != "_receive"]
+    assert all(started)
+    assert all(in_slice for _, in_slice in acted[: kinds.index("_act_on") + 1])
+
+
+def test_a_step_that_raises_while_the_connection_is_lost_still_lets_it_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure of the server's own (a bug, a cloud that failed) in a queued input ends that connection
+    cleanly, recorded as server_error: its place among the handshakes is given back and it is forgotten."""
+
+    async def scenario() -> list[ConnectionAttempt]:
+        app, cloud, server = await served_server(max_handshakes=1)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            assert len(await asyncio.wait_for(reader.readexactly(40), 10)) == 40
+            [link] = [server.connection(i) for i in list(server._connections)]
+            assert link is not None
+            monkeypatch.setattr(server, "defer", lambda _link: None)  # its inputs wait: no slice runs
+
+            def broken() -> None:
+                raise RuntimeError("a bug in a step")
+
+            link._defer(broken)
+            writer.close()  # the device goes: the queued step runs first, and raises
+            await wait_until(lambda: server.connection_count == 0, "the connection forgotten")
+            assert server.handshakes == 0
+        finally:
+            attempts = await shut(app, cloud, server)
+        return attempts
+
+    [attempt] = asyncio.run(scenario())
+    assert (attempt.outcome, attempt.step, attempt.reason) == (AttemptOutcome.FAILED, "nonce", "server_error")
+    assert attempt.detail is not None
+    assert "a bug in a step" in attempt.detail
+
+
+def test_a_client_flooding_its_handshake_is_read_no_further_until_its_turn() -> None:
+    class _Transport:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def pause_reading(self) -> None:
+            self.calls.append("pause")
+
+        def resume_reading(self) -> None:
+            self.calls.append("resume")
+
+        def is_closing(self) -> bool:
+            return False
+
+    async def scenario() -> list[str]:
+        app, cloud = await cloud_on_memory()
+        assert app.gateway is not None
+        server = DeviceServer(app.gateway, fixed_server_key())
+        server.defer = lambda link: None  # type: ignore[method-assign]
+        protocol = DeviceProtocol(server)
+        transport = _Transport()
+        protocol._transport = transport  # type: ignore[assignment]
+        protocol._sliced_until = math.inf  # in its handshake
+        for _ in range(device_server._QUEUED_INPUTS_READ + 3):
+            protocol.data_received(b"x" * 1000)
+        paused = list(transport.calls)
+        protocol.run_deferred()
+        await cloud.stop()
+        await app.store.close()
+        return [*paused, "its turn", *transport.calls[len(paused) :]]
+
+    # Paused from the queue's limit on (pausing a paused transport changes nothing), resumed at its turn.
+    calls = asyncio.run(scenario())
+    assert calls == ["pause"] * 4 + ["its turn", "resume"]
 
 
 def _nice(tid: int) -> int:

@@ -129,6 +129,11 @@ HANDSHAKE_SLICE = 0.002
 #: start of a session (subscriptions, events, Describes, protocol.md §5) comes within it, and that work is
 #: the cloud's heaviest per device.
 SETTLING = 2.0
+
+#: Inputs queued for a slice past which the server stops reading the connection until its turn: a handshake's
+#: device sends one message at a time and waits for the answer, so only a client flooding the server gets
+#: here, and its data waits in the kernel instead of in this process.
+_QUEUED_INPUTS_READ = 8
 #: `TCP_INFO`'s size up to `tcpi_last_data_recv` and `tcpi_last_ack_recv` (Linux's struct tcp_info), its state
 #: byte first; the state of a connection its peer has closed (`TCP_CLOSE_WAIT`).
 _TCP_INFO_SIZE = 60
@@ -455,6 +460,8 @@ class DeviceProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._deferred or _now() < self._sliced_until:
             self._defer(lambda: self._receive(data))
+            if self._deferred is not None and len(self._deferred) >= _QUEUED_INPUTS_READ and self._transport:
+                self._transport.pause_reading()  # resumed when its turn comes (`run_deferred`)
         else:
             self._receive(data)
 
@@ -502,11 +509,35 @@ class DeviceProtocol(asyncio.Protocol):
         device that answered in time is not timed out while its answer waits for a slice)."""
         while (work := self._deferred) is not None:
             self._deferred = None
+            if len(work) >= _QUEUED_INPUTS_READ and self._transport is not None and not self._transport.is_closing():
+                self._transport.resume_reading()
             for step in work:
                 step()
 
+    def failed_internally(self, exc: Exception) -> None:
+        """One of the server's own steps for this connection raised (a bug, or a cloud that failed): logged,
+        recorded as `server_error` at the step the connection was at, and the connection ends, as asyncio
+        ends one whose callback raises. Its inputs still queued go with it."""
+        self._deferred = None
+        log.error("connection %d from %s: the server failed on it", self._id, self.peer_address, exc_info=exc)
+        conn = self._conn
+        step = conn.step if conn is not None else Step.NONCE
+        try:
+            self._fail(step, Reason.SERVER_ERROR, f"the server failed on this connection: {exc!r}")
+        except Exception:
+            log.exception("connection %d from %s: could not end it cleanly", self._id, self.peer_address)
+            if self._transport is not None:
+                self._transport.abort()
+
+    def _catch_up(self) -> None:
+        """`run_deferred` before an end of the stream, a loss or a timer, which go on whatever it raised."""
+        try:
+            self.run_deferred()
+        except Exception as exc:
+            self.failed_internally(exc)
+
     def eof_received(self) -> bool | None:
-        self.run_deferred()
+        self._catch_up()
         conn = self._conn
         if conn is not None and not conn.closed:
             conn.receive_eof(_now())
@@ -515,7 +546,7 @@ class DeviceProtocol(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.run_deferred()
+        self._catch_up()
         self._disarm()
         conn = self._conn
         if conn is not None and not conn.closed:
@@ -591,7 +622,7 @@ class DeviceProtocol(asyncio.Protocol):
     def _on_timer(self) -> None:
         self._timer = None
         self._coarse = False
-        self.run_deferred()
+        self._catch_up()
         conn = self._conn
         if conn is None or conn.closed:
             return
@@ -1369,10 +1400,8 @@ class DeviceServer:
             link = work.popleft()
             try:
                 link.run_deferred()
-            except Exception:
-                # As asyncio does when a protocol's callback raises: the connection goes, the others go on.
-                log.exception("connection %d from %s failed", link.connection_id, link.peer_address)
-                link.close()
+            except Exception as exc:
+                link.failed_internally(exc)  # that connection ends; the others go on
             if _now() >= ends:
                 break
         if work and not self._slice_scheduled:
