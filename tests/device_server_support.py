@@ -11,9 +11,11 @@ from cyan.app import Actor, Application, NewDevice
 from cyan.bus import InProcessBus
 from cyan.cloud.models import ConnectionAttempt
 from cyan.cloud.service import Cloud
+from cyan.cloud.writer import RecordLimits
 from cyan.keys import public_key_der
 from cyan.protocol import ServerConfig
 from cyan.server import DeviceServer
+from cyan.server.device_server import AddressLimits
 from cyan.sim import SimConfig, VirtualDevice, VirtualDeviceSpec
 from cyan.store import MemoryStore
 from cyan.testing import fixed_device_key, fixed_server_key
@@ -27,18 +29,20 @@ async def wait_until(check: Callable[[], bool], what: str, timeout: float = 10.0
         await asyncio.sleep(0.01)
 
 
-async def cloud_on_memory() -> tuple[Application, Cloud]:
+async def cloud_on_memory(records: RecordLimits | None = None) -> tuple[Application, Cloud]:
     """An application and its cloud on a memory store, started."""
     store = MemoryStore()
     await store.open()
-    cloud = Cloud(store, InProcessBus())
+    cloud = Cloud(store, InProcessBus(), records=records)
     app = Application(store, cloud=cloud)
     await cloud.start()
     return app, cloud
 
 
-async def served_server(**limits: float) -> tuple[Application, Cloud, DeviceServer]:
-    app, cloud = await cloud_on_memory()
+async def served_server(
+    *, address_limits: AddressLimits | None = None, records: RecordLimits | None = None, **limits: float
+) -> tuple[Application, Cloud, DeviceServer]:
+    app, cloud = await cloud_on_memory(records)
     assert app.gateway is not None
     server = DeviceServer(
         app.gateway,
@@ -50,6 +54,7 @@ async def served_server(**limits: float) -> tuple[Application, Cloud, DeviceServ
         max_queued=int(limits["max_queued"]) if "max_queued" in limits else None,
         max_wait=limits.get("max_wait", 15.0),
         key_workers=int(limits.get("key_workers", 0)),
+        address_limits=address_limits,
     )
     await server.start()
     return app, cloud, server

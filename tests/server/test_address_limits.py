@@ -6,16 +6,10 @@ from __future__ import annotations
 import asyncio
 import heapq
 
-from cyan.app import Application
-from cyan.bus import InProcessBus
-from cyan.cloud.service import Cloud
 from cyan.cloud.writer import RecordLimits
-from cyan.protocol import ServerConfig
-from cyan.server import DeviceServer
 from cyan.server.device_server import RATE_LIMITED, AddressLimits, _AddressGate
 from cyan.sim import backoff_delay
-from cyan.store import MemoryStore
-from cyan.testing import fixed_server_key
+from device_server_support import served_server
 
 
 def test_the_bucket_admits_a_burst_then_its_rate() -> None:
@@ -67,21 +61,13 @@ def test_devices_behind_one_nat_all_get_through_on_their_backoff() -> None:
 
 def test_a_flood_from_one_address_is_refused_before_the_handshake_and_recorded_in_bounded_rows() -> None:
     async def scenario() -> None:
-        store = MemoryStore()
-        await store.open()
-        cloud = Cloud(store, InProcessBus(), records=RecordLimits(identical=5))
-        app = Application(store, cloud=cloud)
-        assert app.gateway is not None
-        await cloud.start()
-        server = DeviceServer(
-            app.gateway,
-            fixed_server_key(),
-            host="127.0.0.1",
-            port=0,
-            config=ServerConfig(),
+        app, cloud, server = await served_server(
             address_limits=AddressLimits(burst=3, per_second=0.001),
+            records=RecordLimits(identical=5),
+            max_handshakes=128,
         )
-        await server.start()
+        assert app.gateway is not None
+        store = app.store
         served = refused = 0
         try:
             for _ in range(40):
