@@ -17,7 +17,7 @@ from cyan.app import Actor, Application, NewDevice
 from cyan.cli import app as cyan_app
 from cyan.cli import main as cyan
 from cyan.cli.serve import _note_earlier_data_directory
-from cyan.cli.sim import _explain, _register_with
+from cyan.cli.sim import _address_limit_note, _explain, _register_with
 from cyan.config import Settings, default_data_dir
 from cyan.keys import public_key_der
 from cyan.service import PortUnavailableError, Service, ensure_server_keys, open_application, prepare_data_directory
@@ -170,7 +170,26 @@ def test_the_simulator_explains_a_closed_connection() -> None:
     plain = _explain(refused, None)[0]
     assert "cyan devices attempts" in plain
     assert "--replace-keys" in plain
+    assert "rate_limited" in plain
     assert _explain(FleetStats(3, 3, 0, 0, 0, attempts=0, connects=3), None) == []
+
+
+def test_the_simulator_says_when_a_fleet_from_one_address_meets_the_servers_limit() -> None:
+    # 5,000 devices from the default address: the first 200 at once, the rest at 50 a second.
+    note = _address_limit_note(5000, 0, 200, 50)
+    assert note is not None
+    assert "5,000 devices from each address" in note
+    assert "about 96 s" in note
+    assert "--source-address" in note
+    assert "rate_limited" in note
+    # Spread over 25 addresses, each stays within its burst: nothing to say.
+    assert _address_limit_note(5000, 25, 200, 50) is None
+    assert _address_limit_note(200, 0, 200, 50) is None
+    # Over 4 addresses, 1,250 each.
+    four = _address_limit_note(5000, 4, 200, 50)
+    assert four is not None
+    assert "1,250 devices from each address" in four
+    assert "about 21 s" in four
 
 
 def test_a_rename_from_no_name_says_so() -> None:

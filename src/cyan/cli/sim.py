@@ -181,6 +181,9 @@ def sim(
                 "or give the fleet its own ids with --id-prefix.",
                 err=True,
             )
+    note = _address_limit_note(count, len(sources), settings.address_burst, settings.address_rate)
+    if note:
+        typer.echo(note, err=True)
     room = ensure_file_limit(count + 100) - 100
     if room < count:
         typer.echo(
@@ -192,6 +195,23 @@ def sim(
     asyncio.run(_run(fleet, host, int(port_text), ramp, duration))
     for line in _explain(fleet.stats(), chosen_fault):
         typer.echo(line)
+
+
+def _address_limit_note(count: int, addresses: int, burst: int, per_second: float) -> str | None:
+    """What a server's limit on new connections per address (`CYAN_ADDRESS_BURST`, `CYAN_ADDRESS_RATE`; these
+    are the local settings' values) does to a fleet connecting from `addresses` addresses (0: the default
+    one), or None when each address stays within its burst."""
+    per_address = -(-count // max(1, addresses))
+    if per_address <= burst or per_second <= 0:
+        return None
+    wait = (per_address - burst) / per_second
+    return (
+        f"note: {per_address:,} devices from each address. The server lets one address open {burst:,} connections "
+        f"at once and {per_second:g} a second after (CYAN_ADDRESS_BURST, CYAN_ADDRESS_RATE) and closes the others "
+        f"before the handshake (rate_limited in its records); they retry on the firmware's backoff, so the fleet "
+        f"needs about {wait:.0f} s to connect. Spread it over more addresses (--source-address 127.0.0.2 "
+        "--source-address 127.0.0.3 ... on loopback), or raise the limits of a server used for load tests."
+    )
 
 
 def _udp_personality(firmware: str | None) -> UdpPersonality:
@@ -370,7 +390,8 @@ def _explain(stats: FleetStats, fault: Fault | None) -> list[str]:
         f"{refused} attempt(s) ended with the server closing the connection. The device cannot tell why; the "
         "server's records can: cyan devices attempts DEVICE_ID (or cyan devices doctor DEVICE_ID). A key_mismatch "
         "there means the server holds another key for that id: run with --replace-keys to register this fleet's "
-        "keys, or give the fleet its own ids with --id-prefix."
+        "keys, or give the fleet its own ids with --id-prefix. A rate_limited means more devices connected from "
+        "one address at once than the server lets in: they get in on their backoff."
     ]
 
 
