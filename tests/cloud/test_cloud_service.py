@@ -320,7 +320,9 @@ def test_unproven_attempts_raise_one_signal_not_the_devices_health_alerts() -> N
     asyncio.run(check())
 
 
-def test_connections_refused_for_the_handshake_bound_raise_no_alert() -> None:
+@pytest.mark.parametrize("reason", ["overloaded", "rate_limited"])
+def test_connections_refused_for_the_servers_own_limits_raise_no_alert(reason: str) -> None:
+    # The handshake bound, or an address's share of new connections: many devices behind one address.
     alerts = LoggingAlerts()
 
     async def check() -> None:
@@ -332,7 +334,7 @@ def test_connections_refused_for_the_handshake_bound_raise_no_alert() -> None:
             for n in range(10):  # a fleet behind one address, refused while the server was at its bound
                 cloud.record_attempt(
                     ConnectionAttempt(
-                        NOW + timedelta(seconds=n), f"198.51.100.7:{n}", AttemptOutcome.FAILED, "nonce", "overloaded"
+                        NOW + timedelta(seconds=n), f"198.51.100.7:{n}", AttemptOutcome.FAILED, "nonce", reason
                     )
                 )
             assert list(alerts.recent) == []

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 
+from cyan.cloud.watch import SERVER_LIMIT_REASONS
 from cyan.cloud.writer import RecordLimits
-from cyan.server.device_server import RATE_LIMITED, AddressLimits, _AddressGate
+from cyan.server.device_server import OVERLOADED, RATE_LIMITED, AddressLimits, _AddressGate
 from cyan.sim import backoff_delay
 from device_server_support import served_server
 
@@ -95,3 +96,8 @@ def test_a_flood_from_one_address_is_refused_before_the_handshake_and_recorded_i
         await store.close()
 
     asyncio.run(scenario())
+
+
+def test_the_cloud_knows_the_reasons_of_the_servers_own_refusals() -> None:
+    # They raise no handshake-loop alert (cyan.cloud.watch): nothing a device did.
+    assert {OVERLOADED, RATE_LIMITED} == SERVER_LIMIT_REASONS

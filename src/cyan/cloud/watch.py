@@ -25,6 +25,11 @@ KEY_REASONS = frozenset({"key_mismatch", "key_rejected"})
 ALERT_INTERVAL = timedelta(hours=1)
 
 
+#: Refusals for the server's own limits (`cyan.server.device_server.OVERLOADED`, `RATE_LIMITED`), which say
+#: nothing of a device.
+SERVER_LIMIT_REASONS = frozenset({"overloaded", "rate_limited"})
+
+
 @dataclass(slots=True)
 class _Unproven:
     last_alert: datetime
@@ -57,9 +62,11 @@ class AttemptWatch:
         self._unproven: dict[str, _Unproven] = {}
 
     def observe(self, attempt: ConnectionAttempt) -> None:
-        if attempt.reason == "overloaded":
-            # The server's own admission control refused it before the handshake: nothing the device did, and a
-            # fleet reconnecting at once would otherwise raise a handshake-loop alert per address.
+        if attempt.reason in SERVER_LIMIT_REASONS:
+            # The server's own limits refused it before the handshake (its admission control, or an address's
+            # share of new connections): nothing the device did. A fleet reconnecting at once, or many devices
+            # behind one address, would otherwise raise a handshake-loop alert per address; the records keep
+            # the refusals, summed per address.
             return
         device_id = attempt.device_id
         if device_id is not None and attempt.proven is False and self._not_the_device(attempt, device_id):
