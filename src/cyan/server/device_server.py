@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ctypes
 import enum
+import functools
 import itertools
 import logging
 import math
@@ -458,12 +459,9 @@ class DeviceProtocol(asyncio.Protocol):
             server.end_handshake()
 
     def data_received(self, data: bytes) -> None:
-        if self._deferred or _now() < self._sliced_until:
-            self._defer(lambda: self._receive(data))
-            if self._deferred is not None and len(self._deferred) >= _QUEUED_INPUTS_READ and self._transport:
-                self._transport.pause_reading()  # resumed when its turn comes (`run_deferred`)
-        else:
-            self._receive(data)
+        self._in_turn(self._receive, data)
+        if self._deferred is not None and len(self._deferred) >= _QUEUED_INPUTS_READ and self._transport:
+            self._transport.pause_reading()  # resumed when its turn comes (`run_deferred`)
 
     def _receive(self, data: bytes) -> None:
         conn = self._conn
@@ -491,6 +489,14 @@ class DeviceProtocol(asyncio.Protocol):
             return False
         self._handle_events()
         return self._flush()
+
+    def _in_turn(self, step: Callable[..., None], *args: Any) -> None:
+        """`step(*args)` now, or queued for the server's slices while the connection's inputs go through them
+        (its handshake and `SETTLING` after, or others already queued: they keep their order)."""
+        if self._deferred or _now() < self._sliced_until:
+            self._defer(functools.partial(step, *args))
+        else:
+            step(*args)
 
     def _defer(self, work: Callable[[], None]) -> None:
         """Queue a handshake's input for the server's next slice (`HANDSHAKE_SLICE`), after the ones before it."""
@@ -727,10 +733,7 @@ class DeviceProtocol(asyncio.Protocol):
             self._cloud.heard_from(self)
 
     def _private_key_done(self, result: bytes | BaseException | None) -> None:
-        if self._deferred or _now() < self._sliced_until:
-            self._defer(lambda: self._private_key_result(result))
-        else:
-            self._private_key_result(result)
+        self._in_turn(self._private_key_result, result)
 
     def _private_key_result(self, result: bytes | BaseException | None) -> None:
         conn = self._conn
@@ -752,10 +755,7 @@ class DeviceProtocol(asyncio.Protocol):
                 conn.reject(Reason.SERVER_ERROR, f"the server could not look the device up: {exc}")
                 self._handle_events()
             return
-        if self._deferred or _now() < self._sliced_until:
-            self._defer(lambda: self._act_on(decision, record))
-        else:
-            self._act_on(decision, record)
+        self._in_turn(self._act_on, decision, record)
 
     def _act_on(self, decision: Decision, record: DeviceRecord | None) -> None:
         conn = self._conn
@@ -1036,8 +1036,8 @@ def _name_os_thread(name: str) -> None:
 #: How much lower than the event loop's the key workers' scheduling priority is (nice levels, Linux). The RSA
 #: work can wait for a core; the event loop, which the connected devices' calls and pings wait for, should
 #: not: at the same priority a reconnecting fleet's RSA took the core from the loop in the middle of its
-#: passes (docs/benchmarks.md "Reconnect storm"). At 5 levels lower a worker still gets a third of a core the
-#: loop wants, and all of one it does not.
+#: passes (docs/benchmarks.md "Reconnect storm"). At 5 levels lower a worker still gets a quarter of a core the
+#: loop wants (the scheduler's weights 335 against 1,024), and all of one it does not.
 KEY_WORKER_NICENESS = 5
 
 
@@ -1386,6 +1386,9 @@ class DeviceServer:
     def defer(self, link: DeviceProtocol) -> None:
         """Run `link`'s queued handshake inputs in a coming slice (`DeviceProtocol.run_deferred`)."""
         self._handshake_work.append(link)
+        self._schedule_slice()
+
+    def _schedule_slice(self) -> None:
         if not self._slice_scheduled:
             self._slice_scheduled = True
             asyncio.get_running_loop().call_soon(self._run_slice)
@@ -1404,9 +1407,8 @@ class DeviceServer:
                 link.failed_internally(exc)  # that connection ends; the others go on
             if _now() >= ends:
                 break
-        if work and not self._slice_scheduled:
-            self._slice_scheduled = True
-            asyncio.get_running_loop().call_soon(self._run_slice)
+        if work:
+            self._schedule_slice()
 
     def admit(self, host: str, now: float) -> bool:
         """Whether a new connection from `host` is within its address's limit."""
