@@ -116,3 +116,30 @@ def test_a_cycle_frozen_alive_is_collected_by_the_next_whole_heap_collection() -
         """
     )
     assert out == "ok\n"
+
+
+def test_while_serving_the_policy_is_installed_and_reclaims_run_and_both_end_with_it() -> None:
+    out = _run(
+        """
+        import asyncio, gc
+        from cyan.limits import CollectorPolicy
+
+        before = gc.get_threshold()
+
+        async def serve() -> None:
+            policy = CollectorPolicy()
+            async with policy.serving():
+                assert gc.get_freeze_count() > 0  # what starting made, frozen with the start-up objects
+                assert policy._observe in gc.callbacks
+                assert gc.get_threshold()[2] == 1
+                [reclaims] = [t for t in asyncio.all_tasks() if t.get_name() == "cyan-reclaim"]
+            assert policy._observe not in gc.callbacks
+            assert gc.get_threshold() == before
+            await asyncio.sleep(0)
+            assert reclaims.cancelled()
+
+        asyncio.run(serve())
+        print("ok")
+        """
+    )
+    assert out == "ok\n"

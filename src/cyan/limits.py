@@ -4,10 +4,11 @@ garbage collector's share of a serving process's latency."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 __all__ = ["CollectorPolicy", "ensure_file_limit", "file_limit", "freeze_startup_objects"]
@@ -69,6 +70,20 @@ class CollectorPolicy:
         #: Full collections whose survivors were frozen, and whole-heap collections run, since `install`.
         self.freezes = 0
         self.reclaims = 0
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
+        """For as long as a process serves, once it has started: what starting made frozen with the start-up
+        objects (`freeze_startup_objects`), the policy installed, and the whole heap reclaimed every
+        `RECLAIM_INTERVAL`."""
+        freeze_startup_objects()
+        self.install()
+        reclaims = asyncio.create_task(self.reclaim_every(), name="cyan-reclaim")
+        try:
+            yield
+        finally:
+            reclaims.cancel()
+            self.uninstall()
 
     def install(self) -> None:
         if self._observe not in gc.callbacks:

@@ -300,21 +300,16 @@ class Service:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, stop.set)
         # Frozen before the ports open, so that the first full collections of a fleet reconnecting at once do
-        # not walk the modules too; again once started, for what starting made.
+        # not walk the modules too; again once started (`CollectorPolicy.serving`), for what starting made.
         freeze_startup_objects()
         await self.start()
-        freeze_startup_objects()
-        collector = CollectorPolicy()
-        collector.install()
-        reclaims = asyncio.create_task(collector.reclaim_every(), name="cyan-reclaim")
         try:
-            if on_ready is not None:
-                on_ready(self)
-            await stop.wait()
+            async with CollectorPolicy().serving():
+                if on_ready is not None:
+                    on_ready(self)
+                await stop.wait()
         finally:
             log.info("shutting down")
-            reclaims.cancel()
-            collector.uninstall()
             await self.stop()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -234,25 +234,20 @@ async def _serve(fd: int) -> None:
     relay.server = server
     freeze_startup_objects()  # before the port opens, as `cyan serve` does (cyan.service)
     await server.start()
-    freeze_startup_objects()
-    collector = CollectorPolicy()
-    collector.install()
-    channel.send(msg.Ready(server.port))
-    heard = relay._tasks.spawn(relay.report_heard(), "report the devices heard from")
-    reclaims = relay._tasks.spawn(collector.reclaim_every(), "collect the whole heap now and then")
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        # The parent decides when to stop (it closes the channel, or sends SIGTERM); Ctrl-C in a terminal
-        # reaches the whole process group, and the parent's own shutdown ends this one.
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stopped.set if signum == signal.SIGTERM else lambda: None)
-    try:
-        await stopped.wait()
-    finally:
-        heard.cancel()
-        reclaims.cancel()
-        collector.uninstall()
-        await server.stop()
-        channel.close()
+    async with CollectorPolicy().serving():
+        channel.send(msg.Ready(server.port))
+        heard = relay._tasks.spawn(relay.report_heard(), "report the devices heard from")
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            # The parent decides when to stop (it closes the channel, or sends SIGTERM); Ctrl-C in a terminal
+            # reaches the whole process group, and the parent's own shutdown ends this one.
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, stopped.set if signum == signal.SIGTERM else lambda: None)
+        try:
+            await stopped.wait()
+        finally:
+            heard.cancel()
+            await server.stop()
+            channel.close()
 
 
 def main(argv: list[str] | None = None) -> None:
